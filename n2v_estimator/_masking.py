@@ -1,0 +1,288 @@
+"""Blind-spot masking for Noise2Void, vectorised in torch over a whole batch.
+
+A :class:`BlindSpotMasker` takes a batch ``x`` of shape ``(B, C, *spatial)``
+and returns ``(x_masked, mask)``: ``mask`` marks the blind spots (chosen
+independently for every sample and channel on a randomly shifted stratified
+grid), and ``x_masked`` is ``x`` with each blind spot's value replaced by the
+manipulator, and, for structN2V, a line of neighbours around it scrambled.
+The loss is then taken on ``mask`` against the original ``x``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import torch
+
+MANIPULATORS = (
+    "uniform_withCP",
+    "uniform_withoutCP",
+    "normal_withoutCP",
+    "normal_additive",
+    "normal_fitted",
+    "mean",
+    "median",
+    "identity",
+)
+
+# Manipulators that copy one neighbour's value, and whether the centre may be that neighbour.
+_NEIGHBOUR_SAMPLERS = {"uniform_withCP": True, "uniform_withoutCP": False, "normal_withoutCP": False}
+# Manipulators that summarise the whole neighbourhood (centre excluded).
+_NEIGHBOURHOOD_STATS = ("mean", "median", "normal_fitted")
+
+_STRUCT_AXES = {"x": -1, "horizontal": -1, "y": -2, "vertical": -2, "z": -3}
+
+
+def grid_cell_side(masked_pixel_percentage, ndim):
+    """Side of the stratification cell holding one blind spot: ``(100/p)**(1/ndim)``."""
+    return (100.0 / masked_pixel_percentage) ** (1.0 / ndim)
+
+
+def resolve_struct_mask(struct_mask, ndim):
+    """Turn a ``struct_mask`` parameter into the integer offsets it masks.
+
+    Parameters
+    ----------
+    struct_mask : None, array-like of 0/1, or (axis, span)
+        ``None``: plain N2V. An array with ``ndim`` odd-length dimensions centred
+        on the blind spot (the n2v form; 1 means "mask this neighbour"); an
+        array with fewer dimensions is aligned with the last spatial axes.
+        ``(axis, span)``: the short form, a line of ``span`` (odd) pixels along
+        ``axis`` in ``{"x", "horizontal", "y", "vertical", "z"}``.
+    ndim : int
+        Number of spatial dimensions of the data.
+
+    Returns
+    -------
+    ndarray of shape (K, ndim), int64
+        Offsets from the blind spot, the centre excluded (``K`` may be 0).
+    """
+    if struct_mask is None:
+        return np.zeros((0, ndim), dtype=np.int64)
+    if (
+        isinstance(struct_mask, (tuple, list))
+        and len(struct_mask) == 2
+        and isinstance(struct_mask[0], str)
+    ):
+        axis_name, span = struct_mask
+        if axis_name.lower() not in _STRUCT_AXES:
+            raise ValueError(
+                f"struct_mask axis {axis_name!r} is unknown; use one of {sorted(_STRUCT_AXES)}."
+            )
+        axis = _STRUCT_AXES[axis_name.lower()]
+        if -axis > ndim:
+            raise ValueError(f"struct_mask along {axis_name!r} needs 3D data (axes with Z).")
+        if not isinstance(span, (int, np.integer)) or span < 1 or span % 2 == 0:
+            raise ValueError(f"struct_mask span must be a positive odd integer, got {span!r}.")
+        shape = [1] * ndim
+        shape[axis] = int(span)
+        array = np.ones(shape, dtype=bool)
+    else:
+        array = np.asarray(struct_mask)
+        if array.dtype == object or not np.isin(array, (0, 1)).all():
+            raise ValueError("struct_mask as an array must hold only 0 and 1.")
+        if array.ndim == 0 or array.ndim > ndim or any(s % 2 == 0 for s in array.shape):
+            raise ValueError(
+                f"struct_mask must have at most {ndim} dimensions, each of odd length "
+                f"(centred on the blind spot); got shape {array.shape}."
+            )
+        array = array.astype(bool).reshape((1,) * (ndim - array.ndim) + array.shape)
+    centre = np.array(array.shape) // 2
+    offsets = np.argwhere(array) - centre
+    return offsets[np.any(offsets != 0, axis=1)].astype(np.int64)
+
+
+def _neighbourhood(ndim, radius, excluded):
+    """Offsets in the cube of side ``2*radius+1`` minus ``excluded``, centre first."""
+    excluded = {tuple(o) for o in np.asarray(excluded).tolist()}
+    cube = [o for o in itertools.product(range(-radius, radius + 1), repeat=ndim)]
+    cube = [o for o in cube if any(o) and o not in excluded]
+    return np.array([(0,) * ndim] + cube, dtype=np.int64).reshape(-1, ndim)
+
+
+class BlindSpotMasker:
+    """Chooses blind spots and replaces their values.
+
+    Parameters
+    ----------
+    ndim : int
+        Spatial dimensions (2 or 3).
+    masked_pixel_percentage : float
+        Percentage of pixels made blind in each patch, in (0, 100].
+    manipulator : str
+        How a blind spot's value is replaced, one of :data:`MANIPULATORS`:
+
+        - ``uniform_withCP``: a uniformly drawn pixel of the neighbourhood, the
+          centre included (so some blind spots keep their value).
+        - ``uniform_withoutCP``: same, the centre excluded.
+        - ``normal_withoutCP``: a neighbour drawn with Gaussian weights (sigma =
+          ``neighborhood_radius``, cut at the radius), the centre excluded.
+        - ``normal_additive``: the pixel's own value plus Gaussian noise of
+          sigma ``neighborhood_radius`` in normalised units (n2v semantics).
+        - ``normal_fitted``: a draw from a Gaussian with the neighbourhood's
+          mean and standard deviation (centre excluded).
+        - ``mean`` / ``median``: the neighbourhood's mean / median, centre
+          excluded (``median`` is the N2V2 choice).
+        - ``identity``: the value is kept (only useful as a control).
+    neighborhood_radius : int
+        Half side of the neighbourhood cube the replacement is taken from.
+    struct_offsets : ndarray of shape (K, ndim), optional
+        structN2V: offsets around each blind spot whose values are replaced by
+        values of random pixels of the same patch, so that noise correlated
+        along them cannot be used. They are also never used as replacements.
+    """
+
+    def __init__(
+        self,
+        ndim,
+        masked_pixel_percentage,
+        manipulator="uniform_withCP",
+        neighborhood_radius=2,
+        struct_offsets=None,
+    ):
+        if manipulator not in MANIPULATORS:
+            raise ValueError(f"Unknown manipulator {manipulator!r}; use one of {MANIPULATORS}.")
+        self.ndim = ndim
+        self.masked_pixel_percentage = float(masked_pixel_percentage)
+        self.manipulator = manipulator
+        self.radius = int(neighborhood_radius)
+        if struct_offsets is None:
+            struct_offsets = np.zeros((0, ndim), dtype=np.int64)
+        self.struct_offsets = torch.as_tensor(struct_offsets, dtype=torch.int64)
+        offsets = _neighbourhood(ndim, self.radius, struct_offsets)
+        self.offsets = torch.as_tensor(offsets)
+        weights = np.ones(len(offsets))
+        if manipulator in _NEIGHBOUR_SAMPLERS and not _NEIGHBOUR_SAMPLERS[manipulator]:
+            weights[0] = 0.0
+        if manipulator == "normal_withoutCP":
+            sigma = max(self.radius, 1)
+            weights *= np.exp(-0.5 * (offsets**2).sum(axis=1) / sigma**2)
+        self._cumulative_weights = torch.as_tensor(np.cumsum(weights) / weights.sum())
+        if len(offsets) < 2 and manipulator not in ("identity", "normal_additive", "uniform_withCP"):
+            raise ValueError(
+                f"manipulator={manipulator!r} needs neighbours, but neighborhood_radius="
+                f"{self.radius} with this struct mask leaves none."
+            )
+
+    def choose(self, shape, generator):
+        """Blind-spot mask of ``shape = (B, C, *spatial)`` on ``generator``'s device.
+
+        Each ``(sample, channel)`` gets one candidate pixel per cell of a grid of
+        side :func:`grid_cell_side`, shifted by a random phase; candidates that
+        fall outside the patch are dropped, so the expected density is exactly
+        the requested percentage. A patch that would get no blind spot (tiny
+        patches, low percentages) gets one at a random position.
+        """
+        device = generator.device
+        batch, channels, *spatial = shape
+        n = batch * channels
+        side = grid_cell_side(self.masked_pixel_percentage, self.ndim)
+        cells = [math.ceil(size / side) + 1 for size in spatial]
+        phase = torch.rand((n, self.ndim), generator=generator, device=device) * side
+        jitter = torch.rand((n, *cells, self.ndim), generator=generator, device=device)
+        mask = torch.zeros((n, *spatial), dtype=torch.bool, device=device)
+        coords, inside = [], torch.ones((n, *cells), dtype=torch.bool, device=device)
+        for d, size in enumerate(spatial):
+            index = torch.arange(cells[d], device=device).reshape(
+                [1] + [-1 if i == d else 1 for i in range(self.ndim)]
+            )
+            shift = phase[:, d].reshape([n] + [1] * self.ndim)
+            c = torch.floor((index + jitter[..., d]) * side - shift).long()
+            inside &= (c >= 0) & (c < size)
+            coords.append(c)
+        row = torch.arange(n, device=device).reshape([n] + [1] * self.ndim).expand_as(inside)
+        mask[(row[inside],) + tuple(c[inside] for c in coords)] = True
+
+        flat = mask.view(n, -1)
+        empty = ~flat.any(dim=1)
+        if empty.any():
+            pick = torch.randint(flat.shape[1], (n,), generator=generator, device=device)
+            flat[torch.arange(n, device=device), pick] |= empty
+        return mask.view(shape)
+
+    def __call__(self, x, generator):
+        """Mask a batch.
+
+        Parameters
+        ----------
+        x : Tensor of shape (B, C, *spatial)
+        generator : torch.Generator on ``x.device``
+
+        Returns
+        -------
+        x_masked : Tensor, same shape as ``x``
+        mask : bool Tensor, same shape as ``x``
+        """
+        mask = self.choose(x.shape, generator)
+        spots = mask.nonzero()  # (N, 2 + ndim): sample, channel, spatial coordinates
+        x_masked = x.clone()
+        if len(self.struct_offsets):
+            self._scramble_struct(x, x_masked, spots, generator)
+        x_masked[mask] = self._replacement(x, spots, generator)
+        return x_masked, mask
+
+    @staticmethod
+    def _gather(x, spots, offsets):
+        """Values of ``x`` at ``spots + offsets``.
+
+        ``spots`` is ``(N, 2 + ndim)``, ``offsets`` is ``(N or 1, K, ndim)``;
+        the result is ``(N, K)``. An offset that leaves the patch along an axis
+        is mirrored to the other side of the spot along that axis (not reflected
+        at the border, which could land on the spot itself), so a non-zero
+        offset never reads the spot's own value in patches wider than twice
+        the radius.
+        """
+        index = [spots[:, 0:1], spots[:, 1:2]]
+        for d, size in enumerate(x.shape[2:]):
+            centre = spots[:, 2 + d : 3 + d]
+            c = centre + offsets[..., d]
+            c = torch.where((c < 0) | (c > size - 1), centre - offsets[..., d], c)
+            index.append(c.clamp(0, size - 1))
+        return x[tuple(index)]
+
+    def _replacement(self, x, spots, generator):
+        n = len(spots)
+        if self.manipulator == "identity":
+            return x[tuple(spots.T)]
+        if self.manipulator == "normal_additive":
+            noise = torch.randn(n, generator=generator, device=x.device, dtype=x.dtype)
+            return x[tuple(spots.T)] + self.radius * noise
+        if self.manipulator in _NEIGHBOUR_SAMPLERS:
+            u = torch.rand((n, 1), generator=generator, device=x.device, dtype=torch.float64)
+            cumulative = self._cumulative_weights.to(x.device)
+            choice = torch.searchsorted(cumulative, u).clamp_max(len(cumulative) - 1)
+            offsets = self.offsets.to(x.device)[choice]  # (N, 1, ndim)
+            return self._gather(x, spots, offsets)[:, 0]
+        values = self._gather(x, spots, self.offsets[None, 1:].to(x.device))
+        if self.manipulator == "mean":
+            return values.mean(dim=1)
+        if self.manipulator == "median":
+            return values.median(dim=1).values
+        # normal_fitted
+        noise = torch.randn(n, generator=generator, device=x.device, dtype=x.dtype)
+        return values.mean(dim=1) + values.std(dim=1, unbiased=False) * noise
+
+    def _scramble_struct(self, x, x_masked, spots, generator):
+        """Give the structN2V neighbours of every blind spot the values of random
+        pixels of the same sample and channel (positions outside the patch are skipped)."""
+        spatial = x.shape[2:]
+        offsets = self.struct_offsets.to(x.device)
+        coords = spots[:, None, 2:] + offsets[None, :, :]  # (N, K, ndim)
+        inside = torch.ones(coords.shape[:2], dtype=torch.bool, device=x.device)
+        for d, size in enumerate(spatial):
+            inside &= (coords[..., d] >= 0) & (coords[..., d] < size)
+        rows = spots[:, None, :2].expand(-1, offsets.shape[0], -1)[inside]
+        coords = coords[inside]
+        n_pixels = math.prod(spatial)
+        source = torch.randint(n_pixels, (len(coords),), generator=generator, device=x.device)
+        source = torch.unravel_index(source, spatial)
+        values = x[(rows[:, 0], rows[:, 1]) + tuple(source)]
+        x_masked[(rows[:, 0], rows[:, 1]) + tuple(coords.T)] = values
+
+
+def masked_mse(prediction, target, mask):
+    """Mean squared error over the blind spots only."""
+    diff = (prediction - target)[mask]
+    return diff.pow(2).mean()

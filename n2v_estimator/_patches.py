@@ -1,0 +1,126 @@
+"""Random training patches with flip/rot90 augmentation, drawn in torch."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def fit_patch_shape(patch_shape, image_shapes):
+    """Shrink ``patch_shape`` so that it fits in every image of ``image_shapes``.
+
+    Parameters
+    ----------
+    patch_shape : tuple of int
+        Requested patch side per spatial axis.
+    image_shapes : list of tuple of int
+        Spatial shapes of the images patches are drawn from.
+
+    Returns
+    -------
+    tuple of int
+        ``min(requested, smallest image)`` along every axis.
+    """
+    smallest = np.min(np.asarray(image_shapes), axis=0)
+    return tuple(int(min(p, s)) for p, s in zip(patch_shape, smallest))
+
+
+class PatchSampler:
+    """Draws random patches from a list of ``(C, *spatial)`` images.
+
+    Parameters
+    ----------
+    images : list of ndarray of shape (C, *spatial), float32
+        The (normalised) images. Each may have its own spatial shape.
+    patch_shape : tuple of int
+        Patch side per spatial axis; must fit in every image.
+    augment : bool
+        Apply a random flip along each spatial axis and, when the Y and X sides
+        of the patch are equal, a random rotation by a multiple of 90 degrees in
+        the YX plane. Noise2Void's target is invariant to these.
+    """
+
+    def __init__(self, images, patch_shape, augment=True):
+        self.images = [torch.from_numpy(np.ascontiguousarray(im)) for im in images]
+        self.patch_shape = tuple(int(p) for p in patch_shape)
+        self.augment = augment
+        for im in self.images:
+            if any(p > s for p, s in zip(self.patch_shape, im.shape[1:])):
+                raise ValueError(
+                    f"Patch shape {self.patch_shape} does not fit in an image of spatial "
+                    f"shape {tuple(im.shape[1:])}."
+                )
+        # Each image is drawn in proportion to how many patch positions it offers.
+        positions = [
+            math.prod(s - p + 1 for s, p in zip(im.shape[1:], self.patch_shape))
+            for im in self.images
+        ]
+        self._image_weights = torch.tensor(positions, dtype=torch.float64)
+
+    def sample(self, batch_size, generator):
+        """Return a ``(batch_size, C, *patch_shape)`` float32 tensor on the CPU.
+
+        ``generator`` must be a CPU ``torch.Generator``; it alone decides the
+        patches, so the same seed gives the same batches.
+        """
+        which = torch.multinomial(
+            self._image_weights, batch_size, replacement=True, generator=generator
+        )
+        ndim = len(self.patch_shape)
+        patches = []
+        for i in which.tolist():
+            image = self.images[i]
+            corner = [
+                int(torch.randint(s - p + 1, (1,), generator=generator))
+                for s, p in zip(image.shape[1:], self.patch_shape)
+            ]
+            slices = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_shape))
+            patch = image[(slice(None),) + slices]
+            if self.augment:
+                flips = torch.rand(ndim, generator=generator) < 0.5
+                dims = [1 + d for d in range(ndim) if flips[d]]
+                if dims:
+                    patch = torch.flip(patch, dims)
+                if self.patch_shape[-1] == self.patch_shape[-2]:
+                    k = int(torch.randint(4, (1,), generator=generator))
+                    patch = torch.rot90(patch, k, dims=(-2, -1))
+            patches.append(patch)
+        return torch.stack(patches).contiguous()
+
+
+def split_validation(images, fraction, min_side=8):
+    """Hold out part of the data for validation.
+
+    Parameters
+    ----------
+    images : ndarray of shape (S, C, *spatial)
+    fraction : float
+        Fraction of the data held out, in [0, 1).
+    min_side : int
+        A spatial split is only made when both parts are at least this long.
+
+    Returns
+    -------
+    train, validation : list of ndarray of shape (C, *spatial)
+        With several images, the last ``round(fraction * S)`` whole images are
+        held out. With too few images, the last ``fraction`` of the longest
+        spatial axis of every image is held out instead. When neither is
+        possible (tiny images) or ``fraction == 0``, ``validation`` is empty.
+    """
+    n_images = images.shape[0]
+    if fraction <= 0:
+        return list(images), []
+    n_held = int(round(fraction * n_images))
+    if 1 <= n_held < n_images:
+        return list(images[: n_images - n_held]), list(images[n_images - n_held :])
+    spatial = images.shape[2:]
+    axis = int(np.argmax(spatial))
+    held = int(math.ceil(fraction * spatial[axis]))
+    if held < min_side or spatial[axis] - held < min_side:
+        return list(images), []
+    cut = spatial[axis] - held
+    train = np.take(images, np.arange(cut), axis=2 + axis)
+    validation = np.take(images, np.arange(cut, spatial[axis]), axis=2 + axis)
+    return list(train), list(validation)

@@ -1,0 +1,152 @@
+"""Tiled, batched prediction with overlap, crop and stitch, and test-time augmentation."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def axis_tiles(length, tile, overlap, multiple=1):
+    """Tiles along one axis.
+
+    Parameters
+    ----------
+    length : int
+        Length of the axis.
+    tile : int
+        Tile side (input, context included), a multiple of ``multiple``.
+    overlap : int
+        Minimum overlap between neighbouring tiles, a multiple of ``multiple``
+        smaller than ``tile``.
+    multiple : int
+        Every tile starts at a multiple of this (the network's down-sampling
+        factor), so that all tiles see the same pooling grid as the whole image.
+
+    Returns
+    -------
+    list of (start, stop, write_start, write_stop)
+        Each tile reads ``[start, stop)`` and writes ``[write_start, write_stop)``
+        of the output. The written parts cover the axis exactly once, and a
+        boundary between two tiles lies in the middle of their overlap, so at
+        least ``overlap // 2`` pixels of context surround every written pixel
+        that is not at the image border. The last tile may be shorter than
+        ``tile``; like the whole image, it is padded by the network itself.
+    """
+    if length <= tile:
+        return [(0, length, 0, length)]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(-(-(length - tile) // multiple) * multiple)
+    stops = [min(s + tile, length) for s in starts]
+    bounds = [0] + [(stops[i - 1] + starts[i]) // 2 for i in range(1, len(starts))] + [length]
+    return [(s, e, bounds[i], bounds[i + 1]) for i, (s, e) in enumerate(zip(starts, stops))]
+
+
+def augmentations(ndim):
+    """Invertible test-time augmentations as ``(forward, inverse)`` pairs.
+
+    2D: the 8 symmetries of the square (quarter turns, with and without a
+    flip); the network is fully convolutional, so non-square tiles are turned
+    too. 3D: the 8 combinations of flips along Z, Y and X, which keep each
+    axis in place and so are valid for anisotropic volumes.
+    """
+    spatial = list(range(2, 2 + ndim))
+    if ndim == 2:
+        choices = [(k, dims) for k in range(4) for dims in ((), (spatial[-1],))]
+    else:
+        choices = [
+            (0, tuple(d for d, f in zip(spatial, chosen) if f))
+            for chosen in itertools.product([False, True], repeat=ndim)
+        ]
+
+    def pair(k, dims):
+        def forward(x):
+            x = torch.flip(x, dims) if dims else x
+            return torch.rot90(x, k, dims=(-2, -1)) if k else x
+
+        def inverse(x):
+            x = torch.rot90(x, -k, dims=(-2, -1)) if k else x
+            return torch.flip(x, dims) if dims else x
+
+        return forward, inverse
+
+    return [pair(k, dims) for k, dims in choices]
+
+
+def predict_tiled(
+    model,
+    images,
+    tile_shape,
+    tile_overlap,
+    batch_size,
+    device,
+    multiple=1,
+    tta=False,
+    verbose=False,
+):
+    """Apply ``model`` to every image in tiles.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps ``(B, C, *tile)`` to the same shape; used in eval mode.
+    images : ndarray of shape (S, C, *spatial), float32
+        Normalised images.
+    tile_shape : tuple of int
+        Tile side per spatial axis (context included).
+    tile_overlap : tuple of int
+        Minimum overlap per spatial axis.
+    batch_size : int
+        Tiles predicted together.
+    device : torch.device
+    multiple : int
+        The network's down-sampling factor; tile sides, overlaps and starts are
+        multiples of it (see :func:`axis_tiles`).
+    tta : bool
+        Average the predictions of the :func:`augmentations` of every tile.
+    verbose : bool
+        Show a progress bar over tile batches.
+
+    Returns
+    -------
+    ndarray of shape (S, C, *spatial), float32
+        Only this array and one batch of tiles are held in memory.
+    """
+    n_samples, _, *spatial = images.shape
+    ndim = len(spatial)
+    per_axis = [
+        axis_tiles(n, t, o, multiple) for n, t, o in zip(spatial, tile_shape, tile_overlap)
+    ]
+    tiles = [(s, combo) for s in range(n_samples) for combo in itertools.product(*per_axis)]
+    # Tiles of one shape are batched together; only the last along an axis may be shorter.
+    tiles.sort(key=lambda tile: tuple(e - a for a, e, _, _ in tile[1]))
+    transforms = augmentations(ndim) if tta else None
+    output = np.empty(images.shape, dtype=np.float32)
+    model.eval()
+    batches = []
+    for _, group in itertools.groupby(tiles, key=lambda t: tuple(e - a for a, e, _, _ in t[1])):
+        group = list(group)
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    with torch.inference_mode():
+        for chunk in tqdm(batches, desc="predict", unit="batch", disable=not verbose):
+            batch = np.stack(
+                [
+                    images[(s, slice(None)) + tuple(slice(a, e) for a, e, _, _ in combo)]
+                    for s, combo in chunk
+                ]
+            )
+            x = torch.from_numpy(batch).to(device)
+            if transforms:
+                y = sum(inverse(model(forward(x))) for forward, inverse in transforms)
+                y = y / len(transforms)
+            else:
+                y = model(x)
+            y = y.float().cpu().numpy()
+            for out_tile, (s, combo) in zip(y, chunk):
+                src = tuple(slice(lo - a, hi - a) for a, _, lo, hi in combo)
+                dst = tuple(slice(lo, hi) for _, _, lo, hi in combo)
+                output[(s, slice(None)) + dst] = out_tile[(slice(None),) + src]
+    return output

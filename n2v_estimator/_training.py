@@ -1,0 +1,180 @@
+"""The Noise2Void training loop: schedule, validation, history, best weights."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import warnings
+
+import torch
+from tqdm.auto import tqdm
+
+from ._masking import masked_mse
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the training loss becomes NaN or infinite."""
+
+
+def warmup_cosine(total_steps, warmup_fraction=0.05, final_fraction=0.01):
+    """Learning-rate multiplier for step ``t`` of ``total_steps``.
+
+    A linear warm-up over the first ``warmup_fraction`` of the steps, then a
+    cosine decay to ``final_fraction`` of the peak at the last step. The total
+    is known in advance, so the decay fits a short run on one image as well as
+    a long run on many (plateau schedules shrink the rate too early on one image).
+    """
+    warmup = max(1, int(round(warmup_fraction * total_steps)))
+    decay = max(1, total_steps - warmup)
+
+    def multiplier(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / decay)
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier
+
+
+def make_validation_set(sampler, masker, n_patches, batch_size, device, seed):
+    """Draw validation patches and their blind spots once, so that the
+    validation loss of different epochs is measured on the same data.
+
+    Returns a list of ``(x, x_masked, mask)`` batches on ``device``.
+    """
+    cpu = torch.Generator().manual_seed(seed)
+    on_device = torch.Generator(device=device).manual_seed(seed)
+    batches = []
+    for first in range(0, n_patches, batch_size):
+        x = sampler.sample(min(batch_size, n_patches - first), cpu).to(device)
+        x_masked, mask = masker(x, on_device)
+        batches.append((x, x_masked, mask))
+    return batches
+
+
+def _validation_loss(model, batches):
+    model.eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for x, x_masked, mask in batches:
+            n = int(mask.sum())
+            total += float(masked_mse(model(x_masked), x, mask)) * n
+            count += n
+    model.train()
+    return total / count
+
+
+def train(
+    model,
+    sampler,
+    masker,
+    *,
+    validation,
+    history,
+    max_epochs,
+    steps_per_epoch,
+    batch_size,
+    learning_rate,
+    device,
+    seed,
+    verbose=False,
+):
+    """Train ``model`` in place with Noise2Void.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        On ``device``.
+    sampler : PatchSampler
+    masker : BlindSpotMasker
+    validation : list
+        From :func:`make_validation_set`; empty for no validation.
+    history : list
+        One dict per epoch is appended (``epoch``, ``train_loss``,
+        ``val_loss``, ``learning_rate``, ``seconds``), also when training stops early.
+    max_epochs, steps_per_epoch, batch_size : int
+    learning_rate : float
+        Peak learning rate of Adam under :func:`warmup_cosine`.
+    device : torch.device
+    seed : int
+        Seeds the patch and blind-spot generators.
+    verbose : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    bool
+        ``True`` if training was interrupted by the user (``KeyboardInterrupt``).
+
+    Notes
+    -----
+    At the end (and on interruption), the weights with the lowest validation
+    loss are restored; without validation the last weights are kept. A
+    non-finite loss restores the last weights that gave a finite one and
+    raises :class:`NonFiniteLossError`.
+    """
+    total_steps = max_epochs * steps_per_epoch
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
+    patch_generator = torch.Generator().manual_seed(seed)
+    mask_generator = torch.Generator(device=device).manual_seed(seed + 1)
+
+    best_loss = math.inf
+    best_state = copy.deepcopy(model.state_dict())
+    last_good_state = best_state
+    interrupted = False
+    model.train()
+    progress = tqdm(total=total_steps, desc="fit", unit="step", disable=not verbose)
+    try:
+        for epoch in range(max_epochs):
+            start = time.perf_counter()
+            losses = []
+            for _ in range(steps_per_epoch):
+                x = sampler.sample(batch_size, patch_generator).to(device, non_blocking=True)
+                x_masked, mask = masker(x, mask_generator)
+                loss = masked_mse(model(x_masked), x, mask)
+                if not torch.isfinite(loss):
+                    model.load_state_dict(last_good_state)
+                    raise NonFiniteLossError(
+                        f"The training loss became {float(loss)} at epoch {epoch + 1}; "
+                        "training stopped and the last weights with a finite loss were kept. "
+                        "Lower learning_rate or check the input for extreme values."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+                progress.update()
+                progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            last_good_state = copy.deepcopy(model.state_dict())
+            val_loss = _validation_loss(model, validation) if validation else None
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": sum(losses) / len(losses),
+                    "val_loss": val_loss,
+                    "learning_rate": optimizer.param_groups[0]["lr"],
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+            if val_loss is not None and val_loss < best_loss:
+                best_loss = val_loss
+                best_state = last_good_state
+    except KeyboardInterrupt:
+        interrupted = True
+        warnings.warn(
+            f"Training interrupted after {len(history)} complete epoch(s); the "
+            + ("best validation weights so far" if validation else "weights of the last complete epoch")
+            + " are kept and the estimator is usable.",
+            stacklevel=3,
+        )
+        if not validation:
+            model.load_state_dict(last_good_state)
+    finally:
+        progress.close()
+    if validation and best_loss < math.inf:
+        model.load_state_dict(best_state)
+    model.eval()
+    return interrupted

@@ -1,0 +1,194 @@
+"""The U-Net used by Noise2Void, in 2D and 3D.
+
+The network maps ``(batch, channels, *spatial)`` to the same shape. It accepts
+any spatial size: the input is padded (by reflection) up to a multiple of
+``2**depth`` and the output cropped back, so callers never have to think about
+divisibility.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv(ndim):
+    return nn.Conv2d if ndim == 2 else nn.Conv3d
+
+
+def _batch_norm(ndim):
+    return nn.BatchNorm2d if ndim == 2 else nn.BatchNorm3d
+
+
+def _interleave(a, b, groups):
+    """Concatenate two grouped feature maps so that group ``g`` of the result
+    holds group ``g`` of ``a`` followed by group ``g`` of ``b``.
+
+    With ``groups == 1`` this is a plain concatenation; with one group per
+    image channel it keeps the channels' networks independent.
+    """
+    if groups == 1:
+        return torch.cat([a, b], dim=1)
+    n, _, *spatial = a.shape
+    a = a.reshape(n, groups, -1, *spatial)
+    b = b.reshape(n, groups, -1, *spatial)
+    return torch.cat([a, b], dim=2).reshape(n, -1, *spatial)
+
+
+class _ConvBlock(nn.Sequential):
+    """Two convolutions, each followed by optional batch norm and ReLU."""
+
+    def __init__(self, ndim, in_ch, out_ch, kernel_size, batch_norm, groups):
+        layers = []
+        for c_in in (in_ch, out_ch):
+            layers.append(
+                _conv(ndim)(
+                    c_in,
+                    out_ch,
+                    kernel_size,
+                    padding=kernel_size // 2,
+                    groups=groups,
+                    bias=not batch_norm,
+                )
+            )
+            if batch_norm:
+                layers.append(_batch_norm(ndim)(out_ch))
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class _MaxBlurPool(nn.Module):
+    """N2V2 down-sampling: max-pool with stride 1, then a fixed binomial blur
+    with stride 2 (Zhang 2019, "Making convolutional networks shift-invariant
+    again"). Removes the aliasing that makes checkerboard artefacts."""
+
+    def __init__(self, ndim, channels):
+        super().__init__()
+        self.ndim = ndim
+        taps = torch.tensor([1.0, 2.0, 1.0])
+        kernel = taps
+        for _ in range(ndim - 1):
+            kernel = kernel[..., None] * taps
+        kernel = kernel / kernel.sum()
+        self.register_buffer(
+            "kernel", kernel.expand(channels, 1, *([3] * ndim)).contiguous(), persistent=False
+        )
+
+    def forward(self, x):
+        pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
+        conv = F.conv2d if self.ndim == 2 else F.conv3d
+        x = pool(x, kernel_size=2, stride=1)
+        x = F.pad(x, [1] * (2 * self.ndim), mode="replicate")
+        return conv(x, self.kernel, stride=2, groups=x.shape[1])
+
+
+class UNet(nn.Module):
+    """A U-Net for blind-spot denoising.
+
+    Parameters
+    ----------
+    ndim : {2, 3}
+        Number of spatial dimensions.
+    in_channels : int
+        Image channels in and out.
+    depth : int
+        Number of down-sampling steps.
+    n_filters : int
+        Feature maps at the top level (per channel when ``independent_channels``);
+        doubled at each level down.
+    kernel_size : int
+        Odd convolution kernel side.
+    batch_norm : bool
+        Batch normalisation after each convolution.
+    residual : bool
+        Add the input to the output (the network predicts a correction).
+    blurpool : bool
+        N2V2 max-blur-pool down-sampling instead of max-pooling.
+    skip_skipone : bool
+        N2V2: drop the skip connection of the top level.
+    independent_channels : bool
+        One network per channel (grouped convolutions) instead of a joint one.
+    """
+
+    def __init__(
+        self,
+        ndim=2,
+        in_channels=1,
+        depth=2,
+        n_filters=32,
+        kernel_size=3,
+        batch_norm=True,
+        residual=False,
+        blurpool=False,
+        skip_skipone=False,
+        independent_channels=False,
+    ):
+        super().__init__()
+        self.ndim = ndim
+        self.depth = depth
+        self.residual = residual
+        self.skip_skipone = skip_skipone
+        self.groups = in_channels if independent_channels else 1
+        g = self.groups
+        width = [n_filters * 2**level * g for level in range(depth + 1)]
+
+        self.down = nn.ModuleList()
+        self.pool = nn.ModuleList()
+        c_in = in_channels
+        for level in range(depth):
+            self.down.append(_ConvBlock(ndim, c_in, width[level], kernel_size, batch_norm, g))
+            if blurpool:
+                self.pool.append(_MaxBlurPool(ndim, width[level]))
+            else:
+                self.pool.append((nn.MaxPool2d if ndim == 2 else nn.MaxPool3d)(2))
+            c_in = width[level]
+        self.bottom = _ConvBlock(ndim, c_in, width[depth], kernel_size, batch_norm, g)
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(depth)):
+            skip = 0 if (skip_skipone and level == 0) else width[level]
+            self.up.append(
+                _ConvBlock(ndim, width[level + 1] + skip, width[level], kernel_size, batch_norm, g)
+            )
+        self.head = _conv(ndim)(width[0], in_channels, 1, groups=g)
+
+    def forward(self, x):
+        spatial = x.shape[2:]
+        x_in = x
+        x = _pad_to_multiple(x, 2**self.depth)
+        skips = []
+        for block, pool in zip(self.down, self.pool):
+            x = block(x)
+            skips.append(x)
+            x = pool(x)
+        x = self.bottom(x)
+        mode = "bilinear" if self.ndim == 2 else "trilinear"
+        for block, level in zip(self.up, reversed(range(self.depth))):
+            skip = skips[level]
+            x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
+            if not (self.skip_skipone and level == 0):
+                x = _interleave(x, skip, self.groups)
+            x = block(x)
+        x = self.head(x)
+        x = x[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
+        if self.residual:
+            x = x + x_in
+        return x
+
+
+def _pad_to_multiple(x, multiple):
+    """Pad the spatial axes of ``x`` at their end up to a multiple of ``multiple``.
+
+    Reflection is used where the axis is long enough, edge replication otherwise
+    (reflection needs more pixels than it pads).
+    """
+    pads = []
+    for size in reversed(x.shape[2:]):
+        pads += [0, (-size) % multiple]
+    if not any(pads):
+        return x
+    for size, pad in zip(reversed(x.shape[2:]), pads[1::2]):
+        if pad >= size:
+            return F.pad(x, pads, mode="replicate")
+    return F.pad(x, pads, mode="reflect")
