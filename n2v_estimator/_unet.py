@@ -37,15 +37,15 @@ def _interleave(a, b, groups):
 
 
 class _ConvBlock(nn.Sequential):
-    """Two convolutions, each followed by optional batch norm and ReLU."""
+    """Two convolutions (``in -> mid -> out``), each followed by optional batch norm and ReLU."""
 
-    def __init__(self, ndim, in_ch, out_ch, kernel_size, batch_norm, groups):
+    def __init__(self, ndim, in_ch, mid_ch, out_ch, kernel_size, batch_norm, groups):
         layers = []
-        for c_in in (in_ch, out_ch):
+        for c_in, c_out in ((in_ch, mid_ch), (mid_ch, out_ch)):
             layers.append(
                 _conv(ndim)(
                     c_in,
-                    out_ch,
+                    c_out,
                     kernel_size,
                     padding=kernel_size // 2,
                     groups=groups,
@@ -53,7 +53,7 @@ class _ConvBlock(nn.Sequential):
                 )
             )
             if batch_norm:
-                layers.append(_batch_norm(ndim)(out_ch))
+                layers.append(_batch_norm(ndim)(c_out))
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
 
@@ -96,7 +96,7 @@ class UNet(nn.Module):
         Number of down-sampling steps.
     n_filters : int
         Feature maps at the top level (per channel when ``independent_channels``);
-        doubled at each level down.
+        doubled at each level down to the bottom.
     kernel_size : int
         Odd convolution kernel side.
     batch_norm : bool
@@ -131,25 +131,37 @@ class UNet(nn.Module):
         self.skip_skipone = skip_skipone
         self.groups = in_channels if independent_channels else 1
         g = self.groups
-        width = [n_filters * 2**level * g for level in range(depth + 1)]
+        # The layout of the original n2v (CSBDeep) U-Net: level l has n_filters * 2**l
+        # feature maps, the bottom keeps the deepest level's width, and each decoder
+        # level halves its width before handing it up.
+        width = [n_filters * 2**level * g for level in range(depth)]
 
         self.down = nn.ModuleList()
         self.pool = nn.ModuleList()
         c_in = in_channels
         for level in range(depth):
-            self.down.append(_ConvBlock(ndim, c_in, width[level], kernel_size, batch_norm, g))
+            w = width[level]
+            self.down.append(_ConvBlock(ndim, c_in, w, w, kernel_size, batch_norm, g))
             if blurpool:
-                self.pool.append(_MaxBlurPool(ndim, width[level]))
+                self.pool.append(_MaxBlurPool(ndim, w))
             else:
                 self.pool.append((nn.MaxPool2d if ndim == 2 else nn.MaxPool3d)(2))
-            c_in = width[level]
-        self.bottom = _ConvBlock(ndim, c_in, width[depth], kernel_size, batch_norm, g)
+            c_in = w
+        self.bottom = _ConvBlock(ndim, c_in, c_in, c_in, kernel_size, batch_norm, g)
 
         self.up = nn.ModuleList()
         for level in reversed(range(depth)):
             skip = 0 if (skip_skipone and level == 0) else width[level]
             self.up.append(
-                _ConvBlock(ndim, width[level + 1] + skip, width[level], kernel_size, batch_norm, g)
+                _ConvBlock(
+                    ndim,
+                    width[level] + skip,
+                    width[level],
+                    width[max(0, level - 1)],
+                    kernel_size,
+                    batch_norm,
+                    g,
+                )
             )
         self.head = _conv(ndim)(width[0], in_channels, 1, groups=g)
 

@@ -1,0 +1,114 @@
+"""Denoise the dev cases with the reference budget and print PSNR against the clean image.
+
+Budget B (as in ../shared/ANCHORS.md): 1500 optimizer steps, batch 16, 64x64 patches,
+U-Net depth 2 with 32 filters, trained on the one noisy image.
+
+    python benchmarks/dev_cases.py --image camera --noise gauss25
+    python benchmarks/dev_cases.py --image camera --noise structured --setting structn2v
+    python benchmarks/dev_cases.py --image camera --noise gauss25 --setting n2v2 --tta
+
+Each run prints one JSON line (and appends it to ``--out`` when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from skimage import data
+
+from n2v_estimator import Noise2VoidDenoiser
+
+SETTINGS = {
+    "n2v": {},
+    "n2v2": {"blurpool": True, "skip_skipone": True, "manipulator": "median"},
+    "structn2v": {"struct_mask": ("x", 5)},
+}
+
+
+def add_noise(clean, kind, seed=0):
+    """The dev-case noise models of ANCHORS.md, from ``default_rng(seed)``."""
+    rng = np.random.default_rng(seed)
+    clean = clean.astype(np.float64)
+    if kind == "gauss25":
+        return clean + rng.normal(0, 25, clean.shape)
+    if kind == "poisson":
+        return (rng.poisson(clean / 255 * 20) + rng.normal(0, 1, clean.shape)) * 255 / 20
+    if kind == "structured":
+        white = rng.normal(0, 25, clean.shape)
+        kernel = np.ones(5) / np.sqrt(5)
+        # Correlate along x (rows) with wrap-around.
+        out = sum(np.roll(white, s, axis=-1) * k for s, k in zip(range(-2, 3), kernel))
+        return clean + out
+    raise ValueError(kind)
+
+
+def psnr(estimate, clean, data_range=255.0):
+    mse = np.mean((np.asarray(estimate, np.float64) - clean) ** 2)
+    return 10 * np.log10(data_range**2 / mse)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", default="camera", choices=["camera", "coins", "moon"])
+    parser.add_argument("--noise", default="gauss25", choices=["gauss25", "poisson", "structured"])
+    parser.add_argument("--setting", default="n2v", choices=sorted(SETTINGS))
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--tta", action="store_true", help="also report PSNR with test-time augmentation")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="random_state of the denoiser")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="extra parameters (Python literals)")
+    parser.add_argument("--out", default=None, help="append the JSON line to this file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    clean = getattr(data, args.image)().astype(np.float64)
+    noisy = add_noise(clean, args.noise)
+    params = dict(SETTINGS[args.setting])
+    import ast
+
+    for item in args.set:
+        name, value = item.split("=", 1)
+        params[name] = ast.literal_eval(value)
+    steps_per_epoch = 50
+    denoiser = Noise2VoidDenoiser(
+        patch_size=64,
+        batch_size=16,
+        depth=2,
+        n_filters=32,
+        max_epochs=max(1, args.steps // steps_per_epoch),
+        steps_per_epoch=steps_per_epoch,
+        random_state=args.seed,
+        **params,
+    )
+    start = time.perf_counter()
+    denoiser.fit(noisy)
+    fit_seconds = time.perf_counter() - start
+    denoised = denoiser.transform(noisy)
+    result = {
+        "image": args.image,
+        "noise": args.noise,
+        "setting": args.setting,
+        "params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+        "steps": denoiser.max_epochs * steps_per_epoch,
+        "psnr_noisy": round(psnr(noisy, clean), 2),
+        "psnr": round(psnr(denoised, clean), 2),
+        "seconds_per_step": round(fit_seconds / (denoiser.max_epochs * steps_per_epoch), 4),
+        "threads": torch.get_num_threads(),
+    }
+    if args.tta:
+        denoiser.set_params(tta=True)
+        result["psnr_tta"] = round(psnr(denoiser.transform(noisy), clean), 2)
+    line = json.dumps(result)
+    print(line, flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

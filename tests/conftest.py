@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+# Two cores: keep torch from oversubscribing when pytest runs alongside other work.
+torch.set_num_threads(2)
+
+
+def psnr(estimate, clean, data_range=255.0):
+    mse = np.mean((np.asarray(estimate, np.float64) - np.asarray(clean, np.float64)) ** 2)
+    return 10 * np.log10(data_range**2 / mse)
+
+
+@pytest.fixture(scope="session")
+def camera_pair():
+    """A 128x128 crop of skimage's camera and a Gaussian-noisy copy (sigma 25, seed 0)."""
+    clean = data.camera()[256:384, 256:384].astype(np.float64)
+    noisy = clean + np.random.default_rng(0).normal(0, 25, clean.shape)
+    return clean, noisy
+
+
+TINY = dict(
+    patch_size=16,
+    batch_size=4,
+    max_epochs=2,
+    steps_per_epoch=3,
+    depth=1,
+    n_filters=4,
+    random_state=0,
+    device="cpu",
+)
