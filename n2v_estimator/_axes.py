@@ -8,6 +8,7 @@ there and ``from_canonical`` takes a result back to the user's own layout.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
 _ALLOWED = "SCZYX"
 _CANONICAL = "SCZYX"
@@ -34,6 +35,11 @@ def resolve_axes(axes, ndim):
             return "YX"
         if ndim == 3:
             return "SYX"
+        if ndim < 2:
+            raise ValueError(
+                f"Expected an image, got a {ndim}D array. Reshape your data: a 2D array is one "
+                "image (YX), a 3D array a stack of images (SYX); flattened images need image_shape."
+            )
         raise ValueError(
             f"Cannot infer the axes of a {ndim}D array: axes=None only covers 2D images (YX) "
             f"and 3D stacks of images (SYX). Pass axes explicitly, e.g. axes='ZYX', 'SCYX' or 'YXC'."
@@ -90,10 +96,16 @@ def spatial_ndim(axes):
 def check_image_array(X, name="X"):
     """Return ``X`` as a numeric ndarray, or raise a clear error.
 
-    Rejects non-numeric dtypes (bool, complex, object, strings), empty arrays
-    and non-finite values (naming how many and the first position). Integer
-    and floating arrays are returned unchanged (no copy).
+    Rejects sparse matrices, non-numeric dtypes (bool, complex, strings, object
+    arrays of non-numbers), empty arrays and non-finite values (naming how many
+    and the first position). Integer and floating arrays are returned unchanged
+    (no copy); object arrays of numbers are converted to float64.
     """
+    if sp.issparse(X):
+        raise TypeError(
+            f"Sparse data was passed for {name}, but dense data is required: images are dense. "
+            "Use X.toarray() to convert to a dense numpy array."
+        )
     try:
         array = np.asarray(X)
     except Exception as exc:  # ragged lists and the like
@@ -102,11 +114,26 @@ def check_image_array(X, name="X"):
     if kind == "b":
         raise TypeError(f"{name} has boolean dtype; convert it to a number type (e.g. X.astype(np.float32)).")
     if kind == "c":
-        raise TypeError(f"{name} has complex dtype {array.dtype}; denoise the real and imaginary parts (or the magnitude) separately.")
+        raise ValueError(
+            f"Complex data not supported: {name} has dtype {array.dtype}. Denoise the real and "
+            "imaginary parts (or the magnitude) separately."
+        )
+    if kind == "O":
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} has dtype object with non-numeric entries: {exc}") from exc
+        kind = "f"
     if kind not in "iuf":
         raise TypeError(f"{name} has dtype {array.dtype}; a numeric (integer or float) image is needed.")
     if array.size == 0:
-        raise ValueError(f"{name} is empty (shape {array.shape}).")
+        if array.ndim == 2 and array.shape[0] > 0:
+            raise ValueError(
+                f"{name} is empty: found array with 0 feature(s) (shape={array.shape}) while a minimum of 1 is required."
+            )
+        raise ValueError(
+            f"{name} is empty: found array with 0 sample(s) (shape={array.shape}) while a minimum of 1 is required."
+        )
     if kind == "f":
         finite = np.isfinite(array)
         if not finite.all():

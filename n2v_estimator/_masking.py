@@ -127,7 +127,8 @@ class BlindSpotMasker:
           excluded (``median`` is the N2V2 choice).
         - ``identity``: the value is kept (only useful as a control).
     neighborhood_radius : int
-        Half side of the neighbourhood cube the replacement is taken from.
+        Half side of the neighbourhood cube the replacement is taken from. The
+        cube is cut at the patch border: only pixels inside the patch are used.
     struct_offsets : ndarray of shape (K, ndim), optional
         structN2V: offsets around each blind spot whose values are replaced by
         values of random pixels of the same patch, so that noise correlated
@@ -159,7 +160,7 @@ class BlindSpotMasker:
         if manipulator == "normal_withoutCP":
             sigma = max(self.radius, 1)
             weights *= np.exp(-0.5 * (offsets**2).sum(axis=1) / sigma**2)
-        self._cumulative_weights = torch.as_tensor(np.cumsum(weights) / weights.sum())
+        self._weights = torch.as_tensor(weights, dtype=torch.float64)
         if len(offsets) < 2 and manipulator not in ("identity", "normal_additive", "uniform_withCP"):
             raise ValueError(
                 f"manipulator={manipulator!r} needs neighbours, but neighborhood_radius="
@@ -169,19 +170,20 @@ class BlindSpotMasker:
     def choose(self, shape, generator):
         """Blind-spot mask of ``shape = (B, C, *spatial)`` on ``generator``'s device.
 
-        Each ``(sample, channel)`` gets one candidate pixel per cell of a grid of
-        side :func:`grid_cell_side`, shifted by a random phase; candidates that
-        fall outside the patch are dropped, so the expected density is exactly
-        the requested percentage. A patch that would get no blind spot (tiny
-        patches, low percentages) gets one at a random position.
+        Each ``(sample, channel)`` gets one blind spot per cell of a grid of
+        side :func:`grid_cell_side`, shifted by a random phase. Cells are cut at
+        whole pixels (so they never share a pixel) and spots falling outside
+        the patch are dropped, so the expected density is exactly the requested
+        percentage. A patch that would get no blind spot (tiny patches, low
+        percentages) gets one at a random position.
         """
         device = generator.device
         batch, channels, *spatial = shape
         n = batch * channels
         side = grid_cell_side(self.masked_pixel_percentage, self.ndim)
         cells = [math.ceil(size / side) + 1 for size in spatial]
-        phase = torch.rand((n, self.ndim), generator=generator, device=device) * side
-        jitter = torch.rand((n, *cells, self.ndim), generator=generator, device=device)
+        phase = torch.rand((n, self.ndim), generator=generator, device=device, dtype=torch.float64) * side
+        jitter = torch.rand((n, *cells, self.ndim), generator=generator, device=device, dtype=torch.float64)
         mask = torch.zeros((n, *spatial), dtype=torch.bool, device=device)
         coords, inside = [], torch.ones((n, *cells), dtype=torch.bool, device=device)
         for d, size in enumerate(spatial):
@@ -189,7 +191,9 @@ class BlindSpotMasker:
                 [1] + [-1 if i == d else 1 for i in range(self.ndim)]
             )
             shift = phase[:, d].reshape([n] + [1] * self.ndim)
-            c = torch.floor((index + jitter[..., d]) * side - shift).long()
+            low = torch.floor(index * side - shift)
+            high = torch.floor((index + 1) * side - shift)
+            c = (low + torch.floor(jitter[..., d] * (high - low))).long()
             inside &= (c >= 0) & (c < size)
             coords.append(c)
         row = torch.arange(n, device=device).reshape([n] + [1] * self.ndim).expand_as(inside)
@@ -223,24 +227,20 @@ class BlindSpotMasker:
         x_masked[mask] = self._replacement(x, spots, generator)
         return x_masked, mask
 
-    @staticmethod
-    def _gather(x, spots, offsets):
-        """Values of ``x`` at ``spots + offsets``.
+    def _neighbours(self, x, spots, offsets):
+        """Values of ``x`` at ``spots + offsets`` and whether each lies in the patch.
 
-        ``spots`` is ``(N, 2 + ndim)``, ``offsets`` is ``(N or 1, K, ndim)``;
-        the result is ``(N, K)``. An offset that leaves the patch along an axis
-        is mirrored to the other side of the spot along that axis (not reflected
-        at the border, which could land on the spot itself), so a non-zero
-        offset never reads the spot's own value in patches wider than twice
-        the radius.
+        ``spots`` is ``(N, 2 + ndim)``, ``offsets`` is ``(K, ndim)``; both
+        results are ``(N, K)``. The neighbourhood is cut at the patch border:
+        positions outside are marked invalid (their value is a placeholder).
         """
         index = [spots[:, 0:1], spots[:, 1:2]]
+        valid = torch.ones((len(spots), len(offsets)), dtype=torch.bool, device=x.device)
         for d, size in enumerate(x.shape[2:]):
-            centre = spots[:, 2 + d : 3 + d]
-            c = centre + offsets[..., d]
-            c = torch.where((c < 0) | (c > size - 1), centre - offsets[..., d], c)
+            c = spots[:, 2 + d : 3 + d] + offsets[None, :, d]
+            valid &= (c >= 0) & (c < size)
             index.append(c.clamp(0, size - 1))
-        return x[tuple(index)]
+        return x[tuple(index)], valid
 
     def _replacement(self, x, spots, generator):
         n = len(spots)
@@ -249,20 +249,38 @@ class BlindSpotMasker:
         if self.manipulator == "normal_additive":
             noise = torch.randn(n, generator=generator, device=x.device, dtype=x.dtype)
             return x[tuple(spots.T)] + self.radius * noise
+        offsets = self.offsets.to(x.device)
         if self.manipulator in _NEIGHBOUR_SAMPLERS:
+            values, valid = self._neighbours(x, spots, offsets)
+            weights = self._weights.to(x.device)[None, :] * valid
+            # A spot with no usable neighbour (patch narrower than the radius) keeps its value.
+            weights[:, 0] += weights.sum(dim=1) == 0
+            cumulative = weights.cumsum(dim=1)
             u = torch.rand((n, 1), generator=generator, device=x.device, dtype=torch.float64)
-            cumulative = self._cumulative_weights.to(x.device)
-            choice = torch.searchsorted(cumulative, u).clamp_max(len(cumulative) - 1)
-            offsets = self.offsets.to(x.device)[choice]  # (N, 1, ndim)
-            return self._gather(x, spots, offsets)[:, 0]
-        values = self._gather(x, spots, self.offsets[None, 1:].to(x.device))
-        if self.manipulator == "mean":
-            return values.mean(dim=1)
+            choice = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)
+            return values.gather(1, choice.clamp_max(len(offsets) - 1))[:, 0]
+        values, valid = self._neighbours(x, spots, offsets[1:])
+        count = valid.sum(dim=1)
+        if (count == 0).any():
+            raise ValueError(
+                f"manipulator={self.manipulator!r} found a blind spot without neighbours; "
+                "the patch is too small for neighborhood_radius."
+            )
         if self.manipulator == "median":
-            return values.median(dim=1).values
+            # Invalid positions sort last; the median of the k valid values is
+            # the mean of the two middle ones (numpy's definition).
+            ordered = torch.where(valid, values, torch.full_like(values, math.inf)).sort(dim=1).values
+            lower = ordered.gather(1, ((count - 1) // 2)[:, None])
+            upper = ordered.gather(1, (count // 2)[:, None])
+            return ((lower + upper) / 2)[:, 0]
+        values = values * valid
+        mean = values.sum(dim=1) / count
+        if self.manipulator == "mean":
+            return mean
         # normal_fitted
+        variance = (values - mean[:, None]).pow(2).mul(valid).sum(dim=1) / count
         noise = torch.randn(n, generator=generator, device=x.device, dtype=x.dtype)
-        return values.mean(dim=1) + values.std(dim=1, unbiased=False) * noise
+        return mean + variance.sqrt() * noise
 
     def _scramble_struct(self, x, x_masked, spots, generator):
         """Give the structN2V neighbours of every blind spot the values of random

@@ -125,6 +125,19 @@ class UNet(nn.Module):
         independent_channels=False,
     ):
         super().__init__()
+        # Everything needed to rebuild this network (saved with its weights).
+        self.config = {
+            "ndim": ndim,
+            "in_channels": in_channels,
+            "depth": depth,
+            "n_filters": n_filters,
+            "kernel_size": kernel_size,
+            "batch_norm": batch_norm,
+            "residual": residual,
+            "blurpool": blurpool,
+            "skip_skipone": skip_skipone,
+            "independent_channels": independent_channels,
+        }
         self.ndim = ndim
         self.depth = depth
         self.residual = residual

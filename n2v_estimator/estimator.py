@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ._masking import MANIPULATORS, BlindSpotMasker, resolve_struct_mask
 from ._normalize import channel_stats, denormalize, normalize
 from ._patches import PatchSampler, fit_patch_shape, split_validation
 from ._persistence import ModelFileError, read_model, write_model
+from ._scoring import j_invariant_mse
 from ._tiling import predict_tiled
 from ._training import make_validation_set, train
 from ._unet import UNet
@@ -63,6 +65,59 @@ def _per_axis(value, ndim, name):
 
 def _round_up(value, multiple):
     return -(-value // multiple) * multiple
+
+
+def _seeded_network(config, seed):
+    """Build a :class:`UNet` from its ``config``; ``seed`` decides the initial weights.
+
+    The global RNG is forked, so seeding leaves no trace outside.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet(**config)
+
+
+# Bounds on a saved network's settings, so that a hostile file cannot make
+# ``load`` allocate an absurd network before its tensors are checked.
+_NETWORK_LIMITS = {
+    "ndim": (2, 3),
+    "in_channels": (1, 4096),
+    "depth": (1, 8),
+    "n_filters": (1, 4096),
+    "kernel_size": (1, 31),
+}
+
+
+def _network_from_weights(config, weights, source):
+    """Rebuild a network from ``config`` and load ``weights``, checking every tensor.
+
+    Raises :class:`ModelFileError` (naming ``source``) on unknown or out-of-range
+    settings, and on missing, unexpected or mis-shaped tensors.
+    """
+    expected_keys = set(inspect.signature(UNet).parameters)
+    if not isinstance(config, dict) or set(config) != expected_keys:
+        raise ModelFileError(f"{source}: the network description {config!r} is not a U-Net's.")
+    for key, value in config.items():
+        if key in _NETWORK_LIMITS:
+            low, high = _NETWORK_LIMITS[key]
+            if type(value) is not int or not low <= value <= high:
+                raise ModelFileError(f"{source}: network setting {key}={value!r} is not an int in [{low}, {high}].")
+        elif type(value) is not bool:
+            raise ModelFileError(f"{source}: network setting {key}={value!r} is not a bool.")
+    model = UNet(**config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise ModelFileError(f"{source}: tensors missing {missing[:5]}, unexpected {extra[:5]}.")
+    for name, tensor in expected.items():
+        if tuple(weights[name].shape) != tuple(tensor.shape) or weights[name].dtype != tensor.dtype:
+            raise ModelFileError(
+                f"{source}: tensor {name!r} has shape {tuple(weights[name].shape)} and dtype "
+                f"{weights[name].dtype}, the network needs {tuple(tensor.shape)} {tensor.dtype}."
+            )
+    model.load_state_dict(weights)
+    return model.eval()
 
 
 class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
@@ -135,6 +190,17 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
     tta : bool, default=False
         Test-time augmentation: average the predictions of the 8 flips and
         quarter turns (flips only in 3D).
+    image_shape : tuple of int or None, default=None
+        For flattened images, as scikit-learn data often is: ``X`` of shape
+        ``(n_samples, prod(image_shape))`` holds one image per row, laid out as
+        ``axes`` says (default ``"YX"`` or ``"ZYX"``; no ``S``), and
+        ``transform`` returns the same flattened shape.
+    warm_start : bool, default=False
+        ``fit`` continues training the current network (same normalisation,
+        a new learning-rate schedule) instead of starting afresh.
+    n_score_phases : int, default=4
+        Grid phases evaluated by the self-supervised :meth:`score`; each costs
+        one denoising pass over ``X`` and scores 1/16 of the pixels (1/64 in 3D).
     random_state : int, RandomState instance or None, default=None
         Seeds weights, patches and blind spots. Two fits with the same int seed
         on the same device type give identical weights on CPU.
@@ -158,6 +224,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
     history_ : list of dict
         One record per epoch: ``epoch``, ``train_loss``, ``val_loss``,
         ``learning_rate``, ``seconds``.
+    n_features_in_ : int
+        Values per row of ``X``, only set for 2D ``X`` (flattened images with
+        ``image_shape``, or one 2D image, whose rows are then its lines).
 
     Examples
     --------
@@ -183,7 +252,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         "manipulator": [StrOptions(set(MANIPULATORS))],
         "neighborhood_radius": [Interval(Integral, 1, None, closed="left")],
         "struct_mask": [None, "array-like", tuple],
-        "depth": [Interval(Integral, 1, None, closed="left")],
+        "depth": [Interval(Integral, 1, 8, closed="both")],
         "n_filters": [Interval(Integral, 1, None, closed="left")],
         "kernel_size": [Interval(Integral, 1, None, closed="left")],
         "batch_norm": ["boolean"],
@@ -195,6 +264,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         "tile_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
         "tile_overlap": [Interval(Integral, 0, None, closed="left"), tuple, list, None],
         "tta": ["boolean"],
+        "image_shape": [tuple, list, None],
+        "warm_start": ["boolean"],
+        "n_score_phases": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "device": [str, torch.device],
         "verbose": ["verbose"],
@@ -225,6 +297,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         tile_size=None,
         tile_overlap=None,
         tta=False,
+        image_shape=None,
+        warm_start=False,
+        n_score_phases=4,
         random_state=None,
         device="auto",
         verbose=False,
@@ -251,11 +326,68 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.tta = tta
+        self.image_shape = image_shape
+        self.warm_start = warm_start
+        self.n_score_phases = n_score_phases
         self.random_state = random_state
         self.device = device
         self.verbose = verbose
 
-    # ------------------------------------------------------------------ fit
+    # ----------------------------------------------------------------- input
+    def _images(self, X, fitting):
+        """Validate ``X`` and return ``(images, axes, array)``: ``images`` is the
+        canonical ``(S, C, *spatial)`` view of ``X``, ``axes`` the layout of ``X``
+        (each row's image, prefixed with ``S``, under ``image_shape``) and
+        ``array`` the validated ``X`` as an ndarray."""
+        X = array = check_image_array(X)
+        if self.image_shape is None:
+            axes = resolve_axes(self.axes, X.ndim)
+        else:
+            shape = tuple(self.image_shape)
+            if not shape or not all(isinstance(n, (Integral, np.integer)) and n > 0 for n in shape):
+                raise ValueError(f"image_shape={self.image_shape!r} must be a tuple of positive ints.")
+            if X.ndim != 2:
+                raise ValueError(
+                    f"With image_shape={shape}, X must be 2D (n_samples, {int(np.prod(shape))}), "
+                    f"one flattened image per row; got shape {X.shape}."
+                )
+            if X.shape[1] != int(np.prod(shape)):
+                raise ValueError(
+                    f"X has rows of {X.shape[1]} values, but image_shape={shape} needs "
+                    f"{int(np.prod(shape))} values per row."
+                )
+            default = "YX" if len(shape) == 2 else "ZYX" if len(shape) == 3 else None
+            image_axes = resolve_axes(self.axes if self.axes is not None else default, len(shape))
+            if "S" in image_axes:
+                raise ValueError(f"With image_shape, axes={self.axes!r} describes one row's image and has no S.")
+            axes = "S" + image_axes
+            X = X.reshape((X.shape[0],) + shape)
+        if X.ndim == 2 or self.image_shape is not None:
+            n_features = int(np.prod(X.shape[1:]))
+            if fitting:
+                self.n_features_in_ = n_features
+            elif self.image_shape is not None and n_features != getattr(self, "n_features_in_", n_features):
+                raise ValueError(
+                    f"X has {n_features} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input."
+                )
+        elif fitting and hasattr(self, "n_features_in_"):
+            del self.n_features_in_
+        return to_canonical(X, axes), axes, array
+
+    def _check_fitted_layout(self, images, axes):
+        ndim = spatial_ndim(axes)
+        if ndim != self.spatial_ndim_:
+            raise ValueError(
+                f"The denoiser was fitted on {self.spatial_ndim_}D images but X is {ndim}D (axes {axes!r})."
+            )
+        if images.shape[1] != self.n_channels_:
+            raise ValueError(
+                f"X has {images.shape[1]} channel(s) (axes {axes!r}) but the denoiser was fitted "
+                f"on {self.n_channels_}."
+            )
+
+    # ------------------------------------------------------------------- fit
     def fit(self, X, y=None):
         """Train the denoiser on noisy images.
 
@@ -264,7 +396,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         X : array-like
             Noisy images laid out as ``axes`` says (integer or float).
         y : None
-            Ignored.
+            Ignored: training is self-supervised. Accepted so that
+            ``GridSearchCV(...).fit(noisy, clean)`` can score against clean images.
 
         Returns
         -------
@@ -273,20 +406,34 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             best weights so far are kept and the estimator is usable.
         """
         self._validate_params()
-        X = check_image_array(X)
-        axes = resolve_axes(self.axes, X.ndim)
-        ndim = spatial_ndim(axes)
         self._check_hyperparameters()
+        images, axes, _ = self._images(X, fitting=True)
+        ndim = spatial_ndim(axes)
         device = _resolve_device(self.device)
-        images = to_canonical(X, axes)
         seeds = check_random_state(self.random_state).randint(0, 2**31 - 1, size=3)
+        config = {
+            "ndim": ndim,
+            "in_channels": int(images.shape[1]),
+            **{k: getattr(self, k) for k in _ARCHITECTURE},
+        }
+        continuing = self.warm_start and hasattr(self, "model_")
+        if continuing:
+            if self.model_.config != config:
+                raise ValueError(
+                    "warm_start=True needs the same network and data layout as the previous fit: "
+                    f"was {self.model_.config}, now {config}."
+                )
+            model, mean, std = self.model_, self.mean_, self.std_
+        else:
+            model = _seeded_network(config, int(seeds[0]))
+            mean, std = channel_stats(images)
+            self.history_ = []
+        model = model.to(device)
 
-        mean, std = channel_stats(images)
         normed = normalize(images, mean, std)
         train_images, validation_images = split_validation(normed, self.validation_fraction)
-        requested = self._patch_shape(ndim)
         patch_shape = fit_patch_shape(
-            requested, [im.shape[1:] for im in train_images + validation_images]
+            self._patch_shape(ndim), [im.shape[1:] for im in train_images + validation_images]
         )
         masker = BlindSpotMasker(
             ndim,
@@ -295,14 +442,13 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             self.neighborhood_radius,
             resolve_struct_mask(self.struct_mask, ndim),
         )
-        model = self._build_network(images.shape[1], ndim, seed=int(seeds[0])).to(device)
-
+        # Fitted state is in place before training, so that an interrupted or
+        # failed fit leaves a usable estimator with the weights kept by `train`.
+        self.model_ = model
         self.mean_, self.std_ = mean, std
         self.n_channels_ = int(images.shape[1])
         self.spatial_ndim_ = ndim
         self.patch_shape_ = patch_shape
-        self.model_ = model
-        self.history_ = []
         validation = []
         if validation_images:
             validation = make_validation_set(
@@ -333,23 +479,21 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         """Checks that go beyond the declared constraints."""
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}.")
-        if self.skip_skipone and self.depth < 1:
-            raise ValueError("skip_skipone needs depth >= 1.")
+        if self.neighborhood_radius > 32:
+            raise ValueError(f"neighborhood_radius={self.neighborhood_radius} is too large (at most 32).")
+        for name in ("patch_size", "tile_size", "tile_overlap", "image_shape"):
+            value = getattr(self, name)
+            if isinstance(value, (tuple, list)) and not all(
+                isinstance(v, (Integral, np.integer)) and v >= (0 if name == "tile_overlap" else 1) for v in value
+            ):
+                raise ValueError(f"{name}={value!r} must hold positive ints.")
 
     def _patch_shape(self, ndim):
         if ndim == 3 and isinstance(self.patch_size, (Integral, np.integer)):
-            shape = (max(1, int(self.patch_size) // 2), int(self.patch_size), int(self.patch_size))
-        else:
-            shape = _per_axis(self.patch_size, ndim, "patch_size")
-        return shape
+            return (max(1, int(self.patch_size) // 2), int(self.patch_size), int(self.patch_size))
+        return _per_axis(self.patch_size, ndim, "patch_size")
 
-    def _build_network(self, n_channels, ndim, seed):
-        # The global RNG is forked so that seeding the initial weights leaves no trace.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return UNet(ndim=ndim, in_channels=n_channels, **{k: getattr(self, k) for k in _ARCHITECTURE})
-
-    # ------------------------------------------------------------ transform
+    # ------------------------------------------------------------- transform
     def transform(self, X):
         """Denoise images.
 
@@ -357,7 +501,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         ----------
         X : array-like
             Images laid out as ``axes`` says, with the channels seen in ``fit``;
-            any spatial size.
+            any spatial size (rows of ``image_shape`` under ``image_shape``).
 
         Returns
         -------
@@ -366,21 +510,18 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             ``X`` itself is never modified.
         """
         check_is_fitted(self, "model_")
-        X = check_image_array(X)
-        axes = resolve_axes(self.axes, X.ndim)
-        ndim = spatial_ndim(axes)
-        if ndim != self.spatial_ndim_:
-            raise ValueError(
-                f"The denoiser was fitted on {self.spatial_ndim_}D images but X is {ndim}D (axes {axes!r})."
-            )
-        images = to_canonical(X, axes)
-        if images.shape[1] != self.n_channels_:
-            raise ValueError(
-                f"X has {images.shape[1]} channel(s) but the denoiser was fitted on {self.n_channels_}."
-            )
+        images, axes, array = self._images(X, fitting=False)
+        self._check_fitted_layout(images, axes)
+        dtype = np.float64 if array.dtype == np.float64 else np.float32
+        out = self._denoise(images, dtype)
+        return np.ascontiguousarray(from_canonical(out, axes)).reshape(array.shape)
+
+    def _denoise(self, images, dtype=np.float32):
+        """Denoise canonical ``(S, C, *spatial)`` images (original units in and out)."""
         device = _resolve_device(self.device)
         model = self.model_.to(device)
-        tile_shape, overlap = self._tiles(ndim)
+        ndim = images.ndim - 2
+        tile_shape, overlap = self._tiles(ndim, 2**model.depth)
         pixels_per_batch = self.batch_size * int(np.prod(self.patch_shape_))
         prediction = predict_tiled(
             model,
@@ -389,16 +530,13 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             overlap,
             batch_size=max(1, pixels_per_batch // int(np.prod(tile_shape))),
             device=device,
-            multiple=2**self.depth,
+            multiple=2**model.depth,
             tta=bool(self.tta),
             verbose=bool(self.verbose),
         )
-        dtype = np.float64 if X.dtype == np.float64 else np.float32
-        out = denormalize(prediction, self.mean_, self.std_, dtype=dtype)
-        return np.ascontiguousarray(from_canonical(out, axes))
+        return denormalize(prediction, self.mean_, self.std_, dtype=dtype)
 
-    def _tiles(self, ndim):
-        multiple = 2**self.depth
+    def _tiles(self, ndim, multiple):
         if self.tile_size is None:
             tile = (256, 256) if ndim == 2 else (64, 128, 128)
         else:
@@ -411,35 +549,69 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             for t, o in zip(tile, overlap):
                 if o >= t:
                     raise ValueError(
-                        f"tile_overlap {self.tile_overlap!r} (rounded up to {overlap}) must be smaller "
+                        f"tile_overlap={self.tile_overlap!r} (rounded up to {overlap}) must be smaller "
                         f"than tile_size (rounded up to {tile}); both are multiples of 2**depth={multiple}."
                     )
         return tile, overlap
 
-    # ---------------------------------------------------------- persistence
+    # ----------------------------------------------------------------- score
+    def score(self, X, y=None):
+        """How well the denoiser fits ``X``; higher is better.
+
+        Parameters
+        ----------
+        X : array-like
+            Noisy images, laid out as for :meth:`transform`.
+        y : array-like or None
+            ``None``: the negative self-supervised J-invariant loss (Noise2Self):
+            the network is made blind on a fixed grid of pixels (stride 4, their
+            values replaced by the mean of their neighbours, ``n_score_phases``
+            phases of the grid), and the mean squared difference between its
+            output and ``X`` on those pixels is returned, negated. With
+            independent zero-mean noise it equals the true MSE plus the noise
+            variance, so it ranks settings like the true MSE, without clean data.
+            The grid does not depend on the estimator's mask settings.
+            Clean images of ``X``'s shape: the negative MSE of ``transform(X)``
+            against them. A ``y`` of any other shape (class labels passed along
+            by a pipeline or a search) is not clean images and is ignored.
+
+        Returns
+        -------
+        float
+            In squared intensity units of ``X``, negated.
+        """
+        check_is_fitted(self, "model_")
+        if y is not None and np.asarray(y).shape == np.asarray(X).shape:
+            clean = check_image_array(y, name="y").astype(np.float64)
+            return -float(np.mean((self.transform(X).astype(np.float64) - clean) ** 2))
+        images, axes, _ = self._images(X, fitting=False)
+        self._check_fitted_layout(images, axes)
+        return -j_invariant_mse(self._denoise, images, self.n_score_phases)
+
+    # ----------------------------------------------------------- persistence
     def save(self, path):
         """Write the fitted denoiser to ``path`` (one safetensors file, no pickle).
 
-        The file is written under a temporary name and renamed into place, so
-        an existing file is never left half-written.
+        The file is written under a temporary name in the same folder and
+        renamed into place, so an existing file is never left half-written.
         """
         check_is_fitted(self, "model_")
         params = self.get_params(deep=False)
         if not isinstance(params["random_state"], (Integral, type(None))):
             params["random_state"] = None
         params["device"] = str(params["device"])
-        document = {
-            "package_version": __version__,
-            "params": params,
-            "fitted": {
-                "mean": self.mean_,
-                "std": self.std_,
-                "n_channels": self.n_channels_,
-                "spatial_ndim": self.spatial_ndim_,
-                "patch_shape": self.patch_shape_,
-                "history": self.history_,
-            },
+        fitted = {
+            "network": self.model_.config,
+            "mean": self.mean_,
+            "std": self.std_,
+            "n_channels": self.n_channels_,
+            "spatial_ndim": self.spatial_ndim_,
+            "patch_shape": self.patch_shape_,
+            "history": self.history_,
         }
+        if hasattr(self, "n_features_in_"):
+            fitted["n_features_in"] = self.n_features_in_
+        document = {"package_version": __version__, "params": params, "fitted": fitted}
         write_model(path, self.model_.state_dict(), document)
 
     @classmethod
@@ -458,57 +630,61 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         try:
             params = dict(document["params"])
             fitted = document["fitted"]
-            known = set(cls._get_param_names())
-            unknown = sorted(set(params) - known)
+            unknown = sorted(set(params) - set(cls._get_param_names()))
             if unknown:
                 raise ModelFileError(f"{path} names unknown parameters {unknown}.")
-            for key in ("patch_size", "tile_size", "tile_overlap", "struct_mask"):
+            for key in ("patch_size", "tile_size", "tile_overlap", "image_shape"):
                 if isinstance(params.get(key), list):
-                    params[key] = tuple(params[key]) if key != "struct_mask" else np.asarray(params[key])
-            if isinstance(params.get("struct_mask"), np.ndarray) and params["struct_mask"].dtype.kind == "U":
-                params["struct_mask"] = tuple(document["params"]["struct_mask"])
+                    params[key] = tuple(params[key])
+            struct = params.get("struct_mask")
+            if isinstance(struct, list):
+                is_short = len(struct) == 2 and isinstance(struct[0], str)
+                params["struct_mask"] = tuple(struct) if is_short else np.asarray(struct)
             estimator = cls(**params)
             estimator._validate_params()
             n_channels = int(fitted["n_channels"])
-            ndim = int(fitted["spatial_ndim"])
             estimator.mean_ = np.asarray(fitted["mean"], dtype=np.float64).reshape(n_channels)
             estimator.std_ = np.asarray(fitted["std"], dtype=np.float64).reshape(n_channels)
             estimator.n_channels_ = n_channels
-            estimator.spatial_ndim_ = ndim
+            estimator.spatial_ndim_ = int(fitted["spatial_ndim"])
             estimator.patch_shape_ = tuple(int(p) for p in fitted["patch_shape"])
             estimator.history_ = list(fitted["history"])
+            if "n_features_in" in fitted:
+                estimator.n_features_in_ = int(fitted["n_features_in"])
+            network = fitted["network"]
         except ModelFileError:
             raise
         except Exception as exc:
             raise ModelFileError(f"{path} holds an invalid model description: {exc!r}") from exc
-        model = estimator._build_network(n_channels, ndim, seed=0)
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        if missing or extra:
-            raise ModelFileError(f"{path}: tensors missing {missing[:5]}, unexpected {extra[:5]}.")
-        for name, tensor in expected.items():
-            if tuple(tensors[name].shape) != tuple(tensor.shape) or tensors[name].dtype != tensor.dtype:
-                raise ModelFileError(
-                    f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)} and dtype "
-                    f"{tensors[name].dtype}, the network needs {tuple(tensor.shape)} {tensor.dtype}."
-                )
-        model.load_state_dict(tensors)
-        estimator.model_ = model.eval()
+        estimator.model_ = _network_from_weights(network, tensors, path)
+        if (estimator.model_.config["in_channels"], estimator.model_.config["ndim"]) != (
+            estimator.n_channels_,
+            estimator.spatial_ndim_,
+        ):
+            raise ModelFileError(f"{path}: the network does not match the described data layout.")
         return estimator
 
-    # ------------------------------------------------------------- pickling
+    # -------------------------------------------------------------- pickling
     def __getstate__(self):
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns __dict__ itself
         if "model_" in state:
-            # Pickles made on a GPU load on a CPU-only machine.
-            state["model_"] = {k: v.detach().cpu() for k, v in self.model_.state_dict().items()}
+            # Plain CPU tensors: a pickle made on a GPU loads on a CPU-only machine.
+            state["model_"] = {
+                "config": self.model_.config,
+                "weights": {k: v.detach().cpu() for k, v in self.model_.state_dict().items()},
+            }
         return state
 
     def __setstate__(self, state):
-        weights = state.get("model_")
+        network = state.get("model_")
         super().__setstate__(state)
-        if isinstance(weights, dict):
-            model = self._build_network(self.n_channels_, self.spatial_ndim_, seed=0)
-            model.load_state_dict(weights)
+        if isinstance(network, dict):
+            model = UNet(**network["config"])
+            model.load_state_dict(network["weights"])
             self.model_ = model.eval()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

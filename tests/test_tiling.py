@@ -1,0 +1,177 @@
+"""Tiled prediction: tile layout, stitching and test-time augmentation."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from n2v_estimator._tiling import augmentations, axis_tiles, predict_tiled
+from n2v_estimator._unet import UNet
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one thread is faster, and avoids contention on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ axis_tiles
+
+
+@st.composite
+def tilings(draw):
+    multiple = draw(st.sampled_from([1, 2, 4, 8, 16]))
+    tile = multiple * draw(st.integers(1, 24))
+    overlap = multiple * draw(st.integers(0, tile // multiple - 1))
+    length = draw(st.integers(1, 500))
+    return length, tile, overlap, multiple
+
+
+@settings(max_examples=300, deadline=None)
+@given(tilings())
+def test_axis_tiles_cover_the_axis_exactly_once_with_enough_context(params):
+    length, tile, overlap, multiple = params
+    tiles = axis_tiles(length, tile, overlap, multiple)
+
+    assert tiles[0][2] == 0
+    assert tiles[-1][3] == length
+    for (start, stop, lo, hi) in tiles:
+        assert start % multiple == 0
+        assert 0 <= start <= lo < hi <= stop <= length  # writes inside what it reads
+        assert stop - start <= tile
+    for left, right in zip(tiles, tiles[1:]):
+        assert left[3] == right[2]  # contiguous: no gap, no double write
+        # the boundary has at least overlap // 2 pixels of context on both sides
+        assert left[1] - left[3] >= overlap // 2
+        assert right[2] - right[0] >= overlap // 2
+
+
+def test_axis_tiles_single_tile_when_the_axis_fits():
+    assert axis_tiles(37, 64, 16, 8) == [(0, 37, 0, 37)]
+    assert axis_tiles(64, 64, 16, 8) == [(0, 64, 0, 64)]
+
+
+def test_axis_tiles_only_the_last_tile_may_be_short():
+    tiles = axis_tiles(150, 64, 16, 4)
+    sides = [stop - start for start, stop, _, _ in tiles]
+    assert all(s == 64 for s in sides[:-1])
+    assert sides[-1] <= 64
+
+
+# --------------------------------------------------------------- augmentations
+
+
+def test_augmentations_2d_are_the_eight_symmetries_of_the_square():
+    pairs = augmentations(2)
+    assert len(pairs) == 8
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 3, 6, 6)
+    outputs = {tuple(forward(x).flatten().tolist()) for forward, _ in pairs}
+    assert len(outputs) == 8
+
+
+@pytest.mark.parametrize("ndim, shape", [(2, (2, 3, 5, 7)), (3, (1, 2, 3, 4, 5))])
+def test_augmentation_inverse_undoes_forward_on_non_square_input(ndim, shape):
+    x = torch.arange(int(np.prod(shape)), dtype=torch.float32).reshape(shape)
+    for forward, inverse in augmentations(ndim):
+        assert torch.equal(inverse(forward(x)), x)
+
+
+def test_augmentations_3d_are_the_eight_flips_keeping_axes_in_place():
+    pairs = augmentations(3)
+    assert len(pairs) == 8
+    x = torch.arange(3 * 4 * 5, dtype=torch.float32).reshape(1, 1, 3, 4, 5)
+    outputs = set()
+    for forward, _ in pairs:
+        y = forward(x)
+        assert y.shape == x.shape
+        outputs.add(tuple(y.flatten().tolist()))
+    assert len(outputs) == 8
+
+
+# --------------------------------------------------------------- predict_tiled
+
+
+def random_unet(ndim, depth, channels=1):
+    torch.manual_seed(0)
+    return UNet(ndim=ndim, in_channels=channels, depth=depth, n_filters=4).eval()
+
+
+def untiled(model, images):
+    with torch.no_grad():
+        return model(torch.from_numpy(images)).numpy()
+
+
+@pytest.mark.parametrize(
+    "depth, shape, tile",
+    [
+        (1, (1, 1, 70, 45), (32, 32)),
+        (1, (2, 2, 37, 101), (40, 32)),
+        (1, (1, 1, 13, 9), (32, 32)),  # smaller than a tile
+        (2, (1, 1, 150, 97), (64, 64)),
+        (2, (1, 1, 61, 66), (64, 64)),
+        (2, (1, 1, 6, 10), (64, 64)),
+    ],
+)
+def test_predict_tiled_equals_untiled_prediction_in_2d(depth, shape, tile):
+    multiple = 2**depth
+    overlap = 12 * multiple
+    model = random_unet(2, depth, channels=shape[1])
+    images = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    tiled = predict_tiled(model, images, tile, (overlap, overlap), 3, CPU, multiple=multiple)
+    whole = untiled(model, images)
+    assert tiled.dtype == np.float32 and tiled.shape == images.shape
+    scale = np.abs(whole).max()
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize(
+    "depth, shape, tile",
+    [
+        (1, (1, 1, 40, 37, 21), (32, 32, 32)),
+        (1, (2, 1, 5, 7, 9), (32, 32, 32)),  # smaller than a tile
+        (2, (1, 1, 6, 70, 11), (64, 64, 64)),
+    ],
+)
+def test_predict_tiled_equals_untiled_prediction_in_3d(depth, shape, tile):
+    multiple = 2**depth
+    overlap = 12 * multiple
+    model = random_unet(3, depth, channels=shape[1])
+    images = np.random.default_rng(1).normal(size=shape).astype(np.float32)
+    tiled = predict_tiled(model, images, tile, (overlap,) * 3, 2, CPU, multiple=multiple)
+    whole = untiled(model, images)
+    scale = np.abs(whole).max()
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4 * scale)
+
+
+def test_predict_tiled_does_not_modify_its_input():
+    images = np.random.default_rng(2).normal(size=(1, 1, 50, 40)).astype(np.float32)
+    before = images.copy()
+    predict_tiled(random_unet(2, 1), images, (32, 32), (24, 24), 4, CPU, multiple=2)
+    np.testing.assert_array_equal(images, before)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 21, 34), (1, 2, 5, 9, 7)])
+def test_predict_tiled_with_tta_and_identity_model_returns_the_input(shape):
+    images = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    ndim = len(shape) - 2
+    out = predict_tiled(
+        nn.Identity(), images, (16,) * ndim, (8,) * ndim, 4, CPU, multiple=4, tta=True
+    )
+    np.testing.assert_allclose(out, images, rtol=0, atol=1e-6)
+
+
+def test_predict_tiled_with_tta_averages_the_augmented_predictions():
+    model = random_unet(2, 1)
+    images = np.random.default_rng(4).normal(size=(1, 1, 14, 18)).astype(np.float32)
+    out = predict_tiled(model, images, (32, 32), (24, 24), 1, CPU, multiple=2, tta=True)
+    x = torch.from_numpy(images)
+    with torch.no_grad():
+        expected = sum(inv(model(fwd(x))) for fwd, inv in augmentations(2)) / 8
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-6)
