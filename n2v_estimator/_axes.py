@@ -37,8 +37,9 @@ def resolve_axes(axes, ndim):
             return "SYX"
         if ndim < 2:
             raise ValueError(
-                f"Expected an image, got a {ndim}D array. Reshape your data: a 2D array is one "
-                "image (YX), a 3D array a stack of images (SYX); flattened images need image_shape."
+                f"Expected an image, got a {ndim}D array. Reshape your data: with axes=None a 2D "
+                "array is one image (YX), a 3D array a stack of images (SYX); flattened images "
+                "need image_shape."
             )
         raise ValueError(
             f"Cannot infer the axes of a {ndim}D array: axes=None only covers 2D images (YX) "

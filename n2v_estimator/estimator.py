@@ -522,13 +522,17 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         model = self.model_.to(device)
         ndim = images.ndim - 2
         tile_shape, overlap = self._tiles(ndim, 2**model.depth)
-        pixels_per_batch = self.batch_size * int(np.prod(self.patch_shape_))
+        # Tiles per batch: as many pixels as a training batch, and at least one
+        # default tile's worth (prediction needs far less memory than training),
+        # so that stacks of small images are predicted many at a time.
+        pixel_budget = max(self.batch_size * int(np.prod(self.patch_shape_)), 256 * 256)
+        tile_pixels = int(np.prod([min(t, n) for t, n in zip(tile_shape, images.shape[2:])]))
         prediction = predict_tiled(
             model,
             normalize(images, self.mean_, self.std_),
             tile_shape,
             overlap,
-            batch_size=max(1, pixels_per_batch // int(np.prod(tile_shape))),
+            batch_size=max(1, pixel_budget // tile_pixels),
             device=device,
             multiple=2**model.depth,
             tta=bool(self.tta),

@@ -126,16 +126,25 @@ def test_to_canonical_returns_a_view_not_a_copy():
     "X",
     [
         np.zeros((4, 4), dtype=bool),
-        np.zeros((4, 4), dtype=np.complex64),
         np.array([[1, "a"], [2, None]], dtype=object),
         np.array([["a", "b"], ["c", "d"]]),
         np.array([[b"a", b"b"]]),
     ],
-    ids=["bool", "complex", "object", "str", "bytes"],
+    ids=["bool", "object", "str", "bytes"],
 )
 def test_check_image_array_rejects_non_numeric_dtypes(X):
     with pytest.raises(TypeError, match="dtype"):
         check_image_array(X)
+
+
+def test_check_image_array_rejects_complex_data_with_scikit_learns_wording():
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        check_image_array(np.zeros((4, 4), dtype=np.complex64))
+
+
+def test_check_image_array_converts_object_arrays_of_numbers():
+    out = check_image_array(np.array([[1, 2.5], [3, 4]], dtype=object))
+    assert out.dtype == np.float64 and out[0, 1] == 2.5
 
 
 @pytest.mark.parametrize("shape", [(0,), (0, 5), (3, 0, 4)])
