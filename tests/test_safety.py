@@ -1,0 +1,272 @@
+"""Bad input, interruption and untrusted files: every failure is deliberate."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from n2v_estimator import ModelFileError, Noise2VoidDenoiser, _persistence
+
+
+def tiny(**overrides):
+    return Noise2VoidDenoiser(**{**TINY, **overrides})
+
+
+IMAGE = np.random.default_rng(0).normal(size=(24, 24))
+
+# (description, estimator parameters, X, exception, message pattern): the README's table.
+BAD_INPUT = [
+    ("NaN", {}, np.where(np.arange(576).reshape(24, 24) == 30, np.nan, IMAGE), ValueError, r"1 non-finite value.*\(1, 6\)"),
+    ("inf", {}, np.full((8, 8), np.inf), ValueError, r"64 non-finite value.*\(0, 0\)"),
+    ("empty", {}, np.zeros((0, 5)), ValueError, "empty"),
+    ("1D array", {}, np.zeros(16), ValueError, "Reshape your data"),
+    ("4D array, no axes", {}, np.zeros((2, 2, 8, 8)), ValueError, "Pass axes explicitly"),
+    ("axes length", {"axes": "ZYX"}, IMAGE, ValueError, "names 3 axes but the array has 2"),
+    ("unknown axis", {"axes": "YT"}, IMAGE, ValueError, "unknown letter"),
+    ("repeated axis", {"axes": "YY"}, IMAGE, ValueError, "repeats"),
+    ("no X axis", {"axes": "SY"}, IMAGE, ValueError, "both Y and X"),
+    ("complex", {}, IMAGE.astype(np.complex64), ValueError, "Complex data not supported"),
+    ("object", {}, np.array([["a", 1]], dtype=object), TypeError, "non-numeric"),
+    ("bool", {}, IMAGE > 0, TypeError, "boolean"),
+    ("strings", {}, np.array([["a", "b"]]), TypeError, "numeric"),
+    ("image_shape", {"image_shape": (8, 8)}, np.zeros((4, 60)), ValueError, "needs 64 values per row"),
+    ("image_shape, 3D X", {"image_shape": (8, 8)}, np.zeros((4, 8, 8)), ValueError, "must be 2D"),
+    ("negative percentage", {"masked_pixel_percentage": -1.0}, IMAGE, ValueError, "masked_pixel_percentage"),
+    ("percentage > 100", {"masked_pixel_percentage": 150}, IMAGE, ValueError, "masked_pixel_percentage"),
+    ("even kernel", {"kernel_size": 4}, IMAGE, ValueError, "kernel_size must be odd"),
+    ("unknown manipulator", {"manipulator": "gaussian"}, IMAGE, ValueError, "manipulator"),
+    ("tile overlap >= tile", {"tile_size": 32, "tile_overlap": 32}, IMAGE, ValueError, "tile_overlap"),
+    ("patch tuple length", {"patch_size": (8, 8, 8)}, IMAGE, ValueError, "patch_size"),
+    ("bad struct mask", {"struct_mask": ("w", 5)}, IMAGE, ValueError, "struct_mask axis"),
+    ("even struct span", {"struct_mask": ("x", 4)}, IMAGE, ValueError, "odd"),
+    ("cuda without cuda", {"device": "cuda"}, IMAGE, ValueError, "CUDA is not available"),
+]
+
+
+@pytest.mark.parametrize(
+    "params, X, error, pattern", [case[1:] for case in BAD_INPUT], ids=[case[0] for case in BAD_INPUT]
+)
+def test_bad_input_is_rejected_with_a_message_naming_the_problem(params, X, error, pattern):
+    if params.get("device") == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    estimator = tiny(**params)
+    with pytest.raises(error, match=pattern):
+        # tile settings are only used by transform
+        estimator.fit(X).transform(X) if "tile_size" in params else estimator.fit(X)
+
+
+def test_sparse_input_is_rejected():
+    import scipy.sparse
+
+    with pytest.raises(TypeError, match="dense data is required"):
+        tiny().fit(scipy.sparse.random(8, 8, density=0.5, format="csr"))
+
+
+def test_channel_count_mismatch_names_both_counts():
+    denoiser = tiny(axes="YXC").fit(np.random.default_rng(0).normal(size=(16, 16, 2)))
+    with pytest.raises(ValueError, match=r"3 channel\(s\).*fitted on 2"):
+        denoiser.transform(np.zeros((16, 16, 3)))
+
+
+def test_spatial_dimension_mismatch_is_named():
+    denoiser = tiny().fit(IMAGE)
+    with pytest.raises(ValueError, match="fitted on 2D images but X is 3D"):
+        denoiser.set_params(axes="ZYX").transform(np.zeros((4, 8, 8)))
+
+
+def test_nan_in_transform_input_is_rejected_before_any_work():
+    denoiser = tiny().fit(IMAGE)
+    X = IMAGE.copy()
+    X[3, 4] = np.nan
+    with pytest.raises(ValueError, match=r"\(3, 4\)"):
+        denoiser.transform(X)
+
+
+def test_failed_fit_keeps_the_previous_model_usable():
+    denoiser = tiny().fit(IMAGE)
+    before = denoiser.transform(IMAGE)
+    with pytest.raises(ValueError):
+        denoiser.fit(np.full((8, 8), np.nan))
+    np.testing.assert_array_equal(denoiser.transform(IMAGE), before)
+
+
+def test_crash_during_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    first = tiny(random_state=0).fit(IMAGE)
+    first.save(path)
+    original = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_persistence, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        tiny(random_state=1).fit(IMAGE).save(path)
+    assert path.read_bytes() == original
+    assert os.listdir(tmp_path) == ["model.safetensors"]
+
+
+# ----------------------------------------------------------- untrusted files
+def _saved(tmp_path):
+    path = tmp_path / "model.safetensors"
+    tiny().fit(IMAGE).save(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return path, tensors, json.loads(metadata[_persistence.FORMAT_NAME])
+
+
+def _rewrite(path, tensors, document):
+    save_file(tensors, str(path), metadata={_persistence.FORMAT_NAME: json.dumps(document)})
+
+
+class _Payload:
+    """Unpickling this creates a marker file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_loading_a_pickle_never_executes_it(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.safetensors"
+    with open(path, "wb") as f:
+        pickle.dump(_Payload(str(marker)), f)
+    with pytest.raises(ModelFileError):
+        Noise2VoidDenoiser.load(path)
+    assert not marker.exists()
+
+
+def test_loading_a_torch_save_file_never_executes_it(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.pt"
+    torch.save({"weights": _Payload(str(marker))}, path)
+    assert not marker.exists()
+    with pytest.raises(ModelFileError):
+        Noise2VoidDenoiser.load(path)
+    assert not marker.exists()
+
+
+def test_a_newer_format_version_is_refused(tmp_path):
+    path, tensors, document = _saved(tmp_path)
+    document["format_version"] = _persistence.FORMAT_VERSION + 1
+    _rewrite(path, tensors, document)
+    with pytest.raises(ModelFileError, match="format version"):
+        Noise2VoidDenoiser.load(path)
+
+
+def test_unknown_parameters_are_refused(tmp_path):
+    path, tensors, document = _saved(tmp_path)
+    document["params"]["__class__"] = "os.system"
+    _rewrite(path, tensors, document)
+    with pytest.raises(ModelFileError, match="unknown parameters"):
+        Noise2VoidDenoiser.load(path)
+
+
+def test_invalid_parameter_values_are_refused(tmp_path):
+    path, tensors, document = _saved(tmp_path)
+    document["params"]["manipulator"] = "rm -rf"
+    _rewrite(path, tensors, document)
+    with pytest.raises(ModelFileError, match="manipulator"):
+        Noise2VoidDenoiser.load(path)
+
+
+def test_missing_tensors_are_refused(tmp_path):
+    path, tensors, document = _saved(tmp_path)
+    tensors.pop(next(iter(tensors)))
+    _rewrite(path, tensors, document)
+    with pytest.raises(ModelFileError, match="missing"):
+        Noise2VoidDenoiser.load(path)
+
+
+def test_an_absurd_network_is_refused_before_it_is_built(tmp_path):
+    path, tensors, document = _saved(tmp_path)
+    document["fitted"]["network"]["n_filters"] = 10**9
+    _rewrite(path, tensors, document)
+    with pytest.raises(ModelFileError, match="n_filters"):
+        Noise2VoidDenoiser.load(path)
+
+
+def test_a_network_setting_of_the_wrong_type_is_refused(tmp_path):
+    path, tensors, document = _saved(tmp_path)
+    document["fitted"]["network"]["batch_norm"] = "yes"
+    _rewrite(path, tensors, document)
+    with pytest.raises(ModelFileError, match="batch_norm"):
+        Noise2VoidDenoiser.load(path)
+
+
+def test_a_missing_fitted_section_is_refused(tmp_path):
+    path, tensors, document = _saved(tmp_path)
+    del document["fitted"]
+    _rewrite(path, tensors, document)
+    with pytest.raises(ModelFileError, match="invalid model description"):
+        Noise2VoidDenoiser.load(path)
+
+
+# ------------------------------------------------------------------ fuzzing
+@pytest.fixture(scope="module")
+def fitted_2d():
+    return tiny(depth=2).fit(np.random.default_rng(0).normal(size=(40, 40)))
+
+
+@pytest.fixture(scope="module")
+def fitted_3d():
+    return tiny(axes="ZYX", depth=1, patch_size=(4, 8, 8)).fit(np.random.default_rng(0).normal(size=(6, 12, 12)))
+
+
+DTYPES = st.sampled_from([np.uint8, np.uint16, np.int32, np.float32, np.float64])
+FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(
+    shape=st.tuples(st.integers(1, 80), st.integers(1, 80)),
+    dtype=DTYPES,
+    n_samples=st.sampled_from([None, 1, 3]),
+    layout=st.sampled_from(["YX", "XY"]),
+)
+def test_transform_keeps_any_2d_shape_and_gives_finite_output(fitted_2d, shape, dtype, n_samples, layout):
+    X = (np.random.default_rng(1).random(shape) * 200).astype(dtype)
+    axes = layout
+    if n_samples is not None:
+        X = np.stack([X] * n_samples, axis=-1)
+        axes = layout + "S"
+    out = fitted_2d.set_params(axes=axes, tile_size=None).transform(X)
+    assert out.shape == X.shape
+    assert out.dtype == (np.float64 if dtype == np.float64 else np.float32)
+    assert np.isfinite(out).all()
+
+
+@FUZZ
+@given(shape=st.tuples(st.integers(1, 12), st.integers(1, 30), st.integers(1, 30)), dtype=DTYPES)
+def test_transform_keeps_any_3d_shape_and_gives_finite_output(fitted_3d, shape, dtype):
+    X = (np.random.default_rng(2).random(shape) * 200).astype(dtype)
+    out = fitted_3d.transform(X)
+    assert out.shape == X.shape and np.isfinite(out).all()
+
+
+@FUZZ
+@given(
+    shape=st.tuples(st.integers(20, 150), st.integers(20, 150)),
+    tile=st.sampled_from([64, 96]),
+)
+def test_tiled_prediction_equals_untiled_away_from_the_border(fitted_2d, shape, tile):
+    X = np.random.default_rng(3).normal(size=shape).astype(np.float32)
+    whole = fitted_2d.set_params(axes=None, tile_size=1024, tile_overlap=None).transform(X)
+    tiled = fitted_2d.set_params(tile_size=tile, tile_overlap=48).transform(X)
+    fitted_2d.set_params(tile_size=None, tile_overlap=None)
+    inner = (slice(8, -8), slice(8, -8))
+    assert np.abs(tiled - whole)[inner].max() <= 1e-4 * max(np.abs(whole).max(), 1e-6)
