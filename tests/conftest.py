@@ -7,6 +7,20 @@ from skimage import data
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: one thread is faster, and avoids contention on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def gen(seed=0):
+    """A seeded CPU generator."""
+    return torch.Generator().manual_seed(seed)
+
+
 def psnr(estimate, clean, data_range=255.0):
     mse = np.mean((np.asarray(estimate, np.float64) - np.asarray(clean, np.float64)) ** 2)
     return 10 * np.log10(data_range**2 / mse)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import gen
 import torch.nn.functional as F
 
 from n2v_estimator._masking import (
@@ -14,17 +15,7 @@ from n2v_estimator._masking import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is faster, and avoids contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def unique_batch(shape, seed=0):

@@ -5,21 +5,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from conftest import gen
 
 from n2v_estimator._patches import PatchSampler, fit_patch_shape, split_validation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is faster, and avoids contention on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def unique_images(shapes, channels=1):
