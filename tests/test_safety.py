@@ -270,3 +270,11 @@ def test_tiled_prediction_equals_untiled_away_from_the_border(fitted_2d, shape, 
     fitted_2d.set_params(tile_size=None, tile_overlap=None)
     inner = (slice(8, -8), slice(8, -8))
     assert np.abs(tiled - whole)[inner].max() <= 1e-4 * max(np.abs(whole).max(), 1e-6)
+
+
+def test_saved_file_gets_the_usual_permissions(tmp_path):
+    path = tmp_path / "model.safetensors"
+    tiny().fit(IMAGE).save(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
