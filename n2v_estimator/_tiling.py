@@ -86,6 +86,9 @@ def predict_tiled(
     multiple=1,
     tta=False,
     verbose=False,
+    prepare=None,
+    finish=None,
+    dtype=np.float32,
 ):
     """Apply ``model`` to every image in tiles.
 
@@ -93,8 +96,8 @@ def predict_tiled(
     ----------
     model : torch.nn.Module
         Maps ``(B, C, *tile)`` to the same shape; used in eval mode.
-    images : ndarray of shape (S, C, *spatial), float32
-        Normalised images.
+    images : ndarray of shape (S, C, *spatial)
+        Images (any numeric dtype; ``prepare`` turns a batch into network input).
     tile_shape : tuple of int
         Tile side per spatial axis (context included).
     tile_overlap : tuple of int
@@ -109,11 +112,20 @@ def predict_tiled(
         Average the predictions of the :func:`augmentations` of every tile.
     verbose : bool
         Show a progress bar over tile batches.
+    prepare : callable, optional
+        Applied to each ``(B, C, *tile)`` numpy batch before the network
+        (normalisation); must return float32.
+    finish : callable, optional
+        Applied to each predicted numpy batch before it is stitched
+        (de-normalisation).
+    dtype : numpy dtype
+        Of the returned array.
 
     Returns
     -------
-    ndarray of shape (S, C, *spatial), float32
-        Only this array and one batch of tiles are held in memory.
+    ndarray of shape (S, C, *spatial)
+        Only this array and one batch of tiles are held in memory: tiles are
+        prepared and finished one batch at a time.
     """
     n_samples, _, *spatial = images.shape
     ndim = len(spatial)
@@ -124,7 +136,7 @@ def predict_tiled(
     # Tiles of one shape are batched together; only the last along an axis may be shorter.
     tiles.sort(key=lambda tile: tuple(e - a for a, e, _, _ in tile[1]))
     transforms = augmentations(ndim) if tta else None
-    output = np.empty(images.shape, dtype=np.float32)
+    output = np.empty(images.shape, dtype=dtype)
     model.eval()
     batches = []
     for _, group in itertools.groupby(tiles, key=lambda t: tuple(e - a for a, e, _, _ in t[1])):
@@ -138,13 +150,17 @@ def predict_tiled(
                     for s, combo in chunk
                 ]
             )
-            x = torch.from_numpy(batch).to(device)
+            if prepare is not None:
+                batch = prepare(batch)
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
             if transforms:
                 y = sum(inverse(model(forward(x))) for forward, inverse in transforms)
                 y = y / len(transforms)
             else:
                 y = model(x)
             y = y.float().cpu().numpy()
+            if finish is not None:
+                y = finish(y)
             for out_tile, (s, combo) in zip(y, chunk):
                 src = tuple(slice(lo - a, hi - a) for a, _, lo, hi in combo)
                 dst = tuple(slice(lo, hi) for _, _, lo, hi in combo)

@@ -527,9 +527,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         # so that stacks of small images are predicted many at a time.
         pixel_budget = max(self.batch_size * int(np.prod(self.patch_shape_)), 256 * 256)
         tile_pixels = int(np.prod([min(t, n) for t, n in zip(tile_shape, images.shape[2:])]))
-        prediction = predict_tiled(
+        return predict_tiled(
             model,
-            normalize(images, self.mean_, self.std_),
+            images,
             tile_shape,
             overlap,
             batch_size=max(1, pixel_budget // tile_pixels),
@@ -537,8 +537,10 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             multiple=2**model.depth,
             tta=bool(self.tta),
             verbose=bool(self.verbose),
+            prepare=lambda batch: normalize(batch, self.mean_, self.std_),
+            finish=lambda batch: denormalize(batch, self.mean_, self.std_, dtype=dtype),
+            dtype=dtype,
         )
-        return denormalize(prediction, self.mean_, self.std_, dtype=dtype)
 
     def _tiles(self, ndim, multiple):
         if self.tile_size is None:
