@@ -409,6 +409,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         self._check_hyperparameters()
         images, axes, _ = self._images(X, fitting=True)
         ndim = spatial_ndim(axes)
+        self._tiles(ndim, 2**self.depth)  # refuse bad tile settings before training, not after
         device = _resolve_device(self.device)
         seeds = check_random_state(self.random_state).randint(0, 2**31 - 1, size=3)
         config = {

@@ -57,10 +57,16 @@ BAD_INPUT = [
 def test_bad_input_is_rejected_with_a_message_naming_the_problem(params, X, error, pattern):
     if params.get("device") == "cuda" and torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    estimator = tiny(**params)
     with pytest.raises(error, match=pattern):
-        # tile settings are only used by transform
-        estimator.fit(X).transform(X) if "tile_size" in params else estimator.fit(X)
+        tiny(**params).fit(X)
+
+
+def test_bad_tile_settings_are_refused_before_training(monkeypatch):
+    from n2v_estimator import estimator as module
+
+    monkeypatch.setattr(module, "train", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError, match="tile_overlap"):
+        tiny(tile_size=32, tile_overlap=40).fit(IMAGE)
 
 
 def test_sparse_input_is_rejected():
