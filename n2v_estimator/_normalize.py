@@ -30,11 +30,15 @@ def _broadcast(stats, ndim):
 
 
 def normalize(images, mean, std):
-    """Return ``(images - mean) / std`` per channel as a new float32 array."""
-    out = images.astype(np.float32, copy=True)
-    out -= _broadcast(mean, out.ndim).astype(np.float32)
-    out /= _broadcast(std, out.ndim).astype(np.float32)
-    return out
+    """Return ``(images - mean) / std`` per channel as a new float32 array.
+
+    Computed in float64 and cast at the end, so that large offsets and
+    integers above 2**24 keep their precision.
+    """
+    out = images.astype(np.float64, copy=True)
+    out -= _broadcast(mean, out.ndim)
+    out /= _broadcast(std, out.ndim)
+    return out.astype(np.float32)
 
 
 def denormalize(images, mean, std, dtype=np.float32):

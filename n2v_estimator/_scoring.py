@@ -28,19 +28,26 @@ def grid_phases(ndim, n_phases, stride=GRID_STRIDE):
 
 
 def neighbour_mean(images):
-    """Mean of the ``3**ndim - 1`` direct neighbours of every pixel (centre
-    excluded; edge pixels are replicated at the border).
+    """Mean of the direct neighbours of every pixel (the ``3**ndim - 1`` around
+    it, fewer at the border: only neighbours inside the image count, so a
+    pixel's own value never enters its mean).
 
     ``images`` has shape ``(S, C, *spatial)``; the result has the same shape, float64.
     """
     ndim = images.ndim - 2
-    padded = np.pad(images.astype(np.float64), [(0, 0), (0, 0)] + [(1, 1)] * ndim, mode="edge")
+    pad = [(0, 0), (0, 0)] + [(1, 1)] * ndim
+    padded = np.pad(images.astype(np.float64), pad)
+    inside = np.pad(np.ones(images.shape[2:]), [(1, 1)] * ndim)
     total = np.zeros(images.shape, dtype=np.float64)
+    count = np.zeros(images.shape[2:], dtype=np.float64)
     for offset in itertools.product((0, 1, 2), repeat=ndim):
         if offset == (1,) * ndim:
             continue
-        total += padded[(slice(None), slice(None)) + tuple(slice(o, o + n) for o, n in zip(offset, images.shape[2:]))]
-    return total / (3**ndim - 1)
+        window = tuple(slice(o, o + n) for o, n in zip(offset, images.shape[2:]))
+        total += padded[(slice(None), slice(None)) + window]
+        count += inside[window]
+    # A single-pixel image has no neighbour: its mean is 0 (the normalised mean).
+    return total / np.maximum(count, 1)
 
 
 def j_invariant_mse(denoise, images, n_phases):

@@ -185,8 +185,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         Side of the tiles ``transform`` predicts at once; ``None``: 256 in 2D,
         ``(64, 128, 128)`` in 3D. Rounded up to a multiple of ``2**depth``.
     tile_overlap : int, tuple of int or None, default=None
-        Overlap between tiles; ``None``: ``12 * 2**depth``, enough for tiled and
-        whole-image predictions to agree to about 1e-6.
+        Overlap between tiles; ``None``: ``12 * 2**depth * (kernel_size - 1) // 2``
+        (at most half a tile), enough for tiled and whole-image predictions to
+        agree to about 1e-6.
     tta : bool, default=False
         Test-time augmentation: average the predictions of the 8 flips and
         quarter turns (flips only in 3D).
@@ -412,6 +413,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         self._tiles(ndim, 2**self.depth)  # refuse bad tile settings before training, not after
         device = _resolve_device(self.device)
         seeds = check_random_state(self.random_state).randint(0, 2**31 - 1, size=3)
+        if self.warm_start and hasattr(self, "history_"):
+            # Continued training draws new patches and blind spots, not a replay.
+            seeds = (seeds + 7919 * len(self.history_)) % (2**31 - 1)
         config = {
             "ndim": ndim,
             "in_channels": int(images.shape[1]),
@@ -433,9 +437,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
 
         normed = normalize(images, mean, std)
         train_images, validation_images = split_validation(normed, self.validation_fraction)
-        patch_shape = fit_patch_shape(
-            self._patch_shape(ndim), [im.shape[1:] for im in train_images + validation_images]
-        )
+        patch_shape = fit_patch_shape(self._patch_shape(ndim), [im.shape[1:] for im in train_images])
+        self._check_batch_statistics(patch_shape)
         masker = BlindSpotMasker(
             ndim,
             self.masked_pixel_percentage,
@@ -452,8 +455,10 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         self.patch_shape_ = patch_shape
         validation = []
         if validation_images:
+            # Validation patches only need to fit the held-out part (a thin strip of a single image).
+            validation_shape = fit_patch_shape(patch_shape, [im.shape[1:] for im in validation_images])
             validation = make_validation_set(
-                PatchSampler(validation_images, patch_shape, augment=False),
+                PatchSampler(validation_images, validation_shape, augment=False),
                 masker,
                 n_patches=4 * self.batch_size,
                 batch_size=self.batch_size,
@@ -488,6 +493,16 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
                 isinstance(v, (Integral, np.integer)) and v >= (0 if name == "tile_overlap" else 1) for v in value
             ):
                 raise ValueError(f"{name}={value!r} must hold positive ints.")
+
+    def _check_batch_statistics(self, patch_shape):
+        """Batch normalisation needs more than one value per channel at the U-Net's bottom."""
+        bottom = int(np.prod([-(-p // 2**self.depth) for p in patch_shape]))
+        if self.batch_norm and self.batch_size * bottom < 2:
+            raise ValueError(
+                f"batch_size={self.batch_size} with patches of {patch_shape} leaves a single value "
+                f"per channel at depth {self.depth}, too few for batch normalisation; raise "
+                "batch_size, lower depth or set batch_norm=False."
+            )
 
     def _patch_shape(self, ndim):
         if ndim == 3 and isinstance(self.patch_size, (Integral, np.integer)):
@@ -550,7 +565,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             tile = _per_axis(self.tile_size, ndim, "tile_size")
         tile = tuple(_round_up(t, multiple) for t in tile)
         if self.tile_overlap is None:
-            overlap = tuple(min(12 * multiple, (t // 2) // multiple * multiple) for t in tile)
+            # The receptive field grows with the kernel: 12 * 2**depth covers kernel 3.
+            reach = 12 * multiple * max(1, (self.kernel_size - 1) // 2)
+            overlap = tuple(min(reach, (t // 2) // multiple * multiple) for t in tile)
         else:
             overlap = tuple(_round_up(o, multiple) for o in _per_axis(self.tile_overlap, ndim, "tile_overlap"))
             for t, o in zip(tile, overlap):

@@ -190,3 +190,10 @@ def test_with_image_shape_rows_are_independent_samples():
 def test_one_dimensional_input_asks_to_reshape():
     with pytest.raises(ValueError, match="Reshape your data"):
         tiny().fit(np.zeros(16))
+
+
+def test_neighbour_mean_at_the_border_uses_only_pixels_inside_the_image():
+    images = np.arange(9.0).reshape(1, 1, 3, 3)
+    mean = neighbour_mean(images)
+    assert mean[0, 0, 0, 0] == pytest.approx((1 + 3 + 4) / 3)  # the corner's own value 0 never enters
+    assert mean[0, 0, 0, 1] == pytest.approx((0 + 2 + 3 + 4 + 5) / 5)
