@@ -35,6 +35,11 @@ _NEIGHBOURHOOD_STATS = ("mean", "median", "normal_fitted")
 _STRUCT_AXES = {"x": -1, "horizontal": -1, "y": -2, "vertical": -2, "z": -3}
 
 
+def _float_dtype(device):
+    """float64 for exact sampling where the device has it (Apple MPS does not)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def grid_cell_side(masked_pixel_percentage, ndim):
     """Side of the stratification cell holding one blind spot: ``(100/p)**(1/ndim)``."""
     return (100.0 / masked_pixel_percentage) ** (1.0 / ndim)
@@ -182,8 +187,9 @@ class BlindSpotMasker:
         n = batch * channels
         side = grid_cell_side(self.masked_pixel_percentage, self.ndim)
         cells = [math.ceil(size / side) + 1 for size in spatial]
-        phase = torch.rand((n, self.ndim), generator=generator, device=device, dtype=torch.float64) * side
-        jitter = torch.rand((n, *cells, self.ndim), generator=generator, device=device, dtype=torch.float64)
+        dtype = _float_dtype(device)
+        phase = torch.rand((n, self.ndim), generator=generator, device=device, dtype=dtype) * side
+        jitter = torch.rand((n, *cells, self.ndim), generator=generator, device=device, dtype=dtype)
         mask = torch.zeros((n, *spatial), dtype=torch.bool, device=device)
         coords, inside = [], torch.ones((n, *cells), dtype=torch.bool, device=device)
         for d, size in enumerate(spatial):
@@ -252,11 +258,12 @@ class BlindSpotMasker:
         offsets = self.offsets.to(x.device)
         if self.manipulator in _NEIGHBOUR_SAMPLERS:
             values, valid = self._neighbours(x, spots, offsets)
-            weights = self._weights.to(x.device)[None, :] * valid
+            dtype = _float_dtype(x.device)
+            weights = self._weights.to(x.device, dtype)[None, :] * valid
             # A spot with no usable neighbour (patch narrower than the radius) keeps its value.
             weights[:, 0] += weights.sum(dim=1) == 0
             cumulative = weights.cumsum(dim=1)
-            u = torch.rand((n, 1), generator=generator, device=x.device, dtype=torch.float64)
+            u = torch.rand((n, 1), generator=generator, device=x.device, dtype=dtype)
             choice = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)
             return values.gather(1, choice.clamp_max(len(offsets) - 1))[:, 0]
         values, valid = self._neighbours(x, spots, offsets[1:])

@@ -110,9 +110,10 @@ def train(
     Notes
     -----
     At the end (and on interruption), the weights with the lowest validation
-    loss are restored; without validation the last weights are kept. A
-    non-finite loss restores the last weights that gave a finite one and
-    raises :class:`NonFiniteLossError`.
+    loss are restored; without validation, the weights of the last complete
+    epoch (the initial weights if none completed). A non-finite loss or
+    weights restore the best (else the last finite) weights and raise
+    :class:`NonFiniteLossError`.
     """
     total_steps = max_epochs * steps_per_epoch
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
@@ -135,7 +136,7 @@ def train(
                 x_masked, mask = masker(x, mask_generator)
                 loss = masked_mse(model(x_masked), x, mask)
                 if not torch.isfinite(loss):
-                    model.load_state_dict(last_good_state)
+                    model.load_state_dict(best_state if best_loss < math.inf else last_good_state)
                     raise NonFiniteLossError(
                         f"The training loss became {float(loss)} at epoch {epoch + 1}; "
                         "training stopped and the last weights with a finite loss were kept. "
@@ -148,7 +149,14 @@ def train(
                 losses.append(loss.item())
                 progress.update()
                 progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-            last_good_state = copy.deepcopy(model.state_dict())
+            state = copy.deepcopy(model.state_dict())
+            if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+                model.load_state_dict(best_state if best_loss < math.inf else last_good_state)
+                raise NonFiniteLossError(
+                    f"The weights became non-finite in epoch {epoch + 1}; training stopped and "
+                    "the last finite weights were kept. Lower learning_rate."
+                )
+            last_good_state = state
             val_loss = _validation_loss(model, validation) if validation else None
             history.append(
                 {
@@ -166,12 +174,12 @@ def train(
         interrupted = True
         warnings.warn(
             f"Training interrupted after {len(history)} complete epoch(s); the "
-            + ("best validation weights so far" if validation else "weights of the last complete epoch")
+            + ("best validation weights so far" if validation and best_loss < math.inf else "weights of the last complete epoch")
             + " are kept and the estimator is usable.",
             stacklevel=3,
         )
-        if not validation:
-            model.load_state_dict(last_good_state)
+        # Weights of an interrupted step may be half-updated: fall back to a complete epoch.
+        model.load_state_dict(best_state if best_loss < math.inf else last_good_state)
     finally:
         progress.close()
     if validation and best_loss < math.inf:

@@ -104,8 +104,9 @@ def _network_from_weights(config, weights, source):
                 raise ModelFileError(f"{source}: network setting {key}={value!r} is not an int in [{low}, {high}].")
         elif type(value) is not bool:
             raise ModelFileError(f"{source}: network setting {key}={value!r} is not a bool.")
-    model = UNet(**config)
-    expected = model.state_dict()
+    # Shapes are compared on the meta device (no memory), before any real allocation.
+    with torch.device("meta"):
+        expected = UNet(**config).state_dict()
     missing = sorted(set(expected) - set(weights))
     extra = sorted(set(weights) - set(expected))
     if missing or extra:
@@ -116,6 +117,7 @@ def _network_from_weights(config, weights, source):
                 f"{source}: tensor {name!r} has shape {tuple(weights[name].shape)} and dtype "
                 f"{weights[name].dtype}, the network needs {tuple(tensor.shape)} {tensor.dtype}."
             )
+    model = UNet(**config)
     model.load_state_dict(weights)
     return model.eval()
 
@@ -411,6 +413,12 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         images, axes, _ = self._images(X, fitting=True)
         ndim = spatial_ndim(axes)
         self._tiles(ndim, 2**self.depth)  # refuse bad tile settings before training, not after
+        neighbourhood = (2 * self.neighborhood_radius + 1) ** ndim
+        if neighbourhood > 4096:
+            raise ValueError(
+                f"neighborhood_radius={self.neighborhood_radius} spans {neighbourhood} pixels in "
+                f"{ndim}D; at most 4096 are allowed (radius <= 31 in 2D, <= 7 in 3D)."
+            )
         device = _resolve_device(self.device)
         seeds = check_random_state(self.random_state).randint(0, 2**31 - 1, size=3)
         if self.warm_start and hasattr(self, "history_"):
@@ -485,8 +493,6 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         """Checks that go beyond the declared constraints."""
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}.")
-        if self.neighborhood_radius > 32:
-            raise ValueError(f"neighborhood_radius={self.neighborhood_radius} is too large (at most 32).")
         for name in ("patch_size", "tile_size", "tile_overlap", "image_shape"):
             value = getattr(self, name)
             if isinstance(value, (tuple, list)) and not all(

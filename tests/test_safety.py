@@ -284,3 +284,36 @@ def test_saved_file_gets_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_batch_norm_with_a_single_value_per_channel_is_refused_early():
+    with pytest.raises(ValueError, match="batch normalisation"):
+        tiny(batch_size=1, depth=2).fit(np.zeros((4, 4)))
+
+
+def test_a_huge_neighbourhood_is_refused():
+    with pytest.raises(ValueError, match="neighborhood_radius"):
+        tiny(axes="ZYX", neighborhood_radius=8).fit(np.zeros((8, 8, 8)))
+
+
+def test_weights_that_become_non_finite_are_not_kept(monkeypatch):
+    from n2v_estimator import NonFiniteLossError
+    from n2v_estimator import _training
+
+    original_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def poisoning_step(self, *args, **kwargs):
+        out = original_step(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 6:  # the last step of the second epoch
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoning_step)
+    denoiser = tiny(max_epochs=3, steps_per_epoch=3)
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        denoiser.fit(IMAGE)
+    assert all(torch.isfinite(p).all() for p in denoiser.model_.parameters())
+    assert np.isfinite(denoiser.transform(IMAGE)).all()
