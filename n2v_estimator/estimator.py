@@ -440,7 +440,6 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         else:
             model = _seeded_network(config, int(seeds[0]))
             mean, std = channel_stats(images)
-            self.history_ = []
         model = model.to(device)
 
         normed = normalize(images, mean, std)
@@ -461,6 +460,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         self.n_channels_ = int(images.shape[1])
         self.spatial_ndim_ = ndim
         self.patch_shape_ = patch_shape
+        if not continuing:
+            self.history_ = []
         validation = []
         if validation_images:
             # Validation patches only need to fit the held-out part (a thin strip of a single image).
