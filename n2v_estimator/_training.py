@@ -138,7 +138,7 @@ def train(
                 if not torch.isfinite(loss):
                     model.load_state_dict(best_state if best_loss < math.inf else last_good_state)
                     raise NonFiniteLossError(
-                        f"The training loss became {float(loss)} at epoch {epoch + 1}; "
+                        f"The training loss became {loss.item()} at epoch {epoch + 1}; "
                         "training stopped and the last weights with a finite loss were kept. "
                         "Lower learning_rate or check the input for extreme values."
                     )
