@@ -29,8 +29,6 @@ MANIPULATORS = (
 
 # Manipulators that copy one neighbour's value, and whether the centre may be that neighbour.
 _NEIGHBOUR_SAMPLERS = {"uniform_withCP": True, "uniform_withoutCP": False, "normal_withoutCP": False}
-# Manipulators that summarise the whole neighbourhood (centre excluded).
-_NEIGHBOURHOOD_STATS = ("mean", "median", "normal_fitted")
 
 _STRUCT_AXES = {"x": -1, "horizontal": -1, "y": -2, "vertical": -2, "z": -3}
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 from numbers import Integral, Real
-from pathlib import Path
 
 import numpy as np
 import torch

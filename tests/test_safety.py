@@ -298,7 +298,6 @@ def test_a_huge_neighbourhood_is_refused():
 
 def test_weights_that_become_non_finite_are_not_kept(monkeypatch):
     from n2v_estimator import NonFiniteLossError
-    from n2v_estimator import _training
 
     original_step = torch.optim.Adam.step
     calls = {"n": 0}

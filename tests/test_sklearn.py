@@ -4,7 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import TINY, psnr
+from conftest import TINY
 from scipy.stats import spearmanr
 from sklearn.base import clone
 from sklearn.decomposition import PCA
