@@ -125,6 +125,11 @@ def train(
     best_state = copy.deepcopy(model.state_dict())
     last_good_state = best_state
     interrupted = False
+
+    def kept_state():
+        """The weights to fall back on: best validation so far, else the last complete epoch."""
+        return best_state if best_loss < math.inf else last_good_state
+
     model.train()
     progress = tqdm(total=total_steps, desc="fit", unit="step", disable=not verbose)
     try:
@@ -136,7 +141,7 @@ def train(
                 x_masked, mask = masker(x, mask_generator)
                 loss = masked_mse(model(x_masked), x, mask)
                 if not torch.isfinite(loss):
-                    model.load_state_dict(best_state if best_loss < math.inf else last_good_state)
+                    model.load_state_dict(kept_state())
                     raise NonFiniteLossError(
                         f"The training loss became {loss.item()} at epoch {epoch + 1}; "
                         "training stopped and the last weights with a finite loss were kept. "
@@ -151,7 +156,7 @@ def train(
                 progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             state = copy.deepcopy(model.state_dict())
             if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
-                model.load_state_dict(best_state if best_loss < math.inf else last_good_state)
+                model.load_state_dict(kept_state())
                 raise NonFiniteLossError(
                     f"The weights became non-finite in epoch {epoch + 1}; training stopped and "
                     "the last finite weights were kept. Lower learning_rate."
@@ -179,7 +184,7 @@ def train(
             stacklevel=3,
         )
         # Weights of an interrupted step may be half-updated: fall back to a complete epoch.
-        model.load_state_dict(best_state if best_loss < math.inf else last_good_state)
+        model.load_state_dict(kept_state())
     finally:
         progress.close()
     if validation and best_loss < math.inf:
