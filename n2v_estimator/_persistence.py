@@ -54,6 +54,9 @@ def write_model(path, tensors, document):
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        # On disk before the rename, so a power cut cannot leave an empty file at ``path``.
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         # mkstemp creates the file private (0600); give it the usual permissions.
         umask = os.umask(0)
         os.umask(umask)

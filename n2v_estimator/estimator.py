@@ -645,10 +645,24 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         write_model(path, self.model_.state_dict(), document)
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, *, device=None):
         """Read a denoiser written by :meth:`save`.
 
         Only tensors and JSON are read; nothing in the file is executed.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A file written by :meth:`save`.
+        device : str or torch.device, optional
+            Where the loaded denoiser computes. ``None`` keeps the saved
+            setting; pass ``"auto"`` (or ``"cpu"``) to use a model saved with
+            ``device="cuda"`` on a machine without a GPU.
+
+        Returns
+        -------
+        Noise2VoidDenoiser
+            Fitted, ready for :meth:`transform`.
 
         Raises
         ------
@@ -670,6 +684,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             if isinstance(struct, list):
                 is_short = len(struct) == 2 and isinstance(struct[0], str)
                 params["struct_mask"] = tuple(struct) if is_short else np.asarray(struct)
+            if device is not None:
+                params["device"] = device
             estimator = cls(**params)
             estimator._validate_params()
             n_channels = int(fitted["n_channels"])

@@ -174,6 +174,20 @@ def test_save_then_load_gives_bitwise_identical_transform(tmp_path, camera_pair)
     np.testing.assert_array_equal(loaded.transform(noisy), denoiser.transform(noisy))
 
 
+def test_load_can_move_a_model_saved_for_a_gpu_to_another_device(tmp_path, camera_pair):
+    _, noisy = camera_pair
+    denoiser = tiny().fit(noisy)
+    expected = denoiser.transform(noisy)
+    path = tmp_path / "model.safetensors"
+    denoiser.set_params(device="cuda").save(path)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='auto'"):
+            Noise2VoidDenoiser.load(path).transform(noisy)
+    moved = Noise2VoidDenoiser.load(path, device="cpu")
+    assert moved.device == "cpu"
+    np.testing.assert_array_equal(moved.transform(noisy), expected)
+
+
 def test_save_overwrites_an_existing_model(tmp_path, camera_pair):
     _, noisy = camera_pair
     path = tmp_path / "model.safetensors"
