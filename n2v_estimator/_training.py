@@ -21,7 +21,8 @@ def warmup_cosine(total_steps, warmup_fraction=0.05, final_fraction=0.01):
     """Learning-rate multiplier for step ``t`` of ``total_steps``.
 
     A linear warm-up over the first ``warmup_fraction`` of the steps, then a
-    cosine decay to ``final_fraction`` of the peak at the last step. The total
+    cosine decay towards ``final_fraction`` of the peak, reached one step
+    after the last (so the last step uses slightly more than that). The total
     is known in advance, so the decay fits a short run on one image as well as
     a long run on many (plateau schedules shrink the rate too early on one image).
     """
@@ -92,7 +93,8 @@ def train(
         From :func:`make_validation_set`; empty for no validation.
     history : list
         One dict per epoch is appended (``epoch``, ``train_loss``,
-        ``val_loss``, ``learning_rate``, ``seconds``), also when training stops early.
+        ``val_loss``, ``learning_rate`` (the rate of the epoch's last step),
+        ``seconds``), also when training stops early.
     max_epochs, steps_per_epoch, batch_size : int
     learning_rate : float
         Peak learning rate of Adam under :func:`warmup_cosine`.
@@ -149,6 +151,7 @@ def train(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                step_lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 schedule.step()
                 losses.append(loss.item())
@@ -168,7 +171,7 @@ def train(
                     "epoch": epoch + 1,
                     "train_loss": sum(losses) / len(losses),
                     "val_loss": val_loss,
-                    "learning_rate": optimizer.param_groups[0]["lr"],
+                    "learning_rate": step_lr,
                     "seconds": time.perf_counter() - start,
                 }
             )

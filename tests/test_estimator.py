@@ -101,6 +101,12 @@ def test_history_has_one_record_per_epoch(camera_pair):
         assert set(record) == {"epoch", "train_loss", "val_loss", "learning_rate", "seconds"}
         assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
         assert record["learning_rate"] > 0 and record["seconds"] >= 0
+    # The rate recorded is the one of each epoch's last step; it decays towards 1% of the peak.
+    steps = denoiser.max_epochs * denoiser.steps_per_epoch
+    schedule = _training.warmup_cosine(steps)
+    expected = [denoiser.learning_rate * schedule(e * denoiser.steps_per_epoch - 1) for e in (1, 2, 3)]
+    np.testing.assert_allclose([h["learning_rate"] for h in denoiser.history_], expected, rtol=1e-9)
+    assert expected[0] > expected[1] > expected[2] > 0.01 * denoiser.learning_rate
 
 
 def test_without_validation_history_has_no_validation_loss(camera_pair):
