@@ -245,34 +245,30 @@ def _interior_spots(mask, radius):
     return spots[inside]
 
 
-def test_mean_is_the_neighbourhood_mean_without_centre():
-    masker = BlindSpotMasker(2, 2.0, "mean", neighborhood_radius=2)
+def _interior_replacements(manipulator, radius=2):
+    """Blind-spot values of ``manipulator`` at spots whose whole neighbourhood
+    lies inside the patch, with those neighbourhoods (centre removed)."""
+    masker = BlindSpotMasker(2, 2.0, manipulator, neighborhood_radius=radius)
     x = torch.randn(16, 2, 16, 16, generator=gen(16))
     x_masked, mask = masker(x, gen(17))
-    spots = _interior_spots(mask, 2)
-    assert len(spots) > 20
-    expected = _interior_neighbourhoods(x, spots, 2).mean(axis=1)
-    actual = x_masked[tuple(spots.T)].numpy()
-    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    spots = _interior_spots(mask, radius)
+    return x_masked[tuple(spots.T)].numpy(), _interior_neighbourhoods(x, spots, radius)
+
+
+def test_mean_is_the_neighbourhood_mean_without_centre():
+    actual, neighbourhoods = _interior_replacements("mean")
+    assert len(actual) > 20
+    np.testing.assert_allclose(actual, neighbourhoods.mean(axis=1), rtol=1e-5, atol=1e-6)
 
 
 def test_median_is_the_numpy_median_of_the_neighbourhood_without_centre():
-    masker = BlindSpotMasker(2, 2.0, "median", neighborhood_radius=2)
-    x = torch.randn(16, 2, 16, 16, generator=gen(16))
-    x_masked, mask = masker(x, gen(17))
-    spots = _interior_spots(mask, 2)
-    expected = np.median(_interior_neighbourhoods(x, spots, 2), axis=1)
-    actual = x_masked[tuple(spots.T)].numpy()
-    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+    actual, neighbourhoods = _interior_replacements("median")
+    np.testing.assert_allclose(actual, np.median(neighbourhoods, axis=1), rtol=1e-5, atol=1e-6)
 
 
 def test_median_is_one_of_the_two_middle_values_of_the_neighbourhood():
-    masker = BlindSpotMasker(2, 2.0, "median", neighborhood_radius=2)
-    x = torch.randn(16, 2, 16, 16, generator=gen(16))
-    x_masked, mask = masker(x, gen(17))
-    spots = _interior_spots(mask, 2)
-    values = np.sort(_interior_neighbourhoods(x, spots, 2), axis=1)
-    actual = x_masked[tuple(spots.T)].numpy()
+    actual, neighbourhoods = _interior_replacements("median")
+    values = np.sort(neighbourhoods, axis=1)
     assert np.all((actual >= values[:, 11]) & (actual <= values[:, 12]))
 
 

@@ -166,59 +166,51 @@ def test_loading_a_torch_save_file_never_executes_it(tmp_path):
     assert not marker.exists()
 
 
-def test_a_newer_format_version_is_refused(tmp_path):
-    path, tensors, document = _saved(tmp_path)
+def _newer_version(tensors, document):
     document["format_version"] = _persistence.FORMAT_VERSION + 1
-    _rewrite(path, tensors, document)
-    with pytest.raises(ModelFileError, match="format version"):
-        Noise2VoidDenoiser.load(path)
 
 
-def test_unknown_parameters_are_refused(tmp_path):
-    path, tensors, document = _saved(tmp_path)
+def _unknown_parameter(tensors, document):
     document["params"]["__class__"] = "os.system"
-    _rewrite(path, tensors, document)
-    with pytest.raises(ModelFileError, match="unknown parameters"):
-        Noise2VoidDenoiser.load(path)
 
 
-def test_invalid_parameter_values_are_refused(tmp_path):
-    path, tensors, document = _saved(tmp_path)
+def _invalid_parameter_value(tensors, document):
     document["params"]["manipulator"] = "rm -rf"
-    _rewrite(path, tensors, document)
-    with pytest.raises(ModelFileError, match="manipulator"):
-        Noise2VoidDenoiser.load(path)
 
 
-def test_missing_tensors_are_refused(tmp_path):
-    path, tensors, document = _saved(tmp_path)
+def _missing_tensor(tensors, document):
     tensors.pop(next(iter(tensors)))
-    _rewrite(path, tensors, document)
-    with pytest.raises(ModelFileError, match="missing"):
-        Noise2VoidDenoiser.load(path)
 
 
-def test_an_absurd_network_is_refused_before_it_is_built(tmp_path):
-    path, tensors, document = _saved(tmp_path)
+def _absurd_network(tensors, document):
     document["fitted"]["network"]["n_filters"] = 10**9
-    _rewrite(path, tensors, document)
-    with pytest.raises(ModelFileError, match="n_filters"):
-        Noise2VoidDenoiser.load(path)
 
 
-def test_a_network_setting_of_the_wrong_type_is_refused(tmp_path):
-    path, tensors, document = _saved(tmp_path)
+def _network_setting_of_the_wrong_type(tensors, document):
     document["fitted"]["network"]["batch_norm"] = "yes"
-    _rewrite(path, tensors, document)
-    with pytest.raises(ModelFileError, match="batch_norm"):
-        Noise2VoidDenoiser.load(path)
 
 
-def test_a_missing_fitted_section_is_refused(tmp_path):
-    path, tensors, document = _saved(tmp_path)
+def _missing_fitted_section(tensors, document):
     del document["fitted"]
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (_newer_version, "format version"),
+        (_unknown_parameter, "unknown parameters"),
+        (_invalid_parameter_value, "manipulator"),
+        (_missing_tensor, "missing"),
+        (_absurd_network, "n_filters"),  # refused before the network is built
+        (_network_setting_of_the_wrong_type, "batch_norm"),
+        (_missing_fitted_section, "invalid model description"),
+    ],
+)
+def test_a_tampered_model_file_is_refused(tmp_path, tamper, message):
+    path, tensors, document = _saved(tmp_path)
+    tamper(tensors, document)
     _rewrite(path, tensors, document)
-    with pytest.raises(ModelFileError, match="invalid model description"):
+    with pytest.raises(ModelFileError, match=message):
         Noise2VoidDenoiser.load(path)
 
 
