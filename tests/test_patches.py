@@ -44,6 +44,12 @@ def flips(patch):
         yield np.flip(patch, axes) if axes else patch
 
 
+def assert_each_is_one_of(batch, candidates):
+    candidates = list(candidates)
+    for patch in batch:
+        assert any(np.array_equal(patch, c) for c in candidates)
+
+
 @pytest.mark.parametrize("augment", [False, True])
 @pytest.mark.parametrize(
     "channels, shapes, patch",
@@ -69,10 +75,7 @@ def test_without_augmentation_every_patch_is_an_exact_crop():
     images = unique_images([(9, 11), (7, 13)], channels=2)
     sampler = PatchSampler(images, (5, 6), augment=False)
     batch = sampler.sample(20, gen(1)).numpy()
-    for patch in batch:
-        assert any(
-            np.array_equal(patch, crop) for image in images for crop in crops(image, (5, 6))
-        )
+    assert_each_is_one_of(batch, (crop for image in images for crop in crops(image, (5, 6))))
 
 
 def test_with_augmentation_every_square_patch_is_a_symmetry_of_a_crop():
@@ -80,8 +83,7 @@ def test_with_augmentation_every_square_patch_is_a_symmetry_of_a_crop():
     sampler = PatchSampler(images, (5, 5), augment=True)
     batch = sampler.sample(30, gen(2)).numpy()
     candidates = [s for crop in crops(images[0], (5, 5)) for s in symmetries_2d(crop)]
-    for patch in batch:
-        assert any(np.array_equal(patch, c) for c in candidates)
+    assert_each_is_one_of(batch, candidates)
 
 
 def test_augmentation_actually_transforms_some_patches():
@@ -97,8 +99,7 @@ def test_with_augmentation_non_square_patches_are_only_flipped():
     sampler = PatchSampler(images, (4, 6), augment=True)
     batch = sampler.sample(30, gen(3)).numpy()
     candidates = [f for crop in crops(images[0], (4, 6)) for f in flips(crop)]
-    for patch in batch:
-        assert any(np.array_equal(patch, c) for c in candidates)
+    assert_each_is_one_of(batch, candidates)
 
 
 def test_with_augmentation_3d_patches_are_symmetries_of_a_crop():
@@ -111,8 +112,7 @@ def test_with_augmentation_3d_patches_are_symmetries_of_a_crop():
         for f in flips(crop)
         for k in range(4)
     ]
-    for patch in batch:
-        assert any(np.array_equal(patch, c) for c in candidates)
+    assert_each_is_one_of(batch, candidates)
 
 
 def test_patches_are_drawn_from_every_image():
