@@ -104,11 +104,6 @@ def train(
     verbose : bool
         Show a progress bar.
 
-    Returns
-    -------
-    bool
-        ``True`` if training was interrupted by the user (``KeyboardInterrupt``).
-
     Notes
     -----
     At the end (and on interruption), the weights with the lowest validation
@@ -126,7 +121,6 @@ def train(
     best_loss = math.inf
     best_state = copy.deepcopy(model.state_dict())
     last_good_state = best_state
-    interrupted = False
 
     def kept_state():
         """The weights to fall back on: best validation so far, else the last complete epoch."""
@@ -142,10 +136,11 @@ def train(
                 x = sampler.sample(batch_size, patch_generator).to(device, non_blocking=True)
                 x_masked, mask = masker(x, mask_generator)
                 loss = masked_mse(model(x_masked), x, mask)
-                if not torch.isfinite(loss):
+                value = loss.item()  # the step's one wait for the device
+                if not math.isfinite(value):
                     model.load_state_dict(kept_state())
                     raise NonFiniteLossError(
-                        f"The training loss became {loss.item()} at epoch {epoch + 1}; "
+                        f"The training loss became {value} at epoch {epoch + 1}; "
                         "training stopped and the last weights with a finite loss were kept. "
                         "Lower learning_rate or check the input for extreme values."
                     )
@@ -154,7 +149,7 @@ def train(
                 step_lr = optimizer.param_groups[0]["lr"]
                 optimizer.step()
                 schedule.step()
-                losses.append(loss.item())
+                losses.append(value)
                 progress.update()
                 progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             state = copy.deepcopy(model.state_dict())
@@ -179,18 +174,14 @@ def train(
                 best_loss = val_loss
                 best_state = last_good_state
     except KeyboardInterrupt:
-        interrupted = True
         warnings.warn(
             f"Training interrupted after {len(history)} complete epoch(s); the "
-            + ("best validation weights so far" if validation and best_loss < math.inf else "weights of the last complete epoch")
+            + ("best validation weights so far" if best_loss < math.inf else "weights of the last complete epoch")
             + " are kept and the estimator is usable.",
             stacklevel=3,
         )
-        # Weights of an interrupted step may be half-updated: fall back to a complete epoch.
-        model.load_state_dict(kept_state())
     finally:
         progress.close()
-    if validation and best_loss < math.inf:
-        model.load_state_dict(best_state)
+    # Also after an interrupt, whose step may have left the weights half-updated.
+    model.load_state_dict(kept_state())
     model.eval()
-    return interrupted
