@@ -9,6 +9,16 @@ import torch
 from tqdm.auto import tqdm
 
 
+def round_up(value, multiple):
+    """The smallest multiple of ``multiple`` that is >= ``value``."""
+    return -(-value // multiple) * multiple
+
+
+def _shape_of_tile(tile):
+    """Shape of a ``(sample, per-axis bounds)`` tile: tiles of one shape share a batch."""
+    return tuple(stop - start for start, stop, _, _ in tile[1])
+
+
 def axis_tiles(length, tile, overlap, multiple=1):
     """Tiles along one axis.
 
@@ -39,7 +49,7 @@ def axis_tiles(length, tile, overlap, multiple=1):
         return [(0, length, 0, length)]
     stride = tile - overlap
     starts = list(range(0, length - tile, stride))
-    starts.append(-(-(length - tile) // multiple) * multiple)
+    starts.append(round_up(length - tile, multiple))
     stops = [min(s + tile, length) for s in starts]
     bounds = [0] + [(stops[i - 1] + starts[i]) // 2 for i in range(1, len(starts))] + [length]
     return [(s, e, bounds[i], bounds[i + 1]) for i, (s, e) in enumerate(zip(starts, stops))]
@@ -134,12 +144,12 @@ def predict_tiled(
     ]
     tiles = [(s, combo) for s in range(n_samples) for combo in itertools.product(*per_axis)]
     # Tiles of one shape are batched together; only the last along an axis may be shorter.
-    tiles.sort(key=lambda tile: tuple(e - a for a, e, _, _ in tile[1]))
+    tiles.sort(key=_shape_of_tile)
     transforms = augmentations(ndim) if tta else None
     output = np.empty(images.shape, dtype=dtype)
     model.eval()
     batches = []
-    for _, group in itertools.groupby(tiles, key=lambda t: tuple(e - a for a, e, _, _ in t[1])):
+    for _, group in itertools.groupby(tiles, key=_shape_of_tile):
         group = list(group)
         batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
     with torch.inference_mode():

@@ -19,7 +19,7 @@ from ._normalize import channel_stats, denormalize, normalize
 from ._patches import PatchSampler, fit_patch_shape, split_validation
 from ._persistence import ModelFileError, read_model, write_model
 from ._scoring import j_invariant_mse
-from ._tiling import predict_tiled
+from ._tiling import predict_tiled, round_up
 from ._training import make_validation_set, train
 from ._unet import UNet
 
@@ -33,6 +33,8 @@ _ARCHITECTURE = (
     "skip_skipone",
     "independent_channels",
 )
+# Parameters that may hold a tuple of ints (a model file stores it as a JSON list).
+_SHAPE_PARAMS = ("patch_size", "tile_size", "tile_overlap", "image_shape")
 
 
 def _resolve_device(device):
@@ -60,10 +62,6 @@ def _per_axis(value, ndim, name):
     if len(value) != ndim or not all(isinstance(v, (Integral, np.integer)) for v in value):
         raise ValueError(f"{name}={value!r} must be an int or {ndim} ints (one per spatial axis).")
     return tuple(int(v) for v in value)
-
-
-def _round_up(value, multiple):
-    return -(-value // multiple) * multiple
 
 
 def _seeded_network(config, seed):
@@ -116,6 +114,11 @@ def _network_from_weights(config, weights, source):
                 f"{source}: tensor {name!r} has shape {tuple(weights[name].shape)} and dtype "
                 f"{weights[name].dtype}, the network needs {tuple(tensor.shape)} {tensor.dtype}."
             )
+    return _unet_with_weights(config, weights)
+
+
+def _unet_with_weights(config, weights):
+    """A :class:`UNet` built from ``config`` holding ``weights``, in eval mode."""
     model = UNet(**config)
     model.load_state_dict(weights)
     return model.eval()
@@ -493,7 +496,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         """Checks that go beyond the declared constraints."""
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}.")
-        for name in ("patch_size", "tile_size", "tile_overlap", "image_shape"):
+        for name in _SHAPE_PARAMS:
             value = getattr(self, name)
             if isinstance(value, (tuple, list)) and not all(
                 isinstance(v, (Integral, np.integer)) and v >= (0 if name == "tile_overlap" else 1) for v in value
@@ -569,13 +572,13 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             tile = (256, 256) if ndim == 2 else (64, 128, 128)
         else:
             tile = _per_axis(self.tile_size, ndim, "tile_size")
-        tile = tuple(_round_up(t, multiple) for t in tile)
+        tile = tuple(round_up(t, multiple) for t in tile)
         if self.tile_overlap is None:
             # The receptive field grows with the kernel: 12 * 2**depth covers kernel 3.
             reach = 12 * multiple * max(1, (self.kernel_size - 1) // 2)
             overlap = tuple(min(reach, (t // 2) // multiple * multiple) for t in tile)
         else:
-            overlap = tuple(_round_up(o, multiple) for o in _per_axis(self.tile_overlap, ndim, "tile_overlap"))
+            overlap = tuple(round_up(o, multiple) for o in _per_axis(self.tile_overlap, ndim, "tile_overlap"))
             for t, o in zip(tile, overlap):
                 if o >= t:
                     raise ValueError(
@@ -677,7 +680,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             unknown = sorted(set(params) - set(cls._get_param_names()))
             if unknown:
                 raise ModelFileError(f"{path} names unknown parameters {unknown}.")
-            for key in ("patch_size", "tile_size", "tile_overlap", "image_shape"):
+            for key in _SHAPE_PARAMS:
                 if isinstance(params.get(key), list):
                     params[key] = tuple(params[key])
             struct = params.get("struct_mask")
@@ -725,9 +728,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         network = state.get("model_")
         super().__setstate__(state)
         if isinstance(network, dict):
-            model = UNet(**network["config"])
-            model.load_state_dict(network["weights"])
-            self.model_ = model.eval()
+            self.model_ = _unet_with_weights(network["config"], network["weights"])
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
