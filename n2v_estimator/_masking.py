@@ -223,6 +223,7 @@ class BlindSpotMasker:
         x_masked : Tensor, same shape as ``x``
         mask : bool Tensor, same shape as ``x``
         """
+        self._move_constants(x.device)
         mask = self.choose(x.shape, generator)
         spots = mask.nonzero()  # (N, 2 + ndim): sample, channel, spatial coordinates
         x_masked = x.clone()
@@ -231,6 +232,13 @@ class BlindSpotMasker:
         x_masked[mask] = self._replacement(x, spots, generator)
         return x_masked, mask
 
+    def _move_constants(self, device):
+        """Keep the offsets and sampling weights on ``device``: moved once, not every batch."""
+        if self.offsets.device != device:
+            self.offsets = self.offsets.to(device)
+            self.struct_offsets = self.struct_offsets.to(device)
+            self._weights = self._weights.to(device, _float_dtype(device))
+
     def _neighbours(self, x, spots, offsets):
         """Values of ``x`` at ``spots + offsets`` and whether each lies in the patch.
 
@@ -238,12 +246,10 @@ class BlindSpotMasker:
         results are ``(N, K)``. The neighbourhood is cut at the patch border:
         positions outside are marked invalid (their value is a placeholder).
         """
+        spatial = x.shape[2:]
+        coords, valid = _offset_positions(spots, offsets, spatial)
         index = [spots[:, 0:1], spots[:, 1:2]]
-        valid = torch.ones((len(spots), len(offsets)), dtype=torch.bool, device=x.device)
-        for d, size in enumerate(x.shape[2:]):
-            c = spots[:, 2 + d : 3 + d] + offsets[None, :, d]
-            valid &= (c >= 0) & (c < size)
-            index.append(c.clamp(0, size - 1))
+        index += [coords[..., d].clamp(0, size - 1) for d, size in enumerate(spatial)]
         return x[tuple(index)], valid
 
     def _replacement(self, x, spots, generator):
@@ -253,11 +259,11 @@ class BlindSpotMasker:
         if self.manipulator == "normal_additive":
             noise = torch.randn(n, generator=generator, device=x.device, dtype=x.dtype)
             return x[tuple(spots.T)] + self.radius * noise
-        offsets = self.offsets.to(x.device)
+        offsets = self.offsets
         if self.manipulator in _NEIGHBOUR_SAMPLERS:
             values, valid = self._neighbours(x, spots, offsets)
             dtype = _float_dtype(x.device)
-            weights = self._weights.to(x.device, dtype)[None, :] * valid
+            weights = self._weights[None, :] * valid
             # A spot with no usable neighbour (patch narrower than the radius) keeps its value.
             weights[:, 0] += weights.sum(dim=1) == 0
             cumulative = weights.cumsum(dim=1)
@@ -291,18 +297,24 @@ class BlindSpotMasker:
         """Give the structN2V neighbours of every blind spot the values of random
         pixels of the same sample and channel (positions outside the patch are skipped)."""
         spatial = x.shape[2:]
-        offsets = self.struct_offsets.to(x.device)
-        coords = spots[:, None, 2:] + offsets[None, :, :]  # (N, K, ndim)
-        inside = torch.ones(coords.shape[:2], dtype=torch.bool, device=x.device)
-        for d, size in enumerate(spatial):
-            inside &= (coords[..., d] >= 0) & (coords[..., d] < size)
-        rows = spots[:, None, :2].expand(-1, offsets.shape[0], -1)[inside]
+        coords, inside = _offset_positions(spots, self.struct_offsets, spatial)
+        rows = spots[:, None, :2].expand(-1, len(self.struct_offsets), -1)[inside]
         coords = coords[inside]
         n_pixels = math.prod(spatial)
         source = torch.randint(n_pixels, (len(coords),), generator=generator, device=x.device)
         source = torch.unravel_index(source, spatial)
         values = x[(rows[:, 0], rows[:, 1]) + tuple(source)]
         x_masked[(rows[:, 0], rows[:, 1]) + tuple(coords.T)] = values
+
+
+def _offset_positions(spots, offsets, spatial):
+    """Positions ``spots[:, 2:] + offsets``, shape ``(N, K, ndim)``, and whether
+    each lies inside a patch of shape ``spatial``, shape ``(N, K)``."""
+    coords = spots[:, None, 2:] + offsets[None, :, :]
+    inside = torch.ones(coords.shape[:2], dtype=torch.bool, device=spots.device)
+    for d, size in enumerate(spatial):
+        inside &= (coords[..., d] >= 0) & (coords[..., d] < size)
+    return coords, inside
 
 
 def masked_mse(prediction, target, mask):
