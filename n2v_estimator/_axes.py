@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-_ALLOWED = "SCZYX"
+# The axis letters, in the canonical order (S, C, (Z), Y, X) used inside the package.
 _CANONICAL = "SCZYX"
 
 
@@ -48,7 +48,7 @@ def resolve_axes(axes, ndim):
     if not isinstance(axes, str):
         raise TypeError(f"axes must be a string such as 'YX' or 'SZYX', got {axes!r}.")
     axes_upper = axes.upper()
-    unknown = sorted(set(axes_upper) - set(_ALLOWED))
+    unknown = sorted(set(axes_upper) - set(_CANONICAL))
     if unknown:
         raise ValueError(
             f"axes={axes!r} contains unknown letter(s) {unknown}; use only S, C, Z, Y, X."

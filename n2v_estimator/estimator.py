@@ -380,7 +380,11 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             del self.n_features_in_
         return to_canonical(X, axes), axes, array
 
-    def _check_fitted_layout(self, images, axes):
+    def _fitted_images(self, X):
+        """:meth:`_images` for a fitted denoiser: also checks that ``X`` has the
+        dimensionality and channels it was fitted on."""
+        check_is_fitted(self, "model_")
+        images, axes, array = self._images(X, fitting=False)
         ndim = spatial_ndim(axes)
         if ndim != self.spatial_ndim_:
             raise ValueError(
@@ -391,6 +395,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
                 f"X has {images.shape[1]} channel(s) (axes {axes!r}) but the denoiser was fitted "
                 f"on {self.n_channels_}."
             )
+        return images, axes, array
 
     # ------------------------------------------------------------------- fit
     def fit(self, X, y=None):
@@ -496,7 +501,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         """Checks that go beyond the declared constraints."""
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd, got {self.kernel_size}.")
-        for name in _SHAPE_PARAMS:
+        for name in ("patch_size", "tile_size", "tile_overlap"):  # image_shape: checked with X in _images
             value = getattr(self, name)
             if isinstance(value, (tuple, list)) and not all(
                 isinstance(v, (Integral, np.integer)) and v >= (0 if name == "tile_overlap" else 1) for v in value
@@ -534,9 +539,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             Same shape as ``X``; float64 for float64 input, else float32.
             ``X`` itself is never modified.
         """
-        check_is_fitted(self, "model_")
-        images, axes, array = self._images(X, fitting=False)
-        self._check_fitted_layout(images, axes)
+        images, axes, array = self._fitted_images(X)
         dtype = np.float64 if array.dtype == np.float64 else np.float32
         out = self._denoise(images, dtype)
         return np.ascontiguousarray(from_canonical(out, axes)).reshape(array.shape)
@@ -617,8 +620,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         if y is not None and np.asarray(y).shape == np.asarray(X).shape:
             clean = check_image_array(y, name="y").astype(np.float64)
             return -float(np.mean((self.transform(X).astype(np.float64) - clean) ** 2))
-        images, axes, _ = self._images(X, fitting=False)
-        self._check_fitted_layout(images, axes)
+        images, _, _ = self._fitted_images(X)
         return -j_invariant_mse(self._denoise, images, self.n_score_phases)
 
     # ----------------------------------------------------------- persistence
