@@ -7,6 +7,9 @@ there and ``from_canonical`` takes a result back to the user's own layout.
 
 from __future__ import annotations
 
+from numbers import Integral
+from typing import NamedTuple
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -87,6 +90,86 @@ def from_canonical(array, axes):
         array = array[0]
     order = [present.index(a) for a in axes]
     return np.transpose(array, order)
+
+
+def per_axis(value, ndim, name, minimum=1):
+    """An int, or a sequence of one int per spatial axis, as a tuple of ``ndim``
+    ints of at least ``minimum``; ``ValueError`` naming the parameter otherwise."""
+    values = (value,) * ndim if isinstance(value, (Integral, np.integer)) else tuple(value)
+    if len(values) != ndim or not all(isinstance(v, (Integral, np.integer)) and v >= minimum for v in values):
+        raise ValueError(
+            f"{name}={value!r} must be an int or {ndim} ints (one per spatial axis), each at least {minimum}."
+        )
+    return tuple(int(v) for v in values)
+
+
+class Images(NamedTuple):
+    """Validated input: ``canonical`` is the ``(S, C, *spatial)`` view of ``array``
+    (the validated ``X``), ``axes`` the layout of ``X`` (each row's image, prefixed
+    with ``S``, under ``image_shape``), and ``n_features`` the values per row of a
+    2D ``X`` (``None`` for other ``X``)."""
+
+    canonical: np.ndarray
+    axes: str
+    array: np.ndarray
+    n_features: int | None
+
+
+def read_images(X, axes, image_shape):
+    """Validate ``X`` and view it in the canonical layout.
+
+    Parameters
+    ----------
+    X : array-like
+        Images laid out as ``axes`` says, or flattened images (one per row)
+        when ``image_shape`` is given.
+    axes : str or None
+        The estimator's ``axes``. With ``image_shape`` it describes one row's
+        image (default ``"YX"`` or ``"ZYX"``) and has no ``S``.
+    image_shape : tuple of int or None
+        Shape of the image each row of a 2D ``X`` holds.
+
+    Returns
+    -------
+    Images
+    """
+    X = array = check_image_array(X)
+    if image_shape is None:
+        _refuse_unnamed_colour_axis(X.shape, axes)
+        layout = resolve_axes(axes, X.ndim)
+    else:
+        shape = tuple(image_shape)
+        if not shape or not all(isinstance(n, (Integral, np.integer)) and n > 0 for n in shape):
+            raise ValueError(f"image_shape={image_shape!r} must be a tuple of positive ints.")
+        size = int(np.prod(shape, dtype=object))  # Python ints: no overflow for absurd shapes
+        if X.ndim != 2:
+            raise ValueError(
+                f"With image_shape={shape}, X must be 2D (n_samples, {size}), one flattened image "
+                f"per row; got shape {X.shape}."
+            )
+        if X.shape[1] != size:
+            raise ValueError(
+                f"X has rows of {X.shape[1]} values, but image_shape={shape} needs {size} values per row."
+            )
+        default = "YX" if len(shape) == 2 else "ZYX" if len(shape) == 3 else None
+        image_axes = resolve_axes(axes if axes is not None else default, len(shape))
+        if "S" in image_axes:
+            raise ValueError(f"With image_shape, axes={axes!r} describes one row's image and has no S.")
+        layout = "S" + image_axes
+        X = X.reshape((X.shape[0],) + shape)
+    n_features = int(array.shape[1]) if array.ndim == 2 else None
+    return Images(to_canonical(X, layout), layout, array, n_features)
+
+
+def _refuse_unnamed_colour_axis(shape, axes):
+    """With ``axes=None`` a ``(H, W, 3)`` photograph would be read as H images of
+    W x 3 pixels and trained on nonsense: ask for the axes, as n2v and CAREamics do."""
+    if axes is None and len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > shape[-1]:
+        raise ValueError(
+            f"X of shape {shape} looks like a colour image (its last axis has {shape[-1]} entries): "
+            "name its axes, axes='YXC' for one RGB(A) image, or axes='SYX' if it really is a "
+            f"stack of {shape[0]} images of {shape[1]}x{shape[2]} pixels."
+        )
 
 
 def spatial_ndim(axes):

@@ -29,6 +29,11 @@ MANIPULATORS = (
 
 # Manipulators that copy one neighbour's value, and whether the centre may be that neighbour.
 _NEIGHBOUR_SAMPLERS = {"uniform_withCP": True, "uniform_withoutCP": False, "normal_withoutCP": False}
+# Manipulators that cannot work without at least one neighbour besides the centre.
+_NEEDS_NEIGHBOURS = set(MANIPULATORS) - {"identity", "normal_additive", "uniform_withCP"}
+# Largest neighbourhood (pixels of the cube) a blind spot may draw from: its
+# offsets are held per blind spot, so memory grows with it.
+MAX_NEIGHBOURHOOD = 4096
 
 _STRUCT_AXES = {"x": -1, "horizontal": -1, "y": -2, "vertical": -2, "z": -3}
 
@@ -152,6 +157,12 @@ class BlindSpotMasker:
         self.masked_pixel_percentage = float(masked_pixel_percentage)
         self.manipulator = manipulator
         self.radius = int(neighborhood_radius)
+        neighbourhood = (2 * self.radius + 1) ** ndim
+        if neighbourhood > MAX_NEIGHBOURHOOD:
+            raise ValueError(
+                f"neighborhood_radius={self.radius} spans {neighbourhood} pixels in {ndim}D; at most "
+                f"{MAX_NEIGHBOURHOOD} are allowed (radius <= 31 in 2D, <= 7 in 3D)."
+            )
         if struct_offsets is None:
             struct_offsets = np.zeros((0, ndim), dtype=np.int64)
         self.struct_offsets = torch.as_tensor(struct_offsets, dtype=torch.int64)
@@ -164,10 +175,36 @@ class BlindSpotMasker:
             sigma = max(self.radius, 1)
             weights *= np.exp(-0.5 * (offsets**2).sum(axis=1) / sigma**2)
         self._weights = torch.as_tensor(weights, dtype=torch.float64)
-        if len(offsets) < 2 and manipulator not in ("identity", "normal_additive", "uniform_withCP"):
+        if len(offsets) < 2 and manipulator in _NEEDS_NEIGHBOURS:
             raise ValueError(
                 f"manipulator={manipulator!r} needs neighbours, but neighborhood_radius="
                 f"{self.radius} with this struct mask leaves none."
+            )
+
+    def check_patch(self, patch_shape):
+        """Refuse ``patch_shape`` if a blind spot anywhere in such a patch would
+        have no usable neighbour for a manipulator that needs one (a thin patch,
+        a struct mask that removes the neighbours along the patch's long axes).
+
+        Raises ``ValueError`` naming the patch, the radius and what would work.
+        """
+        if self.manipulator not in _NEEDS_NEIGHBOURS:
+            return
+        # Whether a pixel has a neighbour depends only on its distances to the
+        # borders, capped at the radius: a patch cut to 2*radius+2 per axis has
+        # every case a larger one has.
+        shape = [min(int(s), 2 * self.radius + 2) for s in patch_shape]
+        covered = np.zeros(shape, dtype=bool)
+        for offset in self.offsets[1:].tolist():
+            covered[tuple(slice(max(0, -o), max(0, n - o)) for o, n in zip(offset, shape))] = True
+        if not covered.all():
+            raise ValueError(
+                f"manipulator={self.manipulator!r} replaces a blind spot from its neighbours, but in "
+                f"patches of {tuple(patch_shape)} some pixels have no neighbour within "
+                f"neighborhood_radius={self.radius}"
+                + (" outside the struct mask" if len(self.struct_offsets) else "")
+                + "; use larger images or patch_size, a larger neighborhood_radius, or "
+                "manipulator='uniform_withCP'."
             )
 
     def choose(self, shape, generator):
@@ -264,8 +301,9 @@ class BlindSpotMasker:
             values, valid = self._neighbours(x, spots, offsets)
             dtype = _float_dtype(x.device)
             weights = self._weights[None, :] * valid
-            # A spot with no usable neighbour (patch narrower than the radius) keeps its value.
-            weights[:, 0] += weights.sum(dim=1) == 0
+            stranded = weights.sum(dim=1) == 0
+            if stranded.any():  # only withoutCP: uniform_withCP can always take the centre
+                raise ValueError(self._no_neighbour_message())
             cumulative = weights.cumsum(dim=1)
             u = torch.rand((n, 1), generator=generator, device=x.device, dtype=dtype)
             choice = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)
@@ -273,10 +311,7 @@ class BlindSpotMasker:
         values, valid = self._neighbours(x, spots, offsets[1:])
         count = valid.sum(dim=1)
         if (count == 0).any():
-            raise ValueError(
-                f"manipulator={self.manipulator!r} found a blind spot without neighbours; "
-                "the patch is too small for neighborhood_radius."
-            )
+            raise ValueError(self._no_neighbour_message())
         if self.manipulator == "median":
             # Invalid positions sort last; the median of the k valid values is
             # the mean of the two middle ones (numpy's definition).
@@ -293,16 +328,27 @@ class BlindSpotMasker:
         noise = torch.randn(n, generator=generator, device=x.device, dtype=x.dtype)
         return mean + variance.sqrt() * noise
 
+    def _no_neighbour_message(self):
+        return (
+            f"manipulator={self.manipulator!r} found a blind spot without neighbours; the patch "
+            "is too small for neighborhood_radius (check_patch refuses such patches up front)."
+        )
+
     def _scramble_struct(self, x, x_masked, spots, generator):
         """Give the structN2V neighbours of every blind spot the values of random
         pixels of the same sample and channel (positions outside the patch are skipped)."""
         spatial = x.shape[2:]
         coords, inside = _offset_positions(spots, self.struct_offsets, spatial)
-        rows = spots[:, None, :2].expand(-1, len(self.struct_offsets), -1)[inside]
-        coords = coords[inside]
-        n_pixels = math.prod(spatial)
-        source = torch.randint(n_pixels, (len(coords),), generator=generator, device=x.device)
-        source = torch.unravel_index(source, spatial)
+        spot_of = spots[:, None, :].expand(-1, len(self.struct_offsets), -1)[inside]
+        rows, coords = spot_of[:, :2], coords[inside]
+        if not len(coords):
+            return
+        # Any pixel of the patch but the blind spot itself, whose noisy value
+        # must not reach the network: draw among the others and skip over it.
+        strides = torch.tensor([math.prod(spatial[d + 1 :]) for d in range(len(spatial))], device=x.device)
+        own = (spot_of[:, 2:] * strides).sum(dim=1)
+        source = torch.randint(math.prod(spatial) - 1, (len(coords),), generator=generator, device=x.device)
+        source = torch.unravel_index(source + (source >= own), spatial)
         values = x[(rows[:, 0], rows[:, 1]) + tuple(source)]
         x_masked[(rows[:, 0], rows[:, 1]) + tuple(coords.T)] = values
 

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import math
+from numbers import Integral
 
 import numpy as np
 import torch
+
+from ._axes import per_axis
+
+
+def requested_patch_shape(patch_size, ndim):
+    """The patch shape the ``patch_size`` parameter asks for: an int ``p`` means
+    ``(p, p)`` in 2D and ``(p // 2, p, p)`` (Z, Y, X) in 3D; a tuple is taken as is."""
+    if ndim == 3 and isinstance(patch_size, (Integral, np.integer)):
+        return (max(1, int(patch_size) // 2), int(patch_size), int(patch_size))
+    return per_axis(patch_size, ndim, "patch_size")
 
 
 def fit_patch_shape(patch_shape, image_shapes):

@@ -3,15 +3,72 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ._axes import per_axis
+
 
 def round_up(value, multiple):
     """The smallest multiple of ``multiple`` that is >= ``value``."""
     return -(-value // multiple) * multiple
+
+
+def default_overlap(depth, kernel_size):
+    """Context a tile needs on each side so that tiled and whole-image predictions
+    agree closely: ``12 * 2**depth`` for kernel 3, growing with the kernel's reach."""
+    return 12 * 2**depth * max(1, (kernel_size - 1) // 2)
+
+
+def tile_geometry(tile_size, tile_overlap, ndim, depth, kernel_size):
+    """Tile side and overlap per spatial axis for a network of ``depth`` and ``kernel_size``.
+
+    Parameters
+    ----------
+    tile_size, tile_overlap : int, tuple of int or None
+        The estimator's parameters. ``None``: tiles of 256 (2D) or 64x128x128
+        (3D) and an overlap of :func:`default_overlap` (at most half a tile).
+    ndim, depth, kernel_size : int
+        Of the network that predicts: tiles and overlaps are rounded up to
+        multiples of ``2**depth``.
+
+    Returns
+    -------
+    tile_shape, overlap : tuple of int
+
+    Raises
+    ------
+    ValueError
+        If the (rounded) overlap is not smaller than the tile.
+    """
+    multiple = 2**depth
+    if tile_size is None:
+        tile = (256, 256) if ndim == 2 else (64, 128, 128)
+    else:
+        tile = per_axis(tile_size, ndim, "tile_size")
+    tile = tuple(round_up(t, multiple) for t in tile)
+    if tile_overlap is None:
+        reach = default_overlap(depth, kernel_size)
+        return tile, tuple(min(reach, (t // 2) // multiple * multiple) for t in tile)
+    overlap = tuple(round_up(o, multiple) for o in per_axis(tile_overlap, ndim, "tile_overlap", minimum=0))
+    if any(o >= t for t, o in zip(tile, overlap)):
+        raise ValueError(
+            f"tile_overlap={tile_overlap!r} (rounded up to {overlap}) must be smaller "
+            f"than tile_size (rounded up to {tile}); both are multiples of 2**depth={multiple}."
+        )
+    return tile, overlap
+
+
+def tiles_per_batch(tile_shape, spatial, training_pixels):
+    """How many tiles to predict at once: as many pixels as a training batch
+    (``training_pixels``) and at least one default 2D tile's worth, since
+    prediction needs far less memory than training; stacks of small images are
+    then predicted many at a time."""
+    tile_pixels = math.prod(min(t, n) for t, n in zip(tile_shape, spatial))
+    return max(1, max(training_pixels, 256 * 256) // tile_pixels)
 
 
 def _shape_of_tile(tile):

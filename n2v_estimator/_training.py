@@ -6,6 +6,7 @@ import copy
 import math
 import time
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -15,6 +16,48 @@ from ._masking import masked_mse
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or infinite."""
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    state : dict
+        The kept weights (also loaded into the model): the lowest validation
+        loss, else the last complete epoch, else the initial weights.
+    history : list of dict
+        One record per complete epoch of this run.
+    interrupted : bool
+        Training was stopped by ``KeyboardInterrupt``.
+    error : NonFiniteLossError or None
+        Training stopped because the loss or the weights became non-finite.
+    """
+
+    state: dict
+    history: list = field(default_factory=list)
+    interrupted: bool = False
+    error: NonFiniteLossError | None = None
+
+    def raise_if_stopped_early(self, was_fitted):
+        """Re-raise a stop (``KeyboardInterrupt`` with a warning, or the
+        :class:`NonFiniteLossError`), saying what the estimator keeps: these
+        weights if an epoch completed, else whatever it held before
+        (``was_fitted``: a previous model)."""
+        if not (self.interrupted or self.error is not None):
+            return
+        if self.history:
+            weights = "best validation weights" if self.history[0]["val_loss"] is not None else "weights of the last complete epoch"
+            kept = f"after {len(self.history)} complete epoch(s); the {weights} are kept and the estimator is usable."
+        else:
+            kept = "before any epoch completed; the estimator is left as it was" + ("." if was_fitted else " (not fitted).")
+        if self.error is not None:
+            raise type(self.error)(
+                f"{self.error} Training stopped {kept} Lower learning_rate or check the input for extreme values."
+            ) from self.error
+        warnings.warn(f"Training interrupted {kept}", stacklevel=3)
+        raise KeyboardInterrupt(f"Training interrupted {kept}")
 
 
 def warmup_cosine(total_steps, warmup_fraction=0.05, final_fraction=0.01):
@@ -42,10 +85,12 @@ def make_validation_set(sampler, masker, n_patches, batch_size, device, seed):
     """Draw validation patches and their blind spots once, so that the
     validation loss of different epochs is measured on the same data.
 
-    Returns a list of ``(x, x_masked, mask)`` batches on ``device``.
+    Returns a list of ``(x, x_masked, mask)`` batches on ``device``. Patches
+    and blind spots come from two streams (``seed`` and ``seed + 1``), as in
+    training: on the CPU one seed for both would correlate them.
     """
     cpu = torch.Generator().manual_seed(seed)
-    on_device = torch.Generator(device=device).manual_seed(seed)
+    on_device = torch.Generator(device=device).manual_seed(seed + 1)
     batches = []
     for first in range(0, n_patches, batch_size):
         x = sampler.sample(min(batch_size, n_patches - first), cpu).to(device)
@@ -72,7 +117,6 @@ def train(
     masker,
     *,
     validation,
-    history,
     max_epochs,
     steps_per_epoch,
     batch_size,
@@ -91,10 +135,6 @@ def train(
     masker : BlindSpotMasker
     validation : list
         From :func:`make_validation_set`; empty for no validation.
-    history : list
-        One dict per epoch is appended (``epoch``, ``train_loss``,
-        ``val_loss``, ``learning_rate`` (the rate of the epoch's last step),
-        ``seconds``), also when training stops early.
     max_epochs, steps_per_epoch, batch_size : int
     learning_rate : float
         Peak learning rate of Adam under :func:`warmup_cosine`.
@@ -104,13 +144,20 @@ def train(
     verbose : bool
         Show a progress bar.
 
+    Returns
+    -------
+    TrainingResult
+        The history has one dict per complete epoch (``epoch`` counted from 1
+        in this run, ``train_loss``, ``val_loss``, ``learning_rate`` (the rate
+        of the epoch's last step), ``seconds``).
+
     Notes
     -----
-    At the end (and on interruption), the weights with the lowest validation
-    loss are restored; without validation, the weights of the last complete
-    epoch (the initial weights if none completed). A non-finite loss or
-    weights restore the best (else the last finite) weights and raise
-    :class:`NonFiniteLossError`.
+    At the end, and when training stops early, the model holds the kept
+    weights (see :class:`TrainingResult`). Stopping early is reported, not
+    raised: ``KeyboardInterrupt`` as ``interrupted``, a non-finite loss or
+    non-finite weights as ``error``, so that the caller decides what to keep.
+    Any other exception propagates, and the model's weights are then undefined.
     """
     total_steps = max_epochs * steps_per_epoch
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
@@ -121,6 +168,7 @@ def train(
     best_loss = math.inf
     best_state = copy.deepcopy(model.state_dict())
     last_good_state = best_state
+    history, interrupted, error = [], False, None
 
     def kept_state():
         """The weights to fall back on: best validation so far, else the last complete epoch."""
@@ -138,12 +186,7 @@ def train(
                 loss = masked_mse(model(x_masked), x, mask)
                 value = loss.item()  # the step's one wait for the device
                 if not math.isfinite(value):
-                    model.load_state_dict(kept_state())
-                    raise NonFiniteLossError(
-                        f"The training loss became {value} at epoch {epoch + 1}; "
-                        "training stopped and the last weights with a finite loss were kept. "
-                        "Lower learning_rate or check the input for extreme values."
-                    )
+                    raise NonFiniteLossError(f"The training loss became non-finite ({value}) in epoch {epoch + 1}.")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 step_lr = optimizer.param_groups[0]["lr"]
@@ -154,11 +197,7 @@ def train(
                 progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             state = copy.deepcopy(model.state_dict())
             if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
-                model.load_state_dict(kept_state())
-                raise NonFiniteLossError(
-                    f"The weights became non-finite in epoch {epoch + 1}; training stopped and "
-                    "the last finite weights were kept. Lower learning_rate."
-                )
+                raise NonFiniteLossError(f"The weights became non-finite in epoch {epoch + 1}.")
             last_good_state = state
             val_loss = _validation_loss(model, validation) if validation else None
             history.append(
@@ -174,14 +213,13 @@ def train(
                 best_loss = val_loss
                 best_state = last_good_state
     except KeyboardInterrupt:
-        warnings.warn(
-            f"Training interrupted after {len(history)} complete epoch(s); the "
-            + ("best validation weights so far" if best_loss < math.inf else "weights of the last complete epoch")
-            + " are kept and the estimator is usable.",
-            stacklevel=3,
-        )
+        interrupted = True
+    except NonFiniteLossError as exc:
+        error = exc
     finally:
         progress.close()
-    # Also after an interrupt, whose step may have left the weights half-updated.
-    model.load_state_dict(kept_state())
+    # Also after stopping early, when a step may have left the weights half-updated.
+    state = kept_state()
+    model.load_state_dict(state)
     model.eval()
+    return TrainingResult(state, history, interrupted, error)

@@ -8,9 +8,119 @@ divisibility.
 
 from __future__ import annotations
 
+import math
+from numbers import Integral
+
 import torch
 import torch.nn.functional as F
+from sklearn.utils._param_validation import Interval, validate_parameter_constraints
 from torch import nn
+
+# What each of the network's settings may be. The estimator declares these as its
+# parameter constraints and a model file's network description is checked against
+# them: one statement of what is allowed.
+ARCHITECTURE_CONSTRAINTS = {
+    "depth": [Interval(Integral, 1, 8, closed="both")],
+    "n_filters": [Interval(Integral, 1, None, closed="left")],
+    "kernel_size": [Interval(Integral, 1, None, closed="left")],
+    "batch_norm": ["boolean"],
+    "residual": ["boolean"],
+    "blurpool": ["boolean"],
+    "skip_skipone": ["boolean"],
+    "independent_channels": ["boolean"],
+}
+
+# The network description is a schema of its own, versioned apart from the
+# constructor's signature: a new constructor argument gets a default for older
+# descriptions, so that every saved model keeps loading. Schema 1 is also what
+# the package's first model files hold (without the "schema" key).
+DESCRIPTION_SCHEMA = 1
+# The fields the data decides, beside the architecture the parameters decide.
+_DATA_CONSTRAINTS = {
+    "ndim": [Interval(Integral, 2, 3, closed="both")],
+    "in_channels": [Interval(Integral, 1, None, closed="left")],
+}
+_FIELDS = tuple(_DATA_CONSTRAINTS) + tuple(ARCHITECTURE_CONSTRAINTS)
+
+
+def network_description(ndim, in_channels, settings):
+    """The description of the network for ``ndim``-D data with ``in_channels``
+    channels and the architecture ``settings`` (a mapping holding at least the
+    keys of :data:`ARCHITECTURE_CONSTRAINTS`, e.g. the estimator's parameters).
+
+    Raises ``ValueError`` for settings a network cannot have.
+    """
+    description = {"schema": DESCRIPTION_SCHEMA, "ndim": int(ndim), "in_channels": int(in_channels)}
+    for key, constraint in ARCHITECTURE_CONSTRAINTS.items():
+        value = settings[key]
+        # Parameters are validated already; numpy ints and bools from a grid become plain ones.
+        description[key] = bool(value) if constraint == ["boolean"] else int(value)
+    return check_description(description)
+
+
+def check_description(description):
+    """Validate a network description (from :func:`network_description` or a
+    model file) and return it in the current schema.
+
+    Raises ``ValueError`` naming the first bad field.
+    """
+    if not isinstance(description, dict):
+        raise ValueError(f"a network description is a mapping, got {type(description).__name__}.")
+    description = dict(description)
+    schema = description.pop("schema", 1)
+    if schema != DESCRIPTION_SCHEMA:
+        raise ValueError(f"network description schema {schema!r} is unknown; this version reads {DESCRIPTION_SCHEMA}.")
+    if set(description) != set(_FIELDS):
+        raise ValueError(
+            f"the network description has the fields {sorted(description)}, a U-Net's are {sorted(_FIELDS)}."
+        )
+    for key in _FIELDS:
+        value = description[key]
+        wanted = bool if ARCHITECTURE_CONSTRAINTS.get(key) == ["boolean"] else int
+        if type(value) is not wanted:
+            raise ValueError(f"network setting {key}={value!r} is not {'a bool' if wanted is bool else 'an int'}.")
+    validate_parameter_constraints({**_DATA_CONSTRAINTS, **ARCHITECTURE_CONSTRAINTS}, description, caller_name="the U-Net")
+    if description["kernel_size"] % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {description['kernel_size']}.")
+    return {"schema": DESCRIPTION_SCHEMA, **description}
+
+
+def build_unet(description, seed=None):
+    """A :class:`UNet` built from a checked ``description``, on the CPU.
+
+    ``seed`` decides the initial weights; the CPU generator is forked, so
+    seeding leaves no trace outside (and no GPU generator is touched).
+    """
+    kwargs = {key: description[key] for key in _FIELDS}
+    if seed is None:
+        return UNet(**kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(seed))
+        return UNet(**kwargs)
+
+
+def expected_state(description):
+    """Names, shapes and dtypes of the weights of the network ``description``
+    describes, computed on the meta device: no memory is allocated, however
+    large the network. Raises ``ValueError`` if its sizes overflow."""
+    try:
+        with torch.device("meta"):
+            state = build_unet(description).state_dict()
+    except RuntimeError as exc:  # e.g. "Storage size calculation overflowed"
+        raise ValueError(f"the network {description} cannot be built: {exc}") from exc
+    return {name: (tuple(t.shape), t.dtype) for name, t in state.items()}
+
+
+def check_batch_norm(description, batch_size, patch_shape):
+    """Batch normalisation needs more than one value per channel at the U-Net's bottom."""
+    depth = description["depth"]
+    bottom = math.prod(-(-p // 2**depth) for p in patch_shape)
+    if description["batch_norm"] and batch_size * bottom < 2:
+        raise ValueError(
+            f"batch_size={batch_size} with patches of {tuple(patch_shape)} leaves a single value "
+            f"per channel at depth {depth}, too few for batch normalisation; raise "
+            "batch_size, lower depth or set batch_norm=False."
+        )
 
 
 def _conv(ndim):
@@ -126,7 +236,8 @@ class UNet(nn.Module):
     ):
         super().__init__()
         # Everything needed to rebuild this network (saved with its weights).
-        self.config = {
+        self.description = {
+            "schema": DESCRIPTION_SCHEMA,
             "ndim": ndim,
             "in_channels": in_channels,
             "depth": depth,

@@ -142,7 +142,7 @@ def _write_raw(path, payload):
     save_file({"w": torch.zeros(2)}, str(path), metadata={FORMAT_NAME: payload})
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, FORMAT_VERSION + 1, "1", "2", None, True, 1.0])
 def test_read_of_another_format_version_raises_model_file_error(tmp_path, version):
     path = tmp_path / "model.n2v"
     _write_raw(path, json.dumps({"format": FORMAT_NAME, "format_version": version}))

@@ -62,9 +62,9 @@ def test_bad_input_is_rejected_with_a_message_naming_the_problem(params, X, erro
 
 
 def test_bad_tile_settings_are_refused_before_training(monkeypatch):
-    from n2v_estimator import estimator as module
+    from n2v_estimator import _plan
 
-    monkeypatch.setattr(module, "train", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(_plan, "train", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match="tile_overlap"):
         tiny(tile_size=32, tile_overlap=40).fit(IMAGE)
 

@@ -137,7 +137,7 @@ def test_set_params_on_a_fitted_estimator_takes_effect_at_the_next_fit(camera_pa
     denoiser = tiny().fit(noisy)
     denoiser.set_params(n_filters=6)
     assert denoiser.transform(noisy).shape == noisy.shape  # still the fitted network
-    assert denoiser.fit(noisy).model_.config["n_filters"] == 6
+    assert denoiser.fit(noisy).model_.description["n_filters"] == 6
 
 
 def test_grid_search_over_mask_settings_runs_in_parallel_on_a_stack():

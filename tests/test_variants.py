@@ -57,7 +57,7 @@ def test_3d_noise2void_denoises_a_volume():
     noisy = clean + np.random.default_rng(0).normal(0, 25, clean.shape)
     denoiser = Noise2VoidDenoiser(**{**FAST, "n_filters": 8, "patch_size": (8, 16, 16)}, axes="ZYX")
     denoised = denoiser.fit_transform(noisy)
-    assert denoiser.model_.config["ndim"] == 3
+    assert denoiser.model_.description["ndim"] == 3
     assert psnr(denoised, clean) >= psnr(noisy, clean) + 3.0
 
 

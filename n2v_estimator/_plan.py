@@ -1,0 +1,233 @@
+"""The fit plan: everything ``fit`` needs, derived from the parameters and the
+data, and validated, before any training starts and without touching the estimator.
+
+``fit`` is then all-or-nothing: :func:`make_plan` raises for every bad setting
+or input; :meth:`FitPlan.run` trains a network of its own (a fresh one, or a
+copy of the previous one for ``warm_start``); only after that does the
+estimator take the result.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.utils import check_random_state
+
+from ._axes import read_images, spatial_ndim
+from ._devices import resolve_device
+from ._masking import BlindSpotMasker, resolve_struct_mask
+from ._normalize import channel_stats, normalize
+from ._patches import PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
+from ._tiling import tile_geometry
+from ._training import make_validation_set, train
+from ._unet import build_unet, check_batch_norm, network_description
+
+# Validation patches per batch of training patches; drawn once per fit.
+_VALIDATION_BATCHES = 4
+
+
+@dataclass(frozen=True)
+class Previous:
+    """The fitted state a ``warm_start`` fit continues from."""
+
+    network: dict
+    weights: dict
+    mean: np.ndarray
+    std: np.ndarray
+    n_epochs: int
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    """A checked plan for one ``fit``.
+
+    Attributes
+    ----------
+    network : dict
+        Description of the network to train (see :mod:`._unet`).
+    initial_weights : dict or None
+        ``warm_start``: the previous network's weights, trained further.
+        ``None``: fresh weights from ``seeds[0]``.
+    mean, std : ndarray of shape (n_channels,)
+        Normalisation statistics (the previous ones under ``warm_start``).
+    n_features : int or None
+        Values per row of a 2D ``X``.
+    train_images, validation_images : list of ndarray of shape (C, *spatial)
+        Normalised float32 images; ``validation_images`` may be empty.
+    patch_shape, validation_shape : tuple of int
+        Of the training and validation patches (``validation_shape`` is
+        ``None`` without validation).
+    masker : BlindSpotMasker
+    tiles : (tuple of int, tuple of int)
+        The tile shape and overlap ``transform`` will use with this network.
+    device : torch.device
+    seeds : tuple of 3 ints
+        For the initial weights, the training draws and the validation set.
+    batch_size, max_epochs, steps_per_epoch : int
+    learning_rate : float
+    """
+
+    network: dict
+    initial_weights: dict | None
+    mean: np.ndarray
+    std: np.ndarray
+    n_features: int | None
+    train_images: list
+    validation_images: list
+    patch_shape: tuple
+    validation_shape: tuple | None
+    masker: BlindSpotMasker
+    tiles: tuple
+    device: object
+    seeds: tuple
+    batch_size: int
+    max_epochs: int
+    steps_per_epoch: int
+    learning_rate: float
+
+    @property
+    def continuing(self):
+        return self.initial_weights is not None
+
+    def build_network(self):
+        """The network to train, on the plan's device: never the previous one itself."""
+        model = build_unet(self.network, seed=self.seeds[0])
+        if self.initial_weights is not None:
+            model.load_state_dict(self.initial_weights)
+        return model.to(self.device)
+
+    def run(self, verbose=False):
+        """Train as planned; return ``(model, TrainingResult)``."""
+        model = self.build_network()
+        validation = []
+        if self.validation_images:
+            validation = make_validation_set(
+                PatchSampler(self.validation_images, self.validation_shape, augment=False),
+                self.masker,
+                n_patches=_VALIDATION_BATCHES * self.batch_size,
+                batch_size=self.batch_size,
+                device=self.device,
+                seed=self.seeds[2],
+            )
+        result = train(
+            model,
+            PatchSampler(self.train_images, self.patch_shape),
+            self.masker,
+            validation=validation,
+            max_epochs=self.max_epochs,
+            steps_per_epoch=self.steps_per_epoch,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            device=self.device,
+            seed=self.seeds[1],
+            verbose=verbose,
+        )
+        return model, result
+
+
+def make_plan(params, X, previous=None):
+    """Check ``params`` (the estimator's validated parameters) against ``X`` and plan the fit.
+
+    Parameters
+    ----------
+    params : dict
+        ``get_params()`` of the estimator, already validated against its
+        declared constraints.
+    X : array-like
+        The training images.
+    previous : Previous or None
+        The fitted state to continue from (``warm_start`` on a fitted estimator).
+
+    Returns
+    -------
+    FitPlan
+
+    Raises
+    ------
+    ValueError, TypeError
+        For input or settings that cannot be trained, before any work is done.
+    """
+    images = read_images(X, params["axes"], params["image_shape"])
+    ndim = spatial_ndim(images.axes)
+    device = resolve_device(params["device"])
+    network = network_description(ndim, images.canonical.shape[1], params)
+    if previous is not None and previous.network != network:
+        raise ValueError(
+            "warm_start=True needs the same network and data layout as the previous fit: "
+            f"was {previous.network}, now {network}."
+        )
+    masker = BlindSpotMasker(
+        ndim,
+        params["masked_pixel_percentage"],
+        params["manipulator"],
+        params["neighborhood_radius"],
+        resolve_struct_mask(params["struct_mask"], ndim),
+    )
+    tiles = tile_geometry(params["tile_size"], params["tile_overlap"], ndim, network["depth"], network["kernel_size"])
+    requested = requested_patch_shape(params["patch_size"], ndim)
+
+    seeds = check_random_state(params["random_state"]).randint(0, 2**31 - 1, size=3)
+    if previous is not None:
+        mean, std = previous.mean, previous.std
+        # Continued training draws new patches and blind spots, not a replay.
+        seeds = (seeds + 7919 * previous.n_epochs) % (2**31 - 1)
+    else:
+        mean, std = channel_stats(images.canonical)
+    train_images, validation_images = split_validation(
+        normalize(images.canonical, mean, std), params["validation_fraction"]
+    )
+    patch_shape = fit_patch_shape(requested, [im.shape[1:] for im in train_images])
+    _check_patch_fits_network(patch_shape, requested, images, network["depth"])
+    masker.check_patch(patch_shape)
+    check_batch_norm(network, params["batch_size"], patch_shape)
+    validation_shape = None
+    if validation_images:
+        # Validation patches only need to fit the held-out part (a thin strip of a single image).
+        validation_shape = fit_patch_shape(patch_shape, [im.shape[1:] for im in validation_images])
+        masker.check_patch(validation_shape)
+    return FitPlan(
+        network=network,
+        initial_weights=None if previous is None else copy.deepcopy(previous.weights),
+        mean=mean,
+        std=std,
+        n_features=images.n_features,
+        train_images=train_images,
+        validation_images=validation_images,
+        patch_shape=patch_shape,
+        validation_shape=validation_shape,
+        masker=masker,
+        tiles=tiles,
+        device=device,
+        seeds=tuple(int(s) for s in seeds),
+        batch_size=int(params["batch_size"]),
+        max_epochs=int(params["max_epochs"]),
+        steps_per_epoch=int(params["steps_per_epoch"]),
+        learning_rate=float(params["learning_rate"]),
+    )
+
+
+def _check_patch_fits_network(patch_shape, requested, images, depth):
+    """Every side of a training patch must hold at least ``2**depth`` pixels, the
+    network's down-sampling factor: below that its deepest level sees only padding."""
+    multiple = 2**depth
+    spatial_axes = [a for a in images.axes if a in "ZYX"]
+    for letter, side, asked in zip(spatial_axes, patch_shape, requested):
+        if side >= multiple:
+            continue
+        if asked < multiple:
+            raise ValueError(
+                f"patch_size={asked} along {letter} is smaller than 2**depth={multiple}, the "
+                f"network's down-sampling factor at depth={depth}; raise patch_size or lower depth."
+            )
+        message = (
+            f"The images are only {side} pixel(s) along {letter}, fewer than 2**depth={multiple} "
+            f"the network needs at depth={depth}; lower depth or train on larger images"
+        )
+        if images.array.ndim == 2 and len(images.axes) == 2:
+            # One 2D image: its rows are what scikit-learn calls samples, its columns features.
+            kind = "sample(s)" if images.axes.index(letter) == 0 else "feature(s)"
+            message += f" (X is one image; found array with {side} {kind})"
+        raise ValueError(message + ".")
+
