@@ -265,7 +265,7 @@ class BlindSpotMasker:
         spots = mask.nonzero()  # (N, 2 + ndim): sample, channel, spatial coordinates
         x_masked = x.clone()
         if len(self.struct_offsets):
-            self._scramble_struct(x, x_masked, spots, generator)
+            self._scramble_struct(x, x_masked, mask, spots, generator)
         x_masked[mask] = self._replacement(x, spots, generator)
         return x_masked, mask
 
@@ -334,21 +334,29 @@ class BlindSpotMasker:
             "is too small for neighborhood_radius (check_patch refuses such patches up front)."
         )
 
-    def _scramble_struct(self, x, x_masked, spots, generator):
+    def _scramble_struct(self, x, x_masked, mask, spots, generator):
         """Give the structN2V neighbours of every blind spot the values of random
-        pixels of the same sample and channel (positions outside the patch are skipped)."""
-        spatial = x.shape[2:]
+        pixels of the same sample and channel that are not blind spots, so that no
+        blind spot's own noisy value ever lands beside it. Positions outside the
+        patch are skipped, and so are neighbours that are blind spots themselves
+        (they get a replacement value)."""
+        batch, channels, *spatial = x.shape
         coords, inside = _offset_positions(spots, self.struct_offsets, spatial)
-        spot_of = spots[:, None, :].expand(-1, len(self.struct_offsets), -1)[inside]
-        rows, coords = spot_of[:, :2], coords[inside]
+        rows = spots[:, None, :2].expand(-1, len(self.struct_offsets), -1)[inside]
+        coords = coords[inside]
+        keep = ~mask[(rows[:, 0], rows[:, 1]) + tuple(coords.T)]
+        rows, coords = rows[keep], coords[keep]
         if not len(coords):
             return
-        # Any pixel of the patch but the blind spot itself, whose noisy value
-        # must not reach the network: draw among the others and skip over it.
-        strides = torch.tensor([math.prod(spatial[d + 1 :]) for d in range(len(spatial))], device=x.device)
-        own = (spot_of[:, 2:] * strides).sum(dim=1)
-        source = torch.randint(math.prod(spatial) - 1, (len(coords),), generator=generator, device=x.device)
-        source = torch.unravel_index(source + (source >= own), spatial)
+        # The u-th pixel that is not a blind spot, u uniform per (sample, channel).
+        free = ~mask.reshape(batch * channels, -1)
+        counts = free.sum(dim=1)
+        starts = counts.cumsum(dim=0) - counts
+        free_pixels = free.nonzero()[:, 1]  # row by row, in order
+        row = rows[:, 0] * channels + rows[:, 1]
+        u = torch.rand(len(row), generator=generator, device=x.device, dtype=_float_dtype(x.device))
+        pick = torch.minimum((u * counts[row]).long(), counts[row] - 1)
+        source = torch.unravel_index(free_pixels[starts[row] + pick], tuple(spatial))
         values = x[(rows[:, 0], rows[:, 1]) + tuple(source)]
         x_masked[(rows[:, 0], rows[:, 1]) + tuple(coords.T)] = values
 

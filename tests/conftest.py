@@ -44,3 +44,27 @@ TINY = dict(
     random_state=0,
     device="cpu",
 )
+
+
+def tiny(**overrides):
+    """A denoiser that trains in a fraction of a second: :data:`TINY` with ``overrides``."""
+    from n2v_estimator import Noise2VoidDenoiser
+
+    return Noise2VoidDenoiser(**{**TINY, **overrides})
+
+
+class CodeRunningPickle:
+    """Unpickling this calls ``open(marker, "w")``: a marker file proves that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def crash_mid_write(tensors, filename, metadata=None):
+    """Stands in for safetensors' ``save_file``: writes half a file, then fails as a full disk would."""
+    with open(filename, "wb") as f:
+        f.write(b"half a file")
+    raise OSError("disk full")

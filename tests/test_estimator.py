@@ -1,10 +1,9 @@
 import pickle
-import warnings
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, psnr
+from conftest import TINY, psnr, tiny
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
@@ -12,10 +11,7 @@ from n2v_estimator import ModelFileError, Noise2VoidDenoiser, NonFiniteLossError
 from n2v_estimator import _training
 
 
-def tiny(**overrides):
-    return Noise2VoidDenoiser(**{**TINY, **overrides})
-
-
+@pytest.mark.slow
 def test_fit_transform_raises_psnr_on_a_real_image(camera_pair):
     clean, noisy = camera_pair
     denoiser = Noise2VoidDenoiser(
@@ -279,6 +275,5 @@ def test_fit_does_not_touch_the_global_torch_seed(camera_pair):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    with warnings.catch_warnings():
-        tiny().fit(noisy)
+    tiny().fit(noisy)
     assert torch.equal(torch.rand(3), expected)

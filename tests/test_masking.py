@@ -469,3 +469,48 @@ def test_struct_mask_is_excluded_from_mean_neighbourhood():
         keep = torch.ones(3, 3, dtype=torch.bool)
         keep[:, 1] = False  # centre and vertical struct neighbours
         assert x_masked[b, c, y, xx].item() == pytest.approx(block[keep].mean().item(), abs=1e-5)
+
+
+def test_struct_neighbours_never_get_the_value_of_a_blind_spot():
+    # Small, densely masked patches: drawing from every pixel of the patch would often
+    # copy a blind spot's own value beside it (1 in 16 here).
+    shape = (512, 1, 4, 4)
+    x, inverse = unique_batch(shape, seed=6)
+    masker = BlindSpotMasker(2, 10.0, "uniform_withoutCP", 1, struct_offsets=resolve_struct_mask(("x", 3), 2))
+    x_masked, mask = masker(x, gen(30))
+    scrambled = (x_masked != x) & ~mask
+    assert scrambled.sum() > 500
+    source = source_of(x_masked[scrambled], inverse, shape)
+    assert not mask[tuple(source.T)].any()
+
+
+@pytest.mark.parametrize("manipulator", ["uniform_withoutCP", "normal_withoutCP", "median", "mean", "normal_fitted"])
+def test_a_blind_spot_without_usable_neighbours_is_an_error_never_a_silent_copy(manipulator):
+    masker = BlindSpotMasker(2, 50.0, manipulator, 1, struct_offsets=resolve_struct_mask(("x", 3), 2))
+    x = torch.randn(4, 1, 1, 8, generator=gen(31))  # one row: every neighbour is masked or outside
+    with pytest.raises(ValueError, match="without neighbours"):
+        masker(x, gen(32))
+    with pytest.raises(ValueError, match="no neighbour within"):
+        masker.check_patch((1, 8))
+    masker.check_patch((2, 8))
+
+
+@pytest.mark.parametrize("ndim, radius, struct", [(2, 1, None), (2, 2, ("x", 5)), (3, 1, ("z", 3)), (2, 3, np.ones((5, 5)))])
+def test_check_patch_agrees_with_masking_every_pixel(ndim, radius, struct):
+    """check_patch refuses exactly the patch shapes where some pixel has no usable neighbour."""
+    offsets = resolve_struct_mask(struct, ndim)
+    masker = BlindSpotMasker(ndim, 100.0, "mean", radius, struct_offsets=offsets)
+    for shape in [(1, 1, 9), (2, 9), (1, 12), (3, 3), (12, 2), (9, 9)][: 6] if ndim == 2 else [(1, 4, 4), (2, 2, 2), (4, 4, 4)]:
+        shape = tuple(shape)[-ndim:] if len(shape) >= ndim else (1,) * (ndim - len(shape)) + tuple(shape)
+        x = torch.randn((2, 1) + shape, generator=gen(33))
+        try:
+            masker(x, gen(34))  # 100%: every pixel is a blind spot
+            works = True
+        except ValueError:
+            works = False
+        try:
+            masker.check_patch(shape)
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert accepted == works, shape

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import CodeRunningPickle, crash_mid_write
 from safetensors.torch import save_file
 
 from n2v_estimator import _persistence
@@ -90,13 +91,7 @@ def test_failed_write_keeps_the_existing_file_and_leaves_no_temp_file(tmp_path, 
     path = tmp_path / "model.n2v"
     write_model(path, {"w": torch.zeros(2)}, {"run": 1})
     before = path.read_bytes()
-
-    def broken_save(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a file")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(_persistence, "save_file", broken_save)
+    monkeypatch.setattr(_persistence, "save_file", crash_mid_write)
     with pytest.raises(OSError, match="disk full"):
         write_model(path, {"w": torch.ones(2)}, {"run": 2})
     assert path.read_bytes() == before
@@ -168,20 +163,10 @@ def test_read_of_a_document_of_the_wrong_kind_raises_model_file_error(tmp_path, 
         read_model(path)
 
 
-class _CreatesMarker:
-    """Unpickling this calls ``open(marker, "w")``: code execution on load."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_payload_used_below_does_execute_code_when_unpickled(tmp_path):
     # Sanity check of the crafted payload itself, with plain pickle.
     marker = tmp_path / "pwned_by_pickle"
-    pickle.loads(pickle.dumps(_CreatesMarker(marker))).close()
+    pickle.loads(pickle.dumps(CodeRunningPickle(marker))).close()
     assert marker.exists()
 
 
@@ -189,7 +174,7 @@ def test_payload_used_below_does_execute_code_when_unpickled(tmp_path):
 def test_read_of_a_crafted_pickle_raises_and_executes_no_code(tmp_path, writer):
     marker = tmp_path / "pwned"
     path = tmp_path / "model.n2v"
-    payload = {"state_dict": {"w": torch.zeros(2)}, "evil": _CreatesMarker(marker)}
+    payload = {"state_dict": {"w": torch.zeros(2)}, "evil": CodeRunningPickle(marker)}
     if writer == "torch.save":
         torch.save(payload, path)
     else:
@@ -198,3 +183,22 @@ def test_read_of_a_crafted_pickle_raises_and_executes_no_code(tmp_path, writer):
     with pytest.raises(ModelFileError):
         read_model(path)
     assert not marker.exists()
+
+
+def test_write_never_changes_the_process_umask(tmp_path, monkeypatch):
+    # Another thread creating files meanwhile would get the wrong permissions.
+    monkeypatch.setattr(os, "umask", lambda *a: pytest.fail("umask changed"))
+    write_model(tmp_path / "model.n2v", {"w": torch.zeros(2)}, {})
+
+
+def test_a_new_file_gets_the_usual_permissions_and_a_replaced_file_keeps_its_own(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "model.n2v"
+        write_model(path, {"w": torch.zeros(2)}, {})
+        assert path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o600)
+        write_model(path, {"w": torch.ones(2)}, {})
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(umask)

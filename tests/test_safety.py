@@ -7,17 +7,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import CodeRunningPickle, crash_mid_write, tiny
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from n2v_estimator import ModelFileError, Noise2VoidDenoiser, _persistence
-
-
-def tiny(**overrides):
-    return Noise2VoidDenoiser(**{**TINY, **overrides})
 
 
 IMAGE = np.random.default_rng(0).normal(size=(24, 24))
@@ -48,6 +44,9 @@ BAD_INPUT = [
     ("bad struct mask", {"struct_mask": ("w", 5)}, IMAGE, ValueError, "struct_mask axis"),
     ("even struct span", {"struct_mask": ("x", 4)}, IMAGE, ValueError, "odd"),
     ("cuda without cuda", {"device": "cuda"}, IMAGE, ValueError, "CUDA is not available"),
+    ("meta device", {"device": "meta"}, IMAGE, ValueError, "cannot run the denoiser"),
+    ("image_shape overflow", {"image_shape": (2**62, 4)}, np.zeros((4, 64)), ValueError, f"needs {2**64} values per row"),
+    ("RGB with axes=None", {}, np.zeros((64, 48, 3)), ValueError, "axes='YXC'"),
 ]
 
 
@@ -109,13 +108,7 @@ def test_crash_during_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
     first = tiny(random_state=0).fit(IMAGE)
     first.save(path)
     original = path.read_bytes()
-
-    def crash(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"half a file")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(_persistence, "save_file", crash)
+    monkeypatch.setattr(_persistence, "save_file", crash_mid_write)
     with pytest.raises(OSError, match="disk full"):
         tiny(random_state=1).fit(IMAGE).save(path)
     assert path.read_bytes() == original
@@ -136,21 +129,11 @@ def _rewrite(path, tensors, document):
     save_file(tensors, str(path), metadata={_persistence.FORMAT_NAME: json.dumps(document)})
 
 
-class _Payload:
-    """Unpickling this creates a marker file: proof that code ran."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_loading_a_pickle_never_executes_it(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "model.safetensors"
     with open(path, "wb") as f:
-        pickle.dump(_Payload(str(marker)), f)
+        pickle.dump(CodeRunningPickle(str(marker)), f)
     with pytest.raises(ModelFileError):
         Noise2VoidDenoiser.load(path)
     assert not marker.exists()
@@ -159,7 +142,7 @@ def test_loading_a_pickle_never_executes_it(tmp_path):
 def test_loading_a_torch_save_file_never_executes_it(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "model.pt"
-    torch.save({"weights": _Payload(str(marker))}, path)
+    torch.save({"weights": CodeRunningPickle(str(marker))}, path)
     assert not marker.exists()
     with pytest.raises(ModelFileError):
         Noise2VoidDenoiser.load(path)
@@ -308,3 +291,28 @@ def test_weights_that_become_non_finite_are_not_kept(monkeypatch):
         denoiser.fit(IMAGE)
     assert all(torch.isfinite(p).all() for p in denoiser.model_.parameters())
     assert np.isfinite(denoiser.transform(IMAGE)).all()
+
+
+def test_a_gpu_that_is_not_there_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="has 1 GPU"):
+        tiny(device="cuda:7").fit(IMAGE)
+
+
+def test_a_format_1_file_of_the_first_release_still_loads(tmp_path):
+    """Version 1 files describe the network without a schema; they load as schema 1."""
+    path, tensors, document = _saved(tmp_path)
+    original = Noise2VoidDenoiser.load(path).transform(IMAGE)
+    document["format_version"] = 1
+    del document["fitted"]["network"]["schema"]
+    _rewrite(path, tensors, document)
+    np.testing.assert_array_equal(Noise2VoidDenoiser.load(path).transform(IMAGE), original)
+
+
+@pytest.mark.parametrize("settings", [{"n_filters": 10**9}, {"depth": 8, "n_filters": 2**40, "in_channels": 2**20}])
+def test_a_huge_network_description_is_refused_without_allocating_it(tmp_path, settings):
+    _, tensors, document = _saved(tmp_path)
+    network = dict(document["fitted"]["network"], **settings)
+    with pytest.raises(ModelFileError, match="cannot be built|needs"):
+        _persistence.network_from_weights(network, tensors, "model.safetensors")

@@ -169,3 +169,28 @@ def test_predict_tiled_with_tta_averages_the_augmented_predictions():
     with torch.no_grad():
         expected = sum(inv(model(fwd(x))) for fwd, inv in augmentations(2)) / 8
     np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_tile_geometry_rounds_to_the_networks_pooling_grid():
+    from n2v_estimator._tiling import tile_geometry
+
+    assert tile_geometry(None, None, 2, depth=2, kernel_size=3) == ((256, 256), (48, 48))
+    assert tile_geometry(None, None, 3, depth=2, kernel_size=3) == ((64, 128, 128), (32, 48, 48))
+    assert tile_geometry(30, 5, 2, depth=2, kernel_size=3) == ((32, 32), (8, 8))
+    assert tile_geometry((64, 100), 0, 2, depth=3, kernel_size=5) == ((64, 104), (0, 0))
+
+
+def test_tile_geometry_overlap_grows_with_the_kernel_and_stays_below_half_a_tile():
+    from n2v_estimator._tiling import default_overlap, tile_geometry
+
+    assert default_overlap(2, 3) == 48 and default_overlap(2, 7) == 144
+    assert tile_geometry(512, None, 2, depth=2, kernel_size=7) == ((512, 512), (144, 144))
+    assert tile_geometry(128, None, 2, depth=2, kernel_size=7) == ((128, 128), (64, 64))
+
+
+@pytest.mark.parametrize("size, overlap, pattern", [(32, 32, "smaller than tile_size"), ((8, 8, 8), None, "2 ints"), (-1, None, "at least 1"), (32, (4, -4), "at least 0")])
+def test_tile_geometry_refuses_impossible_settings(size, overlap, pattern):
+    from n2v_estimator._tiling import tile_geometry
+
+    with pytest.raises(ValueError, match=pattern):
+        tile_geometry(size, overlap, 2, depth=1, kernel_size=3)

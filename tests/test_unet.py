@@ -98,8 +98,20 @@ def test_skip_skipone_drops_the_top_level_skip_connection():
 def test_blurpool_replaces_max_pooling():
     model = net(depth=2, blurpool=True)
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
-    assert not any(p.requires_grad for n, p in model.named_buffers())
     assert net(depth=2).pool[0].__class__ is nn.MaxPool2d
+
+
+def test_blurpool_kernel_is_fixed_and_not_saved():
+    model = net(depth=2, blurpool=True).train()
+    kernels = [pool.kernel.clone() for pool in model.pool]
+    assert not any("kernel" in name for name in model.state_dict())
+    assert not any("kernel" in name for name, _ in model.named_parameters())
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(torch.randn(2, 1, 16, 16)).pow(2).mean().backward()
+    optimizer.step()
+    for pool, before in zip(model.pool, kernels):
+        assert torch.equal(pool.kernel, before)
+        assert pool.kernel.sum(dim=(-2, -1)).allclose(torch.ones(1))  # a normalised blur
 
 
 @pytest.mark.parametrize("ndim, shape", [(2, (2, 2, 13, 10)), (3, (1, 1, 5, 7, 6))])

@@ -20,6 +20,7 @@ def nyquist_power(image):
     return spectrum[h // 2, :].sum() + spectrum[:, w // 2].sum()
 
 
+@pytest.mark.slow
 def test_n2v2_denoises_without_checkerboard(camera_pair):
     clean, noisy = camera_pair
     n2v2 = Noise2VoidDenoiser(**FAST, blurpool=True, skip_skipone=True, manipulator="median")
@@ -29,6 +30,7 @@ def test_n2v2_denoises_without_checkerboard(camera_pair):
     assert nyquist_power(denoised) <= 1.1 * nyquist_power(clean)
 
 
+@pytest.mark.slow
 def test_struct_n2v_beats_n2v_on_row_correlated_noise():
     clean = data.camera()[256:384, 256:384].astype(np.float64)
     white = np.random.default_rng(0).normal(0, 25, clean.shape)
@@ -39,6 +41,7 @@ def test_struct_n2v_beats_n2v_on_row_correlated_noise():
     assert psnr(struct, clean) >= psnr(plain, clean) + 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("independent_channels, gain", [(True, 3.0), (False, 1.5)])
 def test_both_channel_modes_denoise_rgb(independent_channels, gain):
     # 80 steps give +5.4 dB (independent) and +2.6 dB (joint, which learns more slowly).
@@ -50,6 +53,7 @@ def test_both_channel_modes_denoise_rgb(independent_channels, gain):
     assert psnr(denoised, clean) >= psnr(noisy, clean) + gain
 
 
+@pytest.mark.slow
 def test_3d_noise2void_denoises_a_volume():
     blobs = data.binary_blobs(length=32, n_dim=3, volume_fraction=0.3, rng=0).astype(np.float64)
     smooth = ndimage.gaussian_filter(blobs, 2.0)

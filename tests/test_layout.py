@@ -1,0 +1,35 @@
+"""The layout the README promises: estimator.py orchestrates, one module per idea, all named."""
+
+import ast
+import pathlib
+import re
+
+import n2v_estimator
+
+PACKAGE = pathlib.Path(n2v_estimator.__file__).parent
+README = PACKAGE.parent / "README.md"
+
+
+def test_estimator_module_holds_only_the_class_and_stays_short():
+    source = (PACKAGE / "estimator.py").read_text()
+    assert len(source.splitlines()) < 500
+    top_level = ast.parse(source).body
+    kinds = {type(node).__name__ for node in top_level}
+    assert kinds <= {"Expr", "ImportFrom", "Import", "ClassDef"}, kinds  # no helper functions, no state
+    assert [node.name for node in top_level if isinstance(node, ast.ClassDef)] == ["Noise2VoidDenoiser"]
+
+
+def test_readme_layout_names_every_module():
+    if not README.exists():  # installed without the repository
+        return
+    layout = README.read_text().split("## Layout", 1)[1]
+    named = set(re.findall(r"\b(_[a-z]+)\b", layout))
+    modules = {p.stem for p in PACKAGE.glob("_*.py") if p.stem != "__init__"}
+    assert modules == named, (modules - named, named - modules)
+
+
+def test_no_module_imports_the_package_init():
+    """``from . import x`` in a module makes it and ``__init__`` import each other."""
+    for path in PACKAGE.glob("*.py"):
+        if path.name != "__init__.py":
+            assert not re.search(r"^from \. import", path.read_text(), re.M), path.name

@@ -1,0 +1,154 @@
+"""The training loop alone: kept weights, fixed validation, early stops reported, not raised."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import gen
+
+from n2v_estimator import NonFiniteLossError, _training
+from n2v_estimator._masking import BlindSpotMasker
+from n2v_estimator._patches import PatchSampler
+from n2v_estimator._training import make_validation_set, train
+from n2v_estimator._unet import build_unet, network_description
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+IMAGES = [np.random.default_rng(0).normal(size=(1, 32, 32)).astype(np.float32)]
+SETTINGS = dict(depth=1, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
+                skip_skipone=False, independent_channels=True)
+
+
+def model():
+    return build_unet(network_description(2, 1, SETTINGS), seed=0)
+
+
+def masker():
+    return BlindSpotMasker(2, 5.0)
+
+
+def validation_set(seed=3):
+    return make_validation_set(PatchSampler(IMAGES, (16, 16), augment=False), masker(), 8, 4, torch.device("cpu"), seed)
+
+
+def run(net, validation, max_epochs=4):
+    return train(net, PatchSampler(IMAGES, (16, 16)), masker(), validation=validation, max_epochs=max_epochs,
+                 steps_per_epoch=2, batch_size=4, learning_rate=1e-2, device=torch.device("cpu"), seed=0)
+
+
+def snapshots_with_validation_losses(monkeypatch, losses):
+    """Make epoch ``i``'s validation loss ``losses[i]`` and record the weights of each epoch."""
+    snapshots = []
+
+    def fake_validation_loss(net, batches):
+        snapshots.append({k: v.clone() for k, v in net.state_dict().items()})
+        return losses[len(snapshots) - 1]
+
+    monkeypatch.setattr(_training, "_validation_loss", fake_validation_loss)
+    return snapshots
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_weights_with_the_lowest_validation_loss_are_kept(monkeypatch):
+    snapshots = snapshots_with_validation_losses(monkeypatch, [3.0, 1.0, 2.0, 1.5])
+    net = model()
+    result = run(net, validation_set())
+    assert [h["val_loss"] for h in result.history] == [3.0, 1.0, 2.0, 1.5]
+    assert_same_weights(result.state, snapshots[1])
+    assert_same_weights(net.state_dict(), snapshots[1])
+    assert not net.training
+
+
+def test_without_validation_the_last_epoch_is_kept():
+    net = model()
+    result = run(net, validation=[])
+    assert [h["val_loss"] for h in result.history] == [None] * 4
+    assert_same_weights(result.state, net.state_dict())
+    assert not result.interrupted and result.error is None
+
+
+def test_validation_patches_and_masks_are_drawn_once_and_reused_every_epoch(monkeypatch):
+    seen = []
+
+    def recording_validation_loss(net, batches):
+        seen.append([(x.clone(), m.clone()) for x, _, m in batches])
+        return 1.0
+
+    monkeypatch.setattr(_training, "_validation_loss", recording_validation_loss)
+    run(model(), validation_set())
+    assert len(seen) == 4
+    for epoch in seen[1:]:
+        for (x, m), (x0, m0) in zip(epoch, seen[0]):
+            assert torch.equal(x, x0) and torch.equal(m, m0)
+
+
+def test_validation_set_is_reproducible_and_masks_do_not_replay_the_patch_stream():
+    a, b = validation_set(seed=3), validation_set(seed=3)
+    for (x, xm, m), (y, ym, n) in zip(a, b):
+        assert torch.equal(x, y) and torch.equal(xm, ym) and torch.equal(m, n)
+    # Patches from seed, blind spots from seed + 1: the masks are not what the patch stream would draw.
+    x = a[0][0]
+    _, replayed = masker()(x, gen(3))
+    _, own = masker()(x, gen(4))
+    assert torch.equal(a[0][2], own) and not torch.equal(a[0][2], replayed)
+
+
+def test_an_interrupt_is_reported_with_the_weights_kept(monkeypatch):
+    snapshots = snapshots_with_validation_losses(monkeypatch, [2.0, 1.0, 5.0, 5.0])
+    calls = {"n": 0}
+    original = _training.masked_mse
+
+    def interrupt_in_the_third_epoch(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(*args)
+
+    monkeypatch.setattr(_training, "masked_mse", interrupt_in_the_third_epoch)
+    net = model()
+    result = run(net, validation_set())
+    assert result.interrupted and len(result.history) == 2
+    assert_same_weights(net.state_dict(), snapshots[1])
+
+
+def test_a_non_finite_loss_is_reported_with_the_last_good_weights(monkeypatch):
+    original = _training.masked_mse
+    calls = {"n": 0}
+
+    def nan_in_the_second_epoch(*args):
+        calls["n"] += 1
+        return original(*args) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(_training, "masked_mse", nan_in_the_second_epoch)
+    net = model()
+    result = run(net, validation=[])
+    assert isinstance(result.error, NonFiniteLossError) and len(result.history) == 1
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values() if v.is_floating_point())
+
+
+def test_other_exceptions_propagate(monkeypatch):
+    def broken(*args):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(_training, "masked_mse", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(model(), validation=[])
+
+
+@pytest.mark.parametrize("history, was_fitted, expected", [
+    ([{"val_loss": 1.0}], True, "after 1 complete epoch\\(s\\); the best validation weights are kept"),
+    ([{"val_loss": None}] * 2, False, "after 2 complete epoch\\(s\\); the weights of the last complete epoch"),
+    ([], True, "before any epoch completed; the estimator is left as it was\\."),
+    ([], False, "before any epoch completed; the estimator is left as it was \\(not fitted\\)"),
+])
+def test_a_stop_says_what_is_kept(history, was_fitted, expected):
+    interrupted = _training.TrainingResult({}, history, interrupted=True)
+    with pytest.warns(UserWarning, match=expected), pytest.raises(KeyboardInterrupt, match=expected):
+        interrupted.raise_if_stopped_early(was_fitted)
+    failed = _training.TrainingResult({}, history, error=NonFiniteLossError("The loss became nan."))
+    with pytest.raises(NonFiniteLossError, match="The loss became nan. Training stopped " + expected):
+        failed.raise_if_stopped_early(was_fitted)
+    _training.TrainingResult({}, history).raise_if_stopped_early(was_fitted)  # a complete run: nothing
