@@ -2,22 +2,32 @@
 
 One file holds everything: the network's tensors in the safetensors format
 and, in its string metadata, a JSON document with the format version, the
-estimator's parameters and its fitted state. Reading it never executes code.
+estimator's parameters and its fitted state. Reading it never executes code,
+and a file is judged by its header (capped in size and nesting) before any
+tensor is read: a hostile file is refused in a fraction of a second.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from ._unet import build_unet, check_description, expected_state
+
+try:  # POSIX: a writer holds a lock on its temporary file, so that a dead one's can be told apart
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 FORMAT_NAME = "n2v_estimator"
 # Version 2 describes the network in its own versioned schema (see _unet);
@@ -26,6 +36,19 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # Parameters that may hold a tuple of ints (a model file stores it as a JSON list).
 SHAPE_PARAMS = ("patch_size", "tile_size", "tile_overlap", "image_shape")
+# A model's header is a few kB plus ~150 bytes per epoch of history: 16 MiB is far
+# beyond any real one and parses in well under a second.
+MAX_HEADER_BYTES = 16 * 2**20
+MAX_NESTING = 32
+# Temporary files of a killed writer are removed by the next save once unlocked and this old.
+STALE_SECONDS = 2.0
+_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+}
+# The largest magnitude float32 holds: statistics beyond it turn into inf in a float32 pipeline.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ModelFileError(ValueError):
@@ -48,65 +71,153 @@ def _to_json(value):
     return value
 
 
+def _write_all(fd, data):
+    """Write ``data`` to the file descriptor ``fd`` (a seam for tests of a crash mid-write)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _target(path):
+    """``path`` as a :class:`Path` a model can be written to, or ``ValueError``."""
+    if not str(path):
+        raise ValueError("The model path is empty; give a file name such as 'model.safetensors'.")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file name such as {path / 'model.safetensors'}.")
+    return path
+
+
+def _remove_stale_temporaries(path):
+    """Remove the temporary files that killed writers of ``path`` left behind: those
+    no live writer holds a lock on (and not brand new, so a writer that has just
+    created its file and not yet locked it keeps it)."""
+    if fcntl is None:  # pragma: no cover
+        return
+    for candidate in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            if time.time() - candidate.stat().st_mtime < STALE_SECONDS:
+                continue
+            fd = os.open(candidate, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            candidate.unlink()
+        except OSError:
+            pass  # locked: a live writer's
+        finally:
+            os.close(fd)
+
+
 def write_model(path, tensors, document):
-    """Atomically write ``tensors`` (name -> CPU tensor) and ``document`` (JSON-able dict).
+    """Atomically write ``tensors`` (name -> tensor) and ``document`` (JSON-able dict).
 
     The file is written next to ``path`` under a temporary name and renamed
-    into place, so an existing file at ``path`` survives a crash mid-write.
-    A new file gets the usual permissions (``0o666`` less the umask); a
-    replaced file keeps its own.
+    into place, so an existing file at ``path`` survives a crash mid-write; the
+    temporary files of writers killed earlier are removed. A new file gets the
+    usual permissions (``0o666`` less the umask); a replaced file keeps its own.
+
+    Raises
+    ------
+    ValueError
+        If ``path`` is empty or a directory.
+    OSError
+        Naming ``path``, if the file cannot be written.
     """
-    path = Path(path)
+    path = _target(path)
     payload = dict(_to_json(document), format=FORMAT_NAME, format_version=FORMAT_VERSION)
-    metadata = {FORMAT_NAME: json.dumps(payload)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    # Created by us with mode 0o666, so that the kernel applies the umask and
-    # tells us the usual mode, without changing the process umask (racy under threads).
+    data = safetensors_bytes(tensors, metadata={FORMAT_NAME: json.dumps(payload)})
+    _remove_stale_temporaries(path)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        mode = stat.S_IMODE((path if path.exists() else tmp).stat().st_mode)
-        save_file(tensors, str(tmp), metadata=metadata)  # may recreate the file with its own mode
+        # Created with mode 0o666, so that the kernel applies the umask and tells us the
+        # usual mode, without changing the process umask (racy under threads).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise OSError(exc.errno, f"Cannot save the model to {path}: {exc.strerror}") from exc
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        mode = stat.S_IMODE((path.stat() if path.exists() else os.fstat(fd)).st_mode)
+        _write_all(fd, data)
         # On disk before the rename, so a power cut cannot leave an empty file at ``path``.
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        os.fsync(fd)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"Cannot save the model to {path}: {exc.strerror or exc}") from exc
         raise
+    finally:
+        os.close(fd)
 
 
-def read_model(path):
-    """Read a file written by :func:`write_model`.
+def _nesting(value):
+    """Depth of nested lists and dicts in a parsed JSON value (iteratively, no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _parse_json(text, what, source):
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ModelFileError(f"{source}: the {what} is nested too deeply.") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{source} holds a malformed JSON {what}: {exc}") from exc
+    if _nesting(value) > MAX_NESTING:
+        raise ModelFileError(f"{source}: the {what} is nested more than {MAX_NESTING} levels deep.")
+    return value
+
+
+def read_header(path):
+    """Read the header of a model file written by :func:`write_model`, and no tensor.
 
     Returns
     -------
-    tensors : dict of str -> torch.Tensor
+    entries : dict
+        Tensor name -> ``{"dtype", "shape", "data_offsets"}`` as the file declares them.
     document : dict
         The JSON document, format fields checked.
 
     Raises
     ------
+    FileNotFoundError
+        If there is no file at ``path``.
     ModelFileError
-        If the file is not a safetensors file made by this package, or its
-        format version is not one this version reads.
+        If ``path`` is not a regular file, not a safetensors file made by this
+        package, its header is over :data:`MAX_HEADER_BYTES` or nested deeper than
+        :data:`MAX_NESTING`, or its format version is not one this version reads.
     """
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except FileNotFoundError:
-        raise
-    except Exception as exc:
-        raise ModelFileError(f"{path} is not a readable safetensors model file: {exc}") from exc
-    if FORMAT_NAME not in metadata:
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelFileError(f"{path} is not a regular file (a directory, a pipe or a device); give a model file.")
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 < size <= min(MAX_HEADER_BYTES, info.st_size - 8):
+            raise ModelFileError(
+                f"{path} is not a readable safetensors model file: its header size field says {size} bytes "
+                f"(the file has {info.st_size}; at most {MAX_HEADER_BYTES} are read)."
+            )
+        header = _parse_json(f.read(size), "header", path)
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path} is not a readable safetensors model file: its header is not a mapping.")
+    metadata = header.pop("__metadata__", None)
+    if not isinstance(metadata, dict) or FORMAT_NAME not in metadata:
         raise ModelFileError(f"{path} is a safetensors file but was not written by n2v_estimator.")
-    try:
-        document = json.loads(metadata[FORMAT_NAME])
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{path} holds a malformed JSON document: {exc}") from exc
+    if not isinstance(metadata[FORMAT_NAME], str):
+        raise ModelFileError(f"{path} does not hold an n2v_estimator document.")
+    document = _parse_json(metadata[FORMAT_NAME], "document", path)
     if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path} does not hold an n2v_estimator document.")
     version = document.get("format_version")
@@ -115,7 +226,25 @@ def read_model(path):
             f"{path} has format version {version!r}; this version of n2v_estimator reads "
             f"versions {list(READABLE_VERSIONS)}. Upgrade the package to load newer files."
         )
-    return tensors, document
+    return header, document
+
+
+def read_tensors(path, names):
+    """The tensors ``names`` of a file whose header was checked by :func:`read_header`."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in names}
+    except Exception as exc:
+        raise ModelFileError(f"{path} is not a readable safetensors model file: {exc}") from exc
+
+
+def read_model(path):
+    """Read a file written by :func:`write_model`: ``(tensors, document)``.
+
+    See :func:`read_header` for what is refused.
+    """
+    entries, document = read_header(path)
+    return read_tensors(path, list(entries)), document
 
 
 def estimator_document(params, network, fitted, package_version):
@@ -163,10 +292,17 @@ def decode_document(document, param_names, source):
             params["struct_mask"] = tuple(struct) if is_short else np.asarray(struct)
         saved = document["fitted"]
         n_channels = int(saved["n_channels"])
+        mean = np.asarray(saved["mean"], dtype=np.float64).reshape(n_channels)
+        std = np.asarray(saved["std"], dtype=np.float64).reshape(n_channels)
+        if not (np.abs(mean) <= _FLOAT32_MAX).all() or not ((std > 0) & (std <= _FLOAT32_MAX)).all():
+            raise ModelFileError(
+                f"{source}: the normalisation statistics mean={mean.tolist()}, std={std.tolist()} are "
+                "out of range (each must be finite, std > 0, both within float32's range)."
+            )
         fitted = {
             "network": saved["network"],
-            "mean": np.asarray(saved["mean"], dtype=np.float64).reshape(n_channels),
-            "std": np.asarray(saved["std"], dtype=np.float64).reshape(n_channels),
+            "mean": mean,
+            "std": std,
             "patch_shape": tuple(int(p) for p in saved["patch_shape"]),
             "history": list(saved["history"]),
             "n_features_in": int(saved["n_features_in"]) if "n_features_in" in saved else None,
@@ -183,35 +319,49 @@ def decode_document(document, param_names, source):
     return params, fitted
 
 
-def network_from_weights(description, weights, source):
-    """Rebuild a network from its ``description`` and load ``weights``, checking every tensor.
+def network_from_file(description, path, entries):
+    """Rebuild the network ``description`` describes from the file at ``path``.
 
     The description is checked against the same constraints as the estimator's
-    parameters, and the tensors' names, shapes and dtypes are compared with
-    those the description implies (on the meta device, with no memory spent)
-    before any network is allocated.
+    parameters; the header ``entries`` (from :func:`read_header`) must then name
+    exactly the tensors the description implies, with their dtypes and shapes
+    (computed on the meta device, with no memory spent), before any tensor is
+    read. The tensors read must be finite, and batch-norm variances and counts
+    non-negative.
 
     Raises
     ------
     ModelFileError
-        Naming ``source``, on invalid settings and on missing, unexpected or
-        mis-shaped tensors.
+        Naming ``path``, on invalid settings and on missing, unexpected,
+        mis-shaped or out-of-range tensors.
     """
     try:
         description = check_description(description)
         expected = expected_state(description)
     except ValueError as exc:  # sklearn's InvalidParameterError is a ValueError too
-        raise ModelFileError(f"{source}: {exc}") from exc
-    missing = sorted(set(expected) - set(weights))
-    extra = sorted(set(weights) - set(expected))
+        raise ModelFileError(f"{path}: {exc}") from exc
+    missing = sorted(set(expected) - set(entries))
+    extra = sorted(set(entries) - set(expected))
     if missing or extra:
-        raise ModelFileError(f"{source}: tensors missing {missing[:5]}, unexpected {extra[:5]}.")
+        raise ModelFileError(
+            f"{path}: tensors missing {missing[:5]}, unexpected {extra[:5]}"
+            + (f" (and {len(extra) - 5} more)" if len(extra) > 5 else "")
+            + "."
+        )
     for name, (shape, dtype) in expected.items():
-        if tuple(weights[name].shape) != shape or weights[name].dtype != dtype:
+        entry = entries[name]
+        declared = (entry.get("shape"), entry.get("dtype")) if isinstance(entry, dict) else (None, None)
+        if declared != (list(shape), _DTYPES[dtype]):
             raise ModelFileError(
-                f"{source}: tensor {name!r} has shape {tuple(weights[name].shape)} and dtype "
-                f"{weights[name].dtype}, the network {description} needs {shape} {dtype}."
+                f"{path}: tensor {name!r} has shape {declared[0]} and dtype {declared[1]}, "
+                f"the network {description} needs {list(shape)} {_DTYPES[dtype]}."
             )
+    weights = read_tensors(path, list(expected))
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelFileError(f"{path}: tensor {name!r} holds non-finite values.")
+        if name.endswith(("running_var", "num_batches_tracked")) and (tensor < 0).any():
+            raise ModelFileError(f"{path}: tensor {name!r} holds negative values.")
     return unet_with_weights(description, weights)
 
 

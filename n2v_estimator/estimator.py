@@ -18,8 +18,8 @@ from ._persistence import (
     ModelFileError,
     decode_document,
     estimator_document,
-    network_from_weights,
-    read_model,
+    network_from_file,
+    read_header,
     unet_with_weights,
     write_model,
 )
@@ -458,7 +458,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             If the file is malformed, of another format version, names unknown
             parameters, or its tensors do not match the network it describes.
         """
-        tensors, document = read_model(path)
+        entries, document = read_header(path)
         params, fitted = decode_document(document, cls._get_param_names(), path)
         if device is not None:
             params["device"] = device
@@ -467,7 +467,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             estimator._validate_params()
         except InvalidParameterError as exc:
             raise ModelFileError(f"{path} holds an invalid parameter: {exc}") from exc
-        model = network_from_weights(fitted["network"], tensors, path)
+        model = network_from_file(fitted["network"], path, entries)
         estimator._set_fitted(
             model, fitted["mean"], fitted["std"], fitted["patch_shape"], fitted["history"], fitted["n_features_in"]
         )

@@ -63,8 +63,10 @@ class CodeRunningPickle:
         return (open, (self.marker, "w"))
 
 
-def crash_mid_write(tensors, filename, metadata=None):
-    """Stands in for safetensors' ``save_file``: writes half a file, then fails as a full disk would."""
-    with open(filename, "wb") as f:
-        f.write(b"half a file")
-    raise OSError("disk full")
+def crash_mid_write(fd, data):
+    """Stands in for the model writer's ``_write_all``: writes half the file, then fails as a full disk would."""
+    import errno
+    import os
+
+    os.write(fd, data[: len(data) // 2])
+    raise OSError(errno.ENOSPC, "No space left on device")

@@ -91,18 +91,18 @@ def test_failed_write_keeps_the_existing_file_and_leaves_no_temp_file(tmp_path, 
     path = tmp_path / "model.n2v"
     write_model(path, {"w": torch.zeros(2)}, {"run": 1})
     before = path.read_bytes()
-    monkeypatch.setattr(_persistence, "save_file", crash_mid_write)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(_persistence, "_write_all", crash_mid_write)
+    with pytest.raises(OSError, match="No space left on device"):
         write_model(path, {"w": torch.ones(2)}, {"run": 2})
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["model.n2v"]
 
 
 def test_failed_write_of_a_new_file_leaves_nothing(tmp_path, monkeypatch):
-    def broken_save(tensors, filename, metadata=None):
+    def broken_save(fd, data):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_persistence, "save_file", broken_save)
+    monkeypatch.setattr(_persistence, "_write_all", broken_save)
     with pytest.raises(KeyboardInterrupt):
         write_model(tmp_path / "model.n2v", {"w": torch.ones(2)}, {})
     assert os.listdir(tmp_path) == []

@@ -108,8 +108,8 @@ def test_crash_during_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
     first = tiny(random_state=0).fit(IMAGE)
     first.save(path)
     original = path.read_bytes()
-    monkeypatch.setattr(_persistence, "save_file", crash_mid_write)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(_persistence, "_write_all", crash_mid_write)
+    with pytest.raises(OSError, match="No space left on device"):
         tiny(random_state=1).fit(IMAGE).save(path)
     assert path.read_bytes() == original
     assert os.listdir(tmp_path) == ["model.safetensors"]
@@ -312,7 +312,8 @@ def test_a_format_1_file_of_the_first_release_still_loads(tmp_path):
 
 @pytest.mark.parametrize("settings", [{"n_filters": 10**9}, {"depth": 8, "n_filters": 2**40, "in_channels": 2**20}])
 def test_a_huge_network_description_is_refused_without_allocating_it(tmp_path, settings):
-    _, tensors, document = _saved(tmp_path)
+    path, _, document = _saved(tmp_path)
     network = dict(document["fitted"]["network"], **settings)
+    entries, _ = _persistence.read_header(path)
     with pytest.raises(ModelFileError, match="cannot be built|needs"):
-        _persistence.network_from_weights(network, tensors, "model.safetensors")
+        _persistence.network_from_file(network, path, entries)
