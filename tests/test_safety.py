@@ -317,3 +317,153 @@ def test_a_huge_network_description_is_refused_without_allocating_it(tmp_path, s
     entries, _ = _persistence.read_header(path)
     with pytest.raises(ModelFileError, match="cannot be built|needs"):
         _persistence.network_from_file(network, path, entries)
+
+
+# ------------------------------------------------ hostile files: whole families
+def _raw_header_file(path, header, data=b""):
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data)
+
+
+def test_a_header_over_the_cap_is_refused_without_being_parsed(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes((_persistence.MAX_HEADER_BYTES + 1).to_bytes(8, "little") + b" " * (_persistence.MAX_HEADER_BYTES + 1))
+    monkeypatch.setattr(_persistence.json, "loads", lambda *a, **k: pytest.fail("parsed"))
+    with pytest.raises(ModelFileError, match="header size"):
+        Noise2VoidDenoiser.load(path)
+
+
+def test_unexpected_tensors_are_refused_before_any_tensor_is_read(tmp_path, monkeypatch):
+    path, _, document = _saved(tmp_path)
+    header = {"__metadata__": {_persistence.FORMAT_NAME: json.dumps(document)}}
+    header.update({f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i in range(20_000)})
+    _raw_header_file(path, header, b"\0" * 20_000)
+    monkeypatch.setattr(_persistence, "read_tensors", lambda *a: pytest.fail("a tensor was read"))
+    with pytest.raises(ModelFileError, match="unexpected"):
+        Noise2VoidDenoiser.load(path)
+
+
+def test_a_deeply_nested_document_is_a_model_file_error(tmp_path):
+    path, tensors, document = _saved(tmp_path)
+    text = json.dumps(document).replace('"history": [', '"history": [' + "[" * 100_000 + "]" * 100_000 + ", ", 1)
+    json.loads(text.replace("[" * 100_000 + "]" * 100_000, "[]"))  # valid JSON but for the depth
+    save_file(tensors, str(path), metadata={_persistence.FORMAT_NAME: text})
+    with pytest.raises(ModelFileError, match="nested"):
+        Noise2VoidDenoiser.load(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_something_that_is_not_a_regular_file_is_refused_at_once(tmp_path, kind):
+    import threading
+
+    path = tmp_path / "model.safetensors"
+    os.mkfifo(path) if kind == "fifo" else path.mkdir()
+    outcome = []
+    worker = threading.Thread(target=lambda: outcome.append(_load_error(path)), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert outcome and isinstance(outcome[0], ModelFileError) and "not a regular file" in str(outcome[0])
+
+
+def _load_error(path):
+    try:
+        Noise2VoidDenoiser.load(path)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _set_tensor(suffix, value):
+    def tamper(tensors, document):
+        name = next(k for k in tensors if k.endswith(suffix))
+        tensors[name].view(-1)[0] = value
+
+    return tamper
+
+
+def _set_statistic(key, value):
+    def tamper(tensors, document):
+        document["fitted"][key] = [value]
+
+    return tamper
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (_set_tensor("head.bias", float("nan")), "non-finite"),
+        (_set_tensor("down.0.0.weight", float("inf")), "non-finite"),
+        (_set_tensor("running_var", -1.0), "negative"),
+        (_set_tensor("num_batches_tracked", -5), "negative"),
+        (_set_statistic("std", 0.0), "normalisation statistics"),
+        (_set_statistic("std", -2.0), "normalisation statistics"),
+        (_set_statistic("std", float("inf")), "normalisation statistics"),
+        (_set_statistic("std", float("nan")), "normalisation statistics"),
+        (_set_statistic("mean", float("nan")), "normalisation statistics"),
+        (_set_statistic("mean", 1e300), "normalisation statistics"),
+    ],
+)
+def test_bad_numbers_in_a_model_file_are_refused(tmp_path, tamper, message):
+    path, tensors, document = _saved(tmp_path)
+    tamper(tensors, document)
+    _rewrite(path, tensors, document)
+    with pytest.raises(ModelFileError, match=message):
+        Noise2VoidDenoiser.load(path)
+
+
+@FUZZ
+@given(data=st.data())
+def test_any_corruption_of_a_model_file_loads_or_raises_model_file_error(tmp_path_factory, data):
+    folder = tmp_path_factory.mktemp("fuzz")
+    path, _, _ = _saved(folder)
+    raw = bytearray(path.read_bytes())
+    header_end = 8 + int.from_bytes(raw[:8], "little")
+    for _ in range(data.draw(st.integers(1, 4))):
+        position = data.draw(st.integers(0, len(raw) - 1) if data.draw(st.booleans()) else st.integers(0, header_end - 1))
+        raw[position] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    path.write_bytes(bytes(raw))
+    try:
+        loaded = Noise2VoidDenoiser.load(path)
+    except ModelFileError:
+        return
+    assert np.isfinite(loaded.transform(IMAGE)).all()
+
+
+# ------------------------------------------------------------- save hygiene
+def test_save_removes_the_temporary_files_of_killed_writers_but_not_of_live_ones(tmp_path):
+    import fcntl
+
+    path = tmp_path / "model.safetensors"
+    stale = tmp_path / ".model.safetensors.dead.tmp"
+    live = tmp_path / ".model.safetensors.live.tmp"
+    other = tmp_path / ".other.safetensors.dead.tmp"
+    for f in (stale, live, other):
+        f.write_bytes(b"half a file")
+        os.utime(f, (0, 0))
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # a writer still at work
+        tiny().fit(IMAGE).save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name])
+
+
+def test_save_errors_name_the_target(tmp_path):
+    target = tmp_path / "missing-folder" / "model.safetensors"
+    with pytest.raises(OSError, match="Cannot save the model to .*missing-folder/model.safetensors"):
+        tiny().fit(IMAGE).save(target)
+
+
+@pytest.mark.parametrize("where", ["", "folder"])
+def test_save_refuses_an_empty_or_directory_path(tmp_path, where):
+    target = str(tmp_path) if where == "folder" else ""
+    with pytest.raises(ValueError, match="empty|directory"):
+        tiny().fit(IMAGE).save(target)
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    estimator = tiny().fit(IMAGE)
+    estimator.history_ = estimator.history_ * 20_000
+    with pytest.raises(ValueError, match="shorten history_"):
+        estimator.save(tmp_path / "model.safetensors")
+    assert list(tmp_path.iterdir()) == []
