@@ -1,8 +1,44 @@
-"""Per-channel mean/std normalisation of canonical ``(S, C, *spatial)`` arrays."""
+"""Per-channel mean/std normalisation of canonical ``(S, C, *spatial)`` arrays, and the
+checks that the network's float32 arithmetic can represent what goes in and comes out."""
 
 from __future__ import annotations
 
 import numpy as np
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def output_dtype(dtype):
+    """The dtype ``transform`` returns for input of ``dtype``: float64 for 8-byte floats
+    (of either byte order) and for integers wider than 16 bits, whose values float32
+    cannot resolve (uint32 near 2**31 has a float32 step of 256); float32 otherwise."""
+    dtype = np.dtype(dtype)
+    wide = (dtype.kind == "f" and dtype.itemsize == 8) or (dtype.kind in "iu" and dtype.itemsize > 2)
+    return np.dtype(np.float64) if wide else np.dtype(np.float32)
+
+
+def check_representable(images, mean, std, name="X"):
+    """Refuse ``images`` whose normalised values float32 cannot hold (they would
+    become infinite inside the network), naming how far out they are."""
+    flat = np.moveaxis(images, 1, 0).reshape(images.shape[1], -1)
+    low, high = flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
+    with np.errstate(over="ignore"):
+        reach = np.maximum(np.abs(low - mean), np.abs(high - mean)) / std
+    if not (reach <= _FLOAT32_MAX).all():
+        raise ValueError(
+            f"{name} holds values {float(np.max(reach)):.3g} standard deviations from the training data's "
+            "mean, beyond what the network's float32 arithmetic can hold; rescale it, or fit on data like it."
+        )
+
+
+def check_finite_output(output, name="X"):
+    """Refuse an output with non-finite values instead of returning it."""
+    bad = int(np.size(output) - np.count_nonzero(np.isfinite(output)))
+    if bad:
+        raise ValueError(
+            f"The denoised {name} holds {bad} non-finite value(s): its values lie too far from the "
+            "training data's range for the network's float32 arithmetic; rescale it, or fit on data like it."
+        )
 
 
 def channel_stats(images):
@@ -19,8 +55,16 @@ def channel_stats(images):
         does not divide by zero.
     """
     moved = np.moveaxis(images, 1, 0).reshape(images.shape[1], -1)
-    mean = moved.mean(axis=1, dtype=np.float64)
-    std = moved.std(axis=1, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        mean = moved.mean(axis=1, dtype=np.float64)
+        std = moved.std(axis=1, dtype=np.float64)
+    if not (np.isfinite(mean).all() and np.isfinite(std).all()):
+        # Squares (and sums) of values above ~1e154 overflow float64: scale each
+        # channel by its largest magnitude first (this costs a float64 copy).
+        scale = np.abs(moved).max(axis=1).astype(np.float64)
+        scale = np.where(scale > 0, scale, 1.0)
+        scaled = moved / scale[:, None]
+        mean, std = scaled.mean(axis=1) * scale, scaled.std(axis=1) * scale
     std = np.where(std > 0, std, 1.0)
     return mean, std
 

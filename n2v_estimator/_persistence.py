@@ -48,8 +48,6 @@ _DTYPES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
     torch.uint8: "U8", torch.bool: "BOOL",
 }
-# The largest magnitude float32 holds: statistics beyond it turn into inf in a float32 pipeline.
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ModelFileError(ValueError):
@@ -301,10 +299,10 @@ def decode_document(document, param_names, source):
         n_channels = int(saved["n_channels"])
         mean = np.asarray(saved["mean"], dtype=np.float64).reshape(n_channels)
         std = np.asarray(saved["std"], dtype=np.float64).reshape(n_channels)
-        if not (np.abs(mean) <= _FLOAT32_MAX).all() or not ((std > 0) & (std <= _FLOAT32_MAX)).all():
+        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
             raise ModelFileError(
-                f"{source}: the normalisation statistics mean={mean.tolist()}, std={std.tolist()} are "
-                "out of range (each must be finite, std > 0, both within float32's range)."
+                f"{source}: the normalisation statistics mean={mean.tolist()[:8]}, std={std.tolist()[:8]} "
+                "are out of range (each must be finite, and std > 0)."
             )
         fitted = {
             "network": saved["network"],

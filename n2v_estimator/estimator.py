@@ -13,7 +13,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._axes import check_image_array, from_canonical, read_images, spatial_ndim
 from ._devices import resolve_device
 from ._masking import MANIPULATORS
-from ._normalize import denormalize, normalize
+from ._normalize import check_finite_output, check_representable, denormalize, normalize, output_dtype
 from ._persistence import (
     ModelFileError,
     decode_document,
@@ -58,9 +58,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         Peak learning rate of Adam; linear warm-up over 5% of the steps, then
         cosine decay to 1% of the peak.
     masked_pixel_percentage : float, default=2.0
-        Percentage of pixels of each patch made blind (n2v's ``perc_pix``).
-        Higher than n2v's 0.198 because more blind spots per step make short
-        runs on one image converge much further.
+        Percentage of pixels of each patch made blind (n2v's ``perc_pix``; its
+        0.198 converges far less in short runs on one image).
     manipulator : str, default="uniform_withCP"
         How a blind spot's value is replaced: ``"uniform_withCP"``,
         ``"uniform_withoutCP"``, ``"normal_withoutCP"``, ``"normal_additive"``,
@@ -88,9 +87,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
     independent_channels : bool, default=True
         One network per channel (grouped convolutions) rather than a joint one.
     validation_fraction : float, default=0.1
-        Data held out for validation (whole images when there are several,
-        else a strip of each image). The weights with the lowest validation
-        loss are kept; with 0, the last weights are kept.
+        Held out (whole images, else a strip of each) to keep the weights of
+        lowest validation loss; with 0, the last weights are kept.
     tile_size : int, tuple of int or None, default=None
         Side of the tiles ``transform`` predicts at once; ``None``: 256 in 2D,
         ``(64, 128, 128)`` in 3D. Rounded up to a multiple of ``2**depth``.
@@ -100,22 +98,21 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         agree to about 1e-6 of the output's range with the default tiles, and
         to within 1e-4 with tiles as small as 64.
     tta : bool, default=False
-        Test-time augmentation: average the predictions of the 8 flips and
-        quarter turns (flips only in 3D).
+        Average the predictions of the 8 flips and quarter turns (3D: flips).
     image_shape : tuple of int or None, default=None
         For flattened images, as scikit-learn data often is: ``X`` of shape
         ``(n_samples, prod(image_shape))`` holds one image per row, laid out as
         ``axes`` says (default ``"YX"`` or ``"ZYX"``; no ``S``), and
         ``transform`` returns the same flattened shape.
     warm_start : bool, default=False
-        ``fit`` continues training the current network (same normalisation,
-        a new learning-rate schedule) instead of starting afresh.
+        ``fit`` trains the current network further (same normalisation, a new
+        learning-rate schedule).
     n_score_phases : int, default=4
         Grid phases evaluated by the self-supervised :meth:`score`; each costs
         one denoising pass over ``X`` and scores 1/16 of the pixels (1/64 in 3D).
     random_state : int, RandomState instance or None, default=None
-        Seeds weights, patches and blind spots. Two fits with the same int seed
-        on the same device type give identical weights on CPU.
+        Seeds weights, patches and blind spots: the same int gives identical
+        weights on CPU.
     device : str or torch.device, default="auto"
         ``"auto"`` picks CUDA, then Apple MPS, then CPU.
     verbose : bool, default=False
@@ -258,20 +255,17 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
 
         Raises
         ------
-        KeyboardInterrupt
-            On Ctrl-C, after keeping the best weights so far (if an epoch
-            completed; else the estimator is left as it was), with a warning
-            that says which.
-        NonFiniteLossError
-            When the loss or the weights become non-finite; the best weights
-            of the complete epochs before are kept, as for Ctrl-C.
+        KeyboardInterrupt, NonFiniteLossError
+            On Ctrl-C, or when the loss or weights become non-finite: the best
+            weights of the complete epochs are kept (if none completed, the
+            estimator is left as it was), and a warning or the message says which.
 
         Notes
         -----
         All-or-nothing: every setting and the input are checked before
-        training starts, training works on a network of its own, and the
-        fitted attributes are set only at the end. A fit that raises anything
-        else leaves the estimator exactly as it was.
+        training, training works on a network of its own, and the fitted
+        attributes are set only at the end. A fit that raises anything else
+        leaves the estimator exactly as it was.
         """
         self._validate_params()
         plan = make_plan(self.get_params(), X, self._previous())
@@ -285,10 +279,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
 
     def _previous(self):
         """The fitted state a ``warm_start`` fit continues from, or ``None``."""
-        if not (self.warm_start and hasattr(self, "model_")):
-            return None
-        weights = {k: v.detach().cpu() for k, v in self.model_.state_dict().items()}
-        return Previous(self.model_.description, weights, self.mean_, self.std_, len(self.history_))
+        if self.warm_start and hasattr(self, "model_"):
+            weights = {k: v.detach().cpu() for k, v in self.model_.state_dict().items()}
+            return Previous(self.model_.description, weights, self.mean_, self.std_, len(self.history_))
 
     def _set_fitted(self, model, mean, std, patch_shape, history, n_features):
         """Set every fitted attribute, in one place (``fit`` and ``load``)."""
@@ -316,12 +309,18 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         Returns
         -------
         ndarray
-            Same shape as ``X``; float64 for float64 input, else float32.
+            Same shape as ``X``: float64 for float64 input and for integers
+            wider than 16 bits (whose signal float32 would lose), else float32.
             ``X`` itself is never modified.
+
+        Raises
+        ------
+        ValueError
+            If ``X`` holds values too far from the training data's range for
+            the network's float32 arithmetic: never a non-finite output.
         """
         images = self._fitted_images(X)
-        dtype = np.float64 if images.array.dtype == np.float64 else np.float32
-        out = self._denoise(images.canonical, dtype)
+        out = self._denoise(images.canonical, output_dtype(images.array.dtype))
         return np.ascontiguousarray(from_canonical(out, images.axes)).reshape(images.array.shape)
 
     def _fitted_images(self, X):
@@ -349,13 +348,14 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
 
     def _denoise(self, images, dtype=np.float32):
         """Denoise canonical ``(S, C, *spatial)`` images (original units in and out)."""
+        check_representable(images, self.mean_, self.std_)
         device = resolve_device(self.device)
         model = self.model_.to(device)
         network = model.description
         tile_shape, overlap = tile_geometry(
             self.tile_size, self.tile_overlap, network["ndim"], network["depth"], network["kernel_size"]
         )
-        return predict_tiled(
+        out = predict_tiled(
             model,
             images,
             tile_shape,
@@ -369,6 +369,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             finish=lambda batch: denormalize(batch, self.mean_, self.std_, dtype=dtype),
             dtype=dtype,
         )
+        check_finite_output(out)
+        return out
 
     # ----------------------------------------------------------------- score
     def score(self, X, y=None):

@@ -53,9 +53,13 @@ def test_transform_returns_the_input_shape_for_every_layout(axes, shape):
 
 @pytest.mark.parametrize(
     "dtype, expected",
-    [(np.uint8, np.float32), (np.uint16, np.float32), (np.int32, np.float32), (np.float32, np.float32), (np.float64, np.float64)],
+    [
+        (np.uint8, np.float32), (np.int16, np.float32), (np.uint16, np.float32), (np.float32, np.float32),
+        (np.float64, np.float64), (">f8", np.float64), (np.int32, np.float64), (np.uint32, np.float64),
+        (np.int64, np.float64), (np.uint64, np.float64),
+    ],
 )
-def test_output_dtype_is_float32_except_for_float64(dtype, expected):
+def test_output_dtype_is_float64_for_float64_and_wide_integers_else_float32(dtype, expected):
     X = (np.random.default_rng(0).random((24, 24)) * 200).astype(dtype)
     assert tiny().fit(X).transform(X).dtype == expected
 
@@ -277,3 +281,43 @@ def test_fit_does_not_touch_the_global_torch_seed(camera_pair):
     torch.manual_seed(123)
     tiny().fit(noisy)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.int64, np.uint64])
+def test_wide_integers_keep_their_signal_far_from_zero(dtype):
+    """uint32 data near 2**31 with a signal of +-200: float32 output would have a step of 256."""
+    rng = np.random.default_rng(0)
+    signal = np.round(200 * np.sin(np.arange(48) / 4)[:, None] * np.cos(np.arange(48) / 5)[None, :])
+    X = (2**31 + signal + rng.normal(0, 20, (48, 48)).round()).astype(dtype)
+    out = tiny(max_epochs=3).fit(X).transform(X)
+    residual = out - 2.0**31
+    assert len(np.unique(residual)) > 1000
+    assert np.corrcoef(residual.ravel(), signal.ravel())[0, 1] > 0.5
+
+
+def test_a_huge_pixel_gives_finite_statistics_and_output():
+    X = np.random.default_rng(0).normal(100, 10, (32, 32))
+    X[5, 5] = 1e200
+    denoiser = tiny().fit(X)
+    assert np.isfinite(denoiser.mean_).all() and np.isfinite(denoiser.std_).all()
+    assert np.isfinite(denoiser.transform(X)).all()
+
+
+def test_transform_refuses_values_float32_cannot_normalise_instead_of_returning_nan():
+    X = np.random.default_rng(0).normal(100, 10, (32, 32))
+    denoiser = tiny().fit(X)
+    X[3, 3] = 1e40
+    with pytest.raises(ValueError, match="standard deviations"):
+        denoiser.transform(X)
+    with pytest.raises(ValueError, match="standard deviations"):
+        denoiser.score(X)
+
+
+def test_transform_never_returns_non_finite_values(monkeypatch):
+    X = np.random.default_rng(0).normal(100, 10, (32, 32))
+    denoiser = tiny().fit(X)
+    with torch.no_grad():
+        denoiser.model_.head.bias.fill_(3e38)  # overflows in float32 arithmetic
+        denoiser.model_.head.weight.fill_(3e38)
+    with pytest.raises(ValueError, match="non-finite"):
+        denoiser.transform(X)
