@@ -161,6 +161,23 @@ def read_images(X, axes, image_shape):
     return Images(to_canonical(X, layout), layout, array, n_features)
 
 
+def check_fitted_layout(images, ndim, n_channels, n_features, estimator_name):
+    """Refuse :class:`Images` unlike those a denoiser was fitted on: another
+    dimensionality, channel count or (when ``n_features`` is given) row length."""
+    found = spatial_ndim(images.axes)
+    if found != ndim:
+        raise ValueError(f"The denoiser was fitted on {ndim}D images but X is {found}D (axes {images.axes!r}).")
+    if images.canonical.shape[1] != n_channels:
+        raise ValueError(
+            f"X has {images.canonical.shape[1]} channel(s) (axes {images.axes!r}) but the denoiser "
+            f"was fitted on {n_channels}."
+        )
+    if n_features is not None and images.n_features != n_features:
+        raise ValueError(
+            f"X has {images.n_features} features, but {estimator_name} is expecting {n_features} features as input."
+        )
+
+
 def _refuse_unnamed_colour_axis(shape, axes):
     """With ``axes=None`` a ``(H, W, 3)`` photograph would be read as H images of
     W x 3 pixels and trained on nonsense: ask for the axes, as n2v and CAREamics do."""

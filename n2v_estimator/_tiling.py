@@ -7,9 +7,8 @@ import math
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from ._axes import per_axis
+from ._progress import progress_bar
 
 
 def round_up(value, multiple):
@@ -177,8 +176,8 @@ def predict_tiled(
         multiples of it (see :func:`axis_tiles`).
     tta : bool
         Average the predictions of the :func:`augmentations` of every tile.
-    verbose : bool
-        Show a progress bar over tile batches.
+    verbose : bool or "auto"
+        Show a progress bar over tile batches (``"auto"``: once a few seconds have passed).
     prepare : callable, optional
         Applied to each ``(B, C, *tile)`` numpy batch before the network
         (normalisation); must return float32.
@@ -210,7 +209,7 @@ def predict_tiled(
         group = list(group)
         batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
     with torch.inference_mode():
-        for chunk in tqdm(batches, desc="predict", unit="batch", disable=not verbose):
+        for chunk in progress_bar(batches, desc="predict", unit="batch", verbose=verbose):
             batch = np.stack(
                 [
                     images[(s, slice(None)) + tuple(slice(a, e) for a, e, _, _ in combo)]

@@ -9,9 +9,9 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from ._masking import masked_mse
+from ._progress import progress_bar
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -141,8 +141,8 @@ def train(
     device : torch.device
     seed : int
         Seeds the patch and blind-spot generators.
-    verbose : bool
-        Show a progress bar.
+    verbose : bool or "auto"
+        Show a progress bar (``"auto"``: once a few seconds have passed).
 
     Returns
     -------
@@ -175,7 +175,7 @@ def train(
         return best_state if best_loss < math.inf else last_good_state
 
     model.train()
-    progress = tqdm(total=total_steps, desc="fit", unit="step", disable=not verbose)
+    progress = progress_bar(total=total_steps, desc="fit", unit="step", verbose=verbose)
     try:
         for epoch in range(max_epochs):
             start = time.perf_counter()

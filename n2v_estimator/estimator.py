@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._axes import check_image_array, from_canonical, read_images, spatial_ndim
+from ._axes import check_fitted_layout, check_image_array, from_canonical, read_images
 from ._devices import resolve_device
 from ._masking import MANIPULATORS
 from ._normalize import check_finite_output, check_representable, denormalize, normalize, output_dtype
@@ -115,8 +115,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         weights on CPU.
     device : str or torch.device, default="auto"
         ``"auto"`` picks CUDA, then Apple MPS, then CPU.
-    verbose : bool, default=False
-        Show progress bars for training and prediction.
+    verbose : bool or "auto", default="auto"
+        Progress bars for training and prediction: ``"auto"`` once a call has
+        run 5 seconds (short calls stay quiet), ``True`` at once, ``False`` never.
 
     Attributes
     ----------
@@ -172,7 +173,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         "n_score_phases": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "device": [str, torch.device],
-        "verbose": ["verbose"],
+        "verbose": ["verbose", StrOptions({"auto"})],
     }
 
     def __init__(
@@ -205,7 +206,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         n_score_phases=4,
         random_state=None,
         device="auto",
-        verbose=False,
+        verbose="auto",
     ):
         self.axes = axes
         self.patch_size = patch_size
@@ -269,7 +270,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         """
         self._validate_params()
         plan = make_plan(self.get_params(), X, self._previous())
-        model, result = plan.run(verbose=bool(self.verbose))
+        model, result = plan.run(verbose=self.verbose)
         was_fitted = hasattr(self, "model_")
         if result.history:
             history = (self.history_ if plan.continuing else []) + result.history
@@ -324,26 +325,11 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         return np.ascontiguousarray(from_canonical(out, images.axes)).reshape(images.array.shape)
 
     def _fitted_images(self, X):
-        """``X`` read as images a fitted denoiser can take: the dimensionality,
-        channels and row length it was fitted on."""
+        """``X`` read as images a fitted denoiser can take."""
         check_is_fitted(self, "model_")
         images = read_images(X, self.axes, self.image_shape)
-        ndim = spatial_ndim(images.axes)
-        if ndim != self.spatial_ndim_:
-            raise ValueError(
-                f"The denoiser was fitted on {self.spatial_ndim_}D images but X is {ndim}D (axes {images.axes!r})."
-            )
-        if images.canonical.shape[1] != self.n_channels_:
-            raise ValueError(
-                f"X has {images.canonical.shape[1]} channel(s) (axes {images.axes!r}) but the denoiser "
-                f"was fitted on {self.n_channels_}."
-            )
-        expected = getattr(self, "n_features_in_", None)
-        if self.image_shape is not None and expected is not None and images.n_features != expected:
-            raise ValueError(
-                f"X has {images.n_features} features, but {type(self).__name__} is expecting "
-                f"{expected} features as input."
-            )
+        expected_row = getattr(self, "n_features_in_", None) if self.image_shape is not None else None
+        check_fitted_layout(images, self.spatial_ndim_, self.n_channels_, expected_row, type(self).__name__)
         return images
 
     def _denoise(self, images, dtype=np.float32):
@@ -364,7 +350,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             device=device,
             multiple=2 ** network["depth"],
             tta=bool(self.tta),
-            verbose=bool(self.verbose),
+            verbose=self.verbose,
             prepare=lambda batch: normalize(batch, self.mean_, self.std_),
             finish=lambda batch: denormalize(batch, self.mean_, self.std_, dtype=dtype),
             dtype=dtype,

@@ -272,6 +272,23 @@ def test_verbose_shows_a_progress_bar(capsys, camera_pair):
     _, noisy = camera_pair
     tiny(verbose=True).fit(noisy)
     assert "fit" in capsys.readouterr().err
+    tiny(verbose=False).fit(noisy)
+    assert capsys.readouterr().err == ""
+
+
+def test_by_default_short_calls_are_quiet_and_long_ones_show_progress(capsys, camera_pair, monkeypatch):
+    from n2v_estimator import _progress
+
+    _, noisy = camera_pair
+    assert Noise2VoidDenoiser().verbose == "auto"
+    denoiser = tiny().fit(noisy)
+    denoiser.transform(noisy)
+    assert capsys.readouterr().err == ""  # a fraction of a second: no bar
+    monkeypatch.setattr(_progress, "AUTO_DELAY_SECONDS", 0.0)  # as if the calls had run long
+    denoiser.fit(noisy)
+    denoiser.transform(noisy)
+    err = capsys.readouterr().err
+    assert "fit" in err and "predict" in err
 
 
 def test_fit_does_not_touch_the_global_torch_seed(camera_pair):

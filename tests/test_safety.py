@@ -410,12 +410,17 @@ def test_bad_numbers_in_a_model_file_are_refused(tmp_path, tamper, message):
         Noise2VoidDenoiser.load(path)
 
 
+@pytest.fixture(scope="module")
+def model_bytes(tmp_path_factory):
+    path, _, _ = _saved(tmp_path_factory.mktemp("model"))
+    return path.read_bytes()
+
+
 @FUZZ
 @given(data=st.data())
-def test_any_corruption_of_a_model_file_loads_or_raises_model_file_error(tmp_path_factory, data):
-    folder = tmp_path_factory.mktemp("fuzz")
-    path, _, _ = _saved(folder)
-    raw = bytearray(path.read_bytes())
+def test_any_corruption_of_a_model_file_loads_or_raises_model_file_error(tmp_path_factory, model_bytes, data):
+    path = tmp_path_factory.mktemp("fuzz") / "model.safetensors"
+    raw = bytearray(model_bytes)
     header_end = 8 + int.from_bytes(raw[:8], "little")
     for _ in range(data.draw(st.integers(1, 4))):
         position = data.draw(st.integers(0, len(raw) - 1) if data.draw(st.booleans()) else st.integers(0, header_end - 1))
