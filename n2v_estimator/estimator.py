@@ -117,7 +117,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         ``"auto"`` picks CUDA, then Apple MPS, then CPU.
     verbose : bool or "auto", default="auto"
         Progress bars for training and prediction: ``"auto"`` once a call has
-        run 5 seconds (short calls stay quiet), ``True`` at once, ``False`` never.
+        run 5 seconds (short calls and the worker processes of a parallel
+        search stay quiet), ``True`` at once, ``False`` never.
 
     Attributes
     ----------

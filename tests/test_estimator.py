@@ -338,3 +338,15 @@ def test_transform_never_returns_non_finite_values(monkeypatch):
         denoiser.model_.head.weight.fill_(3e38)
     with pytest.raises(ValueError, match="non-finite"):
         denoiser.transform(X)
+
+
+def test_by_default_worker_processes_of_a_parallel_search_stay_quiet(monkeypatch):
+    import multiprocessing
+
+    from n2v_estimator import _progress
+
+    monkeypatch.setattr(_progress, "AUTO_DELAY_SECONDS", 0.0)
+    assert not _progress.progress_bar(total=3, desc="fit", unit="step", verbose="auto").disable
+    monkeypatch.setattr(multiprocessing, "parent_process", lambda: object())
+    assert _progress.progress_bar(total=3, desc="fit", unit="step", verbose="auto").disable
+    assert not _progress.progress_bar(total=3, desc="fit", unit="step", verbose=True).disable
