@@ -9,11 +9,11 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def output_dtype(dtype):
-    """The dtype ``transform`` returns for input of ``dtype``: float64 for 8-byte floats
+    """The dtype ``transform`` returns for input of ``dtype``: float64 for 8-byte (and wider) floats
     (of either byte order) and for integers wider than 16 bits, whose values float32
     cannot resolve (uint32 near 2**31 has a float32 step of 256); float32 otherwise."""
     dtype = np.dtype(dtype)
-    wide = (dtype.kind == "f" and dtype.itemsize == 8) or (dtype.kind in "iu" and dtype.itemsize > 2)
+    wide = (dtype.kind == "f" and dtype.itemsize >= 8) or (dtype.kind in "iu" and dtype.itemsize > 2)
     return np.dtype(np.float64) if wide else np.dtype(np.float32)
 
 

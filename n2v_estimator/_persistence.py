@@ -9,6 +9,7 @@ tensor is read: a hostile file is refused in a fraction of a second.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -19,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from ._unet import build_unet, check_description, expected_state
@@ -57,10 +57,8 @@ class ModelFileError(ValueError):
 def _to_json(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
+    if isinstance(value, np.generic):  # numpy bools, ints and floats from a parameter grid
+        return value.item()
     if isinstance(value, tuple):
         return [_to_json(v) for v in value]
     if isinstance(value, list):
@@ -93,16 +91,20 @@ def _remove_stale_temporaries(path):
     created its file and not yet locked it keeps it)."""
     if fcntl is None:  # pragma: no cover
         return
-    for candidate in path.parent.glob(f".{path.name}.*.tmp"):
+    ours = re.compile(re.escape(f".{path.name}.") + r"[0-9a-f]{16}\.tmp")
+    for candidate in path.parent.glob(glob.escape(f".{path.name}.") + "*.tmp"):
+        if not ours.fullmatch(candidate.name):
+            continue
         try:
-            if time.time() - candidate.stat().st_mtime < STALE_SECONDS:
-                continue
-            fd = os.open(candidate, os.O_RDONLY)
+            # Never follow a link, never block on a pipe someone named like our files.
+            fd = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            candidate.unlink()
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and time.time() - info.st_mtime >= STALE_SECONDS:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                candidate.unlink()
         except OSError:
             pass  # locked: a live writer's
         finally:
@@ -143,7 +145,10 @@ def write_model(path, tensors, document):
         raise OSError(exc.errno, f"Cannot save the model to {path}: {exc.strerror}") from exc
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:  # a file system without locks: save all the same
+                pass
         mode = stat.S_IMODE((path.stat() if path.exists() else os.fstat(fd)).st_mode)
         _write_all(fd, data)
         # On disk before the rename, so a power cut cannot leave an empty file at ``path``.
@@ -160,7 +165,11 @@ def write_model(path, tensors, document):
         os.close(fd)
 
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+# A JSON string, or an unterminated one running to the end; possessive, so that no
+# input makes the scan backtrack (quadratic time on a crafted header).
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\Z)', re.S)
+_BYTES_PER_ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_TORCH_DTYPES = {name: dtype for dtype, name in _DTYPES.items()}
 
 
 def _nesting(text):
@@ -184,11 +193,13 @@ def _parse_json(text, what, source):
         raise ModelFileError(f"{source} holds a malformed JSON {what}: {exc}") from exc
 
 
-def read_header(path):
-    """Read the header of a model file written by :func:`write_model`, and no tensor.
+class ModelFile:
+    """A model file written by :func:`write_model`, open for reading: its header is
+    read and checked on opening, and tensors are read on request from the same open
+    file, so that a file replaced meanwhile cannot mix into what is read.
 
-    Returns
-    -------
+    Attributes
+    ----------
     entries : dict
         Tensor name -> ``{"dtype", "shape", "data_offsets"}`` as the file declares them.
     document : dict
@@ -203,53 +214,103 @@ def read_header(path):
         package, its header is over :data:`MAX_HEADER_BYTES` or nested deeper than
         :data:`MAX_NESTING`, or its format version is not one this version reads.
     """
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        raise ModelFileError(f"{path} is not a regular file (a directory, a pipe or a device); give a model file.")
-    with open(path, "rb") as f:
-        prefix = f.read(8)
+
+    def __init__(self, path):
+        self.path = path
+        # Non-blocking, so that a named pipe cannot block the open; refused just below.
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            self._read_header()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_header(self):
+        path = self.path
+        info = os.fstat(self._fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelFileError(f"{path} is not a regular file (a directory, a pipe or a device); give a model file.")
+        prefix = self._read_at(0, 8)
         size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
         if not 0 < size <= min(MAX_HEADER_BYTES, info.st_size - 8):
             raise ModelFileError(
                 f"{path} is not a readable safetensors model file: its header size field says {size} bytes "
                 f"(the file has {info.st_size}; at most {MAX_HEADER_BYTES} are read)."
             )
-        header = _parse_json(f.read(size), "header", path)
-    if not isinstance(header, dict):
-        raise ModelFileError(f"{path} is not a readable safetensors model file: its header is not a mapping.")
-    metadata = header.pop("__metadata__", None)
-    if not isinstance(metadata, dict) or FORMAT_NAME not in metadata:
-        raise ModelFileError(f"{path} is a safetensors file but was not written by n2v_estimator.")
-    if not isinstance(metadata[FORMAT_NAME], str):
-        raise ModelFileError(f"{path} does not hold an n2v_estimator document.")
-    document = _parse_json(metadata[FORMAT_NAME], "document", path)
-    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
-        raise ModelFileError(f"{path} does not hold an n2v_estimator document.")
-    version = document.get("format_version")
-    if type(version) is not int or version not in READABLE_VERSIONS:
-        raise ModelFileError(
-            f"{path} has format version {version!r}; this version of n2v_estimator reads "
-            f"versions {list(READABLE_VERSIONS)}. Upgrade the package to load newer files."
-        )
-    return header, document
+        self._data_start, self._data_size = 8 + size, info.st_size - 8 - size
+        header = _parse_json(self._read_at(8, size), "header", path)
+        if not isinstance(header, dict):
+            raise ModelFileError(f"{path} is not a readable safetensors model file: its header is not a mapping.")
+        metadata = header.pop("__metadata__", None)
+        if not isinstance(metadata, dict) or FORMAT_NAME not in metadata:
+            raise ModelFileError(f"{path} is a safetensors file but was not written by n2v_estimator.")
+        if not isinstance(metadata[FORMAT_NAME], str):
+            raise ModelFileError(f"{path} does not hold an n2v_estimator document.")
+        document = _parse_json(metadata[FORMAT_NAME], "document", path)
+        if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
+            raise ModelFileError(f"{path} does not hold an n2v_estimator document.")
+        version = document.get("format_version")
+        if type(version) is not int or version not in READABLE_VERSIONS:
+            raise ModelFileError(
+                f"{path} has format version {version!r}; this version of n2v_estimator reads "
+                f"versions {list(READABLE_VERSIONS)}. Upgrade the package to load newer files."
+            )
+        self.entries, self.document = header, document
 
+    def _read_at(self, offset, size):
+        """Up to ``size`` bytes from ``offset`` (fewer only at the end of the file)."""
+        os.lseek(self._fd, offset, os.SEEK_SET)
+        chunks = []
+        while size > 0:
+            chunk = os.read(self._fd, min(size, 2**30))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
 
-def read_tensors(path, names):
-    """The tensors ``names`` of a file whose header was checked by :func:`read_header`."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {name: f.get_tensor(name) for name in names}
-    except Exception as exc:
-        raise ModelFileError(f"{path} is not a readable safetensors model file: {exc}") from exc
+    def tensor(self, name):
+        """The tensor ``name``, checked against its declared dtype, shape and place in the file."""
+        entry = self.entries.get(name)
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            count = 1
+            for side in shape:
+                if type(side) is not int or side < 0:
+                    raise ValueError(f"shape {shape}")
+                count *= side
+            if not (type(begin) is type(end) is int and 0 <= begin <= end <= self._data_size):
+                raise ValueError(f"data offsets {begin}, {end} outside the {self._data_size} bytes of data")
+            if end - begin != count * _BYTES_PER_ELEMENT[dtype]:
+                raise ValueError(f"{end - begin} bytes for {count} {dtype} values")
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ModelFileError(f"{self.path}: tensor {name!r} is malformed ({exc}).") from exc
+        data = bytearray(self._read_at(self._data_start + begin, end - begin))
+        if len(data) != end - begin:
+            raise ModelFileError(f"{self.path}: tensor {name!r} is cut short.")
+        if not data:
+            return torch.empty(shape, dtype=_TORCH_DTYPES[dtype])
+        return torch.frombuffer(data, dtype=_TORCH_DTYPES[dtype]).reshape(shape)
+
+    def close(self):
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def read_model(path):
     """Read a file written by :func:`write_model`: ``(tensors, document)``.
 
-    See :func:`read_header` for what is refused.
+    See :class:`ModelFile` for what is refused.
     """
-    entries, document = read_header(path)
-    return read_tensors(path, list(entries)), document
+    with ModelFile(path) as file:
+        return {name: file.tensor(name) for name in file.entries}, file.document
 
 
 def estimator_document(params, network, fitted, package_version):
@@ -296,7 +357,15 @@ def decode_document(document, param_names, source):
             is_short = len(struct) == 2 and isinstance(struct[0], str)
             params["struct_mask"] = tuple(struct) if is_short else np.asarray(struct)
         saved = document["fitted"]
-        n_channels = int(saved["n_channels"])
+        n_channels, spatial_ndim = saved["n_channels"], saved["spatial_ndim"]
+        if not (type(n_channels) is int and n_channels >= 1 and type(spatial_ndim) is int and spatial_ndim in (2, 3)):
+            raise ModelFileError(f"{source}: n_channels={n_channels!r}, spatial_ndim={spatial_ndim!r} are not a data layout.")
+        patch_shape, history = saved["patch_shape"], saved["history"]
+        if not (isinstance(patch_shape, list) and len(patch_shape) == spatial_ndim
+                and all(type(p) is int and p >= 1 for p in patch_shape)):
+            raise ModelFileError(f"{source}: patch_shape={patch_shape!r} is not {spatial_ndim} positive ints.")
+        if not (isinstance(history, list) and all(isinstance(record, dict) for record in history)):
+            raise ModelFileError(f"{source}: the training history is not a list of records.")
         mean = np.asarray(saved["mean"], dtype=np.float64).reshape(n_channels)
         std = np.asarray(saved["std"], dtype=np.float64).reshape(n_channels)
         if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
@@ -308,11 +377,11 @@ def decode_document(document, param_names, source):
             "network": saved["network"],
             "mean": mean,
             "std": std,
-            "patch_shape": tuple(int(p) for p in saved["patch_shape"]),
-            "history": list(saved["history"]),
+            "patch_shape": tuple(patch_shape),
+            "history": history,
             "n_features_in": int(saved["n_features_in"]) if "n_features_in" in saved else None,
         }
-        if (n_channels, int(saved["spatial_ndim"])) != (
+        if (n_channels, spatial_ndim) != (
             saved["network"].get("in_channels"),
             saved["network"].get("ndim"),
         ):
@@ -324,14 +393,13 @@ def decode_document(document, param_names, source):
     return params, fitted
 
 
-def network_from_file(description, path, entries):
-    """Rebuild the network ``description`` describes from the file at ``path``.
+def network_from_file(description, file):
+    """Rebuild the network ``description`` describes from the open :class:`ModelFile`.
 
     The description is checked against the same constraints as the estimator's
-    parameters; the header ``entries`` (from :func:`read_header`) must then name
-    exactly the tensors the description implies, with their dtypes and shapes
-    (computed on the meta device, with no memory spent), before any tensor is
-    read. The tensors read must be finite, and batch-norm variances and counts
+    parameters; the file's header entries must then name exactly the tensors the
+    description implies, with their dtypes and shapes (computed on the meta
+    device, with no memory spent), before any tensor is read. The tensors read must be finite, and batch-norm variances and counts
     non-negative.
 
     Raises
@@ -340,6 +408,7 @@ def network_from_file(description, path, entries):
         Naming ``path``, on invalid settings and on missing, unexpected,
         mis-shaped or out-of-range tensors.
     """
+    path, entries = file.path, file.entries
     try:
         description = check_description(description)
         expected = expected_state(description)
@@ -361,7 +430,7 @@ def network_from_file(description, path, entries):
                 f"{path}: tensor {name!r} has shape {declared[0]} and dtype {declared[1]}, "
                 f"the network {description} needs {list(shape)} {_DTYPES[dtype]}."
             )
-    weights = read_tensors(path, list(expected))
+    weights = {name: file.tensor(name) for name in expected}
     for name, tensor in weights.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ModelFileError(f"{path}: tensor {name!r} holds non-finite values.")

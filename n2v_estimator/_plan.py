@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 from ._axes import read_images, spatial_ndim
 from ._devices import resolve_device
 from ._masking import BlindSpotMasker, resolve_struct_mask
-from ._normalize import channel_stats, normalize
+from ._normalize import channel_stats, check_representable, normalize
 from ._patches import PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
 from ._tiling import tile_geometry
 from ._training import make_validation_set, train
@@ -60,8 +60,6 @@ class FitPlan:
         Of the training and validation patches (``validation_shape`` is
         ``None`` without validation).
     masker : BlindSpotMasker
-    tiles : (tuple of int, tuple of int)
-        The tile shape and overlap ``transform`` will use with this network.
     device : torch.device
     seeds : tuple of 3 ints
         For the initial weights, the training draws and the validation set.
@@ -79,7 +77,6 @@ class FitPlan:
     patch_shape: tuple
     validation_shape: tuple | None
     masker: BlindSpotMasker
-    tiles: tuple
     device: object
     seeds: tuple
     batch_size: int
@@ -165,16 +162,12 @@ def make_plan(params, X, previous=None):
         params["neighborhood_radius"],
         resolve_struct_mask(params["struct_mask"], ndim),
     )
-    tiles = tile_geometry(params["tile_size"], params["tile_overlap"], ndim, network["depth"], network["kernel_size"])
+    # transform takes the tile settings as they are then; refuse impossible ones now.
+    tile_geometry(params["tile_size"], params["tile_overlap"], ndim, network["depth"], network["kernel_size"])
     requested = requested_patch_shape(params["patch_size"], ndim)
 
-    seeds = check_random_state(params["random_state"]).randint(0, 2**31 - 1, size=3)
-    if previous is not None:
-        mean, std = previous.mean, previous.std
-        # Continued training draws new patches and blind spots, not a replay.
-        seeds = (seeds + 7919 * previous.n_epochs) % (2**31 - 1)
-    else:
-        mean, std = channel_stats(images.canonical)
+    mean, std = (previous.mean, previous.std) if previous is not None else channel_stats(images.canonical)
+    check_representable(images.canonical, mean, std)
     train_images, validation_images = split_validation(
         normalize(images.canonical, mean, std), params["validation_fraction"]
     )
@@ -187,6 +180,11 @@ def make_plan(params, X, previous=None):
         # Validation patches only need to fit the held-out part (a thin strip of a single image).
         validation_shape = fit_patch_shape(patch_shape, [im.shape[1:] for im in validation_images])
         masker.check_patch(validation_shape)
+    # Drawn last, so that a refused fit leaves a user's RandomState untouched.
+    seeds = check_random_state(params["random_state"]).randint(0, 2**31 - 1, size=3)
+    if previous is not None:
+        # Continued training draws new patches and blind spots, not a replay.
+        seeds = (seeds + 7919 * previous.n_epochs) % (2**31 - 1)
     return FitPlan(
         network=network,
         initial_weights=None if previous is None else copy.deepcopy(previous.weights),
@@ -198,7 +196,6 @@ def make_plan(params, X, previous=None):
         patch_shape=patch_shape,
         validation_shape=validation_shape,
         masker=masker,
-        tiles=tiles,
         device=device,
         seeds=tuple(int(s) for s in seeds),
         batch_size=int(params["batch_size"]),
@@ -212,7 +209,7 @@ def _check_patch_fits_network(patch_shape, requested, images, depth):
     """Every side of a training patch must hold at least ``2**depth`` pixels, the
     network's down-sampling factor: below that its deepest level sees only padding."""
     multiple = 2**depth
-    spatial_axes = [a for a in images.axes if a in "ZYX"]
+    spatial_axes = [a for a in "ZYX" if a in images.axes]  # the canonical order of patch_shape
     for letter, side, asked in zip(spatial_axes, patch_shape, requested):
         if side >= multiple:
             continue

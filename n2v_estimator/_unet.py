@@ -68,7 +68,7 @@ def check_description(description):
         raise ValueError(f"a network description is a mapping, got {type(description).__name__}.")
     description = dict(description)
     schema = description.pop("schema", 1)
-    if schema != DESCRIPTION_SCHEMA:
+    if type(schema) is not int or schema != DESCRIPTION_SCHEMA:
         raise ValueError(f"network description schema {schema!r} is unknown; this version reads {DESCRIPTION_SCHEMA}.")
     if set(description) != set(_FIELDS):
         raise ValueError(
@@ -106,7 +106,7 @@ def expected_state(description):
     try:
         with torch.device("meta"):
             state = build_unet(description).state_dict()
-    except RuntimeError as exc:  # e.g. "Storage size calculation overflowed"
+    except (RuntimeError, TypeError, OverflowError, MemoryError) as exc:  # e.g. "Storage size calculation overflowed"
         raise ValueError(f"the network {description} cannot be built: {exc}") from exc
     return {name: (tuple(t.shape), t.dtype) for name, t in state.items()}
 
@@ -234,21 +234,10 @@ class UNet(nn.Module):
         skip_skipone=False,
         independent_channels=False,
     ):
+        arguments = dict(locals())
         super().__init__()
         # Everything needed to rebuild this network (saved with its weights).
-        self.description = {
-            "schema": DESCRIPTION_SCHEMA,
-            "ndim": ndim,
-            "in_channels": in_channels,
-            "depth": depth,
-            "n_filters": n_filters,
-            "kernel_size": kernel_size,
-            "batch_norm": batch_norm,
-            "residual": residual,
-            "blurpool": blurpool,
-            "skip_skipone": skip_skipone,
-            "independent_channels": independent_channels,
-        }
+        self.description = {"schema": DESCRIPTION_SCHEMA, **{key: arguments[key] for key in _FIELDS}}
         self.ndim = ndim
         self.depth = depth
         self.residual = residual

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from numbers import Integral, Real
 
 import numpy as np
@@ -15,11 +16,11 @@ from ._devices import resolve_device
 from ._masking import MANIPULATORS
 from ._normalize import check_finite_output, check_representable, denormalize, normalize, output_dtype
 from ._persistence import (
+    ModelFile,
     ModelFileError,
     decode_document,
     estimator_document,
     network_from_file,
-    read_header,
     unet_with_weights,
     write_model,
 )
@@ -93,7 +94,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         Side of the tiles ``transform`` predicts at once; ``None``: 256 in 2D,
         ``(64, 128, 128)`` in 3D. Rounded up to a multiple of ``2**depth``.
     tile_overlap : int, tuple of int or None, default=None
-        Overlap between tiles; ``None``: ``12 * 2**depth * (kernel_size - 1) // 2``
+        Overlap between tiles; ``None``: ``12 * 2**depth * max(1, (kernel_size - 1) // 2)``
         (at most half a tile), enough for tiled and whole-image predictions to
         agree to about 1e-6 of the output's range with the default tiles, and
         to within 1e-4 with tiles as small as 64.
@@ -286,17 +287,20 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             return Previous(self.model_.description, weights, self.mean_, self.std_, len(self.history_))
 
     def _set_fitted(self, model, mean, std, patch_shape, history, n_features):
-        """Set every fitted attribute, in one place (``fit`` and ``load``)."""
-        self.model_ = model.eval()
-        self.mean_, self.std_ = mean, std
-        self.n_channels_ = model.description["in_channels"]
-        self.spatial_ndim_ = model.description["ndim"]
-        self.patch_shape_ = tuple(patch_shape)
-        self.history_ = list(history)
-        if n_features is None:
-            self.__dict__.pop("n_features_in_", None)
-        else:
-            self.n_features_in_ = n_features
+        """Set every fitted attribute, in one place (``fit`` and ``load``) and one step."""
+        fitted = {
+            "model_": model.eval(),
+            "mean_": mean,
+            "std_": std,
+            "n_channels_": model.description["in_channels"],
+            "spatial_ndim_": model.description["ndim"],
+            "patch_shape_": tuple(patch_shape),
+            "history_": list(history),
+        }
+        if n_features is not None:
+            fitted["n_features_in_"] = n_features
+        state = {k: v for k, v in self.__dict__.items() if k != "n_features_in_"}
+        self.__dict__ = {**state, **fitted}
 
     # ------------------------------------------------------------- transform
     def transform(self, X):
@@ -398,7 +402,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
                 "self-supervised score."
             )
         images = self._fitted_images(X)
-        return -j_invariant_mse(self._denoise, images.canonical, self.n_score_phases)
+        denoise = partial(self._denoise, dtype=output_dtype(images.array.dtype))
+        return -j_invariant_mse(denoise, images.canonical, self.n_score_phases)
 
     # ----------------------------------------------------------- persistence
     def save(self, path):
@@ -447,16 +452,16 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             If the file is malformed, of another format version, names unknown
             parameters, or its tensors do not match the network it describes.
         """
-        entries, document = read_header(path)
-        params, fitted = decode_document(document, cls._get_param_names(), path)
-        if device is not None:
-            params["device"] = device
-        estimator = cls(**params)
-        try:
-            estimator._validate_params()
-        except InvalidParameterError as exc:
-            raise ModelFileError(f"{path} holds an invalid parameter: {exc}") from exc
-        model = network_from_file(fitted["network"], path, entries)
+        with ModelFile(path) as file:
+            params, fitted = decode_document(file.document, cls._get_param_names(), path)
+            if device is not None:
+                params["device"] = device
+            estimator = cls(**params)
+            try:
+                estimator._validate_params()
+            except InvalidParameterError as exc:
+                raise ModelFileError(f"{path} holds an invalid parameter: {exc}") from exc
+            model = network_from_file(fitted["network"], file)
         estimator._set_fitted(
             model, fitted["mean"], fitted["std"], fitted["patch_shape"], fitted["history"], fitted["n_features_in"]
         )

@@ -185,3 +185,18 @@ def test_every_boundary_value_fits_saves_and_loads(tmp_path, params):
     assert loaded.get_params() == estimator.get_params()
     np.testing.assert_array_equal(loaded.transform(X), estimator.transform(X))
     assert np.isfinite(loaded.score(X))
+
+
+def test_a_warm_start_on_data_the_old_statistics_cannot_normalise_is_refused_before_training(monkeypatch):
+    estimator = tiny(warm_start=True).fit(IMAGE * 1e-3)
+    before = estimator.transform(IMAGE * 1e-3)
+    monkeypatch.setattr(_plan, "train", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError, match="standard deviations"):
+        estimator.fit(IMAGE * 1e40)
+    np.testing.assert_array_equal(estimator.transform(IMAGE * 1e-3), before)
+
+
+def test_score_computes_in_the_precision_transform_returns():
+    X = (2**31 + np.add.outer(np.arange(40), np.arange(40)) * 3).astype(np.uint32)
+    estimator = tiny().fit(X)
+    assert estimator.score(X) == estimator.score(X.astype(np.float64))

@@ -281,6 +281,7 @@ def test_by_default_short_calls_are_quiet_and_long_ones_show_progress(capsys, ca
 
     _, noisy = camera_pair
     assert Noise2VoidDenoiser().verbose == "auto"
+    monkeypatch.setattr(_progress, "AUTO_DELAY_SECONDS", 3600.0)  # a short call, however busy the machine
     denoiser = tiny().fit(noisy)
     denoiser.transform(noisy)
     assert capsys.readouterr().err == ""  # a fraction of a second: no bar

@@ -43,9 +43,10 @@ def test_patches_shrink_to_small_images_and_stacks_have_no_row_count():
     assert p.n_features is None
 
 
-def test_tiles_come_from_the_planned_network():
-    p = plan(depth=2, kernel_size=5, tile_size=100)
-    assert p.tiles == ((100, 100), (48, 48))  # 12 * 2**2 * 2 = 96, capped at half a tile (rounded to 4)
+def test_tile_settings_are_checked_against_the_planned_network():
+    plan(depth=1, tile_size=8, tile_overlap=4)  # multiples of 2: overlap 4 < tile 8
+    with pytest.raises(ValueError, match="tile_overlap"):
+        plan(depth=3, tile_size=8, tile_overlap=4)  # both round up to 8 = 2**3
 
 
 @pytest.mark.parametrize(
@@ -116,3 +117,10 @@ def test_warm_start_refuses_another_network():
     previous = Previous(first.network, {}, first.mean, first.std, n_epochs=1)
     with pytest.raises(ValueError, match="warm_start=True needs the same network"):
         plan(previous=previous, warm_start=True, n_filters=8)
+
+
+def test_a_too_small_axis_is_named_in_the_users_layout():
+    with pytest.raises(ValueError, match=r"along Y.*found array with 4 feature\(s\)"):
+        plan(np.zeros((64, 4)), axes="XY", depth=3)
+    with pytest.raises(ValueError, match="along Z"):
+        plan(np.zeros((16, 16, 2)), axes="YXZ", depth=2)

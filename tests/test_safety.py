@@ -310,13 +310,14 @@ def test_a_format_1_file_of_the_first_release_still_loads(tmp_path):
     np.testing.assert_array_equal(Noise2VoidDenoiser.load(path).transform(IMAGE), original)
 
 
-@pytest.mark.parametrize("settings", [{"n_filters": 10**9}, {"depth": 8, "n_filters": 2**40, "in_channels": 2**20}])
+@pytest.mark.parametrize(
+    "settings", [{"n_filters": 10**9}, {"depth": 8, "n_filters": 2**40, "in_channels": 2**20}, {"n_filters": 2**70}, {"kernel_size": 2**70 + 1}]
+)
 def test_a_huge_network_description_is_refused_without_allocating_it(tmp_path, settings):
     path, _, document = _saved(tmp_path)
     network = dict(document["fitted"]["network"], **settings)
-    entries, _ = _persistence.read_header(path)
-    with pytest.raises(ModelFileError, match="cannot be built|needs"):
-        _persistence.network_from_file(network, path, entries)
+    with _persistence.ModelFile(path) as file, pytest.raises(ModelFileError, match="cannot be built|needs"):
+        _persistence.network_from_file(network, file)
 
 
 # ------------------------------------------------ hostile files: whole families
@@ -338,7 +339,7 @@ def test_unexpected_tensors_are_refused_before_any_tensor_is_read(tmp_path, monk
     header = {"__metadata__": {_persistence.FORMAT_NAME: json.dumps(document)}}
     header.update({f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i in range(20_000)})
     _raw_header_file(path, header, b"\0" * 20_000)
-    monkeypatch.setattr(_persistence, "read_tensors", lambda *a: pytest.fail("a tensor was read"))
+    monkeypatch.setattr(_persistence.ModelFile, "tensor", lambda *a: pytest.fail("a tensor was read"))
     with pytest.raises(ModelFileError, match="unexpected"):
         Noise2VoidDenoiser.load(path)
 
@@ -440,16 +441,19 @@ def test_save_removes_the_temporary_files_of_killed_writers_but_not_of_live_ones
     import fcntl
 
     path = tmp_path / "model.safetensors"
-    stale = tmp_path / ".model.safetensors.dead.tmp"
-    live = tmp_path / ".model.safetensors.live.tmp"
-    other = tmp_path / ".other.safetensors.dead.tmp"
-    for f in (stale, live, other):
+    stale = tmp_path / ".model.safetensors.0123456789abcdef.tmp"
+    live = tmp_path / ".model.safetensors.fedcba9876543210.tmp"
+    other = tmp_path / ".other.safetensors.0123456789abcdef.tmp"  # another model's
+    users = tmp_path / ".model.safetensors.my-notes.tmp"  # not one of ours
+    pipe = tmp_path / ".model.safetensors.00000000000000ff.tmp"  # must not block the save
+    for f in (stale, live, other, users):
         f.write_bytes(b"half a file")
         os.utime(f, (0, 0))
+    os.mkfifo(pipe)
     with open(live, "rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # a writer still at work
         tiny().fit(IMAGE).save(path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name, users.name, pipe.name])
 
 
 def test_save_errors_name_the_target(tmp_path):
@@ -480,3 +484,33 @@ def test_a_huge_but_finite_mean_loads_and_transform_refuses_rather_than_return_i
     _rewrite(path, tensors, document)
     with pytest.raises(ValueError, match="standard deviations from the training data's mean"):
         Noise2VoidDenoiser.load(path).transform(IMAGE.astype(np.float32))
+
+
+def test_an_unterminated_string_in_a_header_is_scanned_in_linear_time(tmp_path):
+    from n2v_estimator._persistence import _JSON_STRING
+
+    assert _JSON_STRING.sub("", '[1, "ab\\"c"]') == "[1, ]"
+    assert _JSON_STRING.sub("", '[1, "never closed \\" [[[') == "[1, "  # runs to the end
+    body = ('"' + '\\"' * 32_000).encode()  # took 12 s with a backtracking scan
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(len(body).to_bytes(8, "little") + body)
+    with pytest.raises(ModelFileError, match="malformed JSON header"):
+        Noise2VoidDenoiser.load(path)
+
+
+def test_a_file_replaced_while_it_is_read_cannot_mix_into_the_loaded_model(tmp_path):
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    tiny(random_state=0).fit(IMAGE).save(first)
+    tiny(random_state=1).fit(IMAGE * 3 + 7).save(second)
+    expected, _ = _persistence.read_model(first)
+    with _persistence.ModelFile(first) as file:
+        os.replace(second, first)  # another process saves to the same path meanwhile
+        for name, tensor in expected.items():
+            assert torch.equal(file.tensor(name), tensor)
+
+
+def test_numpy_scalars_from_a_parameter_grid_save_and_load(tmp_path):
+    estimator = tiny(tta=np.True_, batch_norm=np.False_, n_filters=np.int64(4), learning_rate=np.float32(1e-3))
+    estimator.fit(IMAGE).save(tmp_path / "model.safetensors")
+    loaded = Noise2VoidDenoiser.load(tmp_path / "model.safetensors")
+    np.testing.assert_array_equal(loaded.transform(IMAGE), estimator.transform(IMAGE))
