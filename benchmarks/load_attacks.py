@@ -40,26 +40,24 @@ def _document(saved):
         return f.metadata()
 
 
+def _many_tensors(folder, saved, n, name):
+    header = {"__metadata__": _document(saved)}
+    header.update({f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i in range(n)})
+    path = os.path.join(folder, name)
+    _header_file(path, header, b"\0" * n)
+    return path
+
+
 @attack
 def many_small_tensors(folder, saved):
     """900k one-byte tensors beside a valid document (a 62 MB file)."""
-    n = 900_000
-    header = {"__metadata__": _document(saved)}
-    header.update({f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i in range(n)})
-    path = os.path.join(folder, "many.safetensors")
-    _header_file(path, header, b"\0" * n)
-    return path
+    return _many_tensors(folder, saved, 900_000, "many.safetensors")
 
 
 @attack
 def many_small_tensors_under_the_header_cap(folder, saved):
     """55k one-byte tensors: a 3.9 MB header, under the 4 MiB cap, so it is parsed."""
-    n = 55_000
-    header = {"__metadata__": _document(saved)}
-    header.update({f"t{i}": {"dtype": "U8", "shape": [1], "data_offsets": [i, i + 1]} for i in range(n)})
-    path = os.path.join(folder, "many_under_cap.safetensors")
-    _header_file(path, header, b"\0" * n)
-    return path
+    return _many_tensors(folder, saved, 55_000, "many_under_cap.safetensors")
 
 
 @attack
