@@ -88,7 +88,7 @@ def overflowing_3d_network(folder, saved):
     metadata = _document(saved)
     document = json.loads(metadata["n2v_estimator"])
     document["fitted"]["network"].update(ndim=3, depth=8, n_filters=4096, kernel_size=2**20 + 1)
-    document["fitted"]["spatial_ndim"] = 3
+    document["fitted"].update(spatial_ndim=3, patch_shape=[8, 16, 16])
     from safetensors import safe_open
     from safetensors.torch import save_file
 
