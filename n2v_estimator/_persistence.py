@@ -313,18 +313,24 @@ def read_model(path):
         return {name: file.tensor(name) for name in file.entries}, file.document
 
 
-def estimator_document(params, network, fitted, package_version):
+def estimator_document(params, attributes, package_version):
     """The JSON document :func:`write_model` stores for a fitted estimator.
 
     ``params`` are the estimator's parameters (a ``random_state`` that is not
-    an int is stored as ``None``, a device as its name), ``network`` the
-    network's description and ``fitted`` its other fitted state.
+    an int is stored as ``None``, a device as its name) and ``attributes`` its
+    ``vars()``, from which the fitted state (all but the weights) is taken.
     """
     params = dict(params)
     if not isinstance(params["random_state"], (int, np.integer, type(None))):
         params["random_state"] = None
     params["device"] = str(params["device"])
-    return {"package_version": package_version, "params": params, "fitted": {"network": network, **fitted}}
+    fitted = {
+        "network": attributes["model_"].description,
+        **{key: attributes[key + "_"] for key in ("mean", "std", "n_channels", "spatial_ndim", "patch_shape", "history")},
+    }
+    if "n_features_in_" in attributes:
+        fitted["n_features_in"] = attributes["n_features_in_"]
+    return {"package_version": package_version, "params": params, "fitted": fitted}
 
 
 def decode_document(document, param_names, source):

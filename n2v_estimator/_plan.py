@@ -16,6 +16,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from ._axes import read_images, spatial_ndim
+from ._compute import resolve_precision
 from ._devices import resolve_device
 from ._masking import BlindSpotMasker, resolve_struct_mask
 from ._normalize import channel_stats, check_representable, normalize
@@ -61,6 +62,8 @@ class FitPlan:
         ``None`` without validation).
     masker : BlindSpotMasker
     device : torch.device
+    precision : {"32", "bf16", "16-mixed"}
+        Resolved for the device (see :func:`._compute.resolve_precision`).
     seeds : tuple of 3 ints
         For the initial weights, the training draws and the validation set.
     batch_size, max_epochs, steps_per_epoch : int
@@ -78,6 +81,7 @@ class FitPlan:
     validation_shape: tuple | None
     masker: BlindSpotMasker
     device: object
+    precision: str
     seeds: tuple
     batch_size: int
     max_epochs: int
@@ -119,6 +123,7 @@ class FitPlan:
             learning_rate=self.learning_rate,
             device=self.device,
             seed=self.seeds[1],
+            precision=self.precision,
             verbose=verbose,
         )
         return model, result
@@ -149,6 +154,7 @@ def make_plan(params, X, previous=None):
     images = read_images(X, params["axes"], params["image_shape"])
     ndim = spatial_ndim(images.axes)
     device = resolve_device(params["device"])
+    precision = resolve_precision(params["precision"], device)
     network = network_description(ndim, images.canonical.shape[1], params)
     if previous is not None and previous.network != network:
         raise ValueError(
@@ -197,6 +203,7 @@ def make_plan(params, X, previous=None):
         validation_shape=validation_shape,
         masker=masker,
         device=device,
+        precision=precision,
         seeds=tuple(int(s) for s in seeds),
         batch_size=int(params["batch_size"]),
         max_epochs=int(params["max_epochs"]),

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 from ._axes import per_axis
+from ._compute import autocast, channels_last, prefers_channels_last
 from ._progress import progress_bar
 
 
@@ -155,6 +156,7 @@ def predict_tiled(
     prepare=None,
     finish=None,
     dtype=np.float32,
+    precision="32",
 ):
     """Apply ``model`` to every image in tiles.
 
@@ -186,6 +188,8 @@ def predict_tiled(
         (de-normalisation).
     dtype : numpy dtype
         Of the returned array.
+    precision : {"32", "bf16", "16-mixed"}
+        Autocast precision of the network; its output is taken back to float32.
 
     Returns
     -------
@@ -204,6 +208,8 @@ def predict_tiled(
     transforms = augmentations(ndim) if tta else None
     output = np.empty(images.shape, dtype=dtype)
     model.eval()
+    layout = channels_last if prefers_channels_last(model, precision) else (lambda x: x)
+    layout(model)
     batches = []
     for _, group in itertools.groupby(tiles, key=_shape_of_tile):
         group = list(group)
@@ -218,12 +224,16 @@ def predict_tiled(
             )
             if prepare is not None:
                 batch = prepare(batch)
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
-            if transforms:
-                y = sum(inverse(model(forward(x))) for forward, inverse in transforms)
-                y = y / len(transforms)
-            else:
-                y = model(x)
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            if device.type == "cuda":  # page-locked, so that the copy overlaps the work
+                x = x.pin_memory()
+            x = x.to(device, non_blocking=True)
+            with autocast(device, precision):
+                if transforms:
+                    y = sum(inverse(model(layout(forward(x)))).float() for forward, inverse in transforms)
+                    y = y / len(transforms)
+                else:
+                    y = model(layout(x))
             y = y.float().cpu().numpy()
             if finish is not None:
                 y = finish(y)

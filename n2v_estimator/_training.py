@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._compute import autocast, channels_last, grad_scaler, prefers_channels_last
 from ._masking import masked_mse
 from ._progress import progress_bar
 
@@ -99,13 +100,15 @@ def make_validation_set(sampler, masker, n_patches, batch_size, device, seed):
     return batches
 
 
-def _validation_loss(model, batches):
+def _validation_loss(model, batches, precision="32"):
     model.eval()
     total, count = 0.0, 0
     with torch.inference_mode():
         for x, x_masked, mask in batches:
             n = int(mask.sum())
-            total += float(masked_mse(model(x_masked), x, mask)) * n
+            with autocast(x.device, precision):
+                prediction = model(x_masked)
+            total += float(masked_mse(prediction.float(), x, mask)) * n
             count += n
     model.train()
     return total / count
@@ -123,6 +126,7 @@ def train(
     learning_rate,
     device,
     seed,
+    precision="32",
     verbose=False,
 ):
     """Train ``model`` in place with Noise2Void.
@@ -141,6 +145,9 @@ def train(
     device : torch.device
     seed : int
         Seeds the patch and blind-spot generators.
+    precision : {"32", "bf16", "16-mixed"}
+        Autocast precision of the network (see :mod:`._compute`); the loss is
+        taken in float32, and ``"16-mixed"`` scales the gradients.
     verbose : bool or "auto"
         Show a progress bar (``"auto"``: once a few seconds have passed).
 
@@ -162,6 +169,9 @@ def train(
     total_steps = max_epochs * steps_per_epoch
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
+    layout = channels_last if prefers_channels_last(model, precision) else (lambda x: x)
+    layout(model)
+    scaler = grad_scaler(device, precision)
     patch_generator = torch.Generator().manual_seed(seed)
     mask_generator = torch.Generator(device=device).manual_seed(seed + 1)
 
@@ -181,16 +191,19 @@ def train(
             start = time.perf_counter()
             losses = []
             for _ in range(steps_per_epoch):
-                x = sampler.sample(batch_size, patch_generator).to(device, non_blocking=True)
+                x = layout(sampler.sample(batch_size, patch_generator).to(device, non_blocking=True))
                 x_masked, mask = masker(x, mask_generator)
-                loss = masked_mse(model(x_masked), x, mask)
+                with autocast(device, precision):
+                    prediction = model(x_masked)
+                loss = masked_mse(prediction.float(), x, mask)
                 value = loss.item()  # the step's one wait for the device
                 if not math.isfinite(value):
                     raise NonFiniteLossError(f"The training loss became non-finite ({value}) in epoch {epoch + 1}.")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
                 step_lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 schedule.step()
                 losses.append(value)
                 progress.update()
@@ -199,7 +212,7 @@ def train(
             if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
                 raise NonFiniteLossError(f"The weights became non-finite in epoch {epoch + 1}.")
             last_good_state = state
-            val_loss = _validation_loss(model, validation) if validation else None
+            val_loss = _validation_loss(model, validation, precision) if validation else None
             history.append(
                 {
                     "epoch": epoch + 1,

@@ -12,6 +12,7 @@ from sklearn.utils._param_validation import Interval, InvalidParameterError, Str
 from sklearn.utils.validation import check_is_fitted
 
 from ._axes import check_fitted_layout, check_image_array, from_canonical, read_images
+from ._compute import PRECISIONS, resolve_precision
 from ._devices import resolve_device
 from ._masking import MANIPULATORS
 from ._normalize import check_finite_output, check_representable, denormalize, normalize, output_dtype
@@ -116,6 +117,10 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         weights on CPU.
     device : str or torch.device, default="auto"
         ``"auto"`` picks CUDA, then Apple MPS, then CPU.
+    precision : {"auto", "32", "bf16", "16-mixed"}, default="auto"
+        Arithmetic of the network (weights, loss and normalisation stay
+        float32). ``"auto"``: ``"16-mixed"`` (float16 with gradient scaling) on
+        CUDA, ``"bf16"`` on CPUs with native bfloat16, else ``"32"``.
     verbose : bool or "auto", default="auto"
         Progress bars for training and prediction: ``"auto"`` once a call has
         run 5 seconds (short calls and the worker processes of a parallel
@@ -175,6 +180,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         "n_score_phases": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "device": [str, torch.device],
+        "precision": [StrOptions(set(PRECISIONS))],
         "verbose": ["verbose", StrOptions({"auto"})],
     }
 
@@ -208,6 +214,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         n_score_phases=4,
         random_state=None,
         device="auto",
+        precision="auto",
         verbose="auto",
     ):
         self.axes = axes
@@ -237,6 +244,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         self.n_score_phases = n_score_phases
         self.random_state = random_state
         self.device = device
+        self.precision = precision
         self.verbose = verbose
 
     # ------------------------------------------------------------------- fit
@@ -359,6 +367,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             prepare=lambda batch: normalize(batch, self.mean_, self.std_),
             finish=lambda batch: denormalize(batch, self.mean_, self.std_, dtype=dtype),
             dtype=dtype,
+            precision=resolve_precision(self.precision, device),
         )
         check_finite_output(out)
         return out
@@ -413,17 +422,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         renamed into place, so an existing file is never left half-written.
         """
         check_is_fitted(self, "model_")
-        fitted = {
-            "mean": self.mean_,
-            "std": self.std_,
-            "n_channels": self.n_channels_,
-            "spatial_ndim": self.spatial_ndim_,
-            "patch_shape": self.patch_shape_,
-            "history": self.history_,
-        }
-        if hasattr(self, "n_features_in_"):
-            fitted["n_features_in"] = self.n_features_in_
-        document = estimator_document(self.get_params(deep=False), self.model_.description, fitted, __version__)
+        document = estimator_document(self.get_params(deep=False), vars(self), __version__)
         write_model(path, self.model_.state_dict(), document)
 
     @classmethod

@@ -43,6 +43,7 @@ TINY = dict(
     n_filters=4,
     random_state=0,
     device="cpu",
+    precision="32",  # the reference path: exact comparisons; test_compute checks the others against it
 )
 
 

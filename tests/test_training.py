@@ -39,7 +39,7 @@ def snapshots_with_validation_losses(monkeypatch, losses):
     """Make epoch ``i``'s validation loss ``losses[i]`` and record the weights of each epoch."""
     snapshots = []
 
-    def fake_validation_loss(net, batches):
+    def fake_validation_loss(net, batches, *args):
         snapshots.append({k: v.clone() for k, v in net.state_dict().items()})
         return losses[len(snapshots) - 1]
 
@@ -73,7 +73,7 @@ def test_without_validation_the_last_epoch_is_kept():
 def test_validation_patches_and_masks_are_drawn_once_and_reused_every_epoch(monkeypatch):
     seen = []
 
-    def recording_validation_loss(net, batches):
+    def recording_validation_loss(net, batches, *args):
         seen.append([(x.clone(), m.clone()) for x, _, m in batches])
         return 1.0
 
