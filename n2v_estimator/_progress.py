@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 
 from tqdm.auto import tqdm
 
@@ -16,10 +17,21 @@ def progress_bar(iterable=None, *, total=None, desc, unit, verbose):
     """A tqdm bar over ``iterable`` (or of ``total`` steps).
 
     ``verbose="auto"``: shown after :data:`AUTO_DELAY_SECONDS`, and never in a
-    worker process (the fits of a parallel grid search would interleave their
-    bars); any other true value: shown at once; false: never.
+    worker process or inside a scikit-learn search or cross-validation (dozens
+    of fits would each draw a bar); any other true value: shown at once; false: never.
     """
     if isinstance(verbose, str) and verbose == "auto":
-        in_worker = multiprocessing.parent_process() is not None
-        return tqdm(iterable, total=total, desc=desc, unit=unit, delay=AUTO_DELAY_SECONDS, disable=in_worker)
+        quiet = multiprocessing.parent_process() is not None or _inside_model_selection()
+        return tqdm(iterable, total=total, desc=desc, unit=unit, delay=AUTO_DELAY_SECONDS, disable=quiet)
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not verbose)
+
+
+def _inside_model_selection():
+    """Whether a caller up the stack is scikit-learn's model selection (a search or
+    cross-validation): scikit-learn gives an estimator no other sign of it."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("sklearn.model_selection"):
+            return True
+        frame = frame.f_back
+    return False

@@ -123,8 +123,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         CUDA, ``"bf16"`` on CPUs with native bfloat16, else ``"32"``.
     verbose : bool or "auto", default="auto"
         Progress bars for training and prediction: ``"auto"`` once a call has
-        run 5 seconds (short calls and the worker processes of a parallel
-        search stay quiet), ``True`` at once, ``False`` never.
+        run 5 seconds (quiet for short calls and inside searches and
+        cross-validation), ``True`` at once, ``False`` never.
 
     Attributes
     ----------

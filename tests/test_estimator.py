@@ -351,3 +351,16 @@ def test_by_default_worker_processes_of_a_parallel_search_stay_quiet(monkeypatch
     monkeypatch.setattr(multiprocessing, "parent_process", lambda: object())
     assert _progress.progress_bar(total=3, desc="fit", unit="step", verbose="auto").disable
     assert not _progress.progress_bar(total=3, desc="fit", unit="step", verbose=True).disable
+
+
+def test_by_default_fits_inside_a_search_or_cross_validation_stay_quiet(capsys, monkeypatch):
+    from sklearn.model_selection import cross_val_score
+
+    from n2v_estimator import _progress
+
+    monkeypatch.setattr(_progress, "AUTO_DELAY_SECONDS", 0.0)  # as if every fit ran long
+    stack = np.random.default_rng(0).normal(size=(4, 24, 24))
+    cross_val_score(tiny(), stack, cv=2)
+    assert capsys.readouterr().err == ""
+    tiny().fit(stack)
+    assert "fit" in capsys.readouterr().err
