@@ -26,7 +26,7 @@ from n2v_estimator import Noise2VoidDenoiser
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results/camera", help="output folder")
-    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps (50 per epoch)")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps (50 per epoch)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

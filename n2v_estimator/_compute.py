@@ -34,7 +34,7 @@ def resolve_precision(precision, device):
     ``"16-mixed"`` needs CUDA; ``"bf16"`` runs anywhere (emulated on CPUs without
     native support, so slower there).
     """
-    device = torch.device(device)
+    device, precision = torch.device(device), str(precision)  # 32 as in Lightning means "32"
     if precision == "auto":
         if device.type == "cuda":
             return "16-mixed"

@@ -8,7 +8,7 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import Interval, InvalidParameterError, StrOptions
+from sklearn.utils._param_validation import Interval, InvalidParameterError, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._axes import check_fitted_layout, check_image_array, from_canonical, read_images
@@ -180,7 +180,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         "n_score_phases": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "device": [str, torch.device],
-        "precision": [StrOptions(set(PRECISIONS))],
+        "precision": [StrOptions(set(PRECISIONS)), Options(Integral, {32})],
         "verbose": ["verbose", StrOptions({"auto"})],
     }
 

@@ -110,6 +110,7 @@ def test_auto_precision_follows_the_device_and_the_cpu(monkeypatch):
     assert resolve_precision("auto", "cuda") == "16-mixed"
     assert resolve_precision("auto", "mps") == "32"
     assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("32", "cuda") == "32"
+    assert resolve_precision(32, "cpu") == "32"
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_precision("16-mixed", "cpu")
 

@@ -364,3 +364,14 @@ def test_by_default_fits_inside_a_search_or_cross_validation_stay_quiet(capsys, 
     assert capsys.readouterr().err == ""
     tiny().fit(stack)
     assert "fit" in capsys.readouterr().err
+
+
+def test_fit_and_transform_respect_the_users_thread_setting(camera_pair):
+    _, noisy = camera_pair
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tiny().fit(noisy).transform(noisy)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
