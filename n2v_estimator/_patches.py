@@ -11,6 +11,11 @@ import torch
 from ._axes import per_axis
 
 
+# Training images up to this size are kept on the training device (a GPU's memory is
+# far larger; beyond it they stay in host memory and each batch is copied over).
+MAX_DEVICE_BYTES = 2 * 2**30
+
+
 def requested_patch_shape(patch_size, ndim):
     """The patch shape the ``patch_size`` parameter asks for: an int ``p`` means
     ``(p, p)`` in 2D and ``(p // 2, p, p)`` (Z, Y, X) in 3D; a tuple is taken as is."""
@@ -51,10 +56,17 @@ class PatchSampler:
         Apply a random flip along each spatial axis and, when the Y and X sides
         of the patch are equal, a random rotation by a multiple of 90 degrees in
         the YX plane. Noise2Void's target is invariant to these.
+    device : torch.device, optional
+        Where the images are kept and the patches cut (when they fit in
+        :data:`MAX_DEVICE_BYTES`; else they stay in host memory).
     """
 
-    def __init__(self, images, patch_shape, augment=True):
-        self.images = [torch.from_numpy(np.ascontiguousarray(im)) for im in images]
+    def __init__(self, images, patch_shape, augment=True, device=None):
+        images = [torch.from_numpy(np.ascontiguousarray(im)) for im in images]
+        if device is not None and sum(im.nbytes for im in images) <= MAX_DEVICE_BYTES:
+            # Patches are then cut on the device: no copy of patch data per step.
+            images = [im.to(device) for im in images]
+        self.images = images
         self.patch_shape = tuple(int(p) for p in patch_shape)
         self.augment = augment
         for im in self.images:
@@ -71,7 +83,7 @@ class PatchSampler:
         self._image_weights = torch.tensor(positions, dtype=torch.float64)
 
     def sample(self, batch_size, generator):
-        """Return a ``(batch_size, C, *patch_shape)`` float32 tensor on the CPU.
+        """Return a ``(batch_size, C, *patch_shape)`` float32 tensor, where the images are.
 
         ``generator`` must be a CPU ``torch.Generator``; it alone decides the
         patches, so the same seed gives the same batches.

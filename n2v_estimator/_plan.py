@@ -105,7 +105,7 @@ class FitPlan:
         validation = []
         if self.validation_images:
             validation = make_validation_set(
-                PatchSampler(self.validation_images, self.validation_shape, augment=False),
+                PatchSampler(self.validation_images, self.validation_shape, augment=False, device=self.device),
                 self.masker,
                 n_patches=_VALIDATION_BATCHES * self.batch_size,
                 batch_size=self.batch_size,
@@ -114,7 +114,7 @@ class FitPlan:
             )
         result = train(
             model,
-            PatchSampler(self.train_images, self.patch_shape),
+            PatchSampler(self.train_images, self.patch_shape, device=self.device),
             self.masker,
             validation=validation,
             max_epochs=self.max_epochs,

@@ -178,3 +178,11 @@ def test_split_validation_of_a_tiny_image_holds_out_nothing(shape):
     assert validation == []
     assert len(train) == shape[0]
     assert train[0].shape == shape[1:]
+
+
+def test_patches_are_cut_where_the_images_are_kept():
+    images = unique_images([(20, 24)])
+    on_device = PatchSampler(images, (8, 8), device=torch.device("cpu"))
+    on_host = PatchSampler(images, (8, 8))
+    assert torch.equal(on_device.sample(6, gen(3)), on_host.sample(6, gen(3)))  # same draws, same patches
+    assert on_device.images[0].device == torch.device("cpu")
