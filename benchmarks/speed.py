@@ -189,7 +189,10 @@ class Careamics:
         return curve
 
     def close(self):
-        self.ask(cmd="quit") if self.process.poll() is None else None
+        if self.process.poll() is None:
+            self.process.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.process.stdin.close()
+            self.process.wait()
 
 
 def interleaved(systems, measure, rounds):

@@ -47,9 +47,10 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         (channels), ``Z``, ``Y``, ``X`` in array order, e.g. ``"YXC"`` or
         ``"SZYX"``. ``None``: a 2D array is one image (``"YX"``), a 3D array a
         stack of images (``"SYX"``).
-    patch_size : int or tuple of int, default=64
-        Side of the random training patches. In 3D an int ``p`` means
-        ``(p // 2, p, p)`` (Z, Y, X). Shrunk to fit small images.
+    patch_size : int, tuple of int or None, default=None
+        Side of the random training patches; ``None``: 64x64 in 2D, 16x32x32
+        in 3D (minutes on a CPU). In 3D an int ``p`` means ``(p // 2, p, p)``.
+        Shrunk to fit small images.
     batch_size : int, default=16
         Patches per optimizer step.
     max_epochs : int, default=30
@@ -161,7 +162,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
 
     _parameter_constraints = {
         "axes": [str, None],
-        "patch_size": [Interval(Integral, 1, None, closed="left"), tuple, list],
+        "patch_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "steps_per_epoch": [Interval(Integral, 1, None, closed="left")],
@@ -188,7 +189,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         self,
         *,
         axes=None,
-        patch_size=64,
+        patch_size=None,
         batch_size=16,
         max_epochs=30,
         steps_per_epoch=50,
