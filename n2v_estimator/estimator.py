@@ -53,8 +53,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         Shrunk to fit small images.
     batch_size : int, default=16
         Patches per optimizer step.
-    max_epochs : int, default=30
-        Number of epochs; one validation pass and one ``history_`` record each.
+    max_epochs : int or None, default=None
+        Epochs (one validation pass and ``history_`` record each); ``None``:
+        30 in 2D, 6 in 3D (whose patches hold 4 times more blind spots).
     steps_per_epoch : int, default=50
         Optimizer steps per epoch. Total steps = ``max_epochs * steps_per_epoch``.
     learning_rate : float, default=1e-3
@@ -164,7 +165,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         "axes": [str, None],
         "patch_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left"), None],
         "steps_per_epoch": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "masked_pixel_percentage": [Interval(Real, 0, 100, closed="right")],
@@ -191,7 +192,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         axes=None,
         patch_size=None,
         batch_size=16,
-        max_epochs=30,
+        max_epochs=None,
         steps_per_epoch=50,
         learning_rate=1e-3,
         masked_pixel_percentage=2.0,

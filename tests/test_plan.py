@@ -124,3 +124,12 @@ def test_a_too_small_axis_is_named_in_the_users_layout():
         plan(np.zeros((64, 4)), axes="XY", depth=3)
     with pytest.raises(ValueError, match="along Z"):
         plan(np.zeros((16, 16, 2)), axes="YXZ", depth=2)
+
+
+def test_default_budget_and_patches_follow_the_dimensionality():
+    estimator = tiny(max_epochs=None, patch_size=None)
+    estimator._validate_params()
+    two = make_plan(estimator.get_params(), np.random.default_rng(0).normal(size=(80, 80)))
+    three = make_plan(estimator.set_params(axes="ZYX").get_params(), np.random.default_rng(0).normal(size=(20, 40, 40)))
+    assert (two.max_epochs, two.patch_shape) == (30, (64, 64))
+    assert (three.max_epochs, three.patch_shape) == (6, (16, 32, 32))
