@@ -27,11 +27,14 @@ def _cpu_has_native_bf16():
         return False
 
 
-def resolve_precision(precision, device):
-    """The precision ``"32"``, ``"bf16"`` or ``"16-mixed"`` to compute in on ``device``.
+def resolve_precision(precision, device, ndim=2):
+    """The precision ``"32"``, ``"bf16"`` or ``"16-mixed"`` to compute in on ``device``
+    for a network of ``ndim`` spatial dimensions.
 
-    ``"auto"``: float16 autocast with a gradient scaler on CUDA, bfloat16 on CPUs
-    with native bfloat16 support, float32 elsewhere (Apple MPS, other CPUs).
+    ``"auto"``: float16 autocast with a gradient scaler on CUDA, bfloat16 for 2D
+    networks on CPUs with native bfloat16 support, float32 elsewhere (Apple MPS,
+    other CPUs, and 3D on a CPU, where bfloat16 training of the dev volume turned
+    the loss NaN within two epochs with torch 2.13).
     ``"16-mixed"`` needs CUDA; ``"bf16"`` runs anywhere (emulated on CPUs without
     native support, so slower there).
     """
@@ -39,7 +42,7 @@ def resolve_precision(precision, device):
     if precision == "auto":
         if device.type == "cuda":
             return "16-mixed"
-        if device.type == "cpu" and _cpu_has_native_bf16():
+        if device.type == "cpu" and ndim == 2 and _cpu_has_native_bf16():
             return "bf16"
         return "32"
     if precision == "16-mixed" and device.type != "cuda":

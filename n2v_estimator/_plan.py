@@ -158,7 +158,7 @@ def make_plan(params, X, previous=None):
     images = read_images(X, params["axes"], params["image_shape"])
     ndim = spatial_ndim(images.axes)
     device = resolve_device(params["device"])
-    precision = resolve_precision(params["precision"], device)
+    precision = resolve_precision(params["precision"], device, ndim)
     network = network_description(ndim, images.canonical.shape[1], params)
     if previous is not None and previous.network != network:
         raise ValueError(

@@ -122,7 +122,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
     precision : {"auto", "32", "bf16", "16-mixed"}, default="auto"
         Arithmetic of the network (weights, loss and normalisation stay
         float32). ``"auto"``: ``"16-mixed"`` (float16 with gradient scaling) on
-        CUDA, ``"bf16"`` on CPUs with native bfloat16, else ``"32"``.
+        CUDA, ``"bf16"`` in 2D on CPUs with native bfloat16, else ``"32"``.
     verbose : bool or "auto", default="auto"
         Progress bars for training and prediction: ``"auto"`` once a call has
         run 5 seconds (quiet for short calls and inside searches and
@@ -369,7 +369,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             prepare=lambda batch: normalize(batch, self.mean_, self.std_),
             finish=lambda batch: denormalize(batch, self.mean_, self.std_, dtype=dtype),
             dtype=dtype,
-            precision=resolve_precision(self.precision, device),
+            precision=resolve_precision(self.precision, device, network["ndim"]),
         )
         check_finite_output(out)
         return out

@@ -105,6 +105,7 @@ def test_a_bfloat16_fit_keeps_float32_weights_and_statistics_and_denoises_like_f
 def test_auto_precision_follows_the_device_and_the_cpu(monkeypatch):
     monkeypatch.setattr(_compute, "_cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision("auto", "cpu", ndim=3) == "32"  # bfloat16 3D training went NaN
     monkeypatch.setattr(_compute, "_cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") == "32"
     assert resolve_precision("auto", "cuda") == "16-mixed"
