@@ -86,3 +86,12 @@ def prefers_channels_last(model, precision):
     """Whether ``model`` runs faster channels-last in ``precision``: everywhere
     measured but grouped (independent-channel) convolutions in bfloat16."""
     return not (precision == "bf16" and getattr(model, "groups", 1) > 1)
+
+
+def fastest_layout(model, precision):
+    """Put ``model`` in its faster memory layout for ``precision`` and return the
+    function that puts its input batches in the same layout."""
+    if not prefers_channels_last(model, precision):
+        return lambda x: x
+    channels_last(model)
+    return channels_last

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 from ._axes import per_axis
-from ._compute import autocast, channels_last, prefers_channels_last
+from ._compute import autocast, fastest_layout
 from ._progress import progress_bar
 
 
@@ -208,8 +208,7 @@ def predict_tiled(
     transforms = augmentations(ndim) if tta else None
     output = np.empty(images.shape, dtype=dtype)
     model.eval()
-    layout = channels_last if prefers_channels_last(model, precision) else (lambda x: x)
-    layout(model)
+    layout = fastest_layout(model, precision)
     batches = []
     for _, group in itertools.groupby(tiles, key=_shape_of_tile):
         group = list(group)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._compute import autocast, channels_last, grad_scaler, prefers_channels_last
+from ._compute import autocast, fastest_layout, grad_scaler
 from ._masking import masked_mse
 from ._progress import progress_bar
 
@@ -169,8 +169,7 @@ def train(
     total_steps = max_epochs * steps_per_epoch
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
-    layout = channels_last if prefers_channels_last(model, precision) else (lambda x: x)
-    layout(model)
+    layout = fastest_layout(model, precision)
     scaler = grad_scaler(device, precision)
     patch_generator = torch.Generator().manual_seed(seed)
     mask_generator = torch.Generator(device=device).manual_seed(seed + 1)
