@@ -3,7 +3,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, psnr, tiny
+from conftest import psnr, tiny
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
