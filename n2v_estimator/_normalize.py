@@ -20,7 +20,7 @@ def output_dtype(dtype):
 def check_representable(images, mean, std, name="X"):
     """Refuse ``images`` whose normalised values float32 cannot hold (they would
     become infinite inside the network), naming how far out they are."""
-    flat = np.moveaxis(images, 1, 0).reshape(images.shape[1], -1)
+    flat = _by_channel(images)
     low, high = flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
     with np.errstate(over="ignore"):
         reach = np.maximum(np.abs(low - mean), np.abs(high - mean)) / std
@@ -54,7 +54,7 @@ def channel_stats(images):
         A channel with zero spread gets ``std = 1`` so that normalising it
         does not divide by zero.
     """
-    moved = np.moveaxis(images, 1, 0).reshape(images.shape[1], -1)
+    moved = _by_channel(images)
     with np.errstate(over="ignore"):
         mean = moved.mean(axis=1, dtype=np.float64)
         std = moved.std(axis=1, dtype=np.float64)
@@ -67,6 +67,11 @@ def channel_stats(images):
         mean, std = scaled.mean(axis=1) * scale, scaled.std(axis=1) * scale
     std = np.where(std > 0, std, 1.0)
     return mean, std
+
+
+def _by_channel(images):
+    """``(S, C, *spatial)`` images as ``(C, S * prod(spatial))``, channel by channel."""
+    return np.moveaxis(images, 1, 0).reshape(images.shape[1], -1)
 
 
 def _broadcast(stats, ndim):

@@ -168,7 +168,6 @@ def write_model(path, tensors, document):
 # A JSON string, or an unterminated one running to the end; possessive, so that no
 # input makes the scan backtrack (quadratic time on a crafted header).
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\Z)', re.S)
-_BYTES_PER_ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 _TORCH_DTYPES = {name: dtype for dtype, name in _DTYPES.items()}
 
 
@@ -281,7 +280,7 @@ class ModelFile:
                 count *= side
             if not (type(begin) is type(end) is int and 0 <= begin <= end <= self._data_size):
                 raise ValueError(f"data offsets {begin}, {end} outside the {self._data_size} bytes of data")
-            if end - begin != count * _BYTES_PER_ELEMENT[dtype]:
+            if end - begin != count * _TORCH_DTYPES[dtype].itemsize:
                 raise ValueError(f"{end - begin} bytes for {count} {dtype} values")
         except (TypeError, KeyError, ValueError) as exc:
             raise ModelFileError(f"{self.path}: tensor {name!r} is malformed ({exc}).") from exc

@@ -176,8 +176,11 @@ def make_plan(params, X, previous=None):
     tile_geometry(params["tile_size"], params["tile_overlap"], ndim, network["depth"], network["kernel_size"])
     requested = requested_patch_shape(params["patch_size"], ndim)
 
-    mean, std = (previous.mean, previous.std) if previous is not None else channel_stats(images.canonical)
-    check_representable(images.canonical, mean, std)
+    if previous is not None:
+        mean, std = previous.mean, previous.std
+        check_representable(images.canonical, mean, std)  # statistics of this data always can
+    else:
+        mean, std = channel_stats(images.canonical)
     train_images, validation_images = split_validation(
         normalize(images.canonical, mean, std), params["validation_fraction"]
     )
