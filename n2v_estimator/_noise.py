@@ -1,0 +1,247 @@
+"""Noise models for probabilistic Noise2Void, fitted without clean data.
+
+A :class:`NoiseModel` gives the variance of the noise at a pixel as a function
+of its clean signal, for a network that works in normalised units (per-channel
+``(value - mean) / std``). Its parameters are stored in input units, as logs
+(so they stay positive and a step changes them by a ratio, whatever the scale
+of the data):
+
+- ``"gaussian"``: variance ``sigma**2``, one ``sigma`` per channel;
+- ``"poisson_gaussian"``: variance ``a * signal + b`` per channel, with
+  ``a, b >= 0`` (``a``: the gain, input units per photon; ``b``: the read-noise
+  variance), the signal clipped at 0.
+
+The network and its noise model are fitted together by maximising the
+likelihood of every blind spot's noisy value ``x`` under
+``N(mu, tau**2 + noise_variance(mu))``, where ``mu`` and ``tau`` are the
+network's prior mean and standard deviation of the clean signal at that pixel,
+predicted from its surroundings alone (see :func:`blind_spot_nll`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+NOISE_MODELS = ("gaussian", "poisson_gaussian")
+# Smallest prior standard deviation the network may predict (normalised units):
+# keeps the likelihood finite where the signal is perfectly predictable.
+TAU_FLOOR = 1e-3
+# Learning rate of the noise parameters relative to the network's. The robust first
+# estimate is within a few percent; at the full rate the noise drifted up by 5-7%
+# in short runs, taking up the variance of edges that the network's tau had not
+# learned yet (camera crop, 200 steps: sigma 27.1-27.4 instead of 25; at a tenth, 25.9).
+NOISE_LEARNING_RATE = 0.1
+# A fresh network's prior standard deviation starts at this fraction of the noise's:
+# blind-spot priors are typically several times surer than a single noisy pixel.
+PRIOR_SCALE_START = 0.25
+# Standard deviations per median absolute deviation, for Gaussian data.
+_MAD_TO_STD = 1.4826
+
+
+def noise_kind(noise_model):
+    """The network's noise model for the estimator's ``noise_model`` parameter:
+    ``None``, ``"gaussian"`` (also for a known sigma, a number) or ``"poisson_gaussian"``."""
+    if noise_model is None or isinstance(noise_model, str):
+        return noise_model
+    return "gaussian"
+
+
+class NoiseModel(nn.Module):
+    """Per-channel noise variance as a function of the signal.
+
+    Parameters
+    ----------
+    kind : {"gaussian", "poisson_gaussian"}
+    n_channels : int
+
+    Notes
+    -----
+    The normalisation statistics (``mean``, ``std``, input units) are buffers,
+    saved with the parameters: :meth:`variance` takes and returns normalised
+    units, :meth:`parameters_in_input_units` reports input units. Set them and
+    the initial parameters with :meth:`initialise`.
+    """
+
+    def __init__(self, kind, n_channels):
+        super().__init__()
+        if kind not in NOISE_MODELS:
+            raise ValueError(f"noise model {kind!r} is unknown; use one of {NOISE_MODELS}.")
+        self.kind = kind
+        self.register_buffer("mean", torch.zeros(n_channels))
+        self.register_buffer("std", torch.ones(n_channels))
+        names = ("log_sigma",) if kind == "gaussian" else ("log_a", "log_b")
+        for name in names:
+            self.register_parameter(name, nn.Parameter(torch.zeros(n_channels)))
+        self._names = names
+
+    def initialise(self, mean, std, values, learn=True):
+        """Set the normalisation statistics and the parameters.
+
+        Parameters
+        ----------
+        mean, std : array-like of shape (n_channels,)
+            The data's normalisation, input units.
+        values : dict
+            ``{"sigma": ...}`` or ``{"a": ..., "b": ...}``, input units, > 0.
+        learn : bool
+            Whether training fits the parameters (``False`` for a known sigma).
+        """
+        with torch.no_grad():
+            self.mean.copy_(torch.as_tensor(np.asarray(mean, dtype=np.float64)))
+            self.std.copy_(torch.as_tensor(np.asarray(std, dtype=np.float64)))
+            for name in self._names:
+                value = np.asarray(values[name[4:]], dtype=np.float64)
+                getattr(self, name).copy_(torch.as_tensor(np.log(value)))
+                getattr(self, name).requires_grad_(learn)
+        return self
+
+    def _per_channel(self, name, ndim):
+        return getattr(self, name).exp().reshape((1, -1) + (1,) * (ndim - 2))
+
+    def variance(self, signal):
+        """Noise variance, normalised units, of pixels whose normalised clean
+        signal is ``signal`` (a ``(B, C, *spatial)`` tensor)."""
+        std = self.std.reshape((1, -1) + (1,) * (signal.ndim - 2))
+        if self.kind == "gaussian":
+            return (self._per_channel("log_sigma", signal.ndim) / std) ** 2
+        mean = self.mean.reshape(std.shape)
+        photons = torch.relu(signal * std + mean)
+        a, b = self._per_channel("log_a", signal.ndim), self._per_channel("log_b", signal.ndim)
+        return (a * photons + b) / std**2
+
+    def typical_std(self):
+        """Noise standard deviation at each channel's mean signal, normalised units, (C,) tensor."""
+        return self.variance(torch.zeros(1, len(self.mean))).sqrt()[0].detach()
+
+    def parameters_in_input_units(self):
+        """``{"sigma": ndarray}`` or ``{"a": ndarray, "b": ndarray}``, float64, input units."""
+        return {name[4:]: getattr(self, name).detach().double().exp().cpu().numpy() for name in self._names}
+
+
+def blind_spot_nll(prediction, x, mask, noise):
+    """Negative log-likelihood of the blind spots' noisy values (per blind spot,
+    the constant ``log(2 pi) / 2`` left out).
+
+    Parameters
+    ----------
+    prediction : tensor of shape (B, 2C, *spatial)
+        The network's prior mean ``mu`` (first ``C`` channels) and standard
+        deviation ``tau`` (last ``C``) of the clean signal, normalised units.
+    x : tensor of shape (B, C, *spatial)
+        The noisy patches, normalised, before masking.
+    mask : bool tensor of x's shape
+        The blind spots.
+    noise : NoiseModel
+
+    Returns
+    -------
+    tensor
+        The mean over the blind spots of
+        ``(log(v) + (x - mu)**2 / v) / 2`` with ``v = tau**2 + noise.variance(mu)``.
+
+    Notes
+    -----
+    The likelihood sees only the sum ``tau**2 + noise.variance(mu)``. The
+    split follows from their form: ``tau`` changes from pixel to pixel with
+    what the context tells, the noise model is one curve for the whole image,
+    so the noise model takes the variance every pixel shares. Its first values
+    must be close (:func:`estimate_noise`), and so must ``tau``'s (see
+    :meth:`._unet.UNet.initialise_prior_scale`): starting ``tau`` at
+    softplus(0) = 0.69 let it absorb noise for a whole 600-step run (sigma
+    23.3 instead of 25 on camera, posterior 27.7 dB instead of 28.6).
+    """
+    mu, tau = prediction.chunk(2, dim=1)
+    total = tau.square() + noise.variance(mu)
+    nll = 0.5 * (torch.log(total) + (x - mu).square() / total)
+    return nll[mask].mean()
+
+
+def posterior(prior, x, noise):
+    """The posterior mean and standard deviation of the clean signal.
+
+    With the prior ``N(mu, tau**2)`` and a noisy observation
+    ``x ~ N(signal, v)``, ``v`` the noise variance evaluated at ``mu``, Bayes'
+    rule gives the mean ``(v * mu + tau**2 * x) / (tau**2 + v)`` and the
+    variance ``tau**2 * v / (tau**2 + v)``.
+
+    Parameters
+    ----------
+    prior : tensor of shape (S, 2C, *spatial)
+        ``mu`` and ``tau`` (as in :func:`blind_spot_nll`), normalised units.
+    x : tensor of shape (S, C, *spatial)
+        The noisy images, normalised.
+    noise : NoiseModel
+
+    Returns
+    -------
+    mean, std : tensors of x's shape, normalised units
+    """
+    mu, tau = prior.chunk(2, dim=1)
+    prior_variance = tau.square()
+    noise_variance = noise.variance(mu)
+    total = prior_variance + noise_variance
+    mean = (noise_variance * mu + prior_variance * x) / total
+    return mean, torch.sqrt(prior_variance * noise_variance / total)
+
+
+def estimate_noise(images, kind, n_bins=16):
+    """A robust first estimate of the noise parameters of each channel, input units.
+
+    The residual of the separable filter ``[1, -2, 1]`` along every spatial
+    axis (Immerkær 1996) cancels a locally linear signal and keeps
+    ``6**ndim`` times the noise variance; its median absolute deviation
+    ignores the edges where the signal leaks in. For ``"poisson_gaussian"``
+    the pixels are binned by the mean of their ``3**ndim`` neighbourhood, and a
+    line ``a * mean + b`` is fitted to the bins' robust variances.
+
+    Parameters
+    ----------
+    images : ndarray of shape (S, C, *spatial)
+        Input units. Axes shorter than 3 pixels are left out of the filter.
+    kind : {"gaussian", "poisson_gaussian"}
+
+    Returns
+    -------
+    dict
+        ``{"sigma": (C,)}`` or ``{"a": (C,), "b": (C,)}``, float64, all > 0.
+    """
+    residual = local = images.astype(np.float64)
+    factor = 1.0
+    for axis in range(2, images.ndim):
+        if images.shape[axis] < 3:
+            continue
+        n = images.shape[axis]
+        lower, centre, upper = (residual.take(np.arange(k, n - 2 + k), axis=axis) for k in range(3))
+        residual = lower - 2 * centre + upper
+        local = sum(local.take(np.arange(k, n - 2 + k), axis=axis) for k in range(3)) / 3
+        factor *= 6.0
+    residual = np.moveaxis(residual, 1, 0).reshape(images.shape[1], -1)
+    local = np.moveaxis(local, 1, 0).reshape(images.shape[1], -1)
+    spread = np.maximum(np.std(images.astype(np.float64), axis=tuple(i for i in range(images.ndim) if i != 1)), 1e-12)
+
+    def robust_variance(r):
+        return (_MAD_TO_STD * np.median(np.abs(r - np.median(r)))) ** 2 / factor
+
+    if kind == "gaussian":
+        sigma = np.sqrt([robust_variance(r) for r in residual])
+        return {"sigma": np.maximum(sigma, 1e-3 * spread)}
+    a, b = [], []
+    for r, m, s in zip(residual, local, spread):
+        edges = np.quantile(m, np.linspace(0, 1, n_bins + 1))
+        which = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, n_bins - 1)
+        centres, variances = [], []
+        for k in range(n_bins):
+            chosen = which == k
+            if chosen.sum() >= 16:
+                centres.append(np.median(m[chosen]))
+                variances.append(robust_variance(r[chosen]))
+        if len(centres) >= 2 and np.ptp(centres) > 0:
+            slope, intercept = np.polyfit(centres, variances, 1)
+        else:
+            slope, intercept = 0.0, float(np.mean(variances)) if variances else s**2
+        overall = max(float(np.median(variances)) if variances else s**2, 1e-6 * s**2)
+        a.append(max(slope, 1e-3 * overall / max(abs(float(np.median(m))), s)))
+        b.append(max(intercept, 1e-3 * overall))
+    return {"a": np.array(a), "b": np.array(b)}
