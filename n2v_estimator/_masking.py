@@ -27,6 +27,24 @@ MANIPULATORS = (
     "identity",
 )
 
+# Manipulators that show the network the value of the pixel it predicts (controls):
+# a prior that is combined with that value by Bayes' rule must not have seen it.
+REVEALING_MANIPULATORS = ("identity", "normal_additive")
+
+
+def hiding_manipulator(manipulator):
+    """The manipulator that gives a blind spot a value which never is its own:
+    ``"uniform_withCP"`` (which sometimes keeps the centre) becomes
+    ``"uniform_withoutCP"``; the others hide it already. Probabilistic N2V trains
+    and predicts its prior with it, since the prior is combined with that value.
+
+    Raises ``ValueError`` for :data:`REVEALING_MANIPULATORS`.
+    """
+    if manipulator in REVEALING_MANIPULATORS:
+        raise ValueError(f"manipulator={manipulator!r} shows the network the value of the pixel it predicts.")
+    return "uniform_withoutCP" if manipulator == "uniform_withCP" else manipulator
+
+
 # Manipulators that copy one neighbour's value, and whether the centre may be that neighbour.
 _NEIGHBOUR_SAMPLERS = {"uniform_withCP": True, "uniform_withoutCP": False, "normal_withoutCP": False}
 # Manipulators that cannot work without at least one neighbour besides the centre.
@@ -260,14 +278,19 @@ class BlindSpotMasker:
         x_masked : Tensor, same shape as ``x``
         mask : bool Tensor, same shape as ``x``
         """
-        self._move_constants(x.device)
         mask = self.choose(x.shape, generator)
+        return self.apply(x, mask, generator), mask
+
+    def apply(self, x, mask, generator):
+        """``x`` with the blind spots ``mask`` (a bool tensor of ``x``'s shape)
+        replaced, as :meth:`__call__` does with the spots it chooses."""
+        self._move_constants(x.device)
         spots = mask.nonzero()  # (N, 2 + ndim): sample, channel, spatial coordinates
         x_masked = x.clone()
         if len(self.struct_offsets):
             self._scramble_struct(x, x_masked, mask, spots, generator)
         x_masked[mask] = self._replacement(x, spots, generator)
-        return x_masked, mask
+        return x_masked
 
     def _move_constants(self, device):
         """Keep the offsets and sampling weights on ``device``: moved once, not every batch."""

@@ -342,7 +342,7 @@ def decode_document(document, param_names, source):
     fitted : dict
         ``network`` (the description, unchecked), ``mean`` and ``std``
         (float64 arrays of ``n_channels``), ``patch_shape`` (tuple),
-        ``history`` (list) and ``n_features_in`` (int or None).
+        ``history`` (list) and ``n_features`` (``n_features_in_``: int or None).
 
     Raises
     ------
@@ -384,7 +384,7 @@ def decode_document(document, param_names, source):
             "std": std,
             "patch_shape": tuple(patch_shape),
             "history": history,
-            "n_features_in": int(saved["n_features_in"]) if "n_features_in" in saved else None,
+            "n_features": int(saved["n_features_in"]) if "n_features_in" in saved else None,
         }
         if (n_channels, spatial_ndim) != (
             saved["network"].get("in_channels"),
@@ -449,3 +449,10 @@ def unet_with_weights(description, weights):
     model = build_unet(description)
     model.load_state_dict(weights)
     return model.eval()
+
+
+def portable_network(model):
+    """``{"description", "weights"}`` of ``model``, its weights as CPU tensors:
+    what a pickle holds (one made on a GPU loads on a CPU-only machine) and
+    what ``warm_start`` continues from."""
+    return {"description": model.description, "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()}}

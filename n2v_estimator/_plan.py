@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from sklearn.utils import check_random_state
@@ -18,7 +19,8 @@ from sklearn.utils import check_random_state
 from ._axes import read_images, spatial_ndim
 from ._compute import resolve_precision
 from ._devices import resolve_device
-from ._masking import BlindSpotMasker, resolve_struct_mask
+from ._masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
+from ._noise import PRIOR_SCALE_START, blind_spot_nll, estimate_noise, noise_kind
 from ._normalize import channel_stats, check_representable, normalize
 from ._patches import PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
 from ._tiling import tile_geometry
@@ -72,6 +74,11 @@ class FitPlan:
         For the initial weights, the training draws and the validation set.
     batch_size, max_epochs, steps_per_epoch : int
     learning_rate : float
+    noise : dict or None
+        Probabilistic N2V: the initial noise parameters (input units; unused
+        under ``warm_start``, which continues from the previous ones).
+    learn_noise : bool
+        Whether training fits the noise parameters (not for a known sigma).
     """
 
     network: dict
@@ -91,6 +98,8 @@ class FitPlan:
     max_epochs: int
     steps_per_epoch: int
     learning_rate: float
+    noise: dict | None = None
+    learn_noise: bool = True
 
     @property
     def continuing(self):
@@ -101,6 +110,11 @@ class FitPlan:
         model = build_unet(self.network, seed=self.seeds[0])
         if self.initial_weights is not None:
             model.load_state_dict(self.initial_weights)
+        elif model.noise is not None:
+            model.noise.initialise(self.mean, self.std, self.noise)
+            model.initialise_prior_scale(PRIOR_SCALE_START * model.noise.typical_std())
+        if model.noise is not None:
+            model.noise.requires_grad_(self.learn_noise)
         return model.to(self.device)
 
     def run(self, verbose=False):
@@ -129,8 +143,21 @@ class FitPlan:
             seed=self.seeds[1],
             precision=self.precision,
             verbose=verbose,
+            **self._objective(model),
         )
         return model, result
+
+    @staticmethod
+    def _objective(model):
+        """The loss, and the history's extra fields, of plain or probabilistic N2V."""
+        if model.noise is None:
+            return {}  # the mean squared error
+        noise = model.noise
+
+        def record():
+            return {f"noise_{k}": v.tolist() for k, v in noise.parameters_in_input_units().items()}
+
+        return {"loss": partial(blind_spot_nll, noise=noise), "record": record}
 
 
 def make_plan(params, X, previous=None):
@@ -159,7 +186,22 @@ def make_plan(params, X, previous=None):
     ndim = spatial_ndim(images.axes)
     device = resolve_device(params["device"])
     precision = resolve_precision(params["precision"], device, ndim)
-    network = network_description(ndim, images.canonical.shape[1], params)
+    kind = noise_kind(params["noise_model"])
+    if kind is not None and params["struct_mask"] is not None:
+        raise ValueError(
+            f"noise_model={params['noise_model']!r} assumes noise independent from pixel to pixel, and "
+            "struct_mask is for noise correlated along a line; set noise_model=None for structN2V."
+        )
+    manipulator = params["manipulator"]
+    if kind is not None:
+        try:  # the prior is combined with each pixel's own value: it must never see it
+            manipulator = hiding_manipulator(manipulator)
+        except ValueError as exc:
+            raise ValueError(
+                f"noise_model={params['noise_model']!r} combines a prior with each pixel's own value, and {exc} "
+                "Use 'uniform_withCP' (the default) or another manipulator that hides it."
+            ) from None
+    network = network_description(ndim, images.canonical.shape[1], params, kind)
     if previous is not None and previous.network != network:
         raise ValueError(
             "warm_start=True needs the same network and data layout as the previous fit: "
@@ -168,7 +210,7 @@ def make_plan(params, X, previous=None):
     masker = BlindSpotMasker(
         ndim,
         params["masked_pixel_percentage"],
-        params["manipulator"],
+        manipulator,
         params["neighborhood_radius"],
         resolve_struct_mask(params["struct_mask"], ndim),
     )
@@ -194,6 +236,10 @@ def make_plan(params, X, previous=None):
         validation_shape = fit_patch_shape(patch_shape, [im.shape[1:] for im in validation_images])
         masker.check_patch(validation_shape)
     # Drawn last, so that a refused fit leaves a user's RandomState untouched.
+    noise = None
+    if kind is not None and previous is None:
+        known = params["noise_model"]
+        noise = estimate_noise(images.canonical, kind) if kind == known else {"sigma": np.full(len(mean), float(known))}
     seeds = check_random_state(params["random_state"]).randint(0, 2**31 - 1, size=3)
     if previous is not None:
         # Continued training draws new patches and blind spots, not a replay.
@@ -216,6 +262,8 @@ def make_plan(params, X, previous=None):
         max_epochs=int(params["max_epochs"] or DEFAULT_EPOCHS[ndim]),
         steps_per_epoch=int(params["steps_per_epoch"]),
         learning_rate=float(params["learning_rate"]),
+        noise=noise,
+        learn_noise=isinstance(params["noise_model"], str),
     )
 
 

@@ -157,6 +157,7 @@ def predict_tiled(
     finish=None,
     dtype=np.float32,
     precision="32",
+    out_channels=None,
 ):
     """Apply ``model`` to every image in tiles.
 
@@ -190,10 +191,13 @@ def predict_tiled(
         Of the returned array.
     precision : {"32", "bf16", "16-mixed"}
         Autocast precision of the network; its output is taken back to float32.
+    out_channels : int, optional
+        Channels of the network's output, if not ``C`` (a probabilistic
+        network's prior mean and scale: ``2C``).
 
     Returns
     -------
-    ndarray of shape (S, C, *spatial)
+    ndarray of shape (S, out_channels or C, *spatial)
         Only this array and one batch of tiles are held in memory: tiles are
         prepared and finished one batch at a time.
     """
@@ -206,7 +210,7 @@ def predict_tiled(
     # Tiles of one shape are batched together; only the last along an axis may be shorter.
     tiles.sort(key=_shape_of_tile)
     transforms = augmentations(ndim) if tta else None
-    output = np.empty(images.shape, dtype=dtype)
+    output = np.empty((n_samples, out_channels or images.shape[1], *spatial), dtype=dtype)
     model.eval()
     layout = fastest_layout(model, precision)
     batches = []

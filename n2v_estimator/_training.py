@@ -12,6 +12,7 @@ import torch
 
 from ._compute import autocast, fastest_layout, grad_scaler
 from ._masking import masked_mse
+from ._noise import NOISE_LEARNING_RATE
 from ._progress import progress_bar
 
 
@@ -100,7 +101,19 @@ def make_validation_set(sampler, masker, n_patches, batch_size, device, seed):
     return batches
 
 
-def _validation_loss(model, batches, precision="32"):
+def _parameter_groups(model, learning_rate):
+    """The trained parameters: the network's at ``learning_rate``, a noise
+    model's (probabilistic N2V) at :data:`._noise.NOISE_LEARNING_RATE` times it."""
+    noise = getattr(model, "noise", None)
+    own = {id(p) for p in noise.parameters()} if noise is not None else set()
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in own]}]
+    learned = [p for p in noise.parameters() if p.requires_grad] if noise is not None else []
+    if learned:
+        groups.append({"params": learned, "lr": learning_rate * NOISE_LEARNING_RATE})
+    return groups
+
+
+def _validation_loss(model, batches, precision, loss):
     model.eval()
     total, count = 0.0, 0
     with torch.inference_mode():
@@ -108,7 +121,7 @@ def _validation_loss(model, batches, precision="32"):
             n = int(mask.sum())
             with autocast(x.device, precision):
                 prediction = model(x_masked)
-            total += float(masked_mse(prediction.float(), x, mask)) * n
+            total += float(loss(prediction.float(), x, mask)) * n
             count += n
     model.train()
     return total / count
@@ -128,6 +141,8 @@ def train(
     seed,
     precision="32",
     verbose=False,
+    loss=None,
+    record=None,
 ):
     """Train ``model`` in place with Noise2Void.
 
@@ -150,6 +165,13 @@ def train(
         taken in float32, and ``"16-mixed"`` scales the gradients.
     verbose : bool or "auto"
         Show a progress bar (``"auto"``: once a few seconds have passed).
+    loss : callable, optional
+        ``loss(prediction, x, mask)``, the loss on the blind spots ``mask`` of
+        the network's float32 ``prediction`` for the unmasked ``x``; the same
+        for validation. ``None``: the mean squared error (plain Noise2Void).
+    record : callable, optional
+        Returns a dict added to each epoch's history record (e.g. the fitted
+        noise parameters).
 
     Returns
     -------
@@ -167,7 +189,8 @@ def train(
     Any other exception propagates, and the model's weights are then undefined.
     """
     total_steps = max_epochs * steps_per_epoch
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    loss = masked_mse if loss is None else loss
+    optimizer = torch.optim.Adam(_parameter_groups(model, learning_rate), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
     layout = fastest_layout(model, precision)
     scaler = grad_scaler(device, precision)
@@ -194,12 +217,12 @@ def train(
                 x_masked, mask = masker(x, mask_generator)
                 with autocast(device, precision):
                     prediction = model(x_masked)
-                loss = masked_mse(prediction.float(), x, mask)
-                value = loss.item()  # the step's one wait for the device
+                step_loss = loss(prediction.float(), x, mask)
+                value = step_loss.item()  # the step's one wait for the device
                 if not math.isfinite(value):
                     raise NonFiniteLossError(f"The training loss became non-finite ({value}) in epoch {epoch + 1}.")
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(step_loss).backward()
                 step_lr = optimizer.param_groups[0]["lr"]
                 scaler.step(optimizer)
                 scaler.update()
@@ -211,7 +234,7 @@ def train(
             if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
                 raise NonFiniteLossError(f"The weights became non-finite in epoch {epoch + 1}.")
             last_good_state = state
-            val_loss = _validation_loss(model, validation, precision) if validation else None
+            val_loss = _validation_loss(model, validation, precision, loss) if validation else None
             history.append(
                 {
                     "epoch": epoch + 1,
@@ -219,6 +242,7 @@ def train(
                     "val_loss": val_loss,
                     "learning_rate": step_lr,
                     "seconds": time.perf_counter() - start,
+                    **(record() if record is not None else {}),
                 }
             )
             if val_loss is not None and val_loss < best_loss:

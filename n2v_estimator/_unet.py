@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from sklearn.utils._param_validation import Interval, validate_parameter_constraints
 from torch import nn
 
+from ._noise import NOISE_MODELS, TAU_FLOOR, NoiseModel
+
 # What each of the network's settings may be. The estimator declares these as its
 # parameter constraints and a model file's network description is checked against
 # them: one statement of what is allowed.
@@ -33,24 +35,33 @@ ARCHITECTURE_CONSTRAINTS = {
 # The network description is a schema of its own, versioned apart from the
 # constructor's signature: a new constructor argument gets a default for older
 # descriptions, so that every saved model keeps loading. Schema 1 is also what
-# the package's first model files hold (without the "schema" key).
-DESCRIPTION_SCHEMA = 1
+# the package's first model files hold (without the "schema" key); schema 2
+# added the noise model (schema 1 networks have none).
+DESCRIPTION_SCHEMA = 2
+_DEFAULTS_SINCE = {2: {"noise_model": None}}
 # The fields the data decides, beside the architecture the parameters decide.
 _DATA_CONSTRAINTS = {
     "ndim": [Interval(Integral, 2, 3, closed="both")],
     "in_channels": [Interval(Integral, 1, None, closed="left")],
 }
-_FIELDS = tuple(_DATA_CONSTRAINTS) + tuple(ARCHITECTURE_CONSTRAINTS)
+_FIELDS = tuple(_DATA_CONSTRAINTS) + tuple(ARCHITECTURE_CONSTRAINTS) + ("noise_model",)
 
 
-def network_description(ndim, in_channels, settings):
+def network_description(ndim, in_channels, settings, noise_model=None):
     """The description of the network for ``ndim``-D data with ``in_channels``
     channels and the architecture ``settings`` (a mapping holding at least the
     keys of :data:`ARCHITECTURE_CONSTRAINTS`, e.g. the estimator's parameters).
+    ``noise_model`` (``None`` or one of :data:`._noise.NOISE_MODELS`) makes the
+    network probabilistic: it predicts a prior mean and standard deviation.
 
     Raises ``ValueError`` for settings a network cannot have.
     """
-    description = {"schema": DESCRIPTION_SCHEMA, "ndim": int(ndim), "in_channels": int(in_channels)}
+    description = {
+        "schema": DESCRIPTION_SCHEMA,
+        "ndim": int(ndim),
+        "in_channels": int(in_channels),
+        "noise_model": noise_model,
+    }
     for key, constraint in ARCHITECTURE_CONSTRAINTS.items():
         value = settings[key]
         # Parameters are validated already; numpy ints and bools from a grid become plain ones.
@@ -68,18 +79,31 @@ def check_description(description):
         raise ValueError(f"a network description is a mapping, got {type(description).__name__}.")
     description = dict(description)
     schema = description.pop("schema", 1)
-    if type(schema) is not int or schema != DESCRIPTION_SCHEMA:
-        raise ValueError(f"network description schema {schema!r} is unknown; this version reads {DESCRIPTION_SCHEMA}.")
+    if type(schema) is not int or not 1 <= schema <= DESCRIPTION_SCHEMA:
+        raise ValueError(
+            f"network description schema {schema!r} is unknown; this version reads 1 to {DESCRIPTION_SCHEMA}."
+        )
+    for since in range(schema + 1, DESCRIPTION_SCHEMA + 1):
+        for key, default in _DEFAULTS_SINCE[since].items():
+            if key in description:
+                raise ValueError(f"a schema {schema} network description has no field {key!r}.")
+            description[key] = default
     if set(description) != set(_FIELDS):
         raise ValueError(
             f"the network description has the fields {sorted(description)}, a U-Net's are {sorted(_FIELDS)}."
         )
-    for key in _FIELDS:
+    if description["noise_model"] not in (None, *NOISE_MODELS):
+        raise ValueError(
+            f"network noise model {description['noise_model']!r} is unknown; use None or one of {NOISE_MODELS}."
+        )
+    for key in _FIELDS[:-1]:
         value = description[key]
         wanted = bool if ARCHITECTURE_CONSTRAINTS.get(key) == ["boolean"] else int
         if type(value) is not wanted:
             raise ValueError(f"network setting {key}={value!r} is not {'a bool' if wanted is bool else 'an int'}.")
-    validate_parameter_constraints({**_DATA_CONSTRAINTS, **ARCHITECTURE_CONSTRAINTS}, description, caller_name="the U-Net")
+    validate_parameter_constraints(
+        {**_DATA_CONSTRAINTS, **ARCHITECTURE_CONSTRAINTS, "noise_model": [None, str]}, description, caller_name="the U-Net"
+    )
     if description["kernel_size"] % 2 == 0:
         raise ValueError(f"kernel_size must be odd, got {description['kernel_size']}.")
     return {"schema": DESCRIPTION_SCHEMA, **description}
@@ -219,6 +243,12 @@ class UNet(nn.Module):
         N2V2: drop the skip connection of the top level.
     independent_channels : bool
         One network per channel (grouped convolutions) instead of a joint one.
+    noise_model : {None, "gaussian", "poisson_gaussian"}
+        ``None``: the output is the denoised image, ``(B, C, *spatial)``.
+        Otherwise the network is probabilistic: it outputs ``(B, 2C, *spatial)``,
+        a prior mean ``mu`` of the clean signal (first ``C`` channels) and its
+        standard deviation ``tau`` (softplus plus :data:`._noise.TAU_FLOOR`),
+        and holds its :class:`._noise.NoiseModel` as ``self.noise``.
     """
 
     def __init__(
@@ -233,6 +263,7 @@ class UNet(nn.Module):
         blurpool=False,
         skip_skipone=False,
         independent_channels=False,
+        noise_model=None,
     ):
         arguments = dict(locals())
         super().__init__()
@@ -276,7 +307,19 @@ class UNet(nn.Module):
                     g,
                 )
             )
-        self.head = _conv(ndim)(width[0], in_channels, 1, groups=g)
+        # A probabilistic network's head gives each channel two outputs, side by
+        # side (also within a channel's group): its prior mean and scale.
+        self.outputs = 1 if noise_model is None else 2
+        self.head = _conv(ndim)(width[0], in_channels * self.outputs, 1, groups=g)
+        self.noise = None if noise_model is None else NoiseModel(noise_model, in_channels)
+
+    def initialise_prior_scale(self, tau):
+        """Start a probabilistic network's prior standard deviation at ``tau``
+        (one value per channel, normalised units) instead of softplus(0) = 0.69:
+        the head's bias would otherwise take most of a short run to get there."""
+        tau = torch.as_tensor(tau, dtype=torch.float64).clamp_min(2 * TAU_FLOOR) - TAU_FLOOR
+        with torch.no_grad():
+            self.head.bias[1::2] = (tau + torch.log(-torch.expm1(-tau))).to(self.head.bias)  # softplus⁻¹
 
     def forward(self, x):
         spatial = x.shape[2:]
@@ -297,8 +340,13 @@ class UNet(nn.Module):
             x = block(x)
         x = self.head(x)
         x = x[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
+        if self.outputs == 2:
+            x = x.unflatten(1, (-1, 2))
+            x, scale = x[:, :, 0], x[:, :, 1]
         if self.residual:
             x = x + x_in
+        if self.outputs == 2:
+            x = torch.cat([x, F.softplus(scale.float()).to(x.dtype) + TAU_FLOOR], dim=1)
         return x
 
 

@@ -15,19 +15,20 @@ from ._axes import check_fitted_layout, check_image_array, from_canonical, read_
 from ._compute import PRECISIONS, resolve_precision
 from ._devices import resolve_device
 from ._masking import MANIPULATORS
-from ._normalize import check_finite_output, check_representable, denormalize, normalize, output_dtype
+from ._normalize import check_representable, output_dtype
 from ._persistence import (
     ModelFile,
     ModelFileError,
     decode_document,
     estimator_document,
     network_from_file,
+    portable_network,
     unet_with_weights,
     write_model,
 )
 from ._plan import Previous, make_plan
+from ._predict import denoise
 from ._scoring import j_invariant_mse
-from ._tiling import predict_tiled, tile_geometry, tiles_per_batch
 from ._unet import ARCHITECTURE_CONSTRAINTS
 from ._version import __version__
 
@@ -103,6 +104,14 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         to within 1e-4 with tiles as small as 64.
     tta : bool, default=False
         Average the predictions of the 8 flips and quarter turns (3D: flips).
+    noise_model : None, "gaussian", "poisson_gaussian" or float, default=None
+        Probabilistic Noise2Void: the network predicts a prior (mean and
+        standard deviation) of each pixel's clean signal from its surroundings,
+        a noise model is fitted with it (on the noisy data alone), and
+        ``transform`` combines the prior with the pixel's own noisy value by
+        Bayes' rule (the posterior mean). ``"gaussian"``: one sigma per channel;
+        ``"poisson_gaussian"``: variance ``a * signal + b``; a number: a known
+        Gaussian sigma in input units. ``None``: plain Noise2Void.
     image_shape : tuple of int or None, default=None
         For flattened images, as scikit-learn data often is: ``X`` of shape
         ``(n_samples, prod(image_shape))`` holds one image per row, laid out as
@@ -142,7 +151,13 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         The patch shape used, after fitting it to the images.
     history_ : list of dict
         One record per epoch: ``epoch``, ``train_loss``, ``val_loss``,
-        ``learning_rate``, ``seconds``.
+        ``learning_rate``, ``seconds`` (and the noise parameters, as below).
+        With a ``noise_model`` the losses are the blind spots' negative log-likelihood.
+    noise_sigma_ : ndarray of shape (n_channels,)
+        ``noise_model="gaussian"`` or a number: the noise sigma, input units.
+    noise_a_, noise_b_ : ndarray of shape (n_channels,)
+        ``noise_model="poisson_gaussian"``: the noise variance is
+        ``noise_a_ * signal + noise_b_``, input units.
     n_features_in_ : int
         Values per row of ``X``, only set for 2D ``X`` (flattened images with
         ``image_shape``, or one 2D image, whose rows are then its lines).
@@ -177,6 +192,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         "tile_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
         "tile_overlap": [Interval(Integral, 0, None, closed="left"), tuple, list, None],
         "tta": ["boolean"],
+        "noise_model": [None, StrOptions({"gaussian", "poisson_gaussian"}), Interval(Real, 0, None, closed="neither")],
         "image_shape": [tuple, list, None],
         "warm_start": ["boolean"],
         "n_score_phases": [Interval(Integral, 1, None, closed="left")],
@@ -211,6 +227,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         tile_size=None,
         tile_overlap=None,
         tta=False,
+        noise_model=None,
         image_shape=None,
         warm_start=False,
         n_score_phases=4,
@@ -241,6 +258,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.tta = tta
+        self.noise_model = noise_model
         self.image_shape = image_shape
         self.warm_start = warm_start
         self.n_score_phases = n_score_phases
@@ -293,10 +311,10 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
     def _previous(self):
         """The fitted state a ``warm_start`` fit continues from, or ``None``."""
         if self.warm_start and hasattr(self, "model_"):
-            weights = {k: v.detach().cpu() for k, v in self.model_.state_dict().items()}
-            return Previous(self.model_.description, weights, self.mean_, self.std_, len(self.history_))
+            network = portable_network(self.model_)
+            return Previous(network["description"], network["weights"], self.mean_, self.std_, len(self.history_))
 
-    def _set_fitted(self, model, mean, std, patch_shape, history, n_features):
+    def _set_fitted(self, model, mean, std, patch_shape, history, n_features=None):
         """Set every fitted attribute, in one place (``fit`` and ``load``) and one step."""
         fitted = {
             "model_": model.eval(),
@@ -309,11 +327,14 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         }
         if n_features is not None:
             fitted["n_features_in_"] = n_features
-        state = {k: v for k, v in self.__dict__.items() if k != "n_features_in_"}
+        if model.noise is not None:
+            fitted.update({f"noise_{k}_": v for k, v in model.noise.parameters_in_input_units().items()})
+        stale = ("n_features_in_", "noise_sigma_", "noise_a_", "noise_b_")
+        state = {k: v for k, v in self.__dict__.items() if k not in stale}
         self.__dict__ = {**state, **fitted}
 
     # ------------------------------------------------------------- transform
-    def transform(self, X):
+    def transform(self, X, return_std=False):
         """Denoise images.
 
         Parameters
@@ -321,13 +342,18 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         X : array-like
             Images laid out as ``axes`` says, with the channels seen in ``fit``;
             any spatial size (rows of ``image_shape`` under ``image_shape``).
+        return_std : bool, default=False
+            With a ``noise_model``: also return the posterior standard
+            deviation of every pixel's clean value (an uncertainty map).
 
         Returns
         -------
-        ndarray
+        ndarray, or (ndarray, ndarray) with ``return_std``
             Same shape as ``X``: float64 for float64 input and for integers
             wider than 16 bits (whose signal float32 would lose), else float32.
-            ``X`` itself is never modified.
+            ``X`` itself is never modified. With a ``noise_model``, the
+            posterior mean; its prior is predicted blind (``4**2`` passes of the
+            network in 2D, ``3**3`` in 3D), see the README.
 
         Raises
         ------
@@ -336,8 +362,10 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             the network's float32 arithmetic: never a non-finite output.
         """
         images = self._fitted_images(X)
-        out = self._denoise(images.canonical, output_dtype(images.array.dtype))
-        return np.ascontiguousarray(from_canonical(out, images.axes)).reshape(images.array.shape)
+        out = self._denoise(images.canonical, output_dtype(images.array.dtype), return_std=return_std)
+        out = [np.ascontiguousarray(from_canonical(o, images.axes)).reshape(images.array.shape) for o in (
+            out if return_std else [out])]
+        return tuple(out) if return_std else out[0]
 
     def _fitted_images(self, X):
         """``X`` read as images a fitted denoiser can take."""
@@ -347,32 +375,13 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         check_fitted_layout(images, self.spatial_ndim_, self.n_channels_, expected_row, type(self).__name__)
         return images
 
-    def _denoise(self, images, dtype=np.float32):
+    def _denoise(self, images, dtype=np.float32, return_std=False, prior_only=False):
         """Denoise canonical ``(S, C, *spatial)`` images (original units in and out)."""
         check_representable(images, self.mean_, self.std_)
         device = resolve_device(self.device)
-        model = self.model_.to(device)
-        network = model.description
-        tile_shape, overlap = tile_geometry(
-            self.tile_size, self.tile_overlap, network["ndim"], network["depth"], network["kernel_size"]
-        )
-        out = predict_tiled(
-            model,
-            images,
-            tile_shape,
-            overlap,
-            batch_size=tiles_per_batch(tile_shape, images.shape[2:], self.batch_size * int(np.prod(self.patch_shape_))),
-            device=device,
-            multiple=2 ** network["depth"],
-            tta=bool(self.tta),
-            verbose=self.verbose,
-            prepare=lambda batch: normalize(batch, self.mean_, self.std_),
-            finish=lambda batch: denormalize(batch, self.mean_, self.std_, dtype=dtype),
-            dtype=dtype,
-            precision=resolve_precision(self.precision, device, network["ndim"]),
-        )
-        check_finite_output(out)
-        return out
+        settings = dict(self.get_params(), batch_pixels=self.batch_size * int(np.prod(self.patch_shape_)), device=device)
+        settings["precision"] = resolve_precision(self.precision, device, self.spatial_ndim_)
+        return denoise(self.model_.to(device), images, self.mean_, self.std_, settings, dtype, return_std, prior_only)
 
     # ----------------------------------------------------------------- score
     def score(self, X, y=None):
@@ -390,7 +399,10 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             output and ``X`` on those pixels is returned, negated. With
             independent zero-mean noise it equals the true MSE plus the noise
             variance, so it ranks settings like the true MSE, without clean data.
-            The grid does not depend on the estimator's mask settings.
+            The grid does not depend on the estimator's mask settings. With a
+            ``noise_model`` it scores the prior mean (the network alone): the
+            posterior mean uses each pixel's own value, so it cannot be scored
+            on the pixel it saw.
             Clean images of ``X``'s shape: the negative MSE of ``transform(X)``
             against them. One label per row of ``X`` (a 1D ``y``, as a pipeline
             or a search passes along) is not clean images and is ignored, as
@@ -413,8 +425,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
                 "self-supervised score."
             )
         images = self._fitted_images(X)
-        denoise = partial(self._denoise, dtype=output_dtype(images.array.dtype))
-        return -j_invariant_mse(denoise, images.canonical, self.n_score_phases)
+        blind = partial(self._denoise, dtype=output_dtype(images.array.dtype), prior_only=True)
+        return -j_invariant_mse(blind, images.canonical, self.n_score_phases)
 
     # ----------------------------------------------------------- persistence
     def save(self, path):
@@ -463,20 +475,14 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             except InvalidParameterError as exc:
                 raise ModelFileError(f"{path} holds an invalid parameter: {exc}") from exc
             model = network_from_file(fitted["network"], file)
-        estimator._set_fitted(
-            model, fitted["mean"], fitted["std"], fitted["patch_shape"], fitted["history"], fitted["n_features_in"]
-        )
+        estimator._set_fitted(model, **{key: value for key, value in fitted.items() if key != "network"})
         return estimator
 
     # -------------------------------------------------------------- pickling
     def __getstate__(self):
         state = dict(super().__getstate__())  # a copy: object.__getstate__ returns __dict__ itself
         if "model_" in state:
-            # Plain CPU tensors: a pickle made on a GPU loads on a CPU-only machine.
-            state["model_"] = {
-                "description": self.model_.description,
-                "weights": {k: v.detach().cpu() for k, v in self.model_.state_dict().items()},
-            }
+            state["model_"] = portable_network(self.model_)
         return state
 
     def __setstate__(self, state):

@@ -325,13 +325,33 @@ def test_a_gpu_that_is_not_there_is_refused(monkeypatch):
 
 
 def test_a_format_1_file_of_the_first_release_still_loads(tmp_path):
-    """Version 1 files describe the network without a schema; they load as schema 1."""
+    """Version 1 files describe the network without a schema (nor a noise model); they load as schema 1."""
     path, tensors, document = _saved(tmp_path)
     original = Noise2VoidDenoiser.load(path).transform(IMAGE)
     document["format_version"] = 1
-    del document["fitted"]["network"]["schema"]
+    del document["fitted"]["network"]["schema"], document["fitted"]["network"]["noise_model"]
     _rewrite(path, tensors, document)
     np.testing.assert_array_equal(Noise2VoidDenoiser.load(path).transform(IMAGE), original)
+
+
+def test_a_schema_1_network_of_the_previous_release_loads_as_plain_noise2void(tmp_path):
+    path, tensors, document = _saved(tmp_path)
+    original = Noise2VoidDenoiser.load(path).transform(IMAGE)
+    document["fitted"]["network"]["schema"] = 1
+    del document["fitted"]["network"]["noise_model"]
+    _rewrite(path, tensors, document)
+    loaded = Noise2VoidDenoiser.load(path)
+    assert loaded.model_.noise is None and not hasattr(loaded, "noise_sigma_")
+    np.testing.assert_array_equal(loaded.transform(IMAGE), original)
+
+
+def test_a_schema_1_network_naming_a_noise_model_is_refused(tmp_path):
+    path, tensors, document = _saved(tmp_path)
+    document["fitted"]["network"]["schema"] = 1
+    document["fitted"]["network"]["noise_model"] = "gaussian"
+    _rewrite(path, tensors, document)
+    with pytest.raises(ModelFileError, match="schema 1 network description has no field 'noise_model'"):
+        Noise2VoidDenoiser.load(path)
 
 
 @pytest.mark.parametrize(

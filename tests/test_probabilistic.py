@@ -1,0 +1,106 @@
+"""Probabilistic Noise2Void through the estimator: parameters, fitted noise, posterior, persistence."""
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from conftest import tiny
+from n2v_estimator import Noise2VoidDenoiser
+
+RNG = np.random.default_rng(0)
+IMAGE = (100 + 20 * RNG.standard_normal((24, 24))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return tiny(noise_model="gaussian").fit(IMAGE)
+
+
+def test_the_fitted_gaussian_noise_is_public_and_in_the_history(fitted):
+    assert fitted.noise_sigma_.shape == (1,) and fitted.noise_sigma_[0] > 0
+    assert not hasattr(fitted, "noise_a_")
+    assert [len(r["noise_sigma"]) for r in fitted.history_] == [1, 1]
+    assert fitted.history_[-1]["noise_sigma"] == pytest.approx(fitted.noise_sigma_.tolist())
+
+
+def test_the_posterior_mean_and_its_std_have_the_input_shape(fitted):
+    mean, std = fitted.transform(IMAGE, return_std=True)
+    assert mean.shape == std.shape == IMAGE.shape and mean.dtype == std.dtype == np.float32
+    assert (std > 0).all() and (std < fitted.noise_sigma_[0]).all()  # surer than the pixel alone
+    np.testing.assert_array_equal(fitted.transform(IMAGE), mean)
+
+
+def test_a_known_sigma_is_used_as_given_and_not_fitted():
+    denoiser = tiny(noise_model=7.5).fit(IMAGE)
+    np.testing.assert_allclose(denoiser.noise_sigma_, [7.5])
+    assert all(r["noise_sigma"] == pytest.approx([7.5]) for r in denoiser.history_)
+
+
+def test_poisson_gaussian_noise_has_a_gain_and_a_read_noise_per_channel():
+    images = RNG.poisson(50, size=(2, 20, 20, 2)).astype(np.float64) * 3
+    denoiser = tiny(noise_model="poisson_gaussian", axes="SYXC").fit(images)
+    assert denoiser.noise_a_.shape == denoiser.noise_b_.shape == (2,)
+    assert not hasattr(denoiser, "noise_sigma_")
+    mean, std = denoiser.transform(images, return_std=True)
+    assert mean.shape == images.shape and mean.dtype == np.float64 and np.isfinite(std).all()
+
+
+def test_a_volume_gets_a_posterior_too():
+    volume = (RNG.standard_normal((8, 16, 16)) * 5).astype(np.float32)
+    denoiser = tiny(noise_model="gaussian", axes="ZYX", patch_size=8).fit(volume)
+    assert denoiser.transform(volume, return_std=True)[1].shape == volume.shape
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"struct_mask": ("x", 3)}, "independent from pixel to pixel"),
+        ({"manipulator": "identity"}, "shows the network the value"),
+        ({"manipulator": "normal_additive"}, "shows the network the value"),
+        ({"noise_model": "laplace"}, "noise_model"),
+        ({"noise_model": -1.0}, "noise_model"),
+    ],
+)
+def test_settings_that_cannot_make_a_posterior_are_refused_before_training(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**{"noise_model": "gaussian", **overrides}).fit(IMAGE)
+
+
+def test_return_std_of_a_plain_denoiser_is_refused():
+    with pytest.raises(ValueError, match="noise_model"):
+        tiny().fit(IMAGE).transform(IMAGE, return_std=True)
+
+
+def test_the_self_supervised_score_scores_the_prior(fitted):
+    prior = fitted._denoise(IMAGE[None, None].astype(np.float32), prior_only=True)
+    assert np.isfinite(fitted.score(IMAGE)) and prior.shape == (1, 1) + IMAGE.shape
+
+
+def test_a_saved_probabilistic_model_loads_with_its_noise_model(fitted, tmp_path):
+    fitted.save(tmp_path / "model.safetensors")
+    loaded = Noise2VoidDenoiser.load(tmp_path / "model.safetensors")
+    np.testing.assert_array_equal(loaded.noise_sigma_, fitted.noise_sigma_)
+    np.testing.assert_array_equal(loaded.transform(IMAGE, return_std=True)[1], fitted.transform(IMAGE, return_std=True)[1])
+    assert loaded.model_.description["noise_model"] == "gaussian" and loaded.noise_model == "gaussian"
+
+
+def test_a_pickled_probabilistic_model_denoises_alike(fitted):
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.transform(IMAGE), fitted.transform(IMAGE))
+    np.testing.assert_array_equal(restored.noise_sigma_, fitted.noise_sigma_)
+
+
+def test_warm_start_continues_the_noise_model(fitted):
+    denoiser = pickle.loads(pickle.dumps(fitted)).set_params(warm_start=True)
+    denoiser.fit(IMAGE)
+    assert len(denoiser.history_) == 4
+    assert denoiser.history_[2]["noise_sigma"] != pytest.approx(fitted.history_[0]["noise_sigma"])
+
+
+def test_refitting_without_a_noise_model_drops_the_noise_attributes(fitted):
+    denoiser = clone(fitted).set_params(noise_model=None).fit(IMAGE)
+    assert not hasattr(denoiser, "noise_sigma_") and denoiser.model_.noise is None
+    denoiser.set_params(noise_model="poisson_gaussian").fit(IMAGE)
+    assert hasattr(denoiser, "noise_a_") and not hasattr(denoiser, "noise_sigma_")
