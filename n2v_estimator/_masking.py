@@ -284,13 +284,20 @@ class BlindSpotMasker:
     def apply(self, x, mask, generator):
         """``x`` with the blind spots ``mask`` (a bool tensor of ``x``'s shape)
         replaced, as :meth:`__call__` does with the spots it chooses."""
-        self._move_constants(x.device)
         spots = mask.nonzero()  # (N, 2 + ndim): sample, channel, spatial coordinates
         x_masked = x.clone()
         if len(self.struct_offsets):
+            self._move_constants(x.device)
             self._scramble_struct(x, x_masked, mask, spots, generator)
-        x_masked[mask] = self._replacement(x, spots, generator)
+        x_masked[mask] = self.replacements(x, spots, generator)
         return x_masked
+
+    def replacements(self, x, spots, generator):
+        """The values the manipulator gives the blind spots ``spots`` (an
+        ``(N, 2 + ndim)`` integer tensor: sample, channel, spatial coordinates)
+        of ``x``, in their order; the struct mask is not applied."""
+        self._move_constants(x.device)
+        return self._replacement(x, spots, generator)
 
     def _move_constants(self, device):
         """Keep the offsets and sampling weights on ``device``: moved once, not every batch."""

@@ -404,8 +404,8 @@ def network_from_file(description, file):
     The description is checked against the same constraints as the estimator's
     parameters; the file's header entries must then name exactly the tensors the
     description implies, with their dtypes and shapes (computed on the meta
-    device, with no memory spent), before any tensor is read. The tensors read must be finite, and batch-norm variances and counts
-    non-negative.
+    device, with no memory spent), before any tensor is read. The tensors read must be finite, batch-norm variances and counts
+    non-negative, and a noise model's normalisation scale positive.
 
     Raises
     ------
@@ -441,6 +441,8 @@ def network_from_file(description, file):
             raise ModelFileError(f"{path}: tensor {name!r} holds non-finite values.")
         if name.endswith(("running_var", "num_batches_tracked")) and (tensor < 0).any():
             raise ModelFileError(f"{path}: tensor {name!r} holds negative values.")
+        if name == "noise.std" and (tensor <= 0).any():  # the noise model divides by it
+            raise ModelFileError(f"{path}: tensor {name!r} holds values that are not positive.")
     return unet_with_weights(description, weights)
 
 

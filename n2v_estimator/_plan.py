@@ -75,8 +75,9 @@ class FitPlan:
     batch_size, max_epochs, steps_per_epoch : int
     learning_rate : float
     noise : dict or None
-        Probabilistic N2V: the initial noise parameters (input units; unused
-        under ``warm_start``, which continues from the previous ones).
+        Probabilistic N2V: the initial noise parameters, input units (``None``
+        under ``warm_start``, which continues from the previous ones, unless
+        sigma is known).
     learn_noise : bool
         Whether training fits the noise parameters (not for a known sigma).
     """
@@ -110,10 +111,11 @@ class FitPlan:
         model = build_unet(self.network, seed=self.seeds[0])
         if self.initial_weights is not None:
             model.load_state_dict(self.initial_weights)
-        elif model.noise is not None:
-            model.noise.initialise(self.mean, self.std, self.noise)
-            model.initialise_prior_scale(PRIOR_SCALE_START * model.noise.typical_std())
         if model.noise is not None:
+            if self.noise is not None:  # a fresh network, or a known sigma (also under warm_start)
+                model.noise.initialise(self.mean, self.std, self.noise)
+            if self.initial_weights is None:
+                model.initialise_prior_scale(PRIOR_SCALE_START * model.noise.typical_std())
             model.noise.requires_grad_(self.learn_noise)
         return model.to(self.device)
 
@@ -236,10 +238,11 @@ def make_plan(params, X, previous=None):
         validation_shape = fit_patch_shape(patch_shape, [im.shape[1:] for im in validation_images])
         masker.check_patch(validation_shape)
     # Drawn last, so that a refused fit leaves a user's RandomState untouched.
-    noise = None
-    if kind is not None and previous is None:
-        known = params["noise_model"]
-        noise = estimate_noise(images.canonical, kind) if kind == known else {"sigma": np.full(len(mean), float(known))}
+    noise, known = None, params["noise_model"]
+    if kind is not None and kind != known:
+        noise = {"sigma": np.full(len(mean), float(known))}
+    elif kind is not None and previous is None:
+        noise = estimate_noise(images.canonical, kind)
     seeds = check_random_state(params["random_state"]).randint(0, 2**31 - 1, size=3)
     if previous is not None:
         # Continued training draws new patches and blind spots, not a replay.

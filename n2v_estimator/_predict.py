@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from functools import partial
 
 import numpy as np
@@ -32,6 +33,8 @@ from ._tiling import predict_tiled, tile_geometry, tiles_per_batch
 # 4x4 grid masks 6% of the pixels in a pass (training masks 2%, but with
 # random-neighbour replacement the density hardly matters), a 3x3x3 grid 3.7%.
 BLIND_STRIDE = {2: 4, 3: 3}
+# Blind spots times neighbourhood offsets masked at once (their coordinates are held).
+_MAX_NEIGHBOURS = 2**22
 
 
 def blind_stride(ndim, neighborhood_radius):
@@ -73,13 +76,20 @@ def blind_prior(predict, x, manipulator, neighborhood_radius, stride, seed=0, ve
     prior = np.empty((n_samples, 2 * channels, *spatial), dtype=np.float32)
     phases = list(itertools.product(range(stride), repeat=len(spatial)))
     for phase in progress_bar(phases, desc="predict (blind prior)", unit="phase", verbose=verbose):
-        spots = (slice(None), slice(None)) + tuple(slice(p, None, stride) for p in phase)
-        mask = torch.zeros(x.shape, dtype=torch.bool)
-        mask[spots] = True
-        if not mask.any():  # an axis shorter than the stride
+        grid = [torch.arange(p, n, stride) for p, n in zip(phase, spatial)]
+        if any(len(g) == 0 for g in grid):  # an axis shorter than the stride
             continue
-        prediction = predict(masker.apply(images, mask, generator).numpy())
-        prior[spots] = prediction[spots]
+        masked = images.clone()
+        # The masker holds (spots x neighbourhood) offsets: bound them by masking in slabs.
+        per_slab = n_samples * channels * math.prod(len(g) for g in grid[1:]) * len(masker.offsets)
+        rows = max(1, _MAX_NEIGHBOURS // per_slab)
+        for first in range(0, len(grid[0]), rows):
+            axes = [torch.arange(n_samples), torch.arange(channels), grid[0][first : first + rows], *grid[1:]]
+            spots = torch.stack([a.flatten() for a in torch.meshgrid(*axes, indexing="ij")], dim=1)
+            masked[tuple(spots.T)] = masker.replacements(images, spots, generator)
+        prediction = predict(masked.numpy())
+        window = (slice(None), slice(None)) + tuple(slice(p, None, stride) for p in phase)
+        prior[window] = prediction[window]
     return prior
 
 

@@ -4,10 +4,14 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from sklearn.base import clone
 
 from conftest import tiny
 from n2v_estimator import Noise2VoidDenoiser
+from n2v_estimator._persistence import ModelFileError
 
 RNG = np.random.default_rng(0)
 IMAGE = (100 + 20 * RNG.standard_normal((24, 24))).astype(np.float32)
@@ -36,6 +40,12 @@ def test_a_known_sigma_is_used_as_given_and_not_fitted():
     denoiser = tiny(noise_model=7.5).fit(IMAGE)
     np.testing.assert_allclose(denoiser.noise_sigma_, [7.5])
     assert all(r["noise_sigma"] == pytest.approx([7.5]) for r in denoiser.history_)
+
+
+def test_warm_start_with_a_known_sigma_uses_the_sigma_given_now(fitted):
+    denoiser = pickle.loads(pickle.dumps(fitted)).set_params(warm_start=True, noise_model=4.0).fit(IMAGE)
+    np.testing.assert_allclose(denoiser.noise_sigma_, [4.0])
+    assert denoiser.history_[-1]["noise_sigma"] == pytest.approx([4.0])
 
 
 def test_poisson_gaussian_noise_has_a_gain_and_a_read_noise_per_channel():
@@ -104,3 +114,16 @@ def test_refitting_without_a_noise_model_drops_the_noise_attributes(fitted):
     assert not hasattr(denoiser, "noise_sigma_") and denoiser.model_.noise is None
     denoiser.set_params(noise_model="poisson_gaussian").fit(IMAGE)
     assert hasattr(denoiser, "noise_a_") and not hasattr(denoiser, "noise_sigma_")
+
+
+@pytest.mark.parametrize("name, value", [("noise.std", 0.0), ("noise.log_sigma", float("inf"))])
+def test_a_crafted_noise_model_is_refused_on_load(fitted, tmp_path, name, value):
+    path = tmp_path / "model.safetensors"
+    fitted.save(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors[name] = torch.full_like(tensors[name], value)
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(ModelFileError, match=name.replace(".", r"\.")):
+        Noise2VoidDenoiser.load(path)
