@@ -67,7 +67,12 @@ def main():
     (mean, std), posterior_seconds = timed(model.transform, noisy, return_std=True)
     result["psnr_posterior"] = round(psnr(mean, clean), 2)
     result["psnr_prior_mean_blind"] = round(psnr(_blind_prior_mean(model, noisy), clean), 2)
-    result["psnr_posterior_unmasked_prior"] = round(psnr(_with_unmasked_prior(model, noisy), clean), 2)
+    unmasked_mean, unmasked_std = _with_unmasked_prior(model, noisy)
+    result["psnr_posterior_unmasked_prior"] = round(psnr(unmasked_mean, clean), 2)
+    result["within_one_std_unmasked_prior"] = round(float(np.mean(np.abs(clean - unmasked_mean) <= unmasked_std)), 3)
+    median = model.set_params(manipulator="median").transform(noisy)  # the replacement of the blind phases only
+    model.set_params(manipulator="uniform_withCP")
+    result["psnr_posterior_median_replacement"] = round(psnr(median, clean), 2)
     result["gain_db"] = round(result["psnr_posterior"] - result["psnr_plain"], 2)
     result["noise_fitted"] = {k[6:-1]: round(float(v[0]), 3) for k, v in vars(model).items()
                               if k.startswith("noise_") and k.endswith("_")}
@@ -102,7 +107,7 @@ def _with_unmasked_prior(model, noisy):
     original = _predict.blind_prior
     _predict.blind_prior = lambda predict, x, *args, **kwargs: predict(x)
     try:
-        return model.transform(noisy)
+        return model.transform(noisy, return_std=True)
     finally:
         _predict.blind_prior = original
 

@@ -9,9 +9,10 @@ too, without the clean image), and writes to ``<out>``:
   on one colour scale;
 - ``posterior_mean.tif`` and ``posterior_std.tif`` (float32).
 
-It prints the PSNR, the fitted sigma and how often the clean value lies within
-one posterior standard deviation (about 68% for a calibrated map). Needs the
-``plot`` extra (matplotlib).
+It prints the PSNR, the fitted sigma, how often the clean value lies within
+one posterior standard deviation (68% for Gaussian errors of the right size)
+and the mean squared error in units of the posterior variance (1 where the
+variances are right). Needs the ``plot`` extra (matplotlib).
 
     python examples/uncertainty_map.py --out results/uncertainty
 """
@@ -53,8 +54,10 @@ def main():
 
     psnr = peak_signal_noise_ratio(clean, mean, data_range=255)
     within = float(np.mean(error <= std))
+    z2 = float(np.mean((error / std) ** 2))
     print(f"noisy {peak_signal_noise_ratio(clean, noisy, data_range=255):.2f} dB -> posterior mean {psnr:.2f} dB")
-    print(f"fitted sigma {denoiser.noise_sigma_[0]:.2f} (true 25); clean within one posterior std: {within:.1%}")
+    print(f"fitted sigma {denoiser.noise_sigma_[0]:.2f} (true 25); clean within one posterior std: {within:.1%}; "
+          f"mean (error / std)**2: {z2:.2f} (1 where the variances are right)")
 
     crop = (slice(40, 296), slice(150, 406))  # the cameraman: face, coat, tripod and sky
     scale = float(np.percentile(std, 99.5))

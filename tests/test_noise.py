@@ -108,6 +108,7 @@ def test_fitting_the_likelihood_recovers_known_noise_parameters(kind, truth, sta
 
 def test_the_posterior_is_bayes_rule_with_its_limits():
     noise = NoiseModel("gaussian", 1).initialise([0.0], [1.0], {"sigma": [2.0]})
+    noise.requires_grad_(False)
     x = torch.tensor([3.0]).reshape(1, 1, 1, 1)
     mean, std = posterior(torch.tensor([1.0, 1.0]).reshape(1, 2, 1, 1), x, noise)
     assert float(mean) == pytest.approx((4 * 1 + 1 * 3) / 5)  # (sigma^2 mu + tau^2 x) / (tau^2 + sigma^2)
