@@ -237,12 +237,12 @@ def make_plan(params, X, previous=None):
         # Validation patches only need to fit the held-out part (a thin strip of a single image).
         validation_shape = fit_patch_shape(patch_shape, [im.shape[1:] for im in validation_images])
         masker.check_patch(validation_shape)
-    # Drawn last, so that a refused fit leaves a user's RandomState untouched.
     noise, known = None, params["noise_model"]
     if kind is not None and kind != known:
         noise = {"sigma": np.full(len(mean), float(known))}
     elif kind is not None and previous is None:
         noise = estimate_noise(images.canonical, kind)
+    # Drawn last, so that a refused fit leaves a user's RandomState untouched.
     seeds = check_random_state(params["random_state"]).randint(0, 2**31 - 1, size=3)
     if previous is not None:
         # Continued training draws new patches and blind spots, not a replay.
