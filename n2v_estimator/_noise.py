@@ -20,6 +20,8 @@ predicted from its surroundings alone (see :func:`blind_spot_nll`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
@@ -38,6 +40,8 @@ NOISE_LEARNING_RATE = 0.1
 PRIOR_SCALE_START = 0.25
 # Standard deviations per median absolute deviation, for Gaussian data.
 _MAD_TO_STD = 1.4826
+# Pixels per channel the first estimate looks at (8 Mpx: a few float64 copies, well under 1 GB).
+_ESTIMATE_PIXELS = 2**23
 
 
 def noise_kind(noise_model):
@@ -206,7 +210,14 @@ def estimate_noise(images, kind, n_bins=16):
     -------
     dict
         ``{"sigma": (C,)}`` or ``{"a": (C,), "b": (C,)}``, float64, all > 0.
+
+    Notes
+    -----
+    At most :data:`_ESTIMATE_PIXELS` pixels per channel are used (the first
+    images, or a central slab of a larger one): the estimate holds a few
+    float64 copies of them.
     """
+    images = _bounded(images)
     residual = local = images.astype(np.float64)
     factor = 1.0
     for axis in range(2, images.ndim):
@@ -245,3 +256,17 @@ def estimate_noise(images, kind, n_bins=16):
         a.append(max(slope, 1e-3 * overall / max(abs(float(np.median(m))), s)))
         b.append(max(intercept, 1e-3 * overall))
     return {"a": np.array(a), "b": np.array(b)}
+
+
+def _bounded(images):
+    """The first images of ``images``, or a central slab of the first, with at
+    most :data:`_ESTIMATE_PIXELS` pixels per channel."""
+    n_samples, _, first, *rest = images.shape
+    per_image = first * math.prod(rest)
+    if n_samples * per_image <= _ESTIMATE_PIXELS:
+        return images
+    if per_image <= _ESTIMATE_PIXELS:
+        return images[: _ESTIMATE_PIXELS // per_image]
+    rows = max(3, _ESTIMATE_PIXELS // math.prod(rest))
+    start = (first - rows) // 2
+    return images[:1, :, start : start + rows]

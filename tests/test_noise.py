@@ -132,3 +132,16 @@ def test_the_posterior_mean_has_the_least_squared_error_on_simulated_signals(mu,
     error = mean.detach().flatten().numpy() - signal
     assert np.mean(error**2) <= min(tau**2, sigma**2) * 1.05
     assert np.std(error) == pytest.approx(float(std[0].detach()), rel=0.05)
+
+
+def test_the_first_estimate_of_large_data_looks_at_a_bounded_part(monkeypatch):
+    from n2v_estimator import _noise
+
+    noisy = smooth_scene((3, 1, 64, 64)) + RNG.normal(0, 10, (3, 1, 64, 64))
+    monkeypatch.setattr(_noise, "_ESTIMATE_PIXELS", 64 * 64)
+    np.testing.assert_array_equal(estimate_noise(noisy, "gaussian")["sigma"], estimate_noise(noisy[:1], "gaussian")["sigma"])
+    monkeypatch.setattr(_noise, "_ESTIMATE_PIXELS", 64 * 16)
+    np.testing.assert_array_equal(
+        estimate_noise(noisy, "gaussian")["sigma"], estimate_noise(noisy[:1, :, 24:40], "gaussian")["sigma"]
+    )
+    assert estimate_noise(noisy, "gaussian")["sigma"] == pytest.approx(10, rel=0.15)
