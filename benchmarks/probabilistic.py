@@ -6,6 +6,7 @@ is ``"gaussian"`` for ``gauss25`` and ``"poisson_gaussian"`` for ``poisson``.
 
     python benchmarks/probabilistic.py --image camera --noise gauss25 --threads 1
     python benchmarks/probabilistic.py --image moon --noise poisson --out benchmarks/results/probabilistic.jsonl
+    python benchmarks/probabilistic.py --steps 600 --set "manipulator='median'" blurpool=True skip_skipone=True
 
 Prints one JSON line: PSNR of plain N2V, of the posterior mean (what
 ``transform`` returns), of the blind prior mean alone, and of the posterior
@@ -18,6 +19,7 @@ deviation; and the seconds of a plain and of a probabilistic ``transform``.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import time
 
@@ -45,6 +47,7 @@ def main():
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="random_state of both denoisers")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="extra parameters of both (Python literals)")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
     args = parser.parse_args()
     if args.threads:
@@ -54,8 +57,10 @@ def main():
     noisy = add_noise(clean, args.noise).astype(np.float32)
     settings = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, max_epochs=max(1, args.steps // 50),
                     steps_per_epoch=50, random_state=args.seed, verbose=False)
+    extra = {name: ast.literal_eval(value) for name, value in (item.split("=", 1) for item in args.set)}
+    settings.update(extra)
     result = {"image": args.image, "noise": args.noise, "steps": args.steps, "threads": torch.get_num_threads(),
-              "psnr_noisy": round(psnr(noisy, clean), 2)}
+              "params": extra, "psnr_noisy": round(psnr(noisy, clean), 2)}
 
     plain = Noise2VoidDenoiser(**settings)
     _, result["fit_seconds_plain"] = timed(plain.fit, noisy)
@@ -70,8 +75,9 @@ def main():
     unmasked_mean, unmasked_std = _with_unmasked_prior(model, noisy)
     result["psnr_posterior_unmasked_prior"] = round(psnr(unmasked_mean, clean), 2)
     result["within_one_std_unmasked_prior"] = round(float(np.mean(np.abs(clean - unmasked_mean) <= unmasked_std)), 3)
+    trained_with = model.manipulator
     median = model.set_params(manipulator="median").transform(noisy)  # the replacement of the blind phases only
-    model.set_params(manipulator="uniform_withCP")
+    model.set_params(manipulator=trained_with)
     result["psnr_posterior_median_replacement"] = round(psnr(median, clean), 2)
     result["gain_db"] = round(result["psnr_posterior"] - result["psnr_plain"], 2)
     result["noise_fitted"] = {k[6:-1]: round(float(v[0]), 3) for k, v in vars(model).items()
