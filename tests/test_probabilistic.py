@@ -58,6 +58,16 @@ def test_poisson_gaussian_noise_has_a_gain_and_a_read_noise_per_channel():
     assert mean.shape == images.shape and mean.dtype == np.float64 and np.isfinite(std).all()
 
 
+@pytest.mark.parametrize("overrides", [{"tta": True}, {"independent_channels": False, "axes": "YXC"}])
+def test_the_posterior_goes_through_tta_and_joint_channels(overrides):
+    images = IMAGE[..., None].repeat(2, axis=-1) if "axes" in overrides else IMAGE
+    denoiser = tiny(noise_model="gaussian", **overrides).fit(images)
+    mean, std = denoiser.transform(images, return_std=True)
+    assert mean.shape == std.shape == images.shape and np.isfinite(mean).all() and (std > 0).all()
+    if overrides.get("tta"):
+        assert not np.allclose(mean, denoiser.set_params(tta=False).transform(images))
+
+
 def test_a_volume_gets_a_posterior_too():
     volume = (RNG.standard_normal((8, 16, 16)) * 5).astype(np.float32)
     denoiser = tiny(noise_model="gaussian", axes="ZYX", patch_size=8).fit(volume)
