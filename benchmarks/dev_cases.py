@@ -65,6 +65,11 @@ def load_clean(name):
     return getattr(data, name)().astype(np.float64), "YX"
 
 
+def extra_params(items):
+    """``NAME=VALUE`` items of ``--set`` as a dict, each value a Python literal."""
+    return {name: ast.literal_eval(value) for name, value in (item.split("=", 1) for item in items)}
+
+
 def nyquist_power(image):
     """Power of a 2D image's 2-pixel-period components: the row and column of
     its FFT at the Nyquist frequency (checkerboard artefacts live there)."""
@@ -95,10 +100,7 @@ def main():
 
     clean, axes = load_clean(args.image)
     noisy = add_noise(clean, args.noise)
-    params = dict(SETTINGS[args.setting])
-    for item in args.set:
-        name, value = item.split("=", 1)
-        params[name] = ast.literal_eval(value)
+    params = {**SETTINGS[args.setting], **extra_params(args.set)}
     steps_per_epoch = 50
     settings = dict(
         patch_size=64,

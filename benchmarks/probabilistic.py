@@ -19,13 +19,12 @@ deviation; and the seconds of a plain and of a probabilistic ``transform``.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import time
 
 import numpy as np
 import torch
-from dev_cases import add_noise, load_clean, psnr
+from dev_cases import add_noise, extra_params, load_clean, psnr
 
 from n2v_estimator import Noise2VoidDenoiser, _predict
 
@@ -57,7 +56,7 @@ def main():
     noisy = add_noise(clean, args.noise).astype(np.float32)
     settings = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, max_epochs=max(1, args.steps // 50),
                     steps_per_epoch=50, random_state=args.seed, verbose=False)
-    extra = {name: ast.literal_eval(value) for name, value in (item.split("=", 1) for item in args.set)}
+    extra = extra_params(args.set)
     settings.update(extra)
     result = {"image": args.image, "noise": args.noise, "steps": args.steps, "threads": torch.get_num_threads(),
               "params": extra, "psnr_noisy": round(psnr(noisy, clean), 2)}

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._normalize import _by_channel
+
 NOISE_MODELS = ("gaussian", "poisson_gaussian")
 # Smallest prior standard deviation the network may predict (normalised units):
 # keeps the likelihood finite where the signal is perfectly predictable.
@@ -228,9 +230,8 @@ def estimate_noise(images, kind, n_bins=16):
         residual = lower - 2 * centre + upper
         local = sum(local.take(np.arange(k, n - 2 + k), axis=axis) for k in range(3)) / 3
         factor *= 6.0
-    residual = np.moveaxis(residual, 1, 0).reshape(images.shape[1], -1)
-    local = np.moveaxis(local, 1, 0).reshape(images.shape[1], -1)
-    spread = np.maximum(np.std(images.astype(np.float64), axis=tuple(i for i in range(images.ndim) if i != 1)), 1e-12)
+    residual, local = _by_channel(residual), _by_channel(local)
+    spread = np.maximum(_by_channel(images).std(axis=1, dtype=np.float64), 1e-12)
 
     def robust_variance(r):
         return (_MAD_TO_STD * np.median(np.abs(r - np.median(r)))) ** 2 / factor

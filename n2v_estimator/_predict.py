@@ -25,7 +25,7 @@ import torch
 
 from ._masking import BlindSpotMasker, hiding_manipulator
 from ._noise import posterior
-from ._normalize import check_finite_output, denormalize, normalize
+from ._normalize import _broadcast, check_finite_output, denormalize, normalize
 from ._progress import progress_bar
 from ._tiling import predict_tiled, tile_geometry, tiles_per_batch
 
@@ -171,5 +171,5 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
     check_finite_output(out)
     if not return_std:
         return out
-    spread = post_std.astype(dtype) * np.asarray(std, dtype=dtype).reshape((1, -1) + (1,) * (images.ndim - 2))
+    spread = post_std.astype(dtype) * _broadcast(std, images.ndim).astype(dtype)
     return out, spread
