@@ -20,7 +20,7 @@ from ._axes import read_images, spatial_ndim
 from ._compute import resolve_precision
 from ._devices import resolve_device
 from ._masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
-from ._noise import PRIOR_SCALE_START, blind_spot_nll, estimate_noise, noise_kind
+from ._noise import PRIOR_SCALE_START, blind_spot_loss, estimate_noise, noise_kind
 from ._normalize import channel_stats, check_representable, normalize
 from ._patches import PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
 from ._tiling import tile_geometry
@@ -159,7 +159,7 @@ class FitPlan:
         def record():
             return {f"noise_{k}": v.tolist() for k, v in noise.parameters_in_input_units().items()}
 
-        return {"loss": partial(blind_spot_nll, noise=noise), "record": record}
+        return {"loss": partial(blind_spot_loss, noise=noise), "record": record}
 
 
 def make_plan(params, X, previous=None):

@@ -224,9 +224,13 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(step_loss).backward()
                 step_lr = optimizer.param_groups[0]["lr"]
+                scale = scaler.get_scale() if scaler.is_enabled() else None
                 scaler.step(optimizer)
                 scaler.update()
-                schedule.step()
+                # float16: the scaler skips a step whose gradients overflowed (and lowers its
+                # scale); the schedule follows the optimizer's steps, not the batches.
+                if scale is None or scaler.get_scale() >= scale:
+                    schedule.step()
                 losses.append(value)
                 progress.update()
                 progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from n2v_estimator._noise import TAU_FLOOR, NoiseModel, blind_spot_nll, estimate_noise, noise_kind, posterior
+from n2v_estimator._noise import TAU_FLOOR, NoiseModel, blind_spot_loss, blind_spot_nll, estimate_noise, noise_kind, posterior
 
 from conftest import gen
 
@@ -79,6 +79,30 @@ def test_the_likelihood_is_the_gaussian_one_on_the_blind_spots_only():
     expected = (0.5 * (np.log(variance) + (x - mu) ** 2 / variance))[mask].mean()
     value = blind_spot_nll(torch.cat([mu, tau], 1), x, mask, noise)
     assert float(value.detach()) == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "poisson_gaussian"])
+def test_the_training_loss_trains_mu_as_plain_n2v_and_tau_and_noise_by_the_likelihood(kind):
+    noise = NoiseModel(kind, 1).initialise([3.0], [2.0], {"sigma": [0.7], "a": [0.4], "b": [0.2]})
+    x = torch.randn(2, 1, 6, 6, generator=gen())
+    prediction = torch.cat([torch.randn(2, 1, 6, 6, generator=gen(1)), torch.rand(2, 1, 6, 6, generator=gen(2)) + 0.1], 1)
+    mask = torch.rand(2, 1, 6, 6, generator=gen(3)) < 0.4
+
+    def gradients(loss, prediction):
+        prediction = prediction.clone().requires_grad_(True)
+        noise.zero_grad(set_to_none=True)
+        loss(prediction).backward()
+        return prediction.grad.chunk(2, dim=1), [p.grad for p in noise.parameters()]
+
+    (d_mu, d_tau), d_noise = gradients(lambda p: blind_spot_loss(p, x, mask, noise), prediction)
+    (d_mu_mse, _), _ = gradients(lambda p: (x - p[:, :1]).square()[mask].mean(), prediction)
+    (_, d_tau_nll), d_noise_nll = gradients(lambda p: blind_spot_nll(p, x, mask, noise), prediction)
+    torch.testing.assert_close(d_mu, d_mu_mse)  # mu: plain Noise2Void's gradient
+    torch.testing.assert_close(d_tau, d_tau_nll)  # tau and the noise: the likelihood's
+    assert all(g is not None for g in d_noise)
+    for found, expected in zip(d_noise, d_noise_nll):
+        torch.testing.assert_close(found, expected)
+    assert d_mu[~mask].abs().max() == 0 and d_tau[~mask].abs().max() == 0
 
 
 @pytest.mark.parametrize(

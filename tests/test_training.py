@@ -152,3 +152,46 @@ def test_a_stop_says_what_is_kept(history, was_fitted, expected):
     with pytest.raises(NonFiniteLossError, match="The loss became nan. Training stopped " + expected):
         failed.raise_if_stopped_early(was_fitted)
     _training.TrainingResult({}, history).raise_if_stopped_early(was_fitted)  # a complete run: nothing
+
+
+class _SkippingScaler:
+    """A float16 gradient scaler whose first two steps overflow: it skips them and halves its scale."""
+
+    def __init__(self):
+        self.scale_value, self.calls = 1024.0, 0
+
+    def is_enabled(self):
+        return True
+
+    def get_scale(self):
+        return self.scale_value
+
+    def scale(self, loss):
+        return loss
+
+    def step(self, optimizer):
+        self.calls += 1
+        if self.calls > 2:
+            optimizer.step()
+
+    def update(self):
+        if self.calls <= 2:
+            self.scale_value /= 2
+
+
+def test_steps_skipped_by_the_float16_scaler_do_not_advance_the_schedule(monkeypatch, recwarn):
+    monkeypatch.setattr(_training, "grad_scaler", lambda device, precision: _SkippingScaler())
+    result = run(model(), None, max_epochs=2)
+    assert not [w for w in recwarn if "lr_scheduler" in str(w.message)]
+    # 4 batches, the first two skipped: the rate of the first step taken is the schedule's first.
+    expected = _training.warmup_cosine(4)
+    assert result.history[0]["learning_rate"] == pytest.approx(1e-2 * expected(0))
+    assert result.history[1]["learning_rate"] == pytest.approx(1e-2 * expected(1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="float16 training with a gradient scaler needs CUDA")
+def test_float16_training_on_cuda_warns_nothing(recwarn):
+    net = model().cuda()
+    train(net, PatchSampler(IMAGES, (16, 16)), masker(), validation=None, max_epochs=2, steps_per_epoch=3,
+          batch_size=4, learning_rate=1e-2, device=torch.device("cuda"), seed=0, precision="16-mixed")
+    assert not [str(w.message) for w in recwarn], [str(w.message) for w in recwarn]
