@@ -161,6 +161,49 @@ def read_images(X, axes, image_shape):
     return Images(to_canonical(X, layout), layout, array, n_features)
 
 
+def is_image_list(X, image_shape=None):
+    """Whether ``X`` is a list (or tuple) of images that may differ in size:
+    arrays (anything with a ``shape`` and a ``dtype``) of at least 2 dimensions.
+    Nested Python lists, and rows under ``image_shape``, stay one array-like."""
+    return (
+        image_shape is None
+        and isinstance(X, (list, tuple))
+        and len(X) > 0
+        and all(hasattr(x, "shape") and hasattr(x, "dtype") and len(x.shape) >= 2 for x in X)
+    )
+
+
+def read_image_list(X, axes):
+    """Validate each array of a list of images (:func:`is_image_list`) with the
+    same ``axes``; they must agree in dimensionality and channels, not in size.
+
+    Returns
+    -------
+    list of Images
+    """
+    parts = []
+    for i, x in enumerate(X):
+        try:
+            part = read_images(x, axes, None)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"X[{i}]: {exc}") from exc
+        if parts:
+            check_same_layout(parts[0].axes, parts[0].canonical.shape[1], part.axes, part.canonical.shape[1], i)
+        parts.append(part)
+    return parts
+
+
+def check_same_layout(first_axes, first_channels, axes, channels, index):
+    """Refuse image ``index`` of a list unless it has the first image's
+    dimensionality and channels (its size may differ)."""
+    if spatial_ndim(axes) != spatial_ndim(first_axes) or channels != first_channels:
+        raise ValueError(
+            f"The images of a list must share their axes and channels: X[0] has axes {first_axes!r} and "
+            f"{first_channels} channel(s), X[{index}] has axes {axes!r} and {channels}. "
+            "Pass axes=... to name them, or fit them separately."
+        )
+
+
 def check_fitted_layout(images, ndim, n_channels, n_features, estimator_name):
     """Refuse :class:`Images` unlike those a denoiser was fitted on: another
     dimensionality, channel count or (when ``n_features`` is given) row length."""

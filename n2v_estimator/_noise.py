@@ -226,7 +226,7 @@ def estimate_noise(images, kind, n_bins=16):
 
     Parameters
     ----------
-    images : ndarray of shape (S, C, *spatial)
+    images : ndarray of shape (S, C, *spatial), or a list of them
         Input units. Axes shorter than 3 pixels are left out of the filter.
     kind : {"gaussian", "poisson_gaussian"}
 
@@ -241,22 +241,12 @@ def estimate_noise(images, kind, n_bins=16):
     images, or a central slab of a larger one): the estimate holds a few
     float64 copies of them.
     """
-    images = _bounded(images)
-    residual = local = images.astype(np.float64)
-    factor = 1.0
-    for axis in range(2, images.ndim):
-        if images.shape[axis] < 3:
-            continue
-        n = images.shape[axis]
-        lower, centre, upper = (residual.take(np.arange(k, n - 2 + k), axis=axis) for k in range(3))
-        residual = lower - 2 * centre + upper
-        local = sum(local.take(np.arange(k, n - 2 + k), axis=axis) for k in range(3)) / 3
-        factor *= 6.0
-    residual, local = _by_channel(residual), _by_channel(local)
-    spread = np.maximum(_by_channel(images).std(axis=1, dtype=np.float64), 1e-12)
+    parts = images if isinstance(images, list) else [images]
+    residual, local, pixels = (np.concatenate(arrays, axis=1) for arrays in zip(*map(_residual, _bounded(parts))))
+    spread = np.maximum(pixels.std(axis=1, dtype=np.float64), 1e-12)
 
     def robust_variance(r):
-        return (_MAD_TO_STD * np.median(np.abs(r - np.median(r)))) ** 2 / factor
+        return (_MAD_TO_STD * np.median(np.abs(r - np.median(r)))) ** 2
 
     if kind == "gaussian":
         sigma = np.sqrt([robust_variance(r) for r in residual])
@@ -281,15 +271,41 @@ def estimate_noise(images, kind, n_bins=16):
     return {"a": np.array(a), "b": np.array(b)}
 
 
-def _bounded(images):
-    """The first images of ``images``, or a central slab of the first, with at
-    most :data:`_ESTIMATE_PIXELS` pixels per channel."""
-    n_samples, _, first, *rest = images.shape
-    per_image = first * math.prod(rest)
-    if n_samples * per_image <= _ESTIMATE_PIXELS:
-        return images
-    if per_image <= _ESTIMATE_PIXELS:
-        return images[: _ESTIMATE_PIXELS // per_image]
-    rows = max(3, _ESTIMATE_PIXELS // math.prod(rest))
-    start = (first - rows) // 2
-    return images[:1, :, start : start + rows]
+def _residual(images):
+    """The noise residual of ``(S, C, *spatial)`` images, scaled to the noise's
+    units, the local means it is binned by, and the pixels, each ``(C, n)`` float64."""
+    residual = local = images.astype(np.float64)
+    factor = 1.0
+    for axis in range(2, images.ndim):
+        if images.shape[axis] < 3:
+            continue
+        n = images.shape[axis]
+        lower, centre, upper = (residual.take(np.arange(k, n - 2 + k), axis=axis) for k in range(3))
+        residual = lower - 2 * centre + upper
+        local = sum(local.take(np.arange(k, n - 2 + k), axis=axis) for k in range(3)) / 3
+        factor *= 6.0
+    return _by_channel(residual) / math.sqrt(factor), _by_channel(local), _by_channel(images).astype(np.float64)
+
+
+def _bounded(parts):
+    """The first images of ``parts`` (a list of ``(S, C, *spatial)`` arrays), or
+    a central slab of the first, with at most :data:`_ESTIMATE_PIXELS` pixels per channel."""
+    kept, budget = [], _ESTIMATE_PIXELS
+    for images in parts:
+        n_samples, _, first, *rest = images.shape
+        per_image = first * math.prod(rest)
+        if n_samples * per_image <= budget:
+            taken = images
+        elif per_image <= budget:
+            taken = images[: budget // per_image]
+        elif not kept:
+            rows = max(3, budget // math.prod(rest))
+            start = (first - rows) // 2
+            taken = images[:1, :, start : start + rows]
+        else:
+            break
+        kept.append(taken)
+        budget -= taken[:, 0].size
+        if budget <= 0:
+            break
+    return kept

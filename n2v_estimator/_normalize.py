@@ -46,7 +46,8 @@ def channel_stats(images):
 
     Parameters
     ----------
-    images : ndarray of shape (S, C, *spatial)
+    images : ndarray of shape (S, C, *spatial), or a list of them
+        A list (images of different sizes) is pooled: every pixel counts once.
 
     Returns
     -------
@@ -54,6 +55,23 @@ def channel_stats(images):
         A channel with zero spread gets ``std = 1`` so that normalising it
         does not divide by zero.
     """
+    if isinstance(images, list):
+        counts = np.array([part[:, 0].size for part in images], dtype=np.float64)
+        weights = (counts / counts.sum())[:, None]
+        means, stds = map(np.array, zip(*(_moments(part) for part in images)))  # (parts, C)
+        mean = (weights * means).sum(axis=0)
+        # Pooled in units of the largest spread, so that huge values cannot overflow.
+        scale = np.maximum(stds, np.abs(means - mean)).max(axis=0)
+        scale = np.where(scale > 0, scale, 1.0)
+        std = scale * np.sqrt((weights * ((stds / scale) ** 2 + ((means - mean) / scale) ** 2)).sum(axis=0))
+    else:
+        mean, std = _moments(images)
+    std = np.where(std > 0, std, 1.0)
+    return mean, std
+
+
+def _moments(images):
+    """Per-channel mean and standard deviation (float64) of ``(S, C, *spatial)`` images."""
     moved = _by_channel(images)
     with np.errstate(over="ignore"):
         mean = moved.mean(axis=1, dtype=np.float64)
@@ -65,7 +83,6 @@ def channel_stats(images):
         scale = np.where(scale > 0, scale, 1.0)
         scaled = moved / scale[:, None]
         mean, std = scaled.mean(axis=1) * scale, scaled.std(axis=1) * scale
-    std = np.where(std > 0, std, 1.0)
     return mean, std
 
 

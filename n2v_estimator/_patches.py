@@ -57,7 +57,9 @@ class PatchSampler:
     Parameters
     ----------
     images : list of ndarray of shape (C, *spatial), float32
-        The (normalised) images. Each may have its own spatial shape.
+        The (normalised) images. Each may have its own spatial shape. An
+        image read on demand (:class:`._ondemand.OnDemandImage`) is read patch
+        by patch instead.
     patch_shape : tuple of int
         Patch side per spatial axis; must fit in every image.
     augment : bool
@@ -70,8 +72,10 @@ class PatchSampler:
     """
 
     def __init__(self, images, patch_shape, augment=True, device=None):
-        images = [torch.from_numpy(np.ascontiguousarray(im)) for im in images]
-        if device is not None and sum(im.nbytes for im in images) <= MAX_DEVICE_BYTES:
+        # Arrays read on demand (._ondemand.OnDemandImage) cut their own patches, on the CPU.
+        images = [torch.from_numpy(np.ascontiguousarray(im)) if isinstance(im, np.ndarray) else im for im in images]
+        in_memory = all(isinstance(im, torch.Tensor) for im in images)
+        if device is not None and in_memory and sum(im.nbytes for im in images) <= MAX_DEVICE_BYTES:
             # Patches are then cut on the device: no copy of patch data per step.
             images = [im.to(device) for im in images]
         self.images = images
@@ -126,7 +130,8 @@ def split_validation(images, fraction, min_side=8):
 
     Parameters
     ----------
-    images : ndarray of shape (S, C, *spatial)
+    images : ndarray of shape (S, C, *spatial), or a list of (C, *spatial) arrays
+        A list holds images that may differ in size.
     fraction : float
         Fraction of the data held out, in [0, 1).
     min_side : int
@@ -137,21 +142,28 @@ def split_validation(images, fraction, min_side=8):
     train, validation : list of ndarray of shape (C, *spatial)
         With several images, the last ``round(fraction * S)`` whole images are
         held out. With too few images, the last ``fraction`` of the longest
-        spatial axis of every image is held out instead. When neither is
-        possible (tiny images) or ``fraction == 0``, ``validation`` is empty.
+        spatial axis of every image is held out instead (an image too small
+        to split is trained on whole). When neither is possible (tiny
+        images) or ``fraction == 0``, ``validation`` is empty.
     """
-    n_images = images.shape[0]
+    images = list(images)
+    n_images = len(images)
     if fraction <= 0:
-        return list(images), []
+        return images, []
     n_held = int(round(fraction * n_images))
     if 1 <= n_held < n_images:
-        return list(images[: n_images - n_held]), list(images[n_images - n_held :])
-    spatial = images.shape[2:]
-    axis = int(np.argmax(spatial))
-    held = int(math.ceil(fraction * spatial[axis]))
-    if held < min_side or spatial[axis] - held < min_side:
-        return list(images), []
-    cut = spatial[axis] - held
-    train = np.take(images, np.arange(cut), axis=2 + axis)
-    validation = np.take(images, np.arange(cut, spatial[axis]), axis=2 + axis)
-    return list(train), list(validation)
+        return images[: n_images - n_held], images[n_images - n_held :]
+    # Too few images: hold out a strip along the longest axis of each (of each
+    # one long enough for two parts; a smaller image is trained on whole).
+    train, validation = [], []
+    for image in images:
+        spatial = image.shape[1:]
+        axis = int(np.argmax(spatial))
+        held = int(math.ceil(fraction * spatial[axis]))
+        if held < min_side or spatial[axis] - held < min_side:
+            train.append(image)
+            continue
+        cut = spatial[axis] - held
+        train.append(np.take(image, np.arange(cut), axis=1 + axis))
+        validation.append(np.take(image, np.arange(cut, spatial[axis]), axis=1 + axis))
+    return train, validation

@@ -10,18 +10,21 @@ estimator take the result.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ._axes import read_images, spatial_ndim
+from ._axes import check_same_layout, is_image_list, read_image_list, read_images, spatial_ndim
 from ._compute import resolve_precision
 from ._devices import resolve_device
 from ._masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
 from ._noise import PRIOR_SCALE_START, blind_spot_loss, estimate_noise, noise_kind
 from ._normalize import channel_stats, check_representable, normalize
+from ._ondemand import is_on_demand, on_demand_images, sample_blocks, split_on_demand
 from ._patches import PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
 from ._tiling import tile_geometry
 from ._training import make_validation_set, train
@@ -170,8 +173,9 @@ def make_plan(params, X, previous=None):
     params : dict
         ``get_params()`` of the estimator, already validated against its
         declared constraints.
-    X : array-like
-        The training images.
+    X : array-like, or a list of arrays
+        The training images; a list (or tuple) of arrays that share their
+        axes but not their sizes is pooled.
     previous : Previous or None
         The fitted state to continue from (``warm_start`` on a fitted estimator).
 
@@ -184,8 +188,8 @@ def make_plan(params, X, previous=None):
     ValueError, TypeError
         For input or settings that cannot be trained, before any work is done.
     """
-    images = read_images(X, params["axes"], params["image_shape"])
-    ndim = spatial_ndim(images.axes)
+    data = _training_data(X, params["axes"], params["image_shape"])
+    ndim = spatial_ndim(data.axes)
     device = resolve_device(params["device"])
     precision = resolve_precision(params["precision"], device, ndim)
     kind = noise_kind(params["noise_model"])
@@ -203,7 +207,7 @@ def make_plan(params, X, previous=None):
                 f"noise_model={params['noise_model']!r} combines a prior with each pixel's own value, and {exc} "
                 "Use 'uniform_withCP' (the default) or another manipulator that hides it."
             ) from None
-    network = network_description(ndim, images.canonical.shape[1], params, kind)
+    network = network_description(ndim, data.channels, params, kind)
     if previous is not None and previous.network != network:
         raise ValueError(
             "warm_start=True needs the same network and data layout as the previous fit: "
@@ -222,14 +226,13 @@ def make_plan(params, X, previous=None):
 
     if previous is not None:
         mean, std = previous.mean, previous.std
-        check_representable(images.canonical, mean, std)  # statistics of this data always can
+        for part in data.pixels if isinstance(data.pixels, list) else [data.pixels]:
+            check_representable(part, mean, std)  # statistics of this data always can
     else:
-        mean, std = channel_stats(images.canonical)
-    train_images, validation_images = split_validation(
-        normalize(images.canonical, mean, std), params["validation_fraction"]
-    )
+        mean, std = channel_stats(data.pixels)
+    train_images, validation_images = data.split(mean, std, params["validation_fraction"])
     patch_shape = fit_patch_shape(requested, [im.shape[1:] for im in train_images])
-    _check_patch_fits_network(patch_shape, requested, images, network["depth"])
+    _check_patch_fits_network(patch_shape, requested, data.axes, data.one_2d_array, network["depth"])
     masker.check_patch(patch_shape)
     check_batch_norm(network, params["batch_size"], patch_shape)
     validation_shape = None
@@ -241,7 +244,7 @@ def make_plan(params, X, previous=None):
     if kind is not None and kind != known:
         noise = {"sigma": np.full(len(mean), float(known))}
     elif kind is not None and previous is None:
-        noise = estimate_noise(images.canonical, kind)
+        noise = estimate_noise(data.pixels, kind)
     # Drawn last, so that a refused fit leaves a user's RandomState untouched.
     seeds = check_random_state(params["random_state"]).randint(0, 2**31 - 1, size=3)
     if previous is not None:
@@ -252,7 +255,7 @@ def make_plan(params, X, previous=None):
         initial_weights=None if previous is None else copy.deepcopy(previous.weights),
         mean=mean,
         std=std,
-        n_features=images.n_features,
+        n_features=data.n_features,
         train_images=train_images,
         validation_images=validation_images,
         patch_shape=patch_shape,
@@ -270,11 +273,63 @@ def make_plan(params, X, previous=None):
     )
 
 
-def _check_patch_fits_network(patch_shape, requested, images, depth):
+class _TrainingData(NamedTuple):
+    """What ``fit`` trains on: its layout (``axes`` of the first image, ``channels``,
+    ``n_features`` of a 2D array, whether it is ``one_2d_array``), the ``pixels``
+    the statistics and the noise estimate are taken from (a canonical array, or
+    a list of them), and ``split(mean, std, fraction)``, the normalised
+    training and validation images."""
+
+    axes: str
+    channels: int
+    n_features: int | None
+    one_2d_array: bool
+    pixels: object
+    split: Callable
+
+
+def _training_data(X, axes, image_shape):
+    """Read ``X`` (an array, a list of arrays of different sizes, or arrays read
+    on demand: zarr or dask) as :class:`_TrainingData`, checking its layout."""
+    items = X if is_image_list(X, image_shape) else [X]
+    if image_shape is None and any(is_on_demand(x) for x in items):
+        images, layouts = [], []
+        for i, item in enumerate(items):
+            try:
+                found, layout = on_demand_images(item, axes)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"X[{i}]: {exc}" if items is X else str(exc)) from exc
+            if images:
+                check_same_layout(layouts[0], images[0].shape[0], layout, found[0].shape[0], i)
+            images += found
+            layouts.append(layout)
+
+        def split(mean, std, fraction):
+            return split_on_demand([image.normalized(mean, std) for image in images], fraction)
+
+        return _TrainingData(layouts[0], images[0].shape[0], None, False, sample_blocks(images), split)
+    if items is X:
+        parts = read_image_list(X, axes)
+        pixels = [part.canonical for part in parts]
+    else:
+        parts = [read_images(X, axes, image_shape)]
+        pixels = parts[0].canonical  # one array stays one array, as it always was
+
+    def split(mean, std, fraction):
+        normalized = [image for part in parts for image in normalize(part.canonical, mean, std)]
+        return split_validation(normalized, fraction)
+
+    first = parts[0]
+    one_2d_array = len(parts) == 1 and first.array.ndim == 2 and len(first.axes) == 2
+    n_features = first.n_features if len(parts) == 1 else None
+    return _TrainingData(first.axes, first.canonical.shape[1], n_features, one_2d_array, pixels, split)
+
+
+def _check_patch_fits_network(patch_shape, requested, axes, one_2d_array, depth):
     """Every side of a training patch must hold at least ``2**depth`` pixels, the
     network's down-sampling factor: below that its deepest level sees only padding."""
     multiple = 2**depth
-    spatial_axes = [a for a in "ZYX" if a in images.axes]  # the canonical order of patch_shape
+    spatial_axes = [a for a in "ZYX" if a in axes]  # the canonical order of patch_shape
     for letter, side, asked in zip(spatial_axes, patch_shape, requested):
         if side >= multiple:
             continue
@@ -287,9 +342,9 @@ def _check_patch_fits_network(patch_shape, requested, images, depth):
             f"The images are only {side} pixel(s) along {letter}, fewer than 2**depth={multiple} "
             f"the network needs at depth={depth}; lower depth or train on larger images"
         )
-        if images.array.ndim == 2 and len(images.axes) == 2:
+        if one_2d_array:
             # One 2D image: its rows are what scikit-learn calls samples, its columns features.
-            kind = "sample(s)" if images.axes.index(letter) == 0 else "feature(s)"
+            kind = "sample(s)" if axes.index(letter) == 0 else "feature(s)"
             message += f" (X is one image; found array with {side} {kind})"
         raise ValueError(message + ".")
 

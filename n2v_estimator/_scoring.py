@@ -16,7 +16,36 @@ import itertools
 
 import numpy as np
 
+from ._axes import check_image_array
+
 GRID_STRIDE = 4
+
+
+def clean_images(X, y):
+    """What ``score(X, y)`` scores against: ``y`` as float64 clean images when it
+    has ``X``'s shape; ``None`` for the self-supervised score (``y`` None, or one
+    label per row of ``X``, as a pipeline or a search passes along)."""
+    X_shape, y_shape = np.shape(X), None if y is None else np.shape(y)
+    if y_shape == X_shape:
+        return check_image_array(y, name="y").astype(np.float64)
+    if y_shape is not None and y_shape != X_shape[:1]:
+        raise ValueError(
+            f"y of shape {y_shape} is neither clean images of X's shape {X_shape} nor one label "
+            "per row of X; pass clean images to score against them, or y=None for the "
+            "self-supervised score."
+        )
+    return None
+
+
+def pooled_score(score, X, y):
+    """``score`` of a list of images ``X`` (and ``y``: None, or one clean image
+    each), the images' scores averaged with their sizes as weights: the score
+    of all their pixels together."""
+    targets = [None] * len(X) if y is None else list(y)
+    if len(targets) != len(X):
+        raise ValueError(f"y holds {len(targets)} images for the {len(X)} of X; pass y=None or one per image.")
+    scores = [score(x, target) for x, target in zip(X, targets)]
+    return float(np.average(scores, weights=[np.size(x) for x in X]))
 
 
 def grid_phases(ndim, n_phases, stride=GRID_STRIDE):

@@ -11,9 +11,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, InvalidParameterError, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._axes import check_fitted_layout, check_image_array, from_canonical, read_images
+from ._axes import check_fitted_layout, from_canonical, is_image_list, read_images
 from ._compute import PRECISIONS, resolve_precision
 from ._devices import resolve_device
+from ._lazy import is_dask_array, transform_lazy
 from ._masking import MANIPULATORS
 from ._normalize import check_representable, output_dtype
 from ._persistence import (
@@ -28,7 +29,7 @@ from ._persistence import (
 )
 from ._plan import Previous, make_plan
 from ._predict import denoise
-from ._scoring import j_invariant_mse
+from ._scoring import clean_images, j_invariant_mse, pooled_score
 from ._unet import ARCHITECTURE_CONSTRAINTS
 from ._version import __version__
 
@@ -152,7 +153,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
     history_ : list of dict
         One record per epoch: ``epoch``, ``train_loss``, ``val_loss``,
         ``learning_rate``, ``seconds`` (and the noise parameters, as below).
-        With a ``noise_model`` the losses are the blind spots' negative log-likelihood.
+        With a ``noise_model``: the prior mean's squared error plus the blind spots' NLL.
     noise_sigma_ : ndarray of shape (n_channels,)
         ``noise_model="gaussian"`` or a number: the noise sigma, input units.
     noise_a_, noise_b_ : ndarray of shape (n_channels,)
@@ -273,8 +274,11 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like
-            Noisy images laid out as ``axes`` says (integer or float).
+        X : array-like, list of arrays, zarr or dask array
+            Noisy images laid out as ``axes`` says (integer or float); a list
+            (or tuple) of images that share their axes but not their sizes
+            (patches drawn in proportion to size); a zarr or dask array, read
+            patch by patch, never whole (README, "Large data").
         y : None
             Ignored: training is self-supervised. Accepted so that
             ``GridSearchCV(...).fit(noisy, clean)`` can score against clean images.
@@ -316,15 +320,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
 
     def _set_fitted(self, model, mean, std, patch_shape, history, n_features=None):
         """Set every fitted attribute, in one place (``fit`` and ``load``) and one step."""
-        fitted = {
-            "model_": model.eval(),
-            "mean_": mean,
-            "std_": std,
-            "n_channels_": model.description["in_channels"],
-            "spatial_ndim_": model.description["ndim"],
-            "patch_shape_": tuple(patch_shape),
-            "history_": list(history),
-        }
+        fitted = {"model_": model.eval(), "mean_": mean, "std_": std, "patch_shape_": tuple(patch_shape),
+                  "n_channels_": model.description["in_channels"], "spatial_ndim_": model.description["ndim"],
+                  "history_": list(history)}
         if n_features is not None:
             fitted["n_features_in_"] = n_features
         if model.noise is not None:
@@ -339,9 +337,11 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like
+        X : array-like, list of arrays, or dask array
             Images laid out as ``axes`` says, with the channels seen in ``fit``;
             any spatial size (rows of ``image_shape`` under ``image_shape``).
+            A list gives a list; a ``dask.array.Array`` gives a lazy dask
+            array, denoised chunk by chunk (README, "Large data").
         return_std : bool, default=False
             With a ``noise_model``: also return the posterior standard
             deviation of every pixel's clean value (an uncertainty map).
@@ -349,11 +349,11 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         Returns
         -------
         ndarray, or (ndarray, ndarray) with ``return_std``
-            Same shape as ``X``: float64 for float64 input and for integers
-            wider than 16 bits (whose signal float32 would lose), else float32.
-            ``X`` itself is never modified. With a ``noise_model``, the
-            posterior mean; its prior is predicted blind (``4**2`` passes of the
-            network in 2D, ``3**3`` in 3D), see the README.
+            Of ``X``'s shape (lists of them for a list, dask arrays for a dask
+            array): float64 for float64 input and for integers wider than 16
+            bits (whose signal float32 would lose), else float32. ``X`` itself
+            is never modified. With a ``noise_model``, the posterior mean, its
+            prior predicted blind (``4**2`` network passes in 2D, ``3**3`` in 3D).
 
         Raises
         ------
@@ -361,6 +361,11 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             If ``X`` holds values too far from the training data's range for
             the network's float32 arithmetic: never a non-finite output.
         """
+        if is_dask_array(X):
+            return transform_lazy(self, X, return_std)
+        if is_image_list(X, self.image_shape):
+            out = [self.transform(x, return_std) for x in X]
+            return tuple(list(o) for o in zip(*out)) if return_std else out
         images = self._fitted_images(X)
         out = self._denoise(images.canonical, output_dtype(images.array.dtype), return_std=return_std)
         out = [np.ascontiguousarray(from_canonical(o, images.axes)).reshape(images.array.shape) for o in (
@@ -389,8 +394,9 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like
-            Noisy images, laid out as for :meth:`transform`.
+        X : array-like, or a list of arrays
+            Noisy images, laid out as for :meth:`transform`; a list is scored
+            as one (``y``: None, or a list of clean images of the same shapes).
         y : array-like or None
             ``None``: the negative self-supervised J-invariant loss (Noise2Self):
             the network is made blind on a fixed grid of pixels (stride 4, their
@@ -414,16 +420,11 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             In squared intensity units of ``X``, negated.
         """
         check_is_fitted(self, "model_")
-        X_shape, y_shape = np.shape(X), None if y is None else np.shape(y)
-        if y_shape == X_shape:
-            clean = check_image_array(y, name="y").astype(np.float64)
+        if is_image_list(X, self.image_shape):
+            return pooled_score(self.score, X, y)
+        clean = clean_images(X, y)
+        if clean is not None:
             return -float(np.mean((self.transform(X).astype(np.float64) - clean) ** 2))
-        if y_shape is not None and y_shape != X_shape[:1]:
-            raise ValueError(
-                f"y of shape {y_shape} is neither clean images of X's shape {X_shape} nor one label "
-                "per row of X; pass clean images to score against them, or y=None for the "
-                "self-supervised score."
-            )
         images = self._fitted_images(X)
         blind = partial(self._denoise, dtype=output_dtype(images.array.dtype), prior_only=True)
         return -j_invariant_mse(blind, images.canonical, self.n_score_phases)

@@ -1,0 +1,251 @@
+"""Arrays larger than memory: dask arrays in ``transform``, computed chunk by chunk.
+
+Each chunk of ``X`` is denoised with a halo of its neighbours' pixels around it
+(:func:`halo_width`), by the same in-memory path as a numpy ``X``, and only the
+chunk's own pixels are kept. The U-Net sees nothing beyond its receptive field,
+so with a halo that covers it (and the pooling grid of the whole image, see
+:func:`_denoise_block`) a chunk's pixels come out as the whole image's do.
+
+dask is an optional dependency: it is imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._axes import (
+    _refuse_unnamed_colour_axis,
+    check_fitted_layout,
+    check_image_array,
+    from_canonical,
+    read_images,
+    resolve_axes,
+    to_canonical,
+)
+from ._normalize import output_dtype
+
+
+def is_dask_array(X):
+    """Whether ``X`` is a ``dask.array.Array`` (without importing dask)."""
+    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "chunks") and hasattr(X, "map_overlap")
+
+
+def _import_dask():
+    """``dask.array`` and ``dask.delayed``, or an ``ImportError`` saying how to install them."""
+    try:
+        import dask
+        import dask.array as da
+    except ImportError as exc:  # e.g. dask without its array extra (numpy, toolz)
+        raise ImportError(
+            f"Denoising dask arrays needs dask with its array extra ({exc}); install it with: "
+            'pip install "n2v-estimator[dask]"'
+        ) from exc
+    return da, dask.delayed
+
+
+def receptive_radius(depth, kernel_size, blurpool=False):
+    """How far, in input pixels along each axis, the U-Net looks from an output pixel.
+
+    Two convolutions of radius ``r = kernel_size // 2`` per level on the way
+    down and up and at the bottom (``r * 2**level`` input pixels each), the
+    bilinear up-sampling (one coarse cell, ``2**(level + 1)`` pixels) and, for
+    N2V2's blur-pool, its blur (``2**level``): ``r * (6 * 2**depth - 4)`` plus
+    ``2 * (2**depth - 1)``, plus ``2**depth - 1`` with ``blurpool``. Exact for
+    the pooling positions that reach farthest (measured through the gradient):
+    10 pixels for depth 1 and kernel 3, 26 for the default depth 2.
+    """
+    multiple = 2**depth
+    radius = (kernel_size // 2) * (6 * multiple - 4) + 2 * (multiple - 1)
+    return radius + (multiple - 1 if blurpool else 0)
+
+
+def halo_width(description, neighborhood_radius=0):
+    """Pixels of context each chunk borrows from its neighbours, per side and spatial axis.
+
+    The network's :func:`receptive_radius`, plus ``2**depth - 1`` that a block
+    may drop to start (and end) on the pooling grid of the whole image, plus,
+    for a probabilistic network, ``neighborhood_radius``: the blind prior
+    replaces every masked pixel by a neighbour within that radius, so a masked
+    pixel at the edge of the receptive field must find the same neighbours as in
+    the whole image. Default network (depth 2, kernel 3): 29, or 31 with the
+    default radius 2 for a probabilistic one; depth 1: 11.
+
+    Parameters
+    ----------
+    description : dict
+        The network's description (``model_.description``).
+    neighborhood_radius : int
+        The estimator's ``neighborhood_radius``, counted for probabilistic networks only.
+
+    Returns
+    -------
+    int
+    """
+    halo = receptive_radius(description["depth"], description["kernel_size"], description["blurpool"])
+    halo += 2 ** description["depth"] - 1
+    if description["noise_model"] is not None:
+        halo += int(neighborhood_radius)
+    return halo
+
+
+def transform_lazy(estimator, X, return_std=False):
+    """Denoise a dask array lazily, chunk by chunk: ``estimator.transform`` for dask arrays.
+
+    Parameters
+    ----------
+    estimator : Noise2VoidDenoiser
+        Fitted, without ``image_shape`` (flattened rows are not supported lazily).
+    X : dask.array.Array
+        Images laid out as ``estimator.axes`` says (``None``: 2D is ``YX``,
+        3D is ``SYX``), with the channels seen in ``fit``; any numeric dtype.
+    return_std : bool, default=False
+        Also return the posterior standard deviation (probabilistic models only).
+
+    Returns
+    -------
+    dask.array.Array, or (dask.array.Array, dask.array.Array) with ``return_std``
+        Of ``X``'s shape and chunks (``C``, if present, in one chunk), with the
+        dtype numpy ``transform`` gives (float64 for float64 input and integers
+        wider than 16 bits, else float32). Nothing is computed until the result
+        is: each output chunk then denoises its chunk of ``X`` with a halo of
+        :func:`halo_width` pixels (29 for the default network) borrowed from
+        its neighbours along each spatial axis, through the in-memory path
+        (tiles, ``tta``, the blind prior), and keeps only the chunk's own
+        pixels. For plain Noise2Void the result is the in-memory
+        ``transform(X.compute())`` up to float32 rounding where a chunk fits in
+        one tile, and up to the tiler's own overlap error (``tile_overlap``)
+        elsewhere. A probabilistic model's blind prior draws its random
+        replacements per chunk, so its result differs from the in-memory one
+        by those draws only (as two runs on differently tiled data would).
+
+    Raises
+    ------
+    ValueError
+        At once, for ``image_shape``, an ``X`` unlike the training data
+        (dimensionality, channels), empty or not numeric, or ``return_std``
+        with a plain model. Values (non-finite, or too far from the training
+        data's range) are checked when a chunk is computed.
+
+    Notes
+    -----
+    Memory: a task holds one chunk plus its halo, its float32 normalised copy,
+    its output and one batch of tiles (as many pixels as a training batch, at
+    least 256x256, times 8 with ``tta``); a probabilistic model holds twice the
+    channels for the prior. Each worker thread runs one task at a time. The
+    halo adds ``(1 + 2 * halo / side)**ndim - 1`` to the work: 24% for
+    512x512 chunks and the default network, 6% for 2048x2048. Chunks thinner
+    than the halo are merged with a neighbour for the computation (the result
+    is chunked like ``X`` again).
+
+    With ``tta`` and an image side longer than a tile and not a multiple of
+    ``2**depth``, the in-memory tiler pools the flipped copies of its inner
+    tiles on another grid than those of its last tile; chunks follow the last
+    tile's grid (that of the whole image) everywhere.
+
+    The estimator enters the graph as one key: a distributed cluster ships it to
+    each worker once, not with every task. Progress bars are off inside tasks;
+    use dask's own (``dask.diagnostics.ProgressBar``, the dashboard). With the
+    threaded scheduler, tasks share the process's torch threads: on a CPU, one
+    dask thread per few cores, or ``torch.set_num_threads``, avoids oversubscription.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    da, delayed = _import_dask()
+    check_is_fitted(estimator, "model_")
+    if estimator.image_shape is not None:
+        raise ValueError(
+            f"image_shape={estimator.image_shape!r}: flattened rows are not supported for dask arrays; "
+            "reshape X to its images (e.g. X.reshape((-1, *image_shape))) and use a denoiser without "
+            "image_shape, or compute X and pass a numpy array."
+        )
+    layout, dtype = _check_layout(estimator, X)
+    network = estimator.model_.description
+    if return_std and network["noise_model"] is None:
+        # The words of _predict.denoise, which the in-memory transform raises.
+        raise ValueError("return_std=True needs a probabilistic model: fit with noise_model set.")
+
+    halo = halo_width(network, estimator.neighborhood_radius)
+    spatial = [i for i, letter in enumerate(layout) if letter in "ZYX"]
+    if "C" in layout:
+        X = X.rechunk({layout.index("C"): -1})
+    target_chunks = X.chunks
+    depth, chunks = {}, list(X.chunks)
+    for axis in spatial:
+        if X.shape[axis] <= halo:  # the whole axis is less than one halo: one chunk, no halo
+            depth[axis], chunks[axis] = 0, (X.shape[axis],)
+        else:  # dask's overlap takes the halo from the next chunk only
+            depth[axis] = halo
+            chunks[axis] = da.overlap.ensure_minimum_chunksize(halo, X.chunks[axis])
+    X = X.rechunk(tuple(chunks))
+    padded = da.overlap.overlap(X, depth=depth, boundary="none")  # chunks fit the halo: no rechunk
+
+    # Progress bars stay off inside tasks; the copy shares the user's network.
+    quiet = object.__new__(type(estimator))
+    quiet.__dict__.update(vars(estimator))
+    quiet.verbose = False
+    # One key for the estimator: pickled once into the graph, sent once to each worker.
+    shipped = delayed(quiet, pure=True, traverse=False)
+
+    settings = dict(layout=layout, depth=depth, shape=X.shape, multiple=2 ** network["depth"], out_dtype=dtype)
+    if not return_std:
+        out = da.map_blocks(
+            _denoise_block, padded, shipped, **settings, return_std=False,
+            chunks=X.chunks, dtype=dtype, meta=np.empty((0,) * X.ndim, dtype), token="n2v-denoise",
+        )  # fmt: skip
+        return out if out.chunks == target_chunks else out.rechunk(target_chunks)
+    both = da.map_blocks(
+        _denoise_block, padded, shipped, **settings, return_std=True,
+        chunks=((2,),) + X.chunks, new_axis=0, dtype=dtype, meta=np.empty((0,) * (X.ndim + 1), dtype),
+        token="n2v-denoise-std",
+    )  # fmt: skip
+    out = (both[0], both[1])
+    return tuple(o if o.chunks == target_chunks else o.rechunk(target_chunks) for o in out)
+
+
+def _check_layout(estimator, X):
+    """Validate ``X``'s dtype, layout and channels as numpy ``transform`` does, in
+    the same order, without computing any of it; return its axes and the dtype
+    of the result."""
+    if any(np.isnan(n) for n in X.shape):
+        raise ValueError(f"X has chunks of unknown size (shape {X.shape}); call X.compute_chunk_sizes() first.")
+    axes = estimator.axes
+    # Stand-ins of X's dtype: X's own shape if it holds nothing, else one pixel (and
+    # X's channels), read as numpy input is; guesses from the shape judge X's shape.
+    check_image_array(np.zeros(X.shape if not X.size else (1,) * X.ndim, dtype=X.dtype))
+    _refuse_unnamed_colour_axis(X.shape, axes)
+    layout = resolve_axes(axes, X.ndim)
+    images = read_images(np.zeros([n if a == "C" else 1 for a, n in zip(layout, X.shape)], X.dtype), axes, None)
+    check_fitted_layout(images, estimator.spatial_ndim_, estimator.n_channels_, None, type(estimator).__name__)
+    return images.axes, output_dtype(images.array.dtype)
+
+
+def _denoise_block(block, estimator, *, layout, depth, shape, multiple, out_dtype, return_std, block_info=None):
+    """Denoise one chunk of ``X`` from ``block`` (the chunk and its halo); return the chunk's pixels.
+
+    The block is first cut, by fewer than ``multiple`` (``2**depth``) pixels a
+    side, to start on a multiple of ``multiple`` and to end the same distance
+    before the image's end modulo ``multiple``: the U-Net pools on a grid that
+    starts at its input's start, and with ``tta`` flipped copies pool on one
+    that starts at its end, so the block then pools as the whole image does.
+    """
+    location = block_info[None]["array-location"][-len(shape) :]  # the chunk's own (start, stop) per axis
+    origin, cut, keep = [], [], []
+    for axis, (start, stop) in enumerate(location):
+        before = min(depth.get(axis, 0), start)  # "none" boundary: no halo at the image's edges
+        first, end = start - before, start - before + block.shape[axis]  # the block's extent in X
+        origin.append(first)
+        if layout[axis] in "SC":
+            cut.append(slice(None))
+            keep.append(slice(None))
+            continue
+        lead, tail = -first % multiple, (end - shape[axis]) % multiple
+        cut.append(slice(lead, block.shape[axis] - tail))
+        keep.append(slice(before - lead, before - lead + stop - start))
+    try:
+        block = check_image_array(block)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (The index is within the block of X that starts at {tuple(origin)}.)") from exc
+    canonical = to_canonical(block[tuple(cut)], layout)
+    out = estimator._denoise(canonical, dtype=out_dtype, return_std=return_std)
+    out = [from_canonical(o, layout)[tuple(keep)] for o in (out if return_std else [out])]
+    return np.stack(out) if return_std else np.ascontiguousarray(out[0])

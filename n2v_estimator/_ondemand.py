@@ -1,0 +1,155 @@
+"""Training data read on demand: zarr and dask arrays larger than memory.
+
+``fit`` never loads such an array. It reads a fixed sample of blocks for the
+normalisation statistics and the first noise estimate, then cuts every
+training and validation patch from the array when the patch is drawn: only
+the chunks under the patches sampled are ever read.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ._axes import _CANONICAL, check_image_array, resolve_axes
+
+# Pixels per channel of the sample the statistics and the noise estimate are taken from.
+SAMPLE_PIXELS = 2**22
+# Side of a sample block per spatial axis (2D, 3D): large enough for the noise
+# filter, small enough that the blocks come from all over the array.
+SAMPLE_BLOCK = {2: (128, 128), 3: (16, 64, 64)}
+
+
+def is_on_demand(X):
+    """Whether ``X`` is read on demand rather than converted to numpy: a zarr or
+    dask array (checked without importing either)."""
+    return type(X).__module__.split(".")[0] in ("zarr", "dask") and hasattr(X, "shape") and hasattr(X, "dtype")
+
+
+class OnDemandImage:
+    """One ``(C, *spatial)`` image of an on-demand array, cut into normalised patches when indexed.
+
+    Parameters
+    ----------
+    array : zarr or dask array
+    axes : str
+        ``array``'s axes (validated).
+    sample : int
+        The index along ``S`` (0 when there is none).
+    start, stop : tuple of int
+        The spatial region (canonical ``(Z), Y, X`` order) this image covers.
+    mean, std : ndarray of shape (C,) or None
+        The normalisation applied to every patch (set with :meth:`normalized`).
+    """
+
+    def __init__(self, array, axes, sample, start, stop, mean=None, std=None):
+        self.array, self.axes, self.sample = array, axes, sample
+        self.start, self.stop = tuple(start), tuple(stop)
+        self.mean, self.std = mean, std
+        channels = array.shape[axes.index("C")] if "C" in axes else 1
+        self.shape = (channels,) + tuple(b - a for a, b in zip(self.start, self.stop))
+
+    def normalized(self, mean, std):
+        return OnDemandImage(self.array, self.axes, self.sample, self.start, self.stop, mean, std)
+
+    def region(self, start, stop):
+        """The sub-image from ``start`` to ``stop`` (relative to this one)."""
+        return OnDemandImage(
+            self.array, self.axes, self.sample,
+            [s + a for s, a in zip(self.start, start)], [s + b for s, b in zip(self.start, stop)],
+            self.mean, self.std,
+        )
+
+    def read(self, spatial):
+        """The raw pixels under ``spatial`` (slices relative to this image), as a
+        ``(C, *spatial)`` numpy array in the input's dtype."""
+        letters = [a for a in _CANONICAL[2:] if a in self.axes]
+        index = []
+        for letter in self.axes:
+            if letter == "S":
+                index.append(self.sample)
+            elif letter == "C":
+                index.append(slice(None))
+            else:
+                k = letters.index(letter)
+                s = spatial[k]
+                index.append(slice(self.start[k] + s.start, self.start[k] + s.stop))
+        block = np.asarray(self.array[tuple(index)])
+        kept = [a for a in self.axes if a != "S"]
+        block = np.transpose(block, [kept.index(a) for a in "C" + "".join(letters) if a in kept])
+        return block if "C" in self.axes else block[None]
+
+    def __getitem__(self, index):
+        """A normalised float32 tensor of ``(slice(None), *spatial slices)``, as a
+        numpy-backed image would give (what :class:`._patches.PatchSampler` asks for)."""
+        block = self.read(index[1:]).astype(np.float64)
+        block -= np.reshape(self.mean, (-1,) + (1,) * (block.ndim - 1))
+        block /= np.reshape(self.std, (-1,) + (1,) * (block.ndim - 1))
+        return torch.from_numpy(block.astype(np.float32))
+
+
+def on_demand_images(X, axes):
+    """The images of an on-demand array, one per sample, nothing read.
+
+    Raises
+    ------
+    ValueError, TypeError
+        For axes that do not fit, or a non-numeric dtype.
+    """
+    layout = resolve_axes(axes, len(X.shape))
+    check_image_array(np.zeros((1,) * len(X.shape), dtype=X.dtype))  # the dtype rules of numpy input
+    if 0 in X.shape:
+        raise ValueError(f"X is empty: found an array of shape {tuple(X.shape)}.")
+    spatial = [X.shape[layout.index(a)] for a in _CANONICAL[2:] if a in layout]
+    samples = X.shape[layout.index("S")] if "S" in layout else 1
+    return [OnDemandImage(X, layout, s, [0] * len(spatial), spatial) for s in range(samples)], layout
+
+
+def sample_blocks(images, seed=0):
+    """A fixed random sample of raw ``(1, C, *block)`` float64 blocks of ``images``
+    (:class:`OnDemandImage`), at most :data:`SAMPLE_PIXELS` pixels per channel
+    together: all of small images, scattered blocks of large ones."""
+    ndim = len(images[0].shape) - 1
+    rng = np.random.default_rng(seed)
+    total = sum(math.prod(im.shape[1:]) for im in images)
+    if total <= SAMPLE_PIXELS:
+        return [im.read([slice(0, n) for n in im.shape[1:]]).astype(np.float64)[None] for im in images]
+    sizes = np.array([math.prod(im.shape[1:]) for im in images], dtype=np.float64)
+    blocks, taken = [], 0
+    while taken < SAMPLE_PIXELS:
+        image = images[rng.choice(len(images), p=sizes / sizes.sum())]
+        side = [min(b, n) for b, n in zip(SAMPLE_BLOCK[ndim], image.shape[1:])]
+        corner = [int(rng.integers(0, n - s + 1)) for n, s in zip(image.shape[1:], side)]
+        block = image.read([slice(c, c + s) for c, s in zip(corner, side)]).astype(np.float64)[None]
+        blocks.append(block)
+        taken += math.prod(side)
+    return blocks
+
+
+def split_on_demand(images, fraction, min_side=8):
+    """:func:`._patches.split_validation` for on-demand images: the last
+    ``round(fraction * n)`` whole images, else a strip at the end of the longest
+    axis of each image long enough for two parts. Nothing is read."""
+    n_held = int(round(fraction * len(images))) if fraction > 0 else 0
+    if 1 <= n_held < len(images):
+        return images[: len(images) - n_held], images[len(images) - n_held :]
+    if fraction <= 0:
+        return images, []
+    train, validation = [], []
+    for image in images:
+        spatial = image.shape[1:]
+        axis = int(np.argmax(spatial))
+        held = int(math.ceil(fraction * spatial[axis]))
+        if held < min_side or spatial[axis] - held < min_side:
+            train.append(image)
+            continue
+        cut = list(spatial)
+        cut[axis] -= held
+        start = [0] * len(spatial)
+        start[axis] = cut[axis]
+        train.append(image.region([0] * len(spatial), cut))
+        validation.append(image.region(start, spatial))
+    return train, validation
+
