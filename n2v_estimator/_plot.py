@@ -1,0 +1,67 @@
+"""The training curve of a fitted denoiser (the optional extra ``[plot]``: matplotlib)."""
+
+from __future__ import annotations
+
+
+def plot_history(history, keys=("train_loss", "val_loss"), ax=None):
+    """Plot a denoiser's training record, epoch by epoch (like n2v's ``plot_history``).
+
+    Parameters
+    ----------
+    history : Noise2VoidDenoiser or list of dict
+        A fitted denoiser (its ``history_``) or such a list of epoch records.
+    keys : sequence of str, default=("train_loss", "val_loss")
+        The record fields to plot, one line each; fields that are ``None`` in
+        every epoch (``val_loss`` without validation) are left out. Noise
+        parameters (``"noise_sigma"``, ``"noise_a"``, ``"noise_b"``) plot one
+        line per channel.
+    ax : matplotlib Axes, optional
+        Where to draw; a new figure's axes by default.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Raises
+    ------
+    ImportError
+        Without matplotlib (``pip install "n2v-estimator[plot]"``).
+    ValueError
+        For an unfitted denoiser, an empty history, or a key no epoch records.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from n2v_estimator import Noise2VoidDenoiser, plot_history
+    >>> noisy = np.random.default_rng(0).normal(100, 20, (128, 128))
+    >>> denoiser = Noise2VoidDenoiser(max_epochs=2, steps_per_epoch=2, patch_size=32, verbose=False).fit(noisy)
+    >>> ax = plot_history(denoiser)
+    >>> [line.get_label() for line in ax.get_lines()]
+    ['train_loss', 'val_loss']
+    """
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError(f'plot_history needs matplotlib ({exc}): pip install "n2v-estimator[plot]"') from exc
+    records = getattr(history, "history_", history)
+    if not isinstance(records, list) or not records:
+        raise ValueError("plot_history needs a fitted denoiser or a non-empty list of epoch records (its history_).")
+    unknown = [key for key in keys if not any(key in record for record in records)]
+    if unknown:
+        raise ValueError(f"No epoch records {unknown}; the records hold {sorted(records[0])}.")
+    if ax is None:
+        ax = plt.figure(figsize=(6, 3.5)).add_subplot()
+    epochs = [record["epoch"] for record in records]
+    for key in keys:
+        values = [record.get(key) for record in records]
+        if all(v is None for v in values):
+            continue
+        if isinstance(values[0], list):  # one value per channel
+            for channel, series in enumerate(zip(*values)):
+                ax.plot(epochs, series, marker=".", label=f"{key}[{channel}]")
+        else:
+            ax.plot(epochs, [float("nan") if v is None else v for v in values], marker=".", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(", ".join(keys) if len(keys) == 1 else "loss")
+    ax.legend()
+    return ax
