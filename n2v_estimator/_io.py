@@ -1,0 +1,538 @@
+"""Image files in and out, with their axes in the estimator's letters.
+
+:func:`read_image` reads TIFF (also OME-TIFF and ImageJ hyperstacks), PNG and
+JPEG, ``.npy`` and Zarr (a plain array, or an OME-Zarr group) and returns the
+array with the axes its file names (``None`` where it names none). With
+``lazy=True`` a zarr store, or a TIFF or ``.npy`` file over :data:`LAZY_BYTES`,
+comes back as a dask array that reads nothing until it is computed.
+:func:`write_image` writes a result as TIFF, OME-Zarr or ``.npy`` with its axes,
+streams a dask array to disk chunk by chunk, and writes under a temporary name
+renamed into place, so that a failed write never leaves a half-written file.
+
+tifffile, zarr and dask are optional (the extras ``[tiff]``, ``[zarr]`` and
+``[dask]``): they are imported inside the functions, and a missing one raises
+:class:`MissingDependencyError` saying what to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ._axes import resolve_axes
+from ._lazy import is_dask_array
+
+# With lazy=True, TIFF and .npy files larger than this come back as dask arrays (zarr stores always do).
+LAZY_BYTES = 512 * 2**20
+# Side of a lazily read chunk along each spatial axis: 1024 x 1024 pixels in 2D (4 MiB of float32,
+# large against the halo of a few dozen pixels the denoiser adds around it); 256**3 voxels in 3D
+# (64 MiB), where 1024**3 would not fit a worker's memory.
+LAZY_CHUNK_SIDE = 1024
+LAZY_CHUNK_SIDE_3D = 256
+# TIFF files whose data is larger than this are written as BigTIFF: classic TIFF's 32-bit offsets end
+# at 4 GiB, and some readers take them as signed (2 GiB).
+BIGTIFF_BYTES = 2 * 2**30
+
+READ_FORMATS = (
+    "TIFF (.tif, .tiff; OME-TIFF, ImageJ), PNG, JPEG (.png, .jpg, .jpeg), NumPy (.npy), "
+    "Zarr (a folder: an array or an OME-Zarr group)"
+)
+WRITE_FORMATS = ".tif or .tiff (TIFF), .zarr (OME-Zarr) or .npy"
+
+_TIFF = (".tif", ".tiff")
+_PICTURE = (".png", ".jpg", ".jpeg")
+_ZARR_MARKERS = (".zarray", ".zgroup", "zarr.json")
+# OME-Zarr axis names and types <-> our letters; OME-Zarr 0.4 orders them t, c, z, y, x, as we do.
+_FROM_OME = {"t": "S", "c": "C", "z": "Z", "y": "Y", "x": "X"}
+_OME_TYPES = {"S": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+_CANONICAL = "SCZYX"
+
+
+class MissingDependencyError(ImportError):
+    """An optional dependency that a file format needs is not installed."""
+
+
+class _ReadError(ValueError):
+    """A file that cannot be read, with a message that already names it."""
+
+
+def _require(module, extra, purpose):
+    """Import ``module``, or raise :class:`MissingDependencyError` naming the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{purpose} needs {module.split('.')[0]}, which is not installed ({exc}); "
+            f'install it with: pip install "n2v-estimator[{extra}]"'
+        ) from exc
+
+
+# ------------------------------------------------------------------- axes
+def axes_from_tiff(tiff_axes):
+    """Our axes for tifffile's series axes, or ``None`` where they do not map.
+
+    tifffile's ``S`` (samples per pixel: colour) and ``C`` are channels; ``T``
+    (time), ``I`` (image sequence) and ``Q`` (unknown) are samples, but only as
+    the first axis and only one of them; ``Z``, ``Y`` and ``X`` stay. Any other
+    letter, or two axes that map to the same letter, give ``None``.
+
+    >>> axes_from_tiff("TZCYX"), axes_from_tiff("YXS"), axes_from_tiff("IYX"), axes_from_tiff("CTYX")
+    ('SZCYX', 'YXC', 'SYX', None)
+    """
+    letters = []
+    for position, letter in enumerate(tiff_axes):
+        if letter in "ZYX":
+            letters.append(letter)
+        elif letter in "SC":
+            letters.append("C")
+        elif letter in "TIQ" and position == 0:
+            letters.append("S")
+        else:
+            return None
+    if len(set(letters)) != len(letters) or not {"Y", "X"} <= set(letters):
+        return None
+    return "".join(letters)
+
+
+def axes_to_tiff(axes):
+    """tifffile's axes for ours: ``S`` -> ``T``, a ``C`` after ``Y`` and ``X``
+    (colour, as in ``YXC``) -> ``S`` (samples per pixel), any other ``C`` -> ``C``.
+
+    >>> axes_to_tiff("SCYX"), axes_to_tiff("YXC"), axes_to_tiff("ZYX")
+    ('TCYX', 'YXS', 'ZYX')
+    """
+    last_plane = max(axes.index("Y"), axes.index("X"))
+    return "".join("T" if a == "S" else "S" if a == "C" and axes.index("C") > last_plane else a for a in axes)
+
+
+def _axes_from_ome(multiscale, ndim):
+    """Our axes from an OME-Zarr ``multiscales`` entry, or ``None`` where they do not map."""
+    names = [axis.get("name") if isinstance(axis, dict) else axis for axis in multiscale.get("axes") or []]
+    if not names and ndim == 5:  # OME-NGFF 0.1 and 0.2: always t, c, z, y, x
+        names = list("tczyx")
+    letters = [_FROM_OME.get(str(name).lower()) for name in names]
+    if len(letters) != ndim or None in letters or len(set(letters)) != ndim or not {"Y", "X"} <= set(letters):
+        return None
+    return "".join(letters)
+
+
+def lazy_chunks(shape, axes, storage_chunks=None):
+    """Chunks for a lazily read array of ``shape``: about :data:`LAZY_CHUNK_SIDE`
+    pixels along each spatial axis (:data:`LAZY_CHUNK_SIDE_3D` in 3D), all
+    channels together, one sample at a time; each a multiple of the file's own
+    ``storage_chunks`` (so that no stored chunk is read twice), cut to ``shape``.
+    ``axes=None``: the last two axes are ``Y`` and ``X``, the others samples.
+    """
+    layout = axes if axes is not None else "S" * (len(shape) - 2) + "YX"
+    side = LAZY_CHUNK_SIDE_3D if "Z" in layout else LAZY_CHUNK_SIDE
+    chunks = []
+    for position, (length, letter) in enumerate(zip(shape, layout)):
+        stored = max(1, int(storage_chunks[position])) if storage_chunks is not None else 1
+        wanted = side if letter in "ZYX" else length if letter == "C" else 1
+        chunks.append(max(1, min(length, max(stored, wanted // stored * stored))))
+    return tuple(chunks)
+
+
+def rechunk_for_axes(array, axes):
+    """A dask ``array`` chunked as :func:`lazy_chunks` chunks one of these ``axes``
+    (the file named none, or other ones): unchanged where it already is."""
+    chunks = lazy_chunks(array.shape, axes)
+    return array if array.chunksize == chunks else array.rechunk(chunks)
+
+
+# ---------------------------------------------------------------- reading
+def read_image(path, lazy=False, *, return_metadata=False):
+    """Read an image file and the axes it names.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A TIFF file (``.tif``, ``.tiff``: also OME-TIFF and ImageJ
+        hyperstacks; the first series), a PNG or JPEG file, a ``.npy`` file, or
+        a zarr folder (an array, or an OME-Zarr group, whose full-resolution
+        level is read).
+    lazy : bool, default=False
+        Return a zarr store, and a TIFF or ``.npy`` file larger than
+        :data:`LAZY_BYTES`, as a ``dask.array.Array`` in chunks of
+        :func:`lazy_chunks`: nothing of the data is read until it is computed.
+    return_metadata : bool, default=False
+        Also return a dict of what :func:`write_image` can carry over to a
+        result: ``format`` (``"tiff"``, ``"zarr"``, ``"ome-zarr"``, ``"npy"`` or
+        ``"picture"``), ``axes``, and the TIFF's ``tiff_axes`` (tifffile's) or
+        the OME-Zarr's ``multiscale`` (its first ``multiscales`` entry).
+
+    Returns
+    -------
+    array : ndarray or dask.array.Array
+        In the file's axis order (a ``.npy`` file memory-mapped, read-only).
+    axes : str or None
+        Our letters (``S``, ``C``, ``Z``, ``Y``, ``X``) for the axes the file
+        names: TIFF series axes (tifffile's ``S`` and ``C`` are ``C``; one
+        leading ``T``, ``I`` or ``Q`` is ``S``), OME-Zarr axis names (``t``
+        -> ``S``, ``c`` -> ``C``, ``z``, ``y``, ``x``), ``YX`` or ``YXC`` for
+        PNG and JPEG. ``None`` for ``.npy`` files, plain zarr arrays, and axes
+        that have no letter of ours.
+    metadata : dict
+        Only with ``return_metadata``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If nothing is at ``path``.
+    ValueError
+        If the format is not one of :data:`READ_FORMATS` or the file cannot be
+        read as its suffix says; the message names the path.
+    MissingDependencyError
+        If the format needs tifffile, zarr or dask and it is not installed.
+    """
+    path = Path(path)
+    kind = _input_format(path)
+    reader = {"tiff": _read_tiff, "zarr": _read_zarr, "npy": _read_npy, "picture": _read_picture}[kind]
+    try:
+        array, axes, metadata = reader(path, lazy)
+    except (MissingDependencyError, _ReadError, MemoryError):
+        raise
+    except Exception as exc:  # every engine has its own errors for a bad file
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ValueError(f"{path} could not be read as {kind.upper()}: {reason}") from exc
+    metadata["axes"] = axes
+    return (array, axes, metadata) if return_metadata else (array, axes)
+
+
+def is_zarr_store(path):
+    """Whether ``path`` is a folder holding zarr metadata (format 2 or 3)."""
+    return Path(path).is_dir() and any((Path(path) / marker).exists() for marker in _ZARR_MARKERS)
+
+
+def _input_format(path):
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder. Supported formats: {READ_FORMATS}.")
+    if path.is_dir():
+        if is_zarr_store(path):
+            return "zarr"
+        raise ValueError(
+            f"{path} is a folder but not a zarr store (it holds no .zarray, .zgroup or zarr.json). "
+            f"Supported formats: {READ_FORMATS}."
+        )
+    suffix = path.suffix.lower()
+    if suffix in _TIFF:
+        return "tiff"
+    if suffix in _PICTURE:
+        return "picture"
+    if suffix == ".npy":
+        return "npy"
+    raise ValueError(f"{path}: unknown image format {suffix or '(no suffix)'!r}. Supported formats: {READ_FORMATS}.")
+
+
+def _read_tiff(path, lazy):
+    tifffile = _require("tifffile", "tiff", "Reading TIFF files")
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+        metadata = {"format": "tiff", "tiff_axes": series.axes, "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej)}
+        axes = axes_from_tiff(series.axes)
+        if not lazy or math.prod(shape) * dtype.itemsize <= LAZY_BYTES:
+            return series.asarray(), axes, metadata
+        contiguous = series.dataoffset is not None and dtype.isnative
+    if contiguous:  # uncompressed, untiled: a memory map reads only what a chunk needs
+        data = tifffile.memmap(path, mode="r", series=0).reshape(shape)
+        return _from_array(data, axes), axes, metadata
+    zarr = _require("zarr", "zarr", "Reading a compressed or tiled TIFF file lazily")
+    if int(zarr.__version__.split(".")[0]) < 3:
+        raise MissingDependencyError(
+            f"Reading the compressed or tiled TIFF file {path} lazily needs zarr 3 (tifffile's zarr store); "
+            f'zarr {zarr.__version__} is installed: pip install "zarr>=3"'
+        )
+    array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
+    return _from_zarr(array, axes), axes, metadata
+
+
+def _read_zarr(path, lazy):
+    zarr = _require("zarr", "zarr", "Reading zarr stores")
+    node = zarr.open(str(path), mode="r")
+    metadata, axes = {"format": "zarr"}, None
+    if not hasattr(node, "shape"):  # a group
+        node, multiscale, version = _ome_image(node, path)
+        axes = _axes_from_ome(multiscale, node.ndim)
+        metadata = {"format": "ome-zarr", "ome_version": version, "multiscale": multiscale}
+    return (_from_zarr(node, axes) if lazy else node[...]), axes, metadata
+
+
+def _ome_image(group, path):
+    """The full-resolution array of the OME-Zarr image in ``group``, its
+    ``multiscales[0]`` entry and the OME-NGFF version."""
+    attrs = dict(group.attrs)
+    ome = attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs  # 0.5 nests under "ome"; 0.4 does not
+    multiscales = ome.get("multiscales")
+    if not multiscales:
+        if "bioformats2raw.layout" in ome and "0" in group:  # a collection of images: the first
+            return _ome_image(group["0"], path)
+        arrays = sorted(group.array_keys())
+        hint = f"give the path of one of its arrays, e.g. {path / arrays[0]}" if arrays else "it holds no array"
+        raise _ReadError(f"{path} is a zarr group without OME-Zarr 'multiscales' metadata; {hint}.")
+    multiscale = multiscales[0]
+    try:
+        dataset = multiscale["datasets"][0]["path"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise _ReadError(f"{path}: the OME-Zarr metadata names no dataset (multiscales[0].datasets[0].path).") from exc
+    version = ome.get("version") or multiscale.get("version")
+    return group[dataset], multiscale, version
+
+
+def _read_npy(path, lazy):
+    data = np.load(path, allow_pickle=False, mmap_mode="r")
+    if lazy and data.nbytes > LAZY_BYTES:
+        data = _from_array(data, None)
+    return data, None, {"format": "npy"}
+
+
+def _read_picture(path, lazy):
+    import imageio.v3 as iio  # scikit-image's own dependency
+
+    data = iio.imread(path)
+    axes = "YX" if data.ndim == 2 else "YXC" if data.ndim == 3 and data.shape[-1] in (2, 3, 4) else None
+    return data, axes, {"format": "picture"}
+
+
+class _MappedFile:
+    """An array stored contiguously in a file, mapped only while one block of it is
+    read or written. ``dask.array.from_array`` takes it as it is (it copies, that is
+    reads whole, any array with a ``copy`` method), ``dask.array.store`` writes into
+    it, and the process holds one block at a time, not every page a long-lived
+    memory map has touched. Pickles as its file name and place (a dask worker
+    maps the file itself)."""
+
+    def __init__(self, memmap, mode="r"):
+        self.filename, self.offset, self.mode = str(memmap.filename), int(memmap.offset), mode
+        self.shape, self.dtype, self.ndim = tuple(memmap.shape), memmap.dtype, memmap.ndim
+        self.order = "F" if memmap.flags.f_contiguous and not memmap.flags.c_contiguous else "C"
+
+    def _map(self):
+        return np.memmap(self.filename, self.dtype, self.mode, self.offset, self.shape, self.order)
+
+    def __getitem__(self, key):
+        return np.array(self._map()[key])  # a copy: the map closes as it goes
+
+    def __setitem__(self, key, value):
+        self._map()[key] = value
+
+
+def _from_array(memmap, axes):
+    """A dask array over a memory-mapped file: nothing is read until it is computed."""
+    da = _require("dask.array", "dask", "Reading large images lazily")
+    chunks = lazy_chunks(memmap.shape, axes)
+    meta = np.empty((0,) * memmap.ndim, memmap.dtype)
+    return da.from_array(_MappedFile(memmap), chunks=chunks, name=f"n2v-read-{secrets.token_hex(8)}", meta=meta)
+
+
+def _from_zarr(array, axes):
+    da = _require("dask.array", "dask", "Reading zarr stores lazily")
+    return da.from_zarr(array, chunks=lazy_chunks(array.shape, axes, array.chunks))
+
+
+# ---------------------------------------------------------------- writing
+def check_output_path(path):
+    """Refuse, before any work, an output ``path`` that :func:`write_image` cannot
+    write: another suffix than :data:`WRITE_FORMATS`, a missing folder, or a
+    folder in the way that is not a zarr store. Returns the format."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    kind = "tiff" if suffix in _TIFF else "zarr" if suffix == ".zarr" else "npy" if suffix == ".npy" else None
+    if kind is None:
+        raise ValueError(f"{path}: cannot write {suffix or 'a file without a suffix'!r}; write {WRITE_FORMATS}.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"Cannot write {path}: the folder {path.parent} does not exist.")
+    if path.is_dir() and not (kind == "zarr" and is_zarr_store(path)):
+        raise ValueError(f"Cannot write {path}: a folder that is not a zarr store is in the way.")
+    return kind
+
+
+def write_image(path, data, axes, source_metadata=None):
+    """Write ``data`` to ``path`` with its axes, in the format its suffix names.
+
+    Parameters
+    ----------
+    path : str or path-like
+        ``.tif`` or ``.tiff``: TIFF, with the axes as tifffile metadata (OME-TIFF
+        where OME can hold them: other axes before ``YX``, or ``YXS`` colour
+        with 3 or 4 channels; else tifffile's own shaped TIFF); BigTIFF over
+        :data:`BIGTIFF_BYTES`. ``.zarr``: an OME-Zarr 0.4 group (zarr format 2)
+        holding one level, the array ``"0"``, its axes transposed to OME's
+        order ``t, c, z, y, x`` where they are in another. ``.npy``: the array
+        alone.
+    data : ndarray or dask.array.Array
+        A dask array is computed chunk by chunk straight into the file (its
+        place in an uncompressed TIFF or ``.npy`` file, mapped one chunk at a
+        time, or the zarr array's own chunks): it is never held in memory whole.
+    axes : str or None
+        Our letters for ``data``'s axes (``None``: ``YX`` in 2D, ``SYX`` in 3D).
+    source_metadata : dict, optional
+        From ``read_image(..., return_metadata=True)`` for the input ``data`` was
+        made from: a TIFF's tifffile axes (``T``, ``Q``, ...) are reused when they
+        map to ``axes``, an OME-Zarr's axis entries (units) and scale
+        transformations when its axes are ``axes``.
+
+    Raises
+    ------
+    ValueError, FileNotFoundError
+        Before writing, as :func:`check_output_path` says, and for axes that do
+        not fit ``data``.
+
+    Notes
+    -----
+    The file (or zarr folder) is written next to ``path`` under a temporary
+    name and renamed into place: a write that fails, or is interrupted, leaves
+    whatever was at ``path`` before (an existing zarr store is replaced only
+    once the new one is complete).
+    """
+    path = Path(path)
+    kind = check_output_path(path)
+    lazy = is_dask_array(data)
+    if not lazy:
+        data = np.asarray(data)
+    axes = resolve_axes(axes, data.ndim)
+    writer = {"tiff": _write_tiff, "zarr": _write_zarr, "npy": _write_npy}[kind]
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        writer(temporary, data, axes, source_metadata or {}, lazy)
+        _move_into_place(temporary, path)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def _remove(path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _move_into_place(temporary, path):
+    """Rename ``temporary`` to ``path``; a folder (zarr) in the way is set aside
+    first and removed only once the new one is in place."""
+    if not (temporary.is_dir() and path.exists()):
+        os.replace(temporary, path)
+        return
+    old = path.with_name(f".{path.name}.{secrets.token_hex(8)}.old")
+    os.replace(path, old)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    _remove(old)
+
+
+def _store(data, target):
+    """Compute the dask array ``data`` chunk by chunk into ``target`` (chunks never overlap)."""
+    da = _require("dask.array", "dask", "Writing dask arrays")
+    da.store(data, target, lock=False)
+
+
+def _store_in_file(data, memmap):
+    """:func:`_store` into the file ``memmap`` maps, mapping one chunk at a time; on disk
+    before the file is renamed into place."""
+    memmap.flush()
+    target = _MappedFile(memmap, mode="r+")
+    del memmap
+    _store(data, target)
+    descriptor = os.open(target.filename, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _tiff_axes_for(axes, source):
+    """The input TIFF's own axes letters where they map to ``axes`` (``Q`` stays
+    ``Q``, not ``T``); ours mapped back (:func:`axes_to_tiff`) otherwise."""
+    own = source.get("tiff_axes") if source.get("format") == "tiff" else None
+    if own and axes_from_tiff(own) == axes and ("S" not in own or own.endswith("YXS")):
+        return own.replace("I", "T")  # OME has no I (an image sequence): T
+    return axes_to_tiff(axes)
+
+
+def _tiff_options(tiff_axes, shape, dtype):
+    colour = tiff_axes.endswith("YXS") and shape[-1] in (3, 4)
+    before = tiff_axes[: -3 if colour else -2]
+    ome = (colour or tiff_axes.endswith("YX")) and set(before) <= set("TZCQ")
+    return dict(
+        metadata={"axes": tiff_axes},
+        ome=ome,
+        photometric="rgb" if colour else "minisblack",
+        bigtiff=math.prod(shape) * np.dtype(dtype).itemsize > BIGTIFF_BYTES,
+    )
+
+
+def _write_tiff(temporary, data, axes, source, lazy):
+    tifffile = _require("tifffile", "tiff", "Writing TIFF files")
+    options = _tiff_options(_tiff_axes_for(axes, source), data.shape, data.dtype)
+    if not lazy:
+        tifffile.imwrite(temporary, data, **options)
+        return
+    # An empty, uncompressed file first; then each chunk into its place.
+    tifffile.imwrite(temporary, shape=data.shape, dtype=data.dtype, **options)
+    _store_in_file(data, tifffile.memmap(temporary, mode="r+").reshape(data.shape))  # tifffile drops axes of length 1
+
+
+def _write_npy(temporary, data, axes, source, lazy):
+    if not lazy:
+        with open(temporary, "wb") as file:
+            np.save(file, data, allow_pickle=False)
+        return
+    _store_in_file(data, np.lib.format.open_memmap(temporary, mode="w+", dtype=data.dtype, shape=data.shape))
+
+
+def _write_zarr(temporary, data, axes, source, lazy):
+    zarr = _require("zarr", "zarr", "Writing zarr stores")
+    order = [axes.index(letter) for letter in _CANONICAL if letter in axes]
+    if order != sorted(order):  # OME-Zarr 0.4 orders the axes t, c, z, y, x
+        data, axes = data.transpose(order), "".join(axes[i] for i in order)
+    if lazy:
+        chunks = tuple(int(c) for c in data.chunksize)
+        data = data.rechunk(chunks)  # one zarr chunk per dask chunk: no two tasks write the same chunk
+    else:
+        chunks = lazy_chunks(data.shape, axes)
+    major = int(zarr.__version__.split(".")[0])
+    if major >= 3:
+        group = zarr.open_group(str(temporary), mode="w", zarr_format=2)
+        array = group.create_array(
+            "0", shape=data.shape, chunks=chunks, dtype=data.dtype, chunk_key_encoding={"name": "v2", "separator": "/"}
+        )
+    else:
+        group = zarr.open_group(str(temporary), mode="w")
+        array = group.create_dataset("0", shape=data.shape, chunks=chunks, dtype=data.dtype, dimension_separator="/")
+    group.attrs["multiscales"] = [_multiscale(axes, source)]
+    if lazy:
+        _store(data, array)
+    else:
+        array[...] = data
+
+
+def _multiscale(axes, source):
+    """An OME-Zarr 0.4 ``multiscales`` entry for one level ``"0"`` with ``axes``:
+    scales of 1, or the input's axis entries and transformations where it was an
+    OME-Zarr image with these axes."""
+    entry = {
+        "version": "0.4",
+        "axes": [{"name": "t" if a == "S" else a.lower(), "type": _OME_TYPES[a]} for a in axes],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(axes)}]}],
+    }
+    previous = source.get("multiscale") if source.get("format") == "ome-zarr" else None
+    if previous and _axes_from_ome(previous, len(axes)) == axes:
+        if all(isinstance(axis, dict) for axis in previous.get("axes") or [None]):
+            entry["axes"] = previous["axes"]
+        transforms = (previous.get("datasets") or [{}])[0].get("coordinateTransformations")
+        if transforms:
+            entry["datasets"][0]["coordinateTransformations"] = transforms
+        for key in ("name", "coordinateTransformations"):
+            if key in previous:
+                entry[key] = previous[key]
+    return entry

@@ -1,0 +1,473 @@
+"""The ``n2v-estimator`` command: train a denoiser on image files, denoise files, describe a model file.
+
+Every estimator parameter is an option of ``fit``, generated from
+``Noise2VoidDenoiser().get_params()`` with its help taken from the class
+docstring's Parameters section, so the command line never lags behind the
+estimator. Errors a user can make are one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import glob
+import inspect
+import json
+import os
+import re
+import sys
+import textwrap
+import warnings
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from ._axes import resolve_axes
+from ._io import (
+    READ_FORMATS,
+    WRITE_FORMATS,
+    check_output_path,
+    is_zarr_store,
+    read_image,
+    rechunk_for_axes,
+    write_image,
+)
+from ._lazy import is_dask_array
+from ._persistence import ModelFile
+from ._training import NonFiniteLossError
+from ._version import __version__
+from .estimator import Noise2VoidDenoiser
+
+PROG = "n2v-estimator"
+# Exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 130
+# Errors a user can make (files, formats, axes, parameter values, model files, missing extras,
+# a diverging fit): one line and exit status 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (OSError, ValueError, TypeError, ImportError, ArithmeticError)
+# Parameters with an option of their own (their meaning on the command line differs).
+_OWN_OPTIONS = ("axes",)
+# Parameters that also apply when denoising with a saved model (transform takes them).
+_TRANSFORM_PARAMS = ("tile_size", "tile_overlap", "device", "precision")
+
+ABOUT = """\
+Noise2Void: self-supervised denoising of images, trained on the noisy images alone.
+A few pixels of every training patch are hidden and a U-Net learns to predict them
+from their surroundings; since the noise is independent from pixel to pixel and the
+signal is not, it learns the signal, and then denoises images of any size.
+"""
+
+EXAMPLES = {
+    "fit": """\
+  # train on every noisy TIFF of the folder (sizes may differ), 10 epochs
+  n2v-estimator fit noisy_*.tif --model model.safetensors --max-epochs 10
+  # a 3D stack without axes metadata, structN2V for horizontal stripes
+  n2v-estimator fit stack.npy --axes ZYX --struct-mask "('x', 5)" --model model.safetensors""",
+    "transform": """\
+  # one file; the output's suffix (.tif, .tiff, .zarr, .npy) chooses the format
+  n2v-estimator transform --model model.safetensors noisy_01.tif --output denoised_01.tif
+  # a large OME-Zarr image, read, denoised and written chunk by chunk
+  n2v-estimator transform --model model.safetensors big.ome.zarr --output denoised.ome.zarr
+  # several files into a folder, each named after its input, with test-time augmentation
+  n2v-estimator transform --model model.safetensors noisy_*.tif --output denoised --tta""",
+    "info": """\
+  n2v-estimator info model.safetensors
+  n2v-estimator info model.safetensors --json""",
+}
+
+
+# ------------------------------------------------------------------ options
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; the commands' names and their help on one line."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=30)
+        # argparse measures a command's name without its indent: room for "    transform".
+        self._action_max_length = len("    transform")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line too, as every other error of the command."""
+
+    def error(self, message):
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def parameter_help(docstring):
+    """``{name: help}`` from the numpydoc ``Parameters`` section of ``docstring``:
+    the description on one line, followed by the type line in brackets."""
+    text = inspect.cleandoc(docstring or "")
+    match = re.search(r"^Parameters\n-+\n(.*?)(?=^\S[^\n]*\n-+\n|\Z)", text, re.M | re.S)
+    helps = {}
+    for entry in re.split(r"\n(?=\S)", match.group(1).strip()) if match else []:
+        header, _, body = entry.partition("\n")
+        names, _, kind = header.partition(" : ")
+        description = re.sub(r":\w+:`~?([^`]*)`", r"\1", " ".join(body.split())).replace("``", "")
+        for name in names.split(","):
+            helps[name.strip()] = f"{description} [{kind.strip()}]"
+    return helps
+
+
+def _escaped(text):
+    """``text`` as argparse help, which formats ``%``."""
+    return text.replace("%", "%%")
+
+
+def parameter_value(text):
+    """An option's value: a Python literal (``64``, ``(16, 64, 64)``, ``None``,
+    ``True``; also ``true``, ``false``, ``none``) or, failing that, the string."""
+    spelled = {"true": True, "false": False, "none": None, "null": None}
+    if text.strip().lower() in spelled:
+        return spelled[text.strip().lower()]
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def _add_parameter_options(parser, names, helps, defaults):
+    group = parser.add_argument_group(
+        "estimator parameters",
+        "Noise2VoidDenoiser's parameters (README, Parameters); values are Python literals or strings.",
+    )
+    for name in names:
+        spellings = dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}"])
+        group.add_argument(
+            *spellings, dest=f"param_{name}", metavar="VALUE", type=parameter_value, default=argparse.SUPPRESS,
+            help=_escaped(helps.get(name) or f"(default: {defaults[name]!r})"),
+        )  # fmt: skip
+
+
+def _given_parameters(args):
+    return {key[len("param_"):]: value for key, value in vars(args).items() if key.startswith("param_")}
+
+
+def build_parser():
+    """The ``n2v-estimator`` argument parser, its options generated from the estimator."""
+    helps = parameter_help(Noise2VoidDenoiser.__doc__)
+    defaults = Noise2VoidDenoiser().get_params()
+    axes_help = (
+        f"{helps.get('axes', '')} Default: the axes in the files' metadata (OME-TIFF, ImageJ, OME-Zarr, "
+        "tifffile), else 2D YX and 3D SYX."
+    )
+    examples = "\n".join(EXAMPLES.values())
+    parser = _Parser(
+        prog=PROG, description=ABOUT, formatter_class=_Formatter, allow_abbrev=False,
+        epilog=f"Examples:\n{examples}\n\nRun '{PROG} COMMAND --help' for a command's options.",
+    )  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name, summary, description, usage=None):
+        return commands.add_parser(
+            name, help=summary, description=f"{ABOUT}\n{textwrap.fill(description, 88)}", usage=usage,
+            epilog=f"Examples:\n{EXAMPLES[name]}", formatter_class=_Formatter, allow_abbrev=False,
+        )  # fmt: skip
+
+    fit = command(
+        "fit", "train a denoiser on noisy images and save it",
+        f"fit: train on the noisy INPUT images (files, zarr folders or glob patterns; {READ_FORMATS}) "
+        "and write the model to --model (one safetensors file).",
+        usage=f"{PROG} fit INPUT... --model PATH [--axes AXES] [--PARAMETER VALUE ...] [--quiet]",
+    )  # fmt: skip
+    fit.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images: files, zarr folders or glob patterns")
+    fit.add_argument("--model", required=True, metavar="PATH", help="the model file to write (e.g. model.safetensors)")
+    fit.add_argument("--axes", metavar="AXES", help=_escaped(axes_help))
+    fit.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    order = list(helps)  # the docstring's order (the constructor's), not get_params' alphabetical one
+    names = [n for n in defaults if n not in _OWN_OPTIONS]
+    names.sort(key=lambda n: order.index(n) if n in order else len(order))
+    _add_parameter_options(fit, names, helps, defaults)
+    fit.set_defaults(run=_fit)
+
+    transform = command(
+        "transform", "denoise images with a saved model",
+        "transform: denoise the INPUT images with the model. One INPUT: --output is a file whose suffix "
+        f"chooses its format ({WRITE_FORMATS}); several: --output is a folder, each result named after "
+        "its input (as TIFF unless the input is TIFF or zarr). Zarr inputs and TIFF or .npy inputs over "
+        "512 MiB are read, denoised and written chunk by chunk, in bounded memory; the input's axes "
+        "metadata is kept.",
+        usage=f"{PROG} transform --model PATH INPUT... --output PATH [--axes AXES] [--tta] [--quiet] [--PARAMETER VALUE]",
+    )  # fmt: skip
+    transform.add_argument("inputs", nargs="+", metavar="INPUT", help="images: files, zarr folders or glob patterns")
+    transform.add_argument("--model", required=True, metavar="PATH", help="a model written by 'n2v-estimator fit'")
+    transform.add_argument("--output", required=True, metavar="PATH", help="the output file (one INPUT) or folder (several)")
+    transform.add_argument("--axes", metavar="AXES", help=_escaped(f"{axes_help} Last, the model's axes (if they fit)."))
+    transform.add_argument("--tta", action="store_true", help=_escaped(helps.get("tta", "")))
+    transform.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_parameter_options(transform, _TRANSFORM_PARAMS, helps, defaults)
+    transform.set_defaults(run=_transform)
+
+    info = command(
+        "info", "describe a model file",
+        "info: what a model file holds: parameters (those that differ from the defaults marked), "
+        "axes, channels, patch shape, normalisation, training history and noise model.",
+    )  # fmt: skip
+    info.add_argument("path", metavar="PATH", help="a model written by 'n2v-estimator fit'")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead")
+    info.set_defaults(run=_info)
+    return parser
+
+
+# ------------------------------------------------------------------- inputs
+def expand_inputs(patterns):
+    """File and folder names, glob patterns expanded (sorted); a pattern that
+    matches nothing is an error. A name that exists is taken as it is."""
+    paths = []
+    for pattern in patterns:
+        if os.path.exists(pattern) or not re.search(r"[*?[]", pattern):
+            paths.append(Path(pattern))
+            continue
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise FileNotFoundError(f"{pattern} matches no file.")
+        paths.extend(Path(match) for match in matches)
+    return paths
+
+
+def _check_axes(axes, array, path):
+    """``axes`` resolved for ``array`` of ``path``, or a ValueError that names the file."""
+    try:
+        return resolve_axes(axes, array.ndim)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path} has shape {tuple(array.shape)}: {exc} Pass --axes to name its axes.") from exc
+
+
+def _fit_axes(given, paths, images):
+    """The axes to fit with: ``--axes``, else those all the files name (``None`` when none names
+    any: the estimator's own inference, 2D YX and 3D SYX)."""
+    if given is None:
+        named = {path: axes for path, (_, axes) in zip(paths, images) if axes is not None}
+        if len(set(named.values())) > 1:
+            listed = ", ".join(f"{path}: {axes}" for path, axes in named.items())
+            raise ValueError(f"The inputs' metadata name different axes ({listed}); name the common axes with --axes.")
+        given = next(iter(named.values()), None)
+    for path, (array, _) in zip(paths, images):
+        _check_axes(given, array, path)
+    return given
+
+
+# --------------------------------------------------------------------- fit
+def _fit(args):
+    paths = expand_inputs(args.inputs)
+    # Zarr stores and large files as dask arrays: fit reads only the patches it samples.
+    images = [read_image(path, lazy=True) for path in paths]
+    axes = _fit_axes(args.axes, paths, images)
+    given = _given_parameters(args)
+    params = {**given, "axes": axes, "verbose": False if args.quiet else given.get("verbose", True)}
+    if params.get("warm_start") and os.path.isfile(args.model):  # continue training the saved model
+        denoiser = Noise2VoidDenoiser.load(args.model).set_params(**params)
+    else:
+        denoiser = Noise2VoidDenoiser(**params)
+    arrays = [array for array, _ in images]
+    epochs_before = len(getattr(denoiser, "history_", []))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Training interrupted")  # said below, with what was saved
+            denoiser.fit(arrays[0] if len(arrays) == 1 else arrays)
+    except (KeyboardInterrupt, NonFiniteLossError) as exc:
+        # fit keeps the best weights of the complete epochs, then re-raises: save them.
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        stopped = "interrupted" if interrupted else f"stopped ({' '.join(str(exc.__cause__ or exc).split())})"
+        epochs = len(getattr(denoiser, "history_", [])) - epochs_before
+        if epochs <= 0:
+            _say(f"training {stopped} before any epoch completed; nothing was saved.")
+        else:
+            _save(denoiser, args.model, given.get("verbose", "auto"))
+            _say(f"training {stopped} after {epochs} complete epoch(s); {_kept(denoiser)} were saved to {args.model}.")
+        return INTERRUPTED if interrupted else 2
+    _save(denoiser, args.model, given.get("verbose", "auto"))
+    if not args.quiet:
+        print(f"Saved {args.model}: {_history_line(_history_summary(denoiser.history_))}")
+    return 0
+
+
+def _save(denoiser, path, verbose):
+    """Save the fitted ``denoiser`` with the user's ``verbose`` (not this command's progress bar)."""
+    denoiser.set_params(verbose=verbose).save(path)
+
+
+def _kept(denoiser):
+    has_validation = denoiser.history_ and denoiser.history_[-1].get("val_loss") is not None
+    return "the best validation weights" if has_validation else "the weights of the last complete epoch"
+
+
+# --------------------------------------------------------------- transform
+def _output_paths(inputs, text):
+    """One output per input: ``output`` itself for one input (unless it names a folder); else a
+    file in the folder ``output`` named after each input (a TIFF or zarr input's name, else the
+    input's stem with .tif). An output that would replace its input is refused."""
+    output = Path(text)
+    is_folder = text.endswith(("/", os.sep)) or (output.is_dir() and not is_zarr_store(output))
+    if len(inputs) == 1 and not is_folder:
+        outputs = [output]
+    else:
+        if output.exists() and not output.is_dir():
+            raise ValueError(f"--output {output} must be a folder for {len(inputs)} inputs, and is a file.")
+        names = [path.name if path.suffix.lower() in (".tif", ".tiff", ".zarr") else path.stem + ".tif" for path in inputs]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"Several inputs would be written to the same file in {output}: {', '.join(repeated)}.")
+        outputs = [output / name for name in names]
+    for path, result in zip(inputs, outputs):
+        if os.path.realpath(path) == os.path.realpath(result):
+            raise ValueError(f"The result of {path} would replace it; choose another --output.")
+    if len(outputs) > 1 or is_folder:
+        output.mkdir(parents=True, exist_ok=True)
+    for path in outputs:
+        check_output_path(path)
+    return outputs
+
+
+def _transform(args):
+    paths = expand_inputs(args.inputs)
+    overrides = _given_parameters(args)
+    denoiser = Noise2VoidDenoiser.load(args.model, device=overrides.pop("device", None))
+    model_axes = denoiser.axes
+    denoiser.set_params(**overrides, verbose=not args.quiet, **({"tta": True} if args.tta else {}))
+    outputs = _output_paths(paths, args.output)
+    for path, output in zip(paths, outputs):
+        array, found, metadata = read_image(path, lazy=True, return_metadata=True)
+        # Then the model's axes where they fit; None: the estimator infers them (and refuses a colour image).
+        named = args.axes or found or (model_axes if model_axes and len(model_axes) == array.ndim else None)
+        axes = _check_axes(named, array, path)
+        if is_dask_array(array) and axes != found:
+            array = rechunk_for_axes(array, axes)
+        denoiser.set_params(axes=named)
+        result = denoiser.transform(array)
+        with _dask_scheduler(is_dask_array(result), progress=not args.quiet):
+            write_image(output, result, axes, metadata)
+        if not args.quiet:
+            print(f"{path} -> {output}")
+    return 0
+
+
+@contextmanager
+def _dask_scheduler(lazy, progress):
+    """For a dask result: its chunks computed one at a time, the U-Net using every core in each,
+    so that memory stays at about one chunk's worth; dask's progress bar on stderr."""
+    if not lazy:
+        yield
+        return
+    import dask
+    from dask.diagnostics import ProgressBar
+
+    bar = ProgressBar(minimum=1.0, out=sys.stderr) if progress else nullcontext()
+    with dask.config.set(scheduler="threads", num_workers=1), bar:
+        yield
+
+
+# -------------------------------------------------------------------- info
+def _history_summary(history):
+    """Epochs, first and last train loss, best validation loss and its epoch, seconds."""
+    summary = {"epochs": len(history), "seconds": float(sum(r.get("seconds", 0.0) for r in history))}
+    if history:
+        summary["first_train_loss"] = history[0].get("train_loss")
+        summary["last_train_loss"] = history[-1].get("train_loss")
+        validated = [r for r in history if r.get("val_loss") is not None]
+        best = min(validated, key=lambda r: r["val_loss"]) if validated else None
+        summary["best_val_loss"] = best["val_loss"] if best else None
+        summary["best_val_epoch"] = best.get("epoch") if best else None
+    return summary
+
+
+def _history_line(summary):
+    if not summary["epochs"]:
+        return "no training history."
+    line = (
+        f"{summary['epochs']} epoch(s) in {summary['seconds']:.1f} s, train loss "
+        f"{summary['first_train_loss']:.4g} -> {summary['last_train_loss']:.4g}"
+    )
+    if summary["best_val_loss"] is not None:
+        line += f", best validation loss {summary['best_val_loss']:.4g} (epoch {summary['best_val_epoch']})"
+    return line + "."
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+def describe_model(path):
+    """What the model file ``path`` holds, as one JSON-able dict (``info --json`` prints it)."""
+    with ModelFile(path) as file:
+        document = file.document
+    denoiser = Noise2VoidDenoiser.load(path, device="cpu")  # checks the whole file, weights included
+    saved = _jsonable(document.get("params", {}))
+    defaults = _jsonable(Noise2VoidDenoiser().get_params())
+    noise = {name: getattr(denoiser, f"noise_{name}_", None) for name in ("sigma", "a", "b")}
+    noise = {name: value.tolist() for name, value in noise.items() if value is not None}
+    return {
+        "path": str(path),
+        "package_version": document.get("package_version"),
+        "format_version": document.get("format_version"),
+        "parameters": saved,
+        "non_default_parameters": sorted(name for name, value in saved.items() if value != defaults.get(name)),
+        "axes": denoiser.axes,
+        "spatial_ndim": denoiser.spatial_ndim_,
+        "n_channels": denoiser.n_channels_,
+        "patch_shape": list(denoiser.patch_shape_),
+        "mean": denoiser.mean_.tolist(),
+        "std": denoiser.std_.tolist(),
+        "n_weights": int(sum(p.numel() for p in denoiser.model_.parameters())),
+        "history": _history_summary(denoiser.history_),
+        "noise": noise or None,
+    }
+
+
+def _numbers(values):
+    return ", ".join(f"{v:.6g}" for v in values)
+
+
+def _info(args):
+    about = describe_model(args.path)
+    if args.json:
+        print(json.dumps(about))
+        return 0
+    axes = about["axes"] if about["axes"] is not None else "None (2D arrays YX, 3D arrays SYX)"
+    lines = [
+        f"{about['path']}: n2v-estimator model (format {about['format_version']}, "
+        f"written by version {about['package_version']})",
+        f"images:        {about['spatial_ndim']}D, {about['n_channels']} channel(s), axes {axes}",
+        f"network:       {about['spatial_ndim']}D U-Net, {about['n_weights']:,} weights; patches "
+        + " x ".join(map(str, about["patch_shape"])),
+        f"normalisation: mean {_numbers(about['mean'])}; std {_numbers(about['std'])} (per channel)",
+        f"training:      {_history_line(about['history'])}",
+    ]
+    if about["noise"]:
+        lines.append("noise model:   " + "; ".join(f"{name} {_numbers(v)}" for name, v in about["noise"].items()))
+    lines.append("parameters (* differs from the default):")
+    for name, value in about["parameters"].items():
+        lines.append(f"  {'*' if name in about['non_default_parameters'] else ' '} {name} = {value!r}")
+    print("\n".join(lines))
+    return 0
+
+
+# -------------------------------------------------------------------- main
+def _say(message):
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+
+
+def main(argv=None):
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); return the exit status:
+    0, 2 for an error a user can make (one line on stderr), 130 when interrupted."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse has printed
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            return args.run(args)
+        except KeyboardInterrupt:
+            _say("interrupted.")
+            return INTERRUPTED
+        except USER_ERRORS as exc:
+            _say(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
