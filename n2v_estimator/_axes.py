@@ -161,16 +161,17 @@ def read_images(X, axes, image_shape):
     return Images(to_canonical(X, layout), layout, array, n_features)
 
 
-def is_image_list(X, image_shape=None):
+def is_image_list(X, image_shape=None, axes=None):
     """Whether ``X`` is a list (or tuple) of images that may differ in size:
     arrays (anything with a ``shape`` and a ``dtype``) of at least 2 dimensions.
-    Nested Python lists, and rows under ``image_shape``, stay one array-like."""
-    return (
-        image_shape is None
-        and isinstance(X, (list, tuple))
-        and len(X) > 0
-        and all(hasattr(x, "shape") and hasattr(x, "dtype") and len(x.shape) >= 2 for x in X)
-    )
+    Nested Python lists, rows under ``image_shape``, and a list of the images
+    of ``axes``'s ``S`` axis (one dimension fewer than ``axes`` names, as
+    ``np.asarray`` would stack them) stay one array-like."""
+    if image_shape is not None or not isinstance(X, (list, tuple)) or not X:
+        return False
+    if not all(hasattr(x, "shape") and hasattr(x, "dtype") and len(x.shape) >= 2 for x in X):
+        return False
+    return not (isinstance(axes, str) and "S" in axes.upper() and all(len(x.shape) == len(axes) - 1 for x in X))
 
 
 def read_image_list(X, axes):

@@ -77,6 +77,9 @@ class OnDemandImage:
                 s = spatial[k]
                 index.append(slice(self.start[k] + s.start, self.start[k] + s.stop))
         block = np.asarray(self.array[tuple(index)])
+        if block.dtype.kind == "f" and not np.isfinite(block).all():
+            first = np.argwhere(~np.isfinite(block))[0]
+            raise ValueError(_non_finite_message(index, first))
         kept = [a for a in self.axes if a != "S"]
         block = np.transpose(block, [kept.index(a) for a in "C" + "".join(letters) if a in kept])
         return block if "C" in self.axes else block[None]
@@ -90,8 +93,25 @@ class OnDemandImage:
         return torch.from_numpy(block.astype(np.float32))
 
 
+def _non_finite_message(index, first):
+    """The numpy input's words for a non-finite value, at its index in the whole array."""
+    position, k = [], 0
+    for i in index:
+        if isinstance(i, slice):
+            position.append(int(i.start) + int(first[k]))
+            k += 1
+        else:
+            position.append(int(i))
+    return (
+        f"X contains a non-finite value (NaN or inf) at index {tuple(position)}, found when reading "
+        "it patch by patch. Replace such values (e.g. np.nan_to_num or inpainting) before denoising."
+    )
+
+
 def on_demand_images(X, axes):
-    """The images of an on-demand array, one per sample, nothing read.
+    """The images of an on-demand array, one per sample, nothing read (a
+    numpy array in a list with on-demand ones is checked whole; the others'
+    values are checked as patches are read).
 
     Raises
     ------
@@ -99,6 +119,8 @@ def on_demand_images(X, axes):
         For axes that do not fit, or a non-numeric dtype.
     """
     layout = resolve_axes(axes, len(X.shape))
+    if isinstance(X, np.ndarray):  # in memory, in a list with arrays read on demand: check it whole
+        check_image_array(X)
     check_image_array(np.zeros((1,) * len(X.shape), dtype=X.dtype))  # the dtype rules of numpy input
     if 0 in X.shape:
         raise ValueError(f"X is empty: found an array of shape {tuple(X.shape)}.")

@@ -10,6 +10,7 @@ estimator take the result.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -231,6 +232,7 @@ def make_plan(params, X, previous=None):
     else:
         mean, std = channel_stats(data.pixels)
     train_images, validation_images = data.split(mean, std, params["validation_fraction"])
+    train_images = _holding_patches(train_images, requested)
     patch_shape = fit_patch_shape(requested, [im.shape[1:] for im in train_images])
     _check_patch_fits_network(patch_shape, requested, data.axes, data.one_2d_array, network["depth"])
     masker.check_patch(patch_shape)
@@ -291,7 +293,7 @@ class _TrainingData(NamedTuple):
 def _training_data(X, axes, image_shape):
     """Read ``X`` (an array, a list of arrays of different sizes, or arrays read
     on demand: zarr or dask) as :class:`_TrainingData`, checking its layout."""
-    items = X if is_image_list(X, image_shape) else [X]
+    items = X if is_image_list(X, image_shape, axes) else [X]
     if image_shape is None and any(is_on_demand(x) for x in items):
         images, layouts = [], []
         for i, item in enumerate(items):
@@ -323,6 +325,24 @@ def _training_data(X, axes, image_shape):
     one_2d_array = len(parts) == 1 and first.array.ndim == 2 and len(first.axes) == 2
     n_features = first.n_features if len(parts) == 1 else None
     return _TrainingData(first.axes, first.canonical.shape[1], n_features, one_2d_array, pixels, split)
+
+
+def _holding_patches(images, requested):
+    """The training images, without those smaller than the requested patches
+    when others hold them (with a warning): one thin image of a list would
+    otherwise shrink every patch. When none holds them, the patches shrink."""
+    holds = [all(s >= p for s, p in zip(image.shape[1:], requested)) for image in images]
+    if all(holds) or not any(holds):
+        return images
+    small = [tuple(image.shape[1:]) for image, ok in zip(images, holds) if not ok]
+    warnings.warn(
+        f"{len(small)} of the {len(images)} training images (of shapes {', '.join(map(str, small[:5]))}"
+        f"{', ...' if len(small) > 5 else ''}) are smaller than the {tuple(requested)} patches and are not "
+        "trained on; lower patch_size to train on them too.",
+        UserWarning,
+        stacklevel=4,
+    )
+    return [image for image, ok in zip(images, holds) if ok]
 
 
 def _check_patch_fits_network(patch_shape, requested, axes, one_2d_array, depth):

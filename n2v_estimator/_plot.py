@@ -51,7 +51,7 @@ def plot_history(history, keys=("train_loss", "val_loss"), ax=None):
         raise ValueError(f"No epoch records {unknown}; the records hold {sorted(records[0])}.")
     if ax is None:
         ax = plt.figure(figsize=(6, 3.5)).add_subplot()
-    epochs = [record["epoch"] for record in records]
+    epochs = list(range(1, len(records) + 1))  # epochs restart with each warm_start fit: count them all
     for key in keys:
         values = [record.get(key) for record in records]
         if all(v is None for v in values):
@@ -61,7 +61,7 @@ def plot_history(history, keys=("train_loss", "val_loss"), ax=None):
                 ax.plot(epochs, series, marker=".", label=f"{key}[{channel}]")
         else:
             ax.plot(epochs, [float("nan") if v is None else v for v in values], marker=".", label=key)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch (all fits)" if len(records) > 1 and records[-1]["epoch"] != len(records) else "epoch")
     ax.set_ylabel(", ".join(keys) if len(keys) == 1 else "loss")
     ax.legend()
     return ax

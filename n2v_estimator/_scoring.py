@@ -38,10 +38,11 @@ def clean_images(X, y):
 
 
 def pooled_score(score, X, y):
-    """``score`` of a list of images ``X`` (and ``y``: None, or one clean image
-    each), the images' scores averaged with their sizes as weights: the score
-    of all their pixels together."""
-    targets = [None] * len(X) if y is None else list(y)
+    """``score`` of a list of images ``X`` (and ``y``: None, one clean image
+    each, or one label each, ignored as for a stack), the images' scores
+    averaged with their sizes as weights: the score of all their pixels together."""
+    labels = y is not None and len(y) == len(X) and all(np.ndim(t) == 0 for t in y)
+    targets = [None] * len(X) if y is None or labels else list(y)  # one label per image: ignored
     if len(targets) != len(X):
         raise ValueError(f"y holds {len(targets)} images for the {len(X)} of X; pass y=None or one per image.")
     scores = [score(x, target) for x, target in zip(X, targets)]

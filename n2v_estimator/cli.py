@@ -247,16 +247,22 @@ def _fit_axes(given, paths, images):
 
 # --------------------------------------------------------------------- fit
 def _fit(args):
+    _check_model_path(args.model)  # before training, not after it
     paths = expand_inputs(args.inputs)
     # Zarr stores and large files as dask arrays: fit reads only the patches it samples.
-    images = [read_image(path, lazy=True) for path in paths]
-    axes = _fit_axes(args.axes, paths, images)
+    images = _with_common_axes([read_image(path, lazy=True) for path in paths])
     given = _given_parameters(args)
+    previous = None
+    if given.get("warm_start") and os.path.isfile(args.model):  # continue training the saved model
+        previous = Noise2VoidDenoiser.load(args.model)
+    axes = _fit_axes(args.axes or (None if any(found for _, found in images) else getattr(previous, "axes", None)),
+                     paths, images)  # fmt: skip
     params = {**given, "axes": axes, "verbose": False if args.quiet else given.get("verbose", True)}
-    if params.get("warm_start") and os.path.isfile(args.model):  # continue training the saved model
-        denoiser = Noise2VoidDenoiser.load(args.model).set_params(**params)
+    if previous is not None:
+        denoiser = previous.set_params(**params)
     else:
         denoiser = Noise2VoidDenoiser(**params)
+    denoiser._validate_params()  # a bad value named now, in the estimator's words
     arrays = [array for array, _ in images]
     epochs_before = len(getattr(denoiser, "history_", []))
     try:
@@ -278,6 +284,28 @@ def _fit(args):
     if not args.quiet:
         print(f"Saved {args.model}: {_history_line(_history_summary(denoiser.history_))}")
     return 0
+
+
+def _check_model_path(path):
+    """Refuse a model path that cannot be written, before any work."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"Cannot write the model {path}: the folder {folder} does not exist.")
+    if Path(path).is_dir():
+        raise ValueError(f"Cannot write the model {path}: it is a folder.")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"Cannot write the model {path}: the folder {folder} is not writable.")
+
+
+def _with_common_axes(images):
+    """Files whose metadata name the same axes but for a leading ``S`` (a stack beside
+    single images): the single images get a length-1 ``S``, so that one ``axes`` fits all."""
+    named = {found for _, found in images if found is not None}
+    stacked = {found for found in named if found.startswith("S")}
+    if len(named) != 2 or len(stacked) != 1 or {next(iter(stacked))[1:]} != named - stacked:
+        return images
+    with_s = next(iter(stacked))
+    return [(array[None], with_s) if found == with_s[1:] else (array, found) for array, found in images]
 
 
 def _save(denoiser, path, verbose):
@@ -323,6 +351,7 @@ def _transform(args):
     denoiser = Noise2VoidDenoiser.load(args.model, device=overrides.pop("device", None))
     model_axes = denoiser.axes
     denoiser.set_params(**overrides, verbose=not args.quiet, **({"tta": True} if args.tta else {}))
+    denoiser._validate_params()  # a bad --tile-overlap and the like, in the estimator's words
     outputs = _output_paths(paths, args.output)
     for path, output in zip(paths, outputs):
         array, found, metadata = read_image(path, lazy=True, return_metadata=True)

@@ -363,7 +363,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         """
         if is_dask_array(X):
             return transform_lazy(self, X, return_std)
-        if is_image_list(X, self.image_shape):
+        if is_image_list(X, self.image_shape, self.axes):
             out = [self.transform(x, return_std) for x in X]
             return tuple(list(o) for o in zip(*out)) if return_std else out
         images = self._fitted_images(X)
@@ -420,7 +420,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             In squared intensity units of ``X``, negated.
         """
         check_is_fitted(self, "model_")
-        if is_image_list(X, self.image_shape):
+        if is_image_list(X, self.image_shape, self.axes):
             return pooled_score(self.score, X, y)
         clean = clean_images(X, y)
         if clean is not None:

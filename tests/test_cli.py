@@ -289,3 +289,39 @@ def test_the_installed_command_end_to_end(tmp_path):
     for message, argv in errors.items():
         status, _, err = cli(*argv)
         assert status == 2 and message in error_line(err), (argv, err)
+
+
+def test_a_model_path_that_cannot_be_written_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    image = write_tiff(tmp_path / "image.tif", noisy(40, 40))
+    monkeypatch.setattr(Noise2VoidDenoiser, "fit", lambda *a, **k: pytest.fail("trained before checking --model"))
+    status, _, err = run(capsys, "fit", image, "--model", tmp_path / "missing" / "m.safetensors", *TINY)
+    assert status == 2 and "the folder" in error_line(err) and "does not exist" in err
+
+
+def test_a_stack_and_single_images_fit_together(tmp_path, capsys):
+    stack = write_tiff(tmp_path / "stack.tif", noisy(3, 48, 40), axes="QYX")
+    single = write_tiff(tmp_path / "single.tif", noisy(64, 50, seed=1))
+    model = tmp_path / "m.safetensors"
+    status, _, err = run(capsys, "fit", stack, single, "--model", model, "--quiet", *TINY)
+    assert status == 0, err
+    assert Noise2VoidDenoiser.load(model).axes == "SYX"
+
+
+def test_warm_start_continues_with_the_saved_models_axes(tmp_path, capsys):
+    write_tiff(tmp_path / "volume.tif", noisy(16, 32, 32), axes="ZYX")
+    np.save(tmp_path / "more.npy", noisy(16, 32, 32, seed=1))
+    model = tmp_path / "m.safetensors"
+    assert run(capsys, "fit", tmp_path / "volume.tif", "--model", model, "--quiet", *TINY)[0] == 0
+    status, _, err = run(capsys, "fit", tmp_path / "more.npy", "--model", model, "--quiet", *TINY, "--warm-start", "True")
+    assert status == 0, err
+    denoiser = Noise2VoidDenoiser.load(model)
+    assert denoiser.axes == "ZYX" and len(denoiser.history_) == 2
+
+
+def test_an_invalid_parameter_value_is_named_in_the_estimators_words(files, tmp_path, capsys):
+    status, _, err = run(capsys, "transform", "--model", files["model"], files["images"][0],
+                         "--output", tmp_path / "out.tif", "--tile-overlap", "0.9")  # fmt: skip
+    assert status == 2 and "tile_overlap" in error_line(err)
+    status, _, err = run(capsys, "fit", files["images"][0], "--model", tmp_path / "m.safetensors", *TINY,
+                         "--batch-size", "0")  # fmt: skip
+    assert status == 2 and "batch_size" in error_line(err)

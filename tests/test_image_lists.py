@@ -128,3 +128,26 @@ def test_warm_start_continues_on_a_list():
     images = [noisy(shape, seed=i) for i, shape in enumerate(SIZES)]
     denoiser = tiny(warm_start=True).fit(images).fit(images[:2])
     assert len(denoiser.history_) == 2 * TINY["max_epochs"]
+
+
+def test_a_list_of_the_images_of_an_s_axis_is_still_their_stack():
+    images = [noisy((40, 40), seed=i) for i in range(3)]
+    denoiser = tiny(axes="SYX").fit(images)
+    out = denoiser.transform(images)
+    assert isinstance(out, np.ndarray) and out.shape == (3, 40, 40)
+
+
+def test_an_image_smaller_than_the_patches_is_left_out_with_a_warning_when_others_hold_them():
+    images = [noisy((64, 64)), noisy((64, 64), seed=1), noisy((12, 64), seed=2)]
+    with pytest.warns(UserWarning, match=r"1 of the 3 training images \(of shapes \(12, 64\)\) are smaller than the \(32, 32\)"):
+        denoiser = tiny(patch_size=32, validation_fraction=0.0).fit(images)
+    assert denoiser.patch_shape_ == (32, 32)
+    assert [o.shape for o in denoiser.transform(images)] == [(64, 64), (64, 64), (12, 64)]
+    # When no image holds them, the patches shrink as for a single small image.
+    assert tiny(patch_size=32, validation_fraction=0.0).fit([noisy((20, 64)), noisy((24, 40))]).patch_shape_ == (20, 32)
+
+
+def test_one_label_per_image_is_ignored_as_for_a_stack():
+    images = [noisy(shape, seed=i) for i, shape in enumerate(SIZES)]
+    denoiser = tiny().fit(images)
+    assert denoiser.score(images, [0, 1, 0]) == denoiser.score(images)

@@ -112,3 +112,12 @@ def test_bad_on_demand_input_is_refused_before_training():
         tiny(axes="YX").fit([as_zarr(noisy((32, 32)), (16, 16)), da.zeros((2, 32, 32))])
     with pytest.raises(ValueError, match=r"X\[0\] has axes 'YXC' and 1 channel\(s\), X\[1\] has axes 'YXC' and 2"):
         tiny(axes="YXC").fit([as_zarr(noisy((32, 32, 1)), (16, 16, 1)), as_zarr(noisy((32, 32, 2)), (16, 16, 2))])
+
+
+def test_a_non_finite_value_read_on_demand_stops_the_fit_with_its_index():
+    image = noisy((64, 64))
+    image[5, 7] = np.nan
+    with pytest.raises(ValueError, match=r"non-finite value \(NaN or inf\) at index \(5, 7\)"):
+        tiny().fit(as_zarr(image, (16, 16)))
+    with pytest.raises(ValueError, match=r"X\[0\]: X contains 1 non-finite value"):
+        tiny().fit([image, da.from_array(noisy((64, 64)))])

@@ -41,3 +41,10 @@ def test_without_matplotlib_the_error_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r'pip install "n2v-estimator\[plot\]"'):
         plot_history([{"epoch": 1, "train_loss": 1.0}])
+
+
+def test_epochs_of_warm_start_fits_follow_each_other():
+    denoiser = tiny(warm_start=True, verbose=False).fit(np.random.default_rng(0).normal(100, 20, (96, 96)))
+    denoiser.fit(np.random.default_rng(1).normal(100, 20, (96, 96)))
+    ax = plot_history(denoiser)
+    assert list(ax.get_lines()[0].get_xdata()) == [1, 2, 3, 4] and ax.get_xlabel() == "epoch (all fits)"
