@@ -431,9 +431,19 @@ def _move_into_place(temporary, path):
 
 
 def _store(data, target):
-    """Compute the dask array ``data`` chunk by chunk into ``target`` (chunks never overlap)."""
+    """Compute the dask array ``data`` chunk by chunk into ``target`` (chunks never overlap).
+
+    One band of chunks (along the first axis cut into several) is computed at
+    a time: given the whole graph at once, dask holds many chunks' inputs and
+    halos while it waits to finish their neighbours (914 MiB for a 16384x16384
+    float32 image in 1024x1024 chunks, against 323 MiB for torch and the model).
+    """
     da = _require("dask.array", "dask", "Writing dask arrays")
-    da.store(data, target, lock=False)
+    axis = next((i for i, chunks in enumerate(data.chunks) if len(chunks) > 1), 0)
+    edges = np.cumsum((0,) + tuple(data.chunks[axis]))
+    for start, stop in zip(edges[:-1], edges[1:]):
+        region = (slice(None),) * axis + (slice(int(start), int(stop)),)
+        da.store(data[region], target, regions=region, lock=False)
 
 
 def _store_in_file(data, memmap):

@@ -54,12 +54,15 @@ class OnDemandImage:
     def normalized(self, mean, std):
         return OnDemandImage(self.array, self.axes, self.sample, self.start, self.stop, mean, std)
 
-    def region(self, start, stop):
-        """The sub-image from ``start`` to ``stop`` (relative to this one)."""
-        return OnDemandImage(
-            self.array, self.axes, self.sample,
-            [s + a for s, a in zip(self.start, start)], [s + b for s, b in zip(self.start, stop)],
-            self.mean, self.std,
+    def split(self, axis, at):
+        """The two images before and from ``at`` along spatial ``axis`` (nothing read)."""
+        middle = list(self.start)
+        middle[axis] += at
+        end = list(self.stop)
+        end[axis] = middle[axis]
+        return (
+            OnDemandImage(self.array, self.axes, self.sample, self.start, end, self.mean, self.std),
+            OnDemandImage(self.array, self.axes, self.sample, middle, self.stop, self.mean, self.std),
         )
 
     def read(self, spatial):
@@ -148,30 +151,3 @@ def sample_blocks(images, seed=0):
         blocks.append(block)
         taken += math.prod(side)
     return blocks
-
-
-def split_on_demand(images, fraction, min_side=8):
-    """:func:`._patches.split_validation` for on-demand images: the last
-    ``round(fraction * n)`` whole images, else a strip at the end of the longest
-    axis of each image long enough for two parts. Nothing is read."""
-    n_held = int(round(fraction * len(images))) if fraction > 0 else 0
-    if 1 <= n_held < len(images):
-        return images[: len(images) - n_held], images[len(images) - n_held :]
-    if fraction <= 0:
-        return images, []
-    train, validation = [], []
-    for image in images:
-        spatial = image.shape[1:]
-        axis = int(np.argmax(spatial))
-        held = int(math.ceil(fraction * spatial[axis]))
-        if held < min_side or spatial[axis] - held < min_side:
-            train.append(image)
-            continue
-        cut = list(spatial)
-        cut[axis] -= held
-        start = [0] * len(spatial)
-        start[axis] = cut[axis]
-        train.append(image.region([0] * len(spatial), cut))
-        validation.append(image.region(start, spatial))
-    return train, validation
-

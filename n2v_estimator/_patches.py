@@ -131,7 +131,7 @@ def split_validation(images, fraction, min_side=8):
     Parameters
     ----------
     images : ndarray of shape (S, C, *spatial), or a list of (C, *spatial) arrays
-        A list holds images that may differ in size.
+        A list holds images that may differ in size (or are read on demand).
     fraction : float
         Fraction of the data held out, in [0, 1).
     min_side : int
@@ -164,6 +164,11 @@ def split_validation(images, fraction, min_side=8):
             train.append(image)
             continue
         cut = spatial[axis] - held
-        train.append(np.take(image, np.arange(cut), axis=1 + axis))
-        validation.append(np.take(image, np.arange(cut, spatial[axis]), axis=1 + axis))
+        if isinstance(image, np.ndarray):
+            train.append(np.take(image, np.arange(cut), axis=1 + axis))
+            validation.append(np.take(image, np.arange(cut, spatial[axis]), axis=1 + axis))
+        else:  # read on demand (._ondemand.OnDemandImage): two views, nothing read
+            head, tail = image.split(axis, cut)
+            train.append(head)
+            validation.append(tail)
     return train, validation

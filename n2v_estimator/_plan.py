@@ -25,7 +25,7 @@ from ._devices import resolve_device
 from ._masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
 from ._noise import PRIOR_SCALE_START, blind_spot_loss, estimate_noise, noise_kind
 from ._normalize import channel_stats, check_representable, normalize
-from ._ondemand import is_on_demand, on_demand_images, sample_blocks, split_on_demand
+from ._ondemand import is_on_demand, on_demand_images, sample_blocks
 from ._patches import PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
 from ._tiling import tile_geometry
 from ._training import make_validation_set, train
@@ -307,7 +307,7 @@ def _training_data(X, axes, image_shape):
             layouts.append(layout)
 
         def split(mean, std, fraction):
-            return split_on_demand([image.normalized(mean, std) for image in images], fraction)
+            return split_validation([image.normalized(mean, std) for image in images], fraction)
 
         return _TrainingData(layouts[0], images[0].shape[0], None, False, sample_blocks(images), split)
     if items is X:

@@ -7,7 +7,7 @@ from conftest import tiny
 
 from n2v_estimator import _ondemand
 from n2v_estimator._axes import to_canonical
-from n2v_estimator._ondemand import on_demand_images, sample_blocks, split_on_demand
+from n2v_estimator._ondemand import on_demand_images, sample_blocks
 from n2v_estimator._patches import split_validation
 
 zarr = pytest.importorskip("zarr")
@@ -89,7 +89,7 @@ def test_the_validation_split_holds_out_what_the_in_memory_split_does():
     stack = noisy((3, 40, 30))
     images, _ = on_demand_images(as_zarr(stack, (1, 16, 16)), "SYX")
     for fraction in (0.0, 0.1, 0.34, 0.5):
-        train, validation = split_on_demand(images, fraction)
+        train, validation = split_validation(images, fraction)
         expected_train, expected_validation = split_validation(stack[:, None], fraction)
         assert [im.shape for im in train] == [im.shape for im in expected_train]
         assert [im.shape for im in validation] == [im.shape for im in expected_validation]
