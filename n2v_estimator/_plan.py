@@ -174,9 +174,10 @@ def make_plan(params, X, previous=None):
     params : dict
         ``get_params()`` of the estimator, already validated against its
         declared constraints.
-    X : array-like, or a list of arrays
+    X : array-like, a list of arrays, or a zarr or dask array
         The training images; a list (or tuple) of arrays that share their
-        axes but not their sizes is pooled.
+        axes but not their sizes is pooled; zarr and dask arrays (also in a
+        list) are read patch by patch (:mod:`._ondemand`).
     previous : Previous or None
         The fitted state to continue from (``warm_start`` on a fitted estimator).
 
