@@ -13,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-from ._axes import _CANONICAL, check_image_array, resolve_axes
+from ._axes import _CANONICAL, check_image_array, resolve_axes, to_canonical
+from ._normalize import normalize
 
 # Pixels per channel of the sample the statistics and the noise estimate are taken from.
 SAMPLE_PIXELS = 2**22
@@ -83,17 +84,12 @@ class OnDemandImage:
         if block.dtype.kind == "f" and not np.isfinite(block).all():
             first = np.argwhere(~np.isfinite(block))[0]
             raise ValueError(_non_finite_message(index, first))
-        kept = [a for a in self.axes if a != "S"]
-        block = np.transpose(block, [kept.index(a) for a in "C" + "".join(letters) if a in kept])
-        return block if "C" in self.axes else block[None]
+        return to_canonical(block, self.axes.replace("S", ""))[0]
 
     def __getitem__(self, index):
         """A normalised float32 tensor of ``(slice(None), *spatial slices)``, as a
         numpy-backed image would give (what :class:`._patches.PatchSampler` asks for)."""
-        block = self.read(index[1:]).astype(np.float64)
-        block -= np.reshape(self.mean, (-1,) + (1,) * (block.ndim - 1))
-        block /= np.reshape(self.std, (-1,) + (1,) * (block.ndim - 1))
-        return torch.from_numpy(block.astype(np.float32))
+        return torch.from_numpy(normalize(self.read(index[1:])[None], self.mean, self.std)[0])
 
 
 def _non_finite_message(index, first):
