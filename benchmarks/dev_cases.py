@@ -1,7 +1,8 @@
 """Denoise the dev cases with the reference budget and print PSNR against the clean image.
 
-Budget B (as in ../shared/ANCHORS.md): 1500 optimizer steps, batch 16, 64x64 patches,
-U-Net depth 2 with 32 filters, trained on the one noisy image.
+The reference budget (as in benchmarks/results/reference_numbers.md, which holds the numbers of
+other implementations on these cases): 1500 optimizer steps, batch 16, 64x64 patches, U-Net depth 2
+with 32 filters, trained on the one noisy image.
 
     python benchmarks/dev_cases.py --image camera --noise gauss25
     python benchmarks/dev_cases.py --image camera --noise structured --setting structn2v
@@ -37,7 +38,7 @@ SETTINGS = {
 
 
 def add_noise(clean, kind, seed=0):
-    """The dev-case noise models of ANCHORS.md, from ``default_rng(seed)``."""
+    """The dev-case noise models of ``benchmarks/results/reference_numbers.md``, from ``default_rng(seed)``."""
     rng = np.random.default_rng(seed)
     clean = clean.astype(np.float64)
     if kind == "gauss25":

@@ -1,7 +1,7 @@
 """Probabilistic Noise2Void against plain Noise2Void on a dev case, same budget and seed.
 
-Budget B (../shared/ANCHORS.md): 1500 optimizer steps, batch 16, 64x64 patches,
-U-Net depth 2 with 32 filters, trained on the one noisy image. The noise model
+The reference budget (benchmarks/results/reference_numbers.md): 1500 optimizer steps, batch 16,
+64x64 patches, U-Net depth 2 with 32 filters, trained on the one noisy image. The noise model
 is ``"gaussian"`` for ``gauss25`` and ``"poisson_gaussian"`` for ``poisson``.
 
     python benchmarks/probabilistic.py --image camera --noise gauss25 --threads 1

@@ -33,3 +33,17 @@ def test_no_module_imports_the_package_init():
     for path in PACKAGE.glob("*.py"):
         if path.name != "__init__.py":
             assert not re.search(r"^from \. import", path.read_text(), re.M), path.name
+
+
+def test_the_repository_stands_alone():
+    """The README, benchmarks and examples point to nothing outside the repository, and carry the licence."""
+    root = PACKAGE.parent
+    if not README.exists():  # installed without the repository
+        return
+    documents = [README, *(p for folder in ("benchmarks", "examples") for p in (root / folder).rglob("*")
+                           if p.suffix in {".py", ".md", ".sh", ".ipynb"})]
+    for path in documents:
+        text = path.read_text()
+        assert "../shared" not in text and "ANCHORS" not in text, path
+        assert not re.search(r"\bissue ?\d", text, re.I), path  # work-item names mean nothing to a reader
+    assert (root / "LICENSE").read_text().startswith("BSD 3-Clause License")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The variant measurements of the README's results table, one JSON line each in results/dev.jsonl.
+# The variant rows of the README's Results table (N2V2, structN2V, RGB, 3D), one JSON line each
+# appended to results/dev.jsonl (or the file given as the first argument).
 set -u
 cd "$(dirname "$0")/.."
 out=${1:-results/dev.jsonl}
