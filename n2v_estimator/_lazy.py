@@ -23,6 +23,7 @@ from ._axes import (
     to_canonical,
 )
 from ._normalize import output_dtype
+from ._tiling import receptive_radius
 
 
 def is_dask_array(X):
@@ -41,22 +42,6 @@ def _import_dask():
             'pip install "n2v-estimator[dask]"'
         ) from exc
     return da, dask.delayed
-
-
-def receptive_radius(depth, kernel_size, blurpool=False):
-    """How far, in input pixels along each axis, the U-Net looks from an output pixel.
-
-    Two convolutions of radius ``r = kernel_size // 2`` per level on the way
-    down and up and at the bottom (``r * 2**level`` input pixels each), the
-    bilinear up-sampling (one coarse cell, ``2**(level + 1)`` pixels) and, for
-    N2V2's blur-pool, its blur (``2**level``): ``r * (6 * 2**depth - 4)`` plus
-    ``2 * (2**depth - 1)``, plus ``2**depth - 1`` with ``blurpool``. Exact for
-    the pooling positions that reach farthest (measured through the gradient):
-    10 pixels for depth 1 and kernel 3, 26 for the default depth 2.
-    """
-    multiple = 2**depth
-    radius = (kernel_size // 2) * (6 * multiple - 4) + 2 * (multiple - 1)
-    return radius + (multiple - 1 if blurpool else 0)
 
 
 def halo_width(description, neighborhood_radius=0):
@@ -112,9 +97,9 @@ def transform_lazy(estimator, X, return_std=False):
         its neighbours along each spatial axis, through the in-memory path
         (tiles, ``tta``, the blind prior), and keeps only the chunk's own
         pixels. For plain Noise2Void the result is the in-memory
-        ``transform(X.compute())`` up to float32 rounding where a chunk fits in
-        one tile, and up to the tiler's own overlap error (``tile_overlap``)
-        elsewhere. A probabilistic model's blind prior draws its random
+        ``transform(X.compute())`` up to float32 rounding (with a
+        ``tile_overlap`` below the default, up to the tiler's own overlap
+        error). A probabilistic model's blind prior draws its random
         replacements per chunk, so its result differs from the in-memory one
         by those draws only (as two runs on differently tiled data would).
 

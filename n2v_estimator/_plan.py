@@ -223,7 +223,8 @@ def make_plan(params, X, previous=None):
         resolve_struct_mask(params["struct_mask"], ndim),
     )
     # transform takes the tile settings as they are then; refuse impossible ones now.
-    tile_geometry(params["tile_size"], params["tile_overlap"], ndim, network["depth"], network["kernel_size"])
+    reach = network["depth"], network["kernel_size"], network["blurpool"]
+    tile_geometry(params["tile_size"], params["tile_overlap"], ndim, *reach)
     requested = requested_patch_shape(params["patch_size"], ndim)
 
     if previous is not None:

@@ -27,7 +27,7 @@ from ._masking import BlindSpotMasker, hiding_manipulator
 from ._noise import posterior
 from ._normalize import _broadcast, check_finite_output, denormalize, normalize
 from ._progress import progress_bar
-from ._tiling import predict_tiled, tile_geometry, tiles_per_batch
+from ._tiling import border_width, predict_tiled, tile_geometry, tiles_per_batch
 
 # Grid stride of the blind phases of the prior, per spatial dimensionality: a
 # 4x4 grid masks 6% of the pixels in a pass (training masks 2%, but with
@@ -125,9 +125,10 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
         For a non-finite result, or ``return_std`` with a plain model.
     """
     network = model.description
-    tile_shape, overlap = tile_geometry(
-        settings["tile_size"], settings["tile_overlap"], network["ndim"], network["depth"], network["kernel_size"]
-    )
+    reach = network["depth"], network["kernel_size"], network["blurpool"]
+    tile_shape, overlap = tile_geometry(settings["tile_size"], settings["tile_overlap"], network["ndim"], *reach)
+    border = (border_width(*reach),) * network["ndim"]
+    extended = [n + 2 * b for n, b in zip(images.shape[2:], border)]
 
     def run(batch, **kwargs):
         return predict_tiled(
@@ -135,7 +136,8 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
             batch,
             tile_shape,
             overlap,
-            batch_size=tiles_per_batch(tile_shape, images.shape[2:], settings["batch_pixels"]),
+            border=border,
+            batch_size=tiles_per_batch(tile_shape, extended, settings["batch_pixels"]),
             device=settings["device"],
             multiple=2 ** network["depth"],
             tta=bool(settings["tta"]),

@@ -17,13 +17,53 @@ def round_up(value, multiple):
     return -(-value // multiple) * multiple
 
 
-def default_overlap(depth, kernel_size):
-    """Context a tile needs on each side so that tiled and whole-image predictions
-    agree closely: ``12 * 2**depth`` for kernel 3, growing with the kernel's reach."""
-    return 12 * 2**depth * max(1, (kernel_size - 1) // 2)
+def receptive_radius(depth, kernel_size, blurpool=False):
+    """How far, in input pixels along each axis, the U-Net looks from an output pixel.
+
+    Two convolutions of radius ``r = kernel_size // 2`` per level on the way
+    down and up and at the bottom (``r * 2**level`` input pixels each), the
+    bilinear up-sampling (one coarse cell, ``2**(level + 1)`` pixels) and, for
+    N2V2's blur-pool, its blur (``2**level``): ``r * (6 * 2**depth - 4)`` plus
+    ``2 * (2**depth - 1)``, plus ``2**depth - 1`` with ``blurpool``. Exact for
+    the pooling positions that reach farthest (measured through the gradient):
+    10 pixels for depth 1 and kernel 3, 26 for the default depth 2.
+    """
+    multiple = 2**depth
+    radius = (kernel_size // 2) * (6 * multiple - 4) + 2 * (multiple - 1)
+    return radius + (multiple - 1 if blurpool else 0)
 
 
-def tile_geometry(tile_size, tile_overlap, ndim, depth, kernel_size):
+def border_width(depth, kernel_size, blurpool=False):
+    """The network's halo: its :func:`receptive_radius` rounded up to a multiple
+    of ``2**depth`` (28 pixels for the default network, 10 for depth 1).
+
+    ``transform`` extends every image by this many mirrored pixels on each side
+    (:func:`mirror_index`) before the network sees it, and a tile's pixels are
+    kept only where they have this much context, so a prediction does not depend
+    on where tiles, chunks or the image end; being a multiple of ``2**depth``,
+    the extension keeps the image on the network's pooling grid. A BioImage
+    Model Zoo export declares it as the output's ``halo``.
+    """
+    return round_up(receptive_radius(depth, kernel_size, blurpool), 2**depth)
+
+
+def default_overlap(depth, kernel_size, blurpool=False):
+    """Overlap between neighbouring tiles that makes tiled and whole-image
+    predictions agree (to float rounding): twice the :func:`border_width`, so
+    that a tile boundary, in the middle of the overlap, has a whole halo of
+    context on either side (56 pixels for the default network)."""
+    return 2 * border_width(depth, kernel_size, blurpool)
+
+
+def mirror_index(start, stop, length):
+    """Indices into an axis of ``length`` for positions ``[start, stop)`` that may
+    lie outside it: mirrored at the ends with the edge pixel repeated (numpy's
+    ``"symmetric"`` padding, repeated for reaches longer than the axis)."""
+    index = np.arange(start, stop) % (2 * length)
+    return np.where(index < length, index, 2 * length - 1 - index)
+
+
+def tile_geometry(tile_size, tile_overlap, ndim, depth, kernel_size, blurpool=False):
     """Tile side and overlap per spatial axis for a network of ``depth`` and ``kernel_size``.
 
     Parameters
@@ -34,6 +74,8 @@ def tile_geometry(tile_size, tile_overlap, ndim, depth, kernel_size):
     ndim, depth, kernel_size : int
         Of the network that predicts: tiles and overlaps are rounded up to
         multiples of ``2**depth``.
+    blurpool : bool
+        Whether the network blur-pools (N2V2), which widens its reach.
 
     Returns
     -------
@@ -51,7 +93,7 @@ def tile_geometry(tile_size, tile_overlap, ndim, depth, kernel_size):
         tile = per_axis(tile_size, ndim, "tile_size")
     tile = tuple(round_up(t, multiple) for t in tile)
     if tile_overlap is None:
-        reach = default_overlap(depth, kernel_size)
+        reach = default_overlap(depth, kernel_size, blurpool)
         return tile, tuple(min(reach, (t // 2) // multiple * multiple) for t in tile)
     overlap = tuple(round_up(o, multiple) for o in per_axis(tile_overlap, ndim, "tile_overlap", minimum=0))
     if any(o >= t for t, o in zip(tile, overlap)):
@@ -74,6 +116,30 @@ def tiles_per_batch(tile_shape, spatial, training_pixels):
 def _shape_of_tile(tile):
     """Shape of a ``(sample, per-axis bounds)`` tile: tiles of one shape share a batch."""
     return tuple(stop - start for start, stop, _, _ in tile[1])
+
+
+def _read_tile(images, sample, combo, border):
+    """One tile of ``images[sample]``: ``combo`` holds its ``(start, stop, ...)``
+    per spatial axis in the coordinates of the image extended by ``border``
+    mirrored pixels a side; a slice of the image where the tile lies inside it."""
+    spatial = images.shape[2:]
+    bounds = [(start - b, stop - b) for (start, stop, _, _), b in zip(combo, border)]
+    if all(0 <= lo and hi <= n for (lo, hi), n in zip(bounds, spatial)):
+        return images[(sample, slice(None)) + tuple(slice(lo, hi) for lo, hi in bounds)]
+    index = np.ix_(*[mirror_index(lo, hi, n) for (lo, hi), n in zip(bounds, spatial)])
+    return images[sample][(slice(None),) + index]
+
+
+def _extended_tiles(length, tile, overlap, multiple, border):
+    """:func:`axis_tiles` of an axis extended by ``border`` mirrored pixels a
+    side, each writing only its part of the axis itself (in extended
+    coordinates); tiles that would write nothing are dropped."""
+    tiles = []
+    for start, stop, write_start, write_stop in axis_tiles(length + 2 * border, tile, overlap, multiple):
+        write_start, write_stop = max(write_start, border), min(write_stop, border + length)
+        if write_stop > write_start:
+            tiles.append((start, stop, write_start, write_stop))
+    return tiles
 
 
 def axis_tiles(length, tile, overlap, multiple=1):
@@ -158,6 +224,7 @@ def predict_tiled(
     dtype=np.float32,
     precision="32",
     out_channels=None,
+    border=None,
 ):
     """Apply ``model`` to every image in tiles.
 
@@ -194,6 +261,11 @@ def predict_tiled(
     out_channels : int, optional
         Channels of the network's output, if not ``C`` (a probabilistic
         network's prior mean and scale: ``2C``).
+    border : tuple of int, optional
+        Mirrored pixels added on each side of every spatial axis before the
+        network sees the image (numpy's ``"symmetric"`` padding, read tile by
+        tile, never held whole); multiples of ``multiple``. See
+        :func:`border_width`.
 
     Returns
     -------
@@ -203,8 +275,9 @@ def predict_tiled(
     """
     n_samples, _, *spatial = images.shape
     ndim = len(spatial)
+    border = (0,) * ndim if border is None else tuple(border)
     per_axis = [
-        axis_tiles(n, t, o, multiple) for n, t, o in zip(spatial, tile_shape, tile_overlap)
+        _extended_tiles(n, t, o, multiple, b) for n, t, o, b in zip(spatial, tile_shape, tile_overlap, border)
     ]
     tiles = [(s, combo) for s in range(n_samples) for combo in itertools.product(*per_axis)]
     # Tiles of one shape are batched together; only the last along an axis may be shorter.
@@ -219,12 +292,7 @@ def predict_tiled(
         batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
     with torch.inference_mode():
         for chunk in progress_bar(batches, desc="predict", unit="batch", verbose=verbose):
-            batch = np.stack(
-                [
-                    images[(s, slice(None)) + tuple(slice(a, e) for a, e, _, _ in combo)]
-                    for s, combo in chunk
-                ]
-            )
+            batch = np.stack([_read_tile(images, s, combo, border) for s, combo in chunk])
             if prepare is not None:
                 batch = prepare(batch)
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -242,6 +310,6 @@ def predict_tiled(
                 y = finish(y)
             for out_tile, (s, combo) in zip(y, chunk):
                 src = tuple(slice(lo - a, hi - a) for a, _, lo, hi in combo)
-                dst = tuple(slice(lo, hi) for _, _, lo, hi in combo)
+                dst = tuple(slice(lo - b, hi - b) for (_, _, lo, hi), b in zip(combo, border))
                 output[(s, slice(None)) + dst] = out_tile[(slice(None),) + src]
     return output

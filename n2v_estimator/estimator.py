@@ -99,10 +99,10 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         Side of the tiles ``transform`` predicts at once; ``None``: 256 in 2D,
         ``(64, 128, 128)`` in 3D. Rounded up to a multiple of ``2**depth``.
     tile_overlap : int, tuple of int or None, default=None
-        Overlap between tiles; ``None``: ``12 * 2**depth * max(1, (kernel_size - 1) // 2)``
-        (at most half a tile), enough for tiled and whole-image predictions to
-        agree to about 1e-6 of the output's range with the default tiles, and
-        to within 1e-4 with tiles as small as 64.
+        Overlap between tiles; ``None``: twice the network's halo (its reach,
+        rounded up to a multiple of ``2**depth``: 56 by default), at most half a
+        tile; tiled and whole-image predictions then agree to float rounding.
+        ``transform`` extends images by a halo of mirrored pixels at their edges.
     tta : bool, default=False
         Average the predictions of the 8 flips and quarter turns (3D: flips).
     noise_model : None, "gaussian", "poisson_gaussian" or float, default=None

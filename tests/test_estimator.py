@@ -198,6 +198,10 @@ def test_save_overwrites_an_existing_model(tmp_path, camera_pair):
     _, noisy = camera_pair
     path = tmp_path / "model.safetensors"
     tiny(random_state=0).fit(noisy).save(path)
+    # The default overlap (two borders) makes tiles exact, up to the image's edges.
+    assert noisy.shape[0] + 2 * 28 > 128  # with its mirrored border, more than one tile
+    exact = denoiser.set_params(tile_size=128, tile_overlap=None).transform(noisy)
+    assert np.abs(exact - whole).max() <= 1e-5 * scale
     second = tiny(random_state=1).fit(noisy)
     second.save(path)
     np.testing.assert_array_equal(Noise2VoidDenoiser.load(path).transform(noisy), second.transform(noisy))

@@ -7,7 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from n2v_estimator._tiling import augmentations, axis_tiles, predict_tiled
+from n2v_estimator._tiling import (
+    augmentations,
+    axis_tiles,
+    border_width,
+    default_overlap,
+    mirror_index,
+    predict_tiled,
+    receptive_radius,
+)
 from n2v_estimator._unet import UNet
 
 CPU = torch.device("cpu")
@@ -144,6 +152,44 @@ def test_predict_tiled_equals_untiled_prediction_in_3d(depth, shape, tile):
     np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-4 * scale)
 
 
+@pytest.mark.parametrize("start, stop, length", [(-3, 8, 5), (-12, 20, 5), (0, 4, 4), (-1, 2, 1), (-28, 40, 13)])
+def test_mirror_index_is_numpys_symmetric_padding(start, stop, length):
+    values = np.arange(length)
+    padded = np.pad(values, (max(0, -start), max(0, stop - length)), mode="symmetric")
+    expected = padded[start + max(0, -start) : stop + max(0, -start)]
+    np.testing.assert_array_equal(values[mirror_index(start, stop, length)], expected)
+
+
+@pytest.mark.parametrize("depth, kernel_size, blurpool, width", [(1, 3, False, 10), (2, 3, False, 28), (2, 3, True, 32), (3, 3, False, 64), (2, 5, False, 48)])
+def test_border_width_covers_the_receptive_field_on_the_pooling_grid(depth, kernel_size, blurpool, width):
+    assert border_width(depth, kernel_size, blurpool) == width
+    assert width >= receptive_radius(depth, kernel_size, blurpool) and width % 2**depth == 0
+
+
+@pytest.mark.parametrize(
+    "depth, shape, tile",
+    [
+        (1, (1, 1, 70, 45), (40, 40)),
+        (1, (2, 2, 37, 101), (48, 40)),
+        (1, (1, 1, 13, 9), (40, 40)),  # with its border, smaller than a tile
+        (1, (1, 1, 3, 2), (40, 40)),  # smaller than the border
+        (2, (1, 1, 150, 97), (128, 128)),
+        (2, (1, 1, 61, 66), (112, 112)),  # smaller than a tile, not with its border
+    ],
+)
+def test_predict_tiled_with_a_border_is_the_network_on_the_mirror_extended_image(depth, shape, tile):
+    multiple = 2**depth
+    width = border_width(depth, 3)
+    model = random_unet(2, depth, channels=shape[1])
+    images = np.random.default_rng(5).normal(size=shape).astype(np.float32)
+    tile = tuple(max(t, 2 * default_overlap(depth, 3)) for t in tile)  # room for the whole overlap
+    overlap = (default_overlap(depth, 3),) * 2
+    tiled = predict_tiled(model, images, tile, overlap, 3, CPU, multiple=multiple, border=(width, width))
+    extended = np.pad(images, ((0, 0), (0, 0), (width, width), (width, width)), mode="symmetric")
+    whole = untiled(model, extended)[..., width:-width, width:-width]
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=2e-6 * np.abs(whole).max())
+
+
 def test_predict_tiled_does_not_modify_its_input():
     images = np.random.default_rng(2).normal(size=(1, 1, 50, 40)).astype(np.float32)
     before = images.copy()
@@ -174,8 +220,8 @@ def test_predict_tiled_with_tta_averages_the_augmented_predictions():
 def test_tile_geometry_rounds_to_the_networks_pooling_grid():
     from n2v_estimator._tiling import tile_geometry
 
-    assert tile_geometry(None, None, 2, depth=2, kernel_size=3) == ((256, 256), (48, 48))
-    assert tile_geometry(None, None, 3, depth=2, kernel_size=3) == ((64, 128, 128), (32, 48, 48))
+    assert tile_geometry(None, None, 2, depth=2, kernel_size=3) == ((256, 256), (56, 56))
+    assert tile_geometry(None, None, 3, depth=2, kernel_size=3) == ((64, 128, 128), (32, 56, 56))
     assert tile_geometry(30, 5, 2, depth=2, kernel_size=3) == ((32, 32), (8, 8))
     assert tile_geometry((64, 100), 0, 2, depth=3, kernel_size=5) == ((64, 104), (0, 0))
 
@@ -183,8 +229,9 @@ def test_tile_geometry_rounds_to_the_networks_pooling_grid():
 def test_tile_geometry_overlap_grows_with_the_kernel_and_stays_below_half_a_tile():
     from n2v_estimator._tiling import default_overlap, tile_geometry
 
-    assert default_overlap(2, 3) == 48 and default_overlap(2, 7) == 144
-    assert tile_geometry(512, None, 2, depth=2, kernel_size=7) == ((512, 512), (144, 144))
+    assert default_overlap(2, 3) == 56 and default_overlap(2, 7) == 136
+    assert default_overlap(2, 3, blurpool=True) == 64
+    assert tile_geometry(512, None, 2, depth=2, kernel_size=7) == ((512, 512), (136, 136))
     assert tile_geometry(128, None, 2, depth=2, kernel_size=7) == ((128, 128), (64, 64))
 
 
