@@ -222,6 +222,27 @@ def check_fitted_layout(images, ndim, n_channels, n_features, estimator_name):
         )
 
 
+def feature_names_out(image_shape, n_features, input_features=None):
+    """Column names of ``transform``'s output of flattened images (rows of ``n_features``
+    values, one per pixel, under ``image_shape``): ``input_features``, else ``x0``, ``x1``, ...
+    as scikit-learn names unnamed columns. What ``set_output(transform="pandas")`` labels
+    the output with; refused for images, whose shape is not a table's."""
+    if image_shape is None or n_features is None:
+        raise ValueError(
+            "Column names (get_feature_names_out, set_output(transform='pandas' or 'polars')) exist for "
+            "flattened images only, fitted and denoised with image_shape: one column per pixel. Without "
+            "image_shape, transform returns images (of any size), not tables; keep set_output(transform='default')."
+        )
+    if input_features is None:
+        return np.asarray([f"x{i}" for i in range(n_features)], dtype=object)
+    names = np.asarray(input_features, dtype=object)
+    if names.ndim != 1 or len(names) != n_features:
+        raise ValueError(
+            f"input_features should have length equal to number of features ({n_features}), got {names.size}."
+        )
+    return names
+
+
 def _refuse_unnamed_colour_axis(shape, axes):
     """With ``axes=None`` a ``(H, W, 3)`` photograph would be read as H images of
     W x 3 pixels and trained on nonsense: ask for the axes, as n2v and CAREamics do."""

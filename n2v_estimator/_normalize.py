@@ -17,6 +17,38 @@ def output_dtype(dtype):
     return np.dtype(np.float64) if wide else np.dtype(np.float32)
 
 
+def in_requested_dtype(result, input_dtype, requested):
+    """``transform``'s ``result`` in the dtype the estimator's ``dtype`` parameter asks for.
+
+    ``requested="float"``: ``result`` as it is (see :func:`output_dtype`). ``"input"``:
+    in ``input_dtype``, through :func:`to_dtype`; of a ``(mean, std)`` pair only the
+    mean (an uncertainty is not an image of the input's kind); a dask array lazily.
+    """
+    if requested != "input":
+        return result
+    if isinstance(result, tuple):
+        return (in_requested_dtype(result[0], input_dtype, requested), *result[1:])
+    dtype = np.dtype(input_dtype)
+    if hasattr(result, "map_blocks"):  # a dask array: cast chunk by chunk, when computed
+        return result.map_blocks(to_dtype, dtype, dtype=dtype)
+    return to_dtype(result, dtype)
+
+
+def to_dtype(values, dtype):
+    """``values`` (a float array) as a new array of ``dtype``: for an integer dtype rounded
+    to the nearest integer (halves to even) and clipped to its range (uint8: 0..255),
+    for a float dtype clipped to its finite range, so that nothing wraps around or overflows."""
+    dtype = np.dtype(dtype)
+    values = np.asarray(values)
+    info = np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)
+    low, high = values.dtype.type(info.min), values.dtype.type(info.max)
+    if dtype.kind in "iu":
+        if int(high) > info.max:  # int64's maximum rounds up to 2**63 in floating point
+            high = np.nextafter(high, values.dtype.type(0))
+        values = np.rint(values)
+    return np.clip(values, low, high).astype(dtype)
+
+
 def check_representable(images, mean, std, name="X"):
     """Refuse ``images`` whose normalised values float32 cannot hold (they would
     become infinite inside the network), naming how far out they are."""

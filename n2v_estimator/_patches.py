@@ -125,7 +125,11 @@ class PatchSampler:
         return torch.stack(patches).contiguous()
 
 
-def split_validation(images, fraction, min_side=8):
+# A validation strip, and what it leaves for training, must be at least this long.
+VALIDATION_MIN_SIDE = 8
+
+
+def split_validation(images, fraction, min_side=VALIDATION_MIN_SIDE):
     """Hold out part of the data for validation.
 
     Parameters

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
+from sklearn.utils._param_validation import InvalidParameterError
 
 from ._unet import build_unet, check_description, expected_state
 
@@ -396,6 +397,23 @@ def decode_document(document, param_names, source):
     except Exception as exc:
         raise ModelFileError(f"{source} holds an invalid model description: {exc!r}") from exc
     return params, fitted
+
+
+def load_estimator(cls, path, device=None):
+    """The fitted ``cls`` (the estimator class) a file written by its ``save`` holds:
+    parameters checked against ``cls``'s constraints, then the network against the file."""
+    with ModelFile(path) as file:
+        params, fitted = decode_document(file.document, cls._get_param_names(), path)
+        if device is not None:
+            params["device"] = device
+        estimator = cls(**params)
+        try:
+            estimator._validate_params()
+        except InvalidParameterError as exc:
+            raise ModelFileError(f"{path} holds an invalid parameter: {exc}") from exc
+        model = network_from_file(fitted["network"], file)
+    estimator._set_fitted(model, **{key: value for key, value in fitted.items() if key != "network"})
+    return estimator
 
 
 def network_from_file(description, file):

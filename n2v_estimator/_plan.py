@@ -26,7 +26,8 @@ from ._masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
 from ._noise import PRIOR_SCALE_START, blind_spot_loss, estimate_noise, noise_kind
 from ._normalize import channel_stats, check_representable, normalize
 from ._ondemand import is_on_demand, on_demand_images, sample_blocks
-from ._patches import PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
+from ._patches import VALIDATION_MIN_SIDE, PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
+from ._progress import inside_model_selection
 from ._tiling import tile_geometry
 from ._training import make_validation_set, train
 from ._unet import build_unet, check_batch_norm, network_description
@@ -234,6 +235,10 @@ def make_plan(params, X, previous=None):
     else:
         mean, std = channel_stats(data.pixels)
     train_images, validation_images = data.split(mean, std, params["validation_fraction"])
+    if params["validation_fraction"] > 0 and not validation_images:
+        _warn_no_validation(params["validation_fraction"], train_images)
+    if data.one_2d_array and inside_model_selection():
+        _warn_rows_as_folds(data.pixels.shape[2:])
     train_images = _holding_patches(train_images, requested)
     patch_shape = fit_patch_shape(requested, [im.shape[1:] for im in train_images])
     _check_patch_fits_network(patch_shape, requested, data.axes, data.one_2d_array, network["depth"])
@@ -345,6 +350,32 @@ def _holding_patches(images, requested):
         stacklevel=4,
     )
     return [image for image, ok in zip(images, holds) if ok]
+
+
+def _warn_no_validation(fraction, images):
+    """``validation_fraction`` held out nothing: say so, since the best-weights promise lapses."""
+    largest = max((image.shape[1:] for image in images), key=np.prod)
+    warnings.warn(
+        f"validation_fraction={fraction} held out nothing: {len(images)} image(s) are too few to hold out "
+        f"whole images and too small (the largest is {'x'.join(map(str, largest))}) to hold out a strip of "
+        f"at least {VALIDATION_MIN_SIDE} pixels, so training keeps its last weights, not those of lowest "
+        "validation loss. Fit on more images or larger ones to validate, or set validation_fraction=0 to "
+        "keep the last weights without this warning.",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _warn_rows_as_folds(shape):
+    """A search or cross-validation split one 2D image by its rows: say what each fold then fits."""
+    warnings.warn(
+        f"Fitted inside scikit-learn's model selection on one 2D image ({shape[0]}x{shape[1]} here): "
+        "the splitter takes its rows for samples, so each fold trains on some of the image's rows, "
+        "stacked together, and scores on the others. To search or cross-validate over images, pass a "
+        "stack of images (axes='SYX': folds split along S) or flattened images with image_shape.",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _check_patch_fits_network(patch_shape, requested, axes, one_2d_array, depth):

@@ -21,12 +21,12 @@ def progress_bar(iterable=None, *, total=None, desc, unit, verbose):
     of fits would each draw a bar); any other true value: shown at once; false: never.
     """
     if isinstance(verbose, str) and verbose == "auto":
-        quiet = multiprocessing.parent_process() is not None or _inside_model_selection()
+        quiet = multiprocessing.parent_process() is not None or inside_model_selection()
         return tqdm(iterable, total=total, desc=desc, unit=unit, delay=AUTO_DELAY_SECONDS, disable=quiet)
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not verbose)
 
 
-def _inside_model_selection():
+def inside_model_selection():
     """Whether a caller up the stack is scikit-learn's model selection (a search or
     cross-validation): scikit-learn gives an estimator no other sign of it."""
     frame = sys._getframe(1)

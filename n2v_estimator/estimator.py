@@ -8,25 +8,16 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import Interval, InvalidParameterError, Options, StrOptions
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from ._axes import check_fitted_layout, from_canonical, is_image_list, read_images
+from ._axes import check_fitted_layout, feature_names_out, from_canonical, is_image_list, read_images
 from ._compute import PRECISIONS, resolve_precision
 from ._devices import resolve_device
 from ._lazy import is_dask_array, transform_lazy
 from ._masking import MANIPULATORS
-from ._normalize import check_representable, output_dtype
-from ._persistence import (
-    ModelFile,
-    ModelFileError,
-    decode_document,
-    estimator_document,
-    network_from_file,
-    portable_network,
-    unet_with_weights,
-    write_model,
-)
+from ._normalize import check_representable, in_requested_dtype, output_dtype
+from ._persistence import estimator_document, load_estimator, portable_network, unet_with_weights, write_model
 from ._plan import Previous, make_plan
 from ._predict import denoise
 from ._scoring import clean_images, j_invariant_mse, pooled_score
@@ -118,6 +109,11 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         ``(n_samples, prod(image_shape))`` holds one image per row, laid out as
         ``axes`` says (default ``"YX"`` or ``"ZYX"``; no ``S``), and
         ``transform`` returns the same flattened shape.
+    dtype : {"float", "input"}, default="float"
+        What ``transform`` returns: ``"float"``, float32 (float64 for float64
+        input and integers wider than 16 bits), with values beyond the input's
+        range (uint8 input may give -9 or 290); ``"input"``, the input's dtype:
+        for integers rounded to the nearest and clipped to the dtype's range.
     warm_start : bool, default=False
         ``fit`` trains the current network further (same normalisation, a new
         learning-rate schedule).
@@ -195,6 +191,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         "tta": ["boolean"],
         "noise_model": [None, StrOptions({"gaussian", "poisson_gaussian"}), Interval(Real, 0, None, closed="neither")],
         "image_shape": [tuple, list, None],
+        "dtype": [StrOptions({"float", "input"})],
         "warm_start": ["boolean"],
         "n_score_phases": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
@@ -230,6 +227,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         tta=False,
         noise_model=None,
         image_shape=None,
+        dtype="float",
         warm_start=False,
         n_score_phases=4,
         random_state=None,
@@ -261,6 +259,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         self.tta = tta
         self.noise_model = noise_model
         self.image_shape = image_shape
+        self.dtype = dtype
         self.warm_start = warm_start
         self.n_score_phases = n_score_phases
         self.random_state = random_state
@@ -351,7 +350,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         ndarray, or (ndarray, ndarray) with ``return_std``
             Of ``X``'s shape (lists of them for a list, dask arrays for a dask
             array): float64 for float64 input and for integers wider than 16
-            bits (whose signal float32 would lose), else float32. ``X`` itself
+            bits (whose signal float32 would lose), else float32; with
+            ``dtype="input"``, ``X``'s dtype (the std stays float). ``X`` itself
             is never modified. With a ``noise_model``, the posterior mean, its
             prior predicted blind (``4**2`` network passes in 2D, ``3**3`` in 3D).
 
@@ -362,7 +362,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             the network's float32 arithmetic: never a non-finite output.
         """
         if is_dask_array(X):
-            return transform_lazy(self, X, return_std)
+            return in_requested_dtype(transform_lazy(self, X, return_std), X.dtype, self.dtype)
         if is_image_list(X, self.image_shape, self.axes):
             out = [self.transform(x, return_std) for x in X]
             return tuple(list(o) for o in zip(*out)) if return_std else out
@@ -370,7 +370,12 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
         out = self._denoise(images.canonical, output_dtype(images.array.dtype), return_std=return_std)
         out = [np.ascontiguousarray(from_canonical(o, images.axes)).reshape(images.array.shape) for o in (
             out if return_std else [out])]
-        return tuple(out) if return_std else out[0]
+        return in_requested_dtype(tuple(out) if return_std else out[0], images.array.dtype, self.dtype)
+
+    def get_feature_names_out(self, input_features=None):
+        """Column names of ``transform``'s output of flattened images (``image_shape``): ``x0``, ``x1``, ..."""
+        check_is_fitted(self, "model_")
+        return feature_names_out(self.image_shape, getattr(self, "n_features_in_", None), input_features)
 
     def _fitted_images(self, X):
         """``X`` read as images a fitted denoiser can take."""
@@ -444,7 +449,8 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
     def load(cls, path, *, device=None):
         """Read a denoiser written by :meth:`save`.
 
-        Only tensors and JSON are read; nothing in the file is executed.
+        Only tensors and JSON are read; nothing in the file is executed. Every
+        parameter comes back as saved, ``verbose`` included (``set_params`` changes it).
 
         Parameters
         ----------
@@ -466,18 +472,7 @@ class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
             If the file is malformed, of another format version, names unknown
             parameters, or its tensors do not match the network it describes.
         """
-        with ModelFile(path) as file:
-            params, fitted = decode_document(file.document, cls._get_param_names(), path)
-            if device is not None:
-                params["device"] = device
-            estimator = cls(**params)
-            try:
-                estimator._validate_params()
-            except InvalidParameterError as exc:
-                raise ModelFileError(f"{path} holds an invalid parameter: {exc}") from exc
-            model = network_from_file(fitted["network"], file)
-        estimator._set_fitted(model, **{key: value for key, value in fitted.items() if key != "network"})
-        return estimator
+        return load_estimator(cls, path, device)
 
     # -------------------------------------------------------------- pickling
     def __getstate__(self):

@@ -1,4 +1,5 @@
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -64,6 +65,37 @@ def test_output_dtype_is_float64_for_float64_and_wide_integers_else_float32(dtyp
     assert tiny().fit(X).transform(X).dtype == expected
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_dtype_input_gives_the_input_dtype_back_rounded_and_clipped(dtype):
+    top = np.iinfo(dtype).max
+    X = np.clip(np.random.default_rng(0).normal(0.5, 0.4, (32, 32)) * top, 0, top).astype(dtype)
+    denoiser = tiny(dtype="input").fit(X)
+    out = denoiser.transform(X)
+    as_float = denoiser.set_params(dtype="float").transform(X)
+    assert out.dtype == dtype and as_float.dtype == np.float32
+    assert not np.array_equal(as_float, np.rint(as_float))  # (test_normalize checks the clipping)
+    np.testing.assert_array_equal(out, np.clip(np.rint(as_float), 0, top).astype(dtype))
+
+
+def test_dtype_input_keeps_float_input_and_the_std_as_float():
+    X = np.random.default_rng(0).normal(100, 20, (32, 32))
+    denoiser = tiny(dtype="input", noise_model="gaussian").fit(X.astype(np.uint8))
+    assert denoiser.transform(X.astype(np.float16)).dtype == np.float16
+    mean, std = denoiser.transform(X.astype(np.uint8), return_std=True)
+    assert mean.dtype == np.uint8 and std.dtype == np.float32
+
+
+def test_dtype_input_applies_to_dask_arrays_and_survives_save_and_load(tmp_path):
+    da = pytest.importorskip("dask.array")
+    X = (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8)
+    tiny(dtype="input").fit(X).save(tmp_path / "model.safetensors")
+    denoiser = Noise2VoidDenoiser.load(tmp_path / "model.safetensors")
+    assert denoiser.dtype == "input" and clone(denoiser).dtype == "input"
+    lazy = denoiser.transform(da.from_array(X, chunks=20))
+    assert lazy.dtype == np.uint8
+    np.testing.assert_array_equal(lazy.compute(), denoiser.transform(X))
+
+
 def test_transform_output_is_in_the_input_intensity_scale(camera_pair):
     _, noisy = camera_pair
     out = tiny().fit(noisy).transform(noisy)
@@ -113,6 +145,40 @@ def test_without_validation_history_has_no_validation_loss(camera_pair):
     _, noisy = camera_pair
     denoiser = tiny(validation_fraction=0.0).fit(noisy)
     assert all(h["val_loss"] is None for h in denoiser.history_)
+
+
+def test_a_single_image_too_small_to_validate_warns_that_the_last_weights_are_kept():
+    small = np.random.default_rng(0).normal(size=(64, 64))
+    with pytest.warns(UserWarning, match=r"validation_fraction=0.1 held out nothing.*64x64.*validation_fraction=0"):
+        denoiser = tiny().fit(small)
+    assert all(h["val_loss"] is None for h in denoiser.history_)
+
+
+@pytest.mark.parametrize("shape, fraction", [((80, 80), 0.1), ((64, 64), 0.0), ((8, 64, 64), 0.2)])
+def test_no_validation_warning_where_validation_happens_or_is_switched_off(shape, fraction):
+    images = np.random.default_rng(0).normal(size=shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        denoiser = tiny(validation_fraction=fraction, axes="SYX" if len(shape) == 3 else None).fit(images)
+    assert all((h["val_loss"] is None) == (fraction == 0) for h in denoiser.history_)
+
+
+def test_cross_validation_on_one_2d_image_warns_that_folds_are_its_rows():
+    from sklearn.model_selection import cross_val_score
+
+    image = np.random.default_rng(0).normal(size=(96, 96))
+    with pytest.warns(UserWarning, match="one 2D image .* takes its rows for samples"):
+        cross_val_score(tiny(validation_fraction=0), image, cv=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cross_val_score(tiny(validation_fraction=0), image.reshape(4, 48, 48), cv=2)
+
+
+def test_load_restores_every_saved_parameter_verbose_included(tmp_path, camera_pair):
+    """The documented rule: a model saved with verbose=True shows bars after load until set_params says otherwise."""
+    _, noisy = camera_pair
+    tiny(verbose=True).fit(noisy).save(tmp_path / "model.safetensors")
+    assert Noise2VoidDenoiser.load(tmp_path / "model.safetensors").verbose is True
 
 
 def test_learning_rate_warms_up_then_decays():
@@ -167,6 +233,10 @@ def test_tiled_transform_equals_whole_image_transform(camera_pair):
     inner = (slice(16, -16), slice(16, -16))
     scale = np.abs(whole).max()
     assert np.abs(tiled - whole)[inner].max() <= 1e-4 * scale
+    # The default overlap (two borders) makes tiles exact, up to the image's edges.
+    assert noisy.shape[0] + 2 * 28 > 128  # with its mirrored border, more than one tile
+    exact = denoiser.set_params(tile_size=128, tile_overlap=None).transform(noisy)
+    assert np.abs(exact - whole).max() <= 1e-5 * scale
 
 
 def test_save_then_load_gives_bitwise_identical_transform(tmp_path, camera_pair):
@@ -198,10 +268,6 @@ def test_save_overwrites_an_existing_model(tmp_path, camera_pair):
     _, noisy = camera_pair
     path = tmp_path / "model.safetensors"
     tiny(random_state=0).fit(noisy).save(path)
-    # The default overlap (two borders) makes tiles exact, up to the image's edges.
-    assert noisy.shape[0] + 2 * 28 > 128  # with its mirrored border, more than one tile
-    exact = denoiser.set_params(tile_size=128, tile_overlap=None).transform(noisy)
-    assert np.abs(exact - whole).max() <= 1e-5 * scale
     second = tiny(random_state=1).fit(noisy)
     second.save(path)
     np.testing.assert_array_equal(Noise2VoidDenoiser.load(path).transform(noisy), second.transform(noisy))

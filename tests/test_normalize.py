@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from n2v_estimator._normalize import channel_stats, denormalize, normalize
+from n2v_estimator._normalize import channel_stats, denormalize, normalize, to_dtype
 
 
 def _images(dtype=np.float64, shape=(3, 2, 9, 11)):
@@ -80,3 +80,26 @@ def test_denormalize_does_not_modify_its_input():
     before = normalized.copy()
     denormalize(normalized, mean, std)
     np.testing.assert_array_equal(normalized, before)
+
+
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [
+        (np.uint8, [0, 0, 2, 255, 255]),
+        (np.int8, [-9, 0, 2, 127, 127]),
+        (np.uint16, [0, 0, 2, 255, 290]),
+        (np.float16, [-8.9, 0.5, 1.5, 254.6, 289.5]),
+    ],
+)
+def test_to_dtype_rounds_to_the_nearest_and_clips_to_the_range(dtype, expected):
+    values = np.array([-8.9, 0.5, 1.5, 254.6, 289.5], np.float32)  # halves round to even
+    out = to_dtype(values, dtype)
+    assert out.dtype == dtype
+    np.testing.assert_allclose(out.astype(np.float64), expected, rtol=1e-3)
+
+
+def test_to_dtype_never_wraps_around_at_the_ends_of_wide_integers():
+    huge = np.array([-1e30, 1e30], np.float64)
+    assert to_dtype(huge, np.int64)[0] == np.iinfo(np.int64).min and to_dtype(huge, np.int64)[1] > 0
+    np.testing.assert_array_equal(to_dtype(huge, np.uint32), [0, np.iinfo(np.uint32).max])
+    np.testing.assert_array_equal(to_dtype(huge, np.float16), [-65504, 65504])

@@ -190,6 +190,30 @@ def test_pipeline_on_digit_rows_runs_in_cross_validation_and_search():
     assert refitted.n_features_in_ == 64
 
 
+def test_pipeline_of_digit_rows_sets_pandas_output_with_a_column_per_pixel():
+    from sklearn.datasets import load_digits
+
+    rows = load_digits().data[:120]
+    pipe = make_pipeline(tiny(image_shape=(8, 8), patch_size=8), PCA(10)).set_output(transform="pandas")
+    out = pipe.fit_transform(rows)
+    assert list(out.columns) == [f"pca{i}" for i in range(10)]
+    denoised = pipe[0].transform(rows)
+    assert list(denoised.columns) == [f"x{i}" for i in range(64)] and denoised.shape == rows.shape
+    names = [f"p{i}" for i in range(64)]
+    assert list(pipe[0].get_feature_names_out(names)) == names
+
+
+def test_pandas_output_of_whole_images_is_refused_with_the_reason(camera_pair):
+    from sklearn.exceptions import NotFittedError
+
+    _, noisy = camera_pair
+    with pytest.raises(NotFittedError):
+        tiny().get_feature_names_out()
+    denoiser = tiny().fit(noisy).set_output(transform="pandas")
+    with pytest.raises(ValueError, match="flattened images only, fitted and denoised with image_shape"):
+        denoiser.transform(noisy)
+
+
 def test_pickled_fitted_estimator_clones_and_transforms_identically(camera_pair):
     _, noisy = camera_pair
     fitted = tiny().fit(noisy)
