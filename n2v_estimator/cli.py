@@ -46,7 +46,7 @@ USER_ERRORS = (OSError, ValueError, TypeError, ImportError, ArithmeticError)
 # Parameters with an option of their own (their meaning on the command line differs).
 _OWN_OPTIONS = ("axes",)
 # Parameters that also apply when denoising with a saved model (transform takes them).
-_TRANSFORM_PARAMS = ("tile_size", "tile_overlap", "device", "precision")
+_TRANSFORM_PARAMS = ("tile_size", "tile_overlap", "device", "precision", "dtype")
 
 ABOUT = """\
 Noise2Void: self-supervised denoising of images, trained on the noisy images alone.
@@ -68,6 +68,11 @@ EXAMPLES = {
   n2v-estimator transform --model model.safetensors big.ome.zarr --output denoised.ome.zarr
   # several files into a folder, each named after its input, with test-time augmentation
   n2v-estimator transform --model model.safetensors noisy_*.tif --output denoised --tta""",
+    "export": """\
+  # a BioImage Model Zoo package for Fiji/deepImageJ, napari, ilastik, QuPath
+  n2v-estimator export --model model.safetensors --test-image noisy_01.tif --output model.zip \\
+      --name "Noise2Void for my confocal stacks" --description "Denoises 2D confocal images." \\
+      --author "Jane Doe" --author "John Roe\"""",
     "info": """\
   n2v-estimator info model.safetensors
   n2v-estimator info model.safetensors --json""",
@@ -195,6 +200,25 @@ def build_parser():
     transform.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_parameter_options(transform, _TRANSFORM_PARAMS, helps, defaults)
     transform.set_defaults(run=_transform)
+
+    export = command(
+        "export", "write a saved model as a BioImage Model Zoo package",
+        "export: write the model as a BioImage Model Zoo package (a zip, model spec 0.5) that Fiji/deepImageJ, "
+        "napari, ilastik, QuPath and bioimageio.core run; --test-image (a noisy image like the training data) "
+        "gives its test data and cover. Needs the [bioimageio] extra. Probabilistic models are refused.",
+        usage=f"{PROG} export --model PATH --test-image PATH --output PATH.zip --name NAME --description TEXT "
+        "--author NAME [--author NAME ...] [--license SPDX] [--tag TAG ...] [--axes AXES]",
+    )  # fmt: skip
+    export.add_argument("--model", required=True, metavar="PATH", help="a model written by 'n2v-estimator fit'")
+    export.add_argument("--test-image", required=True, metavar="PATH", help="a noisy image like the training data")
+    export.add_argument("--output", required=True, metavar="PATH", help="the package to write (a .zip)")
+    export.add_argument("--name", required=True, help="the model's name (at least 5 characters)")
+    export.add_argument("--description", required=True, help="what images the model is for")
+    export.add_argument("--author", required=True, action="append", dest="authors", metavar="NAME", help="an author (repeat for several)")
+    export.add_argument("--license", default="CC-BY-4.0", metavar="SPDX", help="the model's license (default: CC-BY-4.0)")
+    export.add_argument("--tag", action="append", dest="tags", default=[], metavar="TAG", help="a tag (repeat for several)")
+    export.add_argument("--axes", metavar="AXES", help=_escaped(f"{axes_help} Last, the model's axes (if they fit)."))
+    export.set_defaults(run=_export)
 
     info = command(
         "info", "describe a model file",
@@ -366,6 +390,23 @@ def _transform(args):
             write_image(output, result, axes, metadata)
         if not args.quiet:
             print(f"{path} -> {output}")
+    return 0
+
+
+def _export(args):
+    denoiser = Noise2VoidDenoiser.load(args.model, device="cpu")
+    if Path(args.output).suffix.lower() != ".zip":
+        raise ValueError(f"--output {args.output}: a BioImage Model Zoo package is a .zip file.")
+    array, found = read_image(args.test_image)
+    model_axes = denoiser.axes
+    named = args.axes or found or (model_axes if model_axes and len(model_axes) == array.ndim else None)
+    _check_axes(named, array, args.test_image)
+    denoiser.set_params(axes=named)
+    path = denoiser.export_bioimageio(
+        args.output, array, name=args.name, description=args.description, authors=args.authors,
+        license=args.license, tags=args.tags,
+    )  # fmt: skip
+    print(f"{args.model} -> {path}")
     return 0
 
 

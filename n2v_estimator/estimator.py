@@ -12,6 +12,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._axes import check_fitted_layout, feature_names_out, from_canonical, is_image_list, read_images
+from ._bioimageio import BioImageIOMixin
 from ._compute import PRECISIONS, resolve_precision
 from ._devices import resolve_device
 from ._lazy import is_dask_array, transform_lazy
@@ -25,7 +26,7 @@ from ._unet import ARCHITECTURE_CONSTRAINTS
 from ._version import __version__
 
 
-class Noise2VoidDenoiser(TransformerMixin, BaseEstimator):
+class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
     """Self-supervised Noise2Void denoising of images, trained on the noisy images alone.
 
     ``fit`` trains a U-Net to predict each pixel from its surroundings with the

@@ -1,0 +1,498 @@
+"""Models shared through the BioImage Model Zoo (bioimage.io, model spec 0.5).
+
+A fitted denoiser becomes a zip that Fiji/deepImageJ, napari, ilastik, QuPath
+and ``bioimageio.core`` run. What the zoo's runtime computes is what
+``transform`` computes: it extends the input by a mirrored halo (declared as
+the output's ``halo``: the network's :func:`._tiling.border_width`), runs the
+network (in tiles of ``2**depth``-multiples, each with that halo), and crops;
+``transform`` extends images the same way (:func:`._tiling.predict_tiled`), so
+the two agree to float32 rounding, everywhere in the image.
+
+The package holds the network twice for the zoo (``pytorch_state_dict`` with a
+standalone copy of the U-Net's source, and ``torchscript``) and once for us:
+the estimator's own model file (:meth:`Noise2VoidDenoiser.save`, safetensors
+and JSON) as an attachment, which :func:`from_package` loads, so that nothing
+in a package is unpickled. ``bioimageio.spec`` and ``bioimageio.core`` are an
+optional extra, imported inside the functions only.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import tempfile
+import textwrap
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ._normalize import denormalize, normalize
+from ._tiling import border_width, mirror_index, predict_tiled, round_up
+from ._unet import (
+    _FIELDS,
+    DESCRIPTION_SCHEMA,
+    TAU_FLOOR,
+    UNet,
+    _batch_norm,
+    _conv,
+    _ConvBlock,
+    _interleave,
+    _MaxBlurPool,
+    _pad_to_multiple,
+)
+from ._version import __version__
+
+# Names inside the package.
+ARCHITECTURE_FILE = "n2v_unet.py"
+MODEL_FILE = "n2v_estimator_model.safetensors"
+# The key of the package's config that marks a package we made.
+CONFIG_KEY = "n2v_estimator"
+# Longest side of the test image kept in the package, per spatial axis (2D, 3D).
+TEST_SIDE = {2: 256, 3: 64}
+CITATIONS = {
+    "n2v": ("Krull, Buchholz, Jug. Noise2Void - Learning Denoising from Single Noisy Images. CVPR 2019.",
+            "10.1109/CVPR.2019.00223"),
+    "n2v2": ("Höck, Buchholz, Jug et al. N2V2 - Fixing Noise2Void Checkerboard Artifacts with Modified Sampling "
+             "Strategies and a Tweaked Network Architecture. ECCV Workshops 2022.", "10.48550/arXiv.2211.08512"),
+    "structn2v": ("Broaddus, Krull, Weigert, Schmidt, Myers. Removing Structured Noise with Self-Supervised "
+                  "Blind-Spot Networks. ISBI 2020.", "10.1109/ISBI45749.2020.9098336"),
+}
+
+
+def _import_bioimageio():
+    """``bioimageio.spec``, or an ``ImportError`` saying how to install it."""
+    try:
+        import bioimageio.spec as spec
+        from bioimageio.spec.model import v0_5
+    except ImportError as exc:
+        raise ImportError(
+            f"BioImage Model Zoo export and import need bioimageio.spec and bioimageio.core ({exc}); "
+            'install them with: pip install "n2v-estimator[bioimageio]"'
+        ) from exc
+    return spec, v0_5
+
+
+# ------------------------------------------------------------ architecture
+_TTA = '''
+
+def augmentations(ndim):
+    """Test-time augmentations as (forward, inverse) pairs: 2D, the 8 symmetries
+    of the square; 3D, the 8 combinations of flips."""
+    spatial = list(range(2, 2 + ndim))
+    if ndim == 2:
+        choices = [(k, dims) for k in range(4) for dims in ((), (spatial[-1],))]
+    else:
+        choices = [(0, tuple(d for d, f in zip(spatial, chosen) if f))
+                   for chosen in itertools.product([False, True], repeat=ndim)]
+    return choices
+
+
+class Noise2VoidNetwork(UNet):
+    """The U-Net, averaged over the test-time augmentations when ``tta``."""
+
+    def __init__(self, tta=False, **kwargs):
+        super().__init__(**kwargs)
+        self.tta = tta
+
+    def forward(self, x):
+        if not self.tta:
+            return super().forward(x)
+        total = None
+        for k, dims in augmentations(self.ndim):
+            y = torch.flip(x, dims) if dims else x
+            y = torch.rot90(y, k, dims=(-2, -1)) if k else y
+            y = super().forward(y)
+            y = torch.rot90(y, -k, dims=(-2, -1)) if k else y
+            y = torch.flip(y, dims) if dims else y
+            total = y if total is None else total + y
+        return total / 8
+'''
+
+
+def architecture_source():
+    """A standalone Python module (torch only) defining ``Noise2VoidNetwork``:
+    the package's U-Net (:class:`._unet.UNet`, copied from its source) with
+    test-time augmentation as ``transform`` applies it."""
+    parts = [
+        '"""The U-Net of n2v-estimator (a standalone copy for the BioImage Model Zoo; needs torch only)."""',
+        "import itertools\nimport math\n\nimport torch\nimport torch.nn.functional as F\nfrom torch import nn",
+        f"DESCRIPTION_SCHEMA = {DESCRIPTION_SCHEMA!r}\n_FIELDS = {_FIELDS!r}\n"
+        f"TAU_FLOOR = {TAU_FLOOR!r}\nNoiseModel = None  # probabilistic networks are not exported",
+    ]
+    for obj in (_conv, _batch_norm, _interleave, _ConvBlock, _MaxBlurPool, UNet, _pad_to_multiple):
+        parts.append(inspect.getsource(obj).rstrip())
+    return "\n\n\n".join(parts) + "\n" + _TTA
+
+
+def architecture_kwargs(estimator):
+    """The keyword arguments of ``Noise2VoidNetwork`` for ``estimator``'s network."""
+    description = estimator.model_.description
+    return {**{key: description[key] for key in _FIELDS}, "tta": bool(estimator.tta)}
+
+
+# ------------------------------------------------------------------ export
+def _check_exportable(estimator):
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(estimator, "model_")
+    if estimator.model_.description["noise_model"] is not None:
+        raise ValueError(
+            f"noise_model={estimator.noise_model!r}: a probabilistic Noise2Void model cannot be exported to the "
+            "BioImage Model Zoo: transform combines a prior predicted in many masked network passes with the noise "
+            "model by Bayes' rule, which the zoo's runtime (one network pass per tile) cannot run. Export a plain "
+            "model (noise_model=None), or share the model file that save() writes."
+        )
+
+
+def _test_arrays(estimator, test_image, minimum):
+    """The package's test data, each ``(1, C, *spatial)`` float32.
+
+    Returns the test input: the first image of ``test_image``, cropped around
+    its centre to at most :data:`TEST_SIDE` a side and a multiple of
+    ``2**depth`` (mirrored up to ``minimum`` if smaller); the network's output
+    on exactly that input, which ``bioimageio.core``'s model test reproduces
+    (it neither extends nor crops); the input's ``transform``, for the cover;
+    and the float32 CPU copy of the network.
+    """
+    images = estimator._fitted_images(test_image).canonical[:1]
+    multiple = 2 ** estimator.model_.description["depth"]
+    index = []
+    for n in images.shape[2:]:
+        side = max(min(n, TEST_SIDE[estimator.spatial_ndim_]) // multiple * multiple, minimum)
+        start = max(0, n - side) // 2 // multiple * multiple
+        index.append(mirror_index(start, start + side, n))
+    images = np.ascontiguousarray(images[0][(slice(None),) + np.ix_(*index)][None], dtype=np.float32)
+    # What the zoo's runtime computes: float32 on a CPU, no progress bar.
+    twin = copy.copy(estimator)
+    twin.model_ = copy.deepcopy(estimator.model_).cpu().float().eval()
+    twin.device, twin.precision, twin.verbose = "cpu", "32", False
+    network = predict_tiled(
+        twin.model_, images, images.shape[2:], (0,) * (images.ndim - 2), 1, torch.device("cpu"),
+        multiple=multiple, tta=bool(estimator.tta),
+        prepare=lambda batch: normalize(batch, estimator.mean_, estimator.std_),
+        finish=lambda batch: denormalize(batch, estimator.mean_, estimator.std_, dtype=np.float32),
+    )
+    return images, network, twin._denoise(images, dtype=np.float32), twin.model_
+
+
+def _cover(test_input, test_output, path):
+    """Noisy and denoised side by side (the middle slice of a volume), as an 8-bit PNG."""
+    from skimage import io
+
+    def picture(a):
+        a = a[0]
+        if a.ndim == 4:  # C, Z, Y, X
+            a = a[:, a.shape[1] // 2]
+        a = np.moveaxis(a, 0, -1) if a.shape[0] == 3 else a[0]
+        return a
+
+    before, after = picture(test_input), picture(test_output)
+    low, high = np.percentile(before, (0.5, 99.5))
+    scale = lambda a: (np.clip((a - low) / max(high - low, 1e-12), 0, 1) * 255).astype(np.uint8)  # noqa: E731
+    gap = np.full((before.shape[0], max(2, before.shape[1] // 32)) + before.shape[2:], 255, np.uint8)
+    io.imsave(path, np.concatenate([scale(before), gap, scale(after)], axis=1), check_contrast=False)
+
+
+def _documentation(estimator, name, description, halo, step, minimum):
+    """The package's README: what the model is, how it was trained, how to run it."""
+    params = estimator.get_params(deep=False)
+    defaults = {k: p.default for k, p in inspect.signature(type(estimator)).parameters.items()}
+    changed = {k: v for k, v in params.items() if v != defaults.get(k)}
+    history = estimator.history_
+    last = history[-1] if history else {}
+    best = min((h["val_loss"] for h in history if h.get("val_loss") is not None), default=None)
+    spatial = "ZYX"[-estimator.spatial_ndim_:]
+    return textwrap.dedent(f"""\
+        # {name}
+
+        {description}
+
+        A Noise2Void denoiser: a U-Net trained self-supervised, from the noisy images alone, to predict
+        each pixel from its surroundings (blind-spot training). It was trained and exported with
+        [n2v-estimator](https://pypi.org/project/n2v-estimator/) {__version__}.
+
+        ## Input and output
+        - `raw`: {estimator.n_channels_} channel(s), {estimator.spatial_ndim_}D, axes batch, channel, {", ".join(spatial.lower())}.
+          Any numeric type; it is normalised with the training data's per-channel mean
+          {[round(float(m), 6) for m in estimator.mean_]} and standard deviation {[round(float(s), 6) for s in estimator.std_]}.
+        - `denoised`: the same shape, in the input's intensity units (float32).
+        - The network sees {halo} pixels around each output pixel (the halo): the runtime extends the image by
+          that many mirrored pixels at its edges and tiles with that overlap, exactly as `transform` does.
+          Tiles are multiples of {step} pixels (at least {minimum} with the halo).
+
+        ## Training
+        - Parameters that differ from the defaults: `{json.dumps(changed, default=str)}`.
+        - Network: `{json.dumps(architecture_kwargs(estimator))}`.
+        - Patches {"x".join(map(str, estimator.patch_shape_))}; {len(history)} epochs; last training loss
+          {last.get("loss", float("nan")):.4g}; best validation loss {"n/a" if best is None else f"{best:.4g}"}.
+
+        ## Use
+        - Fiji (deepImageJ), napari, ilastik or QuPath: open this zip as a BioImage Model Zoo model.
+        - Python: `bioimageio.core.predict(model="this.zip", inputs=image)`, or
+          `Noise2VoidDenoiser.from_bioimageio("this.zip").transform(image)` with n2v-estimator.
+
+        ## Limitations
+        Noise2Void assumes noise that is independent from pixel to pixel given the signal (shot and read noise);
+        correlated noise (stripes, compression artefacts) is kept. It learns the images it was trained on:
+        check its output on new data, for instance against a region you know.
+        """)
+
+
+def _authors(authors, v0_5):
+    if isinstance(authors, (str, dict)):
+        authors = [authors]
+    if not authors:
+        raise ValueError("authors must name at least one author, e.g. authors=['Jane Doe'] or "
+                         "authors=[{'name': 'Jane Doe', 'affiliation': 'Example Lab'}].")
+    return [v0_5.Author(name=a) if isinstance(a, str) else v0_5.Author(**a) for a in authors]
+
+
+def export(estimator, path, test_image, *, name, description, authors, license="CC-BY-4.0", tags=()):
+    """The work of :meth:`Noise2VoidDenoiser.export_bioimageio`; returns the path written."""
+    _check_exportable(estimator)
+    spec, v0_5 = _import_bioimageio()
+
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist.")
+    network = estimator.model_.description
+    ndim, channels, depth = network["ndim"], network["in_channels"], network["depth"]
+    halo = border_width(depth, network["kernel_size"], network["blurpool"])
+    step = 2**depth
+    # The spec wants more than two halos per side; the runtime checks the sides of
+    # the image as given (before it adds the halo): multiples of the step from there.
+    minimum = round_up(2 * halo + 1, step)
+    test_input, test_output, denoised, model = _test_arrays(estimator, test_image, minimum)
+    kwargs = architecture_kwargs(estimator)
+    # The zoo's state dict is the standalone architecture's: the same keys as ours.
+    network_module = {}
+    exec(compile(architecture_source(), ARCHITECTURE_FILE, "exec"), network_module)  # our own source
+    standalone = network_module["Noise2VoidNetwork"](**kwargs)
+    standalone.load_state_dict(model.state_dict())
+    standalone.eval()
+
+    with tempfile.TemporaryDirectory(prefix=".n2v-bioimageio-", dir=path.parent) as work:
+        work = Path(work)
+        np.save(work / "test_input.npy", test_input)
+        np.save(work / "test_output.npy", test_output)
+        (work / ARCHITECTURE_FILE).write_text(architecture_source())
+        torch.save(standalone.state_dict(), work / "weights.pt")
+        # TorchScript is the zoo's format, deprecated in torch but read by deepImageJ. The trace keeps
+        # the size branches of an input of the declared step, which the runtime always gives.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(standalone, torch.from_numpy(test_input), check_trace=False)
+        traced.save(str(work / "weights_torchscript.pt"))
+        estimator.save(work / MODEL_FILE)
+        _cover(test_input, denoised, work / "cover.png")
+        (work / "README.md").write_text(_documentation(estimator, name, description, halo, step, minimum))
+
+        torch_version = v0_5.Version(torch.__version__.split("+")[0])
+        names = [v0_5.Identifier(f"channel{i}") for i in range(channels)]
+        spatial = [v0_5.AxisId(a) for a in "zyx"[-ndim:]]
+        raw, denoised = v0_5.TensorId("raw"), v0_5.TensorId("denoised")
+        along_channels = dict(axis=v0_5.AxisId("channel"))
+        mean, std = [float(m) for m in estimator.mean_], [float(s) for s in estimator.std_]
+        variant = ["n2v"] + (["n2v2"] if network["blurpool"] or network["skip_skipone"] else []) + (
+            ["structn2v"] if estimator.struct_mask is not None else [])
+        descr = v0_5.ModelDescr(
+            name=name,
+            description=description,
+            authors=_authors(authors, v0_5),
+            cite=[v0_5.CiteEntry(text=CITATIONS[k][0], doi=v0_5.Doi(CITATIONS[k][1])) for k in variant],
+            license=v0_5.LicenseId(license),
+            documentation=v0_5.FileDescr(source=work / "README.md"),
+            covers=[v0_5.FileDescr(source=work / "cover.png")],
+            tags=["denoising", "noise2void", "self-supervised", f"{ndim}d", "pytorch", "n2v-estimator",
+                  *variant[1:], *tags],
+            attachments=[v0_5.FileDescr(source=work / MODEL_FILE)],
+            config={CONFIG_KEY: {"version": __version__, "model_file": MODEL_FILE}},
+            inputs=[v0_5.InputTensorDescr(
+                id=raw,
+                axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
+                    v0_5.SpaceInputAxis(id=a, size=v0_5.ParameterizedSize(min=minimum, step=step)) for a in spatial],
+                test_tensor=v0_5.FileDescr(source=work / "test_input.npy"),
+                data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+                # No `pad`: the runtime's default is "symmetric", as ours. (bioimageio.spec 0.5.12 writes an
+                # explicit SymmetricPadding as `pad: {}`, which reads back as constant zeros.)
+                preprocessing=[v0_5.FixedZeroMeanUnitVarianceDescr(
+                    kwargs=v0_5.FixedZeroMeanUnitVarianceAlongAxisKwargs(**along_channels, mean=mean, std=std))],
+            )],
+            outputs=[v0_5.OutputTensorDescr(
+                id=denoised,
+                axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
+                    v0_5.SpaceOutputAxisWithHalo(id=a, size=v0_5.SizeReference(tensor_id=raw, axis_id=a), halo=halo)
+                    for a in spatial],
+                test_tensor=v0_5.FileDescr(source=work / "test_output.npy"),
+                data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+                postprocessing=[v0_5.ScaleLinearDescr(
+                    kwargs=v0_5.ScaleLinearAlongAxisKwargs(**along_channels, gain=std, offset=mean))],
+            )],
+            weights=v0_5.WeightsDescr(
+                pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
+                    source=work / "weights.pt",
+                    pytorch_version=torch_version,
+                    architecture=v0_5.ArchitectureFromFileDescr(
+                        source=work / ARCHITECTURE_FILE, callable=v0_5.Identifier("Noise2VoidNetwork"), kwargs=kwargs),
+                ),
+                torchscript=v0_5.TorchscriptWeightsDescr(
+                    source=work / "weights_torchscript.pt", pytorch_version=torch_version, parent="pytorch_state_dict"),
+            ),
+        )
+        # Written whole under a temporary name beside `path`, then renamed into place.
+        partial = work / "package.zip"
+        spec.save_bioimageio_package(descr, output_path=partial)
+        os.replace(partial, path)
+    return path
+
+
+# ------------------------------------------------------------------ import
+def from_package(cls, path, device=None):
+    """The work of :meth:`Noise2VoidDenoiser.from_bioimageio`."""
+    from ._persistence import ModelFileError
+
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a BioImage Model Zoo package (a zip file holding rdf.yaml).")
+    spec, v0_5 = _import_bioimageio()
+    with zipfile.ZipFile(path) as archive:
+        members = set(archive.namelist())
+        if "rdf.yaml" not in members and "bioimageio.yaml" not in members:
+            raise ModelFileError(f"{path} holds no rdf.yaml: it is not a BioImage Model Zoo package.")
+    descr = spec.load_description(str(path), perform_io_checks=True)  # checks every file's sha256
+    if not isinstance(descr, v0_5.ModelDescr):
+        raise ModelFileError(
+            f"{path} is not a valid BioImage Model Zoo model of spec 0.5 "
+            f"({type(descr).__name__}): {getattr(descr, 'validation_summary', None) and descr.validation_summary.status}."
+        )
+    ours = (descr.config.model_extra or {}).get(CONFIG_KEY) if descr.config is not None else None
+    model_file = ours.get("model_file") if isinstance(ours, dict) else None
+    attached = {Path(str(getattr(a.source, "path", a.source))).name for a in descr.attachments}
+    if model_file is None or model_file not in attached or model_file not in members:
+        raise ModelFileError(
+            f"{path} was not exported by n2v-estimator (its config has no {CONFIG_KEY!r} entry naming an attached "
+            "model file), so it cannot be represented as a Noise2VoidDenoiser; run it with bioimageio.core instead."
+        )
+    with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory(prefix=".n2v-bioimageio-") as work:
+        target = Path(work) / MODEL_FILE
+        with archive.open(model_file) as source, open(target, "wb") as sink:
+            sink.write(source.read())
+        return cls.load(target, device=device)
+
+
+class BioImageIOMixin:
+    """BioImage Model Zoo export and import for :class:`Noise2VoidDenoiser`."""
+
+    def export_bioimageio(self, path, test_image, *, name, description, authors, license="CC-BY-4.0", tags=()):
+        """Write the fitted denoiser as a BioImage Model Zoo model (a zip, spec 0.5).
+
+        Fiji (deepImageJ), napari, ilastik, QuPath and ``bioimageio.core`` run
+        the package; their prediction is this denoiser's ``transform`` with
+        ``precision="32"`` (to float32 rounding), tiles and image edges
+        included. Needs the ``[bioimageio]`` extra; works offline.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The zip to write; written under a temporary name and renamed into
+            place, so an existing file is never left half-written.
+        test_image : array-like
+            An image laid out as in ``fit`` (e.g. one of the training images);
+            its first image, cropped around its centre to at most 256 pixels a
+            side (64 in 3D), and its ``transform`` become the package's test
+            data and cover picture (noisy beside denoised).
+        name : str
+            The model's name (at least 5 characters).
+        description : str
+            One or two sentences: what images the model is for.
+        authors : str, dict or list of those
+            Names, or dicts with ``name`` and optionally ``affiliation``,
+            ``email``, ``github_user``, ``orcid``.
+        license : str, default="CC-BY-4.0"
+            An SPDX license identifier for the model.
+        tags : sequence of str, default=()
+            Tags beside the ones added for the method and dimensionality.
+
+        Returns
+        -------
+        pathlib.Path
+            ``path``.
+
+        Raises
+        ------
+        ValueError
+            For a probabilistic model (``noise_model`` set: ``transform`` needs
+            many masked passes and the noise model, which the zoo's runtime
+            cannot run), or a ``test_image`` unlike the training data.
+        ImportError
+            Without ``bioimageio.spec``/``bioimageio.core``.
+
+        Notes
+        -----
+        The package holds the network as ``pytorch_state_dict`` (with a
+        standalone copy of the U-Net's source, torch only) and
+        ``torchscript``; the normalisation with the fitted ``mean_`` and
+        ``std_`` as preprocessing and its inverse as ``scale_linear``
+        postprocessing; the halo (the network's reach, rounded up to a
+        multiple of ``2**depth``) on each spatial output axis and the tile
+        step ``2**depth``; with ``tta=True``, the averaging over the 8
+        augmentations inside the network; a README with the training
+        parameters and history; and the denoiser's own model file, which
+        :meth:`from_bioimageio` reads.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from n2v_estimator import Noise2VoidDenoiser
+        >>> noisy = np.random.default_rng(0).normal(100, 10, (64, 64)).astype("float32")
+        >>> est = Noise2VoidDenoiser(max_epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32,
+        ...                          n_filters=4, verbose=False, random_state=0).fit(noisy)
+        >>> import tempfile, os
+        >>> folder = tempfile.mkdtemp()
+        >>> est.export_bioimageio(os.path.join(folder, "model.zip"), noisy, name="Noise2Void demo",
+        ...                       description="Denoises a demo image.", authors="Jane Doe")  # doctest: +ELLIPSIS
+        PosixPath('.../model.zip')
+        >>> again = Noise2VoidDenoiser.from_bioimageio(os.path.join(folder, "model.zip"))
+        >>> bool((again.transform(noisy) == est.transform(noisy)).all())
+        True
+        """
+        return export(self, path, test_image, name=name, description=description, authors=authors,
+                      license=license, tags=tags)
+
+    @classmethod
+    def from_bioimageio(cls, path, *, device=None):
+        """Read a BioImage Model Zoo package written by :meth:`export_bioimageio`.
+
+        The package is validated by ``bioimageio.spec`` (every file's checksum
+        included), and the denoiser is read from the model file it carries,
+        as :meth:`load` reads it: tensors and JSON only, nothing unpickled.
+        Its ``transform`` is the exported denoiser's, bit for bit.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The package (zip).
+        device : str or torch.device, optional
+            As in :meth:`load`.
+
+        Returns
+        -------
+        Noise2VoidDenoiser
+            Fitted.
+
+        Raises
+        ------
+        ModelFileError
+            For a file that is not a valid spec 0.5 model package, or a package
+            not exported by n2v-estimator (another architecture cannot be
+            represented: run it with ``bioimageio.core``).
+        ImportError
+            Without ``bioimageio.spec``.
+        """
+        return from_package(cls, path, device)
