@@ -22,6 +22,7 @@ import copy
 import inspect
 import json
 import os
+import shutil
 import tempfile
 import textwrap
 import warnings
@@ -367,9 +368,10 @@ def from_package(cls, path, device=None):
             raise ModelFileError(f"{path} holds no rdf.yaml: it is not a BioImage Model Zoo package.")
     descr = spec.load_description(str(path), perform_io_checks=True)  # checks every file's sha256
     if not isinstance(descr, v0_5.ModelDescr):
+        errors = [e.msg for d in descr.validation_summary.details for e in d.errors] or ["(no details)"]
         raise ModelFileError(
-            f"{path} is not a valid BioImage Model Zoo model of spec 0.5 "
-            f"({type(descr).__name__}): {getattr(descr, 'validation_summary', None) and descr.validation_summary.status}."
+            f"{path} is not a valid BioImage Model Zoo model of spec 0.5 ({type(descr).__name__}): "
+            f"{errors[0][:300]}"
         )
     ours = (descr.config.model_extra or {}).get(CONFIG_KEY) if descr.config is not None else None
     model_file = ours.get("model_file") if isinstance(ours, dict) else None
@@ -382,7 +384,7 @@ def from_package(cls, path, device=None):
     with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory(prefix=".n2v-bioimageio-") as work:
         target = Path(work) / MODEL_FILE
         with archive.open(model_file) as source, open(target, "wb") as sink:
-            sink.write(source.read())
+            shutil.copyfileobj(source, sink)  # in pieces: load() then checks it as any model file
         return cls.load(target, device=device)
 
 

@@ -212,6 +212,11 @@ def test_from_bioimageio_refuses_what_it_cannot_represent(fitted_2d, tmp_path):
         archive.writestr("notes.txt", "hello")
     with pytest.raises(ModelFileError, match="no rdf.yaml"):
         Noise2VoidDenoiser.from_bioimageio(empty)
+    invalid = tmp_path / "invalid.zip"
+    with zipfile.ZipFile(invalid, "w") as archive:
+        archive.writestr("rdf.yaml", "format_version: 0.5.12\ntype: model\nname: x\n")
+    with pytest.raises(ModelFileError, match="not a valid BioImage Model Zoo model of spec 0.5"):
+        Noise2VoidDenoiser.from_bioimageio(invalid)
     # Another tool's model: the same package without our config entry and model file.
     descr = load_description(str(exported(fitted_2d, IMAGE_2D, tmp_path / "model.zip")))
     others = descr.model_copy(update={"config": type(descr.config)(), "attachments": []})
