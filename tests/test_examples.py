@@ -32,3 +32,17 @@ def test_the_camera_example_writes_a_titled_before_after_figure_with_a_zoomed_cr
     assert all(len(ax.patches) == 1 for ax in figure.axes[:3])  # the crop, boxed in the full images
     figure.savefig(tmp_path / "before_after.png")
     assert (tmp_path / "before_after.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_bioimageio_example_exports_and_checks_a_saved_model(tmp_path, capsys):
+    pytest.importorskip("bioimageio.core", reason='the [bioimageio] extra is not installed')
+    from conftest import tiny
+
+    model = tmp_path / "model.safetensors"
+    tiny(depth=2).fit(np.random.default_rng(0).normal(100, 20, (64, 64))).save(model)
+    _example("export_bioimageio").main(["--model", str(model), "--out", str(tmp_path / "model.zip")])
+    printed = capsys.readouterr().out
+    assert printed.count(": passed") == 2 and "transform identical = True" in printed
+    differences = [float(line.split("= ")[1].split()[0]) for line in printed.splitlines() if "max |diff|" in line]
+    assert len(differences) == 2 and max(differences) < 1e-5
