@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ._normalize import denormalize, normalize
-from ._tiling import border_width, mirror_index, predict_tiled, round_up
+from ._tiling import augmentations, border_width, mirror_index, predict_tiled, round_up
 from ._unet import (
     _FIELDS,
     DESCRIPTION_SCHEMA,
@@ -81,18 +81,6 @@ def _import_bioimageio():
 # ------------------------------------------------------------ architecture
 _TTA = '''
 
-def augmentations(ndim):
-    """Test-time augmentations as (forward, inverse) pairs: 2D, the 8 symmetries
-    of the square; 3D, the 8 combinations of flips."""
-    spatial = list(range(2, 2 + ndim))
-    if ndim == 2:
-        choices = [(k, dims) for k in range(4) for dims in ((), (spatial[-1],))]
-    else:
-        choices = [(0, tuple(d for d, f in zip(spatial, chosen) if f))
-                   for chosen in itertools.product([False, True], repeat=ndim)]
-    return choices
-
-
 class Noise2VoidNetwork(UNet):
     """The U-Net, averaged over the test-time augmentations when ``tta``."""
 
@@ -103,29 +91,23 @@ class Noise2VoidNetwork(UNet):
     def forward(self, x):
         if not self.tta:
             return super().forward(x)
-        total = None
-        for k, dims in augmentations(self.ndim):
-            y = torch.flip(x, dims) if dims else x
-            y = torch.rot90(y, k, dims=(-2, -1)) if k else y
-            y = super().forward(y)
-            y = torch.rot90(y, -k, dims=(-2, -1)) if k else y
-            y = torch.flip(y, dims) if dims else y
-            total = y if total is None else total + y
-        return total / 8
+        predict, transforms = super().forward, augmentations(self.ndim)
+        return sum(inverse(predict(forward(x))) for forward, inverse in transforms) / len(transforms)
 '''
 
 
 def architecture_source():
     """A standalone Python module (torch only) defining ``Noise2VoidNetwork``:
-    the package's U-Net (:class:`._unet.UNet`, copied from its source) with
-    test-time augmentation as ``transform`` applies it."""
+    the package's U-Net (:class:`._unet.UNet`) with test-time augmentation
+    (:func:`._tiling.augmentations`), both copied from their source, as
+    ``transform`` applies them."""
     parts = [
         '"""The U-Net of n2v-estimator (a standalone copy for the BioImage Model Zoo; needs torch only)."""',
         "import itertools\nimport math\n\nimport torch\nimport torch.nn.functional as F\nfrom torch import nn",
         f"DESCRIPTION_SCHEMA = {DESCRIPTION_SCHEMA!r}\n_FIELDS = {_FIELDS!r}\n"
         f"TAU_FLOOR = {TAU_FLOOR!r}\nNoiseModel = None  # probabilistic networks are not exported",
     ]
-    for obj in (_conv, _batch_norm, _interleave, _ConvBlock, _MaxBlurPool, UNet, _pad_to_multiple):
+    for obj in (_conv, _batch_norm, _interleave, _ConvBlock, _MaxBlurPool, UNet, _pad_to_multiple, augmentations):
         parts.append(inspect.getsource(obj).rstrip())
     return "\n\n\n".join(parts) + "\n" + _TTA
 
