@@ -206,7 +206,7 @@ def _documentation(estimator, name, description, halo, step, minimum):
         - `denoised`: the same shape, in the input's intensity units (float32).
         - The network sees {halo} pixels around each output pixel (the halo): the runtime extends the image by
           that many mirrored pixels at its edges and tiles with that overlap, exactly as `transform` does.
-          Tiles are multiples of {step} pixels (at least {minimum} with the halo).
+          Image sides must be multiples of {step} pixels, at least {minimum} (the runtime's tiles too).
 
         ## Training
         - Parameters that differ from the defaults: `{json.dumps(changed, default=str)}`.
@@ -250,11 +250,12 @@ def export(estimator, path, test_image, *, name, description, authors, license="
     # The spec wants more than two halos per side; the runtime checks the sides of
     # the image as given (before it adds the halo): multiples of the step from there.
     minimum = round_up(2 * halo + 1, step)
-    test_input, test_output, denoised, model = _test_arrays(estimator, test_image, minimum)
+    test_input, test_output, cover_output, model = _test_arrays(estimator, test_image, minimum)
     kwargs = architecture_kwargs(estimator)
+    source = architecture_source()
     # The zoo's state dict is the standalone architecture's: the same keys as ours.
     network_module = {}
-    exec(compile(architecture_source(), ARCHITECTURE_FILE, "exec"), network_module)  # our own source
+    exec(compile(source, ARCHITECTURE_FILE, "exec"), network_module)  # our own source
     standalone = network_module["Noise2VoidNetwork"](**kwargs)
     standalone.load_state_dict(model.state_dict())
     standalone.eval()
@@ -263,7 +264,7 @@ def export(estimator, path, test_image, *, name, description, authors, license="
         work = Path(work)
         np.save(work / "test_input.npy", test_input)
         np.save(work / "test_output.npy", test_output)
-        (work / ARCHITECTURE_FILE).write_text(architecture_source())
+        (work / ARCHITECTURE_FILE).write_text(source)
         torch.save(standalone.state_dict(), work / "weights.pt")
         # TorchScript is the zoo's format, deprecated in torch but read by deepImageJ. The trace keeps
         # the size branches of an input of the declared step, which the runtime always gives.
@@ -273,7 +274,7 @@ def export(estimator, path, test_image, *, name, description, authors, license="
             traced = torch.jit.trace(standalone, torch.from_numpy(test_input), check_trace=False)
         traced.save(str(work / "weights_torchscript.pt"))
         estimator.save(work / MODEL_FILE)
-        _cover(test_input, denoised, work / "cover.png")
+        _cover(test_input, cover_output, work / "cover.png")
         (work / "README.md").write_text(_documentation(estimator, name, description, halo, step, minimum))
 
         torch_version = v0_5.Version(torch.__version__.split("+")[0])

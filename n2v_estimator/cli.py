@@ -369,18 +369,23 @@ def _output_paths(inputs, text):
     return outputs
 
 
+def _named_axes(given, found, model_axes, array):
+    """The axes to read ``array`` with: ``--axes``, else the file's, then the model's
+    where they fit; ``None``: the estimator infers them (and refuses a colour image)."""
+    return given or found or (model_axes if model_axes and len(model_axes) == array.ndim else None)
+
+
 def _transform(args):
     paths = expand_inputs(args.inputs)
     overrides = _given_parameters(args)
     denoiser = Noise2VoidDenoiser.load(args.model, device=overrides.pop("device", None))
-    model_axes = denoiser.axes
+    model_axes = denoiser.axes  # before set_params: --axes may name others
     denoiser.set_params(**overrides, verbose=not args.quiet, **({"tta": True} if args.tta else {}))
     denoiser._validate_params()  # a bad --tile-overlap and the like, in the estimator's words
     outputs = _output_paths(paths, args.output)
     for path, output in zip(paths, outputs):
         array, found, metadata = read_image(path, lazy=True, return_metadata=True)
-        # Then the model's axes where they fit; None: the estimator infers them (and refuses a colour image).
-        named = args.axes or found or (model_axes if model_axes and len(model_axes) == array.ndim else None)
+        named = _named_axes(args.axes, found, model_axes, array)
         axes = _check_axes(named, array, path)
         if is_dask_array(array) and axes != found:
             array = rechunk_for_axes(array, axes)
@@ -398,8 +403,7 @@ def _export(args):
     if Path(args.output).suffix.lower() != ".zip":
         raise ValueError(f"--output {args.output}: a BioImage Model Zoo package is a .zip file.")
     array, found = read_image(args.test_image)
-    model_axes = denoiser.axes
-    named = args.axes or found or (model_axes if model_axes and len(model_axes) == array.ndim else None)
+    named = _named_axes(args.axes, found, denoiser.axes, array)
     _check_axes(named, array, args.test_image)
     denoiser.set_params(axes=named)
     path = denoiser.export_bioimageio(
