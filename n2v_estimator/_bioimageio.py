@@ -113,9 +113,10 @@ def architecture_source():
 
 
 def architecture_kwargs(estimator):
-    """The keyword arguments of ``Noise2VoidNetwork`` for ``estimator``'s network."""
+    """The keyword arguments of ``Noise2VoidNetwork`` for ``estimator``'s network
+    (a masked U-Net: blind-spot networks are not exported)."""
     description = estimator.model_.description
-    return {**{key: description[key] for key in _FIELDS}, "tta": bool(estimator.tta)}
+    return {**{key: description[key] for key in _FIELDS if key != "blind_spot"}, "tta": bool(estimator.tta)}
 
 
 # ------------------------------------------------------------------ export
@@ -129,6 +130,13 @@ def _check_exportable(estimator):
             "BioImage Model Zoo: transform combines a prior predicted in many masked network passes with the noise "
             "model by Bayes' rule, which the zoo's runtime (one network pass per tile) cannot run. Export a plain "
             "model (noise_model=None), or share the model file that save() writes."
+        )
+    if estimator.model_.description["blind_spot"] == "network":
+        raise ValueError(
+            "blind_spot='network': a blind-spot network cannot be exported to the BioImage Model Zoo yet: the "
+            "zoo's runtime extends images by mirroring, which shows the network the pixels near the edge it must "
+            "not see, and the package's architecture file holds the masked U-Net only. Export a model fitted with "
+            "blind_spot='mask', or share the model file that save() writes."
         )
 
 

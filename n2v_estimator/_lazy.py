@@ -23,7 +23,7 @@ from ._axes import (
     to_canonical,
 )
 from ._normalize import output_dtype
-from ._tiling import receptive_radius
+from ._tiling import network_reach, receptive_radius
 
 
 def is_dask_array(X):
@@ -53,7 +53,8 @@ def halo_width(description, neighborhood_radius=0):
     replaces every masked pixel by a neighbour within that radius, so a masked
     pixel at the edge of the receptive field must find the same neighbours as in
     the whole image. Default network (depth 2, kernel 3): 29, or 31 with the
-    default radius 2 for a probabilistic one; depth 1: 11.
+    default radius 2 for a probabilistic one; depth 1: 11; a blind-spot network
+    (which masks nothing): 50.
 
     Parameters
     ----------
@@ -66,9 +67,9 @@ def halo_width(description, neighborhood_radius=0):
     -------
     int
     """
-    halo = receptive_radius(description["depth"], description["kernel_size"], description["blurpool"])
+    halo = receptive_radius(*network_reach(description))
     halo += 2 ** description["depth"] - 1
-    if description["noise_model"] is not None:
+    if description["noise_model"] is not None and description["blind_spot"] == "mask":
         halo += int(neighborhood_radius)
     return halo
 

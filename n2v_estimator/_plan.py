@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from ._axes import check_same_layout, is_image_list, read_image_list, read_images, spatial_ndim
+from ._blindnet import every_pixel
 from ._compute import resolve_precision
 from ._devices import resolve_device
 from ._masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
@@ -28,7 +29,7 @@ from ._normalize import channel_stats, check_representable, normalize
 from ._ondemand import is_on_demand, on_demand_images, sample_blocks
 from ._patches import VALIDATION_MIN_SIDE, PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
 from ._progress import inside_model_selection
-from ._tiling import tile_geometry
+from ._tiling import network_reach, tile_geometry
 from ._training import make_validation_set, train
 from ._unet import build_unet, check_batch_norm, network_description
 
@@ -71,7 +72,8 @@ class FitPlan:
     patch_shape, validation_shape : tuple of int
         Of the training and validation patches (``validation_shape`` is
         ``None`` without validation).
-    masker : BlindSpotMasker
+    masker : BlindSpotMasker or callable
+        :func:`._blindnet.every_pixel` for a blind-spot network.
     device : torch.device
     precision : {"32", "bf16", "16-mixed"}
         Resolved for the device (see :func:`._compute.resolve_precision`).
@@ -96,7 +98,7 @@ class FitPlan:
     validation_images: list
     patch_shape: tuple
     validation_shape: tuple | None
-    masker: BlindSpotMasker
+    masker: object
     device: object
     precision: str
     seeds: tuple
@@ -196,13 +198,19 @@ def make_plan(params, X, previous=None):
     device = resolve_device(params["device"])
     precision = resolve_precision(params["precision"], device, ndim)
     kind = noise_kind(params["noise_model"])
+    blind = params["blind_spot"] == "network"
     if kind is not None and params["struct_mask"] is not None:
         raise ValueError(
             f"noise_model={params['noise_model']!r} assumes noise independent from pixel to pixel, and "
             "struct_mask is for noise correlated along a line; set noise_model=None for structN2V."
         )
+    if blind and params["struct_mask"] is not None:
+        raise ValueError(
+            "blind_spot='network' hides exactly one pixel from the network, and struct_mask hides a line of "
+            "them (for noise correlated along it); set blind_spot='mask' for structN2V."
+        )
     manipulator = params["manipulator"]
-    if kind is not None:
+    if kind is not None and not blind:
         try:  # the prior is combined with each pixel's own value: it must never see it
             manipulator = hiding_manipulator(manipulator)
         except ValueError as exc:
@@ -216,7 +224,8 @@ def make_plan(params, X, previous=None):
             "warm_start=True needs the same network and data layout as the previous fit: "
             f"was {previous.network}, now {network}."
         )
-    masker = BlindSpotMasker(
+    # A blind-spot network masks nothing: every pixel of a patch is a training target.
+    masker = every_pixel if blind else BlindSpotMasker(
         ndim,
         params["masked_pixel_percentage"],
         manipulator,
@@ -224,8 +233,7 @@ def make_plan(params, X, previous=None):
         resolve_struct_mask(params["struct_mask"], ndim),
     )
     # transform takes the tile settings as they are then; refuse impossible ones now.
-    reach = network["depth"], network["kernel_size"], network["blurpool"]
-    tile_geometry(params["tile_size"], params["tile_overlap"], ndim, *reach)
+    tile_geometry(params["tile_size"], params["tile_overlap"], ndim, *network_reach(network))
     requested = requested_patch_shape(params["patch_size"], ndim)
 
     if previous is not None:

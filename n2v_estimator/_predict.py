@@ -10,7 +10,8 @@ network partly has. So the prior is predicted blind, as in training:
 :data:`BLIND_STRIDE`), replaces the masked values as the training masker does
 (never with the pixel itself), and keeps the network's prediction at the
 masked pixels only. That costs ``stride**ndim`` passes over the images (16 in
-2D, 27 in 3D), each as costly as a plain ``transform``.
+2D, 27 in 3D), each as costly as a plain ``transform``. A blind-spot network
+(:mod:`._blindnet`) never sees the pixel it predicts: its prior takes one pass.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ._masking import BlindSpotMasker, hiding_manipulator
 from ._noise import posterior
 from ._normalize import _broadcast, check_finite_output, denormalize, normalize
 from ._progress import progress_bar
-from ._tiling import border_width, predict_tiled, tile_geometry, tiles_per_batch
+from ._tiling import border_width, network_reach, predict_tiled, tile_geometry, tiles_per_batch
 
 # Grid stride of the blind phases of the prior, per spatial dimensionality: a
 # 4x4 grid masks 6% of the pixels in a pass (training masks 2%, but with
@@ -125,9 +126,10 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
         For a non-finite result, or ``return_std`` with a plain model.
     """
     network = model.description
-    reach = network["depth"], network["kernel_size"], network["blurpool"]
+    reach = network_reach(network)
+    blind = network["blind_spot"] == "network"
     tile_shape, overlap = tile_geometry(settings["tile_size"], settings["tile_overlap"], network["ndim"], *reach)
-    border = (border_width(*reach),) * network["ndim"]
+    border = (0 if blind else border_width(*reach),) * network["ndim"]
     extended = [n + 2 * b for n, b in zip(images.shape[2:], border)]
 
     def run(batch, **kwargs):
@@ -158,14 +160,17 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
         check_finite_output(out)
         return out
     x = normalize(images, mean, std)
-    prior = blind_prior(
-        partial(run, out_channels=2 * images.shape[1], verbose=False),
-        x,
-        settings["manipulator"],
-        settings["neighborhood_radius"],
-        blind_stride(network["ndim"], settings["neighborhood_radius"]),
-        verbose=settings["verbose"],
-    )
+    if blind:  # blind by its architecture: one pass
+        prior = run(x, out_channels=2 * images.shape[1])
+    else:
+        prior = blind_prior(
+            partial(run, out_channels=2 * images.shape[1], verbose=False),
+            x,
+            settings["manipulator"],
+            settings["neighborhood_radius"],
+            blind_stride(network["ndim"], settings["neighborhood_radius"]),
+            verbose=settings["verbose"],
+        )
     noise = copy.deepcopy(model.noise).cpu().float()
     with torch.no_grad():
         post_mean, post_std = (t.numpy() for t in posterior(torch.from_numpy(prior), torch.from_numpy(x), noise))

@@ -13,7 +13,7 @@ from numbers import Integral
 
 import torch
 import torch.nn.functional as F
-from sklearn.utils._param_validation import Interval, validate_parameter_constraints
+from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 from torch import nn
 
 from ._noise import NOISE_MODELS, TAU_FLOOR, NoiseModel
@@ -30,15 +30,23 @@ ARCHITECTURE_CONSTRAINTS = {
     "blurpool": ["boolean"],
     "skip_skipone": ["boolean"],
     "independent_channels": ["boolean"],
+    "blind_spot": [StrOptions({"mask", "network"})],
+}
+# The U-Net options a blind-spot network (blind_spot="network") cannot have, and why.
+_NOT_BLIND = {
+    "residual": "adds each pixel's own value to its prediction",
+    "blurpool": "blurs across the blind spot (a blur-pool that looks one way only is not built)",
+    "skip_skipone": "is an N2V2 remedy for masked blind spots",
 }
 
 # The network description is a schema of its own, versioned apart from the
 # constructor's signature: a new constructor argument gets a default for older
 # descriptions, so that every saved model keeps loading. Schema 1 is also what
 # the package's first model files hold (without the "schema" key); schema 2
-# added the noise model (schema 1 networks have none).
-DESCRIPTION_SCHEMA = 2
-_DEFAULTS_SINCE = {2: {"noise_model": None}}
+# added the noise model (schema 1 networks have none), schema 3 the blind-spot
+# architecture (earlier networks mask pixels).
+DESCRIPTION_SCHEMA = 3
+_DEFAULTS_SINCE = {2: {"noise_model": None}, 3: {"blind_spot": "mask"}}
 # The fields the data decides, beside the architecture the parameters decide.
 _DATA_CONSTRAINTS = {
     "ndim": [Interval(Integral, 2, 3, closed="both")],
@@ -64,9 +72,16 @@ def network_description(ndim, in_channels, settings, noise_model=None):
     }
     for key, constraint in ARCHITECTURE_CONSTRAINTS.items():
         value = settings[key]
-        # Parameters are validated already; numpy ints and bools from a grid become plain ones.
-        description[key] = bool(value) if constraint == ["boolean"] else int(value)
+        # Parameters are validated already; numpy ints, bools and strings from a grid become plain ones.
+        description[key] = {"boolean": bool, "int": int}.get(_kind(constraint), str)(value)
     return check_description(description)
+
+
+def _kind(constraint):
+    """``"boolean"``, ``"int"`` or ``"str"``: what a field of :data:`ARCHITECTURE_CONSTRAINTS` holds."""
+    if constraint == ["boolean"]:
+        return "boolean"
+    return "str" if isinstance(constraint[0], StrOptions) else "int"
 
 
 def check_description(description):
@@ -98,29 +113,47 @@ def check_description(description):
         )
     for key in _FIELDS[:-1]:
         value = description[key]
-        wanted = bool if ARCHITECTURE_CONSTRAINTS.get(key) == ["boolean"] else int
+        wanted = {"boolean": bool, "int": int, "str": str}[_kind(ARCHITECTURE_CONSTRAINTS.get(key, [None]))]
         if type(value) is not wanted:
-            raise ValueError(f"network setting {key}={value!r} is not {'a bool' if wanted is bool else 'an int'}.")
+            raise ValueError(f"network setting {key}={value!r} is not {'an' if wanted is int else 'a'} {wanted.__name__}.")
     validate_parameter_constraints(
         {**_DATA_CONSTRAINTS, **ARCHITECTURE_CONSTRAINTS, "noise_model": [None, str]}, description, caller_name="the U-Net"
     )
     if description["kernel_size"] % 2 == 0:
         raise ValueError(f"kernel_size must be odd, got {description['kernel_size']}.")
+    if description["blind_spot"] == "network":
+        for key, why in _NOT_BLIND.items():
+            if description[key]:
+                raise ValueError(
+                    f"blind_spot='network' builds the blind spot into the network, and {key}=True {why}; "
+                    f"set {key}=False, or blind_spot='mask'."
+                )
     return {"schema": DESCRIPTION_SCHEMA, **description}
 
 
 def build_unet(description, seed=None):
-    """A :class:`UNet` built from a checked ``description``, on the CPU.
+    """The network a checked ``description`` describes, on the CPU: a
+    :class:`UNet`, or a :class:`._blindnet.BlindSpotNetwork` for ``blind_spot="network"``.
 
     ``seed`` decides the initial weights; the CPU generator is forked, so
     seeding leaves no trace outside (and no GPU generator is touched).
     """
-    kwargs = {key: description[key] for key in _FIELDS}
     if seed is None:
-        return UNet(**kwargs)
+        return _build(description)
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(int(seed))
+        return _build(description)
+
+
+def _build(description):
+    kwargs = {key: description[key] for key in _FIELDS if key != "blind_spot"}
+    if description["blind_spot"] == "mask":
         return UNet(**kwargs)
+    from ._blindnet import BlindSpotNetwork  # it builds on this module's layers
+
+    for key in _NOT_BLIND:
+        del kwargs[key]
+    return BlindSpotNetwork(**kwargs, description=description)
 
 
 def expected_state(description):
@@ -268,7 +301,7 @@ class UNet(nn.Module):
         arguments = dict(locals())
         super().__init__()
         # Everything needed to rebuild this network (saved with its weights).
-        self.description = {"schema": DESCRIPTION_SCHEMA, **{key: arguments[key] for key in _FIELDS}}
+        self.description = {"schema": DESCRIPTION_SCHEMA, **{key: arguments.get(key, "mask") for key in _FIELDS}}
         self.ndim = ndim
         self.depth = depth
         self.residual = residual

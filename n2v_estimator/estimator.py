@@ -84,6 +84,12 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         N2V2: no skip connection at the top level.
     independent_channels : bool, default=True
         One network per channel (grouped convolutions) rather than a joint one.
+    blind_spot : {"mask", "network"}, default="mask"
+        How the network is kept from seeing the pixel it predicts: ``"mask"``,
+        Noise2Void's masked pixels (the mask settings above); ``"network"``, a
+        blind-spot architecture (Laine et al. 2019) that learns from every
+        pixel and gives ``noise_model`` its prior in one pass; a training step
+        costs several times more (README, "Blind-spot network").
     validation_fraction : float, default=0.1
         Held out (whole images, else a strip of each) to keep the weights of
         lowest validation loss; with 0, the last weights are kept.
@@ -92,19 +98,19 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         ``(64, 128, 128)`` in 3D. Rounded up to a multiple of ``2**depth``.
     tile_overlap : int, tuple of int or None, default=None
         Overlap between tiles; ``None``: twice the network's halo (its reach,
-        rounded up to a multiple of ``2**depth``: 56 by default), at most half a
-        tile; tiled and whole-image predictions then agree to float rounding.
-        ``transform`` extends images by a halo of mirrored pixels at their edges.
+        rounded up to a multiple of ``2**depth``: 56 by default, 96 for
+        ``blind_spot="network"``), at most half a tile; tiled and whole-image
+        predictions then agree to float rounding. ``transform`` extends images
+        by a halo of mirrored pixels at their edges (not a blind-spot network's).
     tta : bool, default=False
         Average the predictions of the 8 flips and quarter turns (3D: flips).
     noise_model : None, "gaussian", "poisson_gaussian" or float, default=None
-        Probabilistic Noise2Void: the network predicts a prior (mean and
-        standard deviation) of each pixel's clean signal from its surroundings,
-        a noise model is fitted with it (on the noisy data alone), and
-        ``transform`` combines the prior with the pixel's own noisy value by
-        Bayes' rule (the posterior mean). ``"gaussian"``: one sigma per channel;
-        ``"poisson_gaussian"``: variance ``a * signal + b``; a number: a known
-        Gaussian sigma in input units. ``None``: plain Noise2Void.
+        Probabilistic Noise2Void: the network predicts a prior (mean and std) of
+        each pixel's clean signal from its surroundings, a noise model is fitted
+        with it (noisy data alone), and ``transform`` combines the prior with the
+        pixel's own value by Bayes' rule (the posterior mean). ``"gaussian"``: one
+        sigma per channel; ``"poisson_gaussian"``: variance ``a * signal + b``; a
+        number: a known Gaussian sigma, input units. ``None``: plain Noise2Void.
     image_shape : tuple of int or None, default=None
         For flattened images, as scikit-learn data often is: ``X`` of shape
         ``(n_samples, prod(image_shape))`` holds one image per row, laid out as
@@ -173,7 +179,6 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
     (512, 512)
     """
 
-
     _parameter_constraints = {
         "axes": [str, None],
         "patch_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
@@ -222,6 +227,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         blurpool=False,
         skip_skipone=False,
         independent_channels=True,
+        blind_spot="mask",
         validation_fraction=0.1,
         tile_size=None,
         tile_overlap=None,
@@ -254,6 +260,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         self.blurpool = blurpool
         self.skip_skipone = skip_skipone
         self.independent_channels = independent_channels
+        self.blind_spot = blind_spot
         self.validation_fraction = validation_fraction
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
@@ -297,10 +304,9 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
 
         Notes
         -----
-        All-or-nothing: every setting and the input are checked before
-        training, training works on a network of its own, and the fitted
-        attributes are set only at the end. A fit that raises anything else
-        leaves the estimator exactly as it was.
+        All-or-nothing: settings and input are checked before training, which
+        works on a network of its own; the fitted attributes are set only at
+        the end. A fit that raises anything else leaves the estimator as it was.
         """
         self._validate_params()
         plan = make_plan(self.get_params(), X, self._previous())
@@ -353,8 +359,8 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
             array): float64 for float64 input and for integers wider than 16
             bits (whose signal float32 would lose), else float32; with
             ``dtype="input"``, ``X``'s dtype (the std stays float). ``X`` itself
-            is never modified. With a ``noise_model``, the posterior mean, its
-            prior predicted blind (``4**2`` network passes in 2D, ``3**3`` in 3D).
+            is never modified. With a ``noise_model``, the posterior mean, its prior predicted
+            blind (``4**2`` masked passes in 2D, ``3**3`` in 3D; one with ``blind_spot="network"``).
 
         Raises
         ------
@@ -413,12 +419,10 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
             variance, so it ranks settings like the true MSE, without clean data.
             The grid does not depend on the estimator's mask settings. With a
             ``noise_model`` it scores the prior mean (the network alone): the
-            posterior mean uses each pixel's own value, so it cannot be scored
-            on the pixel it saw.
+            posterior uses each pixel's own value, so cannot be scored on it.
             Clean images of ``X``'s shape: the negative MSE of ``transform(X)``
             against them. One label per row of ``X`` (a 1D ``y``, as a pipeline
-            or a search passes along) is not clean images and is ignored, as
-            for ``y=None``; any other ``y`` is refused.
+            passes along) is ignored, as ``y=None``; any other ``y`` is refused.
 
         Returns
         -------

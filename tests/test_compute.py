@@ -14,7 +14,7 @@ from n2v_estimator._unet import build_unet, network_description
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SETTINGS = dict(depth=2, n_filters=8, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
-                skip_skipone=False, independent_channels=True)
+                skip_skipone=False, independent_channels=True, blind_spot="mask")
 NETWORKS = {
     "2d": (2, 1, {}),
     "grouped": (2, 3, {}),

@@ -97,8 +97,10 @@ def test_receptive_radius_is_how_far_the_network_looks(depth, kernel_size, blurp
 def test_the_halo_adds_the_pooling_grid_and_the_blind_neighbourhood(plain, probabilistic):
     assert halo_width(plain.model_.description) == 10 + 1  # depth 1, kernel 3
     assert halo_width(probabilistic.model_.description, 2) == 10 + 1 + 2
-    default = {"depth": 2, "kernel_size": 3, "blurpool": False, "noise_model": None}
+    default = {"depth": 2, "kernel_size": 3, "blurpool": False, "noise_model": None, "blind_spot": "mask"}
     assert halo_width(default) == 29
+    # A blind-spot network reaches farther and masks nothing: no neighbourhood.
+    assert halo_width({**default, "blind_spot": "network", "noise_model": "gaussian"}, 2) == 47 + 3
 
 
 # ------------------------------------------------- equal to the in-memory result
@@ -263,6 +265,16 @@ def test_probabilistic_chunks_differ_from_the_whole_image_by_the_blind_draws_onl
     np.testing.assert_allclose(std, expected_std, rtol=0.25)
     alone = transform_lazy(probabilistic, da.from_array(IMAGE, chunks=(31, 38))).compute()
     np.testing.assert_array_equal(alone, mean)  # the draws are seeded per chunk
+
+
+def test_a_blind_spot_network_s_chunks_give_the_in_memory_posterior(one_torch_thread):
+    """Its prior is blind by construction, not by random draws: chunks agree to float rounding."""
+    denoiser = tiny(blind_spot="network", noise_model="poisson_gaussian", **QUICK).fit(structured((48, 48)))
+    image = structured((120, 110))  # the halo is 20 at depth 1: several chunks with a full halo
+    mean, std = dask.compute(*transform_lazy(denoiser, da.from_array(image, chunks=(45, 50)), return_std=True))
+    expected_mean, expected_std = denoiser.transform(image, return_std=True)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-5, atol=1e-5 * np.ptp(expected_mean))
+    np.testing.assert_allclose(std, expected_std, rtol=1e-5, atol=1e-5 * np.ptp(expected_std))
 
 
 # ------------------------------------------------------ distributed (slow)

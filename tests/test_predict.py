@@ -13,7 +13,7 @@ from n2v_estimator._tiling import border_width, predict_tiled
 from n2v_estimator._unet import build_unet, network_description
 
 SETTINGS = dict(depth=2, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
-                skip_skipone=False, independent_channels=True)
+                skip_skipone=False, independent_channels=True, blind_spot="mask")
 
 
 def probabilistic_network(ndim=2, channels=1, kind="gaussian", depth=2):

@@ -330,6 +330,7 @@ def test_a_format_1_file_of_the_first_release_still_loads(tmp_path):
     original = Noise2VoidDenoiser.load(path).transform(IMAGE)
     document["format_version"] = 1
     del document["fitted"]["network"]["schema"], document["fitted"]["network"]["noise_model"]
+    del document["fitted"]["network"]["blind_spot"], document["params"]["blind_spot"]
     _rewrite(path, tensors, document)
     np.testing.assert_array_equal(Noise2VoidDenoiser.load(path).transform(IMAGE), original)
 
@@ -338,16 +339,37 @@ def test_a_schema_1_network_of_the_previous_release_loads_as_plain_noise2void(tm
     path, tensors, document = _saved(tmp_path)
     original = Noise2VoidDenoiser.load(path).transform(IMAGE)
     document["fitted"]["network"]["schema"] = 1
-    del document["fitted"]["network"]["noise_model"]
+    del document["fitted"]["network"]["noise_model"], document["fitted"]["network"]["blind_spot"]
     _rewrite(path, tensors, document)
     loaded = Noise2VoidDenoiser.load(path)
     assert loaded.model_.noise is None and not hasattr(loaded, "noise_sigma_")
     np.testing.assert_array_equal(loaded.transform(IMAGE), original)
 
 
+def test_a_schema_2_network_of_the_previous_release_loads_as_a_masked_one(tmp_path):
+    """Schema 2 (noise models) came before blind-spot networks: its networks mask pixels."""
+    path, tensors, document = _saved(tmp_path)
+    original = Noise2VoidDenoiser.load(path).transform(IMAGE)
+    document["fitted"]["network"]["schema"] = 2
+    del document["fitted"]["network"]["blind_spot"], document["params"]["blind_spot"]
+    _rewrite(path, tensors, document)
+    loaded = Noise2VoidDenoiser.load(path)
+    assert loaded.blind_spot == "mask" and loaded.model_.description["blind_spot"] == "mask"
+    np.testing.assert_array_equal(loaded.transform(IMAGE), original)
+
+
+def test_a_schema_2_network_naming_a_blind_spot_is_refused(tmp_path):
+    path, tensors, document = _saved(tmp_path)
+    document["fitted"]["network"]["schema"] = 2
+    _rewrite(path, tensors, document)
+    with pytest.raises(ModelFileError, match="schema 2 network description has no field 'blind_spot'"):
+        Noise2VoidDenoiser.load(path)
+
+
 def test_a_schema_1_network_naming_a_noise_model_is_refused(tmp_path):
     path, tensors, document = _saved(tmp_path)
     document["fitted"]["network"]["schema"] = 1
+    del document["fitted"]["network"]["blind_spot"]
     document["fitted"]["network"]["noise_model"] = "gaussian"
     _rewrite(path, tensors, document)
     with pytest.raises(ModelFileError, match="schema 1 network description has no field 'noise_model'"):

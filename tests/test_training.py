@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 IMAGES = [np.random.default_rng(0).normal(size=(1, 32, 32)).astype(np.float32)]
 SETTINGS = dict(depth=1, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
-                skip_skipone=False, independent_channels=True)
+                skip_skipone=False, independent_channels=True, blind_spot="mask")
 
 
 def model():

@@ -1,0 +1,216 @@
+"""A network that is blind to the pixel it predicts (Laine et al., NeurIPS 2019).
+
+Noise2Void makes a blind spot by masking pixels: only the few masked pixels of
+a patch train the network, and a prior that may be combined with a pixel's own
+value has to be predicted with that pixel masked too (many passes). Here the
+blind spot is built into the architecture instead: one U-Net whose every
+operation looks only "upward" (towards lower indices of its first spatial
+axis) sees the image from each of the ``2 * ndim`` directions (turned so that
+the direction is "up"), the outputs are turned back, and a head of 1x1
+convolutions combines them. The output at a pixel then depends on every pixel
+around it but not on the pixel itself, exactly, so every pixel of every patch
+trains the network and one pass predicts a blind prior for every pixel.
+
+What makes the U-Net look upward only (along axis 0 of its input):
+
+- each ``k``-wide convolution pads ``k - 1`` zero rows above and none below
+  (``k // 2`` on both sides of the other axes), so its output row ``y`` sees
+  rows ``y - k + 1 .. y``;
+- each down-sampling first shifts the rows down by one (a zero row on top),
+  then max-pools: a coarse cell holds rows at or above its first fine row;
+- up-sampling is nearest-neighbour (bilinear would reach into the row below);
+- at the end the output is shifted down by one more row: row ``y`` sees rows
+  ``< y`` only.
+
+Edges are zeros (normalised units: the data's mean), as at a training patch's
+edges: mirroring an image to extend it would show a pixel near the edge its
+own value, so ``transform`` does not extend the image for these networks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._noise import TAU_FLOOR, NoiseModel
+from ._unet import _batch_norm, _conv, _interleave
+
+# Width of the head's hidden 1x1 convolutions, in multiples of n_filters (96 by default,
+# as measured in benchmarks/blind_network_prior.py).
+HEAD_WIDTH = 3
+_SLOPE = 0.1  # LeakyReLU, as in Laine et al.
+
+
+def receptive_radius(depth, kernel_size):
+    """How far, in input pixels along each axis, the blind network looks from an output pixel.
+
+    Along a direction the upward U-Net reaches ``kernel_size - 1`` rows per
+    convolution at its level (``2**level`` input pixels per row), six
+    convolutions a level (down, bottom, up), plus its shifts and pools: measured
+    through the gradient, ``(kernel_size - 1) * (6 * 2**depth - 4) + 2**(depth + 1) - 1``.
+    Sideways it reaches less, so this is the radius along every axis: 47 pixels
+    for the default depth 2 and kernel 3 (the masked U-Net: 26).
+    """
+    return (kernel_size - 1) * (6 * 2**depth - 4) + 2 ** (depth + 1) - 1
+
+
+def every_pixel(x, generator=None):
+    """The blind network's "masker": nothing is masked and every pixel is a
+    training target, ``(x, mask)`` with ``mask`` all true."""
+    return x, torch.ones_like(x, dtype=torch.bool)
+
+
+every_pixel.check_patch = lambda patch_shape: None
+
+
+def _shift(x, n=1):
+    """Move the features ``n`` rows down along the first spatial axis (zeros on top)."""
+    pad = [0, 0] * (x.ndim - 3) + [n, 0]
+    return F.pad(x, pad)[:, :, : x.shape[2]]
+
+
+class _UpwardConv(nn.Module):
+    """A convolution whose output row ``y`` sees input rows ``y - k + 1 .. y`` only."""
+
+    def __init__(self, ndim, c_in, c_out, kernel_size, bias, groups):
+        super().__init__()
+        self.conv = _conv(ndim)(c_in, c_out, kernel_size, groups=groups, bias=bias)
+        r = kernel_size // 2
+        self.pad = [r, r] * (ndim - 1) + [2 * r, 0]
+
+    def forward(self, x):
+        return self.conv(F.pad(x, self.pad))
+
+
+class _UpwardBlock(nn.Sequential):
+    def __init__(self, ndim, c_in, c_mid, c_out, kernel_size, batch_norm, groups):
+        layers = []
+        for a, b in ((c_in, c_mid), (c_mid, c_out)):
+            layers.append(_UpwardConv(ndim, a, b, kernel_size, not batch_norm, groups))
+            if batch_norm:
+                layers.append(_batch_norm(ndim)(b))
+            layers.append(nn.LeakyReLU(_SLOPE, inplace=True))
+        super().__init__(*layers)
+
+
+class _UpwardUNet(nn.Module):
+    """The U-Net of :class:`._unet.UNet`'s layout with every operation looking upward."""
+
+    def __init__(self, ndim, in_channels, depth, n_filters, kernel_size, batch_norm, groups):
+        super().__init__()
+        self.ndim, self.depth, self.groups = ndim, depth, groups
+        width = [n_filters * 2**level * groups for level in range(depth)]
+        self.down = nn.ModuleList()
+        c = in_channels
+        for w in width:
+            self.down.append(_UpwardBlock(ndim, c, w, w, kernel_size, batch_norm, groups))
+            c = w
+        self.bottom = _UpwardBlock(ndim, c, c, c, kernel_size, batch_norm, groups)
+        self.up = nn.ModuleList(
+            _UpwardBlock(ndim, 2 * width[level], width[level], width[max(0, level - 1)], kernel_size, batch_norm, groups)
+            for level in reversed(range(depth))
+        )
+        self.out_channels = width[0]
+
+    def forward(self, x):
+        pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = pool(_shift(x), 2)
+        x = self.bottom(x)
+        for block, level in zip(self.up, reversed(range(self.depth))):
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            x = block(_interleave(x, skips[level], self.groups))
+        return _shift(x)
+
+
+def _directions(ndim):
+    """``(axis, flip)`` per direction the image is seen from: each spatial axis, both ways."""
+    return [(axis, flip) for axis in range(2, 2 + ndim) for flip in (False, True)]
+
+
+def _turn(x, axis, flip):
+    """Turn ``x`` so that looking "up" along its first spatial axis looks along ``axis`` (reversed with ``flip``)."""
+    x = x.movedim(axis, 2)
+    return x.flip(2) if flip else x
+
+
+def _turn_back(x, axis, flip):
+    x = x.flip(2) if flip else x
+    return x.movedim(2, axis)
+
+
+class BlindSpotNetwork(nn.Module):
+    """A blind-spot network: the output at a pixel never depends on its input value.
+
+    Parameters
+    ----------
+    ndim : {2, 3}
+    in_channels : int
+        Image channels in and out.
+    depth, n_filters, kernel_size, batch_norm, independent_channels
+        As for :class:`._unet.UNet`, for the one U-Net all directions share.
+    noise_model : {None, "gaussian", "poisson_gaussian"}
+        As for :class:`._unet.UNet`: ``None`` outputs ``(B, C, *spatial)``,
+        else ``(B, 2C, *spatial)``, the prior mean and standard deviation.
+    description : dict
+        The checked description the network is built from (saved with its weights).
+
+    Notes
+    -----
+    Batch normalisation computes its statistics over the batch in training, a
+    mean over ``B * pixels`` values to which each pixel adds its share; in
+    evaluation (prediction) it uses fixed statistics and the blind spot is exact.
+    """
+
+    def __init__(self, ndim, in_channels, depth, n_filters, kernel_size, batch_norm, independent_channels,
+                 noise_model, description):
+        super().__init__()
+        self.description = dict(description)
+        self.ndim, self.depth = ndim, depth
+        self.groups = g = in_channels if independent_channels else 1
+        self.unet = _UpwardUNet(ndim, in_channels, depth, n_filters, kernel_size, batch_norm, g)
+        self.outputs = 1 if noise_model is None else 2
+        hidden = HEAD_WIDTH * n_filters * g
+        conv = _conv(ndim)
+        self.head = nn.Sequential(
+            conv(2 * ndim * self.unet.out_channels, hidden, 1, groups=g), nn.LeakyReLU(_SLOPE, inplace=True),
+            conv(hidden, hidden, 1, groups=g), nn.LeakyReLU(_SLOPE, inplace=True),
+            conv(hidden, in_channels * self.outputs, 1, groups=g),
+        )
+        self.noise = None if noise_model is None else NoiseModel(noise_model, in_channels)
+
+    def initialise_prior_scale(self, tau):
+        """As :meth:`._unet.UNet.initialise_prior_scale`."""
+        tau = torch.as_tensor(tau, dtype=torch.float64).clamp_min(2 * TAU_FLOOR) - TAU_FLOOR
+        with torch.no_grad():
+            self.head[-1].bias[1::2] = (tau + torch.log(-torch.expm1(-tau))).to(self.head[-1].bias)
+
+    def forward(self, x):
+        spatial = x.shape[2:]
+        multiple = 2**self.depth
+        pad = []
+        for size in reversed(spatial):  # zeros at the end, so every direction sees the same pooling grid
+            pad += [0, -size % multiple]
+        x = F.pad(x, pad)
+        turned = [_turn(x, axis, flip) for axis, flip in _directions(self.ndim)]
+        # Directions whose turned shapes agree go through the U-Net as one batch.
+        features = [None] * len(turned)
+        for shape in dict.fromkeys(t.shape for t in turned):
+            chosen = [i for i, t in enumerate(turned) if t.shape == shape]
+            out = self.unet(torch.cat([turned[i] for i in chosen])).chunk(len(chosen))
+            for i, part in zip(chosen, out):
+                features[i] = _turn_back(part, *_directions(self.ndim)[i])
+        combined = features[0]
+        for part in features[1:]:
+            combined = _interleave(combined, part, self.groups)
+        y = self.head(combined)
+        y = y[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
+        if self.outputs == 1:
+            return y
+        y = y.unflatten(1, (-1, 2))
+        mu, scale = y[:, :, 0], y[:, :, 1]
+        return torch.cat([mu, F.softplus(scale.float()).to(mu.dtype) + TAU_FLOOR], dim=1)

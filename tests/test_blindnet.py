@@ -1,0 +1,186 @@
+"""The blind-spot network (blind_spot="network"): blind by construction, tiled, fitted, saved."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from conftest import psnr, tiny
+
+from n2v_estimator import Noise2VoidDenoiser
+from n2v_estimator._blindnet import BlindSpotNetwork, every_pixel, receptive_radius
+from n2v_estimator._noise import posterior
+from n2v_estimator._predict import denoise
+from n2v_estimator._tiling import border_width, default_overlap, network_reach
+from n2v_estimator._unet import build_unet, check_description, network_description
+
+IMAGE = np.random.default_rng(0).normal(100, 20, size=(40, 40)).astype(np.float32)
+SETTINGS = dict(depth=2, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
+                skip_skipone=False, independent_channels=True, blind_spot="network")
+
+
+def blind_network(ndim=2, channels=1, noise_model="gaussian", dtype=torch.float64, **settings):
+    description = network_description(ndim, channels, {**SETTINGS, **settings}, noise_model)
+    model = build_unet(description, seed=0)
+    if model.noise is not None:
+        model.noise.initialise(np.zeros(channels), np.ones(channels), {"sigma": [0.5] * channels}
+                               if noise_model == "gaussian" else {"a": [0.1] * channels, "b": [0.2] * channels})
+    with torch.no_grad():  # batch-norm statistics other than the identity, so that they are exercised
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.to(dtype).eval()
+
+
+def settings_for(tile=None, overlap=None, tta=False):
+    return dict(tile_size=tile, tile_overlap=overlap, batch_pixels=4096, device=torch.device("cpu"), tta=tta,
+                verbose=False, precision="32", manipulator="uniform_withCP", neighborhood_radius=2)
+
+
+@pytest.mark.parametrize(
+    "ndim, channels, independent, shape",
+    [(2, 1, True, (23, 30)), (2, 2, False, (16, 16)), (2, 2, True, (17, 12)), (3, 1, True, (9, 12, 10))],
+)
+def test_no_output_at_a_pixel_depends_on_any_channel_of_that_pixel(ndim, channels, independent, shape):
+    model = blind_network(ndim, channels, independent_channels=independent)
+    x = torch.randn((2, channels) + shape, dtype=torch.float64)
+    before = model(x)
+    corners = list(itertools.product(*[(0, n - 1) for n in shape]))
+    for position in corners + [tuple(n // 2 for n in shape), tuple(1 for _ in shape)]:
+        for channel in range(channels):
+            changed = x.clone()
+            changed[(1, channel) + position] += 7.0
+            after = model(changed)
+            at = (slice(None), slice(None)) + position
+            assert torch.equal(after[at], before[at]), f"the output at {position} saw its own channel {channel}"
+            assert not torch.equal(after[1], before[1])  # the change is seen around it
+            assert torch.equal(after[0], before[0])  # the other sample is untouched
+
+
+@pytest.mark.parametrize(
+    "ndim, depth, kernel_size", [(2, 1, 3), (2, 2, 3), (2, 1, 5), pytest.param(3, 1, 3, marks=pytest.mark.slow)]
+)
+def test_receptive_radius_is_exactly_how_far_the_network_looks(ndim, depth, kernel_size):
+    model = blind_network(ndim, 1, None, depth=depth, kernel_size=kernel_size, batch_norm=False)
+    side = 2 * receptive_radius(depth, kernel_size) + 2 ** (depth + 1) + 8
+    reach = 0
+    for offset in range(2**depth):  # the pooling grid decides how far a pixel reaches
+        x = torch.randn((1, 1) + (side,) * ndim, dtype=torch.float64, requires_grad=True)
+        centre = (side // 2 + offset,) * ndim
+        model(x)[(0, 0) + centre].backward()
+        gradient = x.grad[0, 0]
+        assert gradient[centre] == 0
+        reach = max(reach, int((torch.nonzero(gradient) - torch.tensor(centre)).abs().max()))
+    assert reach == receptive_radius(depth, kernel_size)
+
+
+def test_the_default_network_s_reach_and_halo():
+    description = network_description(2, 1, {**SETTINGS, "depth": 2, "kernel_size": 3})
+    assert receptive_radius(2, 3) == 47 and border_width(*network_reach(description)) == 48
+    assert default_overlap(*network_reach(description)) == 96
+
+
+def test_tiles_are_predicted_as_the_whole_image_and_without_a_mirrored_border():
+    model = blind_network(2, 1, "poisson_gaussian", dtype=torch.float32, depth=1)
+    images = np.random.default_rng(0).normal(50, 10, size=(2, 1, 90, 75))
+    mean, std = np.array([50.0]), np.array([10.0])
+    whole = denoise(model, images, mean, std, settings_for(tile=128), np.float64, return_std=True)
+    overlap = default_overlap(*network_reach(model.description))
+    assert overlap == 40
+    tiled = denoise(model, images, mean, std, settings_for(tile=48, overlap=overlap), np.float64, return_std=True)
+    for a, b in zip(whole, tiled):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 + 1e-5 * np.ptp(a))
+    # One pass: the posterior of the network's own prediction on the plain image.
+    x = ((images - mean) / std).astype(np.float32)
+    with torch.no_grad():
+        prior = model(torch.from_numpy(x))
+        expected, expected_std = posterior(prior, torch.from_numpy(x), model.noise)
+    np.testing.assert_allclose(whole[0], expected.numpy() * 10 + 50, atol=1e-4)
+    np.testing.assert_allclose(whole[1], expected_std.numpy() * 10, atol=1e-4)
+
+
+def test_the_prior_in_transform_never_sees_the_pixel_at_the_image_edges_either():
+    model = blind_network(2, 1, "gaussian", dtype=torch.float32, depth=1)
+    images = np.random.default_rng(1).normal(0, 1, size=(1, 1, 40, 36))
+    ones, zeros = np.ones(1), np.zeros(1)
+    for settings in (settings_for(tile=128), settings_for(tile=24, overlap=16), settings_for(tile=128, tta=True)):
+        before = denoise(model, images, zeros, ones, settings, np.float64, prior_only=True)
+        for position in [(0, 0), (39, 35), (0, 17), (20, 35), (1, 1)]:
+            changed = images.copy()
+            changed[(0, 0) + position] += 50.0
+            after = denoise(model, changed, zeros, ones, settings, np.float64, prior_only=True)
+            assert abs(after[(0, 0) + position] - before[(0, 0) + position]) < 1e-5, position
+            assert np.abs(after - before).max() > 1e-4
+
+
+def test_every_pixel_is_a_training_target():
+    x = torch.randn(2, 1, 8, 8)
+    same, mask = every_pixel(x, torch.Generator())
+    assert same is x and mask.all() and mask.shape == x.shape
+
+
+@pytest.mark.parametrize("setting", ["residual", "blurpool", "skip_skipone"])
+def test_options_that_would_show_the_pixel_are_refused(setting):
+    with pytest.raises(ValueError, match=f"blind_spot='network'.*{setting}=True"):
+        check_description(dict(network_description(2, 1, SETTINGS), **{setting: True}))
+    with pytest.raises(ValueError, match=f"set {setting}=False, or blind_spot='mask'"):
+        tiny(blind_spot="network", **{setting: True}).fit(IMAGE)
+
+
+def test_struct_mask_is_refused():
+    with pytest.raises(ValueError, match="blind_spot='mask' for structN2V"):
+        tiny(blind_spot="network", struct_mask=("x", 5)).fit(IMAGE)
+
+
+def test_an_unknown_blind_spot_is_refused():
+    with pytest.raises(ValueError, match="blind_spot"):
+        tiny(blind_spot="both").fit(IMAGE)
+
+
+def test_the_estimator_builds_the_network_and_its_manipulator_does_not_matter():
+    a = tiny(blind_spot="network", noise_model="gaussian", random_state=0).fit(IMAGE)
+    b = tiny(blind_spot="network", noise_model="gaussian", random_state=0, manipulator="median").fit(IMAGE)
+    assert isinstance(a.model_, BlindSpotNetwork)
+    np.testing.assert_array_equal(a.transform(IMAGE), b.transform(IMAGE))
+    assert a.noise_sigma_.shape == (1,)
+
+
+def test_save_load_pickle_and_warm_start_keep_the_network(tmp_path):
+    import pickle
+
+    fitted = tiny(blind_spot="network", noise_model="poisson_gaussian", random_state=0).fit(IMAGE)
+    expected = fitted.transform(IMAGE, return_std=True)
+    fitted.save(tmp_path / "blind.safetensors")
+    loaded = Noise2VoidDenoiser.load(tmp_path / "blind.safetensors")
+    assert loaded.model_.description == fitted.model_.description
+    for a, b in zip(expected, loaded.transform(IMAGE, return_std=True)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(fitted)).transform(IMAGE), expected[0])
+    fitted.set_params(warm_start=True).fit(IMAGE)
+    assert len(fitted.history_) == 2 * len(loaded.history_)
+    with pytest.raises(ValueError, match="same network"):
+        fitted.set_params(blind_spot="mask").fit(IMAGE)
+
+
+def test_score_ranks_the_blind_network_s_own_prediction():
+    denoiser = tiny(blind_spot="network", random_state=0).fit(IMAGE)
+    assert np.isfinite(denoiser.score(IMAGE)) and denoiser.score(IMAGE) < 0
+
+
+def test_export_to_the_model_zoo_is_refused_with_the_reason(tmp_path):
+    pytest.importorskip("bioimageio.spec")
+    denoiser = tiny(blind_spot="network", random_state=0).fit(IMAGE)
+    with pytest.raises(ValueError, match="blind-spot network cannot be exported"):
+        denoiser.export_bioimageio(tmp_path / "m.zip", IMAGE, name="n", description="d", authors=["a"])
+
+
+def test_a_short_fit_denoises_and_the_posterior_improves_on_its_prior(camera_pair, one_torch_thread):
+    clean, noisy = camera_pair
+    denoiser = Noise2VoidDenoiser(blind_spot="network", noise_model=25.0, n_filters=8, max_epochs=4, steps_per_epoch=20,
+                                  patch_size=32, learning_rate=4e-3, validation_fraction=0, random_state=0,
+                                  verbose=False).fit(noisy)  # 23.3 and 24.8 dB from 20.2
+    prior = denoiser._denoise(noisy[None, None].astype(np.float32), prior_only=True)[0, 0]
+    posterior_mean = denoiser.transform(noisy)
+    assert psnr(prior, clean) > psnr(noisy, clean) + 2
+    assert psnr(posterior_mean, clean) > psnr(prior, clean) + 0.5
