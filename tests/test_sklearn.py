@@ -30,15 +30,18 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
-def _tiny_for_checks():
+def _tiny_for_checks(**params):
     return Noise2VoidDenoiser(
         patch_size=8, batch_size=2, max_epochs=1, steps_per_epoch=2, depth=1, n_filters=2,
-        random_state=0, device="cpu",
+        random_state=0, device="cpu", **params,
     )
 
 
 @pytest.mark.slow
-@parametrize_with_checks([_tiny_for_checks()], expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS)
+@parametrize_with_checks(
+    [_tiny_for_checks(), _tiny_for_checks(blind_spot="network", noise_model="gaussian")],
+    expected_failed_checks=lambda est: EXPECTED_FAILED_CHECKS,
+)
 def test_scikit_learn_estimator_checks(estimator, check):
     check(estimator)
 
