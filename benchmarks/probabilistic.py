@@ -52,6 +52,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="random_state of both denoisers")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="extra parameters of both (Python literals)")
     parser.add_argument("--blind-spot", default="mask", choices=["mask", "network"], help="of the probabilistic model")
+    parser.add_argument("--no-plain", action="store_true", help="skip plain N2V (a diagnostic run of the probabilistic one)")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
     args = parser.parse_args()
     if args.threads:
@@ -66,10 +67,12 @@ def main():
     result = {"image": args.image, "noise": args.noise, "steps": args.steps, "threads": torch.get_num_threads(),
               "blind_spot": args.blind_spot, "params": extra, "psnr_noisy": round(psnr(noisy, clean), 2)}
 
-    plain = Noise2VoidDenoiser(**settings)
-    _, result["fit_seconds_plain"] = timed(plain.fit, noisy)
-    plain_out, plain_seconds = timed(plain.transform, noisy)
-    result["psnr_plain"] = round(psnr(plain_out, clean), 2)
+    result["psnr_plain"] = plain_seconds = None
+    if not args.no_plain:
+        plain = Noise2VoidDenoiser(**settings)
+        _, result["fit_seconds_plain"] = timed(plain.fit, noisy)
+        plain_out, plain_seconds = timed(plain.transform, noisy)
+        result["psnr_plain"] = round(psnr(plain_out, clean), 2)
 
     model = Noise2VoidDenoiser(noise_model=NOISE_MODEL[args.noise], blind_spot=args.blind_spot, **settings)
     _, result["fit_seconds_probabilistic"] = timed(model.fit, noisy)
@@ -84,12 +87,15 @@ def main():
         median = model.set_params(manipulator="median").transform(noisy)  # the replacement of the blind phases only
         model.set_params(manipulator=trained_with)
         result["psnr_posterior_median_replacement"] = round(psnr(median, clean), 2)
-    result["gain_db"] = round(result["psnr_posterior"] - result["psnr_plain"], 2)
+    if result["psnr_plain"] is not None:
+        result["gain_db"] = round(result["psnr_posterior"] - result["psnr_plain"], 2)
+    result["kept_epoch"] = min(model.history_, key=lambda r: r["val_loss"] if r["val_loss"] is not None else -r["epoch"])["epoch"]
+    result["val_loss_every5"] = [round(r["val_loss"], 4) for r in model.history_[4::5] if r["val_loss"] is not None]
     result["noise_fitted"] = {k[6:-1]: round(float(v[0]), 3) for k, v in vars(model).items()
                               if k.startswith("noise_") and k.endswith("_")}
     result["noise_true"] = {k: round(v, 3) for k, v in TRUTH[args.noise].items()}
     result["within_one_std"] = round(float(np.mean(np.abs(clean - mean) <= std)), 3)
-    result["transform_seconds_plain"] = round(plain_seconds, 2)
+    result["transform_seconds_plain"] = plain_seconds and round(plain_seconds, 2)
     result["transform_seconds_posterior"] = round(posterior_seconds, 2)
     line = json.dumps(result)
     print(line, flush=True)

@@ -25,7 +25,7 @@ ARCHITECTURE_CONSTRAINTS = {
     "depth": [Interval(Integral, 1, 8, closed="both")],
     "n_filters": [Interval(Integral, 1, None, closed="left")],
     "kernel_size": [Interval(Integral, 1, None, closed="left")],
-    "batch_norm": ["boolean"],
+    "batch_norm": ["boolean", None],  # None: on for the masked U-Net, off for a blind-spot network
     "residual": ["boolean"],
     "blurpool": ["boolean"],
     "skip_skipone": ["boolean"],
@@ -72,6 +72,10 @@ def network_description(ndim, in_channels, settings, noise_model=None):
     }
     for key, constraint in ARCHITECTURE_CONSTRAINTS.items():
         value = settings[key]
+        if key == "batch_norm" and value is None:
+            # Measured on moon with Poisson noise (reference budget): batch norm cost the
+            # blind-spot network 1.5 dB (33.63 against 35.13); the masked U-Net keeps it.
+            value = settings["blind_spot"] == "mask"
         # Parameters are validated already; numpy ints, bools and strings from a grid become plain ones.
         description[key] = {"boolean": bool, "int": int}.get(_kind(constraint), str)(value)
     return check_description(description)
@@ -79,7 +83,7 @@ def network_description(ndim, in_channels, settings, noise_model=None):
 
 def _kind(constraint):
     """``"boolean"``, ``"int"`` or ``"str"``: what a field of :data:`ARCHITECTURE_CONSTRAINTS` holds."""
-    if constraint == ["boolean"]:
+    if "boolean" in constraint:
         return "boolean"
     return "str" if isinstance(constraint[0], StrOptions) else "int"
 
@@ -116,7 +120,7 @@ def check_description(description):
         wanted = {"boolean": bool, "int": int, "str": str}[_kind(ARCHITECTURE_CONSTRAINTS.get(key, [None]))]
         if type(value) is not wanted:
             raise ValueError(f"network setting {key}={value!r} is not {'an' if wanted is int else 'a'} {wanted.__name__}.")
-    validate_parameter_constraints(
+    validate_parameter_constraints(  # (the type check above has refused an unresolved batch_norm=None)
         {**_DATA_CONSTRAINTS, **ARCHITECTURE_CONSTRAINTS, "noise_model": [None, str]}, description, caller_name="the U-Net"
     )
     if description["kernel_size"] % 2 == 0:

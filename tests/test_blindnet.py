@@ -179,8 +179,21 @@ def test_a_short_fit_denoises_and_the_posterior_improves_on_its_prior(camera_pai
     clean, noisy = camera_pair
     denoiser = Noise2VoidDenoiser(blind_spot="network", noise_model=25.0, n_filters=8, max_epochs=4, steps_per_epoch=20,
                                   patch_size=32, learning_rate=4e-3, validation_fraction=0, random_state=0,
-                                  verbose=False).fit(noisy)  # 23.3 and 24.8 dB from 20.2
+                                  batch_norm=True,  # starts faster: 23.3 and 24.8 dB from 20.2 (off: 18.8, 21.2)
+                                  verbose=False).fit(noisy)
     prior = denoiser._denoise(noisy[None, None].astype(np.float32), prior_only=True)[0, 0]
     posterior_mean = denoiser.transform(noisy)
     assert psnr(prior, clean) > psnr(noisy, clean) + 2
     assert psnr(posterior_mean, clean) > psnr(prior, clean) + 0.5
+
+
+def test_batch_norm_none_is_on_for_the_masked_u_net_and_off_for_the_blind_spot_network():
+    masked = network_description(2, 1, {**SETTINGS, "batch_norm": None, "blind_spot": "mask"})
+    blind = network_description(2, 1, {**SETTINGS, "batch_norm": None})
+    assert masked["batch_norm"] is True and blind["batch_norm"] is False
+    assert network_description(2, 1, {**SETTINGS, "batch_norm": True})["batch_norm"] is True  # as asked
+    with pytest.raises(ValueError, match="batch_norm=None is not a bool"):  # a saved network says which
+        check_description({**blind, "batch_norm": None})
+    fitted = tiny(blind_spot="network").fit(IMAGE)
+    assert fitted.batch_norm is None and fitted.model_.description["batch_norm"] is False
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fitted.model_.modules())
