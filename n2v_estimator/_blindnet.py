@@ -55,13 +55,19 @@ def receptive_radius(depth, kernel_size):
     return (kernel_size - 1) * (6 * 2**depth - 4) + 2 ** (depth + 1) - 1
 
 
-def every_pixel(x, generator=None):
-    """The blind network's "masker": nothing is masked and every pixel is a
-    training target, ``(x, mask)`` with ``mask`` all true."""
-    return x, torch.ones_like(x, dtype=torch.bool)
+class _EveryPixel:
+    """The blind network's "masker", in the place of a :class:`._masking.BlindSpotMasker`:
+    nothing is masked and every pixel is a training target."""
+
+    def __call__(self, x, generator=None):
+        """``(x, mask)`` with ``mask`` all true."""
+        return x, torch.ones_like(x, dtype=torch.bool)
+
+    def check_patch(self, patch_shape):
+        """Every patch holds pixels to train on."""
 
 
-every_pixel.check_patch = lambda patch_shape: None
+every_pixel = _EveryPixel()
 
 
 def _shift(x, n=1):

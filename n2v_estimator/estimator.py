@@ -89,7 +89,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         How the network is kept from seeing the pixel it predicts: ``"mask"``,
         Noise2Void's masked pixels (the settings above); ``"network"``, a blind-spot
         architecture (Laine et al. 2019) that learns from every pixel and gives
-        ``noise_model`` its prior in one pass; a step costs 5x (README, "Blind-spot network").
+        ``noise_model`` its prior in one pass; a step costs 5-6x (README, "Blind-spot network").
     validation_fraction : float, default=0.1
         Held out (whole images, else a strip of each) to keep the weights of
         lowest validation loss; with 0, the last weights are kept.
