@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._noise import TAU_FLOOR, NoiseModel
-from ._unet import _batch_norm, _conv, _interleave
+from ._unet import UNet, _batch_norm, _conv, _interleave
 
 # Width of the head's hidden 1x1 convolutions, in multiples of n_filters (96 by default,
 # as measured in benchmarks/blind_network_prior.py).
@@ -180,20 +180,16 @@ class BlindSpotNetwork(nn.Module):
         self.groups = g = in_channels if independent_channels else 1
         self.unet = _UpwardUNet(ndim, in_channels, depth, n_filters, kernel_size, batch_norm, g)
         self.outputs = 1 if noise_model is None else 2
-        hidden = HEAD_WIDTH * n_filters * g
-        conv = _conv(ndim)
-        self.head = nn.Sequential(
-            conv(2 * ndim * self.unet.out_channels, hidden, 1, groups=g), nn.LeakyReLU(_SLOPE, inplace=True),
-            conv(hidden, hidden, 1, groups=g), nn.LeakyReLU(_SLOPE, inplace=True),
-            conv(hidden, in_channels * self.outputs, 1, groups=g),
+        width, conv = HEAD_WIDTH * n_filters * g, _conv(ndim)
+        # The 1x1 convolutions that combine the directions; the last one is the head, as in UNet.
+        self.hidden = nn.Sequential(
+            conv(2 * ndim * self.unet.out_channels, width, 1, groups=g), nn.LeakyReLU(_SLOPE, inplace=True),
+            conv(width, width, 1, groups=g), nn.LeakyReLU(_SLOPE, inplace=True),
         )
+        self.head = conv(width, in_channels * self.outputs, 1, groups=g)
         self.noise = None if noise_model is None else NoiseModel(noise_model, in_channels)
 
-    def initialise_prior_scale(self, tau):
-        """As :meth:`._unet.UNet.initialise_prior_scale`."""
-        tau = torch.as_tensor(tau, dtype=torch.float64).clamp_min(2 * TAU_FLOOR) - TAU_FLOOR
-        with torch.no_grad():
-            self.head[-1].bias[1::2] = (tau + torch.log(-torch.expm1(-tau))).to(self.head[-1].bias)
+    initialise_prior_scale = UNet.initialise_prior_scale
 
     def forward(self, x):
         spatial = x.shape[2:]
@@ -213,7 +209,7 @@ class BlindSpotNetwork(nn.Module):
         combined = features[0]
         for part in features[1:]:
             combined = _interleave(combined, part, self.groups)
-        y = self.head(combined)
+        y = self.head(self.hidden(combined))
         y = y[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
         if self.outputs == 1:
             return y
