@@ -197,3 +197,12 @@ def test_batch_norm_none_is_on_for_the_masked_u_net_and_off_for_the_blind_spot_n
     fitted = tiny(blind_spot="network").fit(IMAGE)
     assert fitted.batch_norm is None and fitted.model_.description["batch_norm"] is False
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fitted.model_.modules())
+
+
+def test_the_prior_scale_starts_where_it_is_asked_to():
+    model = blind_network(2, 2, "gaussian", dtype=torch.float32, depth=1)
+    model.initialise_prior_scale(torch.tensor([0.3, 0.7]))
+    with torch.no_grad():
+        model.head.weight.zero_()
+        tau = model(torch.randn(1, 2, 16, 16))[0, 2:]
+    np.testing.assert_allclose(tau.mean((1, 2)).numpy(), [0.3, 0.7], rtol=1e-5)
