@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._noise import TAU_FLOOR, NoiseModel
-from ._unet import UNet, _batch_norm, _conv, _interleave
+from ._noise import NoiseModel
+from ._unet import UNet, _batch_norm, _conv, _interleave, _prior_scale
 
 # Width of the head's hidden 1x1 convolutions, in multiples of n_filters (96 by default,
 # as measured in benchmarks/blind_network_prior.py).
@@ -198,14 +198,15 @@ class BlindSpotNetwork(nn.Module):
         for size in reversed(spatial):  # zeros at the end, so every direction sees the same pooling grid
             pad += [0, -size % multiple]
         x = F.pad(x, pad)
-        turned = [_turn(x, axis, flip) for axis, flip in _directions(self.ndim)]
+        directions = _directions(self.ndim)
+        turned = [_turn(x, *direction) for direction in directions]
         # Directions whose turned shapes agree go through the U-Net as one batch.
         features = [None] * len(turned)
         for shape in dict.fromkeys(t.shape for t in turned):
             chosen = [i for i, t in enumerate(turned) if t.shape == shape]
             out = self.unet(torch.cat([turned[i] for i in chosen])).chunk(len(chosen))
             for i, part in zip(chosen, out):
-                features[i] = _turn_back(part, *_directions(self.ndim)[i])
+                features[i] = _turn_back(part, *directions[i])
         combined = features[0]
         for part in features[1:]:
             combined = _interleave(combined, part, self.groups)
@@ -215,4 +216,4 @@ class BlindSpotNetwork(nn.Module):
             return y
         y = y.unflatten(1, (-1, 2))
         mu, scale = y[:, :, 0], y[:, :, 1]
-        return torch.cat([mu, F.softplus(scale.float()).to(mu.dtype) + TAU_FLOOR], dim=1)
+        return torch.cat([mu, _prior_scale(scale, mu.dtype)], dim=1)

@@ -383,8 +383,14 @@ class UNet(nn.Module):
         if self.residual:
             x = x + x_in
         if self.outputs == 2:
-            x = torch.cat([x, F.softplus(scale.float()).to(x.dtype) + TAU_FLOOR], dim=1)
+            x = torch.cat([x, _prior_scale(scale, x.dtype)], dim=1)
         return x
+
+
+def _prior_scale(scale, dtype):
+    """The prior standard deviation from the head's raw output ``scale``: softplus
+    (in float32) plus :data:`._noise.TAU_FLOOR`, what ``initialise_prior_scale`` inverts."""
+    return F.softplus(scale.float()).to(dtype) + TAU_FLOOR
 
 
 def _pad_to_multiple(x, multiple):
