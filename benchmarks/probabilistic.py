@@ -8,6 +8,7 @@ is ``"gaussian"`` for ``gauss25`` and ``"poisson_gaussian"`` for ``poisson``.
     python benchmarks/probabilistic.py --image moon --noise poisson --out benchmarks/results/probabilistic.jsonl
     python benchmarks/probabilistic.py --steps 600 --set "manipulator='median'" blurpool=True skip_skipone=True
     python benchmarks/probabilistic.py --image camera --noise poisson --blind-spot network --threads 1
+    python benchmarks/probabilistic.py --image moon --noise poisson --blind-spot network --seed 1 --tta-too
 
 Prints one JSON line: PSNR of plain N2V, of the posterior mean (what
 ``transform`` returns), of the blind prior mean alone, and of the posterior
@@ -15,6 +16,7 @@ built on a prior predicted from the unmasked image (the cheaper route the
 estimator does not take); the fitted noise parameters against the true ones;
 the fraction of pixels whose clean value lies within one posterior standard
 deviation; and the seconds of a plain and of a probabilistic ``transform``.
+``--tta-too`` adds both PSNRs with test-time augmentation (``tta=True``).
 With ``--blind-spot network`` the probabilistic model is a blind-spot network
 (plain N2V stays the masked one): its prior is blind in one pass, so the
 unmasked-prior and median-replacement rows do not apply and are left out.
@@ -23,6 +25,7 @@ unmasked-prior and median-replacement rows do not apply and are left out.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 
@@ -53,6 +56,7 @@ def main():
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="extra parameters of both (Python literals)")
     parser.add_argument("--blind-spot", default="mask", choices=["mask", "network"], help="of the probabilistic model")
     parser.add_argument("--no-plain", action="store_true", help="skip plain N2V (a diagnostic run of the probabilistic one)")
+    parser.add_argument("--tta-too", action="store_true", help="also report both PSNRs with test-time augmentation")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
     args = parser.parse_args()
     if args.threads:
@@ -73,12 +77,16 @@ def main():
         _, result["fit_seconds_plain"] = timed(plain.fit, noisy)
         plain_out, plain_seconds = timed(plain.transform, noisy)
         result["psnr_plain"] = round(psnr(plain_out, clean), 2)
+        if args.tta_too:
+            result["psnr_plain_tta"] = round(psnr(plain.set_params(tta=True).transform(noisy), clean), 2)
 
     model = Noise2VoidDenoiser(noise_model=NOISE_MODEL[args.noise], blind_spot=args.blind_spot, **settings)
     _, result["fit_seconds_probabilistic"] = timed(model.fit, noisy)
     (mean, std), posterior_seconds = timed(model.transform, noisy, return_std=True)
     result["psnr_posterior"] = round(psnr(mean, clean), 2)
     result["psnr_prior_mean_blind"] = round(psnr(_blind_prior_mean(model, noisy), clean), 2)
+    if args.tta_too:
+        result["psnr_posterior_tta"] = round(psnr(copy.deepcopy(model).set_params(tta=True).transform(noisy), clean), 2)
     if args.blind_spot == "mask":
         unmasked_mean, unmasked_std = _with_unmasked_prior(model, noisy)
         result["psnr_posterior_unmasked_prior"] = round(psnr(unmasked_mean, clean), 2)
