@@ -154,7 +154,11 @@ def main():
     a, b = float(model.noise_a_[0]), float(model.noise_b_[0])
     result = {"image": args.image, "noise": "poisson", "blind_spot": model.blind_spot, "tta": args.tta,
               "noise_fitted": {"a": round(a, 3), "b": round(b, 3)}, "psnr_prior": round(psnr(mu.numpy(), clean), 3)}
-    for name, (mean, std) in forms(mu, tau, torch.from_numpy(noisy.astype(np.float64)), a, b).items():
+    every = forms(mu, tau, torch.from_numpy(noisy.astype(np.float64)), a, b)
+    # The closed form here is _noise.posterior's, in input units and float64: check it against transform.
+    gap = float(np.abs(every["closed_at_mu"][0].numpy() - model.transform(noisy)).max())
+    assert gap < 1e-3, f"closed_at_mu differs from transform by {gap}"
+    for name, (mean, std) in every.items():
         mean, std = mean.numpy(), std.numpy()
         result[name] = {"psnr": round(psnr(mean, clean), 3), "within_one_std": round(float(np.mean(np.abs(clean - mean) <= std)), 3)}
     print(json.dumps(result), flush=True)
