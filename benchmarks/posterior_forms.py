@@ -41,8 +41,9 @@ import json
 import numpy as np
 import torch
 from dev_cases import add_noise, extra_params, load_clean, psnr
+from probabilistic import blind_prior
 
-from n2v_estimator import Noise2VoidDenoiser, _predict
+from n2v_estimator import Noise2VoidDenoiser
 
 # Points of the numerical integrals, and their span in prior standard deviations.
 POINTS, SPAN = 129, 6.0
@@ -52,16 +53,6 @@ TRUE_A, TRUE_B = 255 / 20, (255 / 20) ** 2
 TAU_FACTORS = (0.5, 0.75, 1.25)
 # Rows per integral chunk (points x rows x columns float64 values at once).
 ROWS = 16
-
-
-def raw_prior(model, noisy):
-    """The model's prior mean and standard deviation, input units, as ``transform`` computes them."""
-    original = _predict.posterior
-    _predict.posterior = lambda prior, x, noise: prior.chunk(2, dim=1)
-    try:
-        return model.transform(noisy, return_std=True)
-    finally:
-        _predict.posterior = original
 
 
 def closed(mu, tau, x, a, b, at):
@@ -150,7 +141,7 @@ def main():
     if model.noise_model != "poisson_gaussian":
         parser.error("--model must be fitted with noise_model='poisson_gaussian'")
     model.set_params(tta=args.tta)
-    mu, tau = (torch.from_numpy(np.asarray(t, np.float64)) for t in raw_prior(model, noisy))
+    mu, tau = (torch.from_numpy(np.asarray(t, np.float64)) for t in blind_prior(model, noisy))
     a, b = float(model.noise_a_[0]), float(model.noise_b_[0])
     result = {"image": args.image, "noise": "poisson", "blind_spot": model.blind_spot, "tta": args.tta,
               "noise_fitted": {"a": round(a, 3), "b": round(b, 3)}, "psnr_prior": round(psnr(mu.numpy(), clean), 3)}

@@ -84,7 +84,7 @@ def main():
     _, result["fit_seconds_probabilistic"] = timed(model.fit, noisy)
     (mean, std), posterior_seconds = timed(model.transform, noisy, return_std=True)
     result["psnr_posterior"] = round(psnr(mean, clean), 2)
-    result["psnr_prior_mean_blind"] = round(psnr(_blind_prior_mean(model, noisy), clean), 2)
+    result["psnr_prior_mean_blind"] = round(psnr(blind_prior(model, noisy)[0], clean), 2)
     if args.tta_too:
         result["psnr_posterior_tta"] = round(psnr(copy.deepcopy(model).set_params(tta=True).transform(noisy), clean), 2)
     if args.blind_spot == "mask":
@@ -112,17 +112,12 @@ def main():
             f.write(line + "\n")
 
 
-def _blind_prior_mean(model, noisy):
-    """The blind prior's mean alone (what the posterior starts from), input units."""
+def blind_prior(model, noisy):
+    """The blind prior's mean and standard deviation (what the posterior starts from), input units."""
     original = _predict.posterior
-
-    def prior_only(prior, x, noise):
-        mu, _ = prior.chunk(2, dim=1)
-        return mu, torch.ones_like(mu)
-
-    _predict.posterior = prior_only
+    _predict.posterior = lambda prior, x, noise: prior.chunk(2, dim=1)
     try:
-        return model.transform(noisy)
+        return model.transform(noisy, return_std=True)
     finally:
         _predict.posterior = original
 
