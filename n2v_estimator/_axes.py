@@ -13,6 +13,8 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from ._codecs import check_source
+
 # The axis letters, in the canonical order (S, C, (Z), Y, X) used inside the package.
 _CANONICAL = "SCZYX"
 
@@ -267,6 +269,7 @@ def check_image_array(X, name="X"):
     and the first position). Integer and floating arrays are returned unchanged
     (no copy); object arrays of numbers are converted to float64.
     """
+    check_source(X, name)  # a zarr array (or a dask array on one): its codecs, before any chunk is read
     if sp.issparse(X):
         raise TypeError(
             f"Sparse data was passed for {name}, but dense data is required: images are dense. "

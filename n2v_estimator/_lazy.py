@@ -24,6 +24,7 @@ from ._axes import (
 )
 from ._normalize import output_dtype
 from ._tiling import network_reach, receptive_radius
+from ._codecs import check_source
 
 
 def is_dask_array(X):
@@ -144,6 +145,7 @@ def transform_lazy(estimator, X, return_std=False):
             "reshape X to its images (e.g. X.reshape((-1, *image_shape))) and use a denoiser without "
             "image_shape, or compute X and pass a numpy array."
         )
+    check_source(X)  # built on a zarr store: its codecs, before any chunk is read
     layout, dtype = _check_layout(estimator, X)
     network = estimator.model_.description
     if return_std and network["noise_model"] is None:
@@ -172,7 +174,8 @@ def transform_lazy(estimator, X, return_std=False):
     # One key for the estimator: pickled once into the graph, sent once to each worker.
     shipped = delayed(quiet, pure=True, traverse=False)
 
-    settings = dict(layout=layout, depth=depth, shape=X.shape, multiple=2 ** network["depth"], out_dtype=dtype)
+    settings = dict(layout=layout, depth=depth, shape=X.shape, multiple=2 ** network["depth"], in_dtype=X.dtype,
+                    out_dtype=dtype)
     if not return_std:
         out = da.map_blocks(
             _denoise_block, padded, shipped, **settings, return_std=False,
@@ -205,7 +208,8 @@ def _check_layout(estimator, X):
     return images.axes, output_dtype(images.array.dtype)
 
 
-def _denoise_block(block, estimator, *, layout, depth, shape, multiple, out_dtype, return_std, block_info=None):
+def _denoise_block(block, estimator, *, layout, depth, shape, multiple, in_dtype, out_dtype, return_std,
+                   block_info=None):
     """Denoise one chunk of ``X`` from ``block`` (the chunk and its halo); return the chunk's pixels.
 
     The block is first cut, by fewer than ``multiple`` (``2**depth``) pixels a
@@ -214,6 +218,15 @@ def _denoise_block(block, estimator, *, layout, depth, shape, multiple, out_dtyp
     starts at its input's start, and with ``tta`` flipped copies pool on one
     that starts at its end, so the block then pools as the whole image does.
     """
+    declared = tuple(b - a for a, b in block_info[0]["array-location"])
+    if block.shape != declared or block.dtype != in_dtype:
+        problem = f"shape {block.shape}" if block.shape != declared else f"dtype {block.dtype}"
+        expected = f"shape {declared}" if block.shape != declared else f"dtype {in_dtype}"
+        raise ValueError(
+            f"A chunk of X (at {tuple(a for a, _ in block_info[0]['array-location'])}) holds {problem}, but X "
+            f"declares {expected}: the chunks of a dask array must hold what its shape, chunks and dtype say "
+            "(call X.compute_chunk_sizes(), or fix the array's meta or the function that builds its chunks)."
+        )
     location = block_info[None]["array-location"][-len(shape) :]  # the chunk's own (start, stop) per axis
     origin, cut, keep = [], [], []
     for axis, (start, stop) in enumerate(location):

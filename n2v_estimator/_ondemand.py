@@ -15,6 +15,7 @@ import torch
 
 from ._axes import _CANONICAL, check_image_array, resolve_axes, to_canonical
 from ._normalize import normalize
+from ._codecs import check_source
 
 # Pixels per channel of the sample the statistics and the noise estimate are taken from.
 SAMPLE_PIXELS = 2**22
@@ -80,7 +81,7 @@ class OnDemandImage:
                 k = letters.index(letter)
                 s = spatial[k]
                 index.append(slice(self.start[k] + s.start, self.start[k] + s.stop))
-        block = np.asarray(self.array[tuple(index)])
+        block = _as_declared(self.array[tuple(index)], self.array, index)
         if block.dtype.kind == "f" and not np.isfinite(block).all():
             first = np.argwhere(~np.isfinite(block))[0]
             raise ValueError(_non_finite_message(index, first))
@@ -90,6 +91,27 @@ class OnDemandImage:
         """A normalised float32 tensor of ``(slice(None), *spatial slices)``, as a
         numpy-backed image would give (what :class:`._patches.PatchSampler` asks for)."""
         return torch.from_numpy(normalize(self.read(index[1:])[None], self.mean, self.std)[0])
+
+
+def _as_declared(block, array, index):
+    """``block`` (read from ``array`` at ``index``) as numpy, if it is what ``array`` declares:
+    its dtype and the shape of the region read. A dask array's chunks may hold other values
+    than its metadata says (complex, strings, fewer pixels): refused, never silently cast."""
+    block = np.asarray(block)
+    expected = tuple(len(range(*i.indices(n))) for i, n in zip(index, array.shape) if isinstance(i, slice))
+    where = tuple(i.indices(n)[0] if isinstance(i, slice) else int(i) for i, n in zip(index, array.shape))
+    if block.dtype != np.dtype(array.dtype):
+        raise ValueError(
+            f"X declares dtype {np.dtype(array.dtype)}, but its data at index {where} is {block.dtype}: the chunks "
+            "of a dask array must hold what its dtype says (fix the array's meta, or .astype() it)."
+        )
+    if block.shape != expected:
+        raise ValueError(
+            f"X declares a region of shape {expected} at index {where}, but reading it gave shape {block.shape}: "
+            "the chunks of a dask array must have the sizes its chunks say (call X.compute_chunk_sizes(), "
+            "or fix the function that builds them)."
+        )
+    return block
 
 
 def _non_finite_message(index, first):
@@ -117,6 +139,7 @@ def on_demand_images(X, axes):
     ValueError, TypeError
         For axes that do not fit, or a non-numeric dtype.
     """
+    check_source(X)  # a zarr array, or a dask array on one: its codecs before any chunk is read
     layout = resolve_axes(axes, len(X.shape))
     if isinstance(X, np.ndarray):  # in memory, in a list with arrays read on demand: check it whole
         check_image_array(X)
