@@ -20,13 +20,15 @@ import importlib
 import math
 import os
 import secrets
-import shutil
 from pathlib import Path
 
 import numpy as np
 
+from ._atomic import replace, temporary_beside
 from ._axes import resolve_axes
+from ._budget import DeclaredSizeError, check_declared, check_in_memory, ome_declared
 from ._lazy import is_dask_array
+from ._codecs import UnsafeZarrError, check_zarr_array
 
 # With lazy=True, TIFF and .npy files larger than this come back as dask arrays (zarr stores always do).
 LAZY_BYTES = 512 * 2**20
@@ -147,7 +149,7 @@ def rechunk_for_axes(array, axes):
 
 
 # ---------------------------------------------------------------- reading
-def read_image(path, lazy=False, *, return_metadata=False):
+def read_image(path, lazy=False, *, return_metadata=False, trust_declared_size=False, lazy_bytes=None):
     """Read an image file and the axes it names.
 
     Parameters
@@ -159,13 +161,19 @@ def read_image(path, lazy=False, *, return_metadata=False):
         level is read).
     lazy : bool, default=False
         Return a zarr store, and a TIFF or ``.npy`` file larger than
-        :data:`LAZY_BYTES`, as a ``dask.array.Array`` in chunks of
+        ``lazy_bytes``, as a ``dask.array.Array`` in chunks of
         :func:`lazy_chunks`: nothing of the data is read until it is computed.
     return_metadata : bool, default=False
         Also return a dict of what :func:`write_image` can carry over to a
         result: ``format`` (``"tiff"``, ``"zarr"``, ``"ome-zarr"``, ``"npy"`` or
         ``"picture"``), ``axes``, and the TIFF's ``tiff_axes`` (tifffile's) or
         the OME-Zarr's ``multiscale`` (its first ``multiscales`` entry).
+    lazy_bytes : int or None, default=None
+        With ``lazy``, the size above which TIFF and ``.npy`` files are read
+        lazily; ``None``: :data:`LAZY_BYTES`.
+    trust_declared_size : bool, default=False
+        Read a file that declares far more pixels than it stores (see
+        :mod:`._budget`), which is otherwise refused from its header.
 
     Returns
     -------
@@ -187,16 +195,22 @@ def read_image(path, lazy=False, *, return_metadata=False):
         If nothing is at ``path``.
     ValueError
         If the format is not one of :data:`READ_FORMATS` or the file cannot be
-        read as its suffix says; the message names the path.
+        read as its suffix says; the message names the path. A
+        :class:`._budget.DeclaredSizeError` for a file that declares far more
+        than it stores (or, read whole, than the memory available), and a
+        :class:`._codecs.UnsafeZarrError` for a zarr store whose codecs
+        could run code, both before any pixel is read.
     MissingDependencyError
         If the format needs tifffile, zarr or dask and it is not installed.
     """
     path = Path(path)
     kind = _input_format(path)
+    # Each reader takes the size above which it reads lazily (None: never) and whether to trust sizes.
     reader = {"tiff": _read_tiff, "zarr": _read_zarr, "npy": _read_npy, "picture": _read_picture}[kind]
     try:
-        array, axes, metadata = reader(path, lazy)
-    except (MissingDependencyError, _ReadError, MemoryError):
+        lazy_above = (LAZY_BYTES if lazy_bytes is None else lazy_bytes) if lazy else None
+        array, axes, metadata = reader(path, lazy_above, trust_declared_size)
+    except (MissingDependencyError, _ReadError, DeclaredSizeError, UnsafeZarrError, MemoryError):
         raise
     except Exception as exc:  # every engine has its own errors for a bad file
         reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -230,14 +244,20 @@ def _input_format(path):
     raise ValueError(f"{path}: unknown image format {suffix or '(no suffix)'!r}. Supported formats: {READ_FORMATS}.")
 
 
-def _read_tiff(path, lazy):
+def _read_tiff(path, lazy_above, trust):
     tifffile = _require("tifffile", "tiff", "Reading TIFF files")
-    with tifffile.TiffFile(path) as tif:
+    with _open_tiff(tifffile, path) as tif:
+        if tif.is_ome:  # tifffile lists every plane the XML declares: check the XML first
+            declared = ome_declared(tif.pages.first.description)
+            if declared is not None:
+                check_declared(path, *declared, trust=trust)
         series = tif.series[0]
         shape, dtype = tuple(series.shape), np.dtype(series.dtype)
+        check_declared(path, shape, dtype, trust=trust)
         metadata = {"format": "tiff", "tiff_axes": series.axes, "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej)}
         axes = axes_from_tiff(series.axes)
-        if not lazy or math.prod(shape) * dtype.itemsize <= LAZY_BYTES:
+        if lazy_above is None or math.prod(shape) * dtype.itemsize <= lazy_above:
+            check_in_memory(path, shape, dtype)
             return series.asarray(), axes, metadata
         contiguous = series.dataoffset is not None and dtype.isnative
     if contiguous:  # uncompressed, untiled: a memory map reads only what a chunk needs
@@ -249,11 +269,20 @@ def _read_tiff(path, lazy):
             f"Reading the compressed or tiled TIFF file {path} lazily needs zarr 3 (tifffile's zarr store); "
             f'zarr {zarr.__version__} is installed: pip install "zarr>=3"'
         )
-    array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
-    return _from_zarr(array, axes), axes, metadata
+    array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0, _multifile=False), mode="r")
+    return _from_zarr(array, axes, path), axes, metadata
 
 
-def _read_zarr(path, lazy):
+def _open_tiff(tifffile, path):
+    """``path`` open as a TIFF file on its own: an OME-TIFF's XML may name other files
+    (a multi-file data set), which are not read."""
+    try:
+        return tifffile.TiffFile(path, _multifile=False)
+    except TypeError:  # pragma: no cover - a tifffile without the option
+        return tifffile.TiffFile(path)
+
+
+def _read_zarr(path, lazy_above, trust):
     zarr = _require("zarr", "zarr", "Reading zarr stores")
     node = zarr.open(str(path), mode="r")
     metadata, axes = {"format": "zarr"}, None
@@ -261,7 +290,12 @@ def _read_zarr(path, lazy):
         node, multiscale, version = _ome_image(node, path)
         axes = _axes_from_ome(multiscale, node.ndim)
         metadata = {"format": "ome-zarr", "ome_version": version, "multiscale": multiscale}
-    return (_from_zarr(node, axes) if lazy else node[...]), axes, metadata
+    check_zarr_array(node, name=str(path))  # before any chunk is read
+    check_declared(path, node.shape, node.dtype, node.chunks, trust=trust)
+    if lazy_above is not None:  # a store is always read lazily when asked
+        return _from_zarr(node, axes, path), axes, metadata
+    check_in_memory(path, node.shape, node.dtype)
+    return _ChunkReader(node, path)[...], axes, metadata
 
 
 def _ome_image(group, path):
@@ -285,16 +319,21 @@ def _ome_image(group, path):
     return group[dataset], multiscale, version
 
 
-def _read_npy(path, lazy):
+def _read_npy(path, lazy_above, trust):
     data = np.load(path, allow_pickle=False, mmap_mode="r")
-    if lazy and data.nbytes > LAZY_BYTES:
+    check_declared(path, data.shape, data.dtype, trust=trust)
+    if lazy_above is not None and data.nbytes > lazy_above:
         data = _from_array(data, None)
     return data, None, {"format": "npy"}
 
 
-def _read_picture(path, lazy):
+def _read_picture(path, lazy_above, trust):
     import imageio.v3 as iio  # scikit-image's own dependency
+    from PIL import Image  # imageio's own dependency for PNG and JPEG
 
+    with Image.open(path) as picture:  # the header only: a PNG of zeros inflates 1000-fold
+        bands, wide = len(picture.getbands()), picture.mode.startswith("I")
+        check_declared(path, (picture.height, picture.width, bands), "u2" if wide else "u1", trust=trust)
     data = iio.imread(path)
     axes = "YX" if data.ndim == 2 else "YXC" if data.ndim == 3 and data.shape[-1] in (2, 3, 4) else None
     return data, axes, {"format": "picture"}
@@ -331,9 +370,45 @@ def _from_array(memmap, axes):
     return da.from_array(_MappedFile(memmap), chunks=chunks, name=f"n2v-read-{secrets.token_hex(8)}", meta=meta)
 
 
-def _from_zarr(array, axes):
+class _ChunkReader:
+    """A zarr array that names its store when a chunk cannot be read (a damaged or
+    truncated chunk raises the codec's own error, which names no file)."""
+
+    def __init__(self, array, source):
+        self.array, self.source = array, str(source)
+        self.shape, self.dtype, self.ndim = tuple(array.shape), np.dtype(array.dtype), len(array.shape)
+
+    def __getitem__(self, key):
+        try:
+            return np.asarray(self.array[key])
+        except Exception as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ValueError(
+                f"{self.source}: the data at {_region(key, self.shape)} could not be read ({type(exc).__name__}: "
+                f"{reason[:300]}); the file or store is damaged there."
+            ) from exc
+
+
+def _region(key, shape):
+    key = key if isinstance(key, tuple) else (key,)
+    if key == (Ellipsis,):
+        return "any index"
+    parts = []
+    for k, n in zip(key, shape):
+        if isinstance(k, slice):
+            start, stop, _ = k.indices(n)
+            parts.append(f"{start}:{stop}")
+        else:
+            parts.append(str(k))
+    return "[" + ", ".join(parts) + "]"
+
+
+def _from_zarr(array, axes, source):
+    """A dask array over a zarr array (a store, or tifffile's view of a TIFF), nothing read."""
     da = _require("dask.array", "dask", "Reading zarr stores lazily")
-    return da.from_zarr(array, chunks=lazy_chunks(array.shape, axes, array.chunks))
+    chunks = lazy_chunks(array.shape, axes, array.chunks)
+    meta = np.empty((0,) * len(array.shape), array.dtype)
+    return da.from_array(_ChunkReader(array, source), chunks=chunks, name=f"n2v-read-{secrets.token_hex(8)}", meta=meta)
 
 
 # ---------------------------------------------------------------- writing
@@ -351,6 +426,28 @@ def check_output_path(path):
     if path.is_dir() and not (kind == "zarr" and is_zarr_store(path)):
         raise ValueError(f"Cannot write {path}: a folder that is not a zarr store is in the way.")
     return kind
+
+
+def check_output_apart(output, inputs, option="--output"):
+    """Refuse an ``output`` path that is one of ``inputs``, lies inside one (a zarr store's
+    array, a folder) or holds one, compared by resolved path (links followed) and, where
+    both exist, by file identity (hard links): writing it would change or delete an input."""
+    resolved = Path(os.path.realpath(output))
+    for source in inputs:
+        where = Path(os.path.realpath(source))
+        same = resolved == where or (resolved.exists() and where.exists() and os.path.samefile(resolved, where))
+        if same:
+            raise ValueError(f"{option} {output} is the input {source}: writing it would replace it; choose another path.")
+        if where in resolved.parents:
+            raise ValueError(
+                f"{option} {output} lies inside the input {source}: writing it would change the input; "
+                "write outside it."
+            )
+        if resolved in where.parents:
+            raise ValueError(
+                f"{option} {output} holds the input {source}: replacing it would delete the input; "
+                "choose another path."
+            )
 
 
 def write_image(path, data, axes, source_metadata=None):
@@ -387,9 +484,10 @@ def write_image(path, data, axes, source_metadata=None):
     Notes
     -----
     The file (or zarr folder) is written next to ``path`` under a temporary
-    name and renamed into place: a write that fails, or is interrupted, leaves
-    whatever was at ``path`` before (an existing zarr store is replaced only
-    once the new one is complete).
+    name and renamed into place (:mod:`._atomic`): a write that fails, or is
+    interrupted, leaves whatever was at ``path`` before (an existing zarr store
+    is replaced only once the new one is complete); the temporaries of a
+    writer killed earlier are removed.
     """
     path = Path(path)
     kind = check_output_path(path)
@@ -398,36 +496,9 @@ def write_image(path, data, axes, source_metadata=None):
         data = np.asarray(data)
     axes = resolve_axes(axes, data.ndim)
     writer = {"tiff": _write_tiff, "zarr": _write_zarr, "npy": _write_npy}[kind]
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
+    with temporary_beside(path, folder=kind == "zarr") as temporary:
         writer(temporary, data, axes, source_metadata or {}, lazy)
-        _move_into_place(temporary, path)
-    except BaseException:
-        _remove(temporary)
-        raise
-
-
-def _remove(path):
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _move_into_place(temporary, path):
-    """Rename ``temporary`` to ``path``; a folder (zarr) in the way is set aside
-    first and removed only once the new one is in place."""
-    if not (temporary.is_dir() and path.exists()):
-        os.replace(temporary, path)
-        return
-    old = path.with_name(f".{path.name}.{secrets.token_hex(8)}.old")
-    os.replace(path, old)
-    try:
-        os.replace(temporary, path)
-    except BaseException:
-        os.replace(old, path)
-        raise
-    _remove(old)
+        replace(temporary, path)
 
 
 def _store(data, target):

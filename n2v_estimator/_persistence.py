@@ -9,13 +9,10 @@ tensor is read: a hostile file is refused in a fraction of a second.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
-import secrets
 import stat
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +20,8 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from sklearn.utils._param_validation import InvalidParameterError
 
+from ._atomic import lock, remove_stale, temporary_name
 from ._unet import build_unet, check_description, expected_state
-
-try:  # POSIX: a writer holds a lock on its temporary file, so that a dead one's can be told apart
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
 
 FORMAT_NAME = "n2v_estimator"
 # Version 2 describes the network in its own versioned schema (see _unet);
@@ -42,8 +35,6 @@ SHAPE_PARAMS = ("patch_size", "tile_size", "tile_overlap", "image_shape")
 # write_model refuses to write a larger one, so every file it writes loads.
 MAX_HEADER_BYTES = 4 * 2**20
 MAX_NESTING = 32
-# Temporary files of a killed writer are removed by the next save once unlocked and this old.
-STALE_SECONDS = 2.0
 _DTYPES = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
@@ -86,32 +77,6 @@ def _target(path):
     return path
 
 
-def _remove_stale_temporaries(path):
-    """Remove the temporary files that killed writers of ``path`` left behind: those
-    no live writer holds a lock on (and not brand new, so a writer that has just
-    created its file and not yet locked it keeps it)."""
-    if fcntl is None:  # pragma: no cover
-        return
-    ours = re.compile(re.escape(f".{path.name}.") + r"[0-9a-f]{16}\.tmp")
-    for candidate in path.parent.glob(glob.escape(f".{path.name}.") + "*.tmp"):
-        if not ours.fullmatch(candidate.name):
-            continue
-        try:
-            # Never follow a link, never block on a pipe someone named like our files.
-            fd = os.open(candidate, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-        except OSError:
-            continue
-        try:
-            info = os.fstat(fd)
-            if stat.S_ISREG(info.st_mode) and time.time() - info.st_mtime >= STALE_SECONDS:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                candidate.unlink()
-        except OSError:
-            pass  # locked: a live writer's
-        finally:
-            os.close(fd)
-
-
 def write_model(path, tensors, document):
     """Atomically write ``tensors`` (name -> tensor) and ``document`` (JSON-able dict).
 
@@ -136,8 +101,8 @@ def write_model(path, tensors, document):
             f"The model's description is over {MAX_HEADER_BYTES} bytes (a history of tens of thousands "
             "of epochs?), more than load reads; shorten history_ before saving."
         )
-    _remove_stale_temporaries(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    remove_stale(path)
+    tmp = temporary_name(path)
     try:
         # Created with mode 0o666, so that the kernel applies the umask and tells us the
         # usual mode, without changing the process umask (racy under threads).
@@ -145,11 +110,7 @@ def write_model(path, tensors, document):
     except OSError as exc:
         raise OSError(exc.errno, f"Cannot save the model to {path}: {exc.strerror}") from exc
     try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError:  # a file system without locks: save all the same
-                pass
+        lock(fd)  # while written: the next save tells a killed writer's temporary by its missing lock
         mode = stat.S_IMODE((path.stat() if path.exists() else os.fstat(fd)).st_mode)
         _write_all(fd, data)
         # On disk before the rename, so a power cut cannot leave an empty file at ``path``.
@@ -330,6 +291,8 @@ def estimator_document(params, attributes, package_version):
     }
     if "n_features_in_" in attributes:
         fitted["n_features_in"] = attributes["n_features_in_"]
+    if "data_min_" in attributes:
+        fitted["data_range"] = [attributes["data_min_"], attributes["data_max_"]]
     return {"package_version": package_version, "params": params, "fitted": fitted}
 
 
@@ -343,7 +306,8 @@ def decode_document(document, param_names, source):
     fitted : dict
         ``network`` (the description, unchecked), ``mean`` and ``std``
         (float64 arrays of ``n_channels``), ``patch_shape`` (tuple),
-        ``history`` (list) and ``n_features`` (``n_features_in_``: int or None).
+        ``history`` (list), ``n_features`` (``n_features_in_``: int or None) and
+        ``data_range`` (the training data's per-channel minimum and maximum, or None).
 
     Raises
     ------
@@ -386,6 +350,7 @@ def decode_document(document, param_names, source):
             "patch_shape": tuple(patch_shape),
             "history": history,
             "n_features": int(saved["n_features_in"]) if "n_features_in" in saved else None,
+            "data_range": _data_range(saved.get("data_range"), n_channels, source),
         }
         if (n_channels, spatial_ndim) != (
             saved["network"].get("in_channels"),
@@ -397,6 +362,16 @@ def decode_document(document, param_names, source):
     except Exception as exc:
         raise ModelFileError(f"{source} holds an invalid model description: {exc!r}") from exc
     return params, fitted
+
+
+def _data_range(saved, n_channels, source):
+    """The training data's ``(min, max)`` per channel, or ``None`` (files written before it was recorded)."""
+    if saved is None:
+        return None
+    low, high = (np.asarray(r, dtype=np.float64).reshape(n_channels) for r in saved)
+    if not (np.isfinite(low).all() and np.isfinite(high).all() and (low <= high).all()):
+        raise ModelFileError(f"{source}: the training data's range {low.tolist()[:8]} to {high.tolist()[:8]} is not finite.")
+    return low, high
 
 
 def load_estimator(cls, path, device=None):

@@ -21,10 +21,15 @@ import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
+import numpy as np
+
 from ._axes import resolve_axes
+from ._bioimageio import TEST_SIDE
+from ._budget import MAX_EXPANSION, check_free_space, declared_bytes
 from ._io import (
     READ_FORMATS,
     WRITE_FORMATS,
+    check_output_apart,
     check_output_path,
     is_zarr_store,
     read_image,
@@ -141,6 +146,14 @@ def _add_parameter_options(parser, names, helps, defaults):
         )  # fmt: skip
 
 
+def _add_trust_option(parser):
+    parser.add_argument(
+        "--trust-declared-size", action="store_true",
+        help=f"read image files that declare over {MAX_EXPANSION} times more pixels than they store (refused "
+        "by default as crafted or damaged: noisy images barely compress)",
+    )  # fmt: skip
+
+
 def _given_parameters(args):
     return {key[len("param_"):]: value for key, value in vars(args).items() if key.startswith("param_")}
 
@@ -177,6 +190,7 @@ def build_parser():
     fit.add_argument("--model", required=True, metavar="PATH", help="the model file to write (e.g. model.safetensors)")
     fit.add_argument("--axes", metavar="AXES", help=_escaped(axes_help))
     fit.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    _add_trust_option(fit)
     order = list(helps)  # the docstring's order (the constructor's), not get_params' alphabetical one
     names = [n for n in defaults if n not in _OWN_OPTIONS]
     names.sort(key=lambda n: order.index(n) if n in order else len(order))
@@ -198,6 +212,7 @@ def build_parser():
     transform.add_argument("--axes", metavar="AXES", help=_escaped(f"{axes_help} Last, the model's axes (if they fit)."))
     transform.add_argument("--tta", action="store_true", help=_escaped(helps.get("tta", "")))
     transform.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_trust_option(transform)
     _add_parameter_options(transform, _TRANSFORM_PARAMS, helps, defaults)
     transform.set_defaults(run=_transform)
 
@@ -218,6 +233,7 @@ def build_parser():
     export.add_argument("--license", default="CC-BY-4.0", metavar="SPDX", help="the model's license (default: CC-BY-4.0)")
     export.add_argument("--tag", action="append", dest="tags", default=[], metavar="TAG", help="a tag (repeat for several)")
     export.add_argument("--axes", metavar="AXES", help=_escaped(f"{axes_help} Last, the model's axes (if they fit)."))
+    _add_trust_option(export)
     export.set_defaults(run=_export)
 
     info = command(
@@ -271,10 +287,11 @@ def _fit_axes(given, paths, images):
 
 # --------------------------------------------------------------------- fit
 def _fit(args):
-    _check_model_path(args.model)  # before training, not after it
     paths = expand_inputs(args.inputs)
+    _check_model_path(args.model, paths)  # before training, not after it
     # Zarr stores and large files as dask arrays: fit reads only the patches it samples.
-    images = _with_common_axes([read_image(path, lazy=True) for path in paths])
+    images = _with_common_axes([read_image(path, lazy=True, trust_declared_size=args.trust_declared_size)
+                                for path in paths])  # fmt: skip
     given = _given_parameters(args)
     previous = None
     if given.get("warm_start") and os.path.isfile(args.model):  # continue training the saved model
@@ -310,15 +327,31 @@ def _fit(args):
     return 0
 
 
-def _check_model_path(path):
-    """Refuse a model path that cannot be written, before any work."""
+def _check_model_path(path, inputs):
+    """Refuse, before any work, a model path that cannot be written, that would replace or
+    change an input, or that holds something other than a model file."""
     folder = Path(path).parent
+    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():
+        raise ValueError(f"Cannot write the model {path}: it names a folder; give a file name such as "
+                         f"{Path(path) / 'model.safetensors'}.")  # fmt: skip
     if not folder.is_dir():
         raise FileNotFoundError(f"Cannot write the model {path}: the folder {folder} does not exist.")
-    if Path(path).is_dir():
-        raise ValueError(f"Cannot write the model {path}: it is a folder.")
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"Cannot write the model {path}: the folder {folder} is not writable.")
+    check_output_apart(path, inputs, option="--model")
+    if os.path.lexists(path) and not _is_model_file(path):
+        raise ValueError(
+            f"--model {path} exists and is not an n2v-estimator model file: writing the model would replace it. "
+            "Choose another name, or remove the file first."
+        )
+
+
+def _is_model_file(path):
+    try:
+        with ModelFile(path):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _with_common_axes(images):
@@ -343,10 +376,11 @@ def _kept(denoiser):
 
 
 # --------------------------------------------------------------- transform
-def _output_paths(inputs, text):
+def _output_paths(inputs, text, protected=()):
     """One output per input: ``output`` itself for one input (unless it names a folder); else a
     file in the folder ``output`` named after each input (a TIFF or zarr input's name, else the
-    input's stem with .tif). An output that would replace its input is refused."""
+    input's stem with .tif). An output that is, holds or lies inside any input (or a
+    ``protected`` path, such as the model file) is refused."""
     output = Path(text)
     is_folder = text.endswith(("/", os.sep)) or (output.is_dir() and not is_zarr_store(output))
     if len(inputs) == 1 and not is_folder:
@@ -359,10 +393,10 @@ def _output_paths(inputs, text):
         if repeated:
             raise ValueError(f"Several inputs would be written to the same file in {output}: {', '.join(repeated)}.")
         outputs = [output / name for name in names]
-    for path, result in zip(inputs, outputs):
-        if os.path.realpath(path) == os.path.realpath(result):
-            raise ValueError(f"The result of {path} would replace it; choose another --output.")
+    for result in outputs:  # none may be, hold or lie inside any input (or the model file)
+        check_output_apart(result, [*inputs, *protected])
     if len(outputs) > 1 or is_folder:
+        check_output_apart(output, [*inputs, *protected])
         output.mkdir(parents=True, exist_ok=True)
     for path in outputs:
         check_output_path(path)
@@ -382,15 +416,21 @@ def _transform(args):
     model_axes = denoiser.axes  # before set_params: --axes may name others
     denoiser.set_params(**overrides, verbose=not args.quiet, **({"tta": True} if args.tta else {}))
     denoiser._validate_params()  # a bad --tile-overlap and the like, in the estimator's words
-    outputs = _output_paths(paths, args.output)
+    outputs = _output_paths(paths, args.output, protected=[args.model])
     for path, output in zip(paths, outputs):
-        array, found, metadata = read_image(path, lazy=True, return_metadata=True)
+        array, found, metadata = read_image(
+            path, lazy=True, return_metadata=True, trust_declared_size=args.trust_declared_size
+        )
         named = _named_axes(args.axes, found, model_axes, array)
         axes = _check_axes(named, array, path)
         if is_dask_array(array) and axes != found:
             array = rechunk_for_axes(array, axes)
         denoiser.set_params(axes=named)
         result = denoiser.transform(array)
+        check_free_space(output, declared_bytes(result.shape, result.dtype))
+        if is_dask_array(result) and not args.quiet:
+            _say(f"{path}: denoising {tuple(result.shape)} pixels chunk by chunk into {output} "
+                 f"({result.dtype}, {declared_bytes(result.shape, result.dtype) / 2**20:,.0f} MiB).")  # fmt: skip
         with _dask_scheduler(is_dask_array(result), progress=not args.quiet):
             write_image(output, result, axes, metadata)
         if not args.quiet:
@@ -402,9 +442,12 @@ def _export(args):
     denoiser = Noise2VoidDenoiser.load(args.model, device="cpu")
     if Path(args.output).suffix.lower() != ".zip":
         raise ValueError(f"--output {args.output}: a BioImage Model Zoo package is a .zip file.")
-    array, found = read_image(args.test_image)
+    check_output_apart(args.output, [args.model, args.test_image])
+    # Lazily: the package keeps a crop of the test image, which is all that is read.
+    array, found = read_image(args.test_image, lazy=True, lazy_bytes=0, trust_declared_size=args.trust_declared_size)
     named = _named_axes(args.axes, found, denoiser.axes, array)
     _check_axes(named, array, args.test_image)
+    array = np.asarray(_central_crop(array, resolve_axes(named, array.ndim), 2 * TEST_SIDE[denoiser.spatial_ndim_]))
     denoiser.set_params(axes=named)
     path = denoiser.export_bioimageio(
         args.output, array, name=args.name, description=args.description, authors=args.authors,
@@ -412,6 +455,21 @@ def _export(args):
     )  # fmt: skip
     print(f"{args.model} -> {path}")
     return 0
+
+
+def _central_crop(array, axes, side):
+    """The first sample of ``array`` (kept as a length-1 axis) and at most ``side`` pixels
+    around the centre of each spatial axis; all channels."""
+    index = []
+    for letter, n in zip(axes, array.shape):
+        if letter == "S":
+            index.append(slice(0, 1))
+        elif letter == "C":
+            index.append(slice(None))
+        else:
+            start = max(0, n - side) // 2
+            index.append(slice(start, start + min(n, side)))
+    return array[tuple(index)]
 
 
 @contextmanager
@@ -538,6 +596,11 @@ def main(argv=None):
         except KeyboardInterrupt:
             _say("interrupted.")
             return INTERRUPTED
+        except MemoryError as exc:
+            detail = " ".join(str(exc).split())
+            _say(f"error: out of memory{f' ({detail})' if detail else ''}; use smaller inputs, tiles "
+                 "(--tile-size) or batches (--batch-size), or a machine with more memory.")  # fmt: skip
+            return 2
         except USER_ERRORS as exc:
             _say(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
             return 2

@@ -1,0 +1,158 @@
+"""What an image file may declare, relative to what it stores and to the machine.
+
+A file's header names the size of its image, and a few bytes can declare
+terabytes: a 400-byte ``.zarray`` of 10**9 x 10**9 pixels, a 35 KB deflated TIFF
+of 65536**2, an OME-TIFF whose XML says ``SizeZ="200000000"``. Read as declared,
+such a file costs minutes to hours and gigabytes before anything fails. Noisy
+images, what this package reads, barely compress (noise is incompressible), so
+a file that declares far more pixels than it stores is refused here, from its
+header alone, in well under a second, with the numbers and the option that
+reads it anyway (``trust_declared_size``, ``--trust-declared-size``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import stat
+
+import numpy as np
+
+from ._memory import format_bytes, meminfo, physical_memory
+
+# Declared bytes per stored byte beyond which a file is refused. Noisy images compress
+# 1.5-4x (their noise is incompressible); 256 leaves room for mostly empty images and for
+# zarr stores with missing chunks, and is far below what crafted files declare (10**5 and more).
+MAX_EXPANSION = 256
+# Declared sizes up to this are read whatever the file stores: costs a few seconds at most.
+FREE_BYTES = 16 * 2**20
+# A zarr store cut into more than MANY_CHUNKS chunks of under SMALL_CHUNK_BYTES each reads
+# one file (or request) per few pixels: hours for a large image.
+MANY_CHUNKS = 2**16
+SMALL_CHUNK_BYTES = 4096
+TRUST_HINT = "trust_declared_size=True (on the command line: --trust-declared-size)"
+
+
+class DeclaredSizeError(ValueError):
+    """A file declares an image far larger than it can hold, or than the machine can."""
+
+
+def _allocated(info):
+    """Bytes a file occupies on disk: its size, or less for a sparse file (holes cost nothing to
+    declare, and read back as zeros)."""
+    blocks = getattr(info, "st_blocks", None)
+    return info.st_size if blocks is None else min(info.st_size, blocks * 512)
+
+
+def stored_bytes(path, enough=None):
+    """Bytes ``path`` (a file, or a folder such as a zarr store) occupies on disk; for a folder
+    the walk stops once ``enough`` bytes are counted (a real store has many files)."""
+    info = os.stat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        return _allocated(info) if stat.S_ISREG(info.st_mode) else 0
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                entry = os.stat(os.path.join(folder, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(entry.st_mode):
+                total += _allocated(entry)
+        if enough is not None and total >= enough:
+            break
+    return total
+
+
+def declared_bytes(shape, dtype):
+    """Bytes of an array of ``shape`` and ``dtype``, in Python integers (never overflowing)."""
+    return math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
+
+
+def check_declared(path, shape, dtype, chunks=None, trust=False):
+    """Refuse an image ``path`` declares as ``shape`` and ``dtype`` (and ``chunks``, for zarr)
+    when it declares over :data:`MAX_EXPANSION` times what it stores (beyond
+    :data:`FREE_BYTES`), or many tiny chunks; ``trust`` skips the check.
+
+    Raises
+    ------
+    DeclaredSizeError
+        Naming the declared shape and size, what the file stores, and how to read it anyway.
+    """
+    if trust:
+        return
+    wanted = declared_bytes(shape, dtype)
+    described = f"{path} declares an image of shape {tuple(int(n) for n in shape)}, {np.dtype(dtype)} ({format_bytes(wanted)})"
+    if wanted > FREE_BYTES:
+        stored = stored_bytes(path, enough=-(-wanted // MAX_EXPANSION))
+        if wanted > MAX_EXPANSION * stored:
+            raise DeclaredSizeError(
+                f"{described}, but stores {format_bytes(stored)}: {wanted / max(stored, 1):,.0f} times more than it "
+                f"holds, where noisy images compress less than {MAX_EXPANSION} to 1. Refused as a crafted or "
+                f"damaged file; if the image is real (mostly empty, or with missing chunks), pass {TRUST_HINT}."
+            )
+    if chunks is not None:
+        count = math.prod(-(-int(n) // max(1, int(c))) for n, c in zip(shape, chunks))
+        each = declared_bytes(chunks, dtype)
+        if count > MANY_CHUNKS and each < SMALL_CHUNK_BYTES:
+            raise DeclaredSizeError(
+                f"{described} in {count:,} chunks of {tuple(int(c) for c in chunks)} ({each} bytes each): reading it "
+                f"would take one request per {each} bytes. Rechunk the store into chunks of at least "
+                f"{SMALL_CHUNK_BYTES} bytes (e.g. 256 x 256), or pass {TRUST_HINT}."
+            )
+
+
+def check_in_memory(path, shape, dtype):
+    """Refuse reading ``path`` whole when its image is larger than the memory available now."""
+    wanted = declared_bytes(shape, dtype)
+    available = available_memory()
+    if available is not None and wanted > available:
+        raise DeclaredSizeError(
+            f"{path} holds an image of shape {tuple(int(n) for n in shape)}, {np.dtype(dtype)} ({format_bytes(wanted)}), "
+            f"more than the {format_bytes(available)} of memory available to read it whole."
+        )
+
+
+def check_free_space(path, n_bytes):
+    """Refuse writing ``n_bytes`` to ``path`` when its folder's file system has less room."""
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
+    except OSError:
+        return
+    if n_bytes > free:
+        raise DeclaredSizeError(
+            f"Writing {path} needs {format_bytes(n_bytes)}, and its file system has {format_bytes(free)} free: "
+            "free some space, write elsewhere, or ask for a smaller output (--dtype input keeps the input's dtype)."
+        )
+
+
+def available_memory():
+    """Bytes of memory available now (Linux ``MemAvailable``), else the machine's total, or None."""
+    available = meminfo("MemAvailable")
+    return available if available is not None else physical_memory()
+
+
+# ---------------------------------------------------------------- OME-TIFF
+_PIXELS = re.compile(r"<(?:\w+:)?Pixels\b([^>]*)>", re.S)
+_ATTRIBUTE = re.compile(r'\b(Size[XYZCT]|Type)\s*=\s*["\']([^"\']*)["\']')
+_OME_TYPES = {
+    "int8": "i1", "int16": "i2", "int32": "i4", "uint8": "u1", "uint16": "u2", "uint32": "u4",
+    "float": "f4", "double": "f8", "bit": "u1", "complex": "c8", "double-complex": "c16",
+}  # fmt: skip
+
+
+def ome_declared(description):
+    """``(shape, dtype)`` of the first image an OME-XML ``description`` declares, read with two
+    regular expressions (tifffile builds its series with one entry per declared plane: minutes
+    for a crafted ``SizeZ``), or ``None`` where it declares none."""
+    match = _PIXELS.search(description or "")
+    if match is None:
+        return None
+    attributes = dict(_ATTRIBUTE.findall(match.group(1)))
+    try:
+        shape = tuple(int(attributes.get(f"Size{a}", 1)) for a in "TCZYX")
+    except ValueError:
+        return None
+    return shape, np.dtype(_OME_TYPES.get(attributes.get("Type", "uint8").lower(), "u1"))
