@@ -3,6 +3,8 @@ checks that the network's float32 arithmetic can represent what goes in and come
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -49,17 +51,49 @@ def to_dtype(values, dtype):
     return np.clip(values, low, high).astype(dtype)
 
 
-def check_representable(images, mean, std, name="X"):
+def check_representable(images, mean, std, name="X", data_range=None):
     """Refuse ``images`` whose normalised values float32 cannot hold (they would
-    become infinite inside the network), naming how far out they are."""
-    flat = _by_channel(images)
-    low, high = flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
+    become infinite inside the network), naming how far out they are; with the
+    training data's ``data_range`` (``(min, max)`` per channel), warn about values
+    far outside it (:func:`warn_outside_range`)."""
+    low, high = channel_range(images)
     with np.errstate(over="ignore"):
         reach = np.maximum(np.abs(low - mean), np.abs(high - mean)) / std
     if not (reach <= _FLOAT32_MAX).all():
         raise ValueError(
             f"{name} holds values {float(np.max(reach)):.3g} standard deviations from the training data's "
             "mean, beyond what the network's float32 arithmetic can hold; rescale it, or fit on data like it."
+        )
+    if data_range is not None:
+        warn_outside_range((low, high), data_range, std, name)
+
+
+def channel_range(images):
+    """Per-channel minimum and maximum (float64) of ``(S, C, *spatial)`` images, or of a list of them."""
+    if isinstance(images, list):
+        ranges = [channel_range(part) for part in images]
+        return np.min([r[0] for r in ranges], axis=0), np.max([r[1] for r in ranges], axis=0)
+    flat = _by_channel(images)
+    return flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
+
+
+def warn_outside_range(found, data_range, std, name="X"):
+    """Warn when the ``found`` ``(min, max)`` per channel reach beyond the training data's
+    ``data_range`` by more than its own span (at least one ``std``): the network has never
+    seen such values, and a ReLU network extrapolates them far off (a float16 65504 into a
+    model of 8-bit data came back as -186)."""
+    (low, high), (data_low, data_high) = found, (np.asarray(r, dtype=np.float64) for r in data_range)
+    margin = np.maximum(data_high - data_low, np.asarray(std, dtype=np.float64))
+    with np.errstate(over="ignore", invalid="ignore"):
+        outside = (low < data_low - margin) | (high > data_high + margin)
+    if outside.any():
+        c = int(np.argmax(outside))
+        warnings.warn(
+            f"{name} holds values from {low[c]:.6g} to {high[c]:.6g} (channel {c}), far outside the training data's "
+            f"range {data_low[c]:.6g} to {data_high[c]:.6g}: the denoised values there are extrapolations and may be "
+            "wrong. Denoise data like the training data, or fit on data that covers this range.",
+            UserWarning,
+            stacklevel=3,
         )
 
 

@@ -147,6 +147,8 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         The trained U-Net (in eval mode).
     mean_, std_ : ndarray of shape (n_channels,)
         Per-channel normalisation statistics of the training data.
+    data_min_, data_max_ : ndarray of shape (n_channels,)
+        Per-channel range of the training data; ``transform`` warns far beyond it.
     n_channels_ : int
         Number of channels seen in ``fit``.
     spatial_ndim_ : int
@@ -314,7 +316,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         was_fitted = hasattr(self, "model_")
         if result.history:
             history = (self.history_ if plan.continuing else []) + result.history
-            self._set_fitted(model, plan.mean, plan.std, plan.patch_shape, history, plan.n_features)
+            self._set_fitted(model, plan.mean, plan.std, plan.patch_shape, history, plan.n_features, plan.data_range)
         result.raise_if_stopped_early(was_fitted)
         return self
 
@@ -322,18 +324,22 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         """The fitted state a ``warm_start`` fit continues from, or ``None``."""
         if self.warm_start and hasattr(self, "model_"):
             network = portable_network(self.model_)
-            return Previous(network["description"], network["weights"], self.mean_, self.std_, len(self.history_))
+            data_range = (self.data_min_, self.data_max_) if hasattr(self, "data_min_") else None
+            return Previous(network["description"], network["weights"], self.mean_, self.std_, len(self.history_),
+                            data_range)  # fmt: skip
 
-    def _set_fitted(self, model, mean, std, patch_shape, history, n_features=None):
+    def _set_fitted(self, model, mean, std, patch_shape, history, n_features=None, data_range=None):
         """Set every fitted attribute, in one place (``fit`` and ``load``) and one step."""
         fitted = {"model_": model.eval(), "mean_": mean, "std_": std, "patch_shape_": tuple(patch_shape),
                   "n_channels_": model.description["in_channels"], "spatial_ndim_": model.description["ndim"],
                   "history_": list(history)}
         if n_features is not None:
             fitted["n_features_in_"] = n_features
+        if data_range is not None:  # model files of earlier versions have none
+            fitted["data_min_"], fitted["data_max_"] = (np.asarray(r, dtype=np.float64) for r in data_range)
         if model.noise is not None:
             fitted.update({f"noise_{k}_": v for k, v in model.noise.parameters_in_input_units().items()})
-        stale = ("n_features_in_", "noise_sigma_", "noise_a_", "noise_b_")
+        stale = ("n_features_in_", "noise_sigma_", "noise_a_", "noise_b_", "data_min_", "data_max_")
         state = {k: v for k, v in self.__dict__.items() if k not in stale}
         self.__dict__ = {**state, **fitted}
 
@@ -394,7 +400,8 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
 
     def _denoise(self, images, dtype=np.float32, return_std=False, prior_only=False):
         """Denoise canonical ``(S, C, *spatial)`` images (original units in and out)."""
-        check_representable(images, self.mean_, self.std_)
+        data_range = (self.data_min_, self.data_max_) if hasattr(self, "data_min_") else None
+        check_representable(images, self.mean_, self.std_, data_range=data_range)
         device = resolve_device(self.device)
         settings = dict(self.get_params(), batch_pixels=self.batch_size * int(np.prod(self.patch_shape_)), device=device)
         settings["precision"] = resolve_precision(self.precision, device, self.spatial_ndim_)
