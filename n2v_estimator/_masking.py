@@ -66,7 +66,7 @@ def grid_cell_side(masked_pixel_percentage, ndim):
     return (100.0 / masked_pixel_percentage) ** (1.0 / ndim)
 
 
-def resolve_struct_mask(struct_mask, ndim):
+def resolve_struct_mask(struct_mask, ndim, patch_shape=None):
     """Turn a ``struct_mask`` parameter into the integer offsets it masks.
 
     Parameters
@@ -79,11 +79,21 @@ def resolve_struct_mask(struct_mask, ndim):
         ``axis`` in ``{"x", "horizontal", "y", "vertical", "z"}``.
     ndim : int
         Number of spatial dimensions of the data.
+    patch_shape : tuple of int, optional
+        The training patches the mask must fit in.
 
     Returns
     -------
     ndarray of shape (K, ndim), int64
         Offsets from the blind spot, the centre excluded (``K`` may be 0).
+
+    Raises
+    ------
+    ValueError
+        For a mask that is not 0/1, not centred (an even side), has more than
+        ``ndim`` dimensions, is larger than ``patch_shape`` or holds more than
+        :data:`MAX_NEIGHBOURHOOD` values; the sizes are checked before
+        anything is computed from the values.
     """
     if struct_mask is None:
         return np.zeros((0, ndim), dtype=np.int64)
@@ -104,20 +114,41 @@ def resolve_struct_mask(struct_mask, ndim):
             raise ValueError(f"struct_mask span must be a positive odd integer, got {span!r}.")
         shape = [1] * ndim
         shape[axis] = int(span)
+        _check_struct_size(tuple(shape), patch_shape)
         array = np.ones(shape, dtype=bool)
     else:
         array = np.asarray(struct_mask)
-        if array.dtype == object or not np.isin(array, (0, 1)).all():
-            raise ValueError("struct_mask as an array must hold only 0 and 1.")
         if array.ndim == 0 or array.ndim > ndim or any(s % 2 == 0 for s in array.shape):
             raise ValueError(
                 f"struct_mask must have at most {ndim} dimensions, each of odd length "
                 f"(centred on the blind spot); got shape {array.shape}."
             )
+        _check_struct_size((1,) * (ndim - array.ndim) + array.shape, patch_shape)
+        if array.dtype == object or not np.isin(array, (0, 1)).all():
+            raise ValueError("struct_mask as an array must hold only 0 and 1.")
         array = array.astype(bool).reshape((1,) * (ndim - array.ndim) + array.shape)
     centre = np.array(array.shape) // 2
     offsets = np.argwhere(array) - centre
     return offsets[np.any(offsets != 0, axis=1)].astype(np.int64)
+
+
+def _check_struct_size(shape, patch_shape):
+    """Refuse a struct mask of ``shape`` (one side per spatial axis) larger than the
+    patches or than :data:`MAX_NEIGHBOURHOOD`, before its offsets are computed:
+    every blind spot holds all of them (a 3001x3001 mask took 40 s and 2.6 GiB to
+    set up, then asked for 175 GiB per batch), and n2v's masks span a few pixels."""
+    if patch_shape is not None and any(s > p for s, p in zip(shape, patch_shape)):
+        raise ValueError(
+            f"struct_mask of shape {shape} is larger than the training patches {tuple(patch_shape)} "
+            "(patch_size); a struct mask must fit in a patch: use a smaller struct_mask (a line of a "
+            "few pixels along the correlated axis, such as ('x', 5)) or a larger patch_size."
+        )
+    size = math.prod(shape)
+    if size > MAX_NEIGHBOURHOOD:
+        raise ValueError(
+            f"struct_mask of shape {shape} spans {size} pixels; at most {MAX_NEIGHBOURHOOD} are allowed "
+            f"(every blind spot holds them all): use a smaller struct_mask, such as ('x', 5)."
+        )
 
 
 def _neighbourhood(ndim, radius, excluded):
@@ -333,7 +364,7 @@ class BlindSpotMasker:
             weights = self._weights[None, :] * valid
             stranded = weights.sum(dim=1) == 0
             if stranded.any():  # only withoutCP: uniform_withCP can always take the centre
-                raise ValueError(self._no_neighbour_message())
+                raise ValueError(self._no_neighbour_message(x.shape[2:]))
             cumulative = weights.cumsum(dim=1)
             u = torch.rand((n, 1), generator=generator, device=x.device, dtype=dtype)
             choice = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True)
@@ -341,7 +372,7 @@ class BlindSpotMasker:
         values, valid = self._neighbours(x, spots, offsets[1:])
         count = valid.sum(dim=1)
         if (count == 0).any():
-            raise ValueError(self._no_neighbour_message())
+            raise ValueError(self._no_neighbour_message(x.shape[2:]))
         if self.manipulator == "median":
             # Invalid positions sort last; the median of the k valid values is
             # the mean of the two middle ones (numpy's definition).
@@ -358,10 +389,13 @@ class BlindSpotMasker:
         noise = torch.randn(n, generator=generator, device=x.device, dtype=x.dtype)
         return mean + variance.sqrt() * noise
 
-    def _no_neighbour_message(self):
+    def _no_neighbour_message(self, spatial):
+        # Reached only where check_patch was not called (it refuses such patches up
+        # front), as when transform predicts a blind prior: name the image's size too.
         return (
-            f"manipulator={self.manipulator!r} found a blind spot without neighbours; the patch "
-            "is too small for neighborhood_radius (check_patch refuses such patches up front)."
+            f"manipulator={self.manipulator!r} found a blind spot without neighbours within "
+            f"neighborhood_radius={self.radius} in an image or patch of {'x'.join(map(str, spatial))} pixels; "
+            "it needs a neighbour for every pixel (check_patch refuses such patches up front)."
         )
 
     def _scramble_struct(self, x, x_masked, mask, spots, generator):

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ._masking import BlindSpotMasker, hiding_manipulator
+from ._memory import check_prediction_memory
 from ._noise import posterior
 from ._normalize import _broadcast, check_finite_output, denormalize, normalize
 from ._progress import progress_bar
@@ -69,15 +70,29 @@ def blind_prior(predict, x, manipulator, neighborhood_radius, stride, seed=0, ve
     Returns
     -------
     ndarray of shape (S, 2C, *spatial), float32
+
+    Raises
+    ------
+    ValueError
+        For images of a single pixel: the pixel has no neighbour to hide it behind.
     """
     n_samples, channels, *spatial = x.shape
+    if math.prod(spatial) < 2:
+        # Every hiding manipulator replaces a pixel by its neighbours' values (a blind
+        # spot must never keep its own); a lone pixel has none, and a prior predicted
+        # from nothing would be combined with the pixel as if it knew its surroundings.
+        raise ValueError(
+            f"A probabilistic model (noise_model) predicts each pixel's prior from its neighbours, the pixel "
+            f"hidden; images of {'x'.join(map(str, spatial))} pixel have none: at least 2 pixels are needed "
+            "(along any axis)."
+        )
     masker = BlindSpotMasker(len(spatial), 100.0, hiding_manipulator(manipulator), neighborhood_radius)
     generator = torch.Generator().manual_seed(seed)
     images = torch.from_numpy(x)
     prior = np.empty((n_samples, 2 * channels, *spatial), dtype=np.float32)
     phases = list(itertools.product(range(stride), repeat=len(spatial)))
     for phase in progress_bar(phases, desc="predict (blind prior)", unit="phase", verbose=verbose):
-        grid = [torch.arange(p, n, stride) for p, n in zip(phase, spatial)]
+        grid = [torch.arange(n)[p::stride] for p, n in zip(phase, spatial)]  # (arange(p, n) raises for p > n)
         if any(len(g) == 0 for g in grid):  # an axis shorter than the stride
             continue
         masked = images.clone()
@@ -123,7 +138,8 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
     Raises
     ------
     ValueError
-        For a non-finite result, or ``return_std`` with a plain model.
+        For a non-finite result, ``return_std`` with a plain model, or
+        batches of tiles larger than the device's memory.
     """
     network = model.description
     reach = network_reach(network)
@@ -131,6 +147,11 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
     tile_shape, overlap = tile_geometry(settings["tile_size"], settings["tile_overlap"], network["ndim"], *reach)
     border = (0 if blind else border_width(*reach),) * network["ndim"]
     extended = [n + 2 * b for n, b in zip(images.shape[2:], border)]
+    tiles = tiles_per_batch(tile_shape, extended, settings["batch_pixels"])
+    check_prediction_memory(
+        network, [min(t, n) for t, n in zip(tile_shape, extended)], tiles, settings["device"],
+        precision=settings["precision"],
+    )
 
     def run(batch, **kwargs):
         return predict_tiled(
@@ -139,7 +160,7 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
             tile_shape,
             overlap,
             border=border,
-            batch_size=tiles_per_batch(tile_shape, extended, settings["batch_pixels"]),
+            batch_size=tiles,
             device=settings["device"],
             multiple=2 ** network["depth"],
             tta=bool(settings["tta"]),

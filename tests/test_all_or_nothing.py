@@ -155,7 +155,7 @@ def test_transform_uses_the_fitted_network_not_the_current_parameters():
 # Every boundary value the parameter constraints allow fits, saves, loads and
 # transforms the same after loading.
 BOUNDARIES = [
-    {"kernel_size": 33, "patch_size": 16},
+    {"kernel_size": 31, "patch_size": 16},
     {"kernel_size": 1},
     {"depth": 8, "patch_size": 256, "n_filters": 1, "batch_size": 2, "validation_fraction": 0.0},
     {"depth": 1, "n_filters": 1},
