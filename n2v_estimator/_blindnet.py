@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._noise import NoiseModel
-from ._unet import UNet, _batch_norm, _conv, _interleave, _prior_scale
+from ._unet import UNet, _batch_norm, _conv, _interleave
 
 # Width of the head's hidden 1x1 convolutions, in multiples of n_filters (96 by default,
 # as measured in benchmarks/blind_network_prior.py).
@@ -190,16 +190,18 @@ class BlindSpotNetwork(nn.Module):
         self.noise = None if noise_model is None else NoiseModel(noise_model, in_channels)
 
     initialise_prior_scale = UNet.initialise_prior_scale
+    # The output head of UNet, which reads `residual`: never here, it would show each pixel its own value.
+    residual = False
+    _output = UNet._output
 
     def forward(self, x):
-        spatial = x.shape[2:]
         multiple = 2**self.depth
         pad = []
-        for size in reversed(spatial):  # zeros at the end, so every direction sees the same pooling grid
+        for size in reversed(x.shape[2:]):  # zeros at the end, so every direction sees the same pooling grid
             pad += [0, -size % multiple]
-        x = F.pad(x, pad)
+        padded = F.pad(x, pad)
         directions = _directions(self.ndim)
-        turned = [_turn(x, *direction) for direction in directions]
+        turned = [_turn(padded, *direction) for direction in directions]
         # Directions whose turned shapes agree go through the U-Net as one batch.
         features = [None] * len(turned)
         for shape in dict.fromkeys(t.shape for t in turned):
@@ -210,10 +212,4 @@ class BlindSpotNetwork(nn.Module):
         combined = features[0]
         for part in features[1:]:
             combined = _interleave(combined, part, self.groups)
-        y = self.head(self.hidden(combined))
-        y = y[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
-        if self.outputs == 1:
-            return y
-        y = y.unflatten(1, (-1, 2))
-        mu, scale = y[:, :, 0], y[:, :, 1]
-        return torch.cat([mu, _prior_scale(scale, mu.dtype)], dim=1)
+        return self._output(self.hidden(combined), x)

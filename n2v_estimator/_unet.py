@@ -359,7 +359,6 @@ class UNet(nn.Module):
             self.head.bias[1::2] = (tau + torch.log(-torch.expm1(-tau))).to(self.head.bias)  # softplus⁻¹
 
     def forward(self, x):
-        spatial = x.shape[2:]
         x_in = x
         x = _pad_to_multiple(x, 2**self.depth)
         skips = []
@@ -375,22 +374,35 @@ class UNet(nn.Module):
             if not (self.skip_skipone and level == 0):
                 x = _interleave(x, skip, self.groups)
             x = block(x)
-        x = self.head(x)
-        x = x[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
-        if self.outputs == 2:
-            x = x.unflatten(1, (-1, 2))
-            x, scale = x[:, :, 0], x[:, :, 1]
-        if self.residual:
-            x = x + x_in
-        if self.outputs == 2:
-            x = torch.cat([x, _prior_scale(scale, x.dtype)], dim=1)
-        return x
+        return self._output(x, x_in)
+
+    def _output(self, features, x):
+        """The network's output for its input ``x`` from its last ``features``
+        (padded), in the precision of the head's weights (float32) whatever
+        autocast computed the features in: the head, cropped to ``x``'s spatial
+        shape, plus ``x`` if ``residual``; with a noise model, the prior mean
+        and then its standard deviation (:func:`_prior_scale`)."""
+        # bfloat16's 8-bit mantissa would posterize the output to 2**8 levels per octave
+        # (camera came back with 2,400 distinct values, a uint32 image near 3e9 with 23-120):
+        # banding in a smooth gradient is a wrong intensity. One 1x1 convolution in float32
+        # costs little, and training takes its gradients as those of any output.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            y = self.head(features.to(self.head.weight.dtype))
+            y = y[(slice(None), slice(None)) + tuple(slice(0, s) for s in x.shape[2:])]
+            if self.outputs == 2:
+                y = y.unflatten(1, (-1, 2))
+                y, scale = y[:, :, 0], y[:, :, 1]
+            if self.residual:
+                y = y + x
+            if self.outputs == 2:
+                y = torch.cat([y, _prior_scale(scale)], dim=1)
+            return y
 
 
-def _prior_scale(scale, dtype):
+def _prior_scale(scale):
     """The prior standard deviation from the head's raw output ``scale``: softplus
-    (in float32) plus :data:`._noise.TAU_FLOOR`, what ``initialise_prior_scale`` inverts."""
-    return F.softplus(scale.float()).to(dtype) + TAU_FLOOR
+    plus :data:`._noise.TAU_FLOOR`, what ``initialise_prior_scale`` inverts."""
+    return F.softplus(scale) + TAU_FLOOR
 
 
 def _pad_to_multiple(x, multiple):
