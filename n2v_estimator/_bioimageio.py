@@ -18,11 +18,11 @@ optional extra, imported inside the functions only.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
 import os
-import shutil
 import tempfile
 import textwrap
 import warnings
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._atomic import remove, temporary_beside
 from ._normalize import denormalize, normalize
 from ._tiling import augmentations, border_width, mirror_index, predict_tiled, round_up
 from ._unet import (
@@ -222,7 +223,7 @@ def _documentation(estimator, name, description, halo, step, minimum):
         - Parameters that differ from the defaults: `{json.dumps(changed, default=str)}`.
         - Network: `{json.dumps(architecture_kwargs(estimator))}`.
         - Patches {"x".join(map(str, estimator.patch_shape_))}; {len(history)} epochs; last training loss
-          {last.get("loss", float("nan")):.4g}; best validation loss {"n/a" if best is None else f"{best:.4g}"}.
+          {last.get("train_loss", float("nan")):.4g}; best validation loss {"n/a" if best is None else f"{best:.4g}"}.
 
         ## Use
         - Fiji (deepImageJ), napari, ilastik or QuPath: open this zip as a BioImage Model Zoo model.
@@ -270,8 +271,9 @@ def export(estimator, path, test_image, *, name, description, authors, license="
     standalone.load_state_dict(model.state_dict())
     standalone.eval()
 
-    with tempfile.TemporaryDirectory(prefix=".n2v-bioimageio-", dir=path.parent) as work:
-        work = Path(work)
+    # The package's files are gathered in a locked temporary folder beside `path` (removed by the
+    # next export to `path` if this one is killed), and the zip written there is renamed into place.
+    with temporary_beside(path, folder=True) as work, _removed_after(work):
         np.save(work / "test_input.npy", test_input)
         np.save(work / "test_output.npy", test_output)
         (work / ARCHITECTURE_FILE).write_text(source)
@@ -346,20 +348,60 @@ def export(estimator, path, test_image, *, name, description, authors, license="
     return path
 
 
+@contextlib.contextmanager
+def _removed_after(folder):
+    try:
+        yield
+    finally:
+        remove(folder)
+
+
 # ------------------------------------------------------------------ import
+def _copy_bounded(source, sink, limit, what):
+    """Copy ``source`` to ``sink`` in pieces, refusing more than ``limit`` bytes.
+
+    zipfile already stops at a member's declared size; the count keeps the
+    bound here, whatever reads the member.
+    """
+    from ._persistence import ModelFileError
+
+    copied = 0
+    while chunk := source.read(2**20):
+        copied += len(chunk)
+        if copied > limit:
+            raise ModelFileError(f"{what} inflates past the {limit} bytes it declares: the zip is damaged or forged.")
+        sink.write(chunk)
+
+
+def _load_description(spec, path):
+    """``bioimageio.spec``'s description of the package, its failures as :class:`ModelFileError`."""
+    from ._persistence import ModelFileError
+
+    try:
+        return spec.load_description(str(path), perform_io_checks=True)  # checks every file's sha256
+    except ImportError:
+        raise
+    except Exception as exc:
+        raise ModelFileError(
+            f"{path} could not be read as a BioImage Model Zoo package by bioimageio.spec "
+            f"({type(exc).__name__}: {str(exc)[:300]})."
+        ) from exc
+
+
 def from_package(cls, path, device=None):
     """The work of :meth:`Noise2VoidDenoiser.from_bioimageio`."""
     from ._persistence import ModelFileError
+    from ._zipcheck import MAX_MODEL_BYTES, check_package
 
     path = Path(path)
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a BioImage Model Zoo package (a zip file holding rdf.yaml).")
     spec, v0_5 = _import_bioimageio()
-    with zipfile.ZipFile(path) as archive:
-        members = set(archive.namelist())
-        if "rdf.yaml" not in members and "bioimageio.yaml" not in members:
-            raise ModelFileError(f"{path} holds no rdf.yaml: it is not a BioImage Model Zoo package.")
-    descr = spec.load_description(str(path), perform_io_checks=True)  # checks every file's sha256
+    # A stranger's zip: bounded, and free of YAML that expands or builds objects, before bioimageio.spec reads it.
+    members = set(check_package(path, MODEL_FILE))
+    if "rdf.yaml" not in members and "bioimageio.yaml" not in members:
+        raise ModelFileError(f"{path} holds no rdf.yaml: it is not a BioImage Model Zoo package.")
+    descr = _load_description(spec, path)
     if not isinstance(descr, v0_5.ModelDescr):
         errors = [e.msg for d in descr.validation_summary.details for e in d.errors] or ["(no details)"]
         raise ModelFileError(
@@ -375,9 +417,15 @@ def from_package(cls, path, device=None):
             "model file), so it cannot be represented as a Noise2VoidDenoiser; run it with bioimageio.core instead."
         )
     with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory(prefix=".n2v-bioimageio-") as work:
+        info = archive.getinfo(model_file)
+        if info.file_size > MAX_MODEL_BYTES:  # the config may name a member other than MODEL_FILE
+            raise ModelFileError(
+                f"{path}: the model file {model_file!r} declares {info.file_size} bytes, more than the "
+                f"{MAX_MODEL_BYTES} of the largest network n2v-estimator reads."
+            )
         target = Path(work) / MODEL_FILE
-        with archive.open(model_file) as source, open(target, "wb") as sink:
-            shutil.copyfileobj(source, sink)  # in pieces: load() then checks it as any model file
+        with archive.open(info) as source, open(target, "wb") as sink:
+            _copy_bounded(source, sink, info.file_size, f"{path}: the model file {model_file!r}")
         return cls.load(target, device=device)
 
 
@@ -464,7 +512,11 @@ class BioImageIOMixin:
     def from_bioimageio(cls, path, *, device=None):
         """Read a BioImage Model Zoo package written by :meth:`export_bioimageio`.
 
-        The package is validated by ``bioimageio.spec`` (every file's checksum
+        The zip is first judged from its directory and its YAML without
+        extracting anything (:mod:`._zipcheck`: member count, paths, declared
+        sizes and compression ratios, no YAML anchors, aliases or non-core
+        tags), so a hostile package is refused in a fraction of a second;
+        then it is validated by ``bioimageio.spec`` (every file's checksum
         included), and the denoiser is read from the model file it carries,
         as :meth:`load` reads it: tensors and JSON only, nothing unpickled.
         Its ``transform`` is the exported denoiser's, bit for bit.
@@ -484,10 +536,11 @@ class BioImageIOMixin:
         Raises
         ------
         ModelFileError
-            For a file that is not a valid spec 0.5 model package, or a package
-            not exported by n2v-estimator (another architecture cannot be
-            represented: run it with ``bioimageio.core``).
+            For a file that is not a valid spec 0.5 model package, a zip
+            bomb, unsafe paths or YAML (see :func:`._zipcheck.check_package`),
+            or a package not exported by n2v-estimator (another architecture
+            cannot be represented: run it with ``bioimageio.core``).
         ImportError
-            Without ``bioimageio.spec``.
+            Without ``bioimageio.spec`` or PyYAML.
         """
         return from_package(cls, path, device)

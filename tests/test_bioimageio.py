@@ -1,7 +1,10 @@
 """BioImage Model Zoo export and import, judged by the zoo's own runtime (bioimageio.core)."""
 
+import io
 import json
 import socket
+import tempfile
+import time
 import zipfile
 
 import numpy as np
@@ -16,7 +19,7 @@ from bioimageio.spec import save_bioimageio_package  # noqa: E402
 from bioimageio.spec.model.v0_5 import TensorId  # noqa: E402
 
 from n2v_estimator import Noise2VoidDenoiser  # noqa: E402
-from n2v_estimator import _bioimageio  # noqa: E402
+from n2v_estimator import _bioimageio, _zipcheck  # noqa: E402
 from n2v_estimator._persistence import ModelFileError  # noqa: E402
 from n2v_estimator.cli import main  # noqa: E402
 
@@ -255,3 +258,171 @@ def test_the_package_config_names_the_version_that_wrote_it(fitted_2d, tmp_path)
     descr = load_description(str(exported(fitted_2d, IMAGE_2D, tmp_path / "model.zip")))
     ours = descr.config.model_extra[_bioimageio.CONFIG_KEY]
     assert json.loads(json.dumps(ours)) == {"version": __version__, "model_file": _bioimageio.MODEL_FILE}
+
+
+def test_the_readme_reports_the_last_training_loss(fitted_2d, tmp_path):
+    readme = zipfile.ZipFile(exported(fitted_2d, IMAGE_2D, tmp_path / "model.zip")).read("README.md").decode()
+    assert f"last training loss\n  {fitted_2d.history_[-1]['train_loss']:.4g};" in readme
+
+
+# ------------------------------------------------- packages from strangers
+# Each hostile package is crafted here, small; from_bioimageio must refuse it with
+# a ModelFileError naming the fault, in well under a second, writing nothing.
+SAFE_RDF = b"format_version: 0.5.4\ntype: model\nname: a stranger's package\n"
+
+
+@pytest.fixture
+def temporary_folder(tmp_path, monkeypatch):
+    """tempfile's folder for the test: a refused package leaves it empty."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def package_with(path, members, compression=zipfile.ZIP_DEFLATED):
+    """A zip at ``path`` holding ``members`` (name: bytes), and a harmless rdf.yaml unless among them."""
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, data in {"rdf.yaml": SAFE_RDF, **members}.items():
+            archive.writestr(zipfile.ZipInfo(name), data, compress_type=compression)
+    return path
+
+
+def declare(package, name, size):
+    """Rewrite the uncompressed size that ``package``'s central directory declares for ``name``."""
+    data = bytearray(package.read_bytes())
+    start = data.find(b"PK\x01\x02")
+    while start >= 0:
+        length = int.from_bytes(data[start + 28:start + 30], "little")
+        if data[start + 46:start + 46 + length] == name.encode():
+            data[start + 24:start + 28] = size.to_bytes(4, "little")
+            package.write_bytes(bytes(data))
+            return package
+        start = data.find(b"PK\x01\x02", start + 46)
+    raise AssertionError(f"{name} not in {package}")
+
+
+def assert_refused_quickly(package, match, temporary_folder):
+    start = time.perf_counter()
+    with pytest.raises(ModelFileError, match=match):
+        Noise2VoidDenoiser.from_bioimageio(package)
+    assert time.perf_counter() - start < 2.0
+    assert list(temporary_folder.iterdir()) == []
+
+
+def alias_bomb(levels):
+    """A 'billion laughs' rdf.yaml: ``10**levels`` strings from a few KB of aliases."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return (SAFE_RDF.decode() + "\n".join(lines) + "\n").encode()
+
+
+def test_an_alias_bomb_in_rdf_yaml_is_refused_before_it_expands(tmp_path, temporary_folder):
+    rdf = alias_bomb(9)  # 10**9 strings: minutes and GiBs for a YAML loader
+    assert len(rdf) < 4096
+    package = package_with(tmp_path / "bomb.zip", {"rdf.yaml": rdf})
+    assert_refused_quickly(package, r"bomb.zip: rdf.yaml uses the YAML anchor or alias 'a0'", temporary_folder)
+
+
+def test_an_alias_bomb_in_any_yaml_member_is_refused(tmp_path, temporary_folder):
+    # bioimageio.spec takes e.g. "a.rdf.yaml" before "rdf.yaml", and reads conda environment files.
+    package = package_with(tmp_path / "bomb.zip", {"a.rdf.yaml": alias_bomb(9)})
+    assert_refused_quickly(package, r"a\.rdf\.yaml uses the YAML anchor or alias", temporary_folder)
+
+
+@pytest.mark.parametrize("tag", ["!!python/object/apply:os.system", "!!python/name:os.system", "!custom"])
+def test_yaml_tags_that_construct_objects_are_refused(tmp_path, temporary_folder, tag):
+    marker = tmp_path / "ran"
+    rdf = SAFE_RDF + f'description: {tag} ["touch {marker}"]\n'.encode()
+    package = package_with(tmp_path / "tagged.zip", {"rdf.yaml": rdf})
+    assert_refused_quickly(package, r"rdf.yaml has the YAML tag '.*(python|custom).*' \(line 4\)", temporary_folder)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("url", ["https://example.org/weights.pt", "HTTP://example.org/huge.npy", "s3://bucket/x"])
+def test_files_a_package_would_download_are_refused(tmp_path, temporary_folder, url):
+    rdf = SAFE_RDF + f"weights:\n  pytorch_state_dict:\n    source: {url}\n".encode()
+    package = package_with(tmp_path / "remote.zip", {"rdf.yaml": rdf})
+    assert_refused_quickly(package, r"rdf.yaml names the remote file .* \(line 6\), which bioimageio.spec would download",
+                           temporary_folder)  # fmt: skip
+
+
+def test_deeply_nested_yaml_is_refused(tmp_path, temporary_folder):
+    rdf = SAFE_RDF + b"description: " + b"[" * 1000 + b"]" * 1000 + b"\n"
+    package = package_with(tmp_path / "nested.zip", {"rdf.yaml": rdf})
+    assert_refused_quickly(package, r"rdf.yaml is nested more than 32 levels deep", temporary_folder)
+
+
+def test_yaml_of_too_many_events_is_refused(tmp_path, temporary_folder):
+    rdf = SAFE_RDF + b"description: [" + b",".join([b"x"] * 20_000) + b"]\n"  # 40 KB: seconds for ruyaml
+    package = package_with(tmp_path / "dense.zip", {"rdf.yaml": rdf})
+    assert_refused_quickly(package, r"rdf.yaml has more than 10000 YAML events", temporary_folder)
+
+
+def test_an_rdf_yaml_over_one_mib_is_refused_unread(tmp_path, temporary_folder):
+    rdf = SAFE_RDF + b"# " + b" " * (4 * 2**20) + b"\n"  # deflates to a few KB
+    package = package_with(tmp_path / "large.zip", {"rdf.yaml": rdf})
+    assert package.stat().st_size < 2**16
+    assert_refused_quickly(package, rf"rdf.yaml' declares {len(rdf)} bytes .* more than the 1048576 read",
+                           temporary_folder)
+
+
+@pytest.mark.parametrize("name", [_bioimageio.MODEL_FILE, "test_input.npy"])
+def test_a_member_declaring_gigabytes_in_a_small_zip_is_refused_unread(tmp_path, temporary_folder, name):
+    package = declare(package_with(tmp_path / "bomb.zip", {name: bytes(2**20)}), name, 2**31)
+    assert_refused_quickly(package, rf"'{name}' declares 2147483648 bytes", temporary_folder)
+
+
+def test_a_member_that_inflates_over_a_hundred_times_is_refused(tmp_path, temporary_folder):
+    package = package_with(tmp_path / "bomb.zip", {"test_input.npy": bytes(16 * 2**20)})  # deflated ~1000x
+    assert_refused_quickly(package, r"'test_input.npy' declares 16777216 bytes compressed to \d+, more than 100 times",
+                           temporary_folder)
+
+
+def test_members_that_together_inflate_beyond_the_budget_are_refused(tmp_path, temporary_folder):
+    # Each 1 MiB member is too small to be judged by its ratio; 65 MiB from a ~100 KB zip is not.
+    members = {f"part{i}.bin": bytes(2**20) for i in range(65)}
+    package = package_with(tmp_path / "bomb.zip", members)
+    assert_refused_quickly(package, r"66 members declare 68157\d+ bytes uncompressed in all, but a zip of \d+ bytes",
+                           temporary_folder)
+
+
+def test_a_model_file_over_its_cap_is_refused_unread(tmp_path, temporary_folder, monkeypatch):
+    monkeypatch.setattr(_zipcheck, "MAX_MODEL_BYTES", 1000)
+    package = package_with(tmp_path / "big.zip", {_bioimageio.MODEL_FILE: RNG.bytes(2000)}, zipfile.ZIP_STORED)
+    assert_refused_quickly(package, r"the model file 'n2v_estimator_model.safetensors' declares 2000 bytes, "
+                                    r"more than the 1000", temporary_folder)
+
+
+def test_a_package_of_too_many_members_is_refused(tmp_path, temporary_folder):
+    package = package_with(tmp_path / "many.zip", {f"file{i}.txt": b"" for i in range(1000)})
+    assert_refused_quickly(package, r"many.zip holds 1001 files, more than the 256", temporary_folder)
+
+
+@pytest.mark.parametrize("name", ["/etc/cron.d/evil", "../evil.py", "weights/../../evil.py", "C:\\evil.py",
+                                  "..\\evil.py"])
+def test_members_with_paths_outside_the_package_are_refused(tmp_path, temporary_folder, name):
+    package = package_with(tmp_path / "escape.zip", {name: b"import os"})
+    assert_refused_quickly(package, r"has an absolute path or a '\.\.' component", temporary_folder)
+
+
+def test_a_member_named_twice_is_refused(tmp_path, temporary_folder):
+    package = package_with(tmp_path / "twice.zip", {})
+    with zipfile.ZipFile(package, "a") as archive, pytest.warns(UserWarning, match="Duplicate name"):
+        archive.writestr("rdf.yaml", SAFE_RDF)
+    assert_refused_quickly(package, r"the member 'rdf.yaml' is in the zip twice", temporary_folder)
+
+
+def test_errors_of_bioimageio_spec_become_model_file_errors(tmp_path, temporary_folder, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("the YAML library broke")
+
+    monkeypatch.setattr("bioimageio.spec.load_description", fail)
+    package = package_with(tmp_path / "safe.zip", {})
+    assert_refused_quickly(package, r"safe.zip could not be read .* by bioimageio.spec \(RuntimeError: the YAML",
+                           temporary_folder)
+
+
+def test_copying_the_model_file_stops_past_its_declared_size(tmp_path):
+    with open(tmp_path / "copy", "wb") as sink, pytest.raises(ModelFileError, match="inflates past the 10 bytes"):
+        _bioimageio._copy_bounded(io.BytesIO(bytes(11)), sink, 10, "the model file")
