@@ -24,8 +24,9 @@ from ._blindnet import every_pixel
 from ._compute import resolve_precision
 from ._devices import resolve_device
 from ._masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
+from ._memory import check_fit_memory
 from ._noise import PRIOR_SCALE_START, blind_spot_loss, estimate_noise, noise_kind
-from ._normalize import channel_stats, check_representable, normalize
+from ._normalize import channel_range, channel_stats, check_representable, normalize
 from ._ondemand import is_on_demand, on_demand_images, sample_blocks
 from ._patches import VALIDATION_MIN_SIDE, PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
 from ._progress import inside_model_selection
@@ -39,6 +40,15 @@ from ._unet import build_unet, check_batch_norm, network_description
 DEFAULT_EPOCHS = {2: 30, 3: 6}
 # Validation patches per batch of training patches; drawn once per fit.
 _VALIDATION_BATCHES = 4
+# Adam changes every weight by about the learning rate each step, whatever the
+# gradients' scale (its update is the rate times m/sqrt(v), about 1 in size), and
+# the U-Net's weights start within +-1/sqrt(fan_in) (at most 0.58, for a 1x1
+# convolution of 3 inputs): a rate above 1 moves every weight by more than its
+# whole initial range in one step, which no schedule recovers from. Below the
+# smallest normal float32 the rate is zero or subnormal in the weights' float32
+# arithmetic and nothing trains.
+MAX_LEARNING_RATE = 1.0
+MIN_LEARNING_RATE = float(np.finfo(np.float32).tiny)
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class Previous:
     mean: np.ndarray
     std: np.ndarray
     n_epochs: int
+    data_range: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,10 @@ class FitPlan:
         sigma is known).
     learn_noise : bool
         Whether training fits the noise parameters (not for a known sigma).
+    data_range : (ndarray, ndarray) or None
+        Per-channel minimum and maximum of the training data (input units; of
+        the sample read, for data read on demand), with the previous fit's
+        under ``warm_start``: ``transform`` warns about data far outside it.
     """
 
     network: dict
@@ -108,6 +123,7 @@ class FitPlan:
     learning_rate: float
     noise: dict | None = None
     learn_noise: bool = True
+    data_range: tuple | None = None
 
     @property
     def continuing(self):
@@ -193,6 +209,7 @@ def make_plan(params, X, previous=None):
     ValueError, TypeError
         For input or settings that cannot be trained, before any work is done.
     """
+    _check_learning_rate(params["learning_rate"])
     data = _training_data(X, params["axes"], params["image_shape"])
     ndim = spatial_ndim(data.axes)
     device = resolve_device(params["device"])
@@ -224,17 +241,17 @@ def make_plan(params, X, previous=None):
             "warm_start=True needs the same network and data layout as the previous fit: "
             f"was {previous.network}, now {network}."
         )
+    requested = requested_patch_shape(params["patch_size"], ndim)
     # A blind-spot network masks nothing: every pixel of a patch is a training target.
     masker = every_pixel if blind else BlindSpotMasker(
         ndim,
         params["masked_pixel_percentage"],
         manipulator,
         params["neighborhood_radius"],
-        resolve_struct_mask(params["struct_mask"], ndim),
+        resolve_struct_mask(params["struct_mask"], ndim, requested),
     )
     # transform takes the tile settings as they are then; refuse impossible ones now.
     tile_geometry(params["tile_size"], params["tile_overlap"], ndim, *network_reach(network))
-    requested = requested_patch_shape(params["patch_size"], ndim)
 
     if previous is not None:
         mean, std = previous.mean, previous.std
@@ -242,6 +259,9 @@ def make_plan(params, X, previous=None):
             check_representable(part, mean, std)  # statistics of this data always can
     else:
         mean, std = channel_stats(data.pixels)
+    low, high = channel_range(data.pixels)
+    if previous is not None and previous.data_range is not None:
+        low, high = np.minimum(low, previous.data_range[0]), np.maximum(high, previous.data_range[1])
     train_images, validation_images = data.split(mean, std, params["validation_fraction"])
     if params["validation_fraction"] > 0 and not validation_images:
         _warn_no_validation(params["validation_fraction"], train_images)
@@ -250,6 +270,7 @@ def make_plan(params, X, previous=None):
     train_images = _holding_patches(train_images, requested)
     patch_shape = fit_patch_shape(requested, [im.shape[1:] for im in train_images])
     _check_patch_fits_network(patch_shape, requested, data.axes, data.one_2d_array, network["depth"])
+    _check_kernel_fits_patch(network["kernel_size"], patch_shape, requested)
     masker.check_patch(patch_shape)
     check_batch_norm(network, params["batch_size"], patch_shape)
     validation_shape = None
@@ -257,6 +278,17 @@ def make_plan(params, X, previous=None):
         # Validation patches only need to fit the held-out part (a thin strip of a single image).
         validation_shape = fit_patch_shape(patch_shape, [im.shape[1:] for im in validation_images])
         masker.check_patch(validation_shape)
+    check_fit_memory(
+        network,
+        params["batch_size"],
+        patch_shape,
+        device,
+        precision=precision,
+        validation_shape=validation_shape,
+        validation_batches=_VALIDATION_BATCHES,
+        masked_pixel_percentage=0.0 if blind else params["masked_pixel_percentage"],
+        offsets_per_spot=0 if blind else len(masker.offsets) + len(masker.struct_offsets),
+    )
     noise, known = None, params["noise_model"]
     if kind is not None and kind != known:
         noise = {"sigma": np.full(len(mean), float(known))}
@@ -287,6 +319,7 @@ def make_plan(params, X, previous=None):
         learning_rate=float(params["learning_rate"]),
         noise=noise,
         learn_noise=isinstance(params["noise_model"], str),
+        data_range=(low, high),
     )
 
 
@@ -383,6 +416,35 @@ def _warn_rows_as_folds(shape):
         "stack of images (axes='SYX': folds split along S) or flattened images with image_shape.",
         UserWarning,
         stacklevel=4,
+    )
+
+
+def _check_learning_rate(learning_rate):
+    """Refuse a learning rate that cannot train (see :data:`MAX_LEARNING_RATE`)."""
+    if not MIN_LEARNING_RATE <= learning_rate <= MAX_LEARNING_RATE:  # also refuses inf and nan
+        raise ValueError(
+            f"learning_rate={learning_rate!r} cannot train: Adam changes every weight by about the learning "
+            f"rate each step, so it must lie between {MIN_LEARNING_RATE:.3g} (the smallest normal float32) "
+            f"and {MAX_LEARNING_RATE:g}; 1e-4 to 1e-2 train well (default 1e-3)."
+        )
+
+
+def _check_kernel_fits_patch(kernel_size, patch_shape, requested):
+    """Refuse a kernel with weights that no pixel of a training patch ever reaches.
+
+    A convolution's weight ``j`` pixels from the kernel's centre sees the patch
+    only from outputs within ``side - j`` of it, none once ``j >= side``: it sees
+    only the zero padding, gets no gradient and keeps its random initial value,
+    which ``transform`` would then apply to real pixels (its tiles are larger).
+    """
+    largest = 2 * min(patch_shape) - 1
+    if kernel_size <= largest:
+        return
+    shrunk = "" if tuple(patch_shape) == tuple(requested) else f" (patch_size={tuple(requested)}, shrunk to the images)"
+    raise ValueError(
+        f"kernel_size={kernel_size} is larger than the training patches {tuple(patch_shape)}{shrunk} can train: "
+        f"its weights {min(patch_shape)} or more pixels from the centre never see a pixel of a patch, and would "
+        f"stay random; use kernel_size <= {largest} or a larger patch_size."
     )
 
 

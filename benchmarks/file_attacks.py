@@ -1,0 +1,145 @@
+"""Crafted image files, zarr stores and zoo packages against the command line and the API.
+
+Each case runs in a fresh process: the package and torch are imported first (the
+baseline), then the call; the script prints the outcome (exit status or exception
+and the first words of its message), the seconds and the memory the call added
+(peak resident set size over the baseline), as issue "Files from strangers" asks:
+every case refused or handled in under 2 seconds and 200 MB.
+
+    python benchmarks/file_attacks.py [--zarr2-python PATH]
+
+``--zarr2-python``: a Python with zarr 2 and numcodecs < 0.14 (where the pickle codec
+still unpickles), for the zarr-2 code-execution cases; ``.ci/run`` shows how to make one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+MODEL_SNIPPET = """
+import numpy as np
+from n2v_estimator import Noise2VoidDenoiser
+image = np.random.default_rng(0).normal(100, 10, (64, 64)).astype(np.float32)
+Noise2VoidDenoiser(max_epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32, n_filters=4, depth=1,
+                   verbose=False).fit(image).save({path!r})
+"""
+
+RUNNER = """
+import json, resource, sys, time
+import numpy as np, torch
+import n2v_estimator, n2v_estimator.cli
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+try:
+{body}
+    outcome = "ok" if result in (None, 0) else f"exit {{result}}"
+except Exception as exc:
+    outcome = f"{{type(exc).__name__}}: {{' '.join(str(exc).split())[:110]}}"
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"outcome": outcome, "seconds": seconds, "added_mb": (peak - baseline) / 1024}}))
+"""
+
+
+def _zarr_v2(path, shape, chunks, dtype="<f4", compressor=None, filters=None):
+    os.makedirs(path)
+    meta = {"zarr_format": 2, "shape": list(shape), "chunks": list(chunks), "dtype": dtype, "compressor": compressor,
+            "fill_value": 0, "order": "C", "filters": filters}  # fmt: skip
+    Path(path, ".zarray").write_text(json.dumps(meta))
+    return path
+
+
+def make_cases(folder, model):
+    """(name, python body run in the subprocess) for every crafted input."""
+    import tifffile
+
+    folder = Path(folder)
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint8" SizeX="64" SizeY="64" '
+           'SizeZ="200000000" SizeC="1" SizeT="1"><TiffData/></Pixels></Image></OME>')  # fmt: skip
+    tifffile.imwrite(folder / "ome_sizez.ome.tif", np.zeros((64, 64), np.uint8), description=xml, metadata=None)
+    tifffile.imwrite(folder / "deflated.tif", np.zeros((64, 64), np.float32), compression="zlib")
+    raw = bytearray((folder / "deflated.tif").read_bytes())
+    with tifffile.TiffFile(folder / "deflated.tif") as tif:
+        tags = tif.pages.first.tags
+        places = [(tags[n].valueoffset, tags[n].dtype) for n in ("ImageWidth", "ImageLength", "RowsPerStrip")]
+    for offset, kind in places:
+        size = 2 if kind == 3 else 4
+        raw[offset : offset + size] = (65535).to_bytes(size, "little")
+    (folder / "deflated.tif").write_bytes(bytes(raw))
+    _zarr_v2(folder / "huge.zarr", (10**9, 10**9), (1024, 1024))
+    _zarr_v2(folder / "tiny_chunks.zarr", (10**6, 10**6), (1, 1))
+    np.lib.format.open_memmap(folder / "sparse.npy", "w+", np.float32, (20000, 20000))
+    cases = []
+    for name in ("ome_sizez.ome.tif", "deflated.tif", "huge.zarr", "tiny_chunks.zarr", "sparse.npy"):
+        path = str(folder / name)
+        cases.append((f"transform {name}", f"result = n2v_estimator.cli.main(['transform', '--model', {str(model)!r}, "
+                      f"{path!r}, '--output', {str(folder / 'out.tif')!r}, '--quiet'])"))
+        cases.append((f"fit {name}", f"result = n2v_estimator.cli.main(['fit', {path!r}, '--model', "
+                      f"{str(folder / 'new.safetensors')!r}, '--quiet', '--max-epochs', '1'])"))
+    cases.append(("export --test-image huge.zarr", f"result = n2v_estimator.cli.main(['export', '--model', "
+                  f"{str(model)!r}, '--test-image', {str(folder / 'huge.zarr')!r}, '--output', "
+                  f"{str(folder / 'p.zip')!r}, '--name', 'attack', '--description', 'x', '--author', 'x'])"))
+    params = {"learning_rate=1e300": "learning_rate=1e300", "batch_size=2**63": "batch_size=2**63",
+              "batch_size=10**9": "batch_size=10**9", "kernel_size=100001": "kernel_size=100001",
+              "n_filters=10**6": "n_filters=10**6", "struct_mask 3001x3001": "struct_mask=np.ones((3001, 3001))"}
+    for name, setting in params.items():
+        cases.append((f"fit({name})", "result = n2v_estimator.Noise2VoidDenoiser(max_epochs=1, verbose=False, "
+                      f"{setting}).fit(np.random.default_rng(0).normal(size=(64, 64)))"))
+    return cases
+
+
+def run(python, body, timeout=120):
+    script = RUNNER.format(body=textwrap.indent(body, "    "))
+    try:
+        done = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"outcome": f"still running after {timeout} s", "seconds": float(timeout), "added_mb": float("nan")}
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        return {"outcome": f"crashed: {done.stderr.strip().splitlines()[-1:]}", "seconds": float("nan"),
+                "added_mb": float("nan")}  # fmt: skip
+    return json.loads(lines[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zarr2-python", help="a python with zarr 2 and numcodecs < 0.14")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        model = Path(folder) / "model.safetensors"
+        subprocess.run([sys.executable, "-c", MODEL_SNIPPET.format(path=str(model))], check=True)
+        cases = make_cases(folder, model)
+        if args.zarr2_python:
+            import pickle
+
+            marker = Path(folder) / "PAYLOAD_RAN"
+
+            class Payload:
+                def __reduce__(self):
+                    return (open, (str(marker), "w"))
+
+            store = _zarr_v2(Path(folder) / "pickle.zarr", (64, 64), (64, 64), compressor={"id": "pickle"})
+            (store / "0.0").write_bytes(pickle.dumps(Payload()))
+            cases.append(("zarr 2: transform pickle.zarr", f"result = n2v_estimator.cli.main(['transform', '--model', "
+                          f"{str(model)!r}, {str(store)!r}, '--output', {str(Path(folder) / 'p.tif')!r}])"))
+        print(f"{'case':<40} {'seconds':>8} {'added MB':>9}  outcome")
+        for name, body in cases:
+            python = args.zarr2_python if name.startswith("zarr 2") else sys.executable
+            result = run(python, body)
+            print(f"{name:<40} {result['seconds']:8.2f} {result['added_mb']:9.0f}  {result['outcome']}")
+        if args.zarr2_python:
+            print(f"payload ran: {marker.exists()}")
+
+
+if __name__ == "__main__":
+    main()
