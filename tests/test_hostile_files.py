@@ -529,3 +529,16 @@ def test_the_training_range_survives_save_and_load_and_older_files_have_none(tmp
     del fitted.data_min_, fitted.data_max_  # as a model of an earlier version
     fitted.save(tmp_path / "old.safetensors")
     assert not hasattr(Noise2VoidDenoiser.load(tmp_path / "old.safetensors"), "data_min_")
+
+
+def test_export_reads_only_the_crop_of_the_test_image_it_keeps(tmp_path, model_file, monkeypatch):
+    from n2v_estimator import Noise2VoidDenoiser
+
+    image = tmp_path / "large.tif"
+    tifffile.imwrite(image, np.zeros((4096, 4096), np.float32))
+    given = {}
+    monkeypatch.setattr(Noise2VoidDenoiser, "export_bioimageio", lambda self, path, test_image, **kw: given.update(
+        shape=np.shape(test_image), kind=type(test_image)) or path)  # fmt: skip
+    assert main(["export", "--model", str(model_file), "--test-image", str(image), "--output", str(tmp_path / "p.zip"),
+                 "--name", "cropped", "--description", "x", "--author", "x"]) == 0  # fmt: skip
+    assert given == {"shape": (512, 512), "kind": np.ndarray}
