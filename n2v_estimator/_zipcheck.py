@@ -215,7 +215,7 @@ def check_yaml(text, path, name):
                     "download (of any size) to check it; a package made by n2v-estimator holds all of its files."
                 )
     except yaml.YAMLError as exc:
-        raise ModelFileError(f"{where} is not valid YAML: {str(exc)[:300]}") from exc
+        raise ModelFileError(f"{where} is not valid YAML: {' '.join(str(exc).split())[:300]}") from exc
 
 
 def check_package(path, model_file):

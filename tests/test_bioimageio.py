@@ -350,7 +350,9 @@ def test_files_a_package_would_download_are_refused(tmp_path, temporary_folder, 
 def test_deeply_nested_yaml_is_refused(tmp_path, temporary_folder):
     rdf = SAFE_RDF + b"description: " + b"[" * 1000 + b"]" * 1000 + b"\n"
     package = package_with(tmp_path / "nested.zip", {"rdf.yaml": rdf})
-    assert_refused_quickly(package, r"rdf.yaml is nested more than 32 levels deep", temporary_folder)
+    # Our count, or libyaml's own nesting limit (PyYAML with its C parser stops at 1000 levels first).
+    assert_refused_quickly(package, r"rdf.yaml (is nested more than 32 levels deep|.*exceeded maximum nesting depth)",
+                           temporary_folder)  # fmt: skip
 
 
 def test_yaml_of_too_many_events_is_refused(tmp_path, temporary_folder):
