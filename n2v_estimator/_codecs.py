@@ -159,7 +159,7 @@ def check_source(X, name="X"):
     :func:`check_zarr_array` refuses; anything else passes unchanged."""
     if is_zarr_array(X):
         check_zarr_array(X, name)
-    elif type(X).__module__.split(".")[0] == "dask" and hasattr(X, "__dask_graph__"):
+    elif callable(getattr(X, "__dask_graph__", None)):  # any dask collection (dask's own protocol)
         for array in zarr_arrays_in(X):
             check_zarr_array(array, name)
     return X

@@ -27,8 +27,8 @@ import numpy as np
 from ._atomic import replace, temporary_beside
 from ._axes import resolve_axes
 from ._budget import DeclaredSizeError, check_declared, check_in_memory, ome_declared
-from ._lazy import is_dask_array
 from ._codecs import UnsafeZarrError, check_zarr_array
+from ._lazy import is_dask_array
 
 # With lazy=True, TIFF and .npy files larger than this come back as dask arrays (zarr stores always do).
 LAZY_BYTES = 512 * 2**20
@@ -364,10 +364,15 @@ class _MappedFile:
 
 def _from_array(memmap, axes):
     """A dask array over a memory-mapped file: nothing is read until it is computed."""
+    return _dask_reading(_MappedFile(memmap), lazy_chunks(memmap.shape, axes))
+
+
+def _dask_reading(reader, chunks):
+    """A dask array whose chunks ``reader`` reads when they are computed (under a name of
+    its own: two reads of one file are two arrays, as the file may change between them)."""
     da = _require("dask.array", "dask", "Reading large images lazily")
-    chunks = lazy_chunks(memmap.shape, axes)
-    meta = np.empty((0,) * memmap.ndim, memmap.dtype)
-    return da.from_array(_MappedFile(memmap), chunks=chunks, name=f"n2v-read-{secrets.token_hex(8)}", meta=meta)
+    meta = np.empty((0,) * reader.ndim, reader.dtype)
+    return da.from_array(reader, chunks=chunks, name=f"n2v-read-{secrets.token_hex(8)}", meta=meta)
 
 
 class _ChunkReader:
@@ -405,10 +410,7 @@ def _region(key, shape):
 
 def _from_zarr(array, axes, source):
     """A dask array over a zarr array (a store, or tifffile's view of a TIFF), nothing read."""
-    da = _require("dask.array", "dask", "Reading zarr stores lazily")
-    chunks = lazy_chunks(array.shape, axes, array.chunks)
-    meta = np.empty((0,) * len(array.shape), array.dtype)
-    return da.from_array(_ChunkReader(array, source), chunks=chunks, name=f"n2v-read-{secrets.token_hex(8)}", meta=meta)
+    return _dask_reading(_ChunkReader(array, source), lazy_chunks(array.shape, axes, array.chunks))
 
 
 # ---------------------------------------------------------------- writing

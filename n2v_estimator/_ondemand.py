@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from ._axes import _CANONICAL, check_image_array, resolve_axes, to_canonical
+from ._codecs import check_source, is_zarr_array
+from ._lazy import is_dask_array
 from ._normalize import normalize
-from ._codecs import check_source
 
 # Pixels per channel of the sample the statistics and the noise estimate are taken from.
 SAMPLE_PIXELS = 2**22
@@ -27,7 +28,7 @@ SAMPLE_BLOCK = {2: (128, 128), 3: (16, 64, 64)}
 def is_on_demand(X):
     """Whether ``X`` is read on demand rather than converted to numpy: a zarr or
     dask array (checked without importing either)."""
-    return type(X).__module__.split(".")[0] in ("zarr", "dask") and hasattr(X, "shape") and hasattr(X, "dtype")
+    return is_zarr_array(X) or is_dask_array(X)
 
 
 class OnDemandImage:

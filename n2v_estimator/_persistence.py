@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from sklearn.utils._param_validation import InvalidParameterError
 
-from ._atomic import lock, remove_stale, temporary_name
+from ._atomic import temporary_beside
 from ._unet import build_unet, check_description, expected_state
 
 FORMAT_NAME = "n2v_estimator"
@@ -101,30 +101,17 @@ def write_model(path, tensors, document):
             f"The model's description is over {MAX_HEADER_BYTES} bytes (a history of tens of thousands "
             "of epochs?), more than load reads; shorten history_ before saving."
         )
-    remove_stale(path)
-    tmp = temporary_name(path)
     try:
-        # Created with mode 0o666, so that the kernel applies the umask and tells us the
-        # usual mode, without changing the process umask (racy under threads).
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        # A locked temporary beside `path` (the next save removes a killed writer's), renamed into place.
+        with temporary_beside(path) as tmp, open(tmp, "wb") as file:
+            mode = stat.S_IMODE((path if path.exists() else tmp).stat().st_mode)
+            _write_all(file.fileno(), data)
+            # On disk before the rename, so a power cut cannot leave an empty file at ``path``.
+            os.fsync(file.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
     except OSError as exc:
-        raise OSError(exc.errno, f"Cannot save the model to {path}: {exc.strerror}") from exc
-    try:
-        lock(fd)  # while written: the next save tells a killed writer's temporary by its missing lock
-        mode = stat.S_IMODE((path.stat() if path.exists() else os.fstat(fd)).st_mode)
-        _write_all(fd, data)
-        # On disk before the rename, so a power cut cannot leave an empty file at ``path``.
-        os.fsync(fd)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(exc, OSError):
-            raise OSError(exc.errno, f"Cannot save the model to {path}: {exc.strerror or exc}") from exc
-        raise
-    finally:
-        os.close(fd)
+        raise OSError(exc.errno, f"Cannot save the model to {path}: {exc.strerror or exc}") from exc
 
 
 # A JSON string, or an unterminated one running to the end; possessive, so that no

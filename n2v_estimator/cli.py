@@ -427,10 +427,11 @@ def _transform(args):
             array = rechunk_for_axes(array, axes)
         denoiser.set_params(axes=named)
         result = denoiser.transform(array)
-        check_free_space(output, declared_bytes(result.shape, result.dtype))
+        size = declared_bytes(result.shape, result.dtype)
+        check_free_space(output, size)
         if is_dask_array(result) and not args.quiet:
             _say(f"{path}: denoising {tuple(result.shape)} pixels chunk by chunk into {output} "
-                 f"({result.dtype}, {declared_bytes(result.shape, result.dtype) / 2**20:,.0f} MiB).")  # fmt: skip
+                 f"({result.dtype}, {size / 2**20:,.0f} MiB).")  # fmt: skip
         with _dask_scheduler(is_dask_array(result), progress=not args.quiet):
             write_image(output, result, axes, metadata)
         if not args.quiet:

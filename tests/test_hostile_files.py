@@ -39,6 +39,13 @@ def model_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def noisy_tif(tmp_path):
+    """A noisy TIFF in the test's folder."""
+    tifffile.imwrite(tmp_path / "noisy.tif", IMAGE)
+    return tmp_path / "noisy.tif"
+
+
 def snapshot(folder):
     """Every file under ``folder`` with its size and modification time."""
     found = {}
@@ -213,19 +220,15 @@ def test_with_zarr_2_a_pickled_chunk_never_runs(tmp_path, model_file):
 
 
 # --------------------------------------------------- outputs and inputs
-def test_fit_refuses_a_model_path_that_is_its_input(tmp_path, capsys):
-    image = tmp_path / "noisy.tif"
-    tifffile.imwrite(image, IMAGE)
-    before = image.read_bytes()
-    assert main(["fit", str(image), "--model", str(image), *CLI_FIT]) == 2
-    assert "--model" in capsys.readouterr().err and image.read_bytes() == before
+def test_fit_refuses_a_model_path_that_is_its_input(tmp_path, capsys, noisy_tif):
+    before = noisy_tif.read_bytes()
+    assert main(["fit", str(noisy_tif), "--model", str(noisy_tif), *CLI_FIT]) == 2
+    assert "--model" in capsys.readouterr().err and noisy_tif.read_bytes() == before
 
 
-def test_fit_refuses_a_model_path_that_is_a_hard_link_to_or_inside_its_input(tmp_path, capsys):
-    image = tmp_path / "noisy.tif"
-    tifffile.imwrite(image, IMAGE)
-    os.link(image, tmp_path / "alias.safetensors")
-    assert main(["fit", str(image), "--model", str(tmp_path / "alias.safetensors"), *CLI_FIT]) == 2
+def test_fit_refuses_a_model_path_that_is_a_hard_link_to_or_inside_its_input(tmp_path, capsys, noisy_tif):
+    os.link(noisy_tif, tmp_path / "alias.safetensors")
+    assert main(["fit", str(noisy_tif), "--model", str(tmp_path / "alias.safetensors"), *CLI_FIT]) == 2
     store = zarr.open(str(tmp_path / "s.zarr"), mode="w", shape=(64, 64), chunks=(32, 32), dtype="f4")
     store[...] = IMAGE
     before = snapshot(tmp_path)
@@ -234,19 +237,16 @@ def test_fit_refuses_a_model_path_that_is_a_hard_link_to_or_inside_its_input(tmp
     assert capsys.readouterr().err.count("error: --model") == 2
 
 
-def test_fit_refuses_to_replace_a_file_that_is_not_a_model(tmp_path, capsys):
-    image, other = tmp_path / "noisy.tif", tmp_path / "other.tif"
-    tifffile.imwrite(image, IMAGE)
+def test_fit_refuses_to_replace_a_file_that_is_not_a_model(tmp_path, capsys, noisy_tif):
+    other = tmp_path / "other.tif"
     tifffile.imwrite(other, IMAGE)
     before = other.read_bytes()
-    assert main(["fit", str(image), "--model", str(other), *CLI_FIT]) == 2
+    assert main(["fit", str(noisy_tif), "--model", str(other), *CLI_FIT]) == 2
     assert "not an n2v-estimator model file" in capsys.readouterr().err and other.read_bytes() == before
 
 
-def test_fit_refuses_a_model_path_naming_a_folder(tmp_path, capsys):
-    image = tmp_path / "noisy.tif"
-    tifffile.imwrite(image, IMAGE)
-    assert main(["fit", str(image), "--model", f"{tmp_path / 'out'}/", *CLI_FIT]) == 2
+def test_fit_refuses_a_model_path_naming_a_folder(tmp_path, capsys, noisy_tif):
+    assert main(["fit", str(noisy_tif), "--model", f"{tmp_path / 'out'}/", *CLI_FIT]) == 2
     assert "names a folder" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
@@ -369,11 +369,10 @@ def test_real_images_pass_the_size_check(tmp_path):
     assert np.array_equal(read_image(tmp_path / "noisy.zarr", lazy=True)[0].compute(), noisy)
 
 
-def test_transform_refuses_an_output_larger_than_the_free_disk_space(tmp_path, model_file, capsys, monkeypatch):
-    image = tmp_path / "noisy.tif"
-    tifffile.imwrite(image, IMAGE)
+def test_transform_refuses_an_output_larger_than_the_free_disk_space(tmp_path, model_file, capsys, monkeypatch,
+                                                                    noisy_tif):
     monkeypatch.setattr("shutil.disk_usage", lambda path: SimpleNamespace(free=1000))
-    assert main(["transform", "--model", str(model_file), str(image), "--output", str(tmp_path / "o.tif")]) == 2
+    assert main(["transform", "--model", str(model_file), str(noisy_tif), "--output", str(tmp_path / "o.tif")]) == 2
     assert "needs 16.0 KiB, and its file system has 1000 bytes free" in capsys.readouterr().err
     assert not (tmp_path / "o.tif").exists()
 
@@ -461,17 +460,14 @@ def test_a_corrupt_zarr_chunk_is_one_line_naming_the_store(tmp_path, model_file,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zarr"]
 
 
-def test_running_out_of_memory_is_one_line(tmp_path, model_file, capsys, monkeypatch):
+def test_running_out_of_memory_is_one_line(tmp_path, model_file, capsys, monkeypatch, noisy_tif):
     from n2v_estimator import Noise2VoidDenoiser
-
-    image = tmp_path / "noisy.tif"
-    tifffile.imwrite(image, IMAGE)
 
     def exhausted(self, X, return_std=False):
         raise MemoryError("Unable to allocate 16.0 GiB")
 
     monkeypatch.setattr(Noise2VoidDenoiser, "transform", exhausted)
-    assert main(["transform", "--model", str(model_file), str(image), "--output", str(tmp_path / "o.tif")]) == 2
+    assert main(["transform", "--model", str(model_file), str(noisy_tif), "--output", str(tmp_path / "o.tif")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "out of memory (Unable to allocate 16.0 GiB)" in err
 
