@@ -280,6 +280,8 @@ def estimator_document(params, attributes, package_version):
         fitted["n_features_in"] = attributes["n_features_in_"]
     if "data_min_" in attributes:
         fitted["data_range"] = [attributes["data_min_"], attributes["data_max_"]]
+    if "calibration_" in attributes:
+        fitted["calibration"] = attributes["calibration_"]
     return {"package_version": package_version, "params": params, "fitted": fitted}
 
 
@@ -294,7 +296,8 @@ def decode_document(document, param_names, source):
         ``network`` (the description, unchecked), ``mean`` and ``std``
         (float64 arrays of ``n_channels``), ``patch_shape`` (tuple),
         ``history`` (list), ``n_features`` (``n_features_in_``: int or None) and
-        ``data_range`` (the training data's per-channel minimum and maximum, or None).
+        ``data_range`` (the training data's per-channel minimum and maximum, or None)
+        and ``calibration`` (a probabilistic model's, or None).
 
     Raises
     ------
@@ -338,6 +341,7 @@ def decode_document(document, param_names, source):
             "history": history,
             "n_features": int(saved["n_features_in"]) if "n_features_in" in saved else None,
             "data_range": _data_range(saved.get("data_range"), n_channels, source),
+            "calibration": _calibration(saved.get("calibration"), n_channels, source),
         }
         if (n_channels, spatial_ndim) != (
             saved["network"].get("in_channels"),
@@ -359,6 +363,22 @@ def _data_range(saved, n_channels, source):
     if not (np.isfinite(low).all() and np.isfinite(high).all() and (low <= high).all()):
         raise ModelFileError(f"{source}: the training data's range {low.tolist()[:8]} to {high.tolist()[:8]} is not finite.")
     return low, high
+
+
+def _calibration(saved, n_channels, source):
+    """A probabilistic model's calibration record (:mod:`._calibration`), checked
+    to hold only numbers per channel and bin; ``None`` for files without one."""
+    if saved is None:
+        return None
+    number = (int, float, type(None))
+    ok = isinstance(saved, dict) and isinstance(saved.get("patches"), str) and all(
+        isinstance(rows, list) and len(rows) == n_channels
+        and all(isinstance(row, list) and len(row) <= 64 and all(type(v) in number for v in row) for row in rows)
+        for key, rows in saved.items() if key != "patches"
+    )  # fmt: skip
+    if not ok:
+        raise ModelFileError(f"{source}: the calibration record is not lists of numbers per channel.")
+    return saved
 
 
 def load_estimator(cls, path, device=None):

@@ -21,6 +21,7 @@ from sklearn.utils import check_random_state
 
 from ._axes import check_same_layout, is_image_list, read_image_list, read_images, spatial_ndim
 from ._blindnet import every_pixel
+from ._calibration import blind_spot_calibration, warn_if_uncalibrated
 from ._compute import resolve_precision
 from ._devices import resolve_device
 from ._masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
@@ -32,7 +33,7 @@ from ._patches import VALIDATION_MIN_SIDE, PatchSampler, fit_patch_shape, reques
 from ._progress import inside_model_selection
 from ._tiling import network_reach, tile_geometry
 from ._training import make_validation_set, train
-from ._unet import build_unet, check_batch_norm, network_description
+from ._unet import build_unet, check_batch_norm, network_description, resolve_blind_spot
 
 # Default budget (x 50 steps per epoch): 1500 steps in 2D; in 3D the default
 # 16x32x32 patches hold 4 times the blind spots of 64x64 ones and a step costs about
@@ -170,7 +171,22 @@ class FitPlan:
             verbose=verbose,
             **self._objective(model),
         )
+        if model.noise is not None and result.history and not (result.interrupted or result.error):
+            result.calibration = self._calibrate(model, validation)
         return model, result
+
+    def _calibrate(self, model, validation):
+        """The kept weights' :func:`._calibration.blind_spot_calibration` on the validation
+        patches (else on patches of the training images), with a warning when it is off."""
+        patches = "validation" if validation else "training"
+        if not validation:
+            sampler = PatchSampler(self.train_images, self.patch_shape, augment=False, device=self.device)
+            validation = make_validation_set(sampler, self.masker, _VALIDATION_BATCHES * self.batch_size,
+                                             self.batch_size, self.device, seed=self.seeds[2] + 2)  # fmt: skip
+        calibration = blind_spot_calibration(model, validation, self.mean, self.std, self.precision)
+        where = "the validation patches" if patches == "validation" else "training patches (no validation set)"
+        warn_if_uncalibrated(calibration, self.network["noise_model"], self.network["blind_spot"], where)
+        return {"patches": patches, **calibration}
 
     @staticmethod
     def _objective(model):
@@ -215,7 +231,7 @@ def make_plan(params, X, previous=None):
     device = resolve_device(params["device"])
     precision = resolve_precision(params["precision"], device, ndim)
     kind = noise_kind(params["noise_model"])
-    blind = params["blind_spot"] == "network"
+    blind = resolve_blind_spot(params["blind_spot"], kind) == "network"
     if kind is not None and params["struct_mask"] is not None:
         raise ValueError(
             f"noise_model={params['noise_model']!r} assumes noise independent from pixel to pixel, and "

@@ -35,12 +35,16 @@ class TrainingResult:
         Training was stopped by ``KeyboardInterrupt``.
     error : NonFiniteLossError or None
         Training stopped because the loss or the weights became non-finite.
+    calibration : dict or None
+        A probabilistic model's :func:`._calibration.blind_spot_calibration`
+        of the kept weights (set by the plan after training).
     """
 
     state: dict
     history: list = field(default_factory=list)
     interrupted: bool = False
     error: NonFiniteLossError | None = None
+    calibration: dict | None = None
 
     def raise_if_stopped_early(self, was_fitted):
         """Re-raise a stop (``KeyboardInterrupt`` with a warning, or the

@@ -26,6 +26,7 @@ import numpy as np
 from ._axes import resolve_axes
 from ._bioimageio import TEST_SIDE
 from ._budget import MAX_EXPANSION, check_free_space, declared_bytes
+from ._calibration import calibration_problems
 from ._io import (
     READ_FORMATS,
     WRITE_FORMATS,
@@ -542,7 +543,21 @@ def describe_model(path):
         "n_weights": int(sum(p.numel() for p in denoiser.model_.parameters())),
         "history": _history_summary(denoiser.history_),
         "noise": noise or None,
+        "calibration": getattr(denoiser, "calibration_", None),
     }
+
+
+def _calibration_lines(calibration):
+    """``info``'s lines on a probabilistic model's calibration (:mod:`._calibration`)."""
+    lines = [f"calibration:   residual / predicted variance of held-out blind spots ({calibration['patches']} "
+             "patches), per intensity bin; 1 is exact"]  # fmt: skip
+    for c, edges in enumerate(calibration["edges"]):
+        bins = [f"{edges[k]:.4g}-{edges[k + 1]:.4g}: {ratio if ratio is None else format(ratio, '.2f')}"
+                for k, ratio in enumerate(calibration["ratio"][c])]  # fmt: skip
+        lines.append(f"               {'channel ' + str(c) + ': ' if len(calibration['edges']) > 1 else ''}" + "; ".join(bins))
+    problems = calibration_problems(calibration)
+    lines.append("               " + ("off: " + "; ".join(problems) if problems else "within tolerance"))
+    return lines
 
 
 def _numbers(values):
@@ -566,6 +581,8 @@ def _info(args):
     ]
     if about["noise"]:
         lines.append("noise model:   " + "; ".join(f"{name} {_numbers(v)}" for name, v in about["noise"].items()))
+    if about["calibration"]:
+        lines.extend(_calibration_lines(about["calibration"]))
     lines.append("parameters (* differs from the default):")
     for name, value in about["parameters"].items():
         lines.append(f"  {'*' if name in about['non_default_parameters'] else ' '} {name} = {value!r}")

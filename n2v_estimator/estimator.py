@@ -85,11 +85,11 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         N2V2: no skip connection at the top level.
     independent_channels : bool, default=True
         One network per channel (grouped convolutions) rather than a joint one.
-    blind_spot : {"mask", "network"}, default="mask"
-        How the network is kept from seeing the pixel it predicts: ``"mask"``,
-        Noise2Void's masked pixels (the settings above); ``"network"``, a blind-spot
-        architecture (Laine et al. 2019) that learns from every pixel and gives
-        ``noise_model`` its prior in one pass; a step costs 5-6x (README, "Blind-spot network").
+    blind_spot : {"mask", "network"} or None, default=None
+        How the network is kept from seeing the pixel it predicts: ``"mask"``, Noise2Void's
+        masked pixels (the settings above); ``"network"``, a blind-spot architecture (Laine et
+        al. 2019) that learns from every pixel, a step costing 3-6x (README, "Blind-spot
+        network"). ``None``: ``"network"`` with a ``noise_model`` (its prior is far better), else ``"mask"``.
     validation_fraction : float, default=0.1
         Held out (whole images, else a strip of each) to keep the weights of
         lowest validation loss; with 0, the last weights are kept.
@@ -164,6 +164,9 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
     noise_a_, noise_b_ : ndarray of shape (n_channels,)
         ``noise_model="poisson_gaussian"``: the noise variance is
         ``noise_a_ * signal + noise_b_``, input units.
+    calibration_ : dict
+        With a ``noise_model``: how well it and the prior explain held-out blind
+        spots, per intensity bin; ``fit`` warns (``CalibrationWarning``) when they do not.
     n_features_in_ : int
         Values per row of ``X``, only set for 2D ``X`` (flattened images with
         ``image_shape``, or one 2D image, whose rows are then its lines).
@@ -229,7 +232,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         blurpool=False,
         skip_skipone=False,
         independent_channels=True,
-        blind_spot="mask",
+        blind_spot=None,
         validation_fraction=0.1,
         tile_size=None,
         tile_overlap=None,
@@ -316,7 +319,8 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         was_fitted = hasattr(self, "model_")
         if result.history:
             history = (self.history_ if plan.continuing else []) + result.history
-            self._set_fitted(model, plan.mean, plan.std, plan.patch_shape, history, plan.n_features, plan.data_range)
+            self._set_fitted(model, plan.mean, plan.std, plan.patch_shape, history, plan.n_features, plan.data_range,
+                             result.calibration)  # fmt: skip
         result.raise_if_stopped_early(was_fitted)
         return self
 
@@ -328,7 +332,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
             return Previous(network["description"], network["weights"], self.mean_, self.std_, len(self.history_),
                             data_range)  # fmt: skip
 
-    def _set_fitted(self, model, mean, std, patch_shape, history, n_features=None, data_range=None):
+    def _set_fitted(self, model, mean, std, patch_shape, history, n_features=None, data_range=None, calibration=None):
         """Set every fitted attribute, in one place (``fit`` and ``load``) and one step."""
         fitted = {"model_": model.eval(), "mean_": mean, "std_": std, "patch_shape_": tuple(patch_shape),
                   "n_channels_": model.description["in_channels"], "spatial_ndim_": model.description["ndim"],
@@ -338,8 +342,9 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         if data_range is not None:  # model files of earlier versions have none
             fitted["data_min_"], fitted["data_max_"] = (np.asarray(r, dtype=np.float64) for r in data_range)
         if model.noise is not None:
-            fitted.update({f"noise_{k}_": v for k, v in model.noise.parameters_in_input_units().items()})
-        stale = ("n_features_in_", "noise_sigma_", "noise_a_", "noise_b_", "data_min_", "data_max_")
+            fitted.update({f"noise_{k}_": v for k, v in model.noise.parameters_in_input_units().items()},
+                          **({"calibration_": calibration} if calibration is not None else {}))  # fmt: skip
+        stale = ("n_features_in_", "noise_sigma_", "noise_a_", "noise_b_", "data_min_", "data_max_", "calibration_")
         state = {k: v for k, v in self.__dict__.items() if k not in stale}
         self.__dict__ = {**state, **fitted}
 
@@ -355,8 +360,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
             A list gives a list; a ``dask.array.Array`` gives a lazy dask
             array, denoised chunk by chunk (README, "Large data").
         return_std : bool, default=False
-            With a ``noise_model``: also return the posterior standard
-            deviation of every pixel's clean value (an uncertainty map).
+            With a ``noise_model``: also return the posterior std of every pixel (an uncertainty map).
 
         Returns
         -------
@@ -364,9 +368,9 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
             Of ``X``'s shape (lists of them for a list, dask arrays for a dask
             array): float64 for float64 input and for integers wider than 16
             bits (whose signal float32 would lose), else float32; with
-            ``dtype="input"``, ``X``'s dtype (the std stays float). ``X`` itself
-            is never modified. With a ``noise_model``, the posterior mean, its prior predicted
-            blind (``4**2`` masked passes in 2D, ``3**3`` in 3D; one with ``blind_spot="network"``).
+            ``dtype="input"``, ``X``'s dtype (the std stays float); ``X`` is never modified. With a
+            ``noise_model``, the posterior mean, its prior predicted blind (one pass for a blind-spot
+            network; ``4**2`` masked passes in 2D, ``3**3`` in 3D for ``blind_spot="mask"``).
 
         Raises
         ------
@@ -424,9 +428,8 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
             output and ``X`` on those pixels is returned, negated. With
             independent zero-mean noise it equals the true MSE plus the noise
             variance, so it ranks settings like the true MSE, without clean data.
-            The grid does not depend on the estimator's mask settings. With a
-            ``noise_model`` it scores the prior mean (the network alone): the
-            posterior uses each pixel's own value, so cannot be scored on it.
+            The grid does not depend on the mask settings. With a ``noise_model``
+            it scores the prior mean (the posterior uses the pixel's own value).
             Clean images of ``X``'s shape: the negative MSE of ``transform(X)``
             against them. One label per row of ``X`` (a 1D ``y``, as a pipeline
             passes along) is ignored, as ``y=None``; any other ``y`` is refused.

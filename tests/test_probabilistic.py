@@ -78,8 +78,8 @@ def test_a_volume_gets_a_posterior_too():
     "overrides, message",
     [
         ({"struct_mask": ("x", 3)}, "independent from pixel to pixel"),
-        ({"manipulator": "identity"}, "shows the network the value"),
-        ({"manipulator": "normal_additive"}, "shows the network the value"),
+        ({"manipulator": "identity", "blind_spot": "mask"}, "shows the network the value"),
+        ({"manipulator": "normal_additive", "blind_spot": "mask"}, "shows the network the value"),
         ({"noise_model": "laplace"}, "noise_model"),
         ({"noise_model": -1.0}, "noise_model"),
     ],
