@@ -55,18 +55,21 @@ _DATA_CONSTRAINTS = {
 _FIELDS = tuple(_DATA_CONSTRAINTS) + tuple(ARCHITECTURE_CONSTRAINTS) + ("noise_model",)
 
 
-def resolve_blind_spot(blind_spot, noise_model):
+def resolve_blind_spot(blind_spot, noise_model, ndim):
     """The blind spot a network gets for the estimator's ``blind_spot`` and
-    ``noise_model``: ``None`` means ``"network"`` with a noise model, else ``"mask"``.
+    ``noise_model`` on ``ndim``-D data: ``None`` means ``"network"`` with a noise
+    model in 2D, else ``"mask"``.
 
     A probabilistic model needs a good blind prior: the masked U-Net's, trained
     on 2% of the pixels, lost 0.96 dB to plain Noise2Void on moon and 2.6 dB on a
-    held-out cell image under Poisson noise, the blind-spot network's, trained on
+    held-out cell image under Poisson noise; the blind-spot network's, trained on
     every pixel, gained on every dev case (README, "Probabilistic Noise2Void").
+    It needs training patches that cover its reach (see ``_plan``), which the 3D
+    default patch (16x32x32) does not: 3D keeps the masked U-Net.
     """
     if blind_spot is not None:
         return blind_spot
-    return "mask" if noise_model is None else "network"
+    return "network" if noise_model is not None and ndim == 2 else "mask"
 
 
 def network_description(ndim, in_channels, settings, noise_model=None):
@@ -84,7 +87,7 @@ def network_description(ndim, in_channels, settings, noise_model=None):
         "in_channels": int(in_channels),
         "noise_model": noise_model,
     }
-    blind_spot = resolve_blind_spot(settings["blind_spot"], noise_model)
+    blind_spot = resolve_blind_spot(settings["blind_spot"], noise_model, ndim)
     for key, constraint in ARCHITECTURE_CONSTRAINTS.items():
         value = settings[key]
         if key == "blind_spot":

@@ -89,7 +89,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
         How the network is kept from seeing the pixel it predicts: ``"mask"``, Noise2Void's
         masked pixels (the settings above); ``"network"``, a blind-spot architecture (Laine et
         al. 2019) that learns from every pixel, a step costing 3-6x (README, "Blind-spot
-        network"). ``None``: ``"network"`` with a ``noise_model`` (its prior is far better), else ``"mask"``.
+        network"). ``None``: ``"network"`` with a ``noise_model`` in 2D (a far better prior), else ``"mask"``.
     validation_fraction : float, default=0.1
         Held out (whole images, else a strip of each) to keep the weights of
         lowest validation loss; with 0, the last weights are kept.

@@ -1,6 +1,7 @@
 """The blind-spot network (blind_spot="network"): blind by construction, tiled, fitted, saved."""
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -206,3 +207,22 @@ def test_the_prior_scale_starts_where_it_is_asked_to():
         model.head.weight.zero_()
         tau = model(torch.randn(1, 2, 16, 16))[0, 2:]
     np.testing.assert_allclose(tau.mean((1, 2)).numpy(), [0.3, 0.7], rtol=1e-5)
+
+
+def test_a_noise_model_gets_the_blind_spot_network_in_2d_and_the_masked_unet_in_3d():
+    assert tiny(noise_model="gaussian").fit(IMAGE).model_.description["blind_spot"] == "network"
+    assert tiny().fit(IMAGE).model_.description["blind_spot"] == "mask"
+    volume = np.random.default_rng(0).normal(100, 20, (8, 16, 16)).astype(np.float32)
+    fitted = tiny(noise_model="gaussian", axes="ZYX", patch_size=8).fit(volume)
+    assert fitted.model_.description["blind_spot"] == "mask" and fitted.blind_spot is None
+    assert tiny(noise_model="gaussian", blind_spot="mask").fit(IMAGE).model_.description["blind_spot"] == "mask"
+
+
+def test_a_blind_spot_network_on_patches_narrower_than_its_reach_warns():
+    image = np.random.default_rng(0).normal(100, 20, (80, 72)).astype(np.float32)
+    with pytest.warns(UserWarning, match="patches of 32x32, narrower than the 64 pixels.*blind_spot='mask'"):
+        tiny(blind_spot="network", patch_size=32, validation_fraction=0).fit(image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # patches as wide as the images, or 64 wide: nothing to say
+        tiny(blind_spot="network", patch_size=(80, 72), batch_norm=False, validation_fraction=0).fit(image)
+        tiny(blind_spot="network", patch_size=64, validation_fraction=0, max_epochs=1).fit(image)
