@@ -54,7 +54,8 @@ def main():
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="random_state of both denoisers")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="extra parameters of both (Python literals)")
-    parser.add_argument("--blind-spot", default="mask", choices=["mask", "network"], help="of the probabilistic model")
+    parser.add_argument("--blind-spot", default=None, choices=["mask", "network"],
+                        help="of the probabilistic model (default: the estimator's, blind_spot=None)")
     parser.add_argument("--no-plain", action="store_true", help="skip plain N2V (a diagnostic run of the probabilistic one)")
     parser.add_argument("--tta-too", action="store_true", help="also report both PSNRs with test-time augmentation")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
@@ -87,7 +88,8 @@ def main():
     result["psnr_prior_mean_blind"] = round(psnr(blind_prior(model, noisy)[0], clean), 2)
     if args.tta_too:
         result["psnr_posterior_tta"] = round(psnr(copy.deepcopy(model).set_params(tta=True).transform(noisy), clean), 2)
-    if args.blind_spot == "mask":
+    result["blind_spot"] = model.model_.description["blind_spot"]
+    if result["blind_spot"] == "mask":
         unmasked_mean, unmasked_std = _with_unmasked_prior(model, noisy)
         result["psnr_posterior_unmasked_prior"] = round(psnr(unmasked_mean, clean), 2)
         result["within_one_std_unmasked_prior"] = round(float(np.mean(np.abs(clean - unmasked_mean) <= unmasked_std)), 3)

@@ -11,7 +11,7 @@ the pixels into intensity bins by their clean value and reports, per bin, agains
 - ``mse_prior`` / ``mse_posterior``: squared errors of the prior mean and of the posterior mean.
 
     python benchmarks/probabilistic_diagnosis.py --image moon --noise poisson --blind-spot mask
-    python benchmarks/probabilistic_diagnosis.py --image cell --noise poisson --blind-spot network --steps 600
+    python benchmarks/probabilistic_diagnosis.py --image cell --noise poisson --plain --steps 600
     python benchmarks/probabilistic_diagnosis.py --image moon --noise poisson --dark 0.7
 
 ``--dark F`` makes a mostly dark image: the clean image times a mask that keeps its brightest blobs
@@ -86,7 +86,7 @@ def main():
     parser.add_argument("--dark", type=float, default=0.0)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=0, help="of the noise and the denoiser")
-    parser.add_argument("--blind-spot", default="mask", choices=["mask", "network"])
+    parser.add_argument("--blind-spot", default=None, choices=["mask", "network"], help="default: the estimator's")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plain", action="store_true", help="also fit plain N2V and report its PSNR")
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE")
@@ -113,6 +113,7 @@ def main():
         result["fit_seconds"] = round(time.perf_counter() - start)
         if args.save:
             model.save(args.save)
+    result["blind_spot"] = model.model_.description["blind_spot"]
     post = model.transform(noisy)
     mu, tau = blind_prior(model, noisy)
     result["psnr_prior"] = round(psnr(mu, clean), 2)

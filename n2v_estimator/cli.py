@@ -549,8 +549,8 @@ def describe_model(path):
 
 def _calibration_lines(calibration):
     """``info``'s lines on a probabilistic model's calibration (:mod:`._calibration`)."""
-    lines = [f"calibration:   residual / predicted variance of held-out blind spots ({calibration['patches']} "
-             "patches), per intensity bin; 1 is exact"]  # fmt: skip
+    lines = [(f"calibration:   residual / predicted variance of held-out blind spots ({calibration['patches']} "
+              "patches), per intensity bin; 1 is exact")]  # fmt: skip
     for c, edges in enumerate(calibration["edges"]):
         bins = [f"{edges[k]:.4g}-{edges[k + 1]:.4g}: {ratio if ratio is None else format(ratio, '.2f')}"
                 for k, ratio in enumerate(calibration["ratio"][c])]  # fmt: skip
