@@ -309,6 +309,8 @@ def decode_document(document, param_names, source):
         unknown = sorted(set(params) - set(param_names))
         if unknown:
             raise ModelFileError(f"{source} names unknown parameters {unknown}.")
+        # Written before blind_spot existed: its networks mask pixels (now the default picks by noise model).
+        params.setdefault("blind_spot", "mask")
         for key in SHAPE_PARAMS:
             if isinstance(params.get(key), list):
                 params[key] = tuple(params[key])

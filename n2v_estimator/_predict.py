@@ -46,6 +46,18 @@ def blind_stride(ndim, neighborhood_radius):
     return max(BLIND_STRIDE[ndim], neighborhood_radius + 1)
 
 
+def _check_neighbours(spatial):
+    """A prior is predicted from a pixel's neighbours (a blind spot's replacement is drawn from
+    them, a blind-spot network sees only them); a lone pixel has none, and a prior predicted
+    from nothing would be combined with the pixel as if it knew its surroundings."""
+    if math.prod(spatial) < 2:
+        raise ValueError(
+            f"A probabilistic model (noise_model) predicts each pixel's prior from its neighbours, the pixel "
+            f"hidden; images of {'x'.join(map(str, spatial))} pixel have none: at least 2 pixels are needed "
+            "(along any axis)."
+        )
+
+
 def blind_prior(predict, x, manipulator, neighborhood_radius, stride, seed=0, verbose=False):
     """The network's prior for every pixel, predicted with that pixel hidden.
 
@@ -77,15 +89,7 @@ def blind_prior(predict, x, manipulator, neighborhood_radius, stride, seed=0, ve
         For images of a single pixel: the pixel has no neighbour to hide it behind.
     """
     n_samples, channels, *spatial = x.shape
-    if math.prod(spatial) < 2:
-        # Every hiding manipulator replaces a pixel by its neighbours' values (a blind
-        # spot must never keep its own); a lone pixel has none, and a prior predicted
-        # from nothing would be combined with the pixel as if it knew its surroundings.
-        raise ValueError(
-            f"A probabilistic model (noise_model) predicts each pixel's prior from its neighbours, the pixel "
-            f"hidden; images of {'x'.join(map(str, spatial))} pixel have none: at least 2 pixels are needed "
-            "(along any axis)."
-        )
+    _check_neighbours(spatial)
     masker = BlindSpotMasker(len(spatial), 100.0, hiding_manipulator(manipulator), neighborhood_radius)
     generator = torch.Generator().manual_seed(seed)
     images = torch.from_numpy(x)
@@ -182,6 +186,7 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
         return out
     x = normalize(images, mean, std)
     if blind:  # blind by its architecture: one pass
+        _check_neighbours(images.shape[2:])
         prior = run(x, out_channels=2 * images.shape[1])
     else:
         prior = blind_prior(

@@ -56,7 +56,7 @@ def two_channels():
 
 @pytest.fixture(scope="module")
 def probabilistic():
-    return tiny(noise_model="gaussian", **QUICK).fit(structured((48, 48)))
+    return tiny(noise_model="gaussian", blind_spot="mask", **QUICK).fit(structured((48, 48)))
 
 
 def with_params(fitted, **params):
