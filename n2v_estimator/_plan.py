@@ -459,9 +459,10 @@ def _warn_small_blind_patch(patch_shape, image_shapes):
         return
     warnings.warn(
         f"blind_spot='network' trains on patches of {'x'.join(map(str, patch_shape))}, narrower than the "
-        f"{BLIND_MIN_PATCH} pixels per axis its reach (47 pixels at depth 2) needs on these images: its prediction on whole images "
-        "may be far off (a 192x192 crop of camera with Gaussian noise: its prior was 12.4 dB with 32x32 patches, "
-        f"23.2 with 48x48, 24.9 with 64x64). Use patch_size={BLIND_MIN_PATCH} or more, or blind_spot='mask'.",
+        f"{BLIND_MIN_PATCH} pixels per axis its reach (47 pixels at depth 2) needs on these images: its "
+        "prediction on whole images may be far off (a 192x192 crop of camera with Gaussian noise: its prior "
+        f"was 12.4 dB with 32x32 patches, 23.2 with 48x48, 24.9 with 64x64). Use patch_size={BLIND_MIN_PATCH} "
+        "or more, or blind_spot='mask'.",
         UserWarning,
         stacklevel=4,
     )
