@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ._compute import autocast
+from ._noise import quantile_bins
 
 # Intensity bins of the prior mean (equal counts): the dark background and the bright
 # structure of a microscopy image fall into different bins.
@@ -93,8 +94,7 @@ def blind_spot_calibration(model, batches, mean, std, precision="32"):
     for c in range(channels):
         mu, squared, total, noise = torch.cat(parts[c], dim=1).double().numpy()
         signal = mu * float(std[c]) + float(mean[c])
-        edges = np.quantile(signal, np.linspace(0, 1, N_BINS + 1)) if signal.size else np.zeros(N_BINS + 1)
-        which = np.clip(np.searchsorted(edges, signal, side="right") - 1, 0, N_BINS - 1)
+        edges, which = quantile_bins(signal, N_BINS) if signal.size else (np.zeros(N_BINS + 1), signal.astype(int))
         rows = [_bin(squared[which == k], total[which == k], noise[which == k]) for k in range(N_BINS)]
         result["edges"].append([_round(e) for e in edges])
         for key in ("count", "ratio", "noise_share", "tail", "se"):

@@ -253,8 +253,7 @@ def estimate_noise(images, kind, n_bins=16):
         return {"sigma": np.maximum(sigma, 1e-3 * spread)}
     a, b = [], []
     for r, m, s in zip(residual, local, spread):
-        edges = np.quantile(m, np.linspace(0, 1, n_bins + 1))
-        which = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, n_bins - 1)
+        _, which = quantile_bins(m, n_bins)
         centres, variances = [], []
         for k in range(n_bins):
             chosen = which == k
@@ -269,6 +268,12 @@ def estimate_noise(images, kind, n_bins=16):
         a.append(max(slope, 1e-3 * overall / max(abs(float(np.median(m))), s)))
         b.append(max(intercept, 1e-3 * overall))
     return {"a": np.array(a), "b": np.array(b)}
+
+
+def quantile_bins(values, n_bins):
+    """Equal-count bins of the 1D ``values``: their ``n_bins + 1`` edges and each value's bin."""
+    edges = np.quantile(values, np.linspace(0, 1, n_bins + 1))
+    return edges, np.clip(np.searchsorted(edges, values, side="right") - 1, 0, n_bins - 1)
 
 
 def _residual(images):
