@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ._atomic import remove, temporary_beside
+from ._extras import install_command
 from ._normalize import denormalize, normalize
 from ._tiling import augmentations, border_width, mirror_index, predict_tiled, round_up
 from ._unet import (
@@ -75,7 +76,7 @@ def _import_bioimageio():
     except ImportError as exc:
         raise ImportError(
             f"BioImage Model Zoo export and import need bioimageio.spec and bioimageio.core ({exc}); "
-            'install them with: pip install "n2v-estimator[bioimageio]"'
+            f"install them with: {install_command('bioimageio')}"
         ) from exc
     return spec, v0_5
 

@@ -135,22 +135,40 @@ def available_memory():
 
 
 # ---------------------------------------------------------------- OME-TIFF
-_PIXELS = re.compile(r"<(?:\w+:)?Pixels\b([^>]*)>", re.S)
-_ATTRIBUTE = re.compile(r'\b(Size[XYZCT]|Type)\s*=\s*["\']([^"\']*)["\']')
+# Found with searches that look at each character a bounded number of times: an XML of
+# "<Pixels a" repeated 40 000 times took 112 s with one regular expression for the element.
+_PIXELS = re.compile(r"<(?:\w+:)?Pixels\b")
+_PIXELS_END = re.compile(r"</(?:\w+:)?Pixels\s*>")
+MAX_TAG_CHARS = 2**16  # a Pixels start tag holds some 20 attributes: a few hundred characters
+_ATTRIBUTE = re.compile(r'\b(Size[XYZCT]|Type)\s*=\s*["\']([^"\']{0,64})["\']')
 _OME_TYPES = {
     "int8": "i1", "int16": "i2", "int32": "i4", "uint8": "u1", "uint16": "u2", "uint32": "u4",
     "float": "f4", "double": "f8", "bit": "u1", "complex": "c8", "double-complex": "c16",
 }  # fmt: skip
 
 
+def pixels_element(description):
+    """``(attributes, content)`` of the first ``Pixels`` element of an OME-XML
+    ``description``: the text of its start tag (at most :data:`MAX_TAG_CHARS`) and
+    what it holds (to its end tag, or the end of the text); ``None`` where there is none."""
+    match = _PIXELS.search(description or "")
+    if match is None:
+        return None
+    close = description.find(">", match.end(), match.end() + MAX_TAG_CHARS)
+    if close < 0:
+        return None
+    end = _PIXELS_END.search(description, close)
+    return description[match.end() : close], description[close + 1 : end.start() if end else len(description)]
+
+
 def ome_declared(description):
     """``(shape, dtype)`` of the first image an OME-XML ``description`` declares, read with two
     regular expressions (tifffile builds its series with one entry per declared plane: minutes
     for a crafted ``SizeZ``), or ``None`` where it declares none."""
-    match = _PIXELS.search(description or "")
-    if match is None:
+    element = pixels_element(description)
+    if element is None:
         return None
-    attributes = dict(_ATTRIBUTE.findall(match.group(1)))
+    attributes = dict(_ATTRIBUTE.findall(element[0]))
     try:
         shape = tuple(int(attributes.get(f"Size{a}", 1)) for a in "TCZYX")
     except ValueError:

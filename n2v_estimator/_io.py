@@ -5,8 +5,9 @@ JPEG, ``.npy`` and Zarr (a plain array, or an OME-Zarr group) and returns the
 array with the axes its file names (``None`` where it names none). With
 ``lazy=True`` a zarr store, or a TIFF or ``.npy`` file over :data:`LAZY_BYTES`,
 comes back as a dask array that reads nothing until it is computed.
-:func:`write_image` writes a result as TIFF, OME-Zarr or ``.npy`` with its axes,
-streams a dask array to disk chunk by chunk, and writes under a temporary name
+:func:`write_image` writes a result as TIFF, OME-Zarr or ``.npy`` with its axes
+and the input's calibration (pixel sizes, frame interval, channel names: see
+:mod:`._image_metadata`; an ImageJ TIFF as ImageJ, another TIFF as OME-TIFF), streams a dask array to disk chunk by chunk, and writes under a temporary name
 renamed into place, so that a failed write never leaves a half-written file.
 
 tifffile, zarr and dask are optional (the extras ``[tiff]``, ``[zarr]`` and
@@ -20,6 +21,7 @@ import importlib
 import math
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,16 @@ from ._atomic import replace, temporary_beside
 from ._axes import resolve_axes
 from ._budget import DeclaredSizeError, check_declared, check_in_memory, ome_declared
 from ._codecs import UnsafeZarrError, check_zarr_array
+from ._extras import install_command
+from ._image_metadata import (
+    for_axes,
+    imagej_options,
+    ome_tiff_metadata,
+    ome_zarr_entries,
+    resolution_options,
+    tiff_calibration,
+    zarr_calibration,
+)
 from ._lazy import is_dask_array
 
 # With lazy=True, TIFF and .npy files larger than this come back as dask arrays (zarr stores always do).
@@ -71,7 +83,7 @@ def _require(module, extra, purpose):
     except ImportError as exc:
         raise MissingDependencyError(
             f"{purpose} needs {module.split('.')[0]}, which is not installed ({exc}); "
-            f'install it with: pip install "n2v-estimator[{extra}]"'
+            f"install it with: {install_command(extra)}"
         ) from exc
 
 
@@ -166,8 +178,11 @@ def read_image(path, lazy=False, *, return_metadata=False, trust_declared_size=F
     return_metadata : bool, default=False
         Also return a dict of what :func:`write_image` can carry over to a
         result: ``format`` (``"tiff"``, ``"zarr"``, ``"ome-zarr"``, ``"npy"`` or
-        ``"picture"``), ``axes``, and the TIFF's ``tiff_axes`` (tifffile's) or
-        the OME-Zarr's ``multiscale`` (its first ``multiscales`` entry).
+        ``"picture"``), ``axes``, ``calibration`` (pixel sizes and units, frame
+        interval, channel names, keyed by our letters: :mod:`._image_metadata`),
+        and the TIFF's ``tiff_axes`` (tifffile's), flavour (``ome``,
+        ``imagej``) and ``imagej_extras``, or the OME-Zarr's ``multiscale``
+        (its first ``multiscales`` entry) and ``omero``.
     lazy_bytes : int or None, default=None
         With ``lazy``, the size above which TIFF and ``.npy`` files are read
         lazily; ``None``: :data:`LAZY_BYTES`.
@@ -254,8 +269,10 @@ def _read_tiff(path, lazy_above, trust):
         series = tif.series[0]
         shape, dtype = tuple(series.shape), np.dtype(series.dtype)
         check_declared(path, shape, dtype, trust=trust)
-        metadata = {"format": "tiff", "tiff_axes": series.axes, "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej)}
         axes = axes_from_tiff(series.axes)
+        calibration, extras = tiff_calibration(tif, series.axes, axes)
+        metadata = {"format": "tiff", "tiff_axes": series.axes, "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej),
+                    "calibration": calibration, "imagej_extras": extras}  # fmt: skip
         if lazy_above is None or math.prod(shape) * dtype.itemsize <= lazy_above:
             check_in_memory(path, shape, dtype)
             return series.asarray(), axes, metadata
@@ -285,11 +302,12 @@ def _open_tiff(tifffile, path):
 def _read_zarr(path, lazy_above, trust):
     zarr = _require("zarr", "zarr", "Reading zarr stores")
     node = zarr.open(str(path), mode="r")
-    metadata, axes = {"format": "zarr"}, None
+    metadata, axes = {"format": "zarr", "calibration": {}}, None
     if not hasattr(node, "shape"):  # a group
-        node, multiscale, version = _ome_image(node, path)
+        node, multiscale, version, omero = _ome_image(node, path)
         axes = _axes_from_ome(multiscale, node.ndim)
-        metadata = {"format": "ome-zarr", "ome_version": version, "multiscale": multiscale}
+        metadata = {"format": "ome-zarr", "ome_version": version, "multiscale": multiscale, "omero": omero,
+                    "calibration": zarr_calibration(multiscale, omero, axes)}  # fmt: skip
     check_zarr_array(node, name=str(path))  # before any chunk is read
     check_declared(path, node.shape, node.dtype, node.chunks, trust=trust)
     if lazy_above is not None:  # a store is always read lazily when asked
@@ -300,7 +318,7 @@ def _read_zarr(path, lazy_above, trust):
 
 def _ome_image(group, path):
     """The full-resolution array of the OME-Zarr image in ``group``, its
-    ``multiscales[0]`` entry and the OME-NGFF version."""
+    ``multiscales[0]`` entry, the OME-NGFF version and its ``omero`` entry (or ``None``)."""
     attrs = dict(group.attrs)
     ome = attrs["ome"] if isinstance(attrs.get("ome"), dict) else attrs  # 0.5 nests under "ome"; 0.4 does not
     multiscales = ome.get("multiscales")
@@ -316,7 +334,8 @@ def _ome_image(group, path):
     except (KeyError, IndexError, TypeError) as exc:
         raise _ReadError(f"{path}: the OME-Zarr metadata names no dataset (multiscales[0].datasets[0].path).") from exc
     version = ome.get("version") or multiscale.get("version")
-    return group[dataset], multiscale, version
+    omero = ome.get("omero") if isinstance(ome.get("omero"), dict) else None
+    return group[dataset], multiscale, version, omero
 
 
 def _read_npy(path, lazy_above, trust):
@@ -324,7 +343,7 @@ def _read_npy(path, lazy_above, trust):
     check_declared(path, data.shape, data.dtype, trust=trust)
     if lazy_above is not None and data.nbytes > lazy_above:
         data = _from_array(data, None)
-    return data, None, {"format": "npy"}
+    return data, None, {"format": "npy", "calibration": {}}
 
 
 def _read_picture(path, lazy_above, trust):
@@ -336,7 +355,7 @@ def _read_picture(path, lazy_above, trust):
         check_declared(path, (picture.height, picture.width, bands), "u2" if wide else "u1", trust=trust)
     data = iio.imread(path)
     axes = "YX" if data.ndim == 2 else "YXC" if data.ndim == 3 and data.shape[-1] in (2, 3, 4) else None
-    return data, axes, {"format": "picture"}
+    return data, axes, {"format": "picture", "calibration": {}}
 
 
 class _MappedFile:
@@ -473,9 +492,15 @@ def write_image(path, data, axes, source_metadata=None):
         Our letters for ``data``'s axes (``None``: ``YX`` in 2D, ``SYX`` in 3D).
     source_metadata : dict, optional
         From ``read_image(..., return_metadata=True)`` for the input ``data`` was
-        made from: a TIFF's tifffile axes (``T``, ``Q``, ...) are reused when they
-        map to ``axes``, an OME-Zarr's axis entries (units) and scale
-        transformations when its axes are ``axes``.
+        made from. Its ``calibration`` is written in the output's format (for
+        the letters of ``axes``): an ImageJ TIFF input gives an ImageJ TIFF
+        (``unit``, ``spacing``, ``finterval``, resolution tags, slice labels;
+        OME-TIFF, with a warning, where ImageJ cannot hold the data's type), any
+        other TIFF an OME-TIFF (``PhysicalSize*``, ``TimeIncrement``, channel
+        names) with resolution tags in pixels per centimetre, ``.zarr`` OME-Zarr
+        axis units, scales and ``omero`` channel labels. A TIFF's tifffile axes
+        (``T``, ``Q``, ...) are reused when they map to ``axes``, an OME-Zarr's
+        axis entries and transformations when its axes are ``axes``.
 
     Raises
     ------
@@ -542,21 +567,44 @@ def _tiff_axes_for(axes, source):
     return axes_to_tiff(axes)
 
 
-def _tiff_options(tiff_axes, shape, dtype):
+def _tiff_options(tiff_axes, shape, dtype, source=None):
+    """tifffile's options for ``shape`` and ``dtype`` with ``tiff_axes``, in the flavour of
+    the ``source`` (:func:`read_image`'s metadata) and with its calibration."""
+    source = source or {}
+    record = for_axes(source.get("calibration"), axes_from_tiff(tiff_axes) or "", _channels(tiff_axes, shape))
+    bigtiff = math.prod(shape) * np.dtype(dtype).itemsize > BIGTIFF_BYTES
+    if source.get("format") == "tiff" and source.get("imagej"):
+        options = imagej_options(record, source.get("imagej_extras") or {}, tiff_axes, np.dtype(dtype))
+        if options is not None:
+            return options
+        warnings.warn(
+            f"The input is an ImageJ TIFF, but ImageJ cannot hold {np.dtype(dtype)} data with axes {tiff_axes}: "
+            "the result is written as OME-TIFF, with the same calibration.",
+            UserWarning,
+            stacklevel=4,
+        )
     colour = tiff_axes.endswith("YXS") and shape[-1] in (3, 4)
     before = tiff_axes[: -3 if colour else -2]
     ome = (colour or tiff_axes.endswith("YX")) and set(before) <= set("TZCQ")
+    metadata = {"axes": tiff_axes, **(ome_tiff_metadata(record, _channels(tiff_axes, shape)) if ome else {})}
     return dict(
-        metadata={"axes": tiff_axes},
+        metadata=metadata,
         ome=ome,
         photometric="rgb" if colour else "minisblack",
-        bigtiff=math.prod(shape) * np.dtype(dtype).itemsize > BIGTIFF_BYTES,
+        bigtiff=bigtiff,
+        **resolution_options(record),
     )
+
+
+def _channels(tiff_axes, shape):
+    """The number of channels of ``shape`` with ``tiff_axes`` (tifffile's ``C`` or ``S``), or ``None``."""
+    ours = axes_from_tiff(tiff_axes)
+    return shape[ours.index("C")] if ours and "C" in ours else None
 
 
 def _write_tiff(temporary, data, axes, source, lazy):
     tifffile = _require("tifffile", "tiff", "Writing TIFF files")
-    options = _tiff_options(_tiff_axes_for(axes, source), data.shape, data.dtype)
+    options = _tiff_options(_tiff_axes_for(axes, source), data.shape, data.dtype, source)
     if not lazy:
         tifffile.imwrite(temporary, data, **options)
         return
@@ -592,21 +640,28 @@ def _write_zarr(temporary, data, axes, source, lazy):
     else:
         group = zarr.open_group(str(temporary), mode="w")
         array = group.create_dataset("0", shape=data.shape, chunks=chunks, dtype=data.dtype, dimension_separator="/")
-    group.attrs["multiscales"] = [_multiscale(axes, source)]
+    multiscale, omero = _multiscale(axes, source, data.shape)
+    group.attrs["multiscales"] = [multiscale]
+    if omero:
+        group.attrs["omero"] = omero
     if lazy:
         _store(data, array)
     else:
         array[...] = data
 
 
-def _multiscale(axes, source):
-    """An OME-Zarr 0.4 ``multiscales`` entry for one level ``"0"`` with ``axes``:
-    scales of 1, or the input's axis entries and transformations where it was an
-    OME-Zarr image with these axes."""
+def _multiscale(axes, source, shape):
+    """An OME-Zarr 0.4 ``multiscales`` entry for one level ``"0"`` with ``axes``, and an
+    ``omero`` entry (or ``None``): the input's axis entries, transformations and channels
+    where it was an OME-Zarr image with these axes; else its calibration (scales of 1
+    where it has none)."""
+    n_channels = shape[axes.index("C")] if "C" in axes else None
+    record = for_axes(source.get("calibration"), axes, n_channels)
+    entries, scales, omero = ome_zarr_entries(record, axes, _OME_TYPES)
     entry = {
         "version": "0.4",
-        "axes": [{"name": "t" if a == "S" else a.lower(), "type": _OME_TYPES[a]} for a in axes],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(axes)}]}],
+        "axes": entries,
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scales}]}],
     }
     previous = source.get("multiscale") if source.get("format") == "ome-zarr" else None
     if previous and _axes_from_ome(previous, len(axes)) == axes:
@@ -618,4 +673,8 @@ def _multiscale(axes, source):
         for key in ("name", "coordinateTransformations"):
             if key in previous:
                 entry[key] = previous[key]
-    return entry
+        channels = (source.get("omero") or {}).get("channels")
+        if isinstance(channels, list) and len(channels) == n_channels:
+            omero = {"channels": [{k: v for k, v in c.items() if k != "window"} if isinstance(c, dict) else c
+                                  for c in channels]}  # fmt: skip
+    return entry, omero

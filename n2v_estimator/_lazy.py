@@ -22,6 +22,7 @@ from ._axes import (
     resolve_axes,
     to_canonical,
 )
+from ._extras import install_command
 from ._normalize import output_dtype
 from ._tiling import network_reach, receptive_radius
 from ._codecs import check_source
@@ -40,7 +41,7 @@ def _import_dask():
     except ImportError as exc:  # e.g. dask without its array extra (numpy, toolz)
         raise ImportError(
             f"Denoising dask arrays needs dask with its array extra ({exc}); install it with: "
-            'pip install "n2v-estimator[dask]"'
+            f"{install_command('dask')}"
         ) from exc
     return da, dask.delayed
 

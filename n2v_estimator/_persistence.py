@@ -21,6 +21,7 @@ from safetensors.torch import save as safetensors_bytes
 from sklearn.utils._param_validation import InvalidParameterError
 
 from ._atomic import temporary_beside
+from ._image_metadata import check_calibration
 from ._unet import build_unet, check_description, expected_state
 
 FORMAT_NAME = "n2v_estimator"
@@ -181,9 +182,11 @@ class ModelFile:
         prefix = self._read_at(0, 8)
         size = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
         if not 0 < size <= min(MAX_HEADER_BYTES, info.st_size - 8):
+            kind = _file_kind(prefix)
             raise ModelFileError(
-                f"{path} is not a readable safetensors model file: its header size field says {size} bytes "
-                f"(the file has {info.st_size}; at most {MAX_HEADER_BYTES} are read)."
+                f"{path} is {kind + ', not' if kind else 'not'} an n2v-estimator model file (a safetensors file "
+                f"written by 'n2v-estimator fit' or Noise2VoidDenoiser.save; its header size field says {size} bytes, "
+                f"the file has {info.st_size}, at most {MAX_HEADER_BYTES} are read)."
             )
         self._data_start, self._data_size = 8 + size, info.st_size - 8 - size
         header = _parse_json(self._read_at(8, size), "header", path)
@@ -252,6 +255,22 @@ class ModelFile:
         self.close()
 
 
+# The first bytes of files that users give for a model by mistake.
+_MAGIC = {
+    b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"II+\x00": "a BigTIFF image", b"MM\x00+": "a BigTIFF image",
+    b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"\x93NUMPY": "a NumPy .npy file",
+    b"PK\x03\x04": "a zip archive (a .npz file, or a BioImage Model Zoo package: Noise2VoidDenoiser.from_bioimageio)",
+    b"\x89HDF": "an HDF5 file (a Keras model?)",
+}  # fmt: skip
+
+
+def _file_kind(prefix):
+    """What a file starting with ``prefix`` is, where it is a kind users mistake for a model, else ``""``."""
+    if not prefix:
+        return "an empty file"
+    return next((kind for magic, kind in _MAGIC.items() if prefix.startswith(magic)), "")
+
+
 def read_model(path):
     """Read a file written by :func:`write_model`: ``(tensors, document)``.
 
@@ -280,8 +299,9 @@ def estimator_document(params, attributes, package_version):
         fitted["n_features_in"] = attributes["n_features_in_"]
     if "data_min_" in attributes:
         fitted["data_range"] = [attributes["data_min_"], attributes["data_max_"]]
-    if "calibration_" in attributes:
-        fitted["calibration"] = attributes["calibration_"]
+    for key in ("calibration", "image_calibration"):
+        if key + "_" in attributes:
+            fitted[key] = attributes[key + "_"]
     return {"package_version": package_version, "params": params, "fitted": fitted}
 
 
@@ -297,7 +317,8 @@ def decode_document(document, param_names, source):
         (float64 arrays of ``n_channels``), ``patch_shape`` (tuple),
         ``history`` (list), ``n_features`` (``n_features_in_``: int or None) and
         ``data_range`` (the training data's per-channel minimum and maximum, or None)
-        and ``calibration`` (a probabilistic model's, or None).
+        and ``calibration`` (a probabilistic model's, or None) and
+        ``image_calibration`` (the training files' pixel sizes, or None).
 
     Raises
     ------
@@ -344,6 +365,7 @@ def decode_document(document, param_names, source):
             "n_features": int(saved["n_features_in"]) if "n_features_in" in saved else None,
             "data_range": _data_range(saved.get("data_range"), n_channels, source),
             "calibration": _calibration(saved.get("calibration"), n_channels, source),
+            "image_calibration": _image_calibration(saved.get("image_calibration"), source),
         }
         if (n_channels, spatial_ndim) != (
             saved["network"].get("in_channels"),
@@ -381,6 +403,14 @@ def _calibration(saved, n_channels, source):
     if not ok:
         raise ModelFileError(f"{source}: the calibration record is not lists of numbers per channel.")
     return saved
+
+
+def _image_calibration(saved, source):
+    """The training images' pixel sizes, units and channel names (:mod:`._image_metadata`), checked."""
+    try:
+        return check_calibration(saved, source)
+    except ValueError as exc:
+        raise ModelFileError(str(exc)) from exc
 
 
 def load_estimator(cls, path, device=None):

@@ -230,6 +230,8 @@ def make_plan(params, X, previous=None):
     """
     _check_learning_rate(params["learning_rate"])
     data = _training_data(X, params["axes"], params["image_shape"])
+    if params["axes"] is None and params["image_shape"] is None and data.axes == "SYX":
+        _warn_stack_of_2d(getattr(X, "shape", None))
     ndim = spatial_ndim(data.axes)
     device = resolve_device(params["device"])
     precision = resolve_precision(params["precision"], device, ndim)
@@ -288,7 +290,7 @@ def make_plan(params, X, previous=None):
         _warn_rows_as_folds(data.pixels.shape[2:])
     train_images = _holding_patches(train_images, requested)
     patch_shape = fit_patch_shape(requested, [im.shape[1:] for im in train_images])
-    _check_patch_fits_network(patch_shape, requested, data.axes, data.one_2d_array, network["depth"])
+    _check_patch_fits_network(patch_shape, requested, data, [im.shape[1:] for im in train_images], network["depth"])
     _check_kernel_fits_patch(network["kernel_size"], patch_shape, requested)
     if blind:
         _warn_small_blind_patch(patch_shape, [im.shape[1:] for im in train_images + validation_images])
@@ -487,12 +489,15 @@ def _check_kernel_fits_patch(kernel_size, patch_shape, requested):
     )
 
 
-def _check_patch_fits_network(patch_shape, requested, axes, one_2d_array, depth):
+def _check_patch_fits_network(patch_shape, requested, data, sides, depth):
     """Every side of a training patch must hold at least ``2**depth`` pixels, the
-    network's down-sampling factor: below that its deepest level sees only padding."""
+    network's down-sampling factor: below that its deepest level sees only padding.
+    ``sides`` are the training images' spatial shapes, named in the message with
+    ``data``'s axes and channels (wrong axes are the usual cause)."""
     multiple = 2**depth
+    axes = data.axes
     spatial_axes = [a for a in "ZYX" if a in axes]  # the canonical order of patch_shape
-    for letter, side, asked in zip(spatial_axes, patch_shape, requested):
+    for k, (letter, side, asked) in enumerate(zip(spatial_axes, patch_shape, requested)):
         if side >= multiple:
             continue
         if asked < multiple:
@@ -500,13 +505,29 @@ def _check_patch_fits_network(patch_shape, requested, axes, one_2d_array, depth)
                 f"patch_size={asked} along {letter} is smaller than 2**depth={multiple}, the "
                 f"network's down-sampling factor at depth={depth}; raise patch_size or lower depth."
             )
+        smallest = min(sides, key=lambda shape: shape[k])
         message = (
-            f"The images are only {side} pixel(s) along {letter}, fewer than 2**depth={multiple} "
-            f"the network needs at depth={depth}; lower depth or train on larger images"
+            f"With axes={axes!r} the images hold {data.channels} channel(s) of "
+            f"{' x '.join(spatial_axes)} = {' x '.join(map(str, smallest))} pixels: only {side} pixel(s) along "
+            f"{letter}, fewer than 2**depth={multiple} the network needs at depth={depth}. If these axes are "
+            "wrong, give the right ones (the axes parameter; --axes on the command line); else lower depth or "
+            "train on larger images"
         )
-        if one_2d_array:
+        if data.one_2d_array:
             # One 2D image: its rows are what scikit-learn calls samples, its columns features.
             kind = "sample(s)" if axes.index(letter) == 0 else "feature(s)"
             message += f" (X is one image; found array with {side} {kind})"
         raise ValueError(message + ".")
+
+
+def _warn_stack_of_2d(shape):
+    """A 3D array with ``axes=None`` is a stack of 2D images, as documented; say so, as it may be a volume."""
+    what = f"X of shape {tuple(shape)}" if shape is not None else "X"
+    count = f"{shape[0]} " if shape is not None else ""
+    warnings.warn(
+        f"{what} with axes=None is trained as a stack of {count}separate 2D images (axes='SYX'), not as a "
+        "volume: pass axes='ZYX' (--axes ZYX on the command line) for a volume, or axes='SYX' to say it is a stack.",
+        UserWarning,
+        stacklevel=4,
+    )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._extras import install_command
+
 
 def plot_history(history, keys=("train_loss", "val_loss"), ax=None):
     """Plot a denoiser's training record, epoch by epoch (like n2v's ``plot_history``).
@@ -25,7 +27,7 @@ def plot_history(history, keys=("train_loss", "val_loss"), ax=None):
     Raises
     ------
     ImportError
-        Without matplotlib (``pip install "n2v-estimator[plot]"``).
+        Without matplotlib (the ``[plot]`` extra).
     ValueError
         For an unfitted denoiser, an empty history, or a key no epoch records.
 
@@ -42,7 +44,7 @@ def plot_history(history, keys=("train_loss", "val_loss"), ax=None):
     try:
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError(f'plot_history needs matplotlib ({exc}): pip install "n2v-estimator[plot]"') from exc
+        raise ImportError(f"plot_history needs matplotlib ({exc}): {install_command('plot')}") from exc
     records = getattr(history, "history_", history)
     if not isinstance(records, list) or not records:
         raise ValueError("plot_history needs a fitted denoiser or a non-empty list of epoch records (its history_).")

@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from ._extras import install_command
 from ._persistence import ModelFileError
 
 # Our packages hold about 9 files; a few hundred leaves room for other tools' extras.
@@ -146,7 +147,7 @@ def _import_yaml():
     except ImportError as exc:  # bioimageio.spec reads YAML with ruyaml; this check needs PyYAML
         raise ImportError(
             f"reading BioImage Model Zoo packages needs PyYAML ({exc}); install it with: "
-            'pip install "n2v-estimator[bioimageio]" (or pip install pyyaml)'
+            f"{install_command('bioimageio')}"
         ) from exc
     return yaml
 

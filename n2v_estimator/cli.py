@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
 import glob
 import inspect
 import json
@@ -27,6 +28,7 @@ from ._axes import resolve_axes
 from ._bioimageio import TEST_SIDE
 from ._budget import MAX_EXPANSION, check_free_space, declared_bytes
 from ._calibration import calibration_problems
+from ._image_metadata import common_calibration, describe, differs, for_axes, unit_symbol
 from ._io import (
     READ_FORMATS,
     WRITE_FORMATS,
@@ -53,6 +55,11 @@ USER_ERRORS = (OSError, ValueError, TypeError, ImportError, ArithmeticError)
 _OWN_OPTIONS = ("axes",)
 # Parameters that also apply when denoising with a saved model (transform takes them).
 _TRANSFORM_PARAMS = ("tile_size", "tile_overlap", "device", "precision", "dtype")
+# A --model that names a folder (an existing one, or any path ending in a separator) means this file in it.
+MODEL_NAME = "model.safetensors"
+# Words a yes-or-no option takes (--tta, --tta true, --tta=false); the option alone means yes.
+_BOOL = "[BOOL]"
+_BOOLEAN_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
 
 ABOUT = """\
 Noise2Void: self-supervised denoising of images, trained on the noisy images alone.
@@ -96,10 +103,64 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line too, as every other error of the command."""
+    """Usage errors in one line too, as every other error of the command, with the closest
+    option for a misspelled one; yes-or-no options with or without a value."""
+
+    boolean_options = frozenset()  # set on the top-level parser by build_parser
+    commands = {}
 
     def error(self, message):
         self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(_with_boolean_values(args, self.boolean_options), namespace)
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self.commands.get(getattr(parsed, "command", None), self)
+            command.error(f"unrecognized arguments: {' '.join(extras)}{_suggestion(extras, command)}")
+        return parsed
+
+
+def _with_boolean_values(argv, names):
+    """``argv`` with every yes-or-no option given its value: ``--tta`` -> ``--tta=true``,
+    ``--tta false`` -> ``--tta=false``; left as it is after ``--``."""
+    out, k = [], 0
+    while k < len(argv):
+        token = str(argv[k])
+        if token == "--":
+            return out + argv[k:]
+        if token in names:
+            following = str(argv[k + 1]).lower() if k + 1 < len(argv) else None
+            given = following in _BOOLEAN_WORDS
+            out.append(f"{token}={following if given else 'true'}")
+            k += 2 if given else 1
+            continue
+        out.append(token)
+        k += 1
+    return out
+
+
+def _boolean(text):
+    """A yes-or-no option's value."""
+    try:
+        return _BOOLEAN_WORDS[str(text).strip().lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not true or false") from None
+
+
+def _suggestion(extras, parser):
+    """``"; did you mean --max-epochs?"`` for options of ``extras`` close to one of ``parser``'s."""
+    known = [option for option in parser._option_string_actions if option.startswith("--")]
+    close = {}
+    for extra in extras:
+        if extra.startswith("--"):
+            found = difflib.get_close_matches(extra.split("=")[0], known, n=1, cutoff=0.6)
+            if found:
+                close[extra.split("=")[0]] = found[0]
+    return "".join(f"; did you mean {right} (not {wrong})?" for wrong, right in close.items())
 
 
 def parameter_help(docstring):
@@ -141,15 +202,21 @@ def _add_parameter_options(parser, names, helps, defaults):
     )
     for name in names:
         spellings = dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}"])
+        yes_or_no = isinstance(defaults[name], bool)
         group.add_argument(
-            *spellings, dest=f"param_{name}", metavar="VALUE", type=parameter_value, default=argparse.SUPPRESS,
-            help=_escaped(helps.get(name) or f"(default: {defaults[name]!r})"),
+            *spellings, dest=f"param_{name}", metavar=_BOOL if yes_or_no else "VALUE", default=argparse.SUPPRESS,
+            type=_boolean if yes_or_no else parameter_value, help=_escaped(helps.get(name) or f"(default: {defaults[name]!r})"),
         )  # fmt: skip
 
 
+def _add_flag(parser, *spellings, help, default=False):
+    """A yes-or-no option: alone it means yes; ``true`` or ``false`` may follow."""
+    parser.add_argument(*spellings, type=_boolean, default=default, metavar=_BOOL, help=help)
+
+
 def _add_trust_option(parser):
-    parser.add_argument(
-        "--trust-declared-size", action="store_true",
+    _add_flag(
+        parser, "--trust-declared-size",
         help=f"read image files that declare over {MAX_EXPANSION} times more pixels than they store (refused "
         "by default as crafted or damaged: noisy images barely compress)",
     )  # fmt: skip
@@ -190,7 +257,7 @@ def build_parser():
     fit.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images: files, zarr folders or glob patterns")
     fit.add_argument("--model", required=True, metavar="PATH", help="the model file to write (e.g. model.safetensors)")
     fit.add_argument("--axes", metavar="AXES", help=_escaped(axes_help))
-    fit.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    _add_flag(fit, "--quiet", help="no progress bar and no summary")
     _add_trust_option(fit)
     order = list(helps)  # the docstring's order (the constructor's), not get_params' alphabetical one
     names = [n for n in defaults if n not in _OWN_OPTIONS]
@@ -211,8 +278,8 @@ def build_parser():
     transform.add_argument("--model", required=True, metavar="PATH", help="a model written by 'n2v-estimator fit'")
     transform.add_argument("--output", required=True, metavar="PATH", help="the output file (one INPUT) or folder (several)")
     transform.add_argument("--axes", metavar="AXES", help=_escaped(f"{axes_help} Last, the model's axes (if they fit)."))
-    transform.add_argument("--tta", action="store_true", help=_escaped(helps.get("tta", "")))
-    transform.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_flag(transform, "--tta", help=_escaped(helps.get("tta", "")), default=None)
+    _add_flag(transform, "--quiet", help="no progress bar and no summary")
     _add_trust_option(transform)
     _add_parameter_options(transform, _TRANSFORM_PARAMS, helps, defaults)
     transform.set_defaults(run=_transform)
@@ -243,8 +310,13 @@ def build_parser():
         "axes, channels, patch shape, normalisation, training history and noise model.",
     )  # fmt: skip
     info.add_argument("path", metavar="PATH", help="a model written by 'n2v-estimator fit'")
-    info.add_argument("--json", action="store_true", help="print one JSON object instead")
+    _add_flag(info, "--json", help="print one JSON object instead")
     info.set_defaults(run=_info)
+    parser.commands = {name: commands.choices[name] for name in commands.choices}
+    parser.boolean_options = frozenset(
+        option for command in parser.commands.values() for action in command._actions
+        if action.type is _boolean for option in action.option_strings
+    )  # fmt: skip
     return parser
 
 
@@ -289,14 +361,15 @@ def _fit_axes(given, paths, images):
 # --------------------------------------------------------------------- fit
 def _fit(args):
     paths = expand_inputs(args.inputs)
-    _check_model_path(args.model, paths)  # before training, not after it
+    model = _check_model_path(args.model, paths)  # before training, not after it
     # Zarr stores and large files as dask arrays: fit reads only the patches it samples.
-    images = _with_common_axes([read_image(path, lazy=True, trust_declared_size=args.trust_declared_size)
-                                for path in paths])  # fmt: skip
+    read = [read_image(path, lazy=True, return_metadata=True, trust_declared_size=args.trust_declared_size)
+            for path in paths]  # fmt: skip
+    images = _with_common_axes([(array, found) for array, found, _ in read])
     given = _given_parameters(args)
     previous = None
-    if given.get("warm_start") and os.path.isfile(args.model):  # continue training the saved model
-        previous = Noise2VoidDenoiser.load(args.model)
+    if given.get("warm_start") and os.path.isfile(model):  # continue training the saved model
+        previous = Noise2VoidDenoiser.load(model)
     axes = _fit_axes(args.axes or (None if any(found for _, found in images) else getattr(previous, "axes", None)),
                      paths, images)  # fmt: skip
     params = {**given, "axes": axes, "verbose": False if args.quiet else given.get("verbose", True)}
@@ -306,6 +379,7 @@ def _fit(args):
         denoiser = Noise2VoidDenoiser(**params)
     denoiser._validate_params()  # a bad value named now, in the estimator's words
     arrays = [array for array, _ in images]
+    calibration = _training_calibration(read, images, axes)
     epochs_before = len(getattr(denoiser, "history_", []))
     try:
         with warnings.catch_warnings():
@@ -319,32 +393,59 @@ def _fit(args):
         if epochs <= 0:
             _say(f"training {stopped} before any epoch completed; nothing was saved.")
         else:
-            _save(denoiser, args.model, given.get("verbose", "auto"))
-            _say(f"training {stopped} after {epochs} complete epoch(s); {_kept(denoiser)} were saved to {args.model}.")
+            _save(denoiser, model, given.get("verbose", "auto"), calibration)
+            _say(f"training {stopped} after {epochs} complete epoch(s); {_kept(denoiser)} were saved to {model}.")
         return INTERRUPTED if interrupted else 2
-    _save(denoiser, args.model, given.get("verbose", "auto"))
+    except ValueError as exc:  # the images cannot be trained as read: name them
+        raise ValueError(f"{_inputs_context(paths, images, args.axes, axes)}: {exc}") from exc
+    _save(denoiser, model, given.get("verbose", "auto"), calibration)
     if not args.quiet:
-        print(f"Saved {args.model}: {_history_line(_history_summary(denoiser.history_))}")
+        print(f"Saved {model}: {_history_line(_history_summary(denoiser.history_))}")
+        if calibration:
+            print(f"  training images: {describe(calibration)}")
     return 0
 
 
-def _check_model_path(path, inputs):
-    """Refuse, before any work, a model path that cannot be written, that would replace or
-    change an input, or that holds something other than a model file."""
-    folder = Path(path).parent
-    if str(path).endswith(("/", os.sep)) or Path(path).is_dir():
-        raise ValueError(f"Cannot write the model {path}: it names a folder; give a file name such as "
-                         f"{Path(path) / 'model.safetensors'}.")  # fmt: skip
-    if not folder.is_dir():
+def model_path(text):
+    """The model file ``--model text`` names: ``text/model.safetensors`` where ``text``
+    ends in a path separator or names an existing folder, else ``text`` itself."""
+    path = Path(text)
+    return path / MODEL_NAME if str(text).endswith(("/", os.sep)) or path.is_dir() else path
+
+
+def _model_to_read(text, option="--model"):
+    """The model file ``text`` names (:func:`model_path`), or a FileNotFoundError that says
+    where it was looked for and how to make one."""
+    path = model_path(text)
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{option} {text}: no model file at {path}; '{PROG} fit INPUT... --model {path}' "
+                                "trains one.")  # fmt: skip
+    return path
+
+
+def _check_model_path(text, inputs):
+    """The model file to write for ``--model text`` (:func:`model_path`), refused before any
+    work where it cannot be written, would replace or change an input, holds something other
+    than a model file, or is not a ``.safetensors`` name. A folder named with a trailing
+    separator is made when the model is saved (its parent must exist)."""
+    path = model_path(text)
+    folder = path.parent
+    made_later = path.name == MODEL_NAME and str(text).endswith(("/", os.sep)) and folder.parent.is_dir()
+    if not folder.is_dir() and not made_later:
         raise FileNotFoundError(f"Cannot write the model {path}: the folder {folder} does not exist.")
-    if not os.access(folder, os.W_OK):
-        raise PermissionError(f"Cannot write the model {path}: the folder {folder} is not writable.")
+    existing = folder if folder.is_dir() else folder.parent
+    if not os.access(existing, os.W_OK):
+        raise PermissionError(f"Cannot write the model {path}: the folder {existing} is not writable.")
     check_output_apart(path, inputs, option="--model")
     if os.path.lexists(path) and not _is_model_file(path):
         raise ValueError(
             f"--model {path} exists and is not an n2v-estimator model file: writing the model would replace it. "
             "Choose another name, or remove the file first."
         )
+    if path.suffix.lower() != ".safetensors":
+        raise ValueError(f"--model {text}: a model is written as one safetensors file; name it "
+                         f"{path.with_suffix('.safetensors')}, or give a folder (for {path / MODEL_NAME}).")  # fmt: skip
+    return path
 
 
 def _is_model_file(path):
@@ -353,6 +454,34 @@ def _is_model_file(path):
             return True
     except (OSError, ValueError):
         return False
+
+
+def _training_calibration(read, images, axes):
+    """What the training files' calibrations (pixel sizes, units, channel names) say alike,
+    for the files read with the axes their metadata names; ``None`` where nothing is known."""
+    records = []
+    for (_, _, metadata), (array, found) in zip(read, images):
+        used = axes or resolve_axes(None, array.ndim)
+        channels = array.shape[used.index("C")] if "C" in used else None
+        records.append(for_axes(metadata.get("calibration"), used, channels) if found == used else {})
+    return common_calibration(records)
+
+
+def _inputs_context(paths, images, given, axes):
+    """``noisy.tif (shape (2, 512, 512), axes YXC from --axes; its metadata names CYX)``: what the
+    inputs were read as, for an error about them."""
+    parts = []
+    for path, (array, found) in list(zip(paths, images))[:3]:
+        used = given or found or axes
+        source = "from --axes" if given else "from its metadata" if found else "as for a 2D or 3D array without axes"
+        text = f"{path} (shape {tuple(array.shape)}, axes {used or ('YX' if array.ndim == 2 else 'SYX')} {source}"
+        if given and found and found != given:
+            text += f"; its metadata names {found}: leave out --axes to use them"
+        elif given or not found:
+            text += "; give the right ones with --axes"
+        parts.append(text + ")")
+    more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+    return ", ".join(parts) + more
 
 
 def _with_common_axes(images):
@@ -366,8 +495,13 @@ def _with_common_axes(images):
     return [(array[None], with_s) if found == with_s[1:] else (array, found) for array, found in images]
 
 
-def _save(denoiser, path, verbose):
-    """Save the fitted ``denoiser`` with the user's ``verbose`` (not this command's progress bar)."""
+def _save(denoiser, path, verbose, calibration=None):
+    """Save the fitted ``denoiser`` with the user's ``verbose`` (not this command's progress bar)
+    and the training files' ``calibration``; a folder named for it is made now."""
+    Path(path).parent.mkdir(exist_ok=True)
+    denoiser.__dict__.pop("image_calibration_", None)
+    if calibration:
+        denoiser.image_calibration_ = calibration
     denoiser.set_params(verbose=verbose).save(path)
 
 
@@ -412,12 +546,13 @@ def _named_axes(given, found, model_axes, array):
 
 def _transform(args):
     paths = expand_inputs(args.inputs)
+    model = _model_to_read(args.model)
     overrides = _given_parameters(args)
-    denoiser = Noise2VoidDenoiser.load(args.model, device=overrides.pop("device", None))
+    denoiser = Noise2VoidDenoiser.load(model, device=overrides.pop("device", None))
     model_axes = denoiser.axes  # before set_params: --axes may name others
-    denoiser.set_params(**overrides, verbose=not args.quiet, **({"tta": True} if args.tta else {}))
+    denoiser.set_params(**overrides, verbose=not args.quiet, **({"tta": args.tta} if args.tta is not None else {}))
     denoiser._validate_params()  # a bad --tile-overlap and the like, in the estimator's words
-    outputs = _output_paths(paths, args.output, protected=[args.model])
+    outputs = _output_paths(paths, args.output, protected=[model])
     for path, output in zip(paths, outputs):
         array, found, metadata = read_image(
             path, lazy=True, return_metadata=True, trust_declared_size=args.trust_declared_size
@@ -426,6 +561,10 @@ def _transform(args):
         axes = _check_axes(named, array, path)
         if is_dask_array(array) and axes != found:
             array = rechunk_for_axes(array, axes)
+        # The file's calibration, where its axes are read as the file names them.
+        channels = array.shape[axes.index("C")] if "C" in axes else None
+        metadata["calibration"] = for_axes(metadata.get("calibration"), axes, channels) if found == axes else {}
+        _check_calibration(path, output, getattr(denoiser, "image_calibration_", None), metadata["calibration"])
         denoiser.set_params(axes=named)
         result = denoiser.transform(array)
         size = declared_bytes(result.shape, result.dtype)
@@ -436,15 +575,38 @@ def _transform(args):
         with _dask_scheduler(is_dask_array(result), progress=not args.quiet):
             write_image(output, result, axes, metadata)
         if not args.quiet:
-            print(f"{path} -> {output}")
+            print(f"{path} -> {output} ({_output_note(array.dtype, result.dtype, metadata['calibration'], output)})")
     return 0
 
 
+def _check_calibration(path, output, trained, calibration):
+    """Warn where the result will not keep ``path``'s calibration (a ``.npy`` output holds
+    none), and where its pixels are not the size the model was trained on."""
+    if calibration and Path(output).suffix.lower() == ".npy":
+        warnings.warn(f"{output}: a .npy file keeps no calibration, and {path} has one ({describe(calibration)}); "
+                      "write .tif or .zarr to keep it.", stacklevel=2)  # fmt: skip
+    for letter, was, now, unit in differs(trained, calibration):
+        unit = unit_symbol(unit) if unit else "(no unit)"
+        warnings.warn(f"{path} has pixels of {now:.4g} {unit} along {letter}; the model was trained on "
+                      f"{was:.4g} {unit}: Noise2Void denoises best at the pixel size it learnt.", stacklevel=2)  # fmt: skip
+
+
+def _output_note(input_dtype, output_dtype, calibration, output):
+    """``float32; the input is uint16: --dtype input keeps it; calibration kept: ...``."""
+    notes = [str(output_dtype)]
+    if np.dtype(input_dtype).kind in "ui" and np.dtype(output_dtype).kind == "f":
+        notes.append(f"the input is {input_dtype}: --dtype input keeps its type, rounded")
+    if calibration and Path(output).suffix.lower() != ".npy":
+        notes.append(f"calibration kept: {describe(calibration)}")
+    return "; ".join(notes)
+
+
 def _export(args):
-    denoiser = Noise2VoidDenoiser.load(args.model, device="cpu")
+    model = _model_to_read(args.model)
+    denoiser = Noise2VoidDenoiser.load(model, device="cpu")
     if Path(args.output).suffix.lower() != ".zip":
         raise ValueError(f"--output {args.output}: a BioImage Model Zoo package is a .zip file.")
-    check_output_apart(args.output, [args.model, args.test_image])
+    check_output_apart(args.output, [model, args.test_image])
     # Lazily: the package keeps a crop of the test image, which is all that is read.
     array, found = read_image(args.test_image, lazy=True, lazy_bytes=0, trust_declared_size=args.trust_declared_size)
     named = _named_axes(args.axes, found, denoiser.axes, array)
@@ -455,7 +617,7 @@ def _export(args):
         args.output, array, name=args.name, description=args.description, authors=args.authors,
         license=args.license, tags=args.tags,
     )  # fmt: skip
-    print(f"{args.model} -> {path}")
+    print(f"{model} -> {path}")
     return 0
 
 
@@ -544,6 +706,7 @@ def describe_model(path):
         "history": _history_summary(denoiser.history_),
         "noise": noise or None,
         "calibration": getattr(denoiser, "calibration_", None),
+        "image_calibration": getattr(denoiser, "image_calibration_", None),
     }
 
 
@@ -565,7 +728,7 @@ def _numbers(values):
 
 
 def _info(args):
-    about = describe_model(args.path)
+    about = describe_model(_model_to_read(args.path, "info"))
     if args.json:
         print(json.dumps(about))
         return 0
@@ -579,6 +742,8 @@ def _info(args):
         f"normalisation: mean {_numbers(about['mean'])}; std {_numbers(about['std'])} (per channel)",
         f"training:      {_history_line(about['history'])}",
     ]
+    if about["image_calibration"]:
+        lines.append(f"trained on:    {describe(about['image_calibration'])}")
     if about["noise"]:
         lines.append("noise model:   " + "; ".join(f"{name} {_numbers(v)}" for name, v in about["noise"].items()))
     if about["calibration"]:

@@ -167,6 +167,8 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
     calibration_ : dict
         With a ``noise_model``: how well it and the prior explain held-out blind
         spots, per intensity bin; ``fit`` warns (``CalibrationWarning``) when they do not.
+    image_calibration_ : dict
+        Only from the command line: the pixel sizes, units and channel names its training files share.
     n_features_in_ : int
         Values per row of ``X``, only set for 2D ``X`` (flattened images with
         ``image_shape``, or one 2D image, whose rows are then its lines).
@@ -332,21 +334,19 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
             return Previous(network["description"], network["weights"], self.mean_, self.std_, len(self.history_),
                             data_range)  # fmt: skip
 
-    def _set_fitted(self, model, mean, std, patch_shape, history, n_features=None, data_range=None, calibration=None):
-        """Set every fitted attribute, in one place (``fit`` and ``load``) and one step."""
+    def _set_fitted(self, model, mean, std, patch_shape, history, n_features=None, data_range=None, calibration=None,
+                    image_calibration=None):  # fmt: skip
+        """Set every fitted attribute, in one place (``fit`` and ``load``) and one step: the previous ones go."""
         fitted = {"model_": model.eval(), "mean_": mean, "std_": std, "patch_shape_": tuple(patch_shape),
                   "n_channels_": model.description["in_channels"], "spatial_ndim_": model.description["ndim"],
-                  "history_": list(history)}
-        if n_features is not None:
-            fitted["n_features_in_"] = n_features
+                  "history_": list(history), "n_features_in_": n_features, "calibration_": calibration,
+                  "image_calibration_": image_calibration}  # fmt: skip
         if data_range is not None:  # model files of earlier versions have none
             fitted["data_min_"], fitted["data_max_"] = (np.asarray(r, dtype=np.float64) for r in data_range)
         if model.noise is not None:
-            fitted.update({f"noise_{k}_": v for k, v in model.noise.parameters_in_input_units().items()},
-                          **({"calibration_": calibration} if calibration is not None else {}))  # fmt: skip
-        stale = ("n_features_in_", "noise_sigma_", "noise_a_", "noise_b_", "data_min_", "data_max_", "calibration_")
-        state = {k: v for k, v in self.__dict__.items() if k not in stale}
-        self.__dict__ = {**state, **fitted}
+            fitted.update({f"noise_{k}_": v for k, v in model.noise.parameters_in_input_units().items()})
+        state = {k: v for k, v in self.__dict__.items() if not (k.endswith("_") and not k.startswith("_"))}
+        self.__dict__ = {**state, **{k: v for k, v in fitted.items() if v is not None}}
 
     # ------------------------------------------------------------- transform
     def transform(self, X, return_std=False):

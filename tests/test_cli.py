@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -234,7 +235,7 @@ def test_user_errors_are_one_line_on_stderr_with_exit_status_2(files, tmp_path, 
         "matches no file": ["fit", tmp_path / "nothing*.tif", "--model", tmp_path / "m.safetensors"],
         "unknown image format '.txt'": ["transform", "--model", model, tmp_path / "notes.txt", "--output", tmp_path / "o.tif"],
         "axes='ZYX' names 3 axes but the array has 2": ["transform", "--model", model, image, "--axes", "ZYX", "--output", tmp_path / "o.tif"],
-        "is not a readable safetensors model file": ["info", image],
+        "is a TIFF image, not an n2v-estimator model file": ["info", image],
         "cannot write '.png'": ["transform", "--model", model, image, "--output", tmp_path / "o.png"],
         "would replace it": ["transform", "--model", model, image, "--output", image],
         "unrecognized arguments: --bogus": ["fit", image, "--model", tmp_path / "m.safetensors", "--bogus", "3"],
@@ -246,7 +247,7 @@ def test_user_errors_are_one_line_on_stderr_with_exit_status_2(files, tmp_path, 
     assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "o.tif").exists()
     monkeypatch.setitem(sys.modules, "tifffile", None)
     status, _, err = run(capsys, "transform", "--model", model, image, "--output", tmp_path / "o.tif")
-    assert status == 2 and 'pip install "n2v-estimator[tiff]"' in error_line(err)
+    assert status == 2 and 'pip install "tifffile" (the [tiff] extra)' in error_line(err)
 
 
 # ------------------------------------------------------- the installed command
@@ -284,7 +285,7 @@ def test_the_installed_command_end_to_end(tmp_path):
         "no such file": ["transform", "--model", "model.safetensors", "missing.tif", "--output", "o.tif"],
         "unknown image format": ["transform", "--model", "model.safetensors", "notes.txt", "--output", "o.tif"],
         "names 3 axes but the array has 2": ["transform", "--model", "model.safetensors", third, "--axes", "ZYX", "--output", "o.tif"],
-        "not a readable safetensors model file": ["info", third],
+        "not an n2v-estimator model file": ["info", third],
     }  # fmt: skip
     for message, argv in errors.items():
         status, _, err = cli(*argv)
@@ -325,3 +326,135 @@ def test_an_invalid_parameter_value_is_named_in_the_estimators_words(files, tmp_
     status, _, err = run(capsys, "fit", files["images"][0], "--model", tmp_path / "m.safetensors", *TINY,
                          "--batch-size", "0")  # fmt: skip
     assert status == 2 and "batch_size" in error_line(err)
+
+
+# ----------------------------------------------- calibration and guidance
+def _imagej_series(path):
+    """A uint16 ImageJ time series (3 frames, 2 channels) of 0.1 x 0.2 um pixels, 2 s apart."""
+    data = noisy(3, 2, 48, 48).astype(np.uint16)
+    tifffile.imwrite(path, data, imagej=True, resolution=(10, 5), metadata={"axes": "TCYX", "unit": "um", "finterval": 2})
+    return path
+
+
+def test_transform_of_an_imagej_file_writes_imagej_with_its_calibration_and_says_so(tmp_path, capsys):
+    source = _imagej_series(tmp_path / "series.tif")
+    status, out, err = run(capsys, "fit", source, "--model", tmp_path / "m.safetensors", *TINY)
+    assert status == 0, err
+    assert "training images: pixel size Y 0.2 µm, X 0.1 µm; frame interval 2 s" in out
+    status, out, err = run(capsys, "info", tmp_path / "m.safetensors")
+    assert "trained on:    pixel size Y 0.2 µm, X 0.1 µm; frame interval 2 s" in out
+    status, out, _ = run(capsys, "info", tmp_path / "m.safetensors", "--json")
+    assert json.loads(out)["image_calibration"]["scale"] == {"Y": 0.2, "X": 0.1, "S": 2.0}
+    for dtype, written in (["--dtype", "input"], "uint16"), ([], "float32"):
+        status, out, err = run(capsys, "transform", "--model", tmp_path / "m.safetensors", source, "--output",
+                               tmp_path / "out.tif", *dtype)  # fmt: skip
+        assert status == 0, err
+        with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+            assert tif.is_imagej and tif.series[0].axes == "TCYX" and tif.series[0].dtype == written
+            assert tif.pages.first.resolution == pytest.approx((10, 5)) and tif.imagej_metadata["finterval"] == 2
+        assert f"out.tif ({written}" in out
+        assert ("the input is uint16: --dtype input keeps its type" in out) == (written == "float32")
+        assert "calibration kept: pixel size Y 0.2 µm, X 0.1 µm; frame interval 2 s" in out
+
+
+def test_transform_warns_where_calibration_is_lost_or_pixels_differ_from_training(tmp_path, capsys):
+    source = _imagej_series(tmp_path / "series.tif")
+    assert main(["fit", str(source), "--model", str(tmp_path / "m.safetensors"), "--quiet", *TINY]) == 0
+    status, _, err = run(capsys, "transform", "--model", tmp_path / "m.safetensors", source, "--output", tmp_path / "o.npy")
+    assert status == 0 and "a .npy file keeps no calibration" in err and "write .tif or .zarr" in err
+    other = tmp_path / "coarse.tif"
+    tifffile.imwrite(other, noisy(2, 48, 48).astype(np.uint16), imagej=True, resolution=(2, 2),
+                     metadata={"axes": "CYX", "unit": "um"})  # fmt: skip
+    status, _, err = run(capsys, "transform", "--model", tmp_path / "m.safetensors", other, "--output", tmp_path / "o.tif",
+                         "--axes", "CYX")  # fmt: skip
+    assert status == 0 and "coarse.tif has pixels of 0.5 µm along Y; the model was trained on 0.2 µm" in err
+    assert "along X; the model was trained on 0.1 µm" in err
+
+
+def test_a_model_path_is_a_safetensors_file_and_a_missing_or_wrong_one_is_named(tmp_path, capsys, files):
+    image = files["images"][0]
+    cases = {
+        "--model model.npz: a model is written as one safetensors file; name it model.safetensors":
+            ["fit", image, "--model", "model.npz", *TINY],
+        f"--model {tmp_path / 'absent.safetensors'}: no model file at": [
+            "transform", "--model", tmp_path / "absent.safetensors", image, "--output", tmp_path / "o.tif"],
+        f"{image} is a TIFF image, not an n2v-estimator model file": [
+            "transform", "--model", image, image, "--output", tmp_path / "o.tif"],
+        f"info {tmp_path / 'absent'}: no model file at": ["info", tmp_path / "absent"],
+        "no model file at": ["export", "--model", tmp_path / "absent", "--test-image", image, "--output",
+                             tmp_path / "p.zip", "--name", "a model", "--description", "d", "--author", "a"],
+    }  # fmt: skip
+    for message, argv in cases.items():
+        status, _, err = run(capsys, *argv)
+        assert status == 2 and message in error_line(err), (argv, err)
+    assert not os.path.exists("model.npz")
+
+
+def test_an_axes_error_names_the_file_its_shape_the_axes_and_the_fix(tmp_path, capsys):
+    two = write_tiff(tmp_path / "two.tif", noisy(2, 64, 64), axes="CYX")
+    depth2 = [a if a != "1" or TINY[k - 1] != "--depth" else "2" for k, a in enumerate(TINY)]
+    for given in ("YXC", "ZYX"):
+        status, _, err = run(capsys, "fit", two, "--axes", given, "--model", tmp_path / "m.safetensors", *depth2,
+                             "--validation-fraction", "0")  # fmt: skip
+        line = error_line(err)
+        assert status == 2 and f"two.tif (shape (2, 64, 64), axes {given} from --axes; its metadata names CYX: " in line
+        assert "leave out --axes to use them" in line and f"With axes='{given}'" in line and "only 2 pixel(s)" in line
+    status, _, err = run(capsys, "fit", two, "--model", tmp_path / "m.safetensors", *depth2, "--validation-fraction", "0")
+    assert status == 0, err
+
+
+def test_yes_or_no_options_take_a_value_or_none_in_every_command(files, tmp_path, capsys):
+    model, image = files["model"], files["images"][0]
+    for tta in (["--tta"], ["--tta", "True"], ["--tta=false"], ["--tta", "no"]):
+        status, out, err = run(capsys, "transform", "--model", model, *tta, image, "--output", tmp_path / "o.tif",
+                               "--quiet", "false")  # fmt: skip
+        assert status == 0 and "o.tif" in out, (tta, err)
+    status, _, err = run(capsys, "fit", image, "--model", tmp_path / "m.safetensors", *TINY, "--warm-start", "--quiet")
+    assert status == 0 and err.count("warning") <= 1, err
+    status, out, _ = run(capsys, "info", model, "--json", "yes")
+    assert status == 0 and json.loads(out)["axes"] == "YX"
+    status, _, err = run(capsys, "transform", "--model", model, image, "--output", tmp_path / "o.tif", "--tta", "maybe")
+    assert status == 2 and "unrecognized arguments: maybe" in error_line(err)  # --tta alone, then a stray word
+
+
+def test_a_misspelled_option_gets_the_closest_one(files, tmp_path, capsys):
+    image = files["images"][0]
+    status, _, err = run(capsys, "fit", image, "--model", tmp_path / "m.safetensors", "--max-epoch", "1")
+    line = error_line(err)
+    assert status == 2 and "unrecognized arguments: --max-epoch 1; did you mean --max-epochs" in line
+    assert "(see 'n2v-estimator fit --help')" in line
+    status, _, err = run(capsys, "transform", "--model", files["model"], image, "--output", tmp_path / "o.tif", "--tile-sise", "64")
+    assert status == 2 and "did you mean --tile-size" in error_line(err)
+
+
+def test_a_3d_file_without_axes_trains_as_a_stack_of_2d_images_with_a_note(tmp_path, capsys):
+    np.save(tmp_path / "volume.npy", noisy(16, 32, 32))
+    status, _, err = run(capsys, "fit", tmp_path / "volume.npy", "--model", tmp_path / "m.safetensors", *TINY,
+                         "--validation-fraction", "0")  # fmt: skip
+    assert status == 0 and "warning: X of shape (16, 32, 32) with axes=None is trained as a stack of 16 separate" in err
+    assert "--axes ZYX" in err
+
+
+@pytest.mark.slow
+def test_the_readmes_command_lines_run_as_written(tmp_path):
+    """Each command of the README's command-line block, on small files of the names it uses."""
+    import shlex
+
+    command = shutil.which("n2v-estimator")
+    readme = Path(__file__).parent.parent / "README.md"
+    if command is None or not readme.exists():
+        pytest.skip("needs the installed command and the repository's README")
+    pytest.importorskip("zarr")
+    pytest.importorskip("bioimageio.core")
+    block = readme.read_text().split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    lines = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").strip().splitlines()]
+    assert [line[:2] for line in lines] == [["n2v-estimator", name] for name in ("fit", "transform", "transform", "info", "export")]
+    write_tiff(tmp_path / "noisy_01.tif", noisy(32, 32))
+    write_tiff(tmp_path / "noisy_02.tif", noisy(40, 32, seed=1))
+    _io.write_image(tmp_path / "big.ome.zarr", noisy(48, 48), "YX")
+    for line in lines:
+        # As a shell would run it: the glob expanded by the command itself (it expands patterns).
+        done = subprocess.run([command, *line[1:]], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert done.returncode == 0, (line, done.stderr)
+    assert (tmp_path / "denoised_01.tif").exists() and (tmp_path / "denoised.ome.zarr").is_dir()
+    assert (tmp_path / "model.zip").exists()

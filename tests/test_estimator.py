@@ -171,7 +171,18 @@ def test_cross_validation_on_one_2d_image_warns_that_folds_are_its_rows():
         cross_val_score(tiny(validation_fraction=0), image, cv=2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cross_val_score(tiny(validation_fraction=0), image.reshape(4, 48, 48), cv=2)
+        cross_val_score(tiny(validation_fraction=0, axes="SYX"), image.reshape(4, 48, 48), cv=2)
+
+
+def test_a_3d_array_without_axes_trains_as_a_stack_of_2d_images_and_says_so():
+    stack = np.random.default_rng(0).normal(size=(4, 32, 32))
+    with pytest.warns(UserWarning, match=r"X of shape \(4, 32, 32\) with axes=None is trained as a stack of 4 separate 2D"):
+        denoiser = tiny(validation_fraction=0).fit(stack)
+    assert denoiser.spatial_ndim_ == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tiny(validation_fraction=0, axes="SYX").fit(stack)  # said: no note
+        tiny(validation_fraction=0).fit(stack[0])  # 2D: nothing to say
 
 
 def test_load_restores_every_saved_parameter_verbose_included(tmp_path, camera_pair):

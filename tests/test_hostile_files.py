@@ -245,9 +245,15 @@ def test_fit_refuses_to_replace_a_file_that_is_not_a_model(tmp_path, capsys, noi
     assert "not an n2v-estimator model file" in capsys.readouterr().err and other.read_bytes() == before
 
 
-def test_fit_refuses_a_model_path_naming_a_folder(tmp_path, capsys, noisy_tif):
-    assert main(["fit", str(noisy_tif), "--model", f"{tmp_path / 'out'}/", *CLI_FIT]) == 2
-    assert "names a folder" in capsys.readouterr().err and not (tmp_path / "out").exists()
+def test_a_model_path_naming_a_folder_means_model_safetensors_in_it_for_every_command(tmp_path, capsys, noisy_tif):
+    assert main(["fit", str(noisy_tif), "--model", f"{tmp_path / 'out'}/", *CLI_FIT]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["model.safetensors"]
+    capsys.readouterr()
+    for model in (f"{tmp_path / 'out'}/", str(tmp_path / "out")):  # the folder, with or without a separator
+        assert main(["info", model]) == 0 and "n2v-estimator model" in capsys.readouterr().out
+        assert main(["transform", "--model", model, str(noisy_tif), "--output", str(tmp_path / "d.tif"), "--quiet"]) == 0
+    assert main(["info", str(tmp_path)]) == 2  # a folder without a model: where it was looked for
+    assert f"no model file at {tmp_path / 'model.safetensors'}" in capsys.readouterr().err
 
 
 def _labelled_store(tmp_path):
