@@ -270,8 +270,9 @@ def build_parser():
         "transform: denoise the INPUT images with the model. One INPUT: --output is a file whose suffix "
         f"chooses its format ({WRITE_FORMATS}); several: --output is a folder, each result named after "
         "its input (as TIFF unless the input is TIFF or zarr). Zarr inputs and TIFF or .npy inputs over "
-        "512 MiB are read, denoised and written chunk by chunk, in bounded memory; the input's axes "
-        "metadata is kept.",
+        "512 MiB are read, denoised and written chunk by chunk, in bounded memory. The input's axes and "
+        "calibration (pixel sizes, frame interval, channel names) are kept, an ImageJ TIFF written as ImageJ. "
+        "Results are float32 (float64 for float64 input); --dtype input keeps the input's type.",
         usage=f"{PROG} transform --model PATH INPUT... --output PATH [--axes AXES] [--tta] [--quiet] [--PARAMETER VALUE]",
     )  # fmt: skip
     transform.add_argument("inputs", nargs="+", metavar="INPUT", help="images: files, zarr folders or glob patterns")
