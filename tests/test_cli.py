@@ -458,3 +458,46 @@ def test_the_readmes_command_lines_run_as_written(tmp_path):
         assert done.returncode == 0, (line, done.stderr)
     assert (tmp_path / "denoised_01.tif").exists() and (tmp_path / "denoised.ome.zarr").is_dir()
     assert (tmp_path / "model.zip").exists()
+
+
+@pytest.fixture(scope="module")
+def models_2d_3d(tmp_path_factory):
+    """A one-channel 2D model and a one-channel 3D model, fitted by the command line."""
+    folder = tmp_path_factory.mktemp("models")
+    np.save(folder / "plane.npy", noisy(48, 48))
+    np.save(folder / "volume.npy", noisy(16, 32, 32))
+    for name, axes in (("plane", "YX"), ("volume", "ZYX")):
+        assert main(["fit", str(folder / f"{name}.npy"), "--axes", axes, "--model", str(folder / f"{name}.safetensors"),
+                     "--quiet", *TINY, "--validation-fraction", "0"]) == 0  # fmt: skip
+    return {"YX": folder / "plane.safetensors", "ZYX": folder / "volume.safetensors"}
+
+
+def _calibrated_input(path, flavour, tiff_axes, data):
+    """A file of ``flavour`` with 0.1 x 0.2 um pixels, 0.5 um slices and 2 s frames."""
+    if flavour == "imagej":
+        tifffile.imwrite(path, data, imagej=True, resolution=(10, 5),
+                         metadata={"axes": tiff_axes, "unit": "um", "spacing": 0.5, "finterval": 2})  # fmt: skip
+    elif flavour == "ome-tiff":
+        tifffile.imwrite(path, data, ome=True, metadata={
+            "axes": tiff_axes, "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.2, "PhysicalSizeZ": 0.5, "TimeIncrement": 2})  # fmt: skip
+    else:
+        ours = tiff_axes.replace("T", "S")
+        record = {"scale": {"S": 2, "Z": 0.5, "Y": 0.2, "X": 0.1}, "unit": dict.fromkeys("ZYX", "micrometer") | {"S": "second"}}
+        _io.write_image(path, data, ours, {"calibration": record})
+    return path
+
+
+@pytest.mark.parametrize("flavour, suffix", [("imagej", ".tif"), ("ome-tiff", ".tif"), ("ome-zarr", ".zarr")])
+@pytest.mark.parametrize("tiff_axes, shape", [("YX", (48, 48)), ("ZYX", (16, 32, 32)), ("TYX", (3, 48, 48))])
+def test_transform_keeps_each_formats_calibration_and_flavour(tmp_path, capsys, models_2d_3d, flavour, suffix, tiff_axes, shape):
+    source = _calibrated_input(tmp_path / f"in{suffix}", flavour, tiff_axes, noisy(*shape))
+    model = models_2d_3d["ZYX" if "Z" in tiff_axes else "YX"]
+    status, out, err = run(capsys, "transform", "--model", model, source, "--output", tmp_path / f"out{suffix}")
+    assert status == 0, err
+    _, axes, metadata = _io.read_image(source, return_metadata=True)
+    _, written_axes, written = _io.read_image(tmp_path / f"out{suffix}", return_metadata=True)
+    assert written_axes == axes and written["calibration"] == metadata["calibration"]
+    expected = {"Y": 0.2, "X": 0.1, **({"Z": 0.5} if "Z" in axes else {}), **({"S": 2.0} if "S" in axes else {})}
+    assert written["calibration"]["scale"] == pytest.approx(expected)
+    assert written["format"] == metadata["format"] and written.get("imagej") == metadata.get("imagej")
+    assert written.get("ome") == metadata.get("ome") and "calibration kept: pixel size" in out
