@@ -301,8 +301,11 @@ def _ascii(value):
 def imagej_options(record, extras, tiff_axes, dtype):
     """tifffile options writing an ImageJ TIFF with ``record``'s calibration and the
     input's ``extras``, or ``None`` where ImageJ cannot hold the data (its axes are
-    not in ImageJ's order ``TZCYXS``, or its type is not 8-bit, 16-bit or float32)."""
+    not in ImageJ's order ``TZCYXS``, its type is not 8-bit, 16-bit or float32, or it
+    is colour (``S``) other than 8-bit)."""
     if str(dtype) not in _IMAGEJ_DTYPES or not _in_order(tiff_axes, "TZCYXS"):
+        return None
+    if "S" in tiff_axes and str(dtype) != "uint8":  # ImageJ's colour images are 8-bit RGB
         return None
     scale, unit = record.get("scale", {}), record.get("unit", {})
     metadata = {"axes": tiff_axes}

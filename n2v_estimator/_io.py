@@ -7,7 +7,8 @@ array with the axes its file names (``None`` where it names none). With
 comes back as a dask array that reads nothing until it is computed.
 :func:`write_image` writes a result as TIFF, OME-Zarr or ``.npy`` with its axes
 and the input's calibration (pixel sizes, frame interval, channel names: see
-:mod:`._image_metadata`; an ImageJ TIFF as ImageJ, another TIFF as OME-TIFF), streams a dask array to disk chunk by chunk, and writes under a temporary name
+:mod:`._image_metadata`; an ImageJ TIFF as ImageJ, another TIFF as OME-TIFF),
+streams a dask array to disk chunk by chunk, and writes under a temporary name
 renamed into place, so that a failed write never leaves a half-written file.
 
 tifffile, zarr and dask are optional (the extras ``[tiff]``, ``[zarr]`` and

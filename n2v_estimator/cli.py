@@ -478,7 +478,7 @@ def _inputs_context(paths, images, given, axes):
         text = f"{path} (shape {tuple(array.shape)}, axes {used or ('YX' if array.ndim == 2 else 'SYX')} {source}"
         if given and found and found != given:
             text += f"; its metadata names {found}: leave out --axes to use them"
-        elif given or not found:
+        else:
             text += "; give the right ones with --axes"
         parts.append(text + ")")
     more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""

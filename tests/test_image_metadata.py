@@ -110,6 +110,8 @@ def test_imagej_options_write_units_spacing_interval_and_the_kept_entries_in_asc
     assert metadata["Labels"] == ["µ"]  # the IJMetadata tag holds UTF-16: kept as it is
     assert imagej_options(record, {}, "TZYX", np.dtype("float64")) is None  # ImageJ has no float64
     assert imagej_options(record, {}, "ZTYX", np.dtype("uint8")) is None  # nor this order
+    assert imagej_options(record, {}, "YXS", np.dtype("float32")) is None  # nor float colour
+    assert imagej_options(record, {}, "YXS", np.dtype("uint8"))["imagej"]
     assert imagej_options({"unit": {"X": "furlong"}, "scale": {"X": 1.0}}, {}, "YX", np.dtype("uint8"))["metadata"][
         "unit"
     ] == "furlong"
