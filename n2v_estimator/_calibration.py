@@ -26,7 +26,7 @@ What a ratio off 1 means:
 Training fits ``tau`` to the residuals of the training patches, so a good
 ratio on them says little; on held-out patches it tests both the prior and the
 noise model. Only their sum is seen: a noise model too small everywhere, made
-up by a wider ``tau``, passes (see README, "Probabilistic Noise2Void").
+up by a wider ``tau``, passes (docs: guide/probabilistic).
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def blind_spot_loss(prediction, x, mask, noise):
     variance ``v(mu)``. At the reference budget (GPU, 9 runs on the dev
     cases, seeds 0-2) the posterior gained 0.12 dB on average over the
     likelihood alone (-0.04 to +0.38), and camera's share of pixels within one
-    posterior std (Gaussian 25) moved from 0.78 to 0.75 (README, "Probabilistic Noise2Void").
+    posterior std (Gaussian 25) moved from 0.78 to 0.75 (docs: guide/probabilistic).
 
     Parameters and returns as :func:`blind_spot_nll`.
     """

@@ -63,7 +63,7 @@ def resolve_blind_spot(blind_spot, noise_model, ndim):
     A probabilistic model needs a good blind prior: the masked U-Net's, trained
     on 2% of the pixels, lost up to 0.96 dB to plain Noise2Void on moon and 0.7 to
     2.6 dB on a held-out cell image under Poisson noise; the blind-spot network's,
-    trained on every pixel, gained on every dev case measured (README, "Probabilistic Noise2Void").
+    trained on every pixel, gained on every dev case measured (docs: guide/probabilistic).
     It needs training patches that cover its reach (see ``_plan``), which the 3D
     default patch (16x32x32) does not: 3D keeps the masked U-Net.
     """

@@ -198,7 +198,7 @@ def parameter_value(text):
 def _add_parameter_options(parser, names, helps, defaults):
     group = parser.add_argument_group(
         "estimator parameters",
-        "Noise2VoidDenoiser's parameters (README, Parameters); values are Python literals or strings.",
+        "Noise2VoidDenoiser's parameters (docs: guide/parameters); values are Python literals or strings.",
     )
     for name in names:
         spellings = dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}"])

@@ -88,8 +88,8 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
     blind_spot : {"mask", "network"} or None, default=None
         How the network is kept from seeing the pixel it predicts: ``"mask"``, Noise2Void's
         masked pixels (the settings above); ``"network"``, a blind-spot architecture (Laine et
-        al. 2019) that learns from every pixel, a step costing 3-6x (README, "Blind-spot
-        network"). ``None``: ``"network"`` with a ``noise_model`` in 2D (a far better prior), else ``"mask"``.
+        al. 2019) that learns from every pixel, a step costing 3-6x (docs:
+        guide/probabilistic). ``None``: ``"network"`` with a ``noise_model`` in 2D (a far better prior), else ``"mask"``.
     validation_fraction : float, default=0.1
         Held out (whole images, else a strip of each) to keep the weights of
         lowest validation loss; with 0, the last weights are kept.
@@ -292,7 +292,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
             Noisy images laid out as ``axes`` says (integer or float); a list
             (or tuple) of images that share their axes but not their sizes
             (patches drawn in proportion to size); a zarr or dask array, read
-            patch by patch, never whole (README, "Large data").
+            patch by patch, never whole (docs: guide/large-data).
         y : None
             Ignored: training is self-supervised. Accepted so that
             ``GridSearchCV(...).fit(noisy, clean)`` can score against clean images.
@@ -358,7 +358,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
             Images laid out as ``axes`` says, with the channels seen in ``fit``;
             any spatial size (rows of ``image_shape`` under ``image_shape``).
             A list gives a list; a ``dask.array.Array`` gives a lazy dask
-            array, denoised chunk by chunk (README, "Large data").
+            array, denoised chunk by chunk (docs: guide/large-data).
         return_std : bool, default=False
             With a ``noise_model``: also return the posterior std of every pixel (an uncertainty map).
 
