@@ -446,7 +446,7 @@ def test_the_readmes_command_lines_run_as_written(tmp_path):
         pytest.skip("needs the installed command and the repository's README")
     pytest.importorskip("zarr")
     pytest.importorskip("bioimageio.core")
-    block = readme.read_text().split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    block = readme.read_text().split("## Quickstart: command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     lines = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").strip().splitlines()]
     assert [line[:2] for line in lines] == [["n2v-estimator", name] for name in ("fit", "transform", "transform", "info", "export")]
     write_tiff(tmp_path / "noisy_01.tif", noisy(32, 32))

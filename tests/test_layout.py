@@ -19,10 +19,11 @@ def test_estimator_module_holds_only_the_class_and_stays_short():
     assert [node.name for node in top_level if isinstance(node, ast.ClassDef)] == ["Noise2VoidDenoiser"]
 
 
-def test_readme_layout_names_every_module():
-    if not README.exists():  # installed without the repository
+def test_the_architecture_page_names_every_module():
+    architecture = PACKAGE.parent / "docs" / "architecture.md"
+    if not architecture.exists():  # installed without the repository
         return
-    layout = README.read_text().split("## Layout", 1)[1]
+    layout = architecture.read_text()
     named = set(re.findall(r"\b(_[a-z][a-z_]*[a-z])\b", layout))
     modules = {p.stem for p in PACKAGE.glob("_*.py") if p.stem != "__init__"}
     assert modules == named, (modules - named, named - modules)
@@ -40,8 +41,9 @@ def test_the_repository_stands_alone():
     root = PACKAGE.parent
     if not README.exists():  # installed without the repository
         return
-    documents = [README, *(p for folder in ("benchmarks", "examples") for p in (root / folder).rglob("*")
-                           if p.suffix in {".py", ".md", ".sh", ".ipynb"})]
+    documents = [README, root / "mkdocs.yml", *(p for folder in ("benchmarks", "examples", "docs")
+                                                for p in (root / folder).rglob("*")
+                                                if p.suffix in {".py", ".md", ".sh", ".ipynb"})]  # fmt: skip
     for path in documents:
         text = path.read_text()
         assert "../shared" not in text and "ANCHORS" not in text, path
@@ -58,7 +60,7 @@ def test_install_lines_work_as_written_from_a_checkout():
     import tomllib
 
     extras = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    documents = [README, *(root / "examples").glob("*.ipynb"), *(root / "examples").glob("*.py")]
+    documents = [README, *(root / "examples").glob("*.ipynb"), *(root / "examples").glob("*.py"), *(root / "docs").rglob("*.md")]
     checked = 0
     for path in documents:
         for paragraph in re.split(r"\n\s*\n", path.read_text().replace('\\"', '"')):
@@ -67,5 +69,23 @@ def test_install_lines_work_as_written_from_a_checkout():
                     assert set(named.split(",")) <= extras, (path.name, line)
                     checked += 1
                 if "n2v-estimator[" in line:
-                    assert re.search(r"once [^.]*released", paragraph), (path.name, line)
+                    assert re.search(r"once [^.]*released", paragraph, re.I), (path.name, line)
     assert checked >= 4
+
+
+def test_the_readme_is_short_and_every_documentation_page_is_reachable_from_the_index():
+    """A README for users (what, install, three quickstarts, links); the rest is in docs/, whose
+    pages are all in mkdocs.yml's navigation and linked from the index, and whose links resolve."""
+    root = PACKAGE.parent
+    if not README.exists():  # installed without the repository
+        return
+    assert len(README.read_text().splitlines()) <= 200
+    docs = root / "docs"
+    pages = {p.relative_to(docs).as_posix() for p in docs.rglob("*.md")}
+    navigation = set(re.findall(r":\s*([\w/.-]+\.md)\s*$", (root / "mkdocs.yml").read_text(), re.M))
+    assert pages == navigation, (pages - navigation, navigation - pages)
+    index_links = set(re.findall(r"\]\(([\w/.-]+\.md)", (docs / "index.md").read_text()))
+    assert pages - {"index.md"} <= index_links, pages - index_links
+    for page in [README, *docs.rglob("*.md")]:  # relative links to files that exist
+        for target in re.findall(r"\]\((?!https?:)([^)#\s]+)", page.read_text()):
+            assert (page.parent / target).exists(), (page, target)
