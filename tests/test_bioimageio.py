@@ -163,7 +163,14 @@ def test_the_package_describes_our_normalisation_halo_and_tile_step(fitted_2d, t
     assert steps == {"y": 4, "x": 4}
     assert descr.weights.pytorch_state_dict.architecture.kwargs["depth"] == 2
     readme = zipfile.ZipFile(tmp_path / "model.zip").read("README.md").decode()
-    assert "Denoises test images." in readme and "epochs" in readme and '"depth": 2' in readme
+    assert "Denoises test images." in readme and '"depth": 2' in readme
+    history = fitted_2d.history_
+    best = min((h["val_loss"] for h in history if h.get("val_loss") is not None), default=None)
+    training = " ".join(readme.split("## Training", 1)[1].split("## Use", 1)[0].split())
+    assert f"{len(history)} epochs; last training loss {history[-1]['train_loss']:.4g}" in training
+    assert f"best validation loss {'n/a' if best is None else format(best, '.4g')}" in training
+    assert "nan" not in training.lower() and history[-1]["train_loss"] > 0
+    assert "x".join(map(str, fitted_2d.patch_shape_)) in training
 
 
 def test_the_architecture_source_stands_alone_and_computes_our_network(fitted_2d):
