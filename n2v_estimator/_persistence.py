@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
-from sklearn.utils._param_validation import InvalidParameterError
 
 from ._atomic import temporary_beside
+from ._constraints import InvalidParameterError
 from ._image_metadata import check_calibration
 from ._unet import build_unet, check_description, expected_state
 

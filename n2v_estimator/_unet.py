@@ -13,9 +13,9 @@ from numbers import Integral
 
 import torch
 import torch.nn.functional as F
-from sklearn.utils._param_validation import Interval, StrOptions, validate_parameter_constraints
 from torch import nn
 
+from ._constraints import Interval, StrOptions, validate_parameter_constraints
 from ._noise import NOISE_MODELS, TAU_FLOOR, NoiseModel
 
 # What each of the network's settings may be. The estimator declares these as its

@@ -8,12 +8,12 @@ from numbers import Integral, Real
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from ._axes import check_fitted_layout, feature_names_out, from_canonical, is_image_list, read_images
 from ._bioimageio import BioImageIOMixin
 from ._compute import PRECISIONS, resolve_precision
+from ._constraints import Interval, Options, StrOptions
 from ._devices import resolve_device
 from ._lazy import is_dask_array, transform_lazy
 from ._masking import MANIPULATORS

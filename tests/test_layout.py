@@ -89,3 +89,13 @@ def test_the_readme_is_short_and_every_documentation_page_is_reachable_from_the_
     for page in [README, *docs.rglob("*.md")]:  # relative links to files that exist
         for target in re.findall(r"\]\((?!https?:)([^)#\s]+)", page.read_text()):
             assert (page.parent / target).exists(), (page, target)
+
+
+def test_scikit_learns_private_modules_are_imported_in_one_place():
+    """scikit-learn's private parameter constraints come through _constraints only (pinned there)."""
+    for path in PACKAGE.rglob("*.py"):
+        if path.name != "_constraints.py":
+            assert not re.search(r"^\s*(from|import) sklearn(\.\w+)*\._", path.read_text(), re.M), path.name
+    from n2v_estimator import _constraints
+
+    assert all(hasattr(_constraints, name) for name in _constraints.__all__)
