@@ -132,14 +132,13 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore")
 
+import careamics.lightning.modules.n2v_module as _n2v_module  # noqa: E402
 import skimage.data  # noqa: E402
-from skimage.metrics import peak_signal_noise_ratio  # noqa: E402
-
 from careamics import CAREamist  # noqa: E402
 from careamics.config.factories.n2v_factory import create_advanced_n2v_config  # noqa: E402
 from careamics.lightning.data import CareamicsDataModule  # noqa: E402
-import careamics.lightning.modules.n2v_module as _n2v_module  # noqa: E402
 from careamics.models import get_model_constraints  # noqa: E402
+from skimage.metrics import peak_signal_noise_ratio  # noqa: E402
 
 for _name in ("lightning", "lightning.pytorch", "lightning.fabric", "careamics"):
     logging.getLogger(_name).setLevel(logging.ERROR)

@@ -12,7 +12,7 @@ Losses (every pixel of every patch):
   nll: -log N(x; mu, tau^2 + v(mu)), everything trained (Laine).
   mse: (x - mu)^2 + the same NLL with mu detached (our package's split).
 Noise: v = a*relu(s) + b (poisson_gaussian, input units) or sigma^2 (gaussian);
-log-parameterised, initialised by n2v_estimator._noise.estimate_noise, lr x0.1.
+log-parameterised, initialised by n2v_estimator.nets.noise.estimate_noise, lr x0.1.
 
     python benchmarks/blind_network_prior.py --check
     python benchmarks/blind_network_prior.py --image camera --noise poisson --loss nll --steps 1500
@@ -28,11 +28,11 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dev_cases import add_noise, load_clean, psnr
 from torch import nn
 
-from dev_cases import add_noise, load_clean, psnr
-from n2v_estimator._noise import TAU_FLOOR, estimate_noise
-from n2v_estimator._training import warmup_cosine
+from n2v_estimator.fit.training import warmup_cosine
+from n2v_estimator.nets.noise import TAU_FLOOR, estimate_noise
 
 
 def shift_down(x, n=1):
@@ -281,7 +281,7 @@ def check_blindness():
            "max_abs_change_anywhere": float((a - b).abs().max())}
     print(json.dumps({"blind": ok, "per_pixel": report, "receptive_field": rf, **f32}))
     n_laine = sum(p.numel() for p in LaineNet(32, 96).parameters())
-    from n2v_estimator._unet import UNet
+    from n2v_estimator.nets.unet import UNet
     n_unet = sum(p.numel() for p in UNet(2, 1, 2, 32).parameters())
     n_unet_p = sum(p.numel() for p in UNet(2, 1, 2, 32, noise_model="poisson_gaussian").parameters())
     print(json.dumps({"params_laine_32_head96": n_laine, "params_laine_unet_only": sum(p.numel() for p in LaineNet(32, 96).unet.parameters()),

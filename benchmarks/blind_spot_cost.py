@@ -25,7 +25,7 @@ import torch
 from skimage import data
 
 from n2v_estimator import Noise2VoidDenoiser
-from n2v_estimator._compute import resolve_precision
+from n2v_estimator.runtime.compute import resolve_precision
 
 BASE = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, max_epochs=1, steps_per_epoch=2, random_state=0,
             device="cpu", verbose=False, validation_fraction=0)

@@ -5,7 +5,7 @@
 
 Under ``precision="auto"`` (bfloat16 autocast on a CPU with native bfloat16) the
 network's last 1x1 convolution, residual and prior-scale softplus run in float32
-(:meth:`n2v_estimator._unet.UNet._output`). The bfloat16 head this replaced is put
+(:meth:`n2v_estimator.nets.unet.UNet._output`). The bfloat16 head this replaced is put
 back by swapping that method for one that runs under the caller's autocast, the
 state before the change; everything else is the same code.
 
@@ -33,9 +33,9 @@ import torch
 from skimage import data
 
 from n2v_estimator import Noise2VoidDenoiser
-from n2v_estimator._blindnet import BlindSpotNetwork
-from n2v_estimator._compute import resolve_precision
-from n2v_estimator._unet import UNet, _prior_scale
+from n2v_estimator.nets.blindnet import BlindSpotNetwork
+from n2v_estimator.nets.unet import UNet, _prior_scale
+from n2v_estimator.runtime.compute import resolve_precision
 
 FLOAT32_HEAD = UNet._output
 

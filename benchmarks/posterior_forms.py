@@ -2,7 +2,7 @@
 
 ``transform`` combines the prior ``N(mu, tau**2)`` with the noisy pixel ``x``
 in closed form, the noise variance ``a * s + b`` evaluated at ``s = mu``
-(``_noise.posterior``). A numerically exact 1D integral over the signal
+(``n2v_estimator.nets.noise.posterior``). A numerically exact 1D integral over the signal
 would be the alternative, if it were measurably better. This benchmark
 computes, from one fitted model's prior, the posterior mean and standard
 deviation by:
@@ -146,7 +146,7 @@ def main():
     result = {"image": args.image, "noise": "poisson", "blind_spot": model.blind_spot, "tta": args.tta,
               "noise_fitted": {"a": round(a, 3), "b": round(b, 3)}, "psnr_prior": round(psnr(mu.numpy(), clean), 3)}
     every = forms(mu, tau, torch.from_numpy(noisy.astype(np.float64)), a, b)
-    # The closed form here is _noise.posterior's, in input units and float64: check it against transform.
+    # The closed form here is nets.noise.posterior's, in input units and float64: check it against transform.
     gap = float(np.abs(every["closed_at_mu"][0].numpy() - model.transform(noisy)).max())
     assert gap < 1e-3, f"closed_at_mu differs from transform by {gap}"
     for name, (mean, std) in every.items():

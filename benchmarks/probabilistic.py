@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from dev_cases import add_noise, extra_params, load_clean, psnr
 
-from n2v_estimator import Noise2VoidDenoiser, _predict
+from n2v_estimator import Noise2VoidDenoiser
+from n2v_estimator.predict import denoise as _predict
 
 NOISE_MODEL = {"gauss25": "gaussian", "poisson": "poisson_gaussian"}
 # The parameters that made the noise (input units).

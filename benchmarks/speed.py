@@ -66,7 +66,7 @@ class Ours:
         import torch
 
         from n2v_estimator import Noise2VoidDenoiser
-        from n2v_estimator._plan import make_plan
+        from n2v_estimator.fit.plan import make_plan
 
         _, noisy = camera_case()
         estimator = Noise2VoidDenoiser(**FIXED, precision=precision, masked_pixel_percentage=0.198,
@@ -79,8 +79,8 @@ class Ours:
         self.torch = torch
 
     def train(self, steps):
-        from n2v_estimator._patches import PatchSampler
-        from n2v_estimator._training import train
+        from n2v_estimator.data.patches import PatchSampler
+        from n2v_estimator.fit.training import train
 
         start = time.perf_counter()
         train(self.model, PatchSampler(self.plan.train_images, self.plan.patch_shape), self.plan.masker,

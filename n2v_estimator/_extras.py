@@ -16,11 +16,11 @@ DISTRIBUTION = "n2v-estimator"
 
 
 def install_command(extra):
-    """``pip install "tifffile"``: the requirements of ``extra`` as the installed package
+    """``pip install "tifffile" (the [tiff] extra)``: the requirements of ``extra`` as the installed package
     declares them; ``pip install "n2v-estimator[extra]"`` where its metadata is not there.
 
     >>> install_command("tiff")
-    'pip install "tifffile"'
+    'pip install "tifffile" (the [tiff] extra)'
     """
     try:
         requires = importlib.metadata.requires(DISTRIBUTION) or []

@@ -24,12 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ._axes import resolve_axes
-from ._bioimageio import TEST_SIDE
-from ._budget import MAX_EXPANSION, check_free_space, declared_bytes
-from ._calibration import calibration_problems
-from ._image_metadata import common_calibration, describe, differs, for_axes, unit_symbol
-from ._io import (
+from ._version import __version__
+from .data.axes import resolve_axes
+from .estimator import Noise2VoidDenoiser
+from .fit.calibration import calibration_problems
+from .fit.training import NonFiniteLossError
+from .io.bioimageio import TEST_SIDE
+from .io.budget import MAX_EXPANSION, check_free_space, declared_bytes
+from .io.image_metadata import common_calibration, describe, differs, for_axes, unit_symbol
+from .io.images import (
     READ_FORMATS,
     WRITE_FORMATS,
     check_output_apart,
@@ -39,11 +42,8 @@ from ._io import (
     rechunk_for_axes,
     write_image,
 )
-from ._lazy import is_dask_array
-from ._persistence import ModelFile
-from ._training import NonFiniteLossError
-from ._version import __version__
-from .estimator import Noise2VoidDenoiser
+from .io.models import ModelFile
+from .predict.lazy import is_dask_array
 
 PROG = "n2v-estimator"
 # Exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
@@ -712,7 +712,7 @@ def describe_model(path):
 
 
 def _calibration_lines(calibration):
-    """``info``'s lines on a probabilistic model's calibration (:mod:`._calibration`)."""
+    """``info``'s lines on a probabilistic model's calibration (:mod:`n2v_estimator.fit.calibration`)."""
     lines = [(f"calibration:   residual / predicted variance of held-out blind spots ({calibration['patches']} "
               "patches), per intensity bin; 1 is exact")]  # fmt: skip
     for c, edges in enumerate(calibration["edges"]):

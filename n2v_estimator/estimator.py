@@ -10,20 +10,20 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._axes import check_fitted_layout, feature_names_out, from_canonical, is_image_list, read_images
-from ._bioimageio import BioImageIOMixin
-from ._compute import PRECISIONS, resolve_precision
 from ._constraints import Interval, Options, StrOptions
-from ._devices import resolve_device
-from ._lazy import is_dask_array, transform_lazy
-from ._masking import MANIPULATORS
-from ._normalize import check_representable, in_requested_dtype, output_dtype
-from ._persistence import estimator_document, load_estimator, portable_network, unet_with_weights, write_model
-from ._plan import Previous, make_plan
-from ._predict import denoise
-from ._scoring import clean_images, j_invariant_mse, pooled_score
-from ._unet import ARCHITECTURE_CONSTRAINTS
 from ._version import __version__
+from .data.axes import check_fitted_layout, feature_names_out, from_canonical, is_image_list, read_images
+from .data.normalize import check_representable, in_requested_dtype, output_dtype
+from .fit.masking import MANIPULATORS
+from .fit.plan import Previous, make_plan
+from .io.bioimageio import BioImageIOMixin
+from .io.models import estimator_document, load_estimator, portable_network, unet_with_weights, write_model
+from .nets.unet import ARCHITECTURE_CONSTRAINTS
+from .predict.denoise import denoise
+from .predict.lazy import is_dask_array, transform_lazy
+from .predict.scoring import clean_images, j_invariant_mse, pooled_score
+from .runtime.compute import PRECISIONS, resolve_precision
+from .runtime.devices import resolve_device
 
 
 class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):

@@ -8,7 +8,9 @@ import pytest
 import torch
 from conftest import tiny
 
-from n2v_estimator import Noise2VoidDenoiser, NonFiniteLossError, _plan, _training
+from n2v_estimator import Noise2VoidDenoiser, NonFiniteLossError
+from n2v_estimator.fit import plan as _plan
+from n2v_estimator.fit import training as _training
 
 ROWS = np.random.default_rng(0).normal(size=(24, 64))  # 24 flattened 8x8 images
 IMAGE = np.random.default_rng(1).normal(size=(40, 40))

@@ -5,13 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from n2v_estimator._axes import (
-    check_image_array,
-    from_canonical,
-    resolve_axes,
-    spatial_ndim,
-    to_canonical,
-)
+from n2v_estimator.data.axes import check_image_array, from_canonical, resolve_axes, spatial_ndim, to_canonical
 
 # ---------------------------------------------------------------- resolve_axes
 

@@ -19,9 +19,10 @@ from bioimageio.spec import save_bioimageio_package  # noqa: E402
 from bioimageio.spec.model.v0_5 import TensorId  # noqa: E402
 
 from n2v_estimator import Noise2VoidDenoiser  # noqa: E402
-from n2v_estimator import _bioimageio, _zipcheck  # noqa: E402
-from n2v_estimator._persistence import ModelFileError  # noqa: E402
 from n2v_estimator.cli import main  # noqa: E402
+from n2v_estimator.io import bioimageio as _bioimageio
+from n2v_estimator.io import zipcheck as _zipcheck
+from n2v_estimator.io.models import ModelFileError  # noqa: E402
 
 META = dict(name="Noise2Void test model", description="Denoises test images.", authors="Jane Doe")
 RNG = np.random.default_rng(0)

@@ -9,11 +9,12 @@ import torch
 from conftest import psnr, tiny
 
 from n2v_estimator import Noise2VoidDenoiser
-from n2v_estimator._blindnet import BlindSpotNetwork, every_pixel, receptive_radius
-from n2v_estimator._noise import posterior
-from n2v_estimator._predict import denoise
-from n2v_estimator._tiling import border_width, default_overlap, network_reach
-from n2v_estimator._unet import build_unet, check_description, network_description
+from n2v_estimator.nets.blindnet import BlindSpotNetwork, every_pixel, receptive_radius
+from n2v_estimator.nets.builder import build_unet
+from n2v_estimator.nets.noise import posterior
+from n2v_estimator.nets.unet import check_description, network_description
+from n2v_estimator.predict.denoise import denoise
+from n2v_estimator.predict.tiling import border_width, default_overlap, network_reach
 
 IMAGE = np.random.default_rng(0).normal(100, 20, size=(40, 40)).astype(np.float32)
 SETTINGS = dict(depth=2, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,

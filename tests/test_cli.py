@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from n2v_estimator import Noise2VoidDenoiser, _io, _training
+from n2v_estimator import Noise2VoidDenoiser
 from n2v_estimator.cli import build_parser, main, parameter_help, parameter_value
+from n2v_estimator.fit import training as _training
+from n2v_estimator.io import images as _io
 
 tifffile = pytest.importorskip("tifffile")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -6,10 +6,11 @@ import pytest
 import torch
 from conftest import tiny
 
-from n2v_estimator import _compute
-from n2v_estimator._compute import autocast, channels_last, prefers_channels_last, resolve_precision
-from n2v_estimator._tiling import predict_tiled
-from n2v_estimator._unet import build_unet, network_description
+from n2v_estimator.nets.builder import build_unet
+from n2v_estimator.nets.unet import network_description
+from n2v_estimator.predict.tiling import predict_tiled
+from n2v_estimator.runtime import compute as _compute
+from n2v_estimator.runtime.compute import autocast, channels_last, prefers_channels_last, resolve_precision
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -122,7 +123,7 @@ def test_grouped_networks_stay_in_the_default_layout_in_bfloat16():
 
 
 def test_saved_weights_are_contiguous_after_channels_last_training(tmp_path, camera_pair):
-    from n2v_estimator import _persistence
+    from n2v_estimator.io import models as _persistence
 
     _, noisy = camera_pair
     tiny().fit(noisy).save(tmp_path / "model.safetensors")

@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 from n2v_estimator import ModelFileError, Noise2VoidDenoiser, NonFiniteLossError
-from n2v_estimator import _training
+from n2v_estimator.fit import training as _training
 
 
 @pytest.mark.slow
@@ -358,7 +358,7 @@ def test_verbose_shows_a_progress_bar(capsys, camera_pair):
 
 
 def test_by_default_short_calls_are_quiet_and_long_ones_show_progress(capsys, camera_pair, monkeypatch):
-    from n2v_estimator import _progress
+    from n2v_estimator.runtime import progress as _progress
 
     _, noisy = camera_pair
     assert Noise2VoidDenoiser().verbose == "auto"
@@ -425,7 +425,7 @@ def test_transform_never_returns_non_finite_values(monkeypatch):
 def test_by_default_worker_processes_of_a_parallel_search_stay_quiet(monkeypatch):
     import multiprocessing
 
-    from n2v_estimator import _progress
+    from n2v_estimator.runtime import progress as _progress
 
     monkeypatch.setattr(_progress, "AUTO_DELAY_SECONDS", 0.0)
     assert not _progress.progress_bar(total=3, desc="fit", unit="step", verbose="auto").disable
@@ -437,7 +437,7 @@ def test_by_default_worker_processes_of_a_parallel_search_stay_quiet(monkeypatch
 def test_by_default_fits_inside_a_search_or_cross_validation_stay_quiet(capsys, monkeypatch):
     from sklearn.model_selection import cross_val_score
 
-    from n2v_estimator import _progress
+    from n2v_estimator.runtime import progress as _progress
 
     monkeypatch.setattr(_progress, "AUTO_DELAY_SECONDS", 0.0)  # as if every fit ran long
     stack = np.random.default_rng(0).normal(size=(4, 24, 24))

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from conftest import tiny
 
-from n2v_estimator import _atomic, _budget
-from n2v_estimator._io import read_image, write_image
-from n2v_estimator._codecs import UnsafeZarrError, check_source, check_zarr_array
 from n2v_estimator.cli import main
+from n2v_estimator.io import atomic as _atomic
+from n2v_estimator.io import budget as _budget
+from n2v_estimator.io.codecs import UnsafeZarrError, check_source, check_zarr_array
+from n2v_estimator.io.images import read_image, write_image
 
 tifffile = pytest.importorskip("tifffile")
 zarr = pytest.importorskip("zarr")
@@ -431,7 +432,7 @@ def test_a_transform_killed_mid_write_leaves_a_temporary_that_the_next_one_remov
     output = tmp_path / "out.zarr"
     script = textwrap.dedent(f"""
         import time
-        import n2v_estimator._io as io
+        import n2v_estimator.io.images as io
         io.LAZY_BYTES = 0  # chunk by chunk, as large inputs are
         io._store = lambda data, target: time.sleep(600)  # killed while it writes
         from n2v_estimator.cli import main

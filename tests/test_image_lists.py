@@ -5,11 +5,11 @@ import pytest
 import torch
 from conftest import TINY, tiny
 
-from n2v_estimator._axes import is_image_list
-from n2v_estimator._noise import estimate_noise
-from n2v_estimator._normalize import channel_stats
-from n2v_estimator._patches import PatchSampler, split_validation
-from n2v_estimator._plan import make_plan
+from n2v_estimator.data.axes import is_image_list
+from n2v_estimator.data.normalize import channel_stats
+from n2v_estimator.data.patches import PatchSampler, split_validation
+from n2v_estimator.fit.plan import make_plan
+from n2v_estimator.nets.noise import estimate_noise
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -24,9 +24,42 @@ def test_the_architecture_page_names_every_module():
     if not architecture.exists():  # installed without the repository
         return
     layout = architecture.read_text()
-    named = set(re.findall(r"\b(_[a-z][a-z_]*[a-z])\b", layout))
-    modules = {p.stem for p in PACKAGE.glob("_*.py") if p.stem != "__init__"}
-    assert modules == named, (modules - named, named - modules)
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "__init__.py":
+            assert path.parent.name == "n2v_estimator" or f"{path.parent.name}/" in layout, path
+        else:
+            assert re.search(rf"(?<![\w.]){re.escape(path.name)}\b", layout), path.relative_to(PACKAGE)
+
+
+def test_the_import_graph_has_no_cycle_and_nothing_below_the_estimator_imports_it():
+    """Modules import only what lies below them: no cycle, and no module but cli imports the estimator."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                targets.add(".".join(base + ([node.module] if node.module else [])))
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("n2v_estimator"):
+                targets.add(node.module)
+        graph[name] = {t for t in targets if t != name and t != "n2v_estimator"}
+    importers = sorted(n for n, targets in graph.items() if "n2v_estimator.estimator" in targets and n != "n2v_estimator")
+    assert importers in (["n2v_estimator.cli"], []), importers
+    state = {}
+
+    def visit(name, trail):
+        if state.get(name) == "done":
+            return
+        assert state.get(name) != "open", " -> ".join([*trail, name])
+        state[name] = "open"
+        for target in graph.get(name, ()):
+            visit(target, [*trail, name])
+        state[name] = "done"
+
+    for name in graph:
+        visit(name, [])
 
 
 def test_no_module_imports_the_package_init():

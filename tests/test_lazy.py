@@ -9,8 +9,8 @@ from conftest import tiny
 from scipy.ndimage import gaussian_filter
 
 from n2v_estimator import Noise2VoidDenoiser
-from n2v_estimator._lazy import halo_width, is_dask_array, receptive_radius, transform_lazy
-from n2v_estimator._unet import UNet
+from n2v_estimator.nets.unet import UNet
+from n2v_estimator.predict.lazy import halo_width, is_dask_array, receptive_radius, transform_lazy
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")

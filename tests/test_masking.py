@@ -3,17 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from conftest import gen
 import torch.nn.functional as F
+from conftest import gen
 
-from n2v_estimator._masking import (
-    MANIPULATORS,
-    BlindSpotMasker,
-    grid_cell_side,
-    masked_mse,
-    resolve_struct_mask,
-)
-
+from n2v_estimator.fit.masking import MANIPULATORS, BlindSpotMasker, grid_cell_side, masked_mse, resolve_struct_mask
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -3,12 +3,19 @@
 import numpy as np
 import pytest
 import torch
+from conftest import gen
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from n2v_estimator._noise import TAU_FLOOR, NoiseModel, blind_spot_loss, blind_spot_nll, estimate_noise, noise_kind, posterior
-
-from conftest import gen
+from n2v_estimator.nets.noise import (
+    TAU_FLOOR,
+    NoiseModel,
+    blind_spot_loss,
+    blind_spot_nll,
+    estimate_noise,
+    noise_kind,
+    posterior,
+)
 
 RNG = np.random.default_rng(0)
 
@@ -159,7 +166,7 @@ def test_the_posterior_mean_has_the_least_squared_error_on_simulated_signals(mu,
 
 
 def test_the_first_estimate_of_large_data_looks_at_a_bounded_part(monkeypatch):
-    from n2v_estimator import _noise
+    from n2v_estimator.nets import noise as _noise
 
     noisy = smooth_scene((3, 1, 64, 64)) + RNG.normal(0, 10, (3, 1, 64, 64))
     monkeypatch.setattr(_noise, "_ESTIMATE_PIXELS", 64 * 64)

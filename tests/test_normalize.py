@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from n2v_estimator._normalize import channel_stats, denormalize, normalize, to_dtype
+from n2v_estimator.data.normalize import channel_stats, denormalize, normalize, to_dtype
 
 
 def _images(dtype=np.float64, shape=(3, 2, 9, 11)):

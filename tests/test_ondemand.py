@@ -5,10 +5,10 @@ import pytest
 import torch
 from conftest import tiny
 
-from n2v_estimator import _ondemand
-from n2v_estimator._axes import to_canonical
-from n2v_estimator._ondemand import on_demand_images, sample_blocks
-from n2v_estimator._patches import split_validation
+from n2v_estimator.data import ondemand as _ondemand
+from n2v_estimator.data.axes import to_canonical
+from n2v_estimator.data.ondemand import on_demand_images, sample_blocks
+from n2v_estimator.data.patches import split_validation
 
 zarr = pytest.importorskip("zarr")
 da = pytest.importorskip("dask.array")

@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import tiny
 
-from n2v_estimator._unet import build_unet, network_description
+from n2v_estimator.nets.builder import build_unet
+from n2v_estimator.nets.unet import network_description
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore:validation_fraction")]
 

@@ -10,11 +10,12 @@ import pytest
 import torch
 from conftest import tiny
 
-from n2v_estimator import _memory
-from n2v_estimator._masking import MAX_NEIGHBOURHOOD, resolve_struct_mask
-from n2v_estimator._memory import check_fit_memory, network_values, training_memory
-from n2v_estimator._plan import make_plan
-from n2v_estimator._unet import build_unet, network_description
+from n2v_estimator.fit.masking import MAX_NEIGHBOURHOOD, resolve_struct_mask
+from n2v_estimator.fit.plan import make_plan
+from n2v_estimator.nets.builder import build_unet
+from n2v_estimator.nets.unet import network_description
+from n2v_estimator.runtime import memory as _memory
+from n2v_estimator.runtime.memory import check_fit_memory, network_values, training_memory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

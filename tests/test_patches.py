@@ -7,8 +7,7 @@ import pytest
 import torch
 from conftest import gen
 
-from n2v_estimator._patches import PatchSampler, fit_patch_shape, split_validation
-
+from n2v_estimator.data.patches import PatchSampler, fit_patch_shape, split_validation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,14 +10,8 @@ import torch
 from conftest import CodeRunningPickle, crash_mid_write
 from safetensors.torch import save_file
 
-from n2v_estimator import _persistence
-from n2v_estimator._persistence import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    ModelFileError,
-    read_model,
-    write_model,
-)
+from n2v_estimator.io import models as _persistence
+from n2v_estimator.io.models import FORMAT_NAME, FORMAT_VERSION, ModelFileError, read_model, write_model
 
 
 def tensors():

@@ -6,8 +6,8 @@ import torch
 from conftest import TINY, tiny
 from skimage import data
 
-from n2v_estimator._plan import Previous, make_plan
-from n2v_estimator._unet import build_unet
+from n2v_estimator.fit.plan import Previous, make_plan
+from n2v_estimator.nets.builder import build_unet
 
 IMAGE = np.random.default_rng(0).normal(size=(40, 48))
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from n2v_estimator import _predict
-from n2v_estimator._noise import posterior
-from n2v_estimator._predict import BLIND_STRIDE, blind_prior, blind_stride, denoise
-from n2v_estimator._tiling import border_width, predict_tiled
-from n2v_estimator._unet import build_unet, network_description
+from n2v_estimator.nets.builder import build_unet
+from n2v_estimator.nets.noise import posterior
+from n2v_estimator.nets.unet import network_description
+from n2v_estimator.predict import denoise as _predict
+from n2v_estimator.predict.denoise import BLIND_STRIDE, blind_prior, blind_stride, denoise
+from n2v_estimator.predict.tiling import border_width, predict_tiled
 
 SETTINGS = dict(depth=2, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
                 skip_skipone=False, independent_channels=True, blind_spot="mask")

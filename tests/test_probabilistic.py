@@ -5,14 +5,15 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import psnr, tiny
 from safetensors import safe_open
 from safetensors.torch import save_file
-from sklearn.base import clone
 from skimage import data
+from sklearn.base import clone
 
-from conftest import psnr, tiny
-from n2v_estimator import Noise2VoidDenoiser, _predict
-from n2v_estimator._persistence import ModelFileError
+from n2v_estimator import Noise2VoidDenoiser
+from n2v_estimator.io.models import ModelFileError
+from n2v_estimator.predict import denoise as _predict
 
 RNG = np.random.default_rng(0)
 IMAGE = (100 + 20 * RNG.standard_normal((24, 24))).astype(np.float32)

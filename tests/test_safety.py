@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from n2v_estimator import ModelFileError, Noise2VoidDenoiser, _persistence
-
+from n2v_estimator import ModelFileError, Noise2VoidDenoiser
+from n2v_estimator.io import models as _persistence
 
 IMAGE = np.random.default_rng(0).normal(size=(24, 24))
 
@@ -61,7 +61,7 @@ def test_bad_input_is_rejected_with_a_message_naming_the_problem(params, X, erro
 
 
 def test_bad_tile_settings_are_refused_before_training(monkeypatch):
-    from n2v_estimator import _plan
+    from n2v_estimator.fit import plan as _plan
 
     monkeypatch.setattr(_plan, "train", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match="tile_overlap"):
@@ -516,7 +516,7 @@ def test_a_huge_but_finite_mean_loads_and_transform_refuses_rather_than_return_i
 
 
 def test_an_unterminated_string_in_a_header_is_scanned_in_linear_time(tmp_path):
-    from n2v_estimator._persistence import _JSON_STRING
+    from n2v_estimator.io.models import _JSON_STRING
 
     assert _JSON_STRING.sub("", '[1, "ab\\"c"]') == "[1, ]"
     assert _JSON_STRING.sub("", '[1, "never closed \\" [[[') == "[1, "  # runs to the end

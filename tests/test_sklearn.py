@@ -14,7 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from n2v_estimator import Noise2VoidDenoiser
-from n2v_estimator._scoring import grid_phases, j_invariant_mse, neighbour_mean
+from n2v_estimator.predict.scoring import grid_phases, j_invariant_mse, neighbour_mean
 
 # Without image_shape, a 2D array is ONE image whose rows are image lines: transform
 # must accept images of any size, and a pixel's output depends on the lines around it.

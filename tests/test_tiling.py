@@ -7,7 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from n2v_estimator._tiling import (
+from n2v_estimator.nets.unet import UNet
+from n2v_estimator.predict.tiling import (
     augmentations,
     axis_tiles,
     border_width,
@@ -16,7 +17,6 @@ from n2v_estimator._tiling import (
     predict_tiled,
     receptive_radius,
 )
-from n2v_estimator._unet import UNet
 
 CPU = torch.device("cpu")
 
@@ -218,7 +218,7 @@ def test_predict_tiled_with_tta_averages_the_augmented_predictions():
 
 
 def test_tile_geometry_rounds_to_the_networks_pooling_grid():
-    from n2v_estimator._tiling import tile_geometry
+    from n2v_estimator.predict.tiling import tile_geometry
 
     assert tile_geometry(None, None, 2, depth=2, kernel_size=3) == ((256, 256), (56, 56))
     assert tile_geometry(None, None, 3, depth=2, kernel_size=3) == ((64, 128, 128), (32, 56, 56))
@@ -227,7 +227,7 @@ def test_tile_geometry_rounds_to_the_networks_pooling_grid():
 
 
 def test_tile_geometry_overlap_grows_with_the_kernel_and_stays_below_half_a_tile():
-    from n2v_estimator._tiling import default_overlap, tile_geometry
+    from n2v_estimator.predict.tiling import default_overlap, tile_geometry
 
     assert default_overlap(2, 3) == 56 and default_overlap(2, 7) == 136
     assert default_overlap(2, 3, blurpool=True) == 64
@@ -237,7 +237,7 @@ def test_tile_geometry_overlap_grows_with_the_kernel_and_stays_below_half_a_tile
 
 @pytest.mark.parametrize("size, overlap, pattern", [(32, 32, "smaller than tile_size"), ((8, 8, 8), None, "2 ints"), (-1, None, "at least 1"), (32, (4, -4), "at least 0")])
 def test_tile_geometry_refuses_impossible_settings(size, overlap, pattern):
-    from n2v_estimator._tiling import tile_geometry
+    from n2v_estimator.predict.tiling import tile_geometry
 
     with pytest.raises(ValueError, match=pattern):
         tile_geometry(size, overlap, 2, depth=1, kernel_size=3)

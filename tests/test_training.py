@@ -5,11 +5,13 @@ import pytest
 import torch
 from conftest import gen
 
-from n2v_estimator import NonFiniteLossError, _training
-from n2v_estimator._masking import BlindSpotMasker
-from n2v_estimator._patches import PatchSampler
-from n2v_estimator._training import make_validation_set, train
-from n2v_estimator._unet import build_unet, network_description
+from n2v_estimator import NonFiniteLossError
+from n2v_estimator.data.patches import PatchSampler
+from n2v_estimator.fit import training as _training
+from n2v_estimator.fit.masking import BlindSpotMasker
+from n2v_estimator.fit.training import make_validation_set, train
+from n2v_estimator.nets.builder import build_unet
+from n2v_estimator.nets.unet import network_description
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

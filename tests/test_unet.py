@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from n2v_estimator._unet import UNet
-
+from n2v_estimator.nets.unet import UNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -3,9 +3,9 @@
 A fitted denoiser becomes a zip that Fiji/deepImageJ, napari, ilastik, QuPath
 and ``bioimageio.core`` run. What the zoo's runtime computes is what
 ``transform`` computes: it extends the input by a mirrored halo (declared as
-the output's ``halo``: the network's :func:`._tiling.border_width`), runs the
+the output's ``halo``: the network's :func:`n2v_estimator.predict.tiling.border_width`), runs the
 network (in tiles of ``2**depth``-multiples, each with that halo), and crops;
-``transform`` extends images the same way (:func:`._tiling.predict_tiled`), so
+``transform`` extends images the same way (:func:`n2v_estimator.predict.tiling.predict_tiled`), so
 the two agree to float32 rounding, everywhere in the image.
 
 The package holds the network twice for the zoo (``pytorch_state_dict`` with a
@@ -32,11 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._atomic import remove, temporary_beside
-from ._extras import install_command
-from ._normalize import denormalize, normalize
-from ._tiling import augmentations, border_width, mirror_index, predict_tiled, round_up
-from ._unet import (
+from .._extras import install_command
+from .._version import __version__
+from ..data.normalize import denormalize, normalize
+from ..nets.unet import (
     _FIELDS,
     DESCRIPTION_SCHEMA,
     TAU_FLOOR,
@@ -49,7 +48,8 @@ from ._unet import (
     _pad_to_multiple,
     _prior_scale,
 )
-from ._version import __version__
+from ..predict.tiling import augmentations, border_width, mirror_index, predict_tiled, round_up
+from .atomic import remove, temporary_beside
 
 # Names inside the package.
 ARCHITECTURE_FILE = "n2v_unet.py"
@@ -101,8 +101,8 @@ class Noise2VoidNetwork(UNet):
 
 def architecture_source():
     """A standalone Python module (torch only) defining ``Noise2VoidNetwork``:
-    the package's U-Net (:class:`._unet.UNet`) with test-time augmentation
-    (:func:`._tiling.augmentations`), both copied from their source, as
+    the package's U-Net (:class:`n2v_estimator.nets.unet.UNet`) with test-time augmentation
+    (:func:`n2v_estimator.predict.tiling.augmentations`), both copied from their source, as
     ``transform`` applies them."""
     parts = [
         '"""The U-Net of n2v-estimator (a standalone copy for the BioImage Model Zoo; needs torch only)."""',
@@ -364,7 +364,7 @@ def _copy_bounded(source, sink, limit, what):
     zipfile already stops at a member's declared size; the count keeps the
     bound here, whatever reads the member.
     """
-    from ._persistence import ModelFileError
+    from .models import ModelFileError
 
     copied = 0
     while chunk := source.read(2**20):
@@ -376,7 +376,7 @@ def _copy_bounded(source, sink, limit, what):
 
 def _load_description(spec, path):
     """``bioimageio.spec``'s description of the package, its failures as :class:`ModelFileError`."""
-    from ._persistence import ModelFileError
+    from .models import ModelFileError
 
     try:
         return spec.load_description(str(path), perform_io_checks=True)  # checks every file's sha256
@@ -391,8 +391,8 @@ def _load_description(spec, path):
 
 def from_package(cls, path, device=None):
     """The work of :meth:`Noise2VoidDenoiser.from_bioimageio`."""
-    from ._persistence import ModelFileError
-    from ._zipcheck import MAX_MODEL_BYTES, check_package
+    from .models import ModelFileError
+    from .zipcheck import MAX_MODEL_BYTES, check_package
 
     path = Path(path)
     if not zipfile.is_zipfile(path):
@@ -514,7 +514,7 @@ class BioImageIOMixin:
         """Read a BioImage Model Zoo package written by :meth:`export_bioimageio`.
 
         The zip is first judged from its directory and its YAML without
-        extracting anything (:mod:`._zipcheck`: member count, paths, declared
+        extracting anything (:mod:`n2v_estimator.io.zipcheck`: member count, paths, declared
         sizes and compression ratios, no YAML anchors, aliases or non-core
         tags), so a hostile package is refused in a fraction of a second;
         then it is validated by ``bioimageio.spec`` (every file's checksum
@@ -538,7 +538,7 @@ class BioImageIOMixin:
         ------
         ModelFileError
             For a file that is not a valid spec 0.5 model package, a zip
-            bomb, unsafe paths or YAML (see :func:`._zipcheck.check_package`),
+            bomb, unsafe paths or YAML (see :func:`n2v_estimator.io.zipcheck.check_package`),
             or a package not exported by n2v-estimator (another architecture
             cannot be represented: run it with ``bioimageio.core``).
         ImportError

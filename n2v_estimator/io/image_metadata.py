@@ -29,7 +29,7 @@ import html
 import math
 import re
 
-from ._budget import pixels_element
+from .budget import pixels_element
 
 # Unit names (OME-Zarr's) -> (OME-TIFF symbol, ImageJ spelling, size in metres or seconds).
 _LENGTH = {

@@ -8,8 +8,7 @@ from numbers import Integral
 import numpy as np
 import torch
 
-from ._axes import per_axis
-
+from .axes import per_axis
 
 # Training images up to this size are kept on the training device (a GPU's memory is
 # far larger; beyond it they stay in host memory and each batch is copied over).
@@ -58,7 +57,7 @@ class PatchSampler:
     ----------
     images : list of ndarray of shape (C, *spatial), float32
         The (normalised) images. Each may have its own spatial shape. An
-        image read on demand (:class:`._ondemand.OnDemandImage`) is read patch
+        image read on demand (:class:`n2v_estimator.data.ondemand.OnDemandImage`) is read patch
         by patch instead.
     patch_shape : tuple of int
         Patch side per spatial axis; must fit in every image.

@@ -25,7 +25,7 @@ from fractions import Fraction
 
 import torch
 
-from ._blindnet import HEAD_WIDTH
+from ..nets.blindnet import HEAD_WIDTH
 
 # Bytes of a feature-map value in each precision (autocast keeps the activations
 # it saves for the backward pass in the reduced type).
@@ -129,7 +129,7 @@ def network_values(description):
     """Number of values in the state of the network ``description`` describes
     (weights and buffers, what ``state_dict`` holds), computed without building it.
 
-    Follows :class:`._unet.UNet` and :class:`._blindnet.BlindSpotNetwork`.
+    Follows :class:`n2v_estimator.nets.unet.UNet` and :class:`n2v_estimator.nets.blindnet.BlindSpotNetwork`.
     """
     ndim, channels, kernel, bn = (description[k] for k in ("ndim", "in_channels", "kernel_size", "batch_norm"))
     width, groups = _widths(description)
@@ -219,7 +219,7 @@ def training_memory(description, batch_size, patch_shape, *, precision="32", val
     Parameters
     ----------
     description : dict
-        A checked network description (:func:`._unet.network_description`).
+        A checked network description (:func:`n2v_estimator.nets.unet.network_description`).
     batch_size : int
     patch_shape : tuple of int
         Spatial shape of the training patches.

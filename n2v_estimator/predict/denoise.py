@@ -3,7 +3,7 @@ the Bayesian posterior of probabilistic Noise2Void.
 
 A probabilistic network predicts, for every pixel, a prior ``N(mu, tau**2)``
 of its clean signal from its surroundings. Combining that prior with the
-pixel's own noisy value by Bayes' rule (:func:`._noise.posterior`) is only
+pixel's own noisy value by Bayes' rule (:func:`n2v_estimator.nets.noise.posterior`) is only
 right if the prior has not seen that value: applied to the plain image, the
 network partly has. So the prior is predicted blind, as in training:
 :func:`blind_prior` masks one phase of a regular grid at a time (stride
@@ -11,7 +11,7 @@ network partly has. So the prior is predicted blind, as in training:
 (never with the pixel itself), and keeps the network's prediction at the
 masked pixels only. That costs ``stride**ndim`` passes over the images (16 in
 2D, 27 in 3D), each as costly as a plain ``transform``. A blind-spot network
-(:mod:`._blindnet`) never sees the pixel it predicts: its prior takes one pass.
+(:mod:`n2v_estimator.nets.blindnet`) never sees the pixel it predicts: its prior takes one pass.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from functools import partial
 import numpy as np
 import torch
 
-from ._masking import BlindSpotMasker, hiding_manipulator
-from ._memory import check_prediction_memory
-from ._noise import posterior
-from ._normalize import _broadcast, check_finite_output, denormalize, normalize
-from ._progress import progress_bar
-from ._tiling import border_width, network_reach, predict_tiled, tile_geometry, tiles_per_batch
+from ..data.normalize import _broadcast, check_finite_output, denormalize, normalize
+from ..fit.masking import BlindSpotMasker, hiding_manipulator
+from ..nets.noise import posterior
+from ..runtime.memory import check_prediction_memory
+from ..runtime.progress import progress_bar
+from .tiling import border_width, network_reach, predict_tiled, tile_geometry, tiles_per_batch
 
 # Grid stride of the blind phases of the prior, per spatial dimensionality: a
 # 4x4 grid masks 6% of the pixels in a pass (training masks 2%, but with

@@ -16,7 +16,7 @@ import itertools
 
 import numpy as np
 
-from ._axes import check_image_array
+from ..data.axes import check_image_array
 
 GRID_STRIDE = 4
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._axes import (
+from .._extras import install_command
+from ..data.axes import (
     _refuse_unnamed_colour_axis,
     check_fitted_layout,
     check_image_array,
@@ -22,10 +23,9 @@ from ._axes import (
     resolve_axes,
     to_canonical,
 )
-from ._extras import install_command
-from ._normalize import output_dtype
-from ._tiling import network_reach, receptive_radius
-from ._codecs import check_source
+from ..data.normalize import output_dtype
+from ..io.codecs import check_source
+from .tiling import network_reach, receptive_radius
 
 
 def is_dask_array(X):

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._noise import NoiseModel
-from ._unet import UNet, _batch_norm, _conv, _interleave
+from .noise import NoiseModel
+from .unet import UNet, _batch_norm, _conv, _interleave
 
 # Width of the head's hidden 1x1 convolutions, in multiples of n_filters (96 by default,
 # as measured in benchmarks/blind_network_prior.py).
@@ -56,7 +56,7 @@ def receptive_radius(depth, kernel_size):
 
 
 class _EveryPixel:
-    """The blind network's "masker", in the place of a :class:`._masking.BlindSpotMasker`:
+    """The blind network's "masker", in the place of a :class:`n2v_estimator.fit.masking.BlindSpotMasker`:
     nothing is masked and every pixel is a training target."""
 
     def __call__(self, x, generator=None):
@@ -101,7 +101,7 @@ class _UpwardBlock(nn.Sequential):
 
 
 class _UpwardUNet(nn.Module):
-    """The U-Net of :class:`._unet.UNet`'s layout with every operation looking upward."""
+    """The U-Net of :class:`n2v_estimator.nets.unet.UNet`'s layout with every operation looking upward."""
 
     def __init__(self, ndim, in_channels, depth, n_filters, kernel_size, batch_norm, groups):
         super().__init__()
@@ -158,9 +158,9 @@ class BlindSpotNetwork(nn.Module):
     in_channels : int
         Image channels in and out.
     depth, n_filters, kernel_size, batch_norm, independent_channels
-        As for :class:`._unet.UNet`, for the one U-Net all directions share.
+        As for :class:`n2v_estimator.nets.unet.UNet`, for the one U-Net all directions share.
     noise_model : {None, "gaussian", "poisson_gaussian"}
-        As for :class:`._unet.UNet`: ``None`` outputs ``(B, C, *spatial)``,
+        As for :class:`n2v_estimator.nets.unet.UNet`: ``None`` outputs ``(B, C, *spatial)``,
         else ``(B, 2C, *spatial)``, the prior mean and standard deviation.
     description : dict
         The checked description the network is built from (saved with its weights).

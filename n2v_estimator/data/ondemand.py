@@ -13,10 +13,10 @@ import math
 import numpy as np
 import torch
 
-from ._axes import _CANONICAL, check_image_array, resolve_axes, to_canonical
-from ._codecs import check_source, is_zarr_array
-from ._lazy import is_dask_array
-from ._normalize import normalize
+from ..io.codecs import check_source, is_zarr_array
+from ..predict.lazy import is_dask_array
+from .axes import _CANONICAL, check_image_array, resolve_axes, to_canonical
+from .normalize import normalize
 
 # Pixels per channel of the sample the statistics and the noise estimate are taken from.
 SAMPLE_PIXELS = 2**22
@@ -90,7 +90,7 @@ class OnDemandImage:
 
     def __getitem__(self, index):
         """A normalised float32 tensor of ``(slice(None), *spatial slices)``, as a
-        numpy-backed image would give (what :class:`._patches.PatchSampler` asks for)."""
+        numpy-backed image would give (what :class:`n2v_estimator.data.patches.PatchSampler` asks for)."""
         return torch.from_numpy(normalize(self.read(index[1:])[None], self.mean, self.std)[0])
 
 

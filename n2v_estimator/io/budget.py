@@ -20,7 +20,7 @@ import stat
 
 import numpy as np
 
-from ._memory import format_bytes, meminfo, physical_memory
+from ..runtime.memory import format_bytes, meminfo, physical_memory
 
 # Declared bytes per stored byte beyond which a file is refused. Noisy images compress
 # 1.5-4x (their noise is incompressible); 256 leaves room for mostly empty images and for

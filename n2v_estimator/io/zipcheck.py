@@ -18,8 +18,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from ._extras import install_command
-from ._persistence import ModelFileError
+from .._extras import install_command
+from .models import ModelFileError
 
 # Our packages hold about 9 files; a few hundred leaves room for other tools' extras.
 MAX_MEMBERS = 256

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._constraints import Interval, StrOptions, validate_parameter_constraints
-from ._noise import NOISE_MODELS, TAU_FLOOR, NoiseModel
+from .._constraints import Interval, StrOptions, validate_parameter_constraints
+from .noise import NOISE_MODELS, TAU_FLOOR, NoiseModel
 
 # What each of the network's settings may be. The estimator declares these as its
 # parameter constraints and a model file's network description is checked against
@@ -64,7 +64,7 @@ def resolve_blind_spot(blind_spot, noise_model, ndim):
     on 2% of the pixels, lost up to 0.96 dB to plain Noise2Void on moon and 0.7 to
     2.6 dB on a held-out cell image under Poisson noise; the blind-spot network's,
     trained on every pixel, gained on every dev case measured (docs: guide/probabilistic).
-    It needs training patches that cover its reach (see ``_plan``), which the 3D
+    It needs training patches that cover its reach (see ``n2v_estimator.fit.plan``), which the 3D
     default patch (16x32x32) does not: 3D keeps the masked U-Net.
     """
     if blind_spot is not None:
@@ -76,7 +76,7 @@ def network_description(ndim, in_channels, settings, noise_model=None):
     """The description of the network for ``ndim``-D data with ``in_channels``
     channels and the architecture ``settings`` (a mapping holding at least the
     keys of :data:`ARCHITECTURE_CONSTRAINTS`, e.g. the estimator's parameters).
-    ``noise_model`` (``None`` or one of :data:`._noise.NOISE_MODELS`) makes the
+    ``noise_model`` (``None`` or one of :data:`n2v_estimator.nets.noise.NOISE_MODELS`) makes the
     network probabilistic: it predicts a prior mean and standard deviation.
 
     Raises ``ValueError`` for settings a network cannot have.
@@ -153,43 +153,6 @@ def check_description(description):
                     f"set {key}=False, or blind_spot='mask'."
                 )
     return {"schema": DESCRIPTION_SCHEMA, **description}
-
-
-def build_unet(description, seed=None):
-    """The network a checked ``description`` describes, on the CPU: a
-    :class:`UNet`, or a :class:`._blindnet.BlindSpotNetwork` for ``blind_spot="network"``.
-
-    ``seed`` decides the initial weights; the CPU generator is forked, so
-    seeding leaves no trace outside (and no GPU generator is touched).
-    """
-    if seed is None:
-        return _build(description)
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(int(seed))
-        return _build(description)
-
-
-def _build(description):
-    kwargs = {key: description[key] for key in _FIELDS if key != "blind_spot"}
-    if description["blind_spot"] == "mask":
-        return UNet(**kwargs)
-    from ._blindnet import BlindSpotNetwork  # it builds on this module's layers
-
-    for key in _NOT_BLIND:
-        del kwargs[key]
-    return BlindSpotNetwork(**kwargs, description=description)
-
-
-def expected_state(description):
-    """Names, shapes and dtypes of the weights of the network ``description``
-    describes, computed on the meta device: no memory is allocated, however
-    large the network. Raises ``ValueError`` if its sizes overflow."""
-    try:
-        with torch.device("meta"):
-            state = build_unet(description).state_dict()
-    except (RuntimeError, TypeError, OverflowError, MemoryError) as exc:  # e.g. "Storage size calculation overflowed"
-        raise ValueError(f"the network {description} cannot be built: {exc}") from exc
-    return {name: (tuple(t.shape), t.dtype) for name, t in state.items()}
 
 
 def check_batch_norm(description, batch_size, patch_shape):
@@ -304,8 +267,8 @@ class UNet(nn.Module):
         ``None``: the output is the denoised image, ``(B, C, *spatial)``.
         Otherwise the network is probabilistic: it outputs ``(B, 2C, *spatial)``,
         a prior mean ``mu`` of the clean signal (first ``C`` channels) and its
-        standard deviation ``tau`` (softplus plus :data:`._noise.TAU_FLOOR`),
-        and holds its :class:`._noise.NoiseModel` as ``self.noise``.
+        standard deviation ``tau`` (softplus plus :data:`n2v_estimator.nets.noise.TAU_FLOOR`),
+        and holds its :class:`n2v_estimator.nets.noise.NoiseModel` as ``self.noise``.
     """
 
     def __init__(
@@ -421,7 +384,7 @@ class UNet(nn.Module):
 
 def _prior_scale(scale):
     """The prior standard deviation from the head's raw output ``scale``: softplus
-    plus :data:`._noise.TAU_FLOOR`, what ``initialise_prior_scale`` inverts."""
+    plus :data:`n2v_estimator.nets.noise.TAU_FLOOR`, what ``initialise_prior_scale`` inverts."""
     return F.softplus(scale) + TAU_FLOOR
 
 

@@ -37,8 +37,8 @@ import warnings
 import numpy as np
 import torch
 
-from ._compute import autocast
-from ._noise import quantile_bins
+from ..nets.noise import quantile_bins
+from ..runtime.compute import autocast
 
 # Intensity bins of the prior mean (equal counts): the dark background and the bright
 # structure of a microscopy image fall into different bins.
@@ -62,7 +62,7 @@ def blind_spot_calibration(model, batches, mean, std, precision="32"):
     model : torch.nn.Module
         A network with a ``noise`` model, in eval mode.
     batches : list of (x, x_masked, mask)
-        As :func:`._training.make_validation_set` draws them (normalised).
+        As :func:`n2v_estimator.fit.training.make_validation_set` draws them (normalised).
     mean, std : ndarray of shape (n_channels,)
         The normalisation, to report the bins in input units.
     precision : str

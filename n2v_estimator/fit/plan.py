@@ -19,21 +19,22 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.utils import check_random_state
 
-from ._axes import check_same_layout, is_image_list, read_image_list, read_images, spatial_ndim
-from ._blindnet import every_pixel
-from ._calibration import blind_spot_calibration, warn_if_uncalibrated
-from ._compute import resolve_precision
-from ._devices import resolve_device
-from ._masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
-from ._memory import check_fit_memory
-from ._noise import PRIOR_SCALE_START, blind_spot_loss, estimate_noise, noise_kind
-from ._normalize import channel_range, channel_stats, check_representable, normalize
-from ._ondemand import is_on_demand, on_demand_images, sample_blocks
-from ._patches import VALIDATION_MIN_SIDE, PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
-from ._progress import inside_model_selection
-from ._tiling import network_reach, tile_geometry
-from ._training import make_validation_set, train
-from ._unet import build_unet, check_batch_norm, network_description, resolve_blind_spot
+from ..data.axes import check_same_layout, is_image_list, read_image_list, read_images, spatial_ndim
+from ..data.normalize import channel_range, channel_stats, check_representable, normalize
+from ..data.ondemand import is_on_demand, on_demand_images, sample_blocks
+from ..data.patches import VALIDATION_MIN_SIDE, PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
+from ..nets.blindnet import every_pixel
+from ..nets.builder import build_unet
+from ..nets.noise import PRIOR_SCALE_START, blind_spot_loss, estimate_noise, noise_kind
+from ..nets.unet import check_batch_norm, network_description, resolve_blind_spot
+from ..predict.tiling import network_reach, tile_geometry
+from ..runtime.compute import resolve_precision
+from ..runtime.devices import resolve_device
+from ..runtime.memory import check_fit_memory
+from ..runtime.progress import inside_model_selection
+from .calibration import blind_spot_calibration, warn_if_uncalibrated
+from .masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
+from .training import make_validation_set, train
 
 # Default budget (x 50 steps per epoch): 1500 steps in 2D; in 3D the default
 # 16x32x32 patches hold 4 times the blind spots of 64x64 ones and a step costs about
@@ -74,7 +75,7 @@ class FitPlan:
     Attributes
     ----------
     network : dict
-        Description of the network to train (see :mod:`._unet`).
+        Description of the network to train (see :mod:`n2v_estimator.nets.unet`).
     initial_weights : dict or None
         ``warm_start``: the previous network's weights, trained further.
         ``None``: fresh weights from ``seeds[0]``.
@@ -88,10 +89,10 @@ class FitPlan:
         Of the training and validation patches (``validation_shape`` is
         ``None`` without validation).
     masker : BlindSpotMasker or callable
-        :func:`._blindnet.every_pixel` for a blind-spot network.
+        :func:`n2v_estimator.nets.blindnet.every_pixel` for a blind-spot network.
     device : torch.device
     precision : {"32", "bf16", "16-mixed"}
-        Resolved for the device (see :func:`._compute.resolve_precision`).
+        Resolved for the device (see :func:`n2v_estimator.runtime.compute.resolve_precision`).
     seeds : tuple of 3 ints
         For the initial weights, the training draws and the validation set.
     batch_size, max_epochs, steps_per_epoch : int
@@ -179,7 +180,7 @@ class FitPlan:
         return model, result
 
     def _calibrate(self, model, validation):
-        """The kept weights' :func:`._calibration.blind_spot_calibration` on the validation
+        """The kept weights' :func:`n2v_estimator.fit.calibration.blind_spot_calibration` on the validation
         patches (else on patches of the training images), with a warning when it is off."""
         patches = "validation" if validation else "training"
         if not validation:
@@ -215,7 +216,7 @@ def make_plan(params, X, previous=None):
     X : array-like, a list of arrays, or a zarr or dask array
         The training images; a list (or tuple) of arrays that share their
         axes but not their sizes is pooled; zarr and dask arrays (also in a
-        list) are read patch by patch (:mod:`._ondemand`).
+        list) are read patch by patch (:mod:`n2v_estimator.data.ondemand`).
     previous : Previous or None
         The fitted state to continue from (``warm_start`` on a fitted estimator).
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._compute import autocast, fastest_layout, grad_scaler
-from ._masking import masked_mse
-from ._noise import NOISE_LEARNING_RATE
-from ._progress import progress_bar
+from ..nets.noise import NOISE_LEARNING_RATE
+from ..runtime.compute import autocast, fastest_layout, grad_scaler
+from ..runtime.progress import progress_bar
+from .masking import masked_mse
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,7 +36,7 @@ class TrainingResult:
     error : NonFiniteLossError or None
         Training stopped because the loss or the weights became non-finite.
     calibration : dict or None
-        A probabilistic model's :func:`._calibration.blind_spot_calibration`
+        A probabilistic model's :func:`n2v_estimator.fit.calibration.blind_spot_calibration`
         of the kept weights (set by the plan after training).
     """
 
@@ -107,7 +107,7 @@ def make_validation_set(sampler, masker, n_patches, batch_size, device, seed):
 
 def _parameter_groups(model, learning_rate):
     """The trained parameters: the network's at ``learning_rate``, a noise
-    model's (probabilistic N2V) at :data:`._noise.NOISE_LEARNING_RATE` times it."""
+    model's (probabilistic N2V) at :data:`n2v_estimator.nets.noise.NOISE_LEARNING_RATE` times it."""
     noise = getattr(model, "noise", None)
     own = {id(p) for p in noise.parameters()} if noise is not None else set()
     groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in own]}]
@@ -165,7 +165,7 @@ def train(
     seed : int
         Seeds the patch and blind-spot generators.
     precision : {"32", "bf16", "16-mixed"}
-        Autocast precision of the network (see :mod:`._compute`); the loss is
+        Autocast precision of the network (see :mod:`n2v_estimator.runtime.compute`); the loss is
         taken in float32, and ``"16-mixed"`` scales the gradients.
     verbose : bool or "auto"
         Show a progress bar (``"auto"``: once a few seconds have passed).

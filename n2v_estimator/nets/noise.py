@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._normalize import _by_channel
+from ..data.normalize import _by_channel
 
 NOISE_MODELS = ("gaussian", "poisson_gaussian")
 # Smallest prior standard deviation the network may predict (normalised units):
@@ -156,7 +156,7 @@ def blind_spot_nll(prediction, x, mask, noise):
     what the context tells, the noise model is one curve for the whole image,
     so the noise model takes the variance every pixel shares. Its first values
     must be close (:func:`estimate_noise`), and so must ``tau``'s (see
-    :meth:`._unet.UNet.initialise_prior_scale`): starting ``tau`` at
+    :meth:`n2v_estimator.nets.unet.UNet.initialise_prior_scale`): starting ``tau`` at
     softplus(0) = 0.69 let it absorb noise for a whole 600-step run (sigma
     23.3 instead of 25 on camera, posterior 27.7 dB instead of 28.6).
     """

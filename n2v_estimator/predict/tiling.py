@@ -7,10 +7,11 @@ import math
 
 import numpy as np
 import torch
-from ._axes import per_axis
-from ._blindnet import receptive_radius as _blind_radius
-from ._compute import autocast, fastest_layout
-from ._progress import progress_bar
+
+from ..data.axes import per_axis
+from ..nets.blindnet import receptive_radius as _blind_radius
+from ..runtime.compute import autocast, fastest_layout
+from ..runtime.progress import progress_bar
 
 
 def round_up(value, multiple):
@@ -34,7 +35,7 @@ def receptive_radius(depth, kernel_size, blurpool=False, blind=False):
     ``2 * (2**depth - 1)``, plus ``2**depth - 1`` with ``blurpool``. Exact for
     the pooling positions that reach farthest (measured through the gradient):
     10 pixels for depth 1 and kernel 3, 26 for the default depth 2. A
-    blind-spot network (``blind``) reaches farther: :func:`._blindnet.receptive_radius`.
+    blind-spot network (``blind``) reaches farther: :func:`n2v_estimator.nets.blindnet.receptive_radius`.
     """
     if blind:
         return _blind_radius(depth, kernel_size)
@@ -54,7 +55,7 @@ def border_width(depth, kernel_size, blurpool=False, blind=False):
     the extension keeps the image on the network's pooling grid. A BioImage
     Model Zoo export declares it as the output's ``halo``. A blind-spot network
     (``blind``; 48 pixels by default) is not extended: a mirrored copy would show
-    a pixel near the edge its own value (:mod:`._blindnet`).
+    a pixel near the edge its own value (:mod:`n2v_estimator.nets.blindnet`).
     """
     return round_up(receptive_radius(depth, kernel_size, blurpool, blind), 2**depth)
 

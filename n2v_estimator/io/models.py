@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from ._atomic import temporary_beside
-from ._constraints import InvalidParameterError
-from ._image_metadata import check_calibration
-from ._unet import build_unet, check_description, expected_state
+from .._constraints import InvalidParameterError
+from ..nets.builder import build_unet, expected_state
+from ..nets.unet import check_description
+from .atomic import temporary_beside
+from .image_metadata import check_calibration
 
 FORMAT_NAME = "n2v_estimator"
 # Version 2 describes the network in its own versioned schema (see _unet);
@@ -390,7 +391,7 @@ def _data_range(saved, n_channels, source):
 
 
 def _calibration(saved, n_channels, source):
-    """A probabilistic model's calibration record (:mod:`._calibration`), checked
+    """A probabilistic model's calibration record (:mod:`n2v_estimator.fit.calibration`), checked
     to hold only numbers per channel and bin; ``None`` for files without one."""
     if saved is None:
         return None
@@ -406,7 +407,7 @@ def _calibration(saved, n_channels, source):
 
 
 def _image_calibration(saved, source):
-    """The training images' pixel sizes, units and channel names (:mod:`._image_metadata`), checked."""
+    """The training images' pixel sizes, units and channel names (:mod:`n2v_estimator.io.image_metadata`), checked."""
     try:
         return check_calibration(saved, source)
     except ValueError as exc:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from ._codecs import check_source
+from ..io.codecs import check_source
 
 # The axis letters, in the canonical order (S, C, (Z), Y, X) used inside the package.
 _CANONICAL = "SCZYX"
