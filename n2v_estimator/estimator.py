@@ -12,12 +12,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._constraints import Interval, Options, StrOptions
 from ._version import __version__
-from .data.axes import check_fitted_layout, feature_names_out, from_canonical, is_image_list, read_images
+from .data.axes import feature_names_out, fitted_images, from_canonical, is_image_list
 from .data.normalize import check_representable, in_requested_dtype, output_dtype
 from .fit.masking import MANIPULATORS
 from .fit.plan import Previous, make_plan
 from .io.bioimageio import BioImageIOMixin
-from .io.models import estimator_document, load_estimator, portable_network, unet_with_weights, write_model
+from .io.models import PortablePickling, estimator_document, portable_network, read_estimator, write_model
 from .nets.unet import ARCHITECTURE_CONSTRAINTS
 from .predict.denoise import denoise
 from .predict.lazy import is_dask_array, transform_lazy
@@ -26,7 +26,7 @@ from .runtime.compute import PRECISIONS, resolve_precision
 from .runtime.devices import resolve_device
 
 
-class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
+class Noise2VoidDenoiser(BioImageIOMixin, PortablePickling, TransformerMixin, BaseEstimator):
     """Self-supervised Noise2Void denoising of images, trained on the noisy images alone.
 
     ``fit`` trains a U-Net to predict each pixel from its surroundings with the
@@ -379,7 +379,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
             the network's float32 arithmetic: never a non-finite output.
         """
         if is_dask_array(X):
-            return in_requested_dtype(transform_lazy(self, X, return_std), X.dtype, self.dtype)
+            return in_requested_dtype(transform_lazy(self, X, return_std, self._denoise), X.dtype, self.dtype)
         if is_image_list(X, self.image_shape, self.axes):
             out = [self.transform(x, return_std) for x in X]
             return tuple(list(o) for o in zip(*out)) if return_std else out
@@ -397,17 +397,17 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
     def _fitted_images(self, X):
         """``X`` read as images a fitted denoiser can take."""
         check_is_fitted(self, "model_")
-        images = read_images(X, self.axes, self.image_shape)
         expected_row = getattr(self, "n_features_in_", None) if self.image_shape is not None else None
-        check_fitted_layout(images, self.spatial_ndim_, self.n_channels_, expected_row, type(self).__name__)
-        return images
+        return fitted_images(X, self.axes, self.image_shape, self.spatial_ndim_, self.n_channels_, expected_row,
+                             type(self).__name__)  # fmt: skip
 
-    def _denoise(self, images, dtype=np.float32, return_std=False, prior_only=False):
-        """Denoise canonical ``(S, C, *spatial)`` images (original units in and out)."""
+    def _denoise(self, images, dtype=np.float32, return_std=False, prior_only=False, verbose=None):
+        """Denoise canonical ``(S, C, *spatial)`` images (original units in and out); ``verbose`` overrides the parameter."""
         data_range = (self.data_min_, self.data_max_) if hasattr(self, "data_min_") else None
         check_representable(images, self.mean_, self.std_, data_range=data_range)
         device = resolve_device(self.device)
         settings = dict(self.get_params(), batch_pixels=self.batch_size * int(np.prod(self.patch_shape_)), device=device)
+        settings["verbose"] = self.verbose if verbose is None else verbose
         settings["precision"] = resolve_precision(self.precision, device, self.spatial_ndim_)
         return denoise(self.model_.to(device), images, self.mean_, self.std_, settings, dtype, return_std, prior_only)
 
@@ -487,20 +487,10 @@ class Noise2VoidDenoiser(BioImageIOMixin, TransformerMixin, BaseEstimator):
             If the file is malformed, of another format version, names unknown
             parameters, or its tensors do not match the network it describes.
         """
-        return load_estimator(cls, path, device)
-
-    # -------------------------------------------------------------- pickling
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns __dict__ itself
-        if "model_" in state:
-            state["model_"] = portable_network(self.model_)
-        return state
-
-    def __setstate__(self, state):
-        network = state.get("model_")
-        super().__setstate__(state)
-        if isinstance(network, dict):
-            self.model_ = unet_with_weights(network["description"], network["weights"])
+        params, model, fitted = read_estimator(path, cls._get_param_names(), lambda p: cls(**p)._validate_params(), device)
+        estimator = cls(**params)
+        estimator._set_fitted(model, **fitted)
+        return estimator
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -132,3 +132,17 @@ def test_scikit_learns_private_modules_are_imported_in_one_place():
     from n2v_estimator import _constraints
 
     assert all(hasattr(_constraints, name) for name in _constraints.__all__)
+
+
+def test_no_module_below_the_estimator_calls_its_private_methods():
+    """Lower layers get values and callables from the estimator; they never reach into it."""
+    from n2v_estimator import Noise2VoidDenoiser
+
+    private = {name for name in dir(Noise2VoidDenoiser) if name.startswith("_") and not name.startswith("__")}
+    assert {"_denoise", "_set_fitted", "_validate_params", "_get_param_names", "_fitted_images"} <= private
+    for path in PACKAGE.rglob("*.py"):
+        if path.name in ("estimator.py", "cli.py"):  # the estimator itself, and the command above it
+            continue
+        reached = sorted({node.attr for node in ast.walk(ast.parse(path.read_text()))
+                          if isinstance(node, ast.Attribute) and node.attr in private})  # fmt: skip
+        assert not reached, (path.relative_to(PACKAGE), reached)

@@ -313,3 +313,12 @@ def check_image_array(X, name="X"):
                 f"{first}. Replace them (e.g. np.nan_to_num or inpainting) before denoising."
             )
     return array
+
+
+def fitted_images(X, axes, image_shape, spatial_ndim, n_channels, n_features, name):
+    """``X`` read (:func:`read_images`) as images a fitted denoiser of ``spatial_ndim``
+    dimensions and ``n_channels`` takes (rows of ``n_features`` values under ``image_shape``);
+    ``name`` (the estimator's class name) is used in the errors of :func:`check_fitted_layout`."""
+    images = read_images(X, axes, image_shape)
+    check_fitted_layout(images, spatial_ndim, n_channels, n_features, name)
+    return images

@@ -34,6 +34,7 @@ import torch
 
 from .._extras import install_command
 from .._version import __version__
+from ..data.axes import fitted_images
 from ..data.normalize import denormalize, normalize
 from ..nets.unet import (
     _FIELDS,
@@ -154,7 +155,9 @@ def _test_arrays(estimator, test_image, minimum):
     (it neither extends nor crops); the input's ``transform``, for the cover;
     and the float32 CPU copy of the network.
     """
-    images = estimator._fitted_images(test_image).canonical[:1]
+    expected_row = getattr(estimator, "n_features_in_", None) if estimator.image_shape is not None else None
+    images = fitted_images(test_image, estimator.axes, estimator.image_shape, estimator.spatial_ndim_,
+                           estimator.n_channels_, expected_row, type(estimator).__name__).canonical[:1]  # fmt: skip
     multiple = 2 ** estimator.model_.description["depth"]
     index = []
     for n in images.shape[2:]:
@@ -165,14 +168,15 @@ def _test_arrays(estimator, test_image, minimum):
     # What the zoo's runtime computes: float32 on a CPU, no progress bar.
     twin = copy.copy(estimator)
     twin.model_ = copy.deepcopy(estimator.model_).cpu().float().eval()
-    twin.device, twin.precision, twin.verbose = "cpu", "32", False
+    twin.set_params(device="cpu", precision="32", verbose=False, axes="SC" + "ZYX"[-estimator.spatial_ndim_ :],
+                    image_shape=None)  # fmt: skip
     network = predict_tiled(
         twin.model_, images, images.shape[2:], (0,) * (images.ndim - 2), 1, torch.device("cpu"),
         multiple=multiple, tta=bool(estimator.tta),
         prepare=lambda batch: normalize(batch, estimator.mean_, estimator.std_),
         finish=lambda batch: denormalize(batch, estimator.mean_, estimator.std_, dtype=np.float32),
     )
-    return images, network, twin._denoise(images, dtype=np.float32), twin.model_
+    return images, network, twin.transform(images), twin.model_
 
 
 def _cover(test_input, test_output, path):

@@ -414,21 +414,24 @@ def _image_calibration(saved, source):
         raise ModelFileError(str(exc)) from exc
 
 
-def load_estimator(cls, path, device=None):
-    """The fitted ``cls`` (the estimator class) a file written by its ``save`` holds:
-    parameters checked against ``cls``'s constraints, then the network against the file."""
+def read_estimator(path, param_names, validate, device=None):
+    """A fitted estimator's parts from a file written by its ``save``: ``(params, model, fitted)``.
+
+    ``param_names`` are the estimator's parameters; ``validate(params)`` checks them
+    against its constraints (the estimator's own rules) before any tensor is read,
+    and the network is then checked against the file. ``fitted`` holds the keyword
+    arguments of the estimator's ``_set_fitted`` besides the model.
+    """
     with ModelFile(path) as file:
-        params, fitted = decode_document(file.document, cls._get_param_names(), path)
+        params, fitted = decode_document(file.document, param_names, path)
         if device is not None:
             params["device"] = device
-        estimator = cls(**params)
         try:
-            estimator._validate_params()
+            validate(params)
         except InvalidParameterError as exc:
             raise ModelFileError(f"{path} holds an invalid parameter: {exc}") from exc
-        model = network_from_file(fitted["network"], file)
-    estimator._set_fitted(model, **{key: value for key, value in fitted.items() if key != "network"})
-    return estimator
+        model = network_from_file(fitted.pop("network"), file)
+    return params, model, fitted
 
 
 def network_from_file(description, file):
@@ -491,3 +494,21 @@ def portable_network(model):
     what a pickle holds (one made on a GPU loads on a CPU-only machine) and
     what ``warm_start`` continues from."""
     return {"description": model.description, "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+class PortablePickling:
+    """Pickling for an estimator that holds its network as ``model_``: the network travels
+    as its description and CPU weights (:func:`portable_network`), so that a pickle made
+    on a GPU loads on a machine without one, and is rebuilt on unpickling."""
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns __dict__ itself
+        if "model_" in state:
+            state["model_"] = portable_network(self.model_)
+        return state
+
+    def __setstate__(self, state):
+        network = state.get("model_")
+        super().__setstate__(state)
+        if isinstance(network, dict):
+            self.model_ = unet_with_weights(network["description"], network["weights"])

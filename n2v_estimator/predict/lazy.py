@@ -76,7 +76,7 @@ def halo_width(description, neighborhood_radius=0):
     return halo
 
 
-def transform_lazy(estimator, X, return_std=False):
+def transform_lazy(estimator, X, return_std, denoise):
     """Denoise a dask array lazily, chunk by chunk: ``estimator.transform`` for dask arrays.
 
     Parameters
@@ -86,8 +86,12 @@ def transform_lazy(estimator, X, return_std=False):
     X : dask.array.Array
         Images laid out as ``estimator.axes`` says (``None``: 2D is ``YX``,
         3D is ``SYX``), with the channels seen in ``fit``; any numeric dtype.
-    return_std : bool, default=False
+    return_std : bool
         Also return the posterior standard deviation (probabilistic models only).
+    denoise : callable
+        ``denoise(canonical, dtype=..., return_std=..., verbose=...)``: the estimator's
+        in-memory denoising of canonical ``(S, C, *spatial)`` images, called on each
+        chunk (shipped once to each dask worker, with the estimator it is bound to).
 
     Returns
     -------
@@ -150,7 +154,7 @@ def transform_lazy(estimator, X, return_std=False):
     layout, dtype = _check_layout(estimator, X)
     network = estimator.model_.description
     if return_std and network["noise_model"] is None:
-        # The words of _predict.denoise, which the in-memory transform raises.
+        # The words of predict.denoise, which the in-memory transform raises.
         raise ValueError("return_std=True needs a probabilistic model: fit with noise_model set.")
 
     halo = halo_width(network, estimator.neighborhood_radius)
@@ -168,12 +172,10 @@ def transform_lazy(estimator, X, return_std=False):
     X = X.rechunk(tuple(chunks))
     padded = da.overlap.overlap(X, depth=depth, boundary="none")  # chunks fit the halo: no rechunk
 
-    # Progress bars stay off inside tasks; the copy shares the user's network.
-    quiet = object.__new__(type(estimator))
-    quiet.__dict__.update(vars(estimator))
-    quiet.verbose = False
-    # One key for the estimator: pickled once into the graph, sent once to each worker.
-    shipped = delayed(quiet, pure=True, traverse=False)
+    # One key for the denoiser (and the estimator it holds): pickled once into the graph, sent once to each worker.
+    from dask.base import tokenize  # there: _import_dask found dask
+
+    shipped = delayed(denoise, pure=True, traverse=False, name=f"n2v-denoiser-{tokenize(denoise)}")
 
     settings = dict(layout=layout, depth=depth, shape=X.shape, multiple=2 ** network["depth"], in_dtype=X.dtype,
                     out_dtype=dtype)
@@ -209,7 +211,7 @@ def _check_layout(estimator, X):
     return images.axes, output_dtype(images.array.dtype)
 
 
-def _denoise_block(block, estimator, *, layout, depth, shape, multiple, in_dtype, out_dtype, return_std,
+def _denoise_block(block, denoise, *, layout, depth, shape, multiple, in_dtype, out_dtype, return_std,
                    block_info=None):
     """Denoise one chunk of ``X`` from ``block`` (the chunk and its halo); return the chunk's pixels.
 
@@ -246,6 +248,6 @@ def _denoise_block(block, estimator, *, layout, depth, shape, multiple, in_dtype
     except ValueError as exc:
         raise ValueError(f"{exc} (The index is within the block of X that starts at {tuple(origin)}.)") from exc
     canonical = to_canonical(block[tuple(cut)], layout)
-    out = estimator._denoise(canonical, dtype=out_dtype, return_std=return_std)
+    out = denoise(canonical, dtype=out_dtype, return_std=return_std, verbose=False)  # no bars inside tasks
     out = [from_canonical(o, layout)[tuple(keep)] for o in (out if return_std else [out])]
     return np.stack(out) if return_std else np.ascontiguousarray(out[0])
