@@ -139,3 +139,24 @@ def replace(temporary, path):
         os.replace(old, path)
         raise
     remove(old)
+
+
+@contextlib.contextmanager
+def atomic_write(path, folder=False):
+    """The one way the package writes a file or folder: ``with atomic_write(path) as temporary:``
+    writes ``temporary`` (:func:`temporary_beside`); when the block ends, a file is flushed to
+    disk (a power cut cannot leave an empty file at ``path``) and given the permissions of the
+    file it replaces (a new one: ``0o666`` less the umask), then renamed into place
+    (:func:`replace`). If the block raises, the temporary is removed and ``path`` is untouched."""
+    path = Path(path)
+    with temporary_beside(path, folder=folder) as temporary:
+        yield temporary
+        if not folder:
+            descriptor = os.open(temporary, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            if path.exists():
+                os.chmod(temporary, stat.S_IMODE(path.stat().st_mode))
+        replace(temporary, path)

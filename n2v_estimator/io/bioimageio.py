@@ -22,7 +22,6 @@ import contextlib
 import copy
 import inspect
 import json
-import os
 import tempfile
 import textwrap
 import warnings
@@ -50,7 +49,7 @@ from ..nets.unet import (
     _prior_scale,
 )
 from ..predict.tiling import augmentations, border_width, mirror_index, predict_tiled, round_up
-from .atomic import remove, temporary_beside
+from .atomic import remove, replace, temporary_beside
 
 # Names inside the package.
 ARCHITECTURE_FILE = "n2v_unet.py"
@@ -349,7 +348,7 @@ def export(estimator, path, test_image, *, name, description, authors, license="
         # Written whole under a temporary name beside `path`, then renamed into place.
         partial = work / "package.zip"
         spec.save_bioimageio_package(descr, output_path=partial)
-        os.replace(partial, path)
+        replace(partial, path)
     return path
 
 

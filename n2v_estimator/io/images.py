@@ -30,7 +30,7 @@ import numpy as np
 from .._extras import install_command
 from ..data.axes import resolve_axes
 from ..predict.lazy import is_dask_array
-from .atomic import replace, temporary_beside
+from .atomic import atomic_write
 from .budget import DeclaredSizeError, check_declared, check_in_memory, ome_declared
 from .codecs import UnsafeZarrError, check_zarr_array
 from .image_metadata import (
@@ -524,9 +524,8 @@ def write_image(path, data, axes, source_metadata=None):
         data = np.asarray(data)
     axes = resolve_axes(axes, data.ndim)
     writer = {"tiff": _write_tiff, "zarr": _write_zarr, "npy": _write_npy}[kind]
-    with temporary_beside(path, folder=kind == "zarr") as temporary:
+    with atomic_write(path, folder=kind == "zarr") as temporary:
         writer(temporary, data, axes, source_metadata or {}, lazy)
-        replace(temporary, path)
 
 
 def _store(data, target):
@@ -546,17 +545,12 @@ def _store(data, target):
 
 
 def _store_in_file(data, memmap):
-    """:func:`_store` into the file ``memmap`` maps, mapping one chunk at a time; on disk
-    before the file is renamed into place."""
+    """:func:`_store` into the file ``memmap`` maps, mapping one chunk at a time (flushed to
+    disk by :func:`.atomic.atomic_write` before the file is renamed into place)."""
     memmap.flush()
     target = _MappedFile(memmap, mode="r+")
     del memmap
     _store(data, target)
-    descriptor = os.open(target.filename, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _tiff_axes_for(axes, source):

@@ -22,7 +22,7 @@ from safetensors.torch import save as safetensors_bytes
 from .._constraints import InvalidParameterError
 from ..nets.builder import build_unet, expected_state
 from ..nets.unet import check_description
-from .atomic import temporary_beside
+from .atomic import atomic_write
 from .image_metadata import check_calibration
 
 FORMAT_NAME = "n2v_estimator"
@@ -104,14 +104,8 @@ def write_model(path, tensors, document):
             "of epochs?), more than load reads; shorten history_ before saving."
         )
     try:
-        # A locked temporary beside `path` (the next save removes a killed writer's), renamed into place.
-        with temporary_beside(path) as tmp, open(tmp, "wb") as file:
-            mode = stat.S_IMODE((path if path.exists() else tmp).stat().st_mode)
+        with atomic_write(path) as tmp, open(tmp, "wb") as file:
             _write_all(file.fileno(), data)
-            # On disk before the rename, so a power cut cannot leave an empty file at ``path``.
-            os.fsync(file.fileno())
-            os.chmod(tmp, mode)
-            os.replace(tmp, path)
     except OSError as exc:
         raise OSError(exc.errno, f"Cannot save the model to {path}: {exc.strerror or exc}") from exc
 
