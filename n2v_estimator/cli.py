@@ -42,7 +42,7 @@ from .io.images import (
     rechunk_for_axes,
     write_image,
 )
-from .io.models import ModelFile
+from .io.models import ModelFile, non_default_parameters
 from .predict.lazy import is_dask_array
 
 PROG = "n2v-estimator"
@@ -696,7 +696,7 @@ def describe_model(path):
         "package_version": document.get("package_version"),
         "format_version": document.get("format_version"),
         "parameters": saved,
-        "non_default_parameters": sorted(name for name, value in saved.items() if value != defaults.get(name)),
+        "non_default_parameters": sorted(non_default_parameters(saved, defaults)),
         "axes": denoiser.axes,
         "spatial_ndim": denoiser.spatial_ndim_,
         "n_channels": denoiser.n_channels_,

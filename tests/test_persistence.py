@@ -196,3 +196,14 @@ def test_a_new_file_gets_the_usual_permissions_and_a_replaced_file_keeps_its_own
         assert path.stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(umask)
+
+
+def test_parameters_that_differ_from_the_defaults_are_compared_as_a_model_file_stores_them():
+    from n2v_estimator import Noise2VoidDenoiser
+    from n2v_estimator.io.models import non_default_parameters
+
+    defaults = Noise2VoidDenoiser().get_params()
+    mask = np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]])
+    params = {**defaults, "struct_mask": mask, "patch_size": (64, 64), "depth": 2, "n_filters": 16}
+    assert non_default_parameters(params, defaults) == ["n_filters", "patch_size", "struct_mask"]
+    assert non_default_parameters({"patch_size": (64, 64)}, {"patch_size": [64, 64]}) == []  # as JSON

@@ -50,6 +50,7 @@ from ..nets.unet import (
 )
 from ..predict.tiling import augmentations, border_width, mirror_index, predict_tiled, round_up
 from .atomic import remove, replace, temporary_beside
+from .models import non_default_parameters
 
 # Names inside the package.
 ARCHITECTURE_FILE = "n2v_unet.py"
@@ -200,7 +201,7 @@ def _documentation(estimator, name, description, halo, step, minimum):
     """The package's README: what the model is, how it was trained, how to run it."""
     params = estimator.get_params(deep=False)
     defaults = {k: p.default for k, p in inspect.signature(type(estimator)).parameters.items()}
-    changed = {k: v for k, v in params.items() if v != defaults.get(k)}
+    changed = {k: params[k] for k in non_default_parameters(params, defaults)}
     history = estimator.history_
     last = history[-1] if history else {}
     best = min((h["val_loss"] for h in history if h.get("val_loss") is not None), default=None)

@@ -275,6 +275,12 @@ def read_model(path):
         return {name: file.tensor(name) for name in file.entries}, file.document
 
 
+def non_default_parameters(params, defaults):
+    """The names of ``params`` whose values differ from ``defaults``, compared as JSON (an array
+    against its list, a tuple against its list: what a model file stores)."""
+    return [name for name, value in params.items() if _to_json(value) != _to_json(defaults.get(name))]
+
+
 def estimator_document(params, attributes, package_version):
     """The JSON document :func:`write_model` stores for a fitted estimator.
 

@@ -17,7 +17,6 @@ masked pixels only. That costs ``stride**ndim`` passes over the images (16 in
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from functools import partial
 
@@ -29,6 +28,7 @@ from ..fit.masking import BlindSpotMasker, hiding_manipulator
 from ..nets.noise import posterior
 from ..runtime.memory import check_prediction_memory
 from ..runtime.progress import progress_bar
+from .scoring import all_phases, phase_window
 from .tiling import border_width, network_reach, predict_tiled, tile_geometry, tiles_per_batch
 
 # Grid stride of the blind phases of the prior, per spatial dimensionality: a
@@ -94,7 +94,7 @@ def blind_prior(predict, x, manipulator, neighborhood_radius, stride, seed=0, ve
     generator = torch.Generator().manual_seed(seed)
     images = torch.from_numpy(x)
     prior = np.empty((n_samples, 2 * channels, *spatial), dtype=np.float32)
-    phases = list(itertools.product(range(stride), repeat=len(spatial)))
+    phases = all_phases(len(spatial), stride)
     for phase in progress_bar(phases, desc="predict (blind prior)", unit="phase", verbose=verbose):
         grid = [torch.arange(n)[p::stride] for p, n in zip(phase, spatial)]  # (arange(p, n) raises for p > n)
         if any(len(g) == 0 for g in grid):  # an axis shorter than the stride
@@ -108,7 +108,7 @@ def blind_prior(predict, x, manipulator, neighborhood_radius, stride, seed=0, ve
             spots = torch.stack([a.flatten() for a in torch.meshgrid(*axes, indexing="ij")], dim=1)
             masked[tuple(spots.T)] = masker.replacements(images, spots, generator)
         prediction = predict(masked.numpy())
-        window = (slice(None), slice(None)) + tuple(slice(p, None, stride) for p in phase)
+        window = phase_window(phase, stride)
         prior[window] = prediction[window]
     return prior
 

@@ -49,10 +49,20 @@ def pooled_score(score, X, y):
     return float(np.average(scores, weights=[np.size(x) for x in X]))
 
 
+def all_phases(ndim, stride):
+    """Every phase of a regular grid of ``stride`` pixels along ``ndim`` axes: ``stride**ndim`` offsets."""
+    return list(itertools.product(range(stride), repeat=ndim))
+
+
+def phase_window(phase, stride):
+    """The index of one grid ``phase``'s pixels in ``(S, C, *spatial)`` arrays (every ``stride``-th from it)."""
+    return (slice(None), slice(None)) + tuple(slice(p, None, stride) for p in phase)
+
+
 def grid_phases(ndim, n_phases, stride=GRID_STRIDE):
     """The first ``n_phases`` of the ``stride**ndim`` grid phases: the origin
     (present in every image, however small), then a fixed pseudo-random order."""
-    phases = list(itertools.product(range(stride), repeat=ndim))
+    phases = all_phases(ndim, stride)
     order = [0] + list(1 + np.random.default_rng(0).permutation(len(phases) - 1))
     return [phases[i] for i in order[: min(n_phases, len(phases))]]
 
@@ -102,9 +112,7 @@ def j_invariant_mse(denoise, images, n_phases):
     replaced = neighbour_mean(images)
     total, count = 0.0, 0
     for phase in grid_phases(ndim, n_phases):
-        spots = (slice(None), slice(None)) + tuple(
-            slice(p, None, GRID_STRIDE) for p in phase
-        )
+        spots = phase_window(phase, GRID_STRIDE)
         masked = np.array(images, dtype=np.float64, copy=True)
         masked[spots] = replaced[spots]
         difference = denoise(masked)[spots] - images[spots]
