@@ -11,10 +11,10 @@ from conftest import psnr, tiny
 from n2v_estimator import Noise2VoidDenoiser
 from n2v_estimator.nets.blindnet import BlindSpotNetwork, every_pixel, receptive_radius
 from n2v_estimator.nets.builder import build_unet
+from n2v_estimator.nets.geometry import NetworkGeometry, border_width, default_overlap
 from n2v_estimator.nets.noise import posterior
 from n2v_estimator.nets.unet import check_description, network_description
 from n2v_estimator.predict.denoise import denoise
-from n2v_estimator.predict.tiling import border_width, default_overlap, network_reach
 
 IMAGE = np.random.default_rng(0).normal(100, 20, size=(40, 40)).astype(np.float32)
 SETTINGS = dict(depth=2, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
@@ -79,8 +79,9 @@ def test_receptive_radius_is_exactly_how_far_the_network_looks(ndim, depth, kern
 
 def test_the_default_network_s_reach_and_halo():
     description = network_description(2, 1, {**SETTINGS, "depth": 2, "kernel_size": 3})
-    assert receptive_radius(2, 3) == 47 and border_width(*network_reach(description)) == 48
-    assert default_overlap(*network_reach(description)) == 96
+    geometry = NetworkGeometry.of(description)
+    assert receptive_radius(2, 3) == 47 and geometry.halo == border_width(2, 3, blind=True) == 48
+    assert geometry.overlap == default_overlap(2, 3, blind=True) == 96 and geometry.border == 0
 
 
 def test_tiles_are_predicted_as_the_whole_image_and_without_a_mirrored_border():
@@ -88,7 +89,7 @@ def test_tiles_are_predicted_as_the_whole_image_and_without_a_mirrored_border():
     images = np.random.default_rng(0).normal(50, 10, size=(2, 1, 90, 75))
     mean, std = np.array([50.0]), np.array([10.0])
     whole = denoise(model, images, mean, std, settings_for(tile=128), np.float64, return_std=True)
-    overlap = default_overlap(*network_reach(model.description))
+    overlap = NetworkGeometry.of(model.description).overlap
     assert overlap == 40
     tiled = denoise(model, images, mean, std, settings_for(tile=48, overlap=overlap), np.float64, return_std=True)
     for a, b in zip(whole, tiled):

@@ -9,8 +9,9 @@ from conftest import tiny
 from scipy.ndimage import gaussian_filter
 
 from n2v_estimator import Noise2VoidDenoiser
+from n2v_estimator.nets.geometry import receptive_radius
 from n2v_estimator.nets.unet import UNet
-from n2v_estimator.predict.lazy import halo_width, is_dask_array, receptive_radius, transform_lazy
+from n2v_estimator.predict.lazy import halo_width, is_dask_array, transform_lazy
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
@@ -103,7 +104,7 @@ def test_receptive_radius_is_how_far_the_network_looks(depth, kernel_size, blurp
 def test_the_halo_adds_the_pooling_grid_and_the_blind_neighbourhood(plain, probabilistic):
     assert halo_width(plain.model_.description) == 10 + 1  # depth 1, kernel 3
     assert halo_width(probabilistic.model_.description, 2) == 10 + 1 + 2
-    default = {"depth": 2, "kernel_size": 3, "blurpool": False, "noise_model": None, "blind_spot": "mask"}
+    default = {"ndim": 2, "depth": 2, "kernel_size": 3, "blurpool": False, "noise_model": None, "blind_spot": "mask"}
     assert halo_width(default) == 29
     # A blind-spot network reaches farther and masks nothing: no neighbourhood.
     assert halo_width({**default, "blind_spot": "network", "noise_model": "gaussian"}, 2) == 47 + 3

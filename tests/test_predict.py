@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from n2v_estimator.nets.builder import build_unet
+from n2v_estimator.nets.geometry import border_width
 from n2v_estimator.nets.noise import posterior
 from n2v_estimator.nets.unet import network_description
 from n2v_estimator.predict import denoise as _predict
 from n2v_estimator.predict.denoise import BLIND_STRIDE, blind_prior, blind_stride, denoise
-from n2v_estimator.predict.tiling import border_width, predict_tiled
+from n2v_estimator.predict.tiling import predict_tiled
 
 SETTINGS = dict(depth=2, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
                 skip_skipone=False, independent_channels=True, blind_spot="mask")

@@ -7,16 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from n2v_estimator.nets.geometry import NetworkGeometry, border_width, default_overlap, receptive_radius
 from n2v_estimator.nets.unet import UNet
-from n2v_estimator.predict.tiling import (
-    augmentations,
-    axis_tiles,
-    border_width,
-    default_overlap,
-    mirror_index,
-    predict_tiled,
-    receptive_radius,
-)
+from n2v_estimator.predict.tiling import augmentations, axis_tiles, mirror_index, predict_tiled
 
 CPU = torch.device("cpu")
 
@@ -220,19 +213,19 @@ def test_predict_tiled_with_tta_averages_the_augmented_predictions():
 def test_tile_geometry_rounds_to_the_networks_pooling_grid():
     from n2v_estimator.predict.tiling import tile_geometry
 
-    assert tile_geometry(None, None, 2, depth=2, kernel_size=3) == ((256, 256), (56, 56))
-    assert tile_geometry(None, None, 3, depth=2, kernel_size=3) == ((64, 128, 128), (32, 56, 56))
-    assert tile_geometry(30, 5, 2, depth=2, kernel_size=3) == ((32, 32), (8, 8))
-    assert tile_geometry((64, 100), 0, 2, depth=3, kernel_size=5) == ((64, 104), (0, 0))
+    assert tile_geometry(None, None, NetworkGeometry(2, depth=2, kernel_size=3)) == ((256, 256), (56, 56))
+    assert tile_geometry(None, None, NetworkGeometry(3, depth=2, kernel_size=3)) == ((64, 128, 128), (32, 56, 56))
+    assert tile_geometry(30, 5, NetworkGeometry(2, depth=2, kernel_size=3)) == ((32, 32), (8, 8))
+    assert tile_geometry((64, 100), 0, NetworkGeometry(2, depth=3, kernel_size=5)) == ((64, 104), (0, 0))
 
 
 def test_tile_geometry_overlap_grows_with_the_kernel_and_stays_below_half_a_tile():
-    from n2v_estimator.predict.tiling import default_overlap, tile_geometry
+    from n2v_estimator.predict.tiling import tile_geometry
 
     assert default_overlap(2, 3) == 56 and default_overlap(2, 7) == 136
     assert default_overlap(2, 3, blurpool=True) == 64
-    assert tile_geometry(512, None, 2, depth=2, kernel_size=7) == ((512, 512), (136, 136))
-    assert tile_geometry(128, None, 2, depth=2, kernel_size=7) == ((128, 128), (64, 64))
+    assert tile_geometry(512, None, NetworkGeometry(2, depth=2, kernel_size=7)) == ((512, 512), (136, 136))
+    assert tile_geometry(128, None, NetworkGeometry(2, depth=2, kernel_size=7)) == ((128, 128), (64, 64))
 
 
 @pytest.mark.parametrize("size, overlap, pattern", [(32, 32, "smaller than tile_size"), ((8, 8, 8), None, "2 ints"), (-1, None, "at least 1"), (32, (4, -4), "at least 0")])
@@ -240,4 +233,4 @@ def test_tile_geometry_refuses_impossible_settings(size, overlap, pattern):
     from n2v_estimator.predict.tiling import tile_geometry
 
     with pytest.raises(ValueError, match=pattern):
-        tile_geometry(size, overlap, 2, depth=1, kernel_size=3)
+        tile_geometry(size, overlap, NetworkGeometry(2, depth=1, kernel_size=3))

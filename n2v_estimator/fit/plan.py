@@ -25,9 +25,10 @@ from ..data.ondemand import is_on_demand, on_demand_images, sample_blocks
 from ..data.patches import VALIDATION_MIN_SIDE, PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
 from ..nets.blindnet import every_pixel
 from ..nets.builder import build_unet
+from ..nets.geometry import NetworkGeometry
 from ..nets.noise import PRIOR_SCALE_START, blind_spot_loss, estimate_noise, noise_kind
 from ..nets.unet import check_batch_norm, network_description, resolve_blind_spot
-from ..predict.tiling import network_reach, tile_geometry
+from ..predict.tiling import tile_geometry
 from ..runtime.compute import resolve_precision
 from ..runtime.devices import resolve_device
 from ..runtime.memory import check_fit_memory
@@ -273,7 +274,7 @@ def make_plan(params, X, previous=None):
         resolve_struct_mask(params["struct_mask"], ndim, requested),
     )
     # transform takes the tile settings as they are then; refuse impossible ones now.
-    tile_geometry(params["tile_size"], params["tile_overlap"], ndim, *network_reach(network))
+    tile_geometry(params["tile_size"], params["tile_overlap"], NetworkGeometry.of(network))
 
     if previous is not None:
         mean, std = previous.mean, previous.std

@@ -35,6 +35,7 @@ from .._extras import install_command
 from .._version import __version__
 from ..data.axes import fitted_images
 from ..data.normalize import denormalize, normalize
+from ..nets.geometry import NetworkGeometry, round_up
 from ..nets.unet import (
     _FIELDS,
     DESCRIPTION_SCHEMA,
@@ -48,7 +49,7 @@ from ..nets.unet import (
     _pad_to_multiple,
     _prior_scale,
 )
-from ..predict.tiling import augmentations, border_width, mirror_index, predict_tiled, round_up
+from ..predict.tiling import augmentations, mirror_index, predict_tiled
 from .atomic import remove, replace, temporary_beside
 from .models import non_default_parameters
 
@@ -136,7 +137,7 @@ def _check_exportable(estimator):
             "model by Bayes' rule, which the zoo's runtime (one network pass per tile) cannot run. Export a plain "
             "model (noise_model=None), or share the model file that save() writes."
         )
-    if estimator.model_.description["blind_spot"] == "network":
+    if NetworkGeometry.of(estimator.model_.description).blind:
         raise ValueError(
             "blind_spot='network': a blind-spot network cannot be exported to the BioImage Model Zoo yet: the "
             "zoo's runtime extends images by mirroring, which shows the network the pixels near the edge it must "
@@ -158,7 +159,7 @@ def _test_arrays(estimator, test_image, minimum):
     expected_row = getattr(estimator, "n_features_in_", None) if estimator.image_shape is not None else None
     images = fitted_images(test_image, estimator.axes, estimator.image_shape, estimator.spatial_ndim_,
                            estimator.n_channels_, expected_row, type(estimator).__name__).canonical[:1]  # fmt: skip
-    multiple = 2 ** estimator.model_.description["depth"]
+    multiple = NetworkGeometry.of(estimator.model_.description).pooling
     index = []
     for n in images.shape[2:]:
         side = max(min(n, TEST_SIDE[estimator.spatial_ndim_]) // multiple * multiple, minimum)
@@ -260,9 +261,8 @@ def export(estimator, path, test_image, *, name, description, authors, license="
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist.")
     network = estimator.model_.description
-    ndim, channels, depth = network["ndim"], network["in_channels"], network["depth"]
-    halo = border_width(depth, network["kernel_size"], network["blurpool"])
-    step = 2**depth
+    ndim, channels, geometry = network["ndim"], network["in_channels"], NetworkGeometry.of(network)
+    halo, step = geometry.halo, geometry.pooling
     # The spec wants more than two halos per side; the runtime checks the sides of
     # the image as given (before it adds the halo): multiples of the step from there.
     minimum = round_up(2 * halo + 1, step)

@@ -25,11 +25,12 @@ import torch
 
 from ..data.normalize import _broadcast, check_finite_output, denormalize, normalize
 from ..fit.masking import BlindSpotMasker, hiding_manipulator
+from ..nets.geometry import NetworkGeometry
 from ..nets.noise import posterior
 from ..runtime.memory import check_prediction_memory
 from ..runtime.progress import progress_bar
 from .scoring import all_phases, phase_window
-from .tiling import border_width, network_reach, predict_tiled, tile_geometry, tiles_per_batch
+from .tiling import predict_tiled, tile_geometry, tiles_per_batch
 
 # Grid stride of the blind phases of the prior, per spatial dimensionality: a
 # 4x4 grid masks 6% of the pixels in a pass (training masks 2%, but with
@@ -146,10 +147,9 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
         batches of tiles larger than the device's memory.
     """
     network = model.description
-    reach = network_reach(network)
-    blind = network["blind_spot"] == "network"
-    tile_shape, overlap = tile_geometry(settings["tile_size"], settings["tile_overlap"], network["ndim"], *reach)
-    border = (0 if blind else border_width(*reach),) * network["ndim"]
+    geometry = NetworkGeometry.of(network)
+    tile_shape, overlap = tile_geometry(settings["tile_size"], settings["tile_overlap"], geometry)
+    border = (geometry.border,) * geometry.ndim
     extended = [n + 2 * b for n, b in zip(images.shape[2:], border)]
     tiles = tiles_per_batch(tile_shape, extended, settings["batch_pixels"])
     check_prediction_memory(
@@ -166,7 +166,7 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
             border=border,
             batch_size=tiles,
             device=settings["device"],
-            multiple=2 ** network["depth"],
+            multiple=geometry.pooling,
             tta=bool(settings["tta"]),
             precision=settings["precision"],
             **{"verbose": settings["verbose"], **kwargs},
@@ -185,7 +185,7 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
         check_finite_output(out)
         return out
     x = normalize(images, mean, std)
-    if blind:  # blind by its architecture: one pass
+    if geometry.blind:  # blind by its architecture: one pass
         _check_neighbours(images.shape[2:])
         prior = run(x, out_channels=2 * images.shape[1])
     else:

@@ -25,7 +25,7 @@ from ..data.axes import (
 )
 from ..data.normalize import output_dtype
 from ..io.codecs import check_source
-from .tiling import network_reach, receptive_radius
+from ..nets.geometry import NetworkGeometry
 
 
 def is_dask_array(X):
@@ -69,11 +69,7 @@ def halo_width(description, neighborhood_radius=0):
     -------
     int
     """
-    halo = receptive_radius(*network_reach(description))
-    halo += 2 ** description["depth"] - 1
-    if description["noise_model"] is not None and description["blind_spot"] == "mask":
-        halo += int(neighborhood_radius)
-    return halo
+    return NetworkGeometry.of(description).chunk_halo(neighborhood_radius)
 
 
 def transform_lazy(estimator, X, return_std, denoise):
@@ -177,7 +173,7 @@ def transform_lazy(estimator, X, return_std, denoise):
 
     shipped = delayed(denoise, pure=True, traverse=False, name=f"n2v-denoiser-{tokenize(denoise)}")
 
-    settings = dict(layout=layout, depth=depth, shape=X.shape, multiple=2 ** network["depth"], in_dtype=X.dtype,
+    settings = dict(layout=layout, depth=depth, shape=X.shape, multiple=NetworkGeometry.of(network).pooling, in_dtype=X.dtype,
                     out_dtype=dtype)
     if not return_std:
         out = da.map_blocks(

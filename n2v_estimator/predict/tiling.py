@@ -9,63 +9,9 @@ import numpy as np
 import torch
 
 from ..data.axes import per_axis
-from ..nets.blindnet import receptive_radius as _blind_radius
+from ..nets.geometry import round_up
 from ..runtime.compute import autocast, fastest_layout
 from ..runtime.progress import progress_bar
-
-
-def round_up(value, multiple):
-    """The smallest multiple of ``multiple`` that is >= ``value``."""
-    return -(-value // multiple) * multiple
-
-
-def network_reach(description):
-    """The arguments of :func:`receptive_radius` (and the functions built on it)
-    for the network ``description``: ``(depth, kernel_size, blurpool, blind)``."""
-    return description["depth"], description["kernel_size"], description["blurpool"], description["blind_spot"] == "network"
-
-
-def receptive_radius(depth, kernel_size, blurpool=False, blind=False):
-    """How far, in input pixels along each axis, the U-Net looks from an output pixel.
-
-    Two convolutions of radius ``r = kernel_size // 2`` per level on the way
-    down and up and at the bottom (``r * 2**level`` input pixels each), the
-    bilinear up-sampling (one coarse cell, ``2**(level + 1)`` pixels) and, for
-    N2V2's blur-pool, its blur (``2**level``): ``r * (6 * 2**depth - 4)`` plus
-    ``2 * (2**depth - 1)``, plus ``2**depth - 1`` with ``blurpool``. Exact for
-    the pooling positions that reach farthest (measured through the gradient):
-    10 pixels for depth 1 and kernel 3, 26 for the default depth 2. A
-    blind-spot network (``blind``) reaches farther: :func:`n2v_estimator.nets.blindnet.receptive_radius`.
-    """
-    if blind:
-        return _blind_radius(depth, kernel_size)
-    multiple = 2**depth
-    radius = (kernel_size // 2) * (6 * multiple - 4) + 2 * (multiple - 1)
-    return radius + (multiple - 1 if blurpool else 0)
-
-
-def border_width(depth, kernel_size, blurpool=False, blind=False):
-    """The network's halo: its :func:`receptive_radius` rounded up to a multiple
-    of ``2**depth`` (28 pixels for the default network, 10 for depth 1).
-
-    ``transform`` extends every image by this many mirrored pixels on each side
-    (:func:`mirror_index`) before the network sees it, and a tile's pixels are
-    kept only where they have this much context, so a prediction does not depend
-    on where tiles, chunks or the image end; being a multiple of ``2**depth``,
-    the extension keeps the image on the network's pooling grid. A BioImage
-    Model Zoo export declares it as the output's ``halo``. A blind-spot network
-    (``blind``; 48 pixels by default) is not extended: a mirrored copy would show
-    a pixel near the edge its own value (:mod:`n2v_estimator.nets.blindnet`).
-    """
-    return round_up(receptive_radius(depth, kernel_size, blurpool, blind), 2**depth)
-
-
-def default_overlap(depth, kernel_size, blurpool=False, blind=False):
-    """Overlap between neighbouring tiles that makes tiled and whole-image
-    predictions agree (to float rounding): twice the :func:`border_width`, so
-    that a tile boundary, in the middle of the overlap, has a whole halo of
-    context on either side (56 pixels for the default network)."""
-    return 2 * border_width(depth, kernel_size, blurpool, blind)
 
 
 def mirror_index(start, stop, length):
@@ -76,19 +22,18 @@ def mirror_index(start, stop, length):
     return np.where(index < length, index, 2 * length - 1 - index)
 
 
-def tile_geometry(tile_size, tile_overlap, ndim, depth, kernel_size, blurpool=False, blind=False):
-    """Tile side and overlap per spatial axis for a network of ``depth`` and ``kernel_size``.
+def tile_geometry(tile_size, tile_overlap, geometry):
+    """Tile side and overlap per spatial axis for the network of ``geometry``.
 
     Parameters
     ----------
     tile_size, tile_overlap : int, tuple of int or None
         The estimator's parameters. ``None``: tiles of 256 (2D) or 64x128x128
-        (3D) and an overlap of :func:`default_overlap` (at most half a tile).
-    ndim, depth, kernel_size : int
+        (3D) and an overlap of the network's :attr:`NetworkGeometry.overlap`
+        (at most half a tile).
+    geometry : NetworkGeometry
         Of the network that predicts: tiles and overlaps are rounded up to
-        multiples of ``2**depth``.
-    blurpool, blind : bool
-        Whether the network blur-pools (N2V2) or is a blind-spot network, which widens its reach.
+        multiples of its pooling factor ``2**depth``.
 
     Returns
     -------
@@ -99,15 +44,14 @@ def tile_geometry(tile_size, tile_overlap, ndim, depth, kernel_size, blurpool=Fa
     ValueError
         If the (rounded) overlap is not smaller than the tile.
     """
-    multiple = 2**depth
+    ndim, multiple = geometry.ndim, geometry.pooling
     if tile_size is None:
         tile = (256, 256) if ndim == 2 else (64, 128, 128)
     else:
         tile = per_axis(tile_size, ndim, "tile_size")
     tile = tuple(round_up(t, multiple) for t in tile)
     if tile_overlap is None:
-        reach = default_overlap(depth, kernel_size, blurpool, blind)
-        return tile, tuple(min(reach, (t // 2) // multiple * multiple) for t in tile)
+        return tile, tuple(min(geometry.overlap, (t // 2) // multiple * multiple) for t in tile)
     overlap = tuple(round_up(o, multiple) for o in per_axis(tile_overlap, ndim, "tile_overlap", minimum=0))
     if any(o >= t for t, o in zip(tile, overlap)):
         raise ValueError(

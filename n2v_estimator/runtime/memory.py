@@ -26,6 +26,7 @@ from fractions import Fraction
 import torch
 
 from ..nets.blindnet import HEAD_WIDTH
+from ..nets.geometry import NetworkGeometry
 
 # Bytes of a feature-map value in each precision (autocast keeps the activations
 # it saves for the backward pass in the reduced type).
@@ -134,7 +135,7 @@ def network_values(description):
     ndim, channels, kernel, bn = (description[k] for k in ("ndim", "in_channels", "kernel_size", "batch_norm"))
     width, groups = _widths(description)
     outputs = 1 if description["noise_model"] is None else 2
-    blind = description["blind_spot"] == "network"
+    blind = NetworkGeometry.of(description).blind
     n, c_in = 0, channels
     for w in width:
         n += _block_weights(c_in, w, w, kernel, ndim, groups, bn)
@@ -168,7 +169,7 @@ def _saved_per_sample(description, patch_shape):
     ndim, channels, depth = description["ndim"], description["in_channels"], description["depth"]
     width, groups = _widths(description)
     pixels = _level_pixels(patch_shape, depth)
-    blind = description["blind_spot"] == "network"
+    blind = NetworkGeometry.of(description).blind
     # A convolution's output, and a batch norm's; the masked U-Net's ReLU works in place.
     # The upward convolutions of the blind network pad their input first (a copy they keep).
     per_conv = (2 if description["batch_norm"] else 1) + (1 if blind else 0)
@@ -203,7 +204,7 @@ def _prediction_per_pixel(description):
     ndim, channels = description["ndim"], description["in_channels"]
     width, groups = _widths(description)
     skips = sum(-(-w // 2 ** (ndim * level)) for level, w in enumerate(width))
-    blind = description["blind_spot"] == "network"
+    blind = NetworkGeometry.of(description).blind
     unet = skips + (5 + (1 if blind else 0)) * width[0] + 3 * channels
     if not blind:
         return unet
