@@ -192,70 +192,23 @@ def train(
     non-finite weights as ``error``, so that the caller decides what to keep.
     Any other exception propagates, and the model's weights are then undefined.
     """
-    total_steps = max_epochs * steps_per_epoch
     loss = masked_mse if loss is None else loss
-    optimizer = torch.optim.Adam(_parameter_groups(model, learning_rate), lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps))
-    layout = fastest_layout(model, precision)
-    scaler = grad_scaler(device, precision)
-    patch_generator = torch.Generator().manual_seed(seed)
-    mask_generator = torch.Generator(device=device).manual_seed(seed + 1)
-
-    best_loss = math.inf
-    best_state = copy.deepcopy(model.state_dict())
-    last_good_state = best_state
+    step = _Step(model, sampler, masker, loss, learning_rate, max_epochs * steps_per_epoch, batch_size, device,
+                 precision, seed)  # fmt: skip
+    kept = _KeptWeights(model)
     history, interrupted, error = [], False, None
-
-    def kept_state():
-        """The weights to fall back on: best validation so far, else the last complete epoch."""
-        return best_state if best_loss < math.inf else last_good_state
-
     model.train()
-    progress = progress_bar(total=total_steps, desc="fit", unit="step", verbose=verbose)
+    progress = progress_bar(total=max_epochs * steps_per_epoch, desc="fit", unit="step", verbose=verbose)
     try:
         for epoch in range(max_epochs):
             start = time.perf_counter()
-            losses = []
-            for _ in range(steps_per_epoch):
-                x = layout(sampler.sample(batch_size, patch_generator).to(device, non_blocking=True))
-                x_masked, mask = masker(x, mask_generator)
-                with autocast(device, precision):
-                    prediction = model(x_masked)
-                step_loss = loss(prediction.float(), x, mask)
-                value = step_loss.item()  # the step's one wait for the device
-                if not math.isfinite(value):
-                    raise NonFiniteLossError(f"The training loss became non-finite ({value}) in epoch {epoch + 1}.")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(step_loss).backward()
-                step_lr = optimizer.param_groups[0]["lr"]
-                scale = scaler.get_scale() if scaler.is_enabled() else None
-                scaler.step(optimizer)
-                scaler.update()
-                # float16: the scaler skips a step whose gradients overflowed (and lowers its
-                # scale); the schedule follows the optimizer's steps, not the batches.
-                if scale is None or scaler.get_scale() >= scale:
-                    schedule.step()
-                losses.append(value)
-                progress.update()
-                progress.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-            state = copy.deepcopy(model.state_dict())
-            if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
-                raise NonFiniteLossError(f"The weights became non-finite in epoch {epoch + 1}.")
-            last_good_state = state
+            train_loss, step_lr = _epoch(step, epoch, steps_per_epoch, progress)
+            state = _finite_state(model, epoch)
             val_loss = _validation_loss(model, validation, precision, loss) if validation else None
-            history.append(
-                {
-                    "epoch": epoch + 1,
-                    "train_loss": sum(losses) / len(losses),
-                    "val_loss": val_loss,
-                    "learning_rate": step_lr,
-                    "seconds": time.perf_counter() - start,
-                    **(record() if record is not None else {}),
-                }
-            )
-            if val_loss is not None and val_loss < best_loss:
-                best_loss = val_loss
-                best_state = last_good_state
+            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                            "learning_rate": step_lr, "seconds": time.perf_counter() - start,
+                            **(record() if record is not None else {})})  # fmt: skip
+            kept.update(state, val_loss)
     except KeyboardInterrupt:
         interrupted = True
     except NonFiniteLossError as exc:
@@ -263,7 +216,83 @@ def train(
     finally:
         progress.close()
     # Also after stopping early, when a step may have left the weights half-updated.
-    state = kept_state()
+    state = kept.state()
     model.load_state_dict(state)
     model.eval()
     return TrainingResult(state, history, interrupted, error)
+
+
+class _Step:
+    """One optimizer step of Noise2Void, called once per batch: a batch of patches drawn,
+    masked and predicted, the loss on the blind spots, the gradient step under the
+    schedule. Holds what persists between steps (optimizer, schedule, gradient scaler,
+    the patch and blind-spot generators)."""
+
+    def __init__(self, model, sampler, masker, loss, learning_rate, total_steps, batch_size, device, precision, seed):
+        self.model, self.sampler, self.masker, self.loss = model, sampler, masker, loss
+        self.batch_size, self.device, self.precision = batch_size, device, precision
+        self.optimizer = torch.optim.Adam(_parameter_groups(model, learning_rate), lr=learning_rate)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total_steps))
+        self.layout = fastest_layout(model, precision)
+        self.scaler = grad_scaler(device, precision)
+        self.patch_generator = torch.Generator().manual_seed(seed)
+        self.mask_generator = torch.Generator(device=device).manual_seed(seed + 1)
+
+    def __call__(self, epoch):
+        """Take one step; return ``(loss, learning rate)`` of it. Raises
+        :class:`NonFiniteLossError` before updating the weights with a non-finite loss."""
+        x = self.layout(self.sampler.sample(self.batch_size, self.patch_generator).to(self.device, non_blocking=True))
+        x_masked, mask = self.masker(x, self.mask_generator)
+        with autocast(self.device, self.precision):
+            prediction = self.model(x_masked)
+        step_loss = self.loss(prediction.float(), x, mask)
+        value = step_loss.item()  # the step's one wait for the device
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"The training loss became non-finite ({value}) in epoch {epoch + 1}.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(step_loss).backward()
+        step_lr = self.optimizer.param_groups[0]["lr"]
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        # float16: the scaler skips a step whose gradients overflowed (and lowers its
+        # scale); the schedule follows the optimizer's steps, not the batches.
+        if scale is None or self.scaler.get_scale() >= scale:
+            self.schedule.step()
+        return value, step_lr
+
+
+def _epoch(step, epoch, steps_per_epoch, progress):
+    """``steps_per_epoch`` steps; the epoch's mean training loss and its last step's learning rate."""
+    losses = []
+    for _ in range(steps_per_epoch):
+        value, step_lr = step(epoch)
+        losses.append(value)
+        progress.update()
+        progress.set_postfix(loss=f"{value:.4f}", refresh=False)
+    return sum(losses) / len(losses), step_lr
+
+
+def _finite_state(model, epoch):
+    """A copy of ``model``'s weights at the end of an epoch, or :class:`NonFiniteLossError`."""
+    state = copy.deepcopy(model.state_dict())
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise NonFiniteLossError(f"The weights became non-finite in epoch {epoch + 1}.")
+    return state
+
+
+class _KeptWeights:
+    """The weights ``train`` falls back on: those of the lowest validation loss so far,
+    else (no validation) those of the last complete epoch; the initial ones before any."""
+
+    def __init__(self, model):
+        self.best_loss = math.inf
+        self.best = self.last = copy.deepcopy(model.state_dict())
+
+    def update(self, state, val_loss):
+        self.last = state
+        if val_loss is not None and val_loss < self.best_loss:
+            self.best_loss, self.best = val_loss, state
+
+    def state(self):
+        return self.best if self.best_loss < math.inf else self.last
