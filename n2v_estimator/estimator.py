@@ -19,11 +19,10 @@ from .fit.plan import Previous, make_plan
 from .io.bioimageio import BioImageIOMixin
 from .io.models import PortablePickling, estimator_document, portable_network, read_estimator, write_model
 from .nets.unet import ARCHITECTURE_CONSTRAINTS
-from .predict.denoise import denoise
+from .predict.denoise import PredictPlan, denoise
 from .predict.lazy import is_dask_array, transform_lazy
 from .predict.scoring import clean_images, j_invariant_mse, pooled_score
-from .runtime.compute import PRECISIONS, resolve_precision
-from .runtime.devices import resolve_device
+from .runtime.compute import PRECISIONS
 
 
 class Noise2VoidDenoiser(BioImageIOMixin, PortablePickling, TransformerMixin, BaseEstimator):
@@ -405,11 +404,8 @@ class Noise2VoidDenoiser(BioImageIOMixin, PortablePickling, TransformerMixin, Ba
         """Denoise canonical ``(S, C, *spatial)`` images (original units in and out); ``verbose`` overrides the parameter."""
         data_range = (self.data_min_, self.data_max_) if hasattr(self, "data_min_") else None
         check_representable(images, self.mean_, self.std_, data_range=data_range)
-        device = resolve_device(self.device)
-        settings = dict(self.get_params(), batch_pixels=self.batch_size * int(np.prod(self.patch_shape_)), device=device)
-        settings["verbose"] = self.verbose if verbose is None else verbose
-        settings["precision"] = resolve_precision(self.precision, device, self.spatial_ndim_)
-        return denoise(self.model_.to(device), images, self.mean_, self.std_, settings, dtype, return_std, prior_only)
+        plan = PredictPlan.of(self.get_params(), self.patch_shape_, self.spatial_ndim_, verbose)
+        return denoise(self.model_.to(plan.device), images, self.mean_, self.std_, plan, dtype, return_std, prior_only)
 
     # ----------------------------------------------------------------- score
     def score(self, X, y=None):

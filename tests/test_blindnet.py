@@ -14,7 +14,7 @@ from n2v_estimator.nets.builder import build_unet
 from n2v_estimator.nets.geometry import NetworkGeometry, border_width, default_overlap
 from n2v_estimator.nets.noise import posterior
 from n2v_estimator.nets.unet import check_description, network_description
-from n2v_estimator.predict.denoise import denoise
+from n2v_estimator.predict.denoise import PredictPlan, denoise
 
 IMAGE = np.random.default_rng(0).normal(100, 20, size=(40, 40)).astype(np.float32)
 SETTINGS = dict(depth=2, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
@@ -36,7 +36,7 @@ def blind_network(ndim=2, channels=1, noise_model="gaussian", dtype=torch.float6
 
 
 def settings_for(tile=None, overlap=None, tta=False):
-    return dict(tile_size=tile, tile_overlap=overlap, batch_pixels=4096, device=torch.device("cpu"), tta=tta,
+    return PredictPlan(tile_size=tile, tile_overlap=overlap, batch_pixels=4096, device=torch.device("cpu"), tta=tta,
                 verbose=False, precision="32", manipulator="uniform_withCP", neighborhood_radius=2)
 
 

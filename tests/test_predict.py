@@ -11,7 +11,7 @@ from n2v_estimator.nets.geometry import border_width
 from n2v_estimator.nets.noise import posterior
 from n2v_estimator.nets.unet import network_description
 from n2v_estimator.predict import denoise as _predict
-from n2v_estimator.predict.denoise import BLIND_STRIDE, blind_prior, blind_stride, denoise
+from n2v_estimator.predict.denoise import BLIND_STRIDE, PredictPlan, blind_prior, blind_stride, denoise
 from n2v_estimator.predict.tiling import predict_tiled
 
 SETTINGS = dict(depth=2, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
@@ -76,7 +76,7 @@ def test_denoise_returns_the_posterior_of_the_blind_prior_in_the_images_units(nd
     shape = (1, 1) + ((6, 12, 12) if ndim == 3 else (20, 20))
     images = np.random.default_rng(2).normal(100, 10, size=shape)
     mean, std = np.array([100.0]), np.array([10.0])
-    settings = dict(tile_size=None, tile_overlap=None, batch_pixels=4096, device=torch.device("cpu"), tta=False,
+    settings = PredictPlan(tile_size=None, tile_overlap=None, batch_pixels=4096, device=torch.device("cpu"), tta=False,
                     verbose=False, precision="32", manipulator="uniform_withCP", neighborhood_radius=1)
     out, spread = denoise(model, images, mean, std, settings, np.float64, return_std=True)
     x = ((images - mean) / std).astype(np.float32)
@@ -92,7 +92,7 @@ def test_denoise_returns_the_posterior_of_the_blind_prior_in_the_images_units(nd
 
 def test_return_std_needs_a_probabilistic_model():
     model = build_unet(network_description(2, 1, SETTINGS), seed=0).eval()
-    settings = dict(tile_size=None, tile_overlap=None, batch_pixels=4096, device=torch.device("cpu"), tta=False,
+    settings = PredictPlan(tile_size=None, tile_overlap=None, batch_pixels=4096, device=torch.device("cpu"), tta=False,
                     verbose=False, precision="32", manipulator="uniform_withCP", neighborhood_radius=2)
     with pytest.raises(ValueError, match="noise_model"):
         denoise(model, np.zeros((1, 1, 8, 8)), np.zeros(1), np.ones(1), settings, return_std=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
@@ -27,6 +28,8 @@ from ..data.normalize import _broadcast, check_finite_output, denormalize, norma
 from ..fit.masking import BlindSpotMasker, hiding_manipulator
 from ..nets.geometry import NetworkGeometry
 from ..nets.noise import posterior
+from ..runtime.compute import resolve_precision
+from ..runtime.devices import resolve_device
 from ..runtime.memory import check_prediction_memory
 from ..runtime.progress import progress_bar
 from .scoring import all_phases, phase_window
@@ -114,20 +117,56 @@ def blind_prior(predict, x, manipulator, neighborhood_radius, stride, seed=0, ve
     return prior
 
 
-def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=False, prior_only=False):
+@dataclass(frozen=True)
+class PredictPlan:
+    """What ``transform`` predicts with, resolved once from the estimator's parameters
+    (as ``fit`` has its :class:`n2v_estimator.fit.plan.FitPlan`).
+
+    ``batch_pixels`` is the number of pixels per batch of tiles; ``device`` and
+    ``precision`` are resolved (``"auto"`` decided); the others are the
+    estimator's parameters of the same names.
+    """
+
+    tile_size: object
+    tile_overlap: object
+    batch_pixels: int
+    device: torch.device
+    precision: str
+    tta: bool
+    verbose: object
+    manipulator: str
+    neighborhood_radius: int
+
+    @classmethod
+    def of(cls, params, patch_shape, spatial_ndim, verbose=None):
+        """The plan for an estimator's ``params`` (``get_params()``), trained on ``patch_shape``
+        (a batch of tiles holds as many pixels as a training batch); ``verbose`` overrides the parameter."""
+        device = resolve_device(params["device"])
+        return cls(
+            tile_size=params["tile_size"],
+            tile_overlap=params["tile_overlap"],
+            batch_pixels=params["batch_size"] * math.prod(int(p) for p in patch_shape),
+            device=device,
+            precision=resolve_precision(params["precision"], device, spatial_ndim),
+            tta=bool(params["tta"]),
+            verbose=params["verbose"] if verbose is None else verbose,
+            manipulator=params["manipulator"],
+            neighborhood_radius=params["neighborhood_radius"],
+        )
+
+
+def denoise(model, images, mean, std, plan, dtype=np.float32, return_std=False, prior_only=False):
     """Denoise canonical ``(S, C, *spatial)`` images, in the images' units.
 
     Parameters
     ----------
     model : UNet
-        In eval mode, on ``settings["device"]``.
+        In eval mode, on ``plan.device``.
     images : ndarray of shape (S, C, *spatial)
     mean, std : ndarray of shape (C,)
         The normalisation the model was trained with.
-    settings : dict
-        ``tile_size``, ``tile_overlap``, ``batch_pixels`` (pixels per batch of
-        tiles), ``device``, ``tta``, ``verbose``, ``precision`` (resolved),
-        ``manipulator`` and ``neighborhood_radius``.
+    plan : PredictPlan
+        Tiles, batches, device, precision, TTA, progress bars and the blind prior's masking.
     dtype : numpy dtype
         Of the results.
     return_std : bool
@@ -148,13 +187,12 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
     """
     network = model.description
     geometry = NetworkGeometry.of(network)
-    tile_shape, overlap = tile_geometry(settings["tile_size"], settings["tile_overlap"], geometry)
+    tile_shape, overlap = tile_geometry(plan.tile_size, plan.tile_overlap, geometry)
     border = (geometry.border,) * geometry.ndim
     extended = [n + 2 * b for n, b in zip(images.shape[2:], border)]
-    tiles = tiles_per_batch(tile_shape, extended, settings["batch_pixels"])
+    tiles = tiles_per_batch(tile_shape, extended, plan.batch_pixels)
     check_prediction_memory(
-        network, [min(t, n) for t, n in zip(tile_shape, extended)], tiles, settings["device"],
-        precision=settings["precision"],
+        network, [min(t, n) for t, n in zip(tile_shape, extended)], tiles, plan.device, precision=plan.precision,
     )
 
     def run(batch, **kwargs):
@@ -165,11 +203,11 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
             overlap,
             border=border,
             batch_size=tiles,
-            device=settings["device"],
+            device=plan.device,
             multiple=geometry.pooling,
-            tta=bool(settings["tta"]),
-            precision=settings["precision"],
-            **{"verbose": settings["verbose"], **kwargs},
+            tta=plan.tta,
+            precision=plan.precision,
+            **{"verbose": plan.verbose, **kwargs},
         )
 
     if model.noise is None or prior_only:
@@ -192,10 +230,10 @@ def denoise(model, images, mean, std, settings, dtype=np.float32, return_std=Fal
         prior = blind_prior(
             partial(run, out_channels=2 * images.shape[1], verbose=False),
             x,
-            settings["manipulator"],
-            settings["neighborhood_radius"],
-            blind_stride(network["ndim"], settings["neighborhood_radius"]),
-            verbose=settings["verbose"],
+            plan.manipulator,
+            plan.neighborhood_radius,
+            blind_stride(network["ndim"], plan.neighborhood_radius),
+            verbose=plan.verbose,
         )
     noise = copy.deepcopy(model.noise).cpu().float()
     with torch.no_grad():
