@@ -239,25 +239,7 @@ def make_plan(params, X, previous=None):
     precision = resolve_precision(params["precision"], device, ndim)
     kind = noise_kind(params["noise_model"])
     blind = resolve_blind_spot(params["blind_spot"], kind, ndim) == "network"
-    if kind is not None and params["struct_mask"] is not None:
-        raise ValueError(
-            f"noise_model={params['noise_model']!r} assumes noise independent from pixel to pixel, and "
-            "struct_mask is for noise correlated along a line; set noise_model=None for structN2V."
-        )
-    if blind and params["struct_mask"] is not None:
-        raise ValueError(
-            "blind_spot='network' hides exactly one pixel from the network, and struct_mask hides a line of "
-            "them (for noise correlated along it); set blind_spot='mask' for structN2V."
-        )
-    manipulator = params["manipulator"]
-    if kind is not None and not blind:
-        try:  # the prior is combined with each pixel's own value: it must never see it
-            manipulator = hiding_manipulator(manipulator)
-        except ValueError as exc:
-            raise ValueError(
-                f"noise_model={params['noise_model']!r} combines a prior with each pixel's own value, and {exc} "
-                "Use 'uniform_withCP' (the default) or another manipulator that hides it."
-            ) from None
+    manipulator = _manipulator(params, kind, blind)
     network = network_description(ndim, data.channels, params, kind)
     if previous is not None and previous.network != network:
         raise ValueError(
@@ -276,54 +258,23 @@ def make_plan(params, X, previous=None):
     # transform takes the tile settings as they are then; refuse impossible ones now.
     tile_geometry(params["tile_size"], params["tile_overlap"], NetworkGeometry.of(network))
 
-    if previous is not None:
-        mean, std = previous.mean, previous.std
-        for part in data.pixels if isinstance(data.pixels, list) else [data.pixels]:
-            check_representable(part, mean, std)  # statistics of this data always can
-    else:
-        mean, std = channel_stats(data.pixels)
-    low, high = channel_range(data.pixels)
-    if previous is not None and previous.data_range is not None:
-        low, high = np.minimum(low, previous.data_range[0]), np.maximum(high, previous.data_range[1])
+    mean, std, (low, high) = _statistics(data.pixels, previous)
     train_images, validation_images = data.split(mean, std, params["validation_fraction"])
     if params["validation_fraction"] > 0 and not validation_images:
         _warn_no_validation(params["validation_fraction"], train_images)
     if data.one_2d_array and inside_model_selection():
         _warn_rows_as_folds(data.pixels.shape[2:])
     train_images = _holding_patches(train_images, requested)
-    patch_shape = fit_patch_shape(requested, [im.shape[1:] for im in train_images])
-    _check_patch_fits_network(patch_shape, requested, data, [im.shape[1:] for im in train_images], network["depth"])
-    _check_kernel_fits_patch(network["kernel_size"], patch_shape, requested)
-    if blind:
-        _warn_small_blind_patch(patch_shape, [im.shape[1:] for im in train_images + validation_images])
-    masker.check_patch(patch_shape)
-    check_batch_norm(network, params["batch_size"], patch_shape)
-    validation_shape = None
-    if validation_images:
-        # Validation patches only need to fit the held-out part (a thin strip of a single image).
-        validation_shape = fit_patch_shape(patch_shape, [im.shape[1:] for im in validation_images])
-        masker.check_patch(validation_shape)
+    patch_shape, validation_shape = _patch_shapes(requested, data, train_images, validation_images, network, masker,
+                                                  blind, params["batch_size"])  # fmt: skip
     check_fit_memory(
-        network,
-        params["batch_size"],
-        patch_shape,
-        device,
-        precision=precision,
-        validation_shape=validation_shape,
-        validation_batches=_VALIDATION_BATCHES,
+        network, params["batch_size"], patch_shape, device, precision=precision,
+        validation_shape=validation_shape, validation_batches=_VALIDATION_BATCHES,
         masked_pixel_percentage=0.0 if blind else params["masked_pixel_percentage"],
         offsets_per_spot=0 if blind else len(masker.offsets) + len(masker.struct_offsets),
-    )
-    noise, known = None, params["noise_model"]
-    if kind is not None and kind != known:
-        noise = {"sigma": np.full(len(mean), float(known))}
-    elif kind is not None and previous is None:
-        noise = estimate_noise(data.pixels, kind)
-    # Drawn last, so that a refused fit leaves a user's RandomState untouched.
-    seeds = check_random_state(params["random_state"]).randint(0, 2**31 - 1, size=3)
-    if previous is not None:
-        # Continued training draws new patches and blind spots, not a replay.
-        seeds = (seeds + 7919 * previous.n_epochs) % (2**31 - 1)
+    )  # fmt: skip
+    noise = _first_noise(params["noise_model"], kind, data.pixels, len(mean), previous)
+    seeds = _seeds(params["random_state"], previous)  # drawn last: a refused fit leaves a RandomState untouched
     return FitPlan(
         network=network,
         initial_weights=None if previous is None else copy.deepcopy(previous.weights),
@@ -346,6 +297,86 @@ def make_plan(params, X, previous=None):
         learn_noise=isinstance(params["noise_model"], str),
         data_range=(low, high),
     )
+
+
+def _patch_shapes(requested, data, train_images, validation_images, network, masker, blind, batch_size):
+    """The training and validation patch shapes (``requested``, shrunk to fit the images;
+    validation patches only need to fit the held-out part, a thin strip of a single
+    image, or ``None`` without validation), checked against the network, the masker
+    and batch norm."""
+    sides = [im.shape[1:] for im in train_images]
+    patch_shape = fit_patch_shape(requested, sides)
+    _check_patch_fits_network(patch_shape, requested, data, sides, network["depth"])
+    _check_kernel_fits_patch(network["kernel_size"], patch_shape, requested)
+    if blind:
+        _warn_small_blind_patch(patch_shape, sides + [im.shape[1:] for im in validation_images])
+    masker.check_patch(patch_shape)
+    check_batch_norm(network, batch_size, patch_shape)
+    if not validation_images:
+        return patch_shape, None
+    validation_shape = fit_patch_shape(patch_shape, [im.shape[1:] for im in validation_images])
+    masker.check_patch(validation_shape)
+    return patch_shape, validation_shape
+
+
+def _manipulator(params, kind, blind):
+    """The manipulator the masker uses, after refusing settings that contradict each other:
+    structN2V with a noise model or a blind-spot network; a probabilistic masked network's
+    manipulator must hide each pixel's own value (its prior is combined with it)."""
+    if kind is not None and params["struct_mask"] is not None:
+        raise ValueError(
+            f"noise_model={params['noise_model']!r} assumes noise independent from pixel to pixel, and "
+            "struct_mask is for noise correlated along a line; set noise_model=None for structN2V."
+        )
+    if blind and params["struct_mask"] is not None:
+        raise ValueError(
+            "blind_spot='network' hides exactly one pixel from the network, and struct_mask hides a line of "
+            "them (for noise correlated along it); set blind_spot='mask' for structN2V."
+        )
+    if kind is None or blind:
+        return params["manipulator"]
+    try:  # the prior is combined with each pixel's own value: it must never see it
+        return hiding_manipulator(params["manipulator"])
+    except ValueError as exc:
+        raise ValueError(
+            f"noise_model={params['noise_model']!r} combines a prior with each pixel's own value, and {exc} "
+            "Use 'uniform_withCP' (the default) or another manipulator that hides it."
+        ) from None
+
+
+def _statistics(pixels, previous):
+    """``(mean, std, (low, high))`` per channel: the training data's normalisation (a
+    continued fit keeps the previous one, which must represent this data) and range
+    (widened by the previous fit's)."""
+    if previous is not None:
+        mean, std = previous.mean, previous.std
+        for part in pixels if isinstance(pixels, list) else [pixels]:
+            check_representable(part, mean, std)  # statistics of this data always can
+    else:
+        mean, std = channel_stats(pixels)
+    low, high = channel_range(pixels)
+    if previous is not None and previous.data_range is not None:
+        low, high = np.minimum(low, previous.data_range[0]), np.maximum(high, previous.data_range[1])
+    return mean, std, (low, high)
+
+
+def _first_noise(noise_model, kind, pixels, n_channels, previous):
+    """The noise model's starting parameters: a known sigma as given, else a robust estimate
+    from the data; ``None`` without a noise model or when continuing (the network holds them)."""
+    if kind is not None and kind != noise_model:
+        return {"sigma": np.full(n_channels, float(noise_model))}
+    if kind is not None and previous is None:
+        return estimate_noise(pixels, kind)
+    return None
+
+
+def _seeds(random_state, previous):
+    """Three seeds (weights, patches, blind spots) from ``random_state``; a continued fit
+    shifts them by its epochs, so that it draws new patches and blind spots, not a replay."""
+    seeds = check_random_state(random_state).randint(0, 2**31 - 1, size=3)
+    if previous is not None:
+        seeds = (seeds + 7919 * previous.n_epochs) % (2**31 - 1)
+    return seeds
 
 
 class _TrainingData(NamedTuple):
