@@ -248,6 +248,23 @@ def build_parser():
             epilog=f"Examples:\n{EXAMPLES[name]}", formatter_class=_Formatter, allow_abbrev=False,
         )  # fmt: skip
 
+    _add_fit(command, helps, defaults, axes_help)
+
+    _add_transform(command, helps, defaults, axes_help)
+
+    _add_export(command, helps, defaults, axes_help)
+
+    _add_info(command, helps, defaults, axes_help)
+    parser.commands = {name: commands.choices[name] for name in commands.choices}
+    parser.boolean_options = frozenset(
+        option for command in parser.commands.values() for action in command._actions
+        if action.type is _boolean for option in action.option_strings
+    )  # fmt: skip
+    return parser
+
+
+def _add_fit(command, helps, defaults, axes_help):
+    """The ``fit`` command: inputs, --model, --axes, and every estimator parameter as an option."""
     fit = command(
         "fit", "train a denoiser on noisy images and save it",
         f"fit: train on the noisy INPUT images (files, zarr folders or glob patterns; {READ_FORMATS}) "
@@ -265,6 +282,9 @@ def build_parser():
     _add_parameter_options(fit, names, helps, defaults)
     fit.set_defaults(run=_fit)
 
+
+def _add_transform(command, helps, defaults, axes_help):
+    """The ``transform`` command: inputs, --model, --output, --axes, --tta and the prediction parameters."""
     transform = command(
         "transform", "denoise images with a saved model",
         "transform: denoise the INPUT images with the model. One INPUT: --output is a file whose suffix "
@@ -285,6 +305,9 @@ def build_parser():
     _add_parameter_options(transform, _TRANSFORM_PARAMS, helps, defaults)
     transform.set_defaults(run=_transform)
 
+
+def _add_export(command, helps, defaults, axes_help):
+    """The ``export`` command: a saved model as a BioImage Model Zoo package."""
     export = command(
         "export", "write a saved model as a BioImage Model Zoo package",
         "export: write the model as a BioImage Model Zoo package (a zip, model spec 0.5) that Fiji/deepImageJ, "
@@ -305,6 +328,9 @@ def build_parser():
     _add_trust_option(export)
     export.set_defaults(run=_export)
 
+
+def _add_info(command, helps, defaults, axes_help):
+    """The ``info`` command: what a model file holds."""
     info = command(
         "info", "describe a model file",
         "info: what a model file holds: parameters (those that differ from the defaults marked), "
@@ -313,12 +339,6 @@ def build_parser():
     info.add_argument("path", metavar="PATH", help="a model written by 'n2v-estimator fit'")
     _add_flag(info, "--json", help="print one JSON object instead")
     info.set_defaults(run=_info)
-    parser.commands = {name: commands.choices[name] for name in commands.choices}
-    parser.boolean_options = frozenset(
-        option for command in parser.commands.values() for action in command._actions
-        if action.type is _boolean for option in action.option_strings
-    )  # fmt: skip
-    return parser
 
 
 # ------------------------------------------------------------------- inputs
