@@ -261,7 +261,7 @@ def export(estimator, path, test_image, *, name, description, authors, license="
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist.")
     network = estimator.model_.description
-    ndim, channels, geometry = network["ndim"], network["in_channels"], NetworkGeometry.of(network)
+    geometry = NetworkGeometry.of(network)
     halo, step = geometry.halo, geometry.pooling
     # The spec wants more than two halos per side; the runtime checks the sides of
     # the image as given (before it adds the halo): multiples of the step from there.
@@ -294,63 +294,76 @@ def export(estimator, path, test_image, *, name, description, authors, license="
         _cover(test_input, cover_output, work / "cover.png")
         (work / "README.md").write_text(_documentation(estimator, name, description, halo, step, minimum))
 
-        torch_version = v0_5.Version(torch.__version__.split("+")[0])
-        names = [v0_5.Identifier(f"channel{i}") for i in range(channels)]
-        spatial = [v0_5.AxisId(a) for a in "zyx"[-ndim:]]
-        raw, denoised = v0_5.TensorId("raw"), v0_5.TensorId("denoised")
-        along_channels = dict(axis=v0_5.AxisId("channel"))
-        mean, std = [float(m) for m in estimator.mean_], [float(s) for s in estimator.std_]
-        variant = ["n2v"] + (["n2v2"] if network["blurpool"] or network["skip_skipone"] else []) + (
-            ["structn2v"] if estimator.struct_mask is not None else [])
-        descr = v0_5.ModelDescr(
-            name=name,
-            description=description,
-            authors=_authors(authors, v0_5),
-            cite=[v0_5.CiteEntry(text=CITATIONS[k][0], doi=v0_5.Doi(CITATIONS[k][1])) for k in variant],
-            license=v0_5.LicenseId(license),
-            documentation=v0_5.FileDescr(source=work / "README.md"),
-            covers=[v0_5.FileDescr(source=work / "cover.png")],
-            tags=["denoising", "noise2void", "self-supervised", f"{ndim}d", "pytorch", "n2v-estimator",
-                  *variant[1:], *tags],
-            attachments=[v0_5.FileDescr(source=work / MODEL_FILE)],
-            config={CONFIG_KEY: {"version": __version__, "model_file": MODEL_FILE}},
-            inputs=[v0_5.InputTensorDescr(
-                id=raw,
-                axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
-                    v0_5.SpaceInputAxis(id=a, size=v0_5.ParameterizedSize(min=minimum, step=step)) for a in spatial],
-                test_tensor=v0_5.FileDescr(source=work / "test_input.npy"),
-                data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-                # No `pad`: the runtime's default is "symmetric", as ours. (bioimageio.spec 0.5.12 writes an
-                # explicit SymmetricPadding as `pad: {}`, which reads back as constant zeros.)
-                preprocessing=[v0_5.FixedZeroMeanUnitVarianceDescr(
-                    kwargs=v0_5.FixedZeroMeanUnitVarianceAlongAxisKwargs(**along_channels, mean=mean, std=std))],
-            )],
-            outputs=[v0_5.OutputTensorDescr(
-                id=denoised,
-                axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
-                    v0_5.SpaceOutputAxisWithHalo(id=a, size=v0_5.SizeReference(tensor_id=raw, axis_id=a), halo=halo)
-                    for a in spatial],
-                test_tensor=v0_5.FileDescr(source=work / "test_output.npy"),
-                data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-                postprocessing=[v0_5.ScaleLinearDescr(
-                    kwargs=v0_5.ScaleLinearAlongAxisKwargs(**along_channels, gain=std, offset=mean))],
-            )],
-            weights=v0_5.WeightsDescr(
-                pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
-                    source=work / "weights.pt",
-                    pytorch_version=torch_version,
-                    architecture=v0_5.ArchitectureFromFileDescr(
-                        source=work / ARCHITECTURE_FILE, callable=v0_5.Identifier("Noise2VoidNetwork"), kwargs=kwargs),
-                ),
-                torchscript=v0_5.TorchscriptWeightsDescr(
-                    source=work / "weights_torchscript.pt", pytorch_version=torch_version, parent="pytorch_state_dict"),
-            ),
-        )
+        descr = _description(v0_5, work, estimator, kwargs, (name, description, authors, license, tags),
+                             (minimum, step, halo))  # fmt: skip
         # Written whole under a temporary name beside `path`, then renamed into place.
         partial = work / "package.zip"
         spec.save_bioimageio_package(descr, output_path=partial)
         replace(partial, path)
     return path
+
+
+def _description(v0_5, work, estimator, kwargs, about, sizes):
+    """The package's model description (spec 0.5) over the files in ``work``: ``about`` is
+    ``(name, description, authors, license, tags)``, ``sizes`` the input's ``(minimum, step)``
+    per side and the output's ``halo``; ``kwargs`` the architecture's arguments. Long: it is
+    one literal, as the spec nests it."""
+    name, description, authors, license, tags = about
+    minimum, step, halo = sizes
+    network = estimator.model_.description
+    ndim, channels = network["ndim"], network["in_channels"]
+    torch_version = v0_5.Version(torch.__version__.split("+")[0])
+    names = [v0_5.Identifier(f"channel{i}") for i in range(channels)]
+    spatial = [v0_5.AxisId(a) for a in "zyx"[-ndim:]]
+    raw, denoised = v0_5.TensorId("raw"), v0_5.TensorId("denoised")
+    along_channels = dict(axis=v0_5.AxisId("channel"))
+    mean, std = [float(m) for m in estimator.mean_], [float(s) for s in estimator.std_]
+    variant = ["n2v"] + (["n2v2"] if network["blurpool"] or network["skip_skipone"] else []) + (
+        ["structn2v"] if estimator.struct_mask is not None else [])
+    return v0_5.ModelDescr(
+        name=name,
+        description=description,
+        authors=_authors(authors, v0_5),
+        cite=[v0_5.CiteEntry(text=CITATIONS[k][0], doi=v0_5.Doi(CITATIONS[k][1])) for k in variant],
+        license=v0_5.LicenseId(license),
+        documentation=v0_5.FileDescr(source=work / "README.md"),
+        covers=[v0_5.FileDescr(source=work / "cover.png")],
+        tags=["denoising", "noise2void", "self-supervised", f"{ndim}d", "pytorch", "n2v-estimator",
+              *variant[1:], *tags],
+        attachments=[v0_5.FileDescr(source=work / MODEL_FILE)],
+        config={CONFIG_KEY: {"version": __version__, "model_file": MODEL_FILE}},
+        inputs=[v0_5.InputTensorDescr(
+            id=raw,
+            axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
+                v0_5.SpaceInputAxis(id=a, size=v0_5.ParameterizedSize(min=minimum, step=step)) for a in spatial],
+            test_tensor=v0_5.FileDescr(source=work / "test_input.npy"),
+            data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+            # No `pad`: the runtime's default is "symmetric", as ours. (bioimageio.spec 0.5.12 writes an
+            # explicit SymmetricPadding as `pad: {}`, which reads back as constant zeros.)
+            preprocessing=[v0_5.FixedZeroMeanUnitVarianceDescr(
+                kwargs=v0_5.FixedZeroMeanUnitVarianceAlongAxisKwargs(**along_channels, mean=mean, std=std))],
+        )],
+        outputs=[v0_5.OutputTensorDescr(
+            id=denoised,
+            axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
+                v0_5.SpaceOutputAxisWithHalo(id=a, size=v0_5.SizeReference(tensor_id=raw, axis_id=a), halo=halo)
+                for a in spatial],
+            test_tensor=v0_5.FileDescr(source=work / "test_output.npy"),
+            data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+            postprocessing=[v0_5.ScaleLinearDescr(
+                kwargs=v0_5.ScaleLinearAlongAxisKwargs(**along_channels, gain=std, offset=mean))],
+        )],
+        weights=v0_5.WeightsDescr(
+            pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
+                source=work / "weights.pt",
+                pytorch_version=torch_version,
+                architecture=v0_5.ArchitectureFromFileDescr(
+                    source=work / ARCHITECTURE_FILE, callable=v0_5.Identifier("Noise2VoidNetwork"), kwargs=kwargs),
+            ),
+            torchscript=v0_5.TorchscriptWeightsDescr(
+                source=work / "weights_torchscript.pt", pytorch_version=torch_version, parent="pytorch_state_dict"),
+        ),
+    )
 
 
 @contextlib.contextmanager
