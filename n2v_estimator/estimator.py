@@ -212,6 +212,7 @@ class Noise2VoidDenoiser(BioImageIOMixin, PortablePickling, TransformerMixin, Ba
         "verbose": ["verbose", StrOptions({"auto"})],
     }
 
+    # As scikit-learn asks: one keyword per parameter, stored as given; validation happens in fit.
     def __init__(
         self,
         *,

@@ -229,6 +229,12 @@ def make_plan(params, X, previous=None):
     ------
     ValueError, TypeError
         For input or settings that cannot be trained, before any work is done.
+
+    Notes
+    -----
+    Longer than most functions here on purpose: it reads top to bottom as the
+    order of the checks (settings, then data, then patches, then memory), which
+    decides which of several problems a user is told of first.
     """
     _check_learning_rate(params["learning_rate"])
     data = _training_data(X, params["axes"], params["image_shape"])

@@ -271,6 +271,7 @@ class UNet(nn.Module):
         and holds its :class:`n2v_estimator.nets.noise.NoiseModel` as ``self.noise``.
     """
 
+    # Long: every level's layers are made here, in one reading of the description.
     def __init__(
         self,
         ndim=2,
