@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .blindnet import BlindSpotNetwork
+from .geometry import NetworkGeometry
 from .unet import _FIELDS, _NOT_BLIND, UNet
 
 
@@ -25,7 +26,7 @@ def build_unet(description, seed=None):
 
 def _build(description):
     kwargs = {key: description[key] for key in _FIELDS if key != "blind_spot"}
-    if description["blind_spot"] == "mask":
+    if not NetworkGeometry.of(description).blind:
         return UNet(**kwargs)
     for key in _NOT_BLIND:
         del kwargs[key]
