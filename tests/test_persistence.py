@@ -207,3 +207,18 @@ def test_parameters_that_differ_from_the_defaults_are_compared_as_a_model_file_s
     params = {**defaults, "struct_mask": mask, "patch_size": (64, 64), "depth": 2, "n_filters": 16}
     assert non_default_parameters(params, defaults) == ["n_filters", "patch_size", "struct_mask"]
     assert non_default_parameters({"patch_size": (64, 64)}, {"patch_size": [64, 64]}) == []  # as JSON
+
+
+@pytest.mark.parametrize("kind", ["plain", "probabilistic"])
+def test_a_model_file_written_before_the_package_was_split_into_subpackages_loads_and_predicts_the_same(kind):
+    """tests/data holds files that the flat layout (the commit before the subpackages) wrote."""
+    from pathlib import Path
+
+    from n2v_estimator import Noise2VoidDenoiser
+
+    data = Path(__file__).parent / "data"
+    denoiser = Noise2VoidDenoiser.load(data / f"{kind}_model_0.1.0.safetensors")
+    image = np.load(data / "model_0.1.0_input.npy")
+    expected = np.load(data / f"{kind}_model_0.1.0_transform.npy")
+    np.testing.assert_allclose(denoiser.transform(image), expected, rtol=1e-5, atol=1e-4)
+    assert (denoiser.noise_model is not None) == (kind == "probabilistic")
