@@ -117,6 +117,17 @@ def test_imagej_options_write_units_spacing_interval_and_the_kept_entries_in_asc
     ] == "furlong"
 
 
+def test_a_crafted_unit_cannot_add_lines_to_an_imagej_description(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    record = make_calibration({"X": 1.0, "Y": 1.0}, {"X": "um\nimages=99\nchannels=7", "Y": "um"})
+    options = imagej_options(record, {"vunit": "a\r\nslices=3"}, "YX", np.dtype("float32"))
+    tifffile.imwrite(tmp_path / "out.tif", np.zeros((8, 8), np.float32), **options)
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        description = tif.pages.first.description
+        assert tif.imagej_metadata["images"] == 1 and "channels=7" not in description.splitlines()
+        assert "slices=3" not in description.splitlines() and tif.series[0].shape == (8, 8)
+
+
 def test_ome_tiff_metadata_names_physical_sizes_in_ome_symbols_and_leaves_unknown_units_out():
     record = make_calibration({"Z": 2, "Y": 0.1, "X": 0.1, "S": 0.5}, {"Z": "furlong", **MICRONS, "S": "ms"}, ["a"])
     assert ome_tiff_metadata(record, 1) == {

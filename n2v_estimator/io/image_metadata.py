@@ -294,8 +294,11 @@ def tiff_calibration(tif, tiff_axes, axes):
 
 
 def _ascii(value):
-    """ImageJ's description is ASCII: other characters as ImageJ writes them, ``\\uXXXX``."""
-    return "".join(c if ord(c) < 128 else f"\\u{ord(c):04X}" for c in str(value)) if isinstance(value, str) else value
+    """ImageJ's description is ASCII lines of ``key=value``: other characters as ImageJ writes
+    them, ``\\uXXXX``, and control characters (a line break would start another entry) as spaces."""
+    if not isinstance(value, str):
+        return value
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c if ord(c) < 128 else f"\\u{ord(c):04X}" for c in value)
 
 
 def imagej_options(record, extras, tiff_axes, dtype):
