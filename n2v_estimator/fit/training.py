@@ -12,7 +12,7 @@ import torch
 
 from ..nets.noise import NOISE_LEARNING_RATE
 from ..runtime.compute import autocast, fastest_layout, grad_scaler
-from ..runtime.progress import progress_bar
+from ..runtime.progress import progress_bar, report_epoch
 from .masking import masked_mse
 
 
@@ -209,6 +209,7 @@ def train(
                             "learning_rate": step_lr, "seconds": time.perf_counter() - start,
                             **(record() if record is not None else {})})  # fmt: skip
             kept.update(state, val_loss)
+            report_epoch(history[-1], (epoch + 1) * steps_per_epoch, max_epochs * steps_per_epoch)
     except KeyboardInterrupt:
         interrupted = True
     except NonFiniteLossError as exc:
@@ -268,8 +269,8 @@ def _epoch(step, epoch, steps_per_epoch, progress):
     for _ in range(steps_per_epoch):
         value, step_lr = step(epoch)
         losses.append(value)
-        progress.update()
         progress.set_postfix(loss=f"{value:.4f}", refresh=False)
+        progress.update()
     return sum(losses) / len(losses), step_lr
 
 
