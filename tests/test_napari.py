@@ -342,3 +342,41 @@ def test_the_screenshot_example_docks_the_widgets_trains_denoises_and_draws_a_re
     assert run.returncode == 0, run.stderr[-2000:]
     assert "trained: 2 epoch(s)" in run.stdout
     assert screenshot_is_a_viewer_with_an_image(out)
+
+
+def test_an_rgb_layer_trains_jointly_and_denoises_into_an_rgb_layer_of_its_dtype(make_napari_viewer, qtbot, notes):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    photo = np.clip(noisy_image((64, 64))[..., None] + rng.normal(0, 10, (64, 64, 3)), 0, 255).astype(np.uint8)
+    viewer.add_image(photo, name="photo", rgb=True)
+    trainer = widgets.TrainWidget(viewer)
+    set_tiny(trainer)
+    assert trainer.axes.text() == "YXC"
+    train(qtbot, trainer)
+    assert trainer.estimator.n_channels_ == 3
+    widget = widgets.DenoiseWidget(viewer)
+    denoise(qtbot, widget)
+    result = viewer.layers["photo denoised"]
+    assert result.rgb and result.data.dtype == np.uint8
+    expected = trainer.estimator.set_params(dtype="input").transform(photo)
+    np.testing.assert_array_equal(result.data, expected)
+    assert not [n for n in notes if n[0] == "error"]
+
+
+@pytest.mark.slow
+def test_the_trained_model_exports_to_the_model_zoo_and_the_package_denoises_the_same(make_napari_viewer, qtbot, notes,
+                                                                                      tmp_path):  # fmt: skip
+    pytest.importorskip("bioimageio.core", reason="the [bioimageio] extra is not installed")
+    viewer = make_napari_viewer()
+    image = noisy_image()
+    viewer.add_image(image, name="noisy")
+    trainer = widgets.TrainWidget(viewer)
+    set_tiny(trainer)
+    train(qtbot, trainer)
+    path = trainer.export_model(tmp_path / "model.zip")
+    assert path is not None, notes
+    denoiser = widgets.DenoiseWidget(viewer)
+    assert denoiser.load_model(path) is not None
+    denoise(qtbot, denoiser)
+    np.testing.assert_array_equal(viewer.layers["noisy denoised"].data, trainer.estimator.transform(image))
+    assert trainer.export_model(path) is None and "exists" in notes[-1][1]
