@@ -11,7 +11,6 @@ import getpass
 import weakref
 from pathlib import Path
 
-import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
@@ -386,19 +385,7 @@ class TrainWidget(_Worked):
         path = Path(path)
         if path.suffix.lower() != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
-        if self.estimator is None:
-            show_error("Train a model first: there is nothing to save.")
-            return None
-        if path.exists() and not overwrite:
-            show_error(f"{path} exists: choose another name (nothing was written).")
-            return None
-        try:
-            self.estimator.save(path)
-        except Exception as exc:
-            show_error(f"Could not save the model: {session.one_line(exc)}")
-            return None
-        show_info(f"Saved the model to {path}.")
-        return path
+        return self._write(path, overwrite, "save", self.estimator and self.estimator.save)
 
     def _ask_export(self):
         path, _ = QFileDialog.getSaveFileName(self, "Export to the Model Zoo", "n2v_model.zip", "Zip (*.zip)")
@@ -407,26 +394,35 @@ class TrainWidget(_Worked):
 
     def export_model(self, path, layer=None, overwrite=False):
         """Export the trained model as a BioImage Model Zoo package (``.zip``), with ``layer``
-        (default: the active image layer, else the first layer trained on) as its test image."""
-        path = Path(path)
+        (default: the active image layer, else the first layer trained on) as its test image,
+        of which the export reads a central crop."""
+        active = self.viewer.layers.selection.active
+        layer = layer or (active if layer_rules.is_image_layer(active) else getattr(self, "_trained_on", None))
+
+        def export(path):
+            axes = layer_rules.check_axes(layer, self.estimator.axes)
+            layer_rules.check_model_fits(self.estimator, layer, axes)
+            authors = [name.strip() for name in self.zoo_authors.text().split(",") if name.strip()]
+            self.estimator.export_bioimageio(path, layer_rules.layer_data(layer), name=self.zoo_name.text(),
+                                             description=self.zoo_description.text(), authors=authors)  # fmt: skip
+
+        return self._write(Path(path), overwrite, "export", self.estimator and export)
+
+    def _write(self, path, overwrite, verb, write):
+        """``write(path)``, unless there is no model or ``path`` exists (and not ``overwrite``):
+        the path, or ``None`` after a notification saying why nothing was written."""
         if self.estimator is None:
-            show_error("Train a model first: there is nothing to export.")
+            show_error(f"Train a model first: there is nothing to {verb}.")
             return None
         if path.exists() and not overwrite:
             show_error(f"{path} exists: choose another name (nothing was written).")
             return None
-        active = self.viewer.layers.selection.active
-        layer = layer or (active if layer_rules.is_image_layer(active) else self._trained_on)
         try:
-            axes = layer_rules.check_axes(layer, self.estimator.axes)
-            layer_rules.check_model_fits(self.estimator, layer, axes)
-            self.estimator.export_bioimageio(path, np.asarray(layer_rules.layer_data(layer)), name=self.zoo_name.text(),
-                                             description=self.zoo_description.text(),
-                                             authors=[a.strip() for a in self.zoo_authors.text().split(",") if a.strip()])  # fmt: skip
+            write(path)
         except Exception as exc:
-            show_error(f"Could not export the model: {session.one_line(exc)}")
+            show_error(f"Could not {verb} the model: {session.one_line(exc)}")
             return None
-        show_info(f"Exported the Model Zoo package {path}.")
+        show_info(f"{'Saved' if verb == 'save' else 'Exported'} the model to {path}.")
         return path
 
 
