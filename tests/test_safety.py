@@ -331,6 +331,7 @@ def test_a_format_1_file_of_the_first_release_still_loads(tmp_path):
     document["format_version"] = 1
     del document["fitted"]["network"]["schema"], document["fitted"]["network"]["noise_model"]
     del document["fitted"]["network"]["blind_spot"], document["params"]["blind_spot"]
+    del document["fitted"]["network"]["layout"]
     _rewrite(path, tensors, document)
     np.testing.assert_array_equal(Noise2VoidDenoiser.load(path).transform(IMAGE), original)
 
@@ -340,6 +341,7 @@ def test_a_schema_1_network_of_the_previous_release_loads_as_plain_noise2void(tm
     original = Noise2VoidDenoiser.load(path).transform(IMAGE)
     document["fitted"]["network"]["schema"] = 1
     del document["fitted"]["network"]["noise_model"], document["fitted"]["network"]["blind_spot"]
+    del document["fitted"]["network"]["layout"]
     _rewrite(path, tensors, document)
     loaded = Noise2VoidDenoiser.load(path)
     assert loaded.model_.noise is None and not hasattr(loaded, "noise_sigma_")
@@ -352,6 +354,7 @@ def test_a_schema_2_network_of_the_previous_release_loads_as_a_masked_one(tmp_pa
     original = Noise2VoidDenoiser.load(path).transform(IMAGE)
     document["fitted"]["network"]["schema"] = 2
     del document["fitted"]["network"]["blind_spot"], document["params"]["blind_spot"]
+    del document["fitted"]["network"]["layout"]
     _rewrite(path, tensors, document)
     loaded = Noise2VoidDenoiser.load(path)
     assert loaded.blind_spot == "mask" and loaded.model_.description["blind_spot"] == "mask"
@@ -366,10 +369,26 @@ def test_a_schema_2_network_naming_a_blind_spot_is_refused(tmp_path):
         Noise2VoidDenoiser.load(path)
 
 
+def test_a_schema_3_network_of_the_previous_release_loads_in_this_packages_layout(tmp_path):
+    """Schema 3 (blind-spot networks) came before n2v's imported layout: its networks are this package's."""
+    path, tensors, document = _saved(tmp_path)
+    original = Noise2VoidDenoiser.load(path).transform(IMAGE)
+    document["fitted"]["network"]["schema"] = 3
+    del document["fitted"]["network"]["layout"]
+    _rewrite(path, tensors, document)
+    loaded = Noise2VoidDenoiser.load(path)
+    assert loaded.model_.description["layout"] == "n2v-estimator"
+    np.testing.assert_array_equal(loaded.transform(IMAGE), original)
+    document["fitted"]["network"]["layout"] = "n2v-tf"
+    _rewrite(path, tensors, document)
+    with pytest.raises(ModelFileError, match="schema 3 network description has no field 'layout'"):
+        Noise2VoidDenoiser.load(path)
+
+
 def test_a_schema_1_network_naming_a_noise_model_is_refused(tmp_path):
     path, tensors, document = _saved(tmp_path)
     document["fitted"]["network"]["schema"] = 1
-    del document["fitted"]["network"]["blind_spot"]
+    del document["fitted"]["network"]["blind_spot"], document["fitted"]["network"]["layout"]
     document["fitted"]["network"]["noise_model"] = "gaussian"
     _rewrite(path, tensors, document)
     with pytest.raises(ModelFileError, match="schema 1 network description has no field 'noise_model'"):

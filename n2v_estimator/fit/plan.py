@@ -246,7 +246,9 @@ def make_plan(params, X, previous=None):
     kind = noise_kind(params["noise_model"])
     blind = resolve_blind_spot(params["blind_spot"], kind, ndim) == "network"
     manipulator = _manipulator(params, kind, blind)
-    network = network_description(ndim, data.channels, params, kind)
+    # A continued fit keeps its network's layout (n2v's, for a network imported from n2v).
+    layout = previous.network.get("layout", "n2v-estimator") if previous is not None else "n2v-estimator"
+    network = network_description(ndim, data.channels, params, kind, layout)
     if previous is not None and previous.network != network:
         raise ValueError(
             "warm_start=True needs the same network and data layout as the previous fit: "

@@ -45,6 +45,7 @@ from ..nets.unet import (
     _conv,
     _ConvBlock,
     _interleave,
+    _KerasMaxBlurPool,
     _MaxBlurPool,
     _pad_to_multiple,
     _prior_scale,
@@ -112,7 +113,7 @@ def architecture_source():
         f"DESCRIPTION_SCHEMA = {DESCRIPTION_SCHEMA!r}\n_FIELDS = {_FIELDS!r}\n"
         f"TAU_FLOOR = {TAU_FLOOR!r}\nNoiseModel = None  # probabilistic networks are not exported",
     ]
-    for obj in (_conv, _batch_norm, _interleave, _ConvBlock, _MaxBlurPool, UNet, _prior_scale, _pad_to_multiple,
+    for obj in (_conv, _batch_norm, _interleave, _ConvBlock, _MaxBlurPool, _KerasMaxBlurPool, UNet, _prior_scale, _pad_to_multiple,
                 augmentations):
         parts.append(inspect.getsource(obj).rstrip())
     return "\n\n\n".join(parts) + "\n" + _TTA

@@ -28,7 +28,7 @@ def _build(description):
     kwargs = {key: description[key] for key in _FIELDS if key != "blind_spot"}
     if not NetworkGeometry.of(description).blind:
         return UNet(**kwargs)
-    for key in _NOT_BLIND:
+    for key in (*_NOT_BLIND, "layout"):
         del kwargs[key]
     return BlindSpotNetwork(**kwargs, description=description)
 

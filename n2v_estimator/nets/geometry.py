@@ -93,6 +93,7 @@ class NetworkGeometry:
     blurpool: bool = False
     blind: bool = False
     probabilistic: bool = False
+    centred_grid: bool = False
 
     @classmethod
     def of(cls, description):
@@ -104,6 +105,7 @@ class NetworkGeometry:
             blurpool=bool(description.get("blurpool", False)),
             blind=description.get("blind_spot", "mask") == "network",
             probabilistic=description.get("noise_model") is not None,
+            centred_grid=description.get("layout") == "n2v-tf",
         )
 
     @property
@@ -131,6 +133,15 @@ class NetworkGeometry:
         """Mirrored pixels added around an image before it is predicted: the halo, or none
         for a blind-spot network (a mirror would show a pixel near the edge its own value)."""
         return 0 if self.blind else self.halo
+
+    def grid_phase(self, length):
+        """Where the pooling grid of an image side of ``length`` pixels starts, in pixels before
+        its first one: 0 for this package's networks; for a network imported from n2v, half of
+        the padding to a multiple of ``2**depth``, as n2v's ``predict`` pads (half before, half
+        after), so that the imported network pools as it did in n2v."""
+        if not self.centred_grid:
+            return 0
+        return (-length % self.pooling) // 2
 
     @property
     def masks_its_prior(self):

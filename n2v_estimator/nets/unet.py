@@ -44,15 +44,21 @@ _NOT_BLIND = {
 # descriptions, so that every saved model keeps loading. Schema 1 is also what
 # the package's first model files hold (without the "schema" key); schema 2
 # added the noise model (schema 1 networks have none), schema 3 the blind-spot
-# architecture (earlier networks mask pixels).
-DESCRIPTION_SCHEMA = 3
-_DEFAULTS_SINCE = {2: {"noise_model": None}, 3: {"blind_spot": "mask"}}
+# architecture (earlier networks mask pixels), schema 4 the layout (earlier networks are this
+# package's own).
+DESCRIPTION_SCHEMA = 4
+_DEFAULTS_SINCE = {2: {"noise_model": None}, 3: {"blind_spot": "mask"}, 4: {"layout": "n2v-estimator"}}
+# The U-Net's layouts: this package's own, and the TensorFlow n2v's (CSBDeep's U-Net block, as
+# n2v 0.3 builds it), which networks imported from n2v model folders keep. They differ in the
+# widths of the bottom's and the decoder's first convolutions, nearest-neighbour up-sampling,
+# the blur-pool's alignment, and batch norm (epsilon 1e-3, after a convolution with a bias).
+LAYOUTS = ("n2v-estimator", "n2v-tf")
 # The fields the data decides, beside the architecture the parameters decide.
 _DATA_CONSTRAINTS = {
     "ndim": [Interval(Integral, 2, 3, closed="both")],
     "in_channels": [Interval(Integral, 1, None, closed="left")],
 }
-_FIELDS = tuple(_DATA_CONSTRAINTS) + tuple(ARCHITECTURE_CONSTRAINTS) + ("noise_model",)
+_FIELDS = tuple(_DATA_CONSTRAINTS) + tuple(ARCHITECTURE_CONSTRAINTS) + ("noise_model", "layout")
 
 
 def resolve_blind_spot(blind_spot, noise_model, ndim):
@@ -72,12 +78,13 @@ def resolve_blind_spot(blind_spot, noise_model, ndim):
     return "network" if noise_model is not None and ndim == 2 else "mask"
 
 
-def network_description(ndim, in_channels, settings, noise_model=None):
+def network_description(ndim, in_channels, settings, noise_model=None, layout="n2v-estimator"):
     """The description of the network for ``ndim``-D data with ``in_channels``
     channels and the architecture ``settings`` (a mapping holding at least the
     keys of :data:`ARCHITECTURE_CONSTRAINTS`, e.g. the estimator's parameters).
     ``noise_model`` (``None`` or one of :data:`n2v_estimator.nets.noise.NOISE_MODELS`) makes the
-    network probabilistic: it predicts a prior mean and standard deviation.
+    network probabilistic: it predicts a prior mean and standard deviation. ``layout``: one of
+    :data:`LAYOUTS` (``"n2v-tf"`` for networks imported from n2v, and their continued training).
 
     Raises ``ValueError`` for settings a network cannot have.
     """
@@ -86,6 +93,7 @@ def network_description(ndim, in_channels, settings, noise_model=None):
         "ndim": int(ndim),
         "in_channels": int(in_channels),
         "noise_model": noise_model,
+        "layout": layout,
     }
     blind_spot = resolve_blind_spot(settings["blind_spot"], noise_model, ndim)
     for key, constraint in ARCHITECTURE_CONSTRAINTS.items():
@@ -135,16 +143,23 @@ def check_description(description):
         raise ValueError(
             f"network noise model {description['noise_model']!r} is unknown; use None or one of {NOISE_MODELS}."
         )
-    for key in _FIELDS[:-1]:
+    if description["layout"] not in LAYOUTS:
+        raise ValueError(f"network layout {description['layout']!r} is unknown; this version builds {LAYOUTS}.")
+    for key in _FIELDS[:-2]:
         value = description[key]
         wanted = {"boolean": bool, "int": int, "str": str}[_kind(ARCHITECTURE_CONSTRAINTS.get(key, [None]))]
         if type(value) is not wanted:
             raise ValueError(f"network setting {key}={value!r} is not {'an' if wanted is int else 'a'} {wanted.__name__}.")
     validate_parameter_constraints(  # (the type check above has refused an unresolved batch_norm=None)
-        {**_DATA_CONSTRAINTS, **ARCHITECTURE_CONSTRAINTS, "noise_model": [None, str]}, description, caller_name="the U-Net"
+        {**_DATA_CONSTRAINTS, **ARCHITECTURE_CONSTRAINTS, "noise_model": [None, str], "layout": [str]}, description,
+        caller_name="the U-Net",
     )
     if description["kernel_size"] % 2 == 0:
         raise ValueError(f"kernel_size must be odd, got {description['kernel_size']}.")
+    if description["layout"] == "n2v-tf" and (description["noise_model"] or description["blind_spot"] == "network"):
+        raise ValueError("n2v's U-Net layout (a network imported from n2v) has no noise model and masks its blind spots.")
+    if description["layout"] == "n2v-tf" and description["blurpool"] and description["ndim"] == 3:
+        raise ValueError("n2v's U-Net has no 3D blur-pool.")
     if description["blind_spot"] == "network":
         for key, why in _NOT_BLIND.items():
             if description[key]:
@@ -191,9 +206,10 @@ def _interleave(a, b, groups):
 
 
 class _ConvBlock(nn.Sequential):
-    """Two convolutions (``in -> mid -> out``), each followed by optional batch norm and ReLU."""
+    """Two convolutions (``in -> mid -> out``), each followed by optional batch norm and ReLU.
+    ``keras``: as n2v's Keras layers are, a bias before batch norm and its epsilon of 1e-3."""
 
-    def __init__(self, ndim, in_ch, mid_ch, out_ch, kernel_size, batch_norm, groups):
+    def __init__(self, ndim, in_ch, mid_ch, out_ch, kernel_size, batch_norm, groups, keras=False):
         layers = []
         for c_in, c_out in ((in_ch, mid_ch), (mid_ch, out_ch)):
             layers.append(
@@ -203,11 +219,11 @@ class _ConvBlock(nn.Sequential):
                     kernel_size,
                     padding=kernel_size // 2,
                     groups=groups,
-                    bias=not batch_norm,
+                    bias=keras or not batch_norm,
                 )
             )
             if batch_norm:
-                layers.append(_batch_norm(ndim)(c_out))
+                layers.append(_batch_norm(ndim)(c_out, eps=1e-3 if keras else 1e-5))
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
 
@@ -235,6 +251,15 @@ class _MaxBlurPool(nn.Module):
         x = pool(x, kernel_size=2, stride=1)
         x = F.pad(x, [1] * (2 * self.ndim), mode="replicate")
         return conv(x, self.kernel, stride=2, groups=x.shape[1])
+
+
+class _KerasMaxBlurPool(_MaxBlurPool):
+    """n2v's MaxBlurPool2D, aligned as TensorFlow's "SAME" padding aligns it: the stride-1
+    max-pool and the stride-2 blur each padded after the image only (by -inf, then zeros)."""
+
+    def forward(self, x):
+        x = F.max_pool2d(F.pad(x, [0, 1, 0, 1], value=-math.inf), kernel_size=2, stride=1)
+        return F.conv2d(F.pad(x, [0, 1, 0, 1]), self.kernel, stride=2, groups=x.shape[1])
 
 
 class UNet(nn.Module):
@@ -285,6 +310,7 @@ class UNet(nn.Module):
         skip_skipone=False,
         independent_channels=False,
         noise_model=None,
+        layout="n2v-estimator",
     ):
         arguments = dict(locals())
         super().__init__()
@@ -296,9 +322,13 @@ class UNet(nn.Module):
         self.skip_skipone = skip_skipone
         self.groups = in_channels if independent_channels else 1
         g = self.groups
+        keras = layout == "n2v-tf"
+        self.upsampling = "nearest" if keras else ("bilinear" if ndim == 2 else "trilinear")
         # The layout of the original n2v (CSBDeep) U-Net: level l has n_filters * 2**l
         # feature maps, the bottom keeps the deepest level's width, and each decoder
-        # level halves its width before handing it up.
+        # level halves its width before handing it up. n2v's own ("n2v-tf") widens the
+        # bottom's first convolution to n_filters * 2**depth and narrows each decoder
+        # level's first one to n_filters (but with skip_skipone below the top).
         width = [n_filters * 2**level * g for level in range(depth)]
 
         self.down = nn.ModuleList()
@@ -306,27 +336,21 @@ class UNet(nn.Module):
         c_in = in_channels
         for level in range(depth):
             w = width[level]
-            self.down.append(_ConvBlock(ndim, c_in, w, w, kernel_size, batch_norm, g))
+            self.down.append(_ConvBlock(ndim, c_in, w, w, kernel_size, batch_norm, g, keras))
             if blurpool:
-                self.pool.append(_MaxBlurPool(ndim, w))
+                self.pool.append((_KerasMaxBlurPool if keras else _MaxBlurPool)(ndim, w))
             else:
                 self.pool.append((nn.MaxPool2d if ndim == 2 else nn.MaxPool3d)(2))
             c_in = w
-        self.bottom = _ConvBlock(ndim, c_in, c_in, c_in, kernel_size, batch_norm, g)
+        middle = n_filters * 2**depth * g if keras else c_in
+        self.bottom = _ConvBlock(ndim, c_in, middle, c_in, kernel_size, batch_norm, g, keras)
 
         self.up = nn.ModuleList()
         for level in reversed(range(depth)):
             skip = 0 if (skip_skipone and level == 0) else width[level]
+            middle = n_filters * g if keras and not (skip_skipone and level > 0) else width[level]
             self.up.append(
-                _ConvBlock(
-                    ndim,
-                    width[level] + skip,
-                    width[level],
-                    width[max(0, level - 1)],
-                    kernel_size,
-                    batch_norm,
-                    g,
-                )
+                _ConvBlock(ndim, width[level] + skip, middle, width[max(0, level - 1)], kernel_size, batch_norm, g, keras)
             )
         # A probabilistic network's head gives each channel two outputs, side by
         # side (also within a channel's group): its prior mean and scale.
@@ -351,10 +375,10 @@ class UNet(nn.Module):
             skips.append(x)
             x = pool(x)
         x = self.bottom(x)
-        mode = "bilinear" if self.ndim == 2 else "trilinear"
+        linear = {"align_corners": False} if self.upsampling != "nearest" else {}
         for block, level in zip(self.up, reversed(range(self.depth))):
             skip = skips[level]
-            x = F.interpolate(x, size=skip.shape[2:], mode=mode, align_corners=False)
+            x = F.interpolate(x, size=skip.shape[2:], mode=self.upsampling, **linear)
             if not (self.skip_skipone and level == 0):
                 x = _interleave(x, skip, self.groups)
             x = block(x)

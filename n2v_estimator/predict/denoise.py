@@ -188,8 +188,9 @@ def denoise(model, images, mean, std, plan, dtype=np.float32, return_std=False, 
     network = model.description
     geometry = NetworkGeometry.of(network)
     tile_shape, overlap = tile_geometry(plan.tile_size, plan.tile_overlap, geometry)
-    border = (geometry.border,) * geometry.ndim
-    extended = [n + 2 * b for n, b in zip(images.shape[2:], border)]
+    # Mirrored pixels (before, after) each axis: the halo, and before it the grid's phase.
+    border = tuple((geometry.border + geometry.grid_phase(n), geometry.border) for n in images.shape[2:])
+    extended = [n + before + after for n, (before, after) in zip(images.shape[2:], border)]
     tiles = tiles_per_batch(tile_shape, extended, plan.batch_pixels)
     check_prediction_memory(
         network, [min(t, n) for t, n in zip(tile_shape, extended)], tiles, plan.device, precision=plan.precision,

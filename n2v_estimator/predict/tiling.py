@@ -78,9 +78,9 @@ def _shape_of_tile(tile):
 def _read_tile(images, sample, combo, border):
     """One tile of ``images[sample]``: ``combo`` holds its ``(start, stop, ...)``
     per spatial axis in the coordinates of the image extended by ``border``
-    mirrored pixels a side; a slice of the image where the tile lies inside it."""
+    (``(before, after)`` mirrored pixels per axis); a slice of the image where the tile lies inside it."""
     spatial = images.shape[2:]
-    bounds = [(start - b, stop - b) for (start, stop, _, _), b in zip(combo, border)]
+    bounds = [(start - b, stop - b) for (start, stop, _, _), (b, _) in zip(combo, border)]
     if all(0 <= lo and hi <= n for (lo, hi), n in zip(bounds, spatial)):
         return images[(sample, slice(None)) + tuple(slice(lo, hi) for lo, hi in bounds)]
     index = np.ix_(*[mirror_index(lo, hi, n) for (lo, hi), n in zip(bounds, spatial)])
@@ -88,12 +88,13 @@ def _read_tile(images, sample, combo, border):
 
 
 def _extended_tiles(length, tile, overlap, multiple, border):
-    """:func:`axis_tiles` of an axis extended by ``border`` mirrored pixels a
-    side, each writing only its part of the axis itself (in extended
+    """:func:`axis_tiles` of an axis extended by ``border = (before, after)`` mirrored
+    pixels, each writing only its part of the axis itself (in extended
     coordinates); tiles that would write nothing are dropped."""
+    before, after = border
     tiles = []
-    for start, stop, write_start, write_stop in axis_tiles(length + 2 * border, tile, overlap, multiple):
-        write_start, write_stop = max(write_start, border), min(write_stop, border + length)
+    for start, stop, write_start, write_stop in axis_tiles(length + before + after, tile, overlap, multiple):
+        write_start, write_stop = max(write_start, before), min(write_stop, before + length)
         if write_stop > write_start:
             tiles.append((start, stop, write_start, write_stop))
     return tiles
@@ -233,6 +234,7 @@ def predict_tiled(
     n_samples, _, *spatial = images.shape
     ndim = len(spatial)
     border = (0,) * ndim if border is None else tuple(border)
+    border = [(b, b) if isinstance(b, (int, np.integer)) else tuple(b) for b in border]
     per_axis = [
         _extended_tiles(n, t, o, multiple, b) for n, t, o, b in zip(spatial, tile_shape, tile_overlap, border)
     ]
@@ -267,6 +269,6 @@ def predict_tiled(
                 y = finish(y)
             for out_tile, (s, combo) in zip(y, chunk):
                 src = tuple(slice(lo - a, hi - a) for a, _, lo, hi in combo)
-                dst = tuple(slice(lo - b, hi - b) for (_, _, lo, hi), b in zip(combo, border))
+                dst = tuple(slice(lo - b, hi - b) for (_, _, lo, hi), (b, _) in zip(combo, border))
                 output[(s, slice(None)) + dst] = out_tile[(slice(None),) + src]
     return output
