@@ -86,6 +86,9 @@ EXAMPLES = {
   n2v-estimator export --model model.safetensors --test-image noisy_01.tif --output model.zip \\
       --name "Noise2Void for my confocal stacks" --description "Denoises 2D confocal images." \\
       --author "Jane Doe" --author "John Roe\"""",
+    "import-n2v": """\
+  # a model folder of the TensorFlow n2v (config.json, weights_best.h5), no TensorFlow needed
+  n2v-estimator import-n2v models/n2v_bsd68 --model bsd68.safetensors""",
     "info": """\
   n2v-estimator info model.safetensors
   n2v-estimator info model.safetensors --json""",
@@ -254,6 +257,8 @@ def build_parser():
 
     _add_export(command, helps, defaults, axes_help)
 
+    _add_import_n2v(command)
+
     _add_info(command, helps, defaults, axes_help)
     parser.commands = {name: commands.choices[name] for name in commands.choices}
     parser.boolean_options = frozenset(
@@ -304,6 +309,33 @@ def _add_transform(command, helps, defaults, axes_help):
     _add_trust_option(transform)
     _add_parameter_options(transform, _TRANSFORM_PARAMS, helps, defaults)
     transform.set_defaults(run=_transform)
+
+
+def _add_import_n2v(command):
+    """The ``import-n2v`` command: a model folder of the TensorFlow n2v as a model file."""
+    imported = command(
+        "import-n2v", "convert a model folder of the TensorFlow n2v into a model file",
+        "import-n2v: read a model folder of the TensorFlow n2v package (config.json and Keras HDF5 weights, "
+        "read with h5py: the [n2v] extra; no TensorFlow, nothing executed) and write it as a model file that "
+        "'transform' uses and 'fit --warm-start' trains further. An existing file is not replaced.",
+        usage=f"{PROG} import-n2v FOLDER --model PATH [--weights best|last|FILE.h5]",
+    )  # fmt: skip
+    imported.add_argument("folder", metavar="FOLDER", help="the n2v model folder")
+    imported.add_argument("--model", required=True, metavar="PATH", help="the model file to write (.safetensors)")
+    imported.add_argument("--weights", default="best", metavar="WHICH",
+                          help="best (weights_best.h5, default), last (weights_last.h5) or an .h5 file of the folder")  # fmt: skip
+    imported.set_defaults(run=_import_n2v)
+
+
+def _import_n2v(args):
+    model = _check_model_path(args.model, [args.folder])
+    if os.path.lexists(model):
+        raise FileExistsError(f"--model {model} exists: choose another name (import-n2v replaces no file).")
+    denoiser = Noise2VoidDenoiser.from_n2v(args.folder, weights=args.weights)
+    denoiser.save(model)
+    print(f"imported {args.folder} ({denoiser.spatial_ndim_}D, {denoiser.n_channels_} channel(s), axes "
+          f"{denoiser.axes}) into {model}")  # fmt: skip
+    return 0
 
 
 def _add_export(command, helps, defaults, axes_help):

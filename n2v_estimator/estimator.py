@@ -18,6 +18,7 @@ from .fit.masking import MANIPULATORS
 from .fit.plan import Previous, make_plan
 from .io.bioimageio import BioImageIOMixin
 from .io.models import PortablePickling, estimator_document, portable_network, read_estimator, write_model
+from .io.n2v import N2VImportMixin
 from .nets.unet import ARCHITECTURE_CONSTRAINTS
 from .predict.denoise import PredictPlan, denoise
 from .predict.lazy import is_dask_array, transform_lazy
@@ -25,7 +26,7 @@ from .predict.scoring import clean_images, j_invariant_mse, pooled_score
 from .runtime.compute import PRECISIONS
 
 
-class Noise2VoidDenoiser(BioImageIOMixin, PortablePickling, TransformerMixin, BaseEstimator):
+class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, TransformerMixin, BaseEstimator):
     """Self-supervised Noise2Void denoising of images, trained on the noisy images alone.
 
     ``fit`` trains a U-Net to predict each pixel from its surroundings with the

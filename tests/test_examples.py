@@ -46,3 +46,46 @@ def test_the_bioimageio_example_exports_and_checks_a_saved_model(tmp_path, capsy
     assert printed.count(": passed") == 2 and "transform identical = True" in printed
     differences = [float(line.split("= ")[1].split()[0]) for line in printed.splitlines() if "max |diff|" in line]
     assert len(differences) == 2 and max(differences) < 1e-5
+
+
+def _bsd68_stand_in(folder):
+    """The notebook's files and dtypes, small: noisy float32 stacks and test pairs of two shapes."""
+    rng = np.random.default_rng(0)
+    grid = np.indices((180, 180)).sum(axis=0)
+    clean = [np.clip(128 + 80 * np.sin(grid / (5 + i)), 0, 255) for i in range(8)]
+    stack = np.stack([c + rng.normal(0, 25, c.shape) for c in clean]).astype(np.float32)
+    for sub in ("train", "val", "test/images", "test/gt"):
+        (folder / sub).mkdir(parents=True)
+    np.save(folder / "train" / "DCNN400_train_gaussian25.npy", stack[:6])
+    np.save(folder / "val" / "DCNN400_validation_gaussian25.npy", stack[6:])
+    for i, shape in enumerate([(96, 128), (128, 96), (96, 128)]):
+        gt = np.clip(128 + 80 * np.sin(np.indices(shape).sum(axis=0) / (6 + i)), 0, 255)
+        np.save(folder / "test" / "images" / f"test_{i}.npy", (gt + rng.normal(0, 25, shape)).astype(np.float32))
+        np.save(folder / "test" / "gt" / f"test_{i}.npy", gt.astype(np.float32))
+
+
+def test_the_bsd68_example_uses_the_notebooks_configuration_by_default():
+    example = _example("bsd68")
+    notebook = example.make_denoiser(False, None, {})
+    assert (notebook.n_filters, notebook.batch_size, notebook.max_epochs, notebook.steps_per_epoch) == (96, 128, 200, 400)
+    assert notebook.residual and notebook.masked_pixel_percentage == 0.198 and notebook.neighborhood_radius == 2
+    short = example.make_denoiser(False, 50, {"batch_size": 8})
+    assert (short.max_epochs * short.steps_per_epoch, short.batch_size) == (50, 8)
+    assert example.make_denoiser(True, None, {}).n_filters == 32
+
+
+@pytest.mark.slow
+def test_the_bsd68_example_runs_end_to_end_on_a_stand_in(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    _bsd68_stand_in(tmp_path)
+    run = subprocess.run([sys.executable, str(EXAMPLES / "bsd68.py"), str(tmp_path), "--steps", "50", "--set",
+                          "batch_size=8", "n_filters=16"], capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = run.stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["test_0", "test_1", "test_2"]
+    summary = json.loads(lines[-1])
+    assert summary["images"] == 3 and summary["steps"] == 50 and summary["configuration"] == "n2v notebook"
+    assert summary["psnr"] > 20.2  # noisy input is about 20.2 dB: 50 short steps already denoise
