@@ -402,12 +402,14 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         return fitted_images(X, self.axes, self.image_shape, self.spatial_ndim_, self.n_channels_, expected_row,
                              type(self).__name__)  # fmt: skip
 
-    def _denoise(self, images, dtype=np.float32, return_std=False, prior_only=False, verbose=None):
-        """Denoise canonical ``(S, C, *spatial)`` images (original units in and out); ``verbose`` overrides the parameter."""
+    def _denoise(self, images, dtype=np.float32, return_std=False, prior_only=False, verbose=None, grid_phase=None):
+        """Denoise canonical ``(S, C, *spatial)`` images (original units in and out); ``verbose`` overrides the
+        parameter, ``grid_phase`` the pooling grid's (a chunk of a larger image's, for an imported n2v network)."""
         data_range = (self.data_min_, self.data_max_) if hasattr(self, "data_min_") else None
         check_representable(images, self.mean_, self.std_, data_range=data_range)
         plan = PredictPlan.of(self.get_params(), self.patch_shape_, self.spatial_ndim_, verbose)
-        return denoise(self.model_.to(plan.device), images, self.mean_, self.std_, plan, dtype, return_std, prior_only)
+        return denoise(self.model_.to(plan.device), images, self.mean_, self.std_, plan, dtype, return_std, prior_only,
+                       grid_phase)  # fmt: skip
 
     # ----------------------------------------------------------------- score
     def score(self, X, y=None):

@@ -208,3 +208,14 @@ def test_the_command_line_imports_a_folder_into_a_model_file_and_replaces_nothin
     assert "exists" in capsys.readouterr().err and model.read_bytes() == written
     assert main(["import-n2v", str(MODELS / "per_channel_2channel"), "--model", str(tmp_path / "b.safetensors")]) == 2
     assert "last channel" in capsys.readouterr().err and not (tmp_path / "b.safetensors").exists()
+
+
+def test_a_dask_array_is_denoised_chunk_by_chunk_as_the_whole_image_is():
+    """Chunks are told where the whole image's (centred) pooling grid starts before them."""
+    da = pytest.importorskip("dask.array")
+    denoiser = imported("bsd68_small")
+    image = np.load(MODELS / "bsd68_small" / "input.npy")
+    image = np.concatenate([image, image[:, :31]], axis=1)[:117]  # 117 x 141: no side a multiple of 4
+    whole = denoiser.transform(image)
+    lazy = denoiser.transform(da.from_array(image, chunks=(50, 60)))
+    np.testing.assert_allclose(lazy.compute(), whole, rtol=0, atol=1e-5 * float(whole.max() - whole.min()))

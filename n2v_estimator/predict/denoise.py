@@ -155,7 +155,7 @@ class PredictPlan:
         )
 
 
-def denoise(model, images, mean, std, plan, dtype=np.float32, return_std=False, prior_only=False):
+def denoise(model, images, mean, std, plan, dtype=np.float32, return_std=False, prior_only=False, grid_phase=None):
     """Denoise canonical ``(S, C, *spatial)`` images, in the images' units.
 
     Parameters
@@ -189,7 +189,9 @@ def denoise(model, images, mean, std, plan, dtype=np.float32, return_std=False, 
     geometry = NetworkGeometry.of(network)
     tile_shape, overlap = tile_geometry(plan.tile_size, plan.tile_overlap, geometry)
     # Mirrored pixels (before, after) each axis: the halo, and before it the grid's phase.
-    border = tuple((geometry.border + geometry.grid_phase(n), geometry.border) for n in images.shape[2:])
+    if grid_phase is None:
+        grid_phase = [geometry.grid_phase(n) for n in images.shape[2:]]
+    border = tuple((geometry.border + phase, geometry.border) for phase in grid_phase)
     extended = [n + before + after for n, (before, after) in zip(images.shape[2:], border)]
     tiles = tiles_per_batch(tile_shape, extended, plan.batch_pixels)
     check_prediction_memory(

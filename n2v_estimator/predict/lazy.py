@@ -173,8 +173,11 @@ def transform_lazy(estimator, X, return_std, denoise):
 
     shipped = delayed(denoise, pure=True, traverse=False, name=f"n2v-denoiser-{tokenize(denoise)}")
 
-    settings = dict(layout=layout, depth=depth, shape=X.shape, multiple=NetworkGeometry.of(network).pooling, in_dtype=X.dtype,
-                    out_dtype=dtype)
+    geometry = NetworkGeometry.of(network)
+    # Where the whole image's pooling grid starts before each axis (non-zero for networks imported from n2v).
+    phases = {axis: geometry.grid_phase(n) for axis, (letter, n) in enumerate(zip(layout, X.shape)) if letter not in "SC"}
+    settings = dict(layout=layout, depth=depth, shape=X.shape, multiple=geometry.pooling, in_dtype=X.dtype,
+                    out_dtype=dtype, phases=phases if geometry.centred_grid else None)  # fmt: skip
     if not return_std:
         out = da.map_blocks(
             _denoise_block, padded, shipped, **settings, return_std=False,
@@ -207,7 +210,7 @@ def _check_layout(estimator, X):
     return images.axes, output_dtype(images.array.dtype)
 
 
-def _denoise_block(block, denoise, *, layout, depth, shape, multiple, in_dtype, out_dtype, return_std,
+def _denoise_block(block, denoise, *, layout, depth, shape, multiple, in_dtype, out_dtype, return_std, phases=None,
                    block_info=None):
     """Denoise one chunk of ``X`` from ``block`` (the chunk and its halo); return the chunk's pixels.
 
@@ -216,6 +219,9 @@ def _denoise_block(block, denoise, *, layout, depth, shape, multiple, in_dtype, 
     before the image's end modulo ``multiple``: the U-Net pools on a grid that
     starts at its input's start, and with ``tta`` flipped copies pool on one
     that starts at its end, so the block then pools as the whole image does.
+    A network imported from n2v pools on a grid that starts ``phases[axis]`` pixels
+    before the image (:meth:`NetworkGeometry.grid_phase`): the block is not cut, and
+    ``denoise`` is told where that grid starts before the block.
     """
     declared = tuple(b - a for a, b in block_info[0]["array-location"])
     if block.shape != declared or block.dtype != in_dtype:
@@ -227,7 +233,7 @@ def _denoise_block(block, denoise, *, layout, depth, shape, multiple, in_dtype, 
             "(call X.compute_chunk_sizes(), or fix the array's meta or the function that builds its chunks)."
         )
     location = block_info[None]["array-location"][-len(shape) :]  # the chunk's own (start, stop) per axis
-    origin, cut, keep = [], [], []
+    origin, cut, keep, block_phases = [], [], [], {}
     for axis, (start, stop) in enumerate(location):
         before = min(depth.get(axis, 0), start)  # "none" boundary: no halo at the image's edges
         first, end = start - before, start - before + block.shape[axis]  # the block's extent in X
@@ -236,7 +242,11 @@ def _denoise_block(block, denoise, *, layout, depth, shape, multiple, in_dtype, 
             cut.append(slice(None))
             keep.append(slice(None))
             continue
-        lead, tail = -first % multiple, (end - shape[axis]) % multiple
+        if phases is None:
+            lead, tail = -first % multiple, (end - shape[axis]) % multiple
+        else:
+            lead, tail = 0, 0
+            block_phases[layout[axis]] = (first + phases[axis]) % multiple
         cut.append(slice(lead, block.shape[axis] - tail))
         keep.append(slice(before - lead, before - lead + stop - start))
     try:
@@ -244,6 +254,7 @@ def _denoise_block(block, denoise, *, layout, depth, shape, multiple, in_dtype, 
     except ValueError as exc:
         raise ValueError(f"{exc} (The index is within the block of X that starts at {tuple(origin)}.)") from exc
     canonical = to_canonical(block[tuple(cut)], layout)
-    out = denoise(canonical, dtype=out_dtype, return_std=return_std, verbose=False)  # no bars inside tasks
+    grid = {"grid_phase": tuple(block_phases[a] for a in "ZYX" if a in block_phases)} if phases is not None else {}
+    out = denoise(canonical, dtype=out_dtype, return_std=return_std, verbose=False, **grid)  # no bars inside tasks
     out = [from_canonical(o, layout)[tuple(keep)] for o in (out if return_std else [out])]
     return np.stack(out) if return_std else np.ascontiguousarray(out[0])
