@@ -155,7 +155,10 @@ def test_an_unknown_layer_an_external_weight_and_a_file_that_is_not_hdf5_are_ref
      ({"n_channel_out": 2}, "n_channel_out=2 differs"),
      ({"mystery_setting": 1}, "\\['mystery_setting'\\] are unknown"),
      ({"unet_kern_size": 4}, "unet_kern_size=4 is not an odd positive int"),
-     ({"n2v_manipulator": "__import__('os')"}, "n2v_manipulator=.* is not one of")],
+     ({"n2v_manipulator": "__import__('os')"}, "n2v_manipulator=.* is not one of"),
+     ({"means": ["not a number"]}, "means .* are not numbers"),
+     ({"stds": ["0"]}, "stds \\[0.0\\] must all be positive"),
+     ({"means": ["1", "2"]}, "are not 1 finite number")],
 )  # fmt: skip
 def test_a_config_this_package_cannot_represent_is_refused_naming_the_setting(tmp_path, change, message):
     folder = copy_model(tmp_path)

@@ -283,15 +283,27 @@ def _check_blur(root, name, channels):
         raise N2VModelError(f"layer {name}'s blur kernel is not n2v's fixed binomial one; it cannot be represented.")
 
 
+def _statistics(config, key, channels):
+    """The per-channel normalisation ``config[key]`` (n2v stores numbers as strings), checked."""
+    values = config.get(key)
+    try:
+        array = np.asarray([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise N2VModelError(f"config.json's {key} {str(values)[:80]} are not numbers.") from None
+    if array.shape != (channels,) or not np.isfinite(array).all():
+        raise N2VModelError(f"config.json's {key} {str(values)[:80]} are not {channels} finite number(s), one per channel.")
+    return array
+
+
 def model_document(folder, weights, default_params):
     """``(tensors, document)`` of the model file an n2v model folder stands for."""
     folder = Path(folder)
     config = read_config(folder)
     params, _ = config_parameters(config)
     channels = config["n_channel_in"]
-    mean, std = (np.asarray([float(v) for v in config[key]], dtype=np.float64) for key in ("means", "stds"))
-    if mean.shape != (channels,) or std.shape != (channels,):
-        raise N2VModelError(f"config.json has {mean.size} mean(s) and {std.size} std(s) for {channels} channel(s).")
+    mean, std = (_statistics(config, key, channels) for key in ("means", "stds"))
+    if not (std > 0).all():
+        raise N2VModelError(f"config.json's stds {std.tolist()} must all be positive: the images are divided by them.")
     name = {"best": "weights_best.h5", "last": "weights_last.h5"}.get(weights, weights)
     path = folder / name
     if Path(name).name != name or not path.is_file():
