@@ -240,16 +240,14 @@ class _Step:
         self.mask_generator = torch.Generator(device=device).manual_seed(seed + 1)
 
     def __call__(self, epoch):
-        """Take one step; return ``(loss, learning rate)`` of it. Raises
-        :class:`NonFiniteLossError` before updating the weights with a non-finite loss."""
+        """Take one step; return ``(loss, learning rate)`` of it, the loss a detached tensor on
+        the device: reading it would make the host wait for the device at every step, so the
+        epoch sums the losses there and reads them once (:func:`_epoch`)."""
         x = self.layout(self.sampler.sample(self.batch_size, self.patch_generator).to(self.device, non_blocking=True))
         x_masked, mask = self.masker(x, self.mask_generator)
         with autocast(self.device, self.precision):
             prediction = self.model(x_masked)
         step_loss = self.loss(prediction.float(), x, mask)
-        value = step_loss.item()  # the step's one wait for the device
-        if not math.isfinite(value):
-            raise NonFiniteLossError(f"The training loss became non-finite ({value}) in epoch {epoch + 1}.")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(step_loss).backward()
         step_lr = self.optimizer.param_groups[0]["lr"]
@@ -260,18 +258,25 @@ class _Step:
         # scale); the schedule follows the optimizer's steps, not the batches.
         if scale is None or self.scaler.get_scale() >= scale:
             self.schedule.step()
-        return value, step_lr
+        return step_loss.detach(), step_lr
 
 
 def _epoch(step, epoch, steps_per_epoch, progress):
-    """``steps_per_epoch`` steps; the epoch's mean training loss and its last step's learning rate."""
-    losses = []
+    """``steps_per_epoch`` steps; the epoch's mean training loss and its last step's learning rate.
+
+    The losses are summed on the device and read once, at the end: a non-finite one is then
+    reported as :class:`NonFiniteLossError` (and the epoch's weights, which it may have spoiled,
+    are not kept; the caller falls back on the last complete epoch's)."""
+    total = None
     for _ in range(steps_per_epoch):
         value, step_lr = step(epoch)
-        losses.append(value)
-        progress.set_postfix(loss=f"{value:.4f}", refresh=False)
+        total = value if total is None else total + value
         progress.update()
-    return sum(losses) / len(losses), step_lr
+    mean = total.item() / steps_per_epoch  # the epoch's one wait for the device
+    if not math.isfinite(mean):
+        raise NonFiniteLossError(f"The training loss became non-finite ({mean}) in epoch {epoch + 1}.")
+    progress.set_postfix(loss=f"{mean:.4f}", refresh=False)
+    return mean, step_lr
 
 
 def _finite_state(model, epoch):

@@ -29,7 +29,8 @@ class Progress:
     done, total : int
         Units done so far, of ``total`` (``None`` when unknown).
     loss : float or None
-        ``"fit"``: the last step's training loss.
+        ``"fit"``: the training loss of the last complete epoch (read once per epoch,
+        not per step: reading it makes the host wait for the device).
     epoch : dict or None
         Set once per complete training epoch: its ``history_`` record
         (``train_loss``, ``val_loss``, ...); ``done`` is then the steps so far.
