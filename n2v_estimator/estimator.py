@@ -127,6 +127,10 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
     n_score_phases : int, default=4
         Grid phases evaluated by the self-supervised :meth:`score`; each costs
         one denoising pass over ``X`` and scores 1/16 of the pixels (1/64 in 3D).
+    n_devices : int, default=1
+        Devices that train together (DistributedDataParallel, one process each: CUDA
+        devices with ``device="cuda"``, else CPU processes); ``batch_size`` is split
+        among them (docs: guide/large-data).
     random_state : int, RandomState instance or None, default=None
         Seeds weights, patches and blind spots: the same int gives identical
         weights on CPU.
@@ -207,6 +211,7 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         "dtype": [StrOptions({"float", "input"})],
         "warm_start": ["boolean"],
         "n_score_phases": [Interval(Integral, 1, None, closed="left")],
+        "n_devices": [Interval(Integral, 1, None, closed="left")],
         "random_state": ["random_state"],
         "device": [str, torch.device],
         "precision": [StrOptions(set(PRECISIONS)), Options(Integral, {32})],
@@ -245,6 +250,7 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         dtype="float",
         warm_start=False,
         n_score_phases=4,
+        n_devices=1,
         random_state=None,
         device="auto",
         precision="auto",
@@ -278,6 +284,7 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         self.dtype = dtype
         self.warm_start = warm_start
         self.n_score_phases = n_score_phases
+        self.n_devices = n_devices
         self.random_state = random_state
         self.device = device
         self.precision = precision

@@ -89,3 +89,18 @@ def test_the_bsd68_example_runs_end_to_end_on_a_stand_in(tmp_path):
     summary = json.loads(lines[-1])
     assert summary["images"] == 3 and summary["steps"] == 50 and summary["configuration"] == "n2v notebook"
     assert summary["psnr"] > 20.2  # noisy input is about 20.2 dB: 50 short steps already denoise
+
+
+def test_the_gpu_check_runs_as_a_smoke_test_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py is prepared for a GPU; on the CPU it runs a tiny version end to end."""
+    import json
+    import subprocess
+    import sys
+
+    script = EXAMPLES.parent / "benchmarks" / "gpu_check.py"
+    run = subprocess.run([sys.executable, str(script), "--device", "cpu", "--steps", "4", "--predict-size", "256",
+                          "--budgets", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert results["fit"]["steps"] == 4 and results["inference"]["size"] == 256
+    assert "| fit (s) | steps/s |" in (tmp_path / "gpu_check.md").read_text()

@@ -147,6 +147,9 @@ def train(
     verbose=False,
     loss=None,
     record=None,
+    forward=None,
+    reduce=None,
+    shard=None,
 ):
     """Train ``model`` in place with Noise2Void.
 
@@ -176,6 +179,14 @@ def train(
     record : callable, optional
         Returns a dict added to each epoch's history record (e.g. the fitted
         noise parameters).
+    forward : callable, optional
+        What computes the predictions in training steps, if not ``model`` itself: its
+        ``DistributedDataParallel`` wrapper (:mod:`n2v_estimator.fit.distributed`).
+    reduce : callable, optional
+        Applied to each epoch's summed loss (a tensor) before it is read: the average over ranks.
+    shard : (int, int), optional
+        ``(rank, ranks)``: draw ``batch_size * ranks`` patches and blind spots from the
+        streams, and train on this rank's share (tests: ranks see what one process sees).
 
     Returns
     -------
@@ -194,7 +205,7 @@ def train(
     """
     loss = masked_mse if loss is None else loss
     step = _Step(model, sampler, masker, loss, learning_rate, max_epochs * steps_per_epoch, batch_size, device,
-                 precision, seed)  # fmt: skip
+                 precision, seed, forward, shard)  # fmt: skip
     kept = _KeptWeights(model)
     history, interrupted, error = [], False, None
     model.train()
@@ -202,7 +213,7 @@ def train(
     try:
         for epoch in range(max_epochs):
             start = time.perf_counter()
-            train_loss, step_lr = _epoch(step, epoch, steps_per_epoch, progress)
+            train_loss, step_lr = _epoch(step, epoch, steps_per_epoch, progress, reduce)
             state = _finite_state(model, epoch)
             val_loss = _validation_loss(model, validation, precision, loss) if validation else None
             history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
@@ -229,8 +240,10 @@ class _Step:
     schedule. Holds what persists between steps (optimizer, schedule, gradient scaler,
     the patch and blind-spot generators)."""
 
-    def __init__(self, model, sampler, masker, loss, learning_rate, total_steps, batch_size, device, precision, seed):
+    def __init__(self, model, sampler, masker, loss, learning_rate, total_steps, batch_size, device, precision, seed,
+                 forward=None, shard=None):  # fmt: skip
         self.model, self.sampler, self.masker, self.loss = model, sampler, masker, loss
+        self.forward, self.shard = forward if forward is not None else model, shard
         self.batch_size, self.device, self.precision = batch_size, device, precision
         self.optimizer = torch.optim.Adam(_parameter_groups(model, learning_rate), lr=learning_rate)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total_steps))
@@ -243,11 +256,20 @@ class _Step:
         """Take one step; return ``(loss, learning rate)`` of it, the loss a detached tensor on
         the device: reading it would make the host wait for the device at every step, so the
         epoch sums the losses there and reads them once (:func:`_epoch`)."""
-        x = self.layout(self.sampler.sample(self.batch_size, self.patch_generator).to(self.device, non_blocking=True))
+        ranks = self.shard[1] if self.shard else 1
+        x = self.sampler.sample(self.batch_size * ranks, self.patch_generator).to(self.device, non_blocking=True)
+        x = self.layout(x)
         x_masked, mask = self.masker(x, self.mask_generator)
+        weight = 1.0
+        if self.shard:
+            share = slice(self.shard[0] * self.batch_size, (self.shard[0] + 1) * self.batch_size)
+            # The loss is a mean over blind spots: weighted by this share's part of them, the
+            # ranks' average is the whole batch's mean (shares may hold different counts).
+            weight = mask[share].sum() * ranks / mask.sum()
+            x, x_masked, mask = x[share], x_masked[share], mask[share]
         with autocast(self.device, self.precision):
-            prediction = self.model(x_masked)
-        step_loss = self.loss(prediction.float(), x, mask)
+            prediction = self.forward(x_masked)
+        step_loss = self.loss(prediction.float(), x, mask) * weight
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(step_loss).backward()
         step_lr = self.optimizer.param_groups[0]["lr"]
@@ -261,7 +283,7 @@ class _Step:
         return step_loss.detach(), step_lr
 
 
-def _epoch(step, epoch, steps_per_epoch, progress):
+def _epoch(step, epoch, steps_per_epoch, progress, reduce=None):
     """``steps_per_epoch`` steps; the epoch's mean training loss and its last step's learning rate.
 
     The losses are summed on the device and read once, at the end: a non-finite one is then
@@ -272,6 +294,8 @@ def _epoch(step, epoch, steps_per_epoch, progress):
         value, step_lr = step(epoch)
         total = value if total is None else total + value
         progress.update()
+    if reduce is not None:
+        total = reduce(total)
     mean = total.item() / steps_per_epoch  # the epoch's one wait for the device
     if not math.isfinite(mean):
         raise NonFiniteLossError(f"The training loss became non-finite ({mean}) in epoch {epoch + 1}.")

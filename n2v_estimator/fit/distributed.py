@@ -1,0 +1,186 @@
+"""Training on several devices, or several CPU processes, with PyTorch's DistributedDataParallel.
+
+``fit`` with ``n_devices > 1`` starts one process per device (NCCL between GPUs, gloo between
+CPU processes), each holding the whole plan and drawing its own patches from a stream seeded by
+its rank; gradients are averaged at every step, each epoch's loss is averaged over the ranks, and
+every rank validates on the same fixed validation set, so the best-weights rule picks the same
+epoch everywhere. Rank 0 sends the kept weights and the history back; the estimator in the calling
+process is then set exactly as after a single-process fit.
+
+All or nothing: Ctrl-C in the calling process, or any rank that fails, ends every rank, and the
+estimator is left as it was (a partial result of several processes is not kept).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import tempfile
+
+import numpy as np
+import torch
+
+from .training import NonFiniteLossError, TrainingResult
+
+
+class DistributedTrainingError(RuntimeError):
+    """A rank of a distributed fit failed; the message names the rank and its error."""
+
+
+def check_devices(n_devices, device, batch_size):
+    """Refuse what ``n_devices`` processes cannot do on ``device`` with ``batch_size``, naming the fix."""
+    if n_devices == 1:
+        return
+    if batch_size % n_devices:
+        raise ValueError(f"batch_size={batch_size} does not split over n_devices={n_devices}: each device takes "
+                         f"batch_size / n_devices patches. Use a batch_size that is a multiple of {n_devices}.")  # fmt: skip
+    if device.type == "cuda" and torch.cuda.device_count() < n_devices:
+        raise ValueError(f"n_devices={n_devices} but {torch.cuda.device_count()} CUDA device(s) are visible; use "
+                         f"n_devices={max(1, torch.cuda.device_count())} or device='cpu' (CPU processes).")  # fmt: skip
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"n_devices={n_devices} trains on CUDA devices or CPU processes, not on {device.type}; "
+                         "use device='cuda' or device='cpu', or n_devices=1.")  # fmt: skip
+
+
+def run_distributed(plan, n_devices, verbose=False, same_patches=False):
+    """Train ``plan`` (a :class:`n2v_estimator.fit.plan.FitPlan`) in ``n_devices`` processes;
+    return ``(model, TrainingResult)`` in this process, as :meth:`FitPlan.run` does.
+
+    ``same_patches`` (for tests): every rank draws the whole batch from one stream and trains on
+    its share, so that the ranks together see what one process with the whole batch sees.
+
+    Raises
+    ------
+    DistributedTrainingError
+        When a rank fails (the others are ended).
+    KeyboardInterrupt
+        On Ctrl-C (every rank is ended).
+    """
+    context = torch.multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="n2v-ddp-") as folder:
+        rendezvous = "file://" + os.path.join(folder, "rendezvous")
+        messages = context.Queue()
+        ranks = [context.Process(target=_rank_main, daemon=True,
+                                 args=(rank, n_devices, plan, rendezvous, messages, verbose, same_patches))
+                 for rank in range(n_devices)]  # fmt: skip
+        try:
+            for process in ranks:
+                process.start()
+            outcome = _collect(ranks, messages)
+        finally:
+            for process in ranks:
+                if process.is_alive():
+                    process.terminate()
+            for process in ranks:
+                process.join(timeout=10)
+            messages.close()
+            messages.join_thread()
+    state, history, interrupted, error, calibration = outcome
+    model = plan.build_network().cpu()
+    model.load_state_dict({name: torch.from_numpy(array) for name, array in state.items()})
+    model = model.to(plan.device).eval()
+    error = NonFiniteLossError(error) if error is not None else None
+    return model, TrainingResult(model.state_dict(), history, interrupted, error, calibration)
+
+
+def _collect(ranks, messages):
+    """Rank 0's result, or the first failure: a rank's error, or a rank that died without one."""
+    while True:
+        try:
+            kind, *payload = messages.get(timeout=0.2)
+        except queue.Empty:
+            for rank, process in enumerate(ranks):
+                if process.exitcode not in (None, 0):
+                    raise DistributedTrainingError(f"rank {rank} of {len(ranks)} ended with exit code "
+                                                   f"{process.exitcode} before training finished.")  # fmt: skip
+            continue
+        if kind == "error":
+            rank, text = payload
+            raise DistributedTrainingError(f"rank {rank} of {len(ranks)} failed: {text} (every rank was ended; the "
+                                           "estimator is left as it was).")  # fmt: skip
+        return payload
+
+
+def _rank_main(rank, world, plan, rendezvous, messages, verbose, same_patches):
+    """One rank: join the group, train its share, and (rank 0) send the result back."""
+    import torch.distributed as dist
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the calling process decides: Ctrl-C ends every rank
+    try:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        cuda = plan.device.type == "cuda"
+        device = torch.device("cuda", rank) if cuda else plan.device
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=rendezvous, rank=rank, world_size=world)
+        model, result = plan.run(verbose=verbose and rank == 0, rank=(rank, world, device, same_patches))
+        if rank == 0:
+            state = {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}
+            error = None if result.error is None else str(result.error)
+            messages.put(("result", state, result.history, result.interrupted, error, result.calibration))
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException as exc:  # reported at once; the calling process ends the other ranks
+        messages.put(("error", rank, f"{type(exc).__name__}: {exc}"))
+        messages.close()
+        messages.join_thread()
+        os._exit(1)  # no collective, no exit handler: the other ranks may be waiting in one
+
+
+def average_over_ranks(value):
+    """``value`` (a tensor) averaged over the ranks of the current process group, in place."""
+    import torch.distributed as dist
+
+    dist.all_reduce(value)
+    value /= dist.get_world_size()
+    return value
+
+
+class _BatchNormOverRanks:
+    """Batch normalisation whose training statistics are those of the whole batch of every rank
+    (summed with a differentiable all-reduce), as one process with the whole batch computes them.
+    torch's SyncBatchNorm does this on GPUs only; this runs on gloo (CPU) and NCCL alike."""
+
+    def forward(self, x):
+        if not self.training or not torch.distributed.is_initialized():
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        channels = x.shape[1]
+        n = stats[-1]
+        mean = stats[:channels] / n
+        var = (stats[channels : 2 * channels] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
+            self.running_var.mul_(1 - self.momentum).add_(self.momentum * var.detach() * n / (n - 1))
+        shape = (1, channels) + (1,) * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+class _BatchNorm2dOverRanks(_BatchNormOverRanks, torch.nn.BatchNorm2d):
+    pass
+
+
+class _BatchNorm3dOverRanks(_BatchNormOverRanks, torch.nn.BatchNorm3d):
+    pass
+
+
+def batch_norm_over_ranks(model):
+    """``model`` with its batch norms normalising by the statistics of all ranks' batches in
+    training (in place: parameters, buffers and their names are unchanged); returns it."""
+    kinds = {torch.nn.BatchNorm2d: _BatchNorm2dOverRanks, torch.nn.BatchNorm3d: _BatchNorm3dOverRanks}
+    for module in model.modules():
+        if type(module) in kinds:
+            module.__class__ = kinds[type(module)]
+    return model
+
+
+def rank_seed(seed, rank):
+    """The patch and blind-spot seed of ``rank``: its own stream, the same for the same ``seed``."""
+    return int((np.int64(seed) + 1_000_003 * rank) % (2**31 - 1))
