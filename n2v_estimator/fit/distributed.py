@@ -92,8 +92,11 @@ def _collect(ranks, messages):
         except queue.Empty:
             for rank, process in enumerate(ranks):
                 if process.exitcode not in (None, 0):
-                    raise DistributedTrainingError(f"rank {rank} of {len(ranks)} ended with exit code "
-                                                   f"{process.exitcode} before training finished.")  # fmt: skip
+                    raise DistributedTrainingError(
+                        f"rank {rank} of {len(ranks)} ended with exit code {process.exitcode} before training "
+                        "finished. Each rank is a new Python process that imports your script's main module: "
+                        "a script must start its work under `if __name__ == \"__main__\":`."
+                    )
             continue
         if kind == "error":
             rank, text = payload
