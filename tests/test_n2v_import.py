@@ -222,3 +222,11 @@ def test_a_dask_array_is_denoised_chunk_by_chunk_as_the_whole_image_is():
     whole = denoiser.transform(image)
     lazy = denoiser.transform(da.from_array(image, chunks=(50, 60)))
     np.testing.assert_allclose(lazy.compute(), whole, rtol=0, atol=1e-5 * float(whole.max() - whole.min()))
+
+
+def test_a_crafted_layer_list_is_refused_as_an_unreadable_weights_file(tmp_path):
+    folder = copy_model(tmp_path)
+    with h5py.File(folder / "weights_best.h5", "r+") as f:
+        f.attrs["layer_names"] = [*(n if isinstance(n, bytes) else n.encode() for n in f.attrs["layer_names"]), b"nowhere"]
+    with pytest.raises(N2VModelError, match="not a Keras weights file this import can read"):
+        Noise2VoidDenoiser.from_n2v(folder)

@@ -209,58 +209,68 @@ def read_weights(path, description):
         file = h5py.File(path, "r")
     except OSError as exc:
         raise N2VModelError(f"{path} is not an HDF5 file: {exc}") from None
-    with file:
-        root = file["model_weights"] if "model_weights" in file else file
-        names = _layer_names(root)
-        with_weights = [n for n in names if len(root[n].attrs.get("weight_names", [])) > 0]
-        norms = sorted((n for n in with_weights if n.startswith("batch_normalization")), key=_suffix)
-        heads = sorted((n for n in with_weights if re.fullmatch(r"conv[23]d(_\d+)?", n)), key=_suffix)
-        blurs = [f"channel_{i}max_{n}" for i in range(groups) for n in range(depth)] if description["blurpool"] else []
-        convs = [name for i in range(groups) for name in _conv_names(depth, f"channel_{i}")]
-        wanted = set(convs) | set(heads) | set(blurs) | set(norms)
-        if len(heads) != groups or (batch_norm and len(norms) != len(convs)) or (not batch_norm and norms):
-            raise N2VModelError(f"{path} holds {len(heads)} output and {len(norms)} batch-norm layer(s); the network "
-                                f"its config.json describes has {groups} and {len(convs) if batch_norm else 0}.")  # fmt: skip
-        missing = sorted((set(convs) | set(blurs)) - set(with_weights))
-        extra = sorted(set(with_weights) - wanted)
-        if missing or extra:
-            raise N2VModelError(f"{path} does not hold the network its config.json describes: "
-                                f"missing layers {missing[:6]}, unknown layers {extra[:6]}.")  # fmt: skip
-        per_group = {}
-        for i in range(groups):
-            modules = _module_names(depth, batch_norm)
-            layers = _conv_names(depth, f"channel_{i}")
-            for layer, (conv, norm) in zip(layers, modules):
-                weights = _weights_of(root, layer)
-                if set(weights) != {"kernel", "bias"}:
-                    raise N2VModelError(f"layer {layer} holds {sorted(weights)}, a convolution holds kernel and bias.")
-                per_group.setdefault(conv + ".weight", []).append((weights["kernel"], layer + "/kernel"))
-                per_group.setdefault(conv + ".bias", []).append((weights["bias"], layer + "/bias"))
-                if batch_norm:
-                    bn_name = norms[i * len(layers) + layers.index(layer)]
-                    stats = _weights_of(root, bn_name)
-                    if set(stats) != {"gamma", "beta", "moving_mean", "moving_variance"}:
-                        raise N2VModelError(f"layer {bn_name} holds {sorted(stats)}, not batch-norm statistics.")
-                    for ours, theirs in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
-                                         ("running_var", "moving_variance")):  # fmt: skip
-                        per_group.setdefault(f"{norm}.{ours}", []).append((stats[theirs], f"{bn_name}/{theirs}"))
-            head = _weights_of(root, heads[i])
-            if set(head) != {"kernel", "bias"}:
-                raise N2VModelError(f"layer {heads[i]} holds {sorted(head)}, the output convolution holds kernel and bias.")
-            per_group.setdefault("head.weight", []).append((head["kernel"], heads[i] + "/kernel"))
-            per_group.setdefault("head.bias", []).append((head["bias"], heads[i] + "/bias"))
-            for n in range(depth) if description["blurpool"] else ():
-                _check_blur(root, f"channel_{i}max_{n}", description["n_filters"] * 2**n)
-        state = {}
-        for name, (shape, _) in expected.items():
-            if name.endswith("num_batches_tracked"):
-                state[name] = torch.zeros((), dtype=torch.long)
-                continue
-            parts = per_group[name]
-            rows = shape[0] // len(parts)
-            arrays = [_keras_kernel(d, (rows, *shape[1:]), n) if name.endswith("weight") and len(shape) > 1
-                      else _read_array(d, (rows,), n) for d, n in parts]  # fmt: skip
-            state[name] = torch.from_numpy(np.ascontiguousarray(np.concatenate(arrays)))
+    try:
+        with file:
+            return _read_state(file, path, description, expected, groups, depth, batch_norm)
+    except N2VModelError:
+        raise
+    except (KeyError, TypeError, ValueError, OSError, AttributeError, IndexError) as exc:  # a crafted file's structure
+        raise N2VModelError(f"{path} is not a Keras weights file this import can read: {exc!r}") from None
+
+
+def _read_state(file, path, description, expected, groups, depth, batch_norm):
+    """:func:`read_weights` on the open HDF5 ``file``."""
+    root = file["model_weights"] if "model_weights" in file else file
+    names = _layer_names(root)
+    with_weights = [n for n in names if len(root[n].attrs.get("weight_names", [])) > 0]
+    norms = sorted((n for n in with_weights if n.startswith("batch_normalization")), key=_suffix)
+    heads = sorted((n for n in with_weights if re.fullmatch(r"conv[23]d(_\d+)?", n)), key=_suffix)
+    blurs = [f"channel_{i}max_{n}" for i in range(groups) for n in range(depth)] if description["blurpool"] else []
+    convs = [name for i in range(groups) for name in _conv_names(depth, f"channel_{i}")]
+    wanted = set(convs) | set(heads) | set(blurs) | set(norms)
+    if len(heads) != groups or (batch_norm and len(norms) != len(convs)) or (not batch_norm and norms):
+        raise N2VModelError(f"{path} holds {len(heads)} output and {len(norms)} batch-norm layer(s); the network "
+                            f"its config.json describes has {groups} and {len(convs) if batch_norm else 0}.")  # fmt: skip
+    missing = sorted((set(convs) | set(blurs)) - set(with_weights))
+    extra = sorted(set(with_weights) - wanted)
+    if missing or extra:
+        raise N2VModelError(f"{path} does not hold the network its config.json describes: "
+                            f"missing layers {missing[:6]}, unknown layers {extra[:6]}.")  # fmt: skip
+    per_group = {}
+    for i in range(groups):
+        modules = _module_names(depth, batch_norm)
+        layers = _conv_names(depth, f"channel_{i}")
+        for layer, (conv, norm) in zip(layers, modules):
+            weights = _weights_of(root, layer)
+            if set(weights) != {"kernel", "bias"}:
+                raise N2VModelError(f"layer {layer} holds {sorted(weights)}, a convolution holds kernel and bias.")
+            per_group.setdefault(conv + ".weight", []).append((weights["kernel"], layer + "/kernel"))
+            per_group.setdefault(conv + ".bias", []).append((weights["bias"], layer + "/bias"))
+            if batch_norm:
+                bn_name = norms[i * len(layers) + layers.index(layer)]
+                stats = _weights_of(root, bn_name)
+                if set(stats) != {"gamma", "beta", "moving_mean", "moving_variance"}:
+                    raise N2VModelError(f"layer {bn_name} holds {sorted(stats)}, not batch-norm statistics.")
+                for ours, theirs in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
+                                     ("running_var", "moving_variance")):  # fmt: skip
+                    per_group.setdefault(f"{norm}.{ours}", []).append((stats[theirs], f"{bn_name}/{theirs}"))
+        head = _weights_of(root, heads[i])
+        if set(head) != {"kernel", "bias"}:
+            raise N2VModelError(f"layer {heads[i]} holds {sorted(head)}, the output convolution holds kernel and bias.")
+        per_group.setdefault("head.weight", []).append((head["kernel"], heads[i] + "/kernel"))
+        per_group.setdefault("head.bias", []).append((head["bias"], heads[i] + "/bias"))
+        for n in range(depth) if description["blurpool"] else ():
+            _check_blur(root, f"channel_{i}max_{n}", description["n_filters"] * 2**n)
+    state = {}
+    for name, (shape, _) in expected.items():
+        if name.endswith("num_batches_tracked"):
+            state[name] = torch.zeros((), dtype=torch.long)
+            continue
+        parts = per_group[name]
+        rows = shape[0] // len(parts)
+        arrays = [_keras_kernel(d, (rows, *shape[1:]), n) if name.endswith("weight") and len(shape) > 1
+                  else _read_array(d, (rows,), n) for d, n in parts]  # fmt: skip
+        state[name] = torch.from_numpy(np.ascontiguousarray(np.concatenate(arrays)))
     return state
 
 
