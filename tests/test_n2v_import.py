@@ -1,8 +1,10 @@
 """Models of the TensorFlow n2v package: imported with h5py, they predict what n2v 0.3.3 predicted.
 
-The fixtures in tests/data/n2v_models were made by the real n2v 0.3.3 with TensorFlow 2.15
-(tests/data/n2v_models/make_fixtures.py, in a virtual environment of its own)."""
+The fixtures in tests/fixtures/n2v_models were made by the real n2v 0.3.3 with TensorFlow 2.15
+(tests/fixtures/n2v_models/make_fixtures.py, in a virtual environment of its own); their test images
+are made again here (synthetic.py), not stored."""
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -16,8 +18,16 @@ from n2v_estimator import Noise2VoidDenoiser  # noqa: E402
 from n2v_estimator.io.n2v import N2VModelError  # noqa: E402
 from n2v_estimator.nets.geometry import NetworkGeometry  # noqa: E402
 
-MODELS = Path(__file__).parent / "data" / "n2v_models"
+MODELS = Path(__file__).parent / "fixtures" / "n2v_models"
 CASES = json.loads((MODELS / "cases.json").read_text())
+_spec = importlib.util.spec_from_file_location("n2v_fixture_images", MODELS / "synthetic.py")
+_images = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_images)
+
+
+def fixture_image(name):
+    """The image n2v predicted for the fixture ``name`` (made as make_fixtures.py made it)."""
+    return _images.synthetic(tuple(CASES[name]["shape"]), CASES[name]["axes"], seed=2)
 IMPORTABLE = [name for name in CASES if name != "per_channel_2channel"]
 
 
@@ -35,7 +45,7 @@ def imported(name, **params):
 def test_the_imported_model_predicts_what_n2v_predicted_away_from_the_edges(name):
     denoiser = imported(name)
     geometry = NetworkGeometry.of(denoiser.model_.description)
-    image, expected = (np.load(MODELS / name / f) for f in ("input.npy", "prediction.npy"))
+    image, expected = fixture_image(name), np.load(MODELS / name / "prediction.npy")
     scale = float(expected.max() - expected.min())
     assert denoiser.model_.description["layout"] == "n2v-tf"
     ours = denoiser.transform(image)
@@ -55,7 +65,7 @@ def test_n2v_tiled_prediction_is_matched_too(name):
     """n2v's own tiles agree with its whole prediction except with blur-pool (1.2e-3 of the range there)."""
     denoiser = imported(name)
     reach = NetworkGeometry.of(denoiser.model_.description).reach
-    image, tiled = (np.load(MODELS / name / f) for f in ("input.npy", "prediction_tiled.npy"))
+    image, tiled = fixture_image(name), np.load(MODELS / name / "prediction_tiled.npy")
     scale = float(tiled.max() - tiled.min())
     np.testing.assert_allclose(inner(denoiser.transform(image), CASES[name]["axes"], reach),
                                inner(tiled, CASES[name]["axes"], reach), rtol=0, atol=1e-4 * scale)  # fmt: skip
@@ -93,7 +103,7 @@ def test_per_channel_networks_of_several_channels_are_refused_with_the_reason():
 def test_an_imported_model_trains_further_saves_and_loads_in_its_layout(tmp_path):
     denoiser = imported("n2v_2d", warm_start=True, max_epochs=1, steps_per_epoch=2, patch_size=32, batch_size=4,
                         random_state=0, validation_fraction=0)  # fmt: skip
-    image = np.load(MODELS / "n2v_2d" / "input.npy")
+    image = fixture_image("n2v_2d")
     before = denoiser.transform(image)
     denoiser.fit(image)
     assert denoiser.model_.description["layout"] == "n2v-tf" and len(denoiser.history_) == 1
@@ -203,7 +213,7 @@ def test_the_command_line_imports_a_folder_into_a_model_file_and_replaces_nothin
     model = tmp_path / "imported.safetensors"
     assert main(["import-n2v", str(MODELS / "n2v_2d"), "--model", str(model)]) == 0
     assert "2D, 1 channel(s), axes YX" in capsys.readouterr().out
-    image = np.load(MODELS / "n2v_2d" / "input.npy")
+    image = fixture_image("n2v_2d")
     expected = Noise2VoidDenoiser.from_n2v(MODELS / "n2v_2d").set_params(verbose=False).transform(image)
     np.testing.assert_array_equal(Noise2VoidDenoiser.load(model).set_params(verbose=False).transform(image), expected)
     written = model.read_bytes()
@@ -217,7 +227,7 @@ def test_a_dask_array_is_denoised_chunk_by_chunk_as_the_whole_image_is():
     """Chunks are told where the whole image's (centred) pooling grid starts before them."""
     da = pytest.importorskip("dask.array")
     denoiser = imported("bsd68_small")
-    image = np.load(MODELS / "bsd68_small" / "input.npy")
+    image = fixture_image("bsd68_small")
     image = np.concatenate([image, image[:, :31]], axis=1)[:117]  # 117 x 141: no side a multiple of 4
     whole = denoiser.transform(image)
     lazy = denoiser.transform(da.from_array(image, chunks=(50, 60)))
