@@ -19,6 +19,7 @@ import torch
 
 from .._extras import install_command
 from .._version import __version__
+from ..fit.masking import MANIPULATORS
 from ..nets.builder import expected_state
 from ..nets.unet import network_description
 from .models import write_model
@@ -34,8 +35,6 @@ _KNOWN = {
     "n2v_neighborhood_radius", "single_net_per_channel", "blurpool", "skip_skipone", "structN2Vmask",
     "probabilistic",
 }  # fmt: skip
-_MANIPULATORS = {"uniform_withCP", "uniform_withoutCP", "normal_withoutCP", "normal_additive", "normal_fitted",
-                 "mean", "median", "identity"}  # fmt: skip
 
 
 class N2VModelError(ValueError):
@@ -103,7 +102,7 @@ def config_parameters(config):
     axes = _get(config, "axes", str, lambda v: v in ("YXC", "ZYXC"), "'YXC' or 'ZYXC' (channels last)")
     if len(axes) != n_dim + 1:
         raise N2VModelError(f"axes={axes!r} does not have n_dim={n_dim} spatial axes.")
-    manipulator = _get(config, "n2v_manipulator", str, lambda v: v in _MANIPULATORS, f"one of {sorted(_MANIPULATORS)}")
+    manipulator = _get(config, "n2v_manipulator", str, lambda v: v in MANIPULATORS, f"one of {list(MANIPULATORS)}")
     patch = _get(config, "n2v_patch_shape", (list, tuple), lambda v: len(v) == n_dim and all(type(p) is int and p > 0 for p in v),
                  f"{n_dim} positive ints")  # fmt: skip
     struct = config.get("structN2Vmask")

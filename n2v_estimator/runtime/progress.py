@@ -101,19 +101,21 @@ class _WatchedBar:
     """A tqdm bar that also tells watchers what it counts (a disabled tqdm counts nothing)."""
 
     def __init__(self, bar, iterable, total, desc, watchers):
-        self.bar, self.iterable, self.desc, self.watchers = bar, iterable, desc, watchers
+        self.bar, self.desc, self.watchers = bar, desc, watchers
         self.total = total if total is not None or iterable is None else _length(iterable)
         self.done, self.loss = 0, None
 
     def __iter__(self):
-        for item in self.bar:
+        for item in self.bar:  # tqdm counts its own iterations
             yield item
-            self.update(0, advance=1)
+            self._tell(1)
 
-    def update(self, n=1, *, advance=None):
-        if advance is None:
-            self.bar.update(n)
-        self.done += n if advance is None else advance
+    def update(self, n=1):
+        self.bar.update(n)
+        self._tell(n)
+
+    def _tell(self, n):
+        self.done += n
         for callback in self.watchers:
             callback(Progress(self.desc, self.done, self.total, self.loss))
 
