@@ -52,6 +52,16 @@ def set_tiny(widget, **changes):
     widget.precision.setCurrentText("32")
 
 
+def viewer_with_trainer(make_napari_viewer, data, name="noisy", tiny=None, **layer_options):
+    """A viewer holding ``data`` as the image layer ``name``, its layer, and a Train widget set for a
+    tiny run (``tiny``: changes to :data:`TINY`)."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(data, name=name, **layer_options)
+    trainer = widgets.TrainWidget(viewer)
+    set_tiny(trainer, **(tiny or {}))
+    return viewer, layer, trainer
+
+
 def train(qtbot, widget, timeout=120_000):
     worker = widget.start_training()
     assert worker is not None
@@ -139,11 +149,8 @@ def test_sample_data_are_noisy_float32_images_of_both_dimensions(make_napari_vie
 
 
 def test_training_from_the_widget_is_fit_with_the_same_settings_and_reports_progress(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
     image = noisy_image()
-    viewer.add_image(image, name="noisy")
-    widget = widgets.TrainWidget(viewer)
-    set_tiny(widget)
+    viewer, _, widget = viewer_with_trainer(make_napari_viewer, image)
     assert widget.axes.text() == "YX"
     seen = []
     widget._relay.progress.connect(seen.append)
@@ -159,11 +166,9 @@ def test_training_from_the_widget_is_fit_with_the_same_settings_and_reports_prog
 
 
 def test_the_denoised_layer_is_transform_of_the_layer_with_its_scale_and_translation(make_napari_viewer, qtbot, notes):
-    viewer = make_napari_viewer()
     image = noisy_image()
-    layer = viewer.add_image(image, name="cells", scale=(0.5, 0.25), translate=(10, 20))
-    trainer = widgets.TrainWidget(viewer)
-    set_tiny(trainer)
+    viewer, layer, trainer = viewer_with_trainer(make_napari_viewer, image, name="cells", scale=(0.5, 0.25),
+                                                 translate=(10, 20))  # fmt: skip
     train(qtbot, trainer)
     widget = widgets.DenoiseWidget(viewer)
     widget.layer.setCurrentText("cells")
@@ -177,11 +182,8 @@ def test_the_denoised_layer_is_transform_of_the_layer_with_its_scale_and_transla
 
 
 def test_a_3d_layer_trains_and_denoises(make_napari_viewer, qtbot, notes):
-    viewer = make_napari_viewer()
     volume = noisy_image((16, 40, 40))
-    viewer.add_image(volume, name="volume")
-    trainer = widgets.TrainWidget(viewer)
-    set_tiny(trainer, patch=16)
+    viewer, _, trainer = viewer_with_trainer(make_napari_viewer, volume, name="volume", tiny={"patch": 16})
     assert trainer.axes.text() == "ZYX"
     train(qtbot, trainer)
     assert trainer.estimator.spatial_ndim_ == 3
@@ -192,11 +194,8 @@ def test_a_3d_layer_trains_and_denoises(make_napari_viewer, qtbot, notes):
 
 
 def test_stop_keeps_the_best_weights_of_the_complete_epochs(make_napari_viewer, qtbot, notes):
-    viewer = make_napari_viewer()
     image = noisy_image()
-    viewer.add_image(image, name="noisy")
-    widget = widgets.TrainWidget(viewer)
-    set_tiny(widget, epochs=200)
+    viewer, _, widget = viewer_with_trainer(make_napari_viewer, image, tiny={"epochs": 200})
 
     def stop_after_two_epochs(progress):
         if progress.epoch is not None and progress.epoch["epoch"] == 2:
@@ -210,11 +209,8 @@ def test_stop_keeps_the_best_weights_of_the_complete_epochs(make_napari_viewer, 
 
 
 def test_a_probabilistic_model_adds_its_posterior_std_as_a_second_layer(make_napari_viewer, qtbot, notes):
-    viewer = make_napari_viewer()
     image = noisy_image()
-    viewer.add_image(image, name="noisy")
-    trainer = widgets.TrainWidget(viewer)
-    set_tiny(trainer, patch=64)
+    viewer, _, trainer = viewer_with_trainer(make_napari_viewer, image, tiny={"patch": 64})
     trainer.noise_model.setCurrentText("gaussian")
     train(qtbot, trainer)
     widget = widgets.DenoiseWidget(viewer)
@@ -257,11 +253,8 @@ def test_bad_choices_are_notifications_naming_the_fix(make_napari_viewer, qtbot,
 
 def test_save_never_replaces_a_file_unasked_and_the_saved_model_denoises_the_same(make_napari_viewer, qtbot, notes,
                                                                                   tmp_path):  # fmt: skip
-    viewer = make_napari_viewer()
     image = noisy_image()
-    viewer.add_image(image, name="noisy")
-    trainer = widgets.TrainWidget(viewer)
-    set_tiny(trainer)
+    viewer, _, trainer = viewer_with_trainer(make_napari_viewer, image)
     train(qtbot, trainer)
     existing = tmp_path / "kept.safetensors"
     existing.write_bytes(b"user data")
@@ -275,11 +268,8 @@ def test_save_never_replaces_a_file_unasked_and_the_saved_model_denoises_the_sam
 
 
 def test_cancel_adds_no_layer(make_napari_viewer, qtbot, notes):
-    viewer = make_napari_viewer()
     image = noisy_image((300, 300))
-    viewer.add_image(image, name="noisy")
-    trainer = widgets.TrainWidget(viewer)
-    set_tiny(trainer)
+    viewer, _, trainer = viewer_with_trainer(make_napari_viewer, image)
     train(qtbot, trainer)
     widget = widgets.DenoiseWidget(viewer)
     widget.tile_size.setValue(64)
@@ -345,12 +335,9 @@ def test_the_screenshot_example_docks_the_widgets_trains_denoises_and_draws_a_re
 
 
 def test_an_rgb_layer_trains_jointly_and_denoises_into_an_rgb_layer_of_its_dtype(make_napari_viewer, qtbot, notes):
-    viewer = make_napari_viewer()
     rng = np.random.default_rng(0)
     photo = np.clip(noisy_image((64, 64))[..., None] + rng.normal(0, 10, (64, 64, 3)), 0, 255).astype(np.uint8)
-    viewer.add_image(photo, name="photo", rgb=True)
-    trainer = widgets.TrainWidget(viewer)
-    set_tiny(trainer)
+    viewer, _, trainer = viewer_with_trainer(make_napari_viewer, photo, name="photo", rgb=True)
     assert trainer.axes.text() == "YXC"
     train(qtbot, trainer)
     assert trainer.estimator.n_channels_ == 3
@@ -367,11 +354,8 @@ def test_an_rgb_layer_trains_jointly_and_denoises_into_an_rgb_layer_of_its_dtype
 def test_the_trained_model_exports_to_the_model_zoo_and_the_package_denoises_the_same(make_napari_viewer, qtbot, notes,
                                                                                       tmp_path):  # fmt: skip
     pytest.importorskip("bioimageio.core", reason="the [bioimageio] extra is not installed")
-    viewer = make_napari_viewer()
     image = noisy_image()
-    viewer.add_image(image, name="noisy")
-    trainer = widgets.TrainWidget(viewer)
-    set_tiny(trainer)
+    viewer, _, trainer = viewer_with_trainer(make_napari_viewer, image)
     train(qtbot, trainer)
     path = trainer.export_model(tmp_path / "model.zip")
     assert path is not None, notes
