@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.axes import resolve_axes
+from ..data.patches import requested_patch_shape
 from ..predict.lazy import is_dask_array
 
 # In-memory layers larger than this (in float32) are handed to fit as dask arrays, which it
@@ -86,9 +87,7 @@ def check_patch_fits(layer, axes, patch_size):
     sizes = spatial_shape(layer, axes)
     if patch_size is None:
         return
-    wanted = (patch_size,) * len(sizes) if np.ndim(patch_size) == 0 else tuple(patch_size)
-    if len(sizes) == 3 and np.ndim(patch_size) == 0:
-        wanted = (patch_size // 2, patch_size, patch_size)  # the estimator's reading of an int in 3D
+    wanted = requested_patch_shape(patch_size, len(sizes))  # as fit reads it (an int p is (p // 2, p, p) in 3D)
     if any(s < w for s, w in zip(sizes, wanted)):
         largest = min(sizes[-2:])
         raise LayerError(
