@@ -481,7 +481,9 @@ def test_struct_neighbours_never_get_the_value_of_a_blind_spot():
 def test_a_blind_spot_without_usable_neighbours_is_an_error_never_a_silent_copy(manipulator):
     masker = BlindSpotMasker(2, 50.0, manipulator, 1, struct_offsets=resolve_struct_mask(("x", 3), 2))
     x = torch.randn(4, 1, 1, 8, generator=gen(31))  # one row: every neighbour is masked or outside
-    with pytest.raises(ValueError, match="without neighbours"):
+    with pytest.raises(ValueError, match="without neighbours"):  # given spots: each is looked at
+        masker.apply(x, torch.ones_like(x, dtype=torch.bool), gen(32))
+    with pytest.raises(ValueError, match="no neighbour within"):  # chosen spots: the shape is refused up front
         masker(x, gen(32))
     with pytest.raises(ValueError, match="no neighbour within"):
         masker.check_patch((1, 8))
@@ -497,7 +499,7 @@ def test_check_patch_agrees_with_masking_every_pixel(ndim, radius, struct):
         shape = tuple(shape)[-ndim:] if len(shape) >= ndim else (1,) * (ndim - len(shape)) + tuple(shape)
         x = torch.randn((2, 1) + shape, generator=gen(33))
         try:
-            masker(x, gen(34))  # 100%: every pixel is a blind spot
+            masker.apply(x, torch.ones_like(x, dtype=torch.bool), gen(34))  # every pixel a blind spot
             works = True
         except ValueError:
             works = False

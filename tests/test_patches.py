@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import gen
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from n2v_estimator.data.patches import PatchSampler, fit_patch_shape, split_validation
 
@@ -185,3 +187,28 @@ def test_patches_are_cut_where_the_images_are_kept():
     on_host = PatchSampler(images, (8, 8))
     assert torch.equal(on_device.sample(6, gen(3)), on_host.sample(6, gen(3)))  # same draws, same patches
     assert on_device.images[0].device == torch.device("cpu")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ndim=st.sampled_from([2, 3]),
+    sides=st.lists(st.integers(4, 19), min_size=3, max_size=3),
+    patch=st.lists(st.integers(1, 4), min_size=3, max_size=3),
+    n_images=st.integers(1, 3),
+    channels=st.integers(1, 3),
+    augment=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_one_gather_per_image_cuts_what_the_patch_by_patch_cut_gives(ndim, sides, patch, n_images, channels,
+                                                                       augment, seed):  # fmt: skip
+    """The batch is cut by one gather per image drawn; for the same draws it equals cutting,
+    flipping and turning each patch on its own, whatever the shapes (non-square patches are
+    not turned)."""
+    shapes = [tuple(s + 3 * k for s in sides[:ndim]) for k in range(n_images)]
+    patch_shape = tuple(min(p * 2, s) for p, s in zip(patch[:ndim], shapes[0]))
+    sampler = PatchSampler(unique_images(shapes, channels), patch_shape, augment=augment)
+    generator = gen(seed)
+    draws = [(i, *sampler._draw(sampler.images[i], generator)) for i in torch.randint(n_images, (9,), generator=generator).tolist()]
+    one_by_one = torch.stack([sampler._cut(sampler.images[i], corner, flips, k) for i, corner, flips, k in draws])
+    assert torch.equal(sampler._gather(draws), one_by_one)
+    assert sampler.sample(5, gen(seed)).is_contiguous()

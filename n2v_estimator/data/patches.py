@@ -92,37 +92,81 @@ class PatchSampler:
             for im in self.images
         ]
         self._image_weights = torch.tensor(positions, dtype=torch.float64)
+        self._maps = {}  # see _source_map
 
     def sample(self, batch_size, generator):
         """Return a ``(batch_size, C, *patch_shape)`` float32 tensor, where the images are.
 
         ``generator`` must be a CPU ``torch.Generator``; it alone decides the
         patches, so the same seed gives the same batches.
+
+        The draws (image, corner, flips, rotation) are host numbers; the patches of one image
+        are then cut, flipped and rotated by one gather on the images' device, a few operations
+        per batch whatever its size (a GPU step is short enough for a few dozen small operations
+        per patch to be what it waits on).
         """
         which = torch.multinomial(
             self._image_weights, batch_size, replacement=True, generator=generator
         )
-        ndim = len(self.patch_shape)
-        patches = []
-        for i in which.tolist():
-            image = self.images[i]
-            corner = [
-                int(torch.randint(s - p + 1, (1,), generator=generator))
-                for s, p in zip(image.shape[1:], self.patch_shape)
-            ]
-            slices = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_shape))
-            patch = image[(slice(None),) + slices]
-            if self.augment:
-                flips = torch.rand(ndim, generator=generator) < 0.5
-                dims = [1 + d for d in range(ndim) if flips[d]]
-                if dims:
-                    patch = torch.flip(patch, dims)
-                if self.patch_shape[-1] == self.patch_shape[-2]:
-                    k = int(torch.randint(4, (1,), generator=generator))
-                    patch = torch.rot90(patch, k, dims=(-2, -1))
-            patches.append(patch)
-        return torch.stack(patches).contiguous()
+        draws = [(i, *self._draw(self.images[i], generator)) for i in which.tolist()]
+        if not all(isinstance(im, torch.Tensor) for im in self.images):
+            return torch.stack([self._cut(self.images[i], corner, flips, k) for i, corner, flips, k in draws])
+        return self._gather(draws)
 
+    def _draw(self, image, generator):
+        """One patch's corner, flipped axes and number of quarter turns, from ``generator``."""
+        ndim = len(self.patch_shape)
+        corner = tuple(
+            int(torch.randint(s - p + 1, (1,), generator=generator))
+            for s, p in zip(image.shape[1:], self.patch_shape)
+        )
+        flips, k = (), 0
+        if self.augment:
+            drawn = torch.rand(ndim, generator=generator) < 0.5
+            flips = tuple(d for d in range(ndim) if drawn[d])
+            if self.patch_shape[-1] == self.patch_shape[-2]:
+                k = int(torch.randint(4, (1,), generator=generator))
+        return corner, flips, k
+
+    def _cut(self, image, corner, flips, k):
+        """One patch, cut from ``image`` (of any kind that slices) and augmented."""
+        slices = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_shape))
+        patch = image[(slice(None),) + slices]
+        if flips:
+            patch = torch.flip(patch, [1 + d for d in flips])
+        if k:
+            patch = torch.rot90(patch, k, dims=(-2, -1))
+        return patch.contiguous()
+
+    def _gather(self, draws):
+        """The patches of ``draws`` from in-memory images: one gather per image drawn."""
+        first = self.images[0]
+        device, ndim = first.device, len(self.patch_shape)
+        batch = torch.empty((len(draws), first.shape[0], *self.patch_shape), dtype=first.dtype, device=device)
+        for i in sorted({d[0] for d in draws}):
+            rows = [b for b, d in enumerate(draws) if d[0] == i]
+            image = self.images[i]
+            spatial = image.shape[1:]
+            strides = torch.tensor([math.prod(spatial[d + 1 :]) for d in range(ndim)], device=device)
+            # Each pixel's source: the augmentation's map of the patch (where each of its pixels
+            # comes from) plus the corner, as an offset into the image's flattened pixels.
+            coords = torch.stack([self._source_map(draws[b][2], draws[b][3], device) for b in rows])
+            corners = torch.tensor([draws[b][1] for b in rows]).to(device, non_blocking=True)
+            coords = coords + corners.view(len(rows), ndim, *[1] * ndim)
+            index = (coords * strides.view(1, ndim, *[1] * ndim)).sum(dim=1)
+            patches = image.reshape(image.shape[0], -1)[:, index]  # (C, n, *patch_shape)
+            batch[torch.tensor(rows).to(device, non_blocking=True)] = patches.movedim(0, 1)
+        return batch
+
+    def _source_map(self, flips, k, device):
+        """For each pixel of a patch augmented by ``flips`` and ``k`` quarter turns, the position
+        (an ``(ndim, *patch_shape)`` tensor, from the corner) of the pixel it comes from: the
+        augmentation applied to a grid of positions. Made once per augmentation and device."""
+        key = (flips, k, device)
+        if key not in self._maps:
+            grid = torch.stack(torch.meshgrid(*[torch.arange(p) for p in self.patch_shape], indexing="ij"))
+            self._maps[key] = self._cut(grid, (0,) * len(self.patch_shape), flips, k).to(device)
+        return self._maps[key]
 
 # A validation strip, and what it leaves for training, must be at least this long.
 VALIDATION_MIN_SIDE = 8

@@ -229,6 +229,7 @@ class BlindSpotMasker:
                 f"manipulator={manipulator!r} needs neighbours, but neighborhood_radius="
                 f"{self.radius} with this struct mask leaves none."
             )
+        self._checked = set()  # patch shapes that passed check_patch
 
     def check_patch(self, patch_shape):
         """Refuse ``patch_shape`` if a blind spot anywhere in such a patch would
@@ -266,6 +267,18 @@ class BlindSpotMasker:
         percentage. A patch that would get no blind spot (tiny patches, low
         percentages) gets one at a random position.
         """
+        spots, valid = self._candidates(shape, generator)
+        return _mark(torch.zeros(shape, dtype=torch.int32, device=generator.device), spots, valid)
+
+    def _candidates(self, shape, generator):
+        """The candidate blind spots of a batch of ``shape``: ``(spots, valid)``.
+
+        ``spots`` is ``(N, 2 + ndim)`` (sample, channel, spatial coordinates), one per grid cell
+        of every ``(sample, channel)`` (cell order, which within a sample is the pixels' row-major
+        order) and then one random pixel per ``(sample, channel)``; ``valid`` marks the blind
+        spots: the cells' spots inside the patch, and the random pixel of a ``(sample, channel)``
+        left without one. ``N`` depends on ``shape`` alone and invalid spots are clamped into the
+        patch, so nothing here waits for the device to know a count (a GPU runs on)."""
         device = generator.device
         batch, channels, *spatial = shape
         n = batch * channels
@@ -274,7 +287,6 @@ class BlindSpotMasker:
         dtype = _float_dtype(device)
         phase = torch.rand((n, self.ndim), generator=generator, device=device, dtype=dtype) * side
         jitter = torch.rand((n, *cells, self.ndim), generator=generator, device=device, dtype=dtype)
-        mask = torch.zeros((n, *spatial), dtype=torch.bool, device=device)
         coords, inside = [], torch.ones((n, *cells), dtype=torch.bool, device=device)
         for d, size in enumerate(spatial):
             index = torch.arange(cells[d], device=device).reshape(
@@ -285,16 +297,17 @@ class BlindSpotMasker:
             high = torch.floor((index + 1) * side - shift)
             c = (low + torch.floor(jitter[..., d] * (high - low))).long()
             inside &= (c >= 0) & (c < size)
-            coords.append(c)
-        row = torch.arange(n, device=device).reshape([n] + [1] * self.ndim).expand_as(inside)
-        mask[(row[inside],) + tuple(c[inside] for c in coords)] = True
-
-        flat = mask.view(n, -1)
-        empty = ~flat.any(dim=1)
-        if empty.any():
-            pick = torch.randint(flat.shape[1], (n,), generator=generator, device=device)
-            flat[torch.arange(n, device=device), pick] |= empty
-        return mask.view(shape)
+            coords.append(c.clamp(0, size - 1).reshape(n, -1))
+        inside = inside.reshape(n, -1)
+        # A (sample, channel) without a spot inside gets one at a random pixel.
+        pick = torch.randint(math.prod(spatial), (n,), generator=generator, device=device)
+        fallback = torch.unravel_index(pick, tuple(spatial))
+        rows = torch.arange(n, device=device)
+        row = torch.cat([rows[:, None].expand_as(inside).reshape(-1), rows])
+        spatial_coords = [torch.cat([c.reshape(-1), f]) for c, f in zip(coords, fallback)]
+        spots = torch.stack([row // channels, row % channels, *spatial_coords], dim=1)
+        valid = torch.cat([inside.reshape(-1), ~inside.any(dim=1)])
+        return spots, valid
 
     def __call__(self, x, generator):
         """Mask a batch.
@@ -308,13 +321,40 @@ class BlindSpotMasker:
         -------
         x_masked : Tensor, same shape as ``x``
         mask : bool Tensor, same shape as ``x``
+
+        Raises
+        ------
+        ValueError
+            If the patch shape leaves some pixel without a usable neighbour (:meth:`check_patch`,
+            asked once per shape instead of looking at every batch's spots).
+
+        Notes
+        -----
+        Nothing here makes the host wait for the device (no count read back, no boolean
+        indexing), except the struct mask's scrambling (structN2V): on a GPU the training step
+        runs ahead of the host.
         """
-        mask = self.choose(x.shape, generator)
-        return self.apply(x, mask, generator), mask
+        spatial = tuple(x.shape[2:])
+        if spatial not in self._checked:
+            self.check_patch(spatial)
+            self._checked.add(spatial)
+        spots, valid = self._candidates(x.shape, generator)
+        mask = _mark(torch.zeros_like(x, dtype=torch.int32), spots, valid)  # in x's memory layout
+        x_masked = x.clone()
+        if len(self.struct_offsets):
+            self._move_constants(x.device)
+            self._scramble_struct(x, x_masked, mask, spots[valid], generator)
+        self._move_constants(x.device)
+        values = self._replacement(x, spots, generator, checked=True)
+        # Every blind spot is exactly one valid candidate; the others add zero where they land.
+        values = torch.where(valid, values.to(x.dtype), 0)
+        placed = torch.zeros_like(x).index_put_(tuple(spots.T), values, accumulate=True)
+        return torch.where(mask, placed, x_masked), mask
 
     def apply(self, x, mask, generator):
         """``x`` with the blind spots ``mask`` (a bool tensor of ``x``'s shape)
-        replaced, as :meth:`__call__` does with the spots it chooses."""
+        replaced, as :meth:`__call__` does with the spots it chooses; a blind spot without
+        a usable neighbour is refused (``ValueError``)."""
         spots = mask.nonzero()  # (N, 2 + ndim): sample, channel, spatial coordinates
         x_masked = x.clone()
         if len(self.struct_offsets):
@@ -350,7 +390,10 @@ class BlindSpotMasker:
         index += [coords[..., d].clamp(0, size - 1) for d, size in enumerate(spatial)]
         return x[tuple(index)], valid
 
-    def _replacement(self, x, spots, generator):
+    def _replacement(self, x, spots, generator, checked=False):
+        """The manipulator's values for ``spots``; ``checked``: the patch shape passed
+        :meth:`check_patch`, so no spot can lack a neighbour and the spots are not looked at
+        (looking would make the host wait for the device)."""
         n = len(spots)
         if self.manipulator == "identity":
             return x[tuple(spots.T)]
@@ -363,7 +406,7 @@ class BlindSpotMasker:
             dtype = _float_dtype(x.device)
             weights = self._weights[None, :] * valid
             stranded = weights.sum(dim=1) == 0
-            if stranded.any():  # only withoutCP: uniform_withCP can always take the centre
+            if not checked and stranded.any():  # only withoutCP: uniform_withCP can always take the centre
                 raise ValueError(self._no_neighbour_message(x.shape[2:]))
             cumulative = weights.cumsum(dim=1)
             u = torch.rand((n, 1), generator=generator, device=x.device, dtype=dtype)
@@ -371,7 +414,7 @@ class BlindSpotMasker:
             return values.gather(1, choice.clamp_max(len(offsets) - 1))[:, 0]
         values, valid = self._neighbours(x, spots, offsets[1:])
         count = valid.sum(dim=1)
-        if (count == 0).any():
+        if not checked and (count == 0).any():
             raise ValueError(self._no_neighbour_message(x.shape[2:]))
         if self.manipulator == "median":
             # Invalid positions sort last; the median of the k valid values is
@@ -435,7 +478,17 @@ def _offset_positions(spots, offsets, spatial):
     return coords, inside
 
 
+def masked_mean(values, mask):
+    """Mean of ``values`` over the blind spots ``mask`` (same shape), without selecting
+    them: a selection's size is known only once the device has counted it."""
+    return (values * mask).sum() / mask.sum()
+
+
 def masked_mse(prediction, target, mask):
     """Mean squared error over the blind spots only."""
-    diff = (prediction - target)[mask]
-    return diff.pow(2).mean()
+    return masked_mean((prediction - target).square(), mask)
+
+
+def _mark(counts, spots, valid):
+    """The bool mask of the ``valid`` ones of ``spots``, made in ``counts`` (int32 zeros)."""
+    return counts.index_put_(tuple(spots.T), valid.to(torch.int32), accumulate=True) > 0

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..data.normalize import _by_channel
+from ..fit.masking import masked_mean
 
 NOISE_MODELS = ("gaussian", "poisson_gaussian")
 # Smallest prior standard deviation the network may predict (normalised units):
@@ -163,7 +164,7 @@ def blind_spot_nll(prediction, x, mask, noise):
     mu, tau = prediction.chunk(2, dim=1)
     total = tau.square() + noise.variance(mu)
     nll = 0.5 * (torch.log(total) + (x - mu).square() / total)
-    return nll[mask].mean()
+    return masked_mean(nll, mask)
 
 
 def blind_spot_loss(prediction, x, mask, noise):
@@ -183,7 +184,7 @@ def blind_spot_loss(prediction, x, mask, noise):
     Parameters and returns as :func:`blind_spot_nll`.
     """
     mu, tau = prediction.chunk(2, dim=1)
-    return (x - mu).square()[mask].mean() + blind_spot_nll(torch.cat([mu.detach(), tau], 1), x, mask, noise)
+    return masked_mean((x - mu).square(), mask) + blind_spot_nll(torch.cat([mu.detach(), tau], 1), x, mask, noise)
 
 
 def posterior(prior, x, noise):
