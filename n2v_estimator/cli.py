@@ -28,6 +28,7 @@ from ._version import __version__
 from .data.axes import resolve_axes
 from .estimator import Noise2VoidDenoiser
 from .fit.calibration import calibration_problems
+from .fit.distributed import launched_by_torchrun
 from .fit.training import NonFiniteLossError
 from .io.bioimageio import TEST_SIDE
 from .io.budget import MAX_EXPANSION, check_free_space, declared_bytes
@@ -420,6 +421,9 @@ def _fit(args):
             for path in paths]  # fmt: skip
     images = _with_common_axes([(array, found) for array, found, _ in read])
     given = _given_parameters(args)
+    writer = _torchrun_share(given)
+    if not writer:  # a rank of torchrun's other than 0: trains its share, says and writes nothing
+        args.quiet = True
     previous = None
     if given.get("warm_start") and os.path.isfile(model):  # continue training the saved model
         previous = Noise2VoidDenoiser.load(model)
@@ -443,6 +447,8 @@ def _fit(args):
         interrupted = isinstance(exc, KeyboardInterrupt)
         stopped = "interrupted" if interrupted else f"stopped ({' '.join(str(exc.__cause__ or exc).split())})"
         epochs = len(getattr(denoiser, "history_", [])) - epochs_before
+        if not writer:
+            return INTERRUPTED if interrupted else 2
         if epochs <= 0:
             _say(f"training {stopped} before any epoch completed; nothing was saved.")
         else:
@@ -451,12 +457,25 @@ def _fit(args):
         return INTERRUPTED if interrupted else 2
     except ValueError as exc:  # the images cannot be trained as read: name them
         raise ValueError(f"{_inputs_context(paths, images, args.axes, axes)}: {exc}") from exc
+    if not writer:
+        return 0
     _save(denoiser, model, given.get("verbose", "auto"), calibration)
     if not args.quiet:
         print(f"Saved {model}: {_history_line(_history_summary(denoiser.history_))}")
         if calibration:
             print(f"  training images: {describe(calibration)}")
     return 0
+
+
+def _torchrun_share(given):
+    """Under torchrun, train as one of its ranks (``--n-devices torchrun``, set when not given);
+    return whether this process writes the model (rank 0, or no torchrun)."""
+    if not launched_by_torchrun():
+        return True
+    if given.setdefault("n_devices", "torchrun") != "torchrun":
+        raise ValueError(f"--n-devices {given['n_devices']} under torchrun: torchrun started the processes that "
+                         "train together; leave --n-devices out (or give 'torchrun').")  # fmt: skip
+    return os.environ["RANK"] == "0"
 
 
 def model_path(text):

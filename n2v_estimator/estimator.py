@@ -127,10 +127,10 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
     n_score_phases : int, default=4
         Grid phases evaluated by the self-supervised :meth:`score`; each costs
         one denoising pass over ``X`` and scores 1/16 of the pixels (1/64 in 3D).
-    n_devices : int, default=1
-        Devices that train together (DistributedDataParallel, one process each: CUDA
-        devices with ``device="cuda"``, else CPU processes); ``batch_size`` is split
-        among them (docs: guide/large-data).
+    n_devices : int or "torchrun", default=1
+        Devices that train together (DistributedDataParallel, one process each: CUDA devices
+        with ``device="cuda"``, else CPU processes), sharing ``batch_size``; ``"torchrun"``:
+        this process and the others torchrun started, on one or several machines (docs: guide/large-data).
     random_state : int, RandomState instance or None, default=None
         Seeds weights, patches and blind spots: the same int gives identical
         weights on CPU.
@@ -211,7 +211,7 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         "dtype": [StrOptions({"float", "input"})],
         "warm_start": ["boolean"],
         "n_score_phases": [Interval(Integral, 1, None, closed="left")],
-        "n_devices": [Interval(Integral, 1, None, closed="left")],
+        "n_devices": [Interval(Integral, 1, None, closed="left"), StrOptions({"torchrun"})],
         "random_state": ["random_state"],
         "device": [str, torch.device],
         "precision": [StrOptions(set(PRECISIONS)), Options(Integral, {32})],

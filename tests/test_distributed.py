@@ -140,3 +140,90 @@ def test_a_distributed_fit_reaches_the_single_process_psnr_on_camera():
 
     single, distributed = psnr(1), psnr(2)
     assert single > 26.5 and abs(distributed - single) < 0.1, (single, distributed)  # measured: 27.14 and 27.11
+
+
+# ------------------------------------------------------------------ torchrun
+
+
+def torchrun(*args, cwd, env=None, timeout=240):
+    """``torchrun --standalone --nproc-per-node 2 ARGS`` (rendezvous on this machine), gloo on the CPU."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})  # fmt: skip
+
+
+def test_torchrun_ranks_train_as_the_ranks_fit_starts_and_only_rank_0_writes(tmp_path):
+    """The documented multi-machine entry point, on one machine: the command line under torchrun
+    trains as n_devices=2 does (same rank streams, averaged gradients) and writes one model."""
+    np.save(tmp_path / "noisy.npy", image())
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in PARAMS.items() if k not in ("verbose", "device")]
+    done = torchrun("-m", "n2v_estimator.cli", "fit", "noisy.npy", "--model", "model.safetensors", "--axes", "YX",
+                    "--device", "cpu", *options, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Saved model.safetensors") == 1, done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "noisy.npy"]
+    under_torchrun = Noise2VoidDenoiser.load(tmp_path / "model.safetensors")
+    assert under_torchrun.n_devices == "torchrun" and len(under_torchrun.history_) == 2
+    spawned = Noise2VoidDenoiser(**PARAMS, n_devices=2).fit(image())
+    np.testing.assert_allclose([h["train_loss"] for h in under_torchrun.history_],
+                               [h["train_loss"] for h in spawned.history_], rtol=1e-5)  # fmt: skip
+    for name, tensor in spawned.model_.state_dict().items():
+        torch.testing.assert_close(under_torchrun.model_.state_dict()[name], tensor, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_script_under_torchrun_gets_the_same_fitted_estimator_on_every_rank(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import os, sys, numpy as np\n"
+        f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_distributed import PARAMS, image\n"
+        "from n2v_estimator import Noise2VoidDenoiser\n"
+        "if __name__ == '__main__':\n"
+        "    denoiser = Noise2VoidDenoiser(**PARAMS, n_devices='torchrun').fit(image())\n"
+        "    np.save(f\"out{os.environ['RANK']}.npy\", denoiser.transform(image()))\n"
+    )
+    done = torchrun(str(script), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "out0.npy"), np.load(tmp_path / "out1.npy"))
+
+
+@pytest.mark.slow
+def test_a_failing_rank_under_torchrun_ends_the_job_and_nothing_is_written(tmp_path):
+    np.save(tmp_path / "noisy.npy", image())
+    # rank 1 cannot read its input (a missing file): it fails, torchrun ends rank 0, nothing is saved
+    script = tmp_path / "fit.py"
+    script.write_text(
+        "import os, sys\n"
+        "from n2v_estimator.cli import main\n"
+        "if __name__ == '__main__':\n"
+        "    source = 'noisy.npy' if os.environ['RANK'] == '0' else 'missing.npy'\n"
+        "    sys.exit(main(['fit', source, '--model', 'model.safetensors', '--axes', 'YX', '--device', 'cpu',\n"
+        "                   '--max-epochs', '200', '--batch-size', '16', '--patch-size', '32', '--depth', '1',\n"
+        "                   '--n-filters', '8']))\n"
+    )
+    done = torchrun(str(script), cwd=tmp_path)
+    assert done.returncode != 0 and "missing.npy" in done.stdout + done.stderr
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_torchrun_mode_outside_torchrun_says_how_to_start_it(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="torchrun --nproc-per-node N"):
+        Noise2VoidDenoiser(**PARAMS, n_devices="torchrun").fit(image())
+
+
+def test_the_command_line_under_torchrun_refuses_a_number_of_devices(monkeypatch, tmp_path, capsys):
+    from n2v_estimator import cli
+
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "localhost",
+                        "MASTER_PORT": "29500"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    np.save(tmp_path / "noisy.npy", image())
+    assert cli.main(["fit", str(tmp_path / "noisy.npy"), "--model", str(tmp_path / "m.safetensors"), "--n-devices", "2"])
+    assert "--n-devices 2 under torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()

@@ -9,6 +9,11 @@ process is then set exactly as after a single-process fit.
 
 All or nothing: Ctrl-C in the calling process, or any rank that fails, ends every rank, and the
 estimator is left as it was (a partial result of several processes is not kept).
+
+``n_devices="torchrun"`` joins the processes ``torchrun`` started instead (one or several machines):
+every process runs the same script, reads the same data and calls ``fit``; each trains its share
+as a rank of the group, and every one of them ends with the same fitted estimator (the weights are
+kept equal by DistributedDataParallel), which a script saves from rank 0 (the command line does).
 """
 
 from __future__ import annotations
@@ -28,8 +33,41 @@ class DistributedTrainingError(RuntimeError):
     """A rank of a distributed fit failed; the message names the rank and its error."""
 
 
+# What torchrun (torch.distributed.run) sets in the environment of every process it starts.
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched_by_torchrun():
+    """Whether this process is a rank that ``torchrun`` started."""
+    return all(name in os.environ for name in TORCHRUN_VARIABLES)
+
+
+def torchrun_ranks():
+    """``(rank, world_size, local_rank)`` of this process in the group ``torchrun`` started, or a
+    ``ValueError`` saying how to start one."""
+    missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
+    if missing:
+        raise ValueError(
+            f"n_devices='torchrun' joins the processes torchrun starts, but {', '.join(missing)} "
+            "is not set: start the script with `torchrun --nproc-per-node N script.py` (or the command line "
+            "with `torchrun --nproc-per-node N -m n2v_estimator.cli fit ...`), or use n_devices=N, which "
+            "starts N processes on this machine itself."
+        )
+    try:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    except ValueError:
+        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be integers, as torchrun sets them.") from None
+
+
 def check_devices(n_devices, device, batch_size):
-    """Refuse what ``n_devices`` processes cannot do on ``device`` with ``batch_size``, naming the fix."""
+    """Refuse what ``n_devices`` processes (or ``"torchrun"``'s) cannot do on ``device`` with
+    ``batch_size``, naming the fix."""
+    if n_devices == "torchrun":
+        _, world, local = torchrun_ranks()
+        if device.type == "cuda" and local >= torch.cuda.device_count():
+            raise ValueError(f"torchrun's LOCAL_RANK={local} has no CUDA device ({torch.cuda.device_count()} "
+                             "visible): start at most that many processes per machine (--nproc-per-node).")  # fmt: skip
+        n_devices = world
     if n_devices == 1:
         return
     if batch_size % n_devices:
@@ -82,6 +120,35 @@ def run_distributed(plan, n_devices, verbose=False, same_patches=False):
     model = model.to(plan.device).eval()
     error = NonFiniteLossError(error) if error is not None else None
     return model, TrainingResult(model.state_dict(), history, interrupted, error, calibration)
+
+
+def run_joined(plan, verbose=False):
+    """Train ``plan`` as this process's rank of the group ``torchrun`` started; return
+    ``(model, TrainingResult)`` as :meth:`FitPlan.run` does, the same on every rank.
+
+    The process group is made here (and ended after) unless the script made it. A stop
+    (Ctrl-C, which torchrun passes to every rank) keeps nothing: the ranks may stop at different
+    steps, so no epoch is known to be complete on all of them.
+    """
+    import torch.distributed as dist
+
+    rank, world, local = torchrun_ranks()
+    cuda = plan.device.type == "cuda"
+    device = torch.device("cuda", local) if cuda else plan.device
+    if cuda:
+        torch.cuda.set_device(device)
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+    try:
+        model, result = plan.run(verbose=verbose and rank == 0, rank=(rank, world, device, False))
+        if result.interrupted:
+            raise KeyboardInterrupt("Training interrupted: a fit under torchrun keeps nothing.")
+        dist.barrier()
+    finally:
+        if started:
+            dist.destroy_process_group()
+    return model, result
 
 
 def _collect(ranks, messages):

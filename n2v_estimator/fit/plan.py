@@ -34,7 +34,14 @@ from ..runtime.devices import resolve_device
 from ..runtime.memory import check_fit_memory
 from ..runtime.progress import inside_model_selection
 from .calibration import blind_spot_calibration, warn_if_uncalibrated
-from .distributed import average_over_ranks, batch_norm_over_ranks, check_devices, rank_seed, run_distributed
+from .distributed import (
+    average_over_ranks,
+    batch_norm_over_ranks,
+    check_devices,
+    rank_seed,
+    run_distributed,
+    run_joined,
+)
 from .masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
 from .training import make_validation_set, train
 
@@ -109,8 +116,9 @@ class FitPlan:
         Per-channel minimum and maximum of the training data (input units; of
         the sample read, for data read on demand), with the previous fit's
         under ``warm_start``: ``transform`` warns about data far outside it.
-    n_devices : int
-        Processes that train together (:mod:`n2v_estimator.fit.distributed`), one per device.
+    n_devices : int or "torchrun"
+        Processes that train together (:mod:`n2v_estimator.fit.distributed`), one per device: started
+        here, or (``"torchrun"``) by torchrun, this process being one of them.
     """
 
     network: dict
@@ -133,7 +141,7 @@ class FitPlan:
     noise: dict | None = None
     learn_noise: bool = True
     data_range: tuple | None = None
-    n_devices: int = 1
+    n_devices: int | str = 1
 
     @property
     def continuing(self):
@@ -156,6 +164,8 @@ class FitPlan:
         """Train as planned; return ``(model, TrainingResult)``. With ``n_devices > 1`` in
         several processes (:func:`n2v_estimator.fit.distributed.run_distributed`), each of which
         calls this with its ``rank = (rank, ranks, device, same_patches)``."""
+        if rank is None and self.n_devices == "torchrun":
+            return run_joined(self, verbose)
         if rank is None and self.n_devices > 1:
             return run_distributed(self, self.n_devices, verbose)
         device = self.device if rank is None else rank[2]
@@ -325,7 +335,7 @@ def make_plan(params, X, previous=None):
         precision=precision,
         seeds=tuple(int(s) for s in seeds),
         batch_size=int(params["batch_size"]),
-        n_devices=int(params["n_devices"]),
+        n_devices=params["n_devices"] if params["n_devices"] == "torchrun" else int(params["n_devices"]),
         max_epochs=int(params["max_epochs"] or DEFAULT_EPOCHS[ndim]),
         steps_per_epoch=int(params["steps_per_epoch"]),
         learning_rate=float(params["learning_rate"]),
