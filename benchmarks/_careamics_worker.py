@@ -14,8 +14,11 @@ careamics' other UNet defaults: batch norm on, no residual, no final
 activation, independent channels. Training uses batch 16, 64x64 patches, N2V
 "uniform" pixel manipulation with roi 11 and masked_pixel_percentage 0.198
 (``--perc``), and Adam at a constant lr of 1e-3. It runs on the CPU with
-``torch.set_num_threads(1)``, in float32, without torch.compile, and with
-``num_workers=0`` (patches are drawn in the process, inside the timed step).
+``torch.set_num_threads(1)`` (or, with ``--device cuda``, on the GPU: the model and
+each batch moved there as Lightning's trainer moves them, the GPU synchronised
+before a timer is read), in float32 (careamics' default precision), without
+torch.compile, and with ``num_workers=0`` (patches are drawn in the process,
+inside the timed step).
 
 How careamics is set up (once, not timed)
 -----------------------------------------
@@ -189,7 +192,8 @@ def big_image(noisy, size):
 class CareamicsBench:
     """careamics model, optimizer, masking and patch source for the noisy camera."""
 
-    def __init__(self, perc=DEFAULT_PERC, seed=SEED):
+    def __init__(self, perc=DEFAULT_PERC, seed=SEED, device="cpu"):
+        self.device = torch.device(device)
         self.clean, self.noisy = camera_pair()
         self.work_dir = tempfile.mkdtemp(prefix="careamics-bench-")
         config = create_advanced_n2v_config(
@@ -205,7 +209,7 @@ class CareamicsBench:
             optimizer_params={"lr": LR},
             seed=seed,
             trainer_params={
-                "accelerator": "cpu",
+                "accelerator": "gpu" if self.device.type == "cuda" else "cpu",
                 "devices": 1,
                 "enable_model_summary": False,
                 "enable_progress_bar": False,
@@ -214,7 +218,7 @@ class CareamicsBench:
         self.careamist = CAREamist(
             config, work_dir=self.work_dir, enable_progress_bar=False
         )
-        self.module = self.careamist.model
+        self.module = self.careamist.model.to(self.device)
         # the same datamodule CAREamist.train builds, so the normalisation
         # statistics end up in careamist.config.data_config, where predict reads them
         self.datamodule = CareamicsDataModule(
@@ -238,17 +242,23 @@ class CareamicsBench:
             self._batches = iter(self.loader)
             return next(self._batches)
 
+    def synchronise(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
     def train(self, steps):
         module, optimizer = self.module, self.optimizer
         module.train()
+        self.synchronise()
         start = time.perf_counter()
         for _ in range(steps):
-            batch = self._next_batch()
+            batch = module.transfer_batch_to_device(self._next_batch(), self.device, 0)
             loss = module.training_step(batch, self.step_count)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             self.step_count += 1
+        self.synchronise()
         return time.perf_counter() - start
 
     def predict(self, image, tile=None, overlap=None, batch_size=None):
@@ -280,7 +290,7 @@ def serve(args):
                 if cmd not in ("train", "predict"):
                     raise ValueError(f"unknown command {cmd!r}")
                 if bench is None:
-                    bench = CareamicsBench(perc=args.perc, seed=args.seed)
+                    bench = CareamicsBench(perc=args.perc, seed=args.seed, device=args.device)
                 if cmd == "train":
                     emit({"seconds": bench.train(int(command["steps"]))})
                 else:
@@ -301,7 +311,7 @@ def serve(args):
 
 
 def time_to_quality(args):
-    bench = CareamicsBench(perc=args.perc, seed=args.seed)
+    bench = CareamicsBench(perc=args.perc, seed=args.seed, device=args.device)
     reached = False
     train_seconds = 0.0
     try:
@@ -323,15 +333,18 @@ def time_to_quality(args):
 
 
 def peak_rss(args):
-    bench = CareamicsBench(perc=args.perc, seed=args.seed)
+    bench = CareamicsBench(perc=args.perc, seed=args.seed, device=args.device)
     try:
         image = big_image(bench.noisy, args.size)
         baseline = _peak_rss_mb()
+        if bench.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         _, seconds = bench.predict(image, args.tile, args.overlap, args.batch)
         peak = _peak_rss_mb()
+        gpu = torch.cuda.max_memory_allocated() / 2**20 if bench.device.type == "cuda" else None
     finally:
         bench.close()
-    emit({"seconds": seconds, "peak_rss_mb": peak, "baseline_rss_mb": baseline})
+    emit({"seconds": seconds, "peak_rss_mb": peak, "baseline_rss_mb": baseline, "peak_gpu_mb": gpu})
 
 
 def main(argv=None):
@@ -342,6 +355,7 @@ def main(argv=None):
                         help="careamics masked_pixel_percentage (percent)")
     common.add_argument("--seed", type=int, default=SEED,
                         help="careamics config seed (must be > 0)")
+    common.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     sub.add_parser("serve", parents=[common])
     ttq = sub.add_parser("time-to-quality", parents=[common])
     ttq.add_argument("--target", type=float, default=27.0)

@@ -1,5 +1,8 @@
 """What a GPU gives: the reference fit, tiled inference of a large image, peak memory, time to
-27 dB, and (with two or more GPUs) the same fit on two devices through torch.distributed.
+27 dB, and (with two or more GPUs) the same fit on two devices through torch.distributed; then what
+would make it faster: the host's waits for the device per training step (CUDA's sync debug mode),
+a profile of the steps (kernels, host and device time per step), inference with larger tiles, and
+the step with the network compiled (``torch.compile``, CUDA graphs through "reduce-overhead").
 
     python benchmarks/gpu_check.py                          # CUDA, the reference budget
     python benchmarks/gpu_check.py --device cpu --steps 4 --predict-size 256 --budgets 2   # a smoke test
@@ -8,7 +11,8 @@ The reference budget: Noise2Void on scikit-image's camera with Gaussian noise of
 1500 optimizer steps of batch 16, 64x64 patches, U-Net depth 2 with 32 filters, precision "auto"
 (16-mixed on CUDA). Times are wall-clock with the device synchronised; the first fit of the process
 warms it up (cuDNN autotuning, allocator) and is not reported. Prints one JSON line per measurement
-and a markdown table at the end; ``--out`` also writes them to a folder.
+and a markdown table at the end; ``--out`` also writes them to a folder (with the profile's
+table in ``gpu_profile.txt``).
 """
 
 from __future__ import annotations
@@ -68,6 +72,92 @@ def inference(denoiser, device, size, noisy):
     return seconds, peak
 
 
+class Steps:
+    """The estimator's own training loop on the reference work, run step by step for the probes."""
+
+    def __init__(self, device, noisy):
+        from n2v_estimator.data.patches import PatchSampler
+        from n2v_estimator.fit.plan import make_plan
+
+        estimator = Noise2VoidDenoiser(**REFERENCE, device=device, validation_fraction=0.0)
+        estimator._validate_params()
+        self.plan = make_plan(estimator.get_params(), noisy)
+        self.sampler = PatchSampler(self.plan.train_images, self.plan.patch_shape, device=self.plan.device)
+
+    def run(self, steps, model=None, forward=None):
+        """``steps`` steps of one epoch (one loss read at its end); the wall time, device synchronised."""
+        from n2v_estimator.fit.training import train
+
+        model = self.plan.build_network() if model is None else model
+        synchronise(str(self.plan.device))
+        start = time.perf_counter()
+        train(model, self.sampler, self.plan.masker, validation=[], max_epochs=1, steps_per_epoch=steps, batch_size=16,
+              learning_rate=4e-4, device=self.plan.device, seed=0, precision=self.plan.precision, forward=forward)  # fmt: skip
+        synchronise(str(self.plan.device))
+        return time.perf_counter() - start
+
+
+def host_waits(steps, count):
+    """How often ``count`` training steps make the host wait for the device (CUDA's sync debug mode
+    warns at each such operation); the epoch's one loss read is among them."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            steps.run(count)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    waits = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    return {"steps": count, "waits": len(waits), "first": sorted(set(waits))[:5]}
+
+
+def profile(steps, count, device):
+    """Kernels, host time and device time per step over ``count`` steps, and torch.profiler's table."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with torch_profile(activities=activities) as prof:
+        seconds = steps.run(count)
+    events = prof.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
+    kernels = sum(e.count for e in events if (getattr(e, "self_device_time_total", 0) or 0) > 0)
+    operations = sum(e.count for e in events if e.key.startswith("aten::"))
+    sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    return {"steps": count, "ms_per_step": round(1e3 * seconds / count, 3),
+            "device_ms_per_step": round(device_us / 1e3 / count, 3), "kernels_per_step": round(kernels / count, 1),
+            "aten_operations_per_step": round(operations / count, 1)}, \
+        events.table(sort_by=sort, row_limit=25)  # fmt: skip
+
+
+def compiled(steps, count):
+    """Steps/s with the network compiled in "reduce-overhead" mode (CUDA graphs), against eager, after
+    a first compiled run that pays for the compilation."""
+    model = steps.plan.build_network()
+    forward = torch.compile(model, mode="reduce-overhead")
+    start = time.perf_counter()
+    steps.run(count, model=model, forward=forward)
+    first = time.perf_counter() - start
+    seconds = steps.run(count, model=model, forward=forward)
+    eager = steps.run(count)
+    return {"steps": count, "compile_and_first_run_s": round(first, 1), "compiled_steps_per_second": round(count / seconds, 1),
+            "eager_steps_per_second": round(count / eager, 1)}  # fmt: skip
+
+
+def larger_tiles(denoiser, device, size, noisy, tiles):
+    """``transform`` of a size^2 image with each tile side of ``tiles``: seconds and peak memory."""
+    results = []
+    for tile in tiles:
+        seconds, peak = inference(denoiser.set_params(tile_size=tile), device, size, noisy)
+        results.append({"tile": tile, "seconds": round(seconds, 2), "megapixels_per_second": round(size**2 / 1e6 / seconds, 1),
+                        "peak_gpu_mb": None if peak is None else round(peak)})  # fmt: skip
+        print(json.dumps({"tiles": results[-1]}), flush=True)
+    denoiser.set_params(tile_size=None)
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -75,7 +165,11 @@ def main():
     parser.add_argument("--predict-size", type=int, default=4096)
     parser.add_argument("--budgets", type=int, nargs="+", default=[100, 200, 300, 500, 800])
     parser.add_argument("--target", type=float, default=27.0)
-    parser.add_argument("--out", default=None, help="a folder for gpu_check.md and gpu_check.json")
+    parser.add_argument("--out", default=None, help="a folder for gpu_check.md, gpu_check.json and gpu_profile.txt")
+    parser.add_argument("--tiles", type=int, nargs="+", default=[256, 512, 1024], help="tile sides tried for inference")
+    parser.add_argument("--probe-steps", type=int, default=50, help="steps of the wait count, profile and compile trial")
+    parser.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
+                        help="try torch.compile(mode='reduce-overhead') (auto: on CUDA)")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu for a smoke test")
@@ -110,6 +204,21 @@ def main():
                                   "psnr": round(psnr(denoiser.transform(noisy), clean), 2)}  # fmt: skip
         print(json.dumps({"two_devices": results["two_devices"]}), flush=True)
 
+    results["tiles"] = larger_tiles(denoiser, args.device, args.predict_size, noisy, args.tiles)
+    steps = Steps(args.device, noisy)
+    steps.run(min(args.probe_steps, 10))  # warm-up
+    if args.device.startswith("cuda"):
+        results["host_waits"] = host_waits(steps, args.probe_steps)
+        print(json.dumps({"host_waits": results["host_waits"]}), flush=True)
+    results["profile"], table = profile(steps, args.probe_steps, args.device)
+    print(json.dumps({"profile": results["profile"]}), flush=True)
+    if args.compile == "yes" or (args.compile == "auto" and args.device.startswith("cuda")):
+        try:
+            results["compiled"] = compiled(steps, args.probe_steps)
+        except Exception as exc:  # a trial: its failure is a result too
+            results["compiled"] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
+        print(json.dumps({"compiled": results["compiled"]}), flush=True)
+
     reached = next((p["seconds"] for p in curve if p["psnr"] >= args.target), None)
     lines = [f"{results['device']}, torch {results['torch']}: reference budget ({args.steps} steps, batch 16, 64x64, "
              "depth 2, 32 filters, precision auto)", "",
@@ -120,12 +229,22 @@ def main():
              f"{results['inference']['peak_gpu_mb'] or '-'} | {reached if reached is not None else '-'} | "
              + (f"{results['two_devices']['seconds']}, {results['two_devices']['psnr']}" if "two_devices" in results else "-")
              + " |"]  # fmt: skip
+    lines += ["", "| tile | " + " | ".join(str(t["tile"]) for t in results["tiles"]) + " |",
+              "| --- |" + " --- |" * len(results["tiles"]),
+              "| MP/s (peak GPU MB) | " + " | ".join(f"{t['megapixels_per_second']} ({t['peak_gpu_mb'] or '-'})"
+                                                  for t in results["tiles"]) + " |", "",  # fmt: skip
+              f"Per step: {results['profile']['ms_per_step']} ms wall, {results['profile']['device_ms_per_step']} ms on "
+              f"the device, {results['profile']['kernels_per_step']} kernels, {results['profile']['aten_operations_per_step']} "
+              "operations; host waits: " + (str(results["host_waits"]["waits"]) + f" in {args.probe_steps} steps"
+                                            if "host_waits" in results else "-")
+              + "; compiled: " + json.dumps(results.get("compiled", "-"))]  # fmt: skip
     print("\n".join(lines))
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
         (out / "gpu_check.json").write_text(json.dumps(results, indent=1) + "\n")
+        (out / "gpu_profile.txt").write_text(table + "\n")
 
 
 if __name__ == "__main__":

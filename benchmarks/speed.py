@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                                   # ours only
     python benchmarks/speed.py --careamics-python .venv-careamics/bin/python
+    python benchmarks/speed.py --device cuda --careamics-python python3    # both on the GPU
 
 careamics 0.3.5 pins torch 2.11 through torchvision, so it lives in its own virtual
 environment and runs in a subprocess (``benchmarks/_careamics_worker.py``) driven from
@@ -11,16 +12,19 @@ here; make one with::
 
 The fixed work (both systems): Noise2Void on scikit-image's camera with Gaussian noise of
 sigma 25 (seed 0), U-Net depth 2 with 32 filters, batch 16, 64x64 patches, 0.198 % blind
-spots for the step timings, 1 torch thread in every process, CPU.
+spots for the step timings, 1 torch thread in every process, on the CPU, or (``--device cuda``)
+on one GPU, every timer read after the GPU has finished (ours: precisions ``32`` and
+``16-mixed``, the default there; careamics: its default float32).
 
 Measured, with repetitions of the two systems interleaved and medians reported:
 
 - training steps/s (our precisions ``32`` and ``bf16``, both channels-last; careamics
   float32, its own masking, loss and Adam step);
 - tiled inference megapixels/s on a 2048x2048 image (tiles 256, overlap 48);
-- peak resident memory predicting a 4096x4096 float32 image (a fresh process each);
-- time to quality: training wall time until camera reaches 27.0 dB (ours, in the default
-  precision: a fit of each budget in ``--budgets``, as a user picks one, evaluated once at
+- peak resident memory predicting a 4096x4096 float32 image (a fresh process each; on CUDA
+  also the peak GPU memory allocated);
+- time to quality: training wall time until camera reaches 27.0 dB (ours, in the precision
+  ``"auto"`` gives on this machine: a fit of each budget in ``--budgets``, as a user picks one, evaluated once at
   its end; careamics: one run with a constant learning rate, evaluated every 25 steps off
   the clock).
 
@@ -41,7 +45,16 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-FIXED = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, random_state=0, device="cpu", verbose=False)
+FIXED = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, random_state=0, verbose=False)
+# Our precisions measured on each device: the fastest-to-compute first, then float32.
+PRECISIONS = {"cpu": ("32", "bf16"), "cuda": ("32", "16-mixed")}
+
+
+def synchronise(device):
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def camera_case():
@@ -62,14 +75,15 @@ def psnr(estimate, clean):
 class Ours:
     """Our training loop and tiled predictor on the fixed work, one precision."""
 
-    def __init__(self, precision):
+    def __init__(self, precision, device="cpu"):
         import torch
 
         from n2v_estimator import Noise2VoidDenoiser
         from n2v_estimator.fit.plan import make_plan
 
         _, noisy = camera_case()
-        estimator = Noise2VoidDenoiser(**FIXED, precision=precision, masked_pixel_percentage=0.198,
+        self.device, self.precision = device, precision
+        estimator = Noise2VoidDenoiser(**FIXED, device=device, precision=precision, masked_pixel_percentage=0.198,
                                        validation_fraction=0.0)
         estimator._validate_params()
         self.plan = make_plan(estimator.get_params(), noisy)
@@ -82,10 +96,12 @@ class Ours:
         from n2v_estimator.data.patches import PatchSampler
         from n2v_estimator.fit.training import train
 
+        sampler = PatchSampler(self.plan.train_images, self.plan.patch_shape, device=self.plan.device)
+        synchronise(self.device)
         start = time.perf_counter()
-        train(self.model, PatchSampler(self.plan.train_images, self.plan.patch_shape), self.plan.masker,
-              validation=[], max_epochs=1, steps_per_epoch=steps, batch_size=16, learning_rate=1e-3,
-              device=self.plan.device, seed=0, precision=self.plan.precision)
+        train(self.model, sampler, self.plan.masker, validation=[], max_epochs=1, steps_per_epoch=steps,
+              batch_size=16, learning_rate=1e-3, device=self.plan.device, seed=0, precision=self.plan.precision)
+        synchronise(self.device)
         return time.perf_counter() - start
 
     def predict(self, size):
@@ -93,9 +109,10 @@ class Ours:
 
         _, noisy = camera_case()
         image = np.tile(noisy, (size // 512 + 1, size // 512 + 1))[:size, :size]
+        synchronise(self.device)
         start = time.perf_counter()
         self.estimator.transform(image)
-        return time.perf_counter() - start
+        return time.perf_counter() - start  # transform returns host memory: the GPU has finished
 
 
 _PEAK_CHILD = r"""
@@ -108,29 +125,31 @@ def peak_mb():  # VmHWM starts afresh at exec; ru_maxrss can carry the parent's 
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 from n2v_estimator import Noise2VoidDenoiser
-path, size, precision = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-est = Noise2VoidDenoiser.load(path).set_params(precision=precision, verbose=False)
+path, size, precision, device = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+est = Noise2VoidDenoiser.load(path).set_params(precision=precision, device=device, verbose=False)
 image = np.random.default_rng(1).normal(100, 25, (size, size)).astype(np.float32)
 base = peak_mb()
 start = time.perf_counter()
 est.transform(image)
-print(json.dumps({"seconds": time.perf_counter() - start, "baseline_rss_mb": base, "peak_rss_mb": peak_mb()}))
+gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+print(json.dumps({"seconds": time.perf_counter() - start, "baseline_rss_mb": base, "peak_rss_mb": peak_mb(),
+                  "peak_gpu_mb": gpu}))
 """
 
 
-def our_peak_rss(estimator, size, precision):
+def our_peak_rss(estimator, size, precision, device="cpu"):
     """Peak resident memory of a fresh process that loads the model and predicts a size x size image."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.safetensors")
         estimator.save(path)
-        out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, path, str(size), precision], capture_output=True,
+        out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, path, str(size), precision, device], capture_output=True,
                              text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def our_time_to_quality(budgets, target, precision):
+def our_time_to_quality(budgets, target, precision, device="cpu"):
     """Fit each budget from scratch (the schedule fits the budget) and evaluate at its end."""
     from n2v_estimator import Noise2VoidDenoiser
 
@@ -138,9 +157,12 @@ def our_time_to_quality(budgets, target, precision):
     curve = []
     for steps in budgets:
         epochs = max(1, steps // 25)
-        estimator = Noise2VoidDenoiser(**FIXED, precision=precision, max_epochs=epochs, steps_per_epoch=steps // epochs)
+        estimator = Noise2VoidDenoiser(**FIXED, device=device, precision=precision, max_epochs=epochs,
+                                       steps_per_epoch=steps // epochs)  # fmt: skip
+        synchronise(device)
         start = time.perf_counter()
         estimator.fit(noisy)
+        synchronise(device)
         seconds = time.perf_counter() - start
         curve.append({"steps": steps, "train_seconds": seconds, "psnr": psnr(estimator.transform(noisy), clean)})
         print(json.dumps({"system": f"ours-{precision}", **curve[-1]}), flush=True)
@@ -152,11 +174,11 @@ def our_time_to_quality(budgets, target, precision):
 class Careamics:
     """The careamics worker, in its own environment, driven line by line."""
 
-    def __init__(self, python):
+    def __init__(self, python, device="cpu"):
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        self.python = python
-        self.process = subprocess.Popen([python, str(HERE / "_careamics_worker.py"), "serve"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True, env=env)
+        self.python, self.device = python, device
+        self.process = subprocess.Popen([python, str(HERE / "_careamics_worker.py"), "serve", "--device", device],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def ask(self, **command):
         self.process.stdin.write(json.dumps(command) + "\n")
@@ -171,13 +193,14 @@ class Careamics:
 
     def peak_rss(self, size):
         out = subprocess.run([self.python, str(HERE / "_careamics_worker.py"), "peak-rss", "--size", str(size),
-                              "--tile", "256", "--overlap", "48"], capture_output=True, text=True, check=True,
+                              "--tile", "256", "--overlap", "48", "--device", self.device], capture_output=True, text=True, check=True,
                              env=dict(os.environ, OMP_NUM_THREADS="1"))
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def time_to_quality(self, target, max_steps):
         out = subprocess.Popen([self.python, str(HERE / "_careamics_worker.py"), "time-to-quality", "--target",
-                                str(target), "--eval-every", "25", "--max-steps", str(max_steps), "--perc", "0.198"],
+                                str(target), "--eval-every", "25", "--max-steps", str(max_steps), "--perc", "0.198",
+                                "--device", self.device],
                                stdout=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
         curve = []
         for line in out.stdout:
@@ -219,15 +242,17 @@ def main():
     parser.add_argument("--target", type=float, default=27.0)
     parser.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 150, 200, 300])
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both systems run")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
 
     import torch
 
     torch.set_num_threads(1)
-    systems = {"ours-32": Ours("32"), "ours-bf16": Ours("bf16")}
+    ours = {f"ours-{precision}": Ours(precision, args.device) for precision in PRECISIONS[args.device]}
+    systems = dict(ours)
     if args.careamics_python:
-        systems["careamics"] = Careamics(args.careamics_python)
+        systems["careamics"] = Careamics(args.careamics_python, args.device)
     for system in systems.values():  # warm-up, untimed
         system.train(2)
         system.predict(512)
@@ -237,14 +262,18 @@ def main():
     predict = {k: megapixels / v for k, v in interleaved(systems, lambda s: s.predict(args.predict_size),
                                                           max(2, args.rounds // 2)).items()}
     print(json.dumps({"megapixels_per_second": predict}), flush=True)
-    memory = {name: our_peak_rss(systems[name].estimator, args.memory_size, name.split("-")[1]) for name in ("ours-32", "ours-bf16")}
+    memory = {name: our_peak_rss(system.estimator, args.memory_size, system.precision, args.device)
+              for name, system in ours.items()}  # fmt: skip
     if "careamics" in systems:
         memory["careamics"] = systems["careamics"].peak_rss(args.memory_size)
         systems["careamics"].close()
     print(json.dumps({"peak_rss": memory}), flush=True)
     curves = {}
     if not args.skip_quality:
-        curves["ours-bf16"] = our_time_to_quality(args.budgets, args.target, "bf16")  # the default here
+        from n2v_estimator.runtime.compute import resolve_precision
+
+        default = f"ours-{resolve_precision('auto', args.device)}"  # what a user gets here
+        curves[default] = our_time_to_quality(args.budgets, args.target, ours[default].precision, args.device)
         if "careamics" in systems:
             curves["careamics"] = systems["careamics"].time_to_quality(args.target, 1500)
     write_results(Path(args.out), args, step, predict, memory, curves)
@@ -256,13 +285,16 @@ def write_results(out, args, step, predict, memory, curves):
     out.mkdir(parents=True, exist_ok=True)
     reference = "careamics" if "careamics" in step else "ours-32"
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread"
+    if args.device == "cuda":
+        machine = f"{torch.cuda.get_device_name()}, {machine}"
+    gpu = args.device == "cuda"
     lines = [
         f"Measured by `python benchmarks/speed.py` on {time.strftime('%Y-%m-%d')} ({machine}); "
         f"medians of {args.rounds} interleaved rounds of {args.steps} steps. Ratios are against {reference}.",
         "",
         "| system | s/step | steps/s | x | inference MP/s (2048^2) | x | peak RSS 4096^2 (MB) | seconds to "
-        f"{args.target} dB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"{args.target} dB |" + (" peak GPU MB 4096^2 |" if gpu else ""),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if gpu else ""),
     ]
     for name in step:
         reach = first_reaching(curves.get(name, []), args.target)
@@ -270,10 +302,12 @@ def write_results(out, args, step, predict, memory, curves):
             f"| {name} | {step[name]:.3f} | {1 / step[name]:.2f} | {step[reference] / step[name]:.2f} | "
             f"{predict[name]:.3f} | {predict[name] / predict[reference]:.2f} | {memory[name]['peak_rss_mb']:.0f} "
             f"(+{memory[name]['peak_rss_mb'] - memory[name]['baseline_rss_mb']:.0f} for the prediction) | "
-            f"{'-' if reach is None else f'{reach:.0f}'} |"
+            f"{'-' if reach is None else f'{reach:.1f}'} |"
+            + (f" {memory[name].get('peak_gpu_mb') or 0:.0f} |" if gpu else "")
         )
-    (out / "speed.md").write_text("\n".join(lines) + "\n")
-    (out / "speed.json").write_text(json.dumps({"seconds_per_step": step, "megapixels_per_second": predict,
+    stem = "speed" if args.device == "cpu" else f"speed-{args.device}"
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"seconds_per_step": step, "megapixels_per_second": predict,
                                                 "peak_rss": memory, "curves": curves}, indent=1))
     print("\n".join(lines))
     if curves:
@@ -286,11 +320,11 @@ def write_results(out, args, step, predict, memory, curves):
         for name, curve in curves.items():
             ax.plot([p["train_seconds"] for p in curve], [p["psnr"] for p in curve], "o-", label=name)
         ax.axhline(args.target, color="grey", linestyle=":", label=f"{args.target} dB")
-        ax.set_xlabel("training wall-clock seconds (1 thread)")
+        ax.set_xlabel(f"training wall-clock seconds ({'GPU' if gpu else '1 thread'})")
         ax.set_ylabel("PSNR on camera, Gaussian sigma 25 (dB)")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "speed.png", dpi=120)
+        fig.savefig(out / f"{stem}.png", dpi=120)
 
 
 if __name__ == "__main__":

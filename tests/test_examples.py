@@ -99,8 +99,12 @@ def test_the_gpu_check_runs_as_a_smoke_test_on_the_cpu(tmp_path):
 
     script = EXAMPLES.parent / "benchmarks" / "gpu_check.py"
     run = subprocess.run([sys.executable, str(script), "--device", "cpu", "--steps", "4", "--predict-size", "256",
-                          "--budgets", "2", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)  # fmt: skip
+                          "--budgets", "2", "--tiles", "128", "--probe-steps", "2", "--compile", "no", "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert results["fit"]["steps"] == 4 and results["inference"]["size"] == 256
+    assert results["tiles"][0]["tile"] == 128 and results["profile"]["steps"] == 2
+    assert results["profile"]["aten_operations_per_step"] > 0
+    assert "aten::" in (tmp_path / "gpu_profile.txt").read_text()
     assert "| fit (s) | steps/s |" in (tmp_path / "gpu_check.md").read_text()
