@@ -227,3 +227,20 @@ def test_the_command_line_under_torchrun_refuses_a_number_of_devices(monkeypatch
     assert cli.main(["fit", str(tmp_path / "noisy.npy"), "--model", str(tmp_path / "m.safetensors"), "--n-devices", "2"])
     assert "--n-devices 2 under torchrun" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def _fit_in_a_pool_worker(_):
+    try:
+        Noise2VoidDenoiser(**PARAMS, n_devices=2).fit(image())
+    except ValueError as exc:
+        return str(exc)
+    return "fitted"
+
+
+def test_a_daemonic_worker_is_told_it_cannot_start_the_ranks():
+    """multiprocessing.Pool's workers may not start processes: said up front, with the ways out."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        (answer,) = pool.map(_fit_in_a_pool_worker, [0])
+    assert "daemonic worker process" in answer and "n_devices='torchrun'" in answer, answer

@@ -18,6 +18,7 @@ kept equal by DistributedDataParallel), which a script saves from rank 0 (the co
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import queue
 import signal
@@ -63,11 +64,14 @@ def check_devices(n_devices, device, batch_size):
     """Refuse what ``n_devices`` processes (or ``"torchrun"``'s) cannot do on ``device`` with
     ``batch_size``, naming the fix."""
     if n_devices == "torchrun":
-        _, world, local = torchrun_ranks()
+        _, n_devices, local = torchrun_ranks()
         if device.type == "cuda" and local >= torch.cuda.device_count():
             raise ValueError(f"torchrun's LOCAL_RANK={local} has no CUDA device ({torch.cuda.device_count()} "
                              "visible): start at most that many processes per machine (--nproc-per-node).")  # fmt: skip
-        n_devices = world
+    elif n_devices > 1 and multiprocessing.current_process().daemon:
+        raise ValueError(f"n_devices={n_devices} starts a process per device, which a daemonic worker process (of "
+                         "multiprocessing.Pool, say) cannot do; fit with n_devices > 1 from the main process, use "
+                         "n_devices=1 in workers, or start the processes with torchrun (n_devices='torchrun').")  # fmt: skip
     if n_devices == 1:
         return
     if batch_size % n_devices:
@@ -111,7 +115,8 @@ def run_distributed(plan, n_devices, verbose=False, same_patches=False):
                 if process.is_alive():
                     process.terminate()
             for process in ranks:
-                process.join(timeout=10)
+                if process.pid is not None:  # started
+                    process.join(timeout=10)
             messages.close()
             messages.join_thread()
     state, history, interrupted, error, calibration = outcome
