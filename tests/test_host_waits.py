@@ -143,3 +143,23 @@ def test_the_masker_chooses_without_a_wait_and_as_many_candidates_for_any_draw()
         assert mode.waits == []
         sizes.add(len(spots))
     assert len(sizes) == 1  # static: the count of candidates depends on the shape alone
+
+
+def test_an_epoch_with_validation_reads_the_device_three_times(monkeypatch):
+    """The epoch's loss, the weights' finiteness and the validation loss: one read each, not one per
+    tensor or per validation batch."""
+    adam = torch.optim.Adam
+    # The fused Adam, as on CUDA (on the CPU the unfused one reads its step counts, kept on the host).
+    monkeypatch.setattr(torch.optim, "Adam", lambda *args, **kwargs: adam(*args, **{**kwargs, "fused": True}))
+    step = one_step("n2v")
+    batch = step.sampler.sample(step.batch_size, step.patch_generator)
+    step.sampler.sample = lambda n, generator: batch
+    counts = [state["step"] for state in step.optimizer.state.values()]
+    validation = training.make_validation_set(step.sampler, step.masker, 12, 4, torch.device("cpu"), 0)
+    with HostWaits(host_side=counts) as mode:
+        history = training.train(step.model, step.sampler, step.masker, validation=validation, max_epochs=1,
+                                 steps_per_epoch=3, batch_size=4, learning_rate=1e-3, device=torch.device("cpu"),
+                                 seed=0)  # fmt: skip
+    reads = [w for w in mode.waits if "_local_scalar_dense" in w]
+    assert len(reads) == 3 and len(reads) == len(mode.waits), mode.waits
+    assert np.isfinite(history.history[0]["val_loss"])

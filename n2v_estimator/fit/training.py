@@ -118,17 +118,19 @@ def _parameter_groups(model, learning_rate):
 
 
 def _validation_loss(model, batches, precision, loss):
+    """The loss over all blind spots of the validation ``batches`` (each batch's mean weighted by
+    its count), summed on the device and read once."""
     model.eval()
     total, count = 0.0, 0
     with torch.inference_mode():
         for x, x_masked, mask in batches:
-            n = int(mask.sum())
+            n = mask.sum()
             with autocast(x.device, precision):
                 prediction = model(x_masked)
-            total += float(loss(prediction.float(), x, mask)) * n
-            count += n
+            total = total + loss(prediction.float(), x, mask).double() * n
+            count = count + n
     model.train()
-    return total / count
+    return float(total / count)
 
 
 def train(
@@ -308,7 +310,8 @@ def _epoch(step, epoch, steps_per_epoch, progress, reduce=None):
 def _finite_state(model, epoch):
     """A copy of ``model``'s weights at the end of an epoch, or :class:`NonFiniteLossError`."""
     state = copy.deepcopy(model.state_dict())
-    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+    floats = [t for t in state.values() if t.is_floating_point()]
+    if floats and not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):  # one read
         raise NonFiniteLossError(f"The weights became non-finite in epoch {epoch + 1}.")
     return state
 
