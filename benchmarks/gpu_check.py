@@ -1,8 +1,8 @@
 """What a GPU gives: the reference fit, tiled inference of a large image, peak memory, time to
 27 dB, and (with two or more GPUs) the same fit on two devices through torch.distributed; then what
 would make it faster: the host's waits for the device per training step (CUDA's sync debug mode),
-a profile of the steps (kernels, host and device time per step), inference with larger tiles, and
-the step with the network compiled (``torch.compile``, CUDA graphs through "reduce-overhead").
+a profile of the steps (kernels, host and device time per step), inference with larger tiles, cuDNN's
+autotuner on and off, and the step with the network compiled (``torch.compile``, CUDA graphs through "reduce-overhead").
 
     python benchmarks/gpu_check.py                          # CUDA, the reference budget
     python benchmarks/gpu_check.py --device cpu --steps 4 --predict-size 256 --budgets 2   # a smoke test
@@ -125,7 +125,7 @@ def profile(steps, count, device):
     device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
     kernels = sum(e.count for e in events if (getattr(e, "self_device_time_total", 0) or 0) > 0)
     operations = sum(e.count for e in events if e.key.startswith("aten::"))
-    sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
     return {"steps": count, "ms_per_step": round(1e3 * seconds / count, 3),
             "device_ms_per_step": round(device_us / 1e3 / count, 3), "kernels_per_step": round(kernels / count, 1),
             "aten_operations_per_step": round(operations / count, 1)}, \
@@ -144,6 +144,18 @@ def compiled(steps, count):
     eager = steps.run(count)
     return {"steps": count, "compile_and_first_run_s": round(first, 1), "compiled_steps_per_second": round(count / seconds, 1),
             "eager_steps_per_second": round(count / eager, 1)}  # fmt: skip
+
+
+def cudnn_autotuned(steps, count):
+    """Steps/s with cuDNN's autotuner on (``torch.backends.cudnn.benchmark``; the patches' shape is
+    fixed) against off, each after a run that warms it up."""
+    rates = {}
+    for setting in (True, False):
+        torch.backends.cudnn.benchmark = setting
+        steps.run(min(count, 10))
+        rates["on" if setting else "off"] = round(count / steps.run(count), 1)
+    torch.backends.cudnn.benchmark = False
+    return {"steps": count, "steps_per_second": rates}
 
 
 def larger_tiles(denoiser, device, size, noisy, tiles):
@@ -210,6 +222,9 @@ def main():
     if args.device.startswith("cuda"):
         results["host_waits"] = host_waits(steps, args.probe_steps)
         print(json.dumps({"host_waits": results["host_waits"]}), flush=True)
+    if args.device.startswith("cuda"):
+        results["cudnn_benchmark"] = cudnn_autotuned(steps, args.probe_steps)
+        print(json.dumps({"cudnn_benchmark": results["cudnn_benchmark"]}), flush=True)
     results["profile"], table = profile(steps, args.probe_steps, args.device)
     print(json.dumps({"profile": results["profile"]}), flush=True)
     if args.compile == "yes" or (args.compile == "auto" and args.device.startswith("cuda")):
@@ -237,7 +252,8 @@ def main():
               f"the device, {results['profile']['kernels_per_step']} kernels, {results['profile']['aten_operations_per_step']} "
               "operations; host waits: " + (str(results["host_waits"]["waits"]) + f" in {args.probe_steps} steps"
                                             if "host_waits" in results else "-")
-              + "; compiled: " + json.dumps(results.get("compiled", "-"))]  # fmt: skip
+              + "; compiled: " + json.dumps(results.get("compiled", "-"))
+              + "; cuDNN autotuner: " + json.dumps(results.get("cudnn_benchmark", "-"))]  # fmt: skip
     print("\n".join(lines))
     if args.out:
         out = Path(args.out)
