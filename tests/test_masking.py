@@ -509,3 +509,12 @@ def test_check_patch_agrees_with_masking_every_pixel(ndim, radius, struct):
         except ValueError:
             accepted = False
         assert accepted == works, shape
+
+
+def test_masked_mse_ignores_non_finite_values_outside_the_mask():
+    target = torch.zeros(1, 1, 3, 3)
+    prediction = torch.full((1, 1, 3, 3), float("inf"))
+    mask = torch.zeros(1, 1, 3, 3, dtype=torch.bool)
+    mask[0, 0, 1, 1] = True
+    prediction[0, 0, 1, 1] = 2.0
+    assert masked_mse(prediction, target, mask).item() == pytest.approx(4.0)

@@ -480,8 +480,9 @@ def _offset_positions(spots, offsets, spatial):
 
 def masked_mean(values, mask):
     """Mean of ``values`` over the blind spots ``mask`` (same shape), without selecting
-    them: a selection's size is known only once the device has counted it."""
-    return (values * mask).sum() / mask.sum()
+    them: a selection's size is known only once the device has counted it. Values outside the
+    mask do not count, even non-finite ones."""
+    return torch.where(mask, values, 0).sum() / mask.sum()
 
 
 def masked_mse(prediction, target, mask):
