@@ -146,26 +146,29 @@ class PatchSampler:
         for i in sorted({d[0] for d in draws}):
             rows = [b for b, d in enumerate(draws) if d[0] == i]
             image = self.images[i]
-            spatial = image.shape[1:]
-            strides = torch.tensor([math.prod(spatial[d + 1 :]) for d in range(ndim)], device=device)
-            # Each pixel's source: the augmentation's map of the patch (where each of its pixels
-            # comes from) plus the corner, as an offset into the image's flattened pixels.
-            coords = torch.stack([self._source_map(draws[b][2], draws[b][3], device) for b in rows])
-            corners = torch.tensor([draws[b][1] for b in rows]).to(device, non_blocking=True)
-            coords = coords + corners.view(len(rows), ndim, *[1] * ndim)
-            index = (coords * strides.view(1, ndim, *[1] * ndim)).sum(dim=1)
+            spatial = tuple(image.shape[1:])
+            strides = [math.prod(spatial[d + 1 :]) for d in range(ndim)]
+            # Each pixel's source, as an offset into the image's flattened pixels: the corner's
+            # offset (a host number) plus the augmentation's map of the patch.
+            corners = [sum(c * s for c, s in zip(draws[b][1], strides)) for b in rows]
+            maps = torch.stack([self._source_map(draws[b][2], draws[b][3], spatial, device) for b in rows])
+            index = maps + torch.tensor(corners).to(device, non_blocking=True).view(len(rows), *[1] * ndim)
             patches = image.reshape(image.shape[0], -1)[:, index]  # (C, n, *patch_shape)
             batch[torch.tensor(rows).to(device, non_blocking=True)] = patches.movedim(0, 1)
         return batch
 
-    def _source_map(self, flips, k, device):
-        """For each pixel of a patch augmented by ``flips`` and ``k`` quarter turns, the position
-        (an ``(ndim, *patch_shape)`` tensor, from the corner) of the pixel it comes from: the
-        augmentation applied to a grid of positions. Made once per augmentation and device."""
-        key = (flips, k, device)
+    def _source_map(self, flips, k, spatial, device):
+        """For each pixel of a patch augmented by ``flips`` and ``k`` quarter turns, the offset
+        from the patch's corner, in an image of ``spatial`` shape's flattened pixels, of the pixel it
+        comes from: the augmentation applied to a grid of offsets. Made once per augmentation,
+        image shape and device."""
+        key = (flips, k, spatial, device)
         if key not in self._maps:
-            grid = torch.stack(torch.meshgrid(*[torch.arange(p) for p in self.patch_shape], indexing="ij"))
-            self._maps[key] = self._cut(grid, (0,) * len(self.patch_shape), flips, k).to(device)
+            grid = torch.zeros(self.patch_shape, dtype=torch.int64)
+            for d, p in enumerate(self.patch_shape):
+                step = math.prod(spatial[d + 1 :])
+                grid += (torch.arange(p) * step).view([-1 if e == d else 1 for e in range(len(spatial))])
+            self._maps[key] = self._cut(grid[None], (0,) * len(self.patch_shape), flips, k)[0].to(device)
         return self._maps[key]
 
 # A validation strip, and what it leaves for training, must be at least this long.

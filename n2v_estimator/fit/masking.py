@@ -341,10 +341,9 @@ class BlindSpotMasker:
         spots, valid = self._candidates(x.shape, generator)
         mask = _mark(torch.zeros_like(x, dtype=torch.int32), spots, valid)  # in x's memory layout
         x_masked = x.clone()
-        if len(self.struct_offsets):
-            self._move_constants(x.device)
-            self._scramble_struct(x, x_masked, mask, spots[valid], generator)
         self._move_constants(x.device)
+        if len(self.struct_offsets):
+            self._scramble_struct(x, x_masked, mask, spots[valid], generator)
         values = self._replacement(x, spots, generator, checked=True)
         # Every blind spot is exactly one valid candidate; the others add zero where they land.
         values = torch.where(valid, values.to(x.dtype), 0)
