@@ -24,25 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage import data
+from speed import camera_case, psnr, synchronise  # benchmarks/speed.py: the same camera case and timers
 
 from n2v_estimator import Noise2VoidDenoiser
 
 REFERENCE = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, random_state=0, verbose=False)
-
-
-def camera_case():
-    clean = data.camera().astype(np.float64)
-    return clean, (clean + np.random.default_rng(0).normal(0, 25, clean.shape)).astype(np.float32)
-
-
-def psnr(estimate, clean):
-    return float(10 * np.log10(255.0**2 / np.mean((np.asarray(estimate, np.float64) - clean) ** 2)))
-
-
-def synchronise(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def timed_fit(device, steps, noisy, n_devices=1):

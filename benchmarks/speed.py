@@ -58,7 +58,8 @@ def precisions(device):
 
 
 def synchronise(device):
-    if device == "cuda":
+    """Wait for a CUDA device's queued work (timers are read after it)."""
+    if str(device).startswith("cuda"):
         import torch
 
         torch.cuda.synchronize()
