@@ -47,11 +47,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FIXED = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, random_state=0, verbose=False)
-# Our precisions measured on each device: float32 and what "auto" picks there (bfloat16 only on CPUs
-# that run it natively: emulated, it is ten times slower than float32 and no user gets it).
-
-
 def precisions(device):
+    """Our precisions measured on ``device``: float32, then what ``"auto"`` picks there, the default a
+    user gets (bfloat16 only on CPUs that run it natively: emulated, it is ten times slower)."""
     from n2v_estimator.runtime.compute import resolve_precision
 
     return tuple(dict.fromkeys(("32", resolve_precision("auto", device))))
@@ -278,9 +276,7 @@ def main():
     print(json.dumps({"peak_rss": memory}), flush=True)
     curves = {}
     if not args.skip_quality:
-        from n2v_estimator.runtime.compute import resolve_precision
-
-        default = f"ours-{resolve_precision('auto', args.device)}"  # what a user gets here
+        default = f"ours-{precisions(args.device)[-1]}"  # what a user gets here
         curves[default] = our_time_to_quality(args.budgets, args.target, ours[default].precision, args.device)
         if "careamics" in systems:
             curves["careamics"] = systems["careamics"].time_to_quality(args.target, 1500)
