@@ -17,10 +17,7 @@ if [ -z "$careamics" ] && compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}" && careamics=python3
 fi
-if [ -n "$careamics" ]; then
-    timeout 200 python3 benchmarks/speed.py --device cuda --careamics-python "$careamics" --rounds 3 \
-        --budgets 100 200 300 500 --out "$out" || echo "speed.py failed or ran out of time"
-else
-    timeout 120 python3 benchmarks/speed.py --device cuda --rounds 3 --budgets 100 200 300 500 --out "$out" \
-        || echo "speed.py failed or ran out of time"
-fi
+with=() limit=120
+if [ -n "$careamics" ]; then with=(--careamics-python "$careamics") limit=200; fi
+timeout "$limit" python3 benchmarks/speed.py --device cuda "${with[@]}" --rounds 3 --budgets 100 200 300 500 --out "$out" \
+    || echo "speed.py failed or ran out of time"
