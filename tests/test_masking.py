@@ -477,6 +477,53 @@ def test_struct_neighbours_never_get_the_value_of_a_blind_spot():
     assert not mask[tuple(source.T)].any()
 
 
+def test_struct_scrambling_writes_only_beside_valid_spots_and_draws_free_pixels_uniformly():
+    """The scrambling draws for every (spot, offset) pair and masks out those that must not write:
+    spots marked invalid, neighbours outside the patch or blind spots themselves. The values come
+    uniformly from the free pixels of the spot's own sample and channel."""
+    shape = (2, 2, 6, 7)
+    x, inverse = unique_batch(shape, seed=8)
+    masker = BlindSpotMasker(2, 5.0, "uniform_withCP", 1, struct_offsets=resolve_struct_mask(("x", 3), 2))
+    spots = torch.tensor([[0, 0, 2, 3], [0, 0, 2, 4], [0, 1, 5, 0], [1, 1, 3, 6], [1, 0, 1, 1]])
+    valid = torch.tensor([True, True, True, True, False])
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[tuple(spots[valid].T)] = True
+    expected = torch.zeros(shape, dtype=torch.bool)  # struct neighbours of valid spots, not spots, inside
+    for (b, c, row, col), ok in zip(spots.tolist(), valid.tolist()):
+        for dc in (-1, 1):
+            if ok and 0 <= col + dc < shape[3] and not mask[b, c, row, col + dc]:
+                expected[b, c, row, col + dc] = True
+    hits = torch.zeros(shape, dtype=torch.int64)
+    for seed in range(400):
+        x_masked = x.clone()
+        masker._scramble_struct(x, x_masked, mask, spots, valid, gen(seed))
+        changed = x_masked != x
+        assert not (changed & ~expected).any()
+        where = expected.nonzero()
+        source = source_of(x_masked[tuple(where.T)], inverse, shape)
+        assert torch.equal(source[:, :2], where[:, :2])  # same sample and channel
+        assert not mask[tuple(source.T)].any()  # never a blind spot's value
+        hits.index_put_(tuple(source.T), torch.ones(len(source), dtype=torch.int64), accumulate=True)
+    # Sample 0, channel 0 has two side-by-side spots, so 2 written pixels per draw over its 40 free
+    # pixels: 20 expected hits each (sd 4.5); every free pixel is drawn, none far more than the others.
+    counts = hits[0, 0][~mask[0, 0]]
+    assert len(counts) == 40 and counts.sum() == 800 and counts.min() > 5 and counts.max() < 40, counts
+    assert hits[1, 0].sum() == 0  # its only spot is not valid
+
+
+def test_struct_scrambling_of_a_patch_that_is_all_blind_spots_writes_nothing():
+    masker = BlindSpotMasker(2, 5.0, "uniform_withCP", 1, struct_offsets=resolve_struct_mask(("x", 3), 2))
+    x = torch.randn(2, 1, 2, 3, generator=gen(1))
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[0] = True  # sample 0 has no free pixel; sample 1 has one spot beside free pixels
+    mask[1, 0, 0, 1] = True
+    x_masked = x.clone()
+    masker._scramble_struct(x, x_masked, mask, mask.nonzero(), generator=gen(2))
+    assert torch.equal(x_masked[0], x[0])
+    changed = (x_masked != x)[1, 0]
+    assert changed[0, 0] and changed[0, 2] and not changed[1].any()
+
+
 @pytest.mark.parametrize("manipulator", ["uniform_withoutCP", "normal_withoutCP", "median", "mean", "normal_fitted"])
 def test_a_blind_spot_without_usable_neighbours_is_an_error_never_a_silent_copy(manipulator):
     masker = BlindSpotMasker(2, 50.0, manipulator, 1, struct_offsets=resolve_struct_mask(("x", 3), 2))

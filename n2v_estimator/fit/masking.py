@@ -331,8 +331,8 @@ class BlindSpotMasker:
         Notes
         -----
         Nothing here makes the host wait for the device (no count read back, no boolean
-        indexing), except the struct mask's scrambling (structN2V): on a GPU the training step
-        runs ahead of the host.
+        indexing, structN2V's scrambling included): on a GPU the training step runs ahead of
+        the host.
         """
         spatial = tuple(x.shape[2:])
         if spatial not in self._checked:
@@ -343,7 +343,7 @@ class BlindSpotMasker:
         x_masked = x.clone()
         self._move_constants(x.device)
         if len(self.struct_offsets):
-            self._scramble_struct(x, x_masked, mask, spots[valid], generator)
+            self._scramble_struct(x, x_masked, mask, spots, valid, generator)
         values = self._replacement(x, spots, generator, checked=True)
         # Every blind spot is exactly one valid candidate; the others add zero where they land.
         values = torch.where(valid, values.to(x.dtype), 0)
@@ -358,7 +358,7 @@ class BlindSpotMasker:
         x_masked = x.clone()
         if len(self.struct_offsets):
             self._move_constants(x.device)
-            self._scramble_struct(x, x_masked, mask, spots, generator)
+            self._scramble_struct(x, x_masked, mask, spots, generator=generator)
         x_masked[mask] = self.replacements(x, spots, generator)
         return x_masked
 
@@ -440,31 +440,50 @@ class BlindSpotMasker:
             "it needs a neighbour for every pixel (check_patch refuses such patches up front)."
         )
 
-    def _scramble_struct(self, x, x_masked, mask, spots, generator):
+    def _scramble_struct(self, x, x_masked, mask, spots, valid=None, generator=None):
         """Give the structN2V neighbours of every blind spot the values of random
         pixels of the same sample and channel that are not blind spots, so that no
         blind spot's own noisy value ever lands beside it. Positions outside the
         patch are skipped, and so are neighbours that are blind spots themselves
-        (they get a replacement value)."""
+        (they get a replacement value); ``valid`` (default: all) marks which of ``spots``
+        are blind spots. A pixel that neighbours several blind spots gets one value.
+
+        Nothing is selected or counted on the host: every (spot, offset) pair draws a source
+        and those that must not write are masked out, so a GPU runs on."""
         batch, channels, *spatial = x.shape
-        coords, inside = _offset_positions(spots, self.struct_offsets, spatial)
-        rows = spots[:, None, :2].expand(-1, len(self.struct_offsets), -1)[inside]
-        coords = coords[inside]
-        keep = ~mask[(rows[:, 0], rows[:, 1]) + tuple(coords.T)]
-        rows, coords = rows[keep], coords[keep]
-        if not len(coords):
-            return
-        # The u-th pixel that is not a blind spot, u uniform per (sample, channel).
-        free = ~mask.reshape(batch * channels, -1)
-        counts = free.sum(dim=1)
-        starts = counts.cumsum(dim=0) - counts
-        free_pixels = free.nonzero()[:, 1]  # row by row, in order
-        row = rows[:, 0] * channels + rows[:, 1]
-        u = torch.rand(len(row), generator=generator, device=x.device, dtype=_float_dtype(x.device))
-        pick = torch.minimum((u * counts[row]).long(), counts[row] - 1)
-        source = torch.unravel_index(free_pixels[starts[row] + pick], tuple(spatial))
-        values = x[(rows[:, 0], rows[:, 1]) + tuple(source)]
-        x_masked[(rows[:, 0], rows[:, 1]) + tuple(coords.T)] = values
+        device, k = x.device, len(self.struct_offsets)
+        rows, pixels = batch * channels, math.prod(spatial)
+        coords, write = _offset_positions(spots, self.struct_offsets, spatial)  # (N, K, ndim), (N, K)
+        if valid is not None:
+            write &= valid[:, None]
+        coords = [coords[..., d].clamp(0, size - 1) for d, size in enumerate(spatial)]
+        row = (spots[:, 0] * channels + spots[:, 1])[:, None].expand(-1, k)
+        target = row * pixels + _ravel(coords, spatial)  # flat (row, pixel) of each neighbour
+        free = ~mask.reshape(-1)  # mask is (B, C, *spatial): flat index row * pixels + pixel
+        write &= free[target]
+        # The u-th pixel that is not a blind spot, u uniform per pair: the first flat position
+        # where the running count of free pixels reaches the row's start + u + 1.
+        running = free.cumsum(0)
+        counts = free.reshape(rows, pixels).sum(dim=1)
+        starts = counts.cumsum(0) - counts
+        u = torch.rand(row.shape, generator=generator, device=device, dtype=_float_dtype(device))
+        pick = torch.minimum((u * counts[row]).long(), (counts[row] - 1).clamp_min(0))
+        source = torch.searchsorted(running, starts[row] + pick + 1).clamp_max(rows * pixels - 1)
+        values = x.reshape(-1)[source]  # a row without free pixels writes nowhere (all its pixels are spots)
+        # Where several pairs land on one pixel, the last one writes (a maximum, not a race).
+        order = torch.arange(write.numel(), device=device).reshape(write.shape)
+        winner = torch.full((rows * pixels,), -1, dtype=torch.int64, device=device)
+        winner.scatter_reduce_(0, target.reshape(-1), torch.where(write, order, -1).reshape(-1), "amax")
+        scrambled = values.reshape(-1)[winner.clamp_min(0)].reshape(x.shape)
+        x_masked.copy_(torch.where((winner >= 0).reshape(x.shape), scrambled, x_masked))
+
+
+def _ravel(coords, spatial):
+    """Row-major flat index of the per-axis coordinates ``coords`` in an array of shape ``spatial``."""
+    flat = coords[0]
+    for c, size in zip(coords[1:], spatial[1:]):
+        flat = flat * size + c
+    return flat
 
 
 def _offset_positions(spots, offsets, spatial):
