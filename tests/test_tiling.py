@@ -190,6 +190,26 @@ def test_predict_tiled_does_not_modify_its_input():
     np.testing.assert_array_equal(images, before)
 
 
+def test_predict_tiled_predicts_the_next_batch_before_finishing_the_one_before():
+    """Double buffering: the device gets batch i + 1 before the host waits for batch i (on a GPU
+    the host then stitches while the device works), every batch is finished once, in order."""
+    events = []
+
+    class Recorder(nn.Module):
+        def forward(self, x):
+            events.append(("predict", float(x[0, 0, 0, 0])))
+            return x
+
+    def finish(y):
+        events.append(("finish", float(y[0, 0, 0, 0])))
+        return y
+
+    images = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones((5, 1, 16, 16), np.float32)
+    out = predict_tiled(Recorder(), images, (16, 16), (0, 0), 2, CPU, finish=finish)
+    np.testing.assert_array_equal(out, images)
+    assert events == [("predict", 0), ("predict", 2), ("finish", 0), ("predict", 4), ("finish", 2), ("finish", 4)]
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 21, 34), (1, 2, 5, 9, 7)])
 def test_predict_tiled_with_tta_and_identity_model_returns_the_input(shape):
     images = np.random.default_rng(3).normal(size=shape).astype(np.float32)

@@ -228,8 +228,9 @@ def predict_tiled(
     Returns
     -------
     ndarray of shape (S, out_channels or C, *spatial)
-        Only this array and one batch of tiles are held in memory: tiles are
-        prepared and finished one batch at a time.
+        Only this array and two batches of tiles are held in memory: tiles are
+        prepared and finished one batch at a time, and on a GPU batch ``i + 1`` is
+        predicted while the host finishes and stitches batch ``i``.
     """
     n_samples, _, *spatial = images.shape
     ndim = len(spatial)
@@ -249,6 +250,7 @@ def predict_tiled(
     for _, group in itertools.groupby(tiles, key=_shape_of_tile):
         group = list(group)
         batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    pending = None  # the batch before: its prediction on its way back to the host
     with torch.inference_mode():
         for chunk in progress_bar(batches, desc="predict", unit="batch", verbose=verbose):
             batch = np.stack([_read_tile(images, s, combo, border) for s, combo in chunk])
@@ -264,11 +266,39 @@ def predict_tiled(
                     y = y / len(transforms)
                 else:
                     y = model(layout(x))
-            y = y.float().cpu().numpy()
-            if finish is not None:
-                y = finish(y)
-            for out_tile, (s, combo) in zip(y, chunk):
-                src = tuple(slice(lo - a, hi - a) for a, _, lo, hi in combo)
-                dst = tuple(slice(lo - b, hi - b) for (_, _, lo, hi), (b, _) in zip(combo, border))
-                output[(s, slice(None)) + dst] = out_tile[(slice(None),) + src]
+            # The device works on this batch while the host stitches the one before.
+            if pending is not None:
+                _stitch(output, *pending, border, finish)
+            pending = (_to_host(y.float()), chunk)
+        if pending is not None:
+            _stitch(output, *pending, border, finish)
     return output
+
+
+def _to_host(y):
+    """Start copying the prediction ``y`` to the host without waiting for it; ``()`` of the
+    result waits and gives the numpy array. On a GPU the copy goes to page-locked memory
+    after the work queued before it, and the host runs on."""
+    if y.device.type != "cuda":
+        return lambda: y.cpu().numpy()
+    host = y.to("cpu", non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+
+    def wait():
+        done.synchronize()
+        return host.numpy()
+
+    return wait
+
+
+def _stitch(output, prediction, chunk, border, finish):
+    """Write the tiles of ``chunk`` (``prediction()`` gives their ``(B, C, *tile)``
+    prediction) into ``output``, context cropped; ``finish`` applied first."""
+    y = prediction()
+    if finish is not None:
+        y = finish(y)
+    for out_tile, (s, combo) in zip(y, chunk):
+        src = tuple(slice(lo - a, hi - a) for a, _, lo, hi in combo)
+        dst = tuple(slice(lo - b, hi - b) for (_, _, lo, hi), (b, _) in zip(combo, border))
+        output[(s, slice(None)) + dst] = out_tile[(slice(None),) + src]
