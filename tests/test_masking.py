@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import gen
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from n2v_estimator.fit.masking import MANIPULATORS, BlindSpotMasker, grid_cell_side, masked_mse, resolve_struct_mask
 
@@ -509,6 +511,39 @@ def test_struct_scrambling_writes_only_beside_valid_spots_and_draws_free_pixels_
     counts = hits[0, 0][~mask[0, 0]]
     assert len(counts) == 40 and counts.sum() == 800 and counts.min() > 5 and counts.max() < 40, counts
     assert hits[1, 0].sum() == 0  # its only spot is not valid
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ndim=st.sampled_from([2, 3]),
+    batch=st.integers(1, 3),
+    channels=st.integers(1, 2),
+    side=st.integers(3, 9),
+    percentage=st.sampled_from([2.0, 10.0, 30.0]),
+    struct=st.sampled_from([("x", 3), ("x", 5), ("y", 3), "diagonal"]),
+    seed=st.integers(0, 2**16),
+)
+def test_struct_scrambling_in_any_batch_only_moves_free_pixels_of_the_same_patch_beside_spots(
+    ndim, batch, channels, side, percentage, struct, seed
+):
+    struct_mask = np.eye(3) if struct == "diagonal" else struct
+    shape = (batch, channels) + (side,) * ndim
+    x, inverse = unique_batch(shape, seed=seed)
+    masker = BlindSpotMasker(ndim, percentage, "uniform_withCP", 1, struct_offsets=resolve_struct_mask(struct_mask, ndim))
+    x_masked, mask = masker(x, gen(seed))
+    offsets = masker.struct_offsets.tolist()
+    beside = torch.zeros_like(mask)  # struct neighbours of blind spots, inside the patch, not spots
+    for b, c, *where in mask.nonzero().tolist():
+        for offset in offsets:
+            at = [w + o for w, o in zip(where, offset)]
+            if all(0 <= a < side for a in at) and not mask[(b, c, *at)]:
+                beside[(b, c, *at)] = True
+    changed = (x_masked != x) & ~mask
+    assert not (changed & ~beside).any()
+    where = beside.nonzero()
+    source = source_of(x_masked[beside], inverse, shape)
+    assert torch.equal(source[:, :2], where[:, :2])
+    assert not mask[tuple(source.T)].any()
 
 
 def test_struct_scrambling_of_a_patch_that_is_all_blind_spots_writes_nothing():
