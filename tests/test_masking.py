@@ -498,7 +498,7 @@ def test_struct_scrambling_writes_only_beside_valid_spots_and_draws_free_pixels_
     hits = torch.zeros(shape, dtype=torch.int64)
     for seed in range(400):
         x_masked = x.clone()
-        masker._scramble_struct(x, x_masked, mask, spots, valid, gen(seed))
+        masker._scramble_struct(x, x_masked, mask, spots, gen(seed), valid)
         changed = x_masked != x
         assert not (changed & ~expected).any()
         where = expected.nonzero()
@@ -553,7 +553,7 @@ def test_struct_scrambling_of_a_patch_that_is_all_blind_spots_writes_nothing():
     mask[0] = True  # sample 0 has no free pixel; sample 1 has one spot beside free pixels
     mask[1, 0, 0, 1] = True
     x_masked = x.clone()
-    masker._scramble_struct(x, x_masked, mask, mask.nonzero(), generator=gen(2))
+    masker._scramble_struct(x, x_masked, mask, mask.nonzero(), gen(2))
     assert torch.equal(x_masked[0], x[0])
     changed = (x_masked != x)[1, 0]
     assert changed[0, 0] and changed[0, 2] and not changed[1].any()

@@ -343,7 +343,7 @@ class BlindSpotMasker:
         x_masked = x.clone()
         self._move_constants(x.device)
         if len(self.struct_offsets):
-            self._scramble_struct(x, x_masked, mask, spots, valid, generator)
+            self._scramble_struct(x, x_masked, mask, spots, generator, valid)
         values = self._replacement(x, spots, generator, checked=True)
         # Every blind spot is exactly one valid candidate; the others add zero where they land.
         values = torch.where(valid, values.to(x.dtype), 0)
@@ -358,7 +358,7 @@ class BlindSpotMasker:
         x_masked = x.clone()
         if len(self.struct_offsets):
             self._move_constants(x.device)
-            self._scramble_struct(x, x_masked, mask, spots, generator=generator)
+            self._scramble_struct(x, x_masked, mask, spots, generator)
         x_masked[mask] = self.replacements(x, spots, generator)
         return x_masked
 
@@ -440,7 +440,7 @@ class BlindSpotMasker:
             "it needs a neighbour for every pixel (check_patch refuses such patches up front)."
         )
 
-    def _scramble_struct(self, x, x_masked, mask, spots, valid=None, generator=None):
+    def _scramble_struct(self, x, x_masked, mask, spots, generator, valid=None):
         """Give the structN2V neighbours of every blind spot the values of random
         pixels of the same sample and channel that are not blind spots, so that no
         blind spot's own noisy value ever lands beside it. Positions outside the
