@@ -28,7 +28,7 @@ from ._version import __version__
 from .data.axes import resolve_axes
 from .estimator import Noise2VoidDenoiser
 from .fit.calibration import calibration_problems
-from .fit.distributed import launched_by_torchrun
+from .fit.distributed import launched_by_torchrun, torchrun_ranks
 from .fit.training import NonFiniteLossError
 from .io.bioimageio import TEST_SIDE
 from .io.budget import MAX_EXPANSION, check_free_space, declared_bytes
@@ -475,7 +475,7 @@ def _torchrun_share(given):
     if given.setdefault("n_devices", "torchrun") != "torchrun":
         raise ValueError(f"--n-devices {given['n_devices']} under torchrun: torchrun started the processes that "
                          "train together; leave --n-devices out (or give 'torchrun').")  # fmt: skip
-    return os.environ["RANK"] == "0"
+    return torchrun_ranks()[0] == 0
 
 
 def model_path(text):

@@ -13,7 +13,7 @@ from sklearn.base import clone
 
 import n2v_estimator.estimator as estimator_module
 from n2v_estimator import Noise2VoidDenoiser
-from n2v_estimator.fit.distributed import DistributedTrainingError, run_distributed
+from n2v_estimator.fit.distributed import TORCHRUN_VARIABLES, DistributedTrainingError, run_distributed
 from n2v_estimator.fit.plan import make_plan
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
@@ -211,7 +211,7 @@ def test_a_failing_rank_under_torchrun_ends_the_job_and_nothing_is_written(tmp_p
 
 
 def test_torchrun_mode_outside_torchrun_says_how_to_start_it(monkeypatch):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in TORCHRUN_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ValueError, match="torchrun --nproc-per-node N"):
         Noise2VoidDenoiser(**PARAMS, n_devices="torchrun").fit(image())
