@@ -147,7 +147,7 @@ class PatchSampler:
             rows = [b for b, d in enumerate(draws) if d[0] == i]
             image = self.images[i]
             spatial = tuple(image.shape[1:])
-            strides = [math.prod(spatial[d + 1 :]) for d in range(ndim)]
+            strides = _strides(spatial)
             # Each pixel's source, as an offset into the image's flattened pixels: the corner's
             # offset (a host number) plus the augmentation's map of the patch.
             corners = [sum(c * s for c, s in zip(draws[b][1], strides)) for b in rows]
@@ -165,11 +165,16 @@ class PatchSampler:
         key = (flips, k, spatial, device)
         if key not in self._maps:
             grid = torch.zeros(self.patch_shape, dtype=torch.int64)
-            for d, p in enumerate(self.patch_shape):
-                step = math.prod(spatial[d + 1 :])
+            for d, (p, step) in enumerate(zip(self.patch_shape, _strides(spatial))):
                 grid += (torch.arange(p) * step).view([-1 if e == d else 1 for e in range(len(spatial))])
             self._maps[key] = self._cut(grid[None], (0,) * len(self.patch_shape), flips, k)[0].to(device)
         return self._maps[key]
+
+
+def _strides(spatial):
+    """How far apart, in the flattened pixels of an image of shape ``spatial``, neighbours along each axis are."""
+    return [math.prod(spatial[d + 1 :]) for d in range(len(spatial))]
+
 
 # A validation strip, and what it leaves for training, must be at least this long.
 VALIDATION_MIN_SIDE = 8
