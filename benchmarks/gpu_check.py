@@ -208,7 +208,6 @@ def main():
     if args.device.startswith("cuda"):
         results["host_waits"] = host_waits(steps, args.probe_steps)
         print(json.dumps({"host_waits": results["host_waits"]}), flush=True)
-    if args.device.startswith("cuda"):
         results["cudnn_benchmark"] = cudnn_autotuned(steps, args.probe_steps)
         print(json.dumps({"cudnn_benchmark": results["cudnn_benchmark"]}), flush=True)
     results["profile"], table = profile(steps, args.probe_steps, args.device)
