@@ -1,10 +1,29 @@
 """Noise2Void self-supervised image denoising as a scikit-learn estimator."""
 
-from ._plot import plot_history
 from ._version import __version__
-from .estimator import Noise2VoidDenoiser
-from .fit.calibration import CalibrationWarning
-from .fit.training import NonFiniteLossError
-from .io.models import ModelFileError
+
+# Where each public name lives. They are imported on first use (PEP 562), so that importing the
+# package, or running ``n2v-estimator --help``, does not import torch and scikit-learn (seconds).
+_PUBLIC = {
+    "Noise2VoidDenoiser": "estimator",
+    "CalibrationWarning": "fit.calibration",
+    "ModelFileError": "io.model_file",
+    "NonFiniteLossError": "fit.training",
+    "plot_history": "_plot",
+}
 
 __all__ = ["Noise2VoidDenoiser", "CalibrationWarning", "ModelFileError", "NonFiniteLossError", "plot_history", "__version__"]
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    globals()[name] = value  # later look-ups find it without this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

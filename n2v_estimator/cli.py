@@ -1,9 +1,12 @@
 """The ``n2v-estimator`` command: train a denoiser on image files, denoise files, describe a model file.
 
 Every estimator parameter is an option of ``fit``, generated from
-``Noise2VoidDenoiser().get_params()`` with its help taken from the class
+``Noise2VoidDenoiser``'s constructor with its help taken from the class
 docstring's Parameters section, so the command line never lags behind the
-estimator. Errors a user can make are one line on stderr and exit status 2.
+estimator. Both are read from the estimator's source, not imported: torch and
+scikit-learn take seconds to import, and ``--help``, a usage error and ``info``
+need neither (each command imports what it needs). Errors a user can make are
+one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -20,17 +23,14 @@ import sys
 import textwrap
 import warnings
 from contextlib import contextmanager, nullcontext
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from ._version import __version__
 from .data.axes import resolve_axes
-from .estimator import Noise2VoidDenoiser
 from .fit.calibration import calibration_problems
-from .fit.distributed import launched_by_torchrun, torchrun_ranks
-from .fit.training import NonFiniteLossError
-from .io.bioimageio import TEST_SIDE
 from .io.budget import MAX_EXPANSION, check_free_space, declared_bytes
 from .io.image_metadata import common_calibration, describe, differs, for_axes, unit_symbol
 from .io.images import (
@@ -43,7 +43,7 @@ from .io.images import (
     rechunk_for_axes,
     write_image,
 )
-from .io.models import ModelFile, non_default_parameters
+from .io.model_file import ModelFile, decode_document, non_default_parameters
 from .predict.lazy import is_dask_array
 
 PROG = "n2v-estimator"
@@ -230,10 +230,29 @@ def _given_parameters(args):
     return {key[len("param_"):]: value for key, value in vars(args).items() if key.startswith("param_")}
 
 
+@lru_cache(maxsize=1)
+def estimator_signature():
+    """``(defaults, docstring)`` of :class:`Noise2VoidDenoiser`: ``get_params()`` of a default
+    estimator (names sorted) and the class docstring, read from ``estimator.py`` with :mod:`ast`
+    rather than imported (torch and scikit-learn take seconds to import). Where the source cannot
+    be read (an install without it), the class is imported instead."""
+    try:
+        tree = ast.parse(Path(__file__).with_name("estimator.py").read_text(encoding="utf-8"))
+        (cls,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Noise2VoidDenoiser"]
+        (init,) = [node for node in cls.body if isinstance(node, ast.FunctionDef) and node.name == "__init__"]
+        names = [arg.arg for arg in init.args.kwonlyargs]
+        defaults = {name: ast.literal_eval(value) for name, value in zip(names, init.args.kw_defaults, strict=True)}
+        return dict(sorted(defaults.items())), ast.get_docstring(cls, clean=False)
+    except (OSError, SyntaxError, ValueError, TypeError):
+        from .estimator import Noise2VoidDenoiser
+
+        return Noise2VoidDenoiser().get_params(), Noise2VoidDenoiser.__doc__
+
+
 def build_parser():
     """The ``n2v-estimator`` argument parser, its options generated from the estimator."""
-    helps = parameter_help(Noise2VoidDenoiser.__doc__)
-    defaults = Noise2VoidDenoiser().get_params()
+    defaults, docstring = estimator_signature()
+    helps = parameter_help(docstring)
     axes_help = (
         f"{helps.get('axes', '')} Default: the axes in the files' metadata (OME-TIFF, ImageJ, OME-Zarr, "
         "tifffile), else 2D YX and 3D SYX."
@@ -329,6 +348,8 @@ def _add_import_n2v(command):
 
 
 def _import_n2v(args):
+    from .estimator import Noise2VoidDenoiser
+
     model = _check_model_path(args.model, [args.folder])
     if os.path.lexists(model):
         raise FileExistsError(f"--model {model} exists: choose another name (import-n2v replaces no file).")
@@ -414,6 +435,9 @@ def _fit_axes(given, paths, images):
 
 # --------------------------------------------------------------------- fit
 def _fit(args):
+    from .estimator import Noise2VoidDenoiser
+    from .fit.training import NonFiniteLossError
+
     paths = expand_inputs(args.inputs)
     model = _check_model_path(args.model, paths)  # before training, not after it
     # Zarr stores and large files as dask arrays: fit reads only the patches it samples.
@@ -470,6 +494,8 @@ def _fit(args):
 def _torchrun_share(given):
     """Under torchrun, train as one of its ranks (``--n-devices torchrun``, set when not given);
     return whether this process writes the model (rank 0, or no torchrun)."""
+    from .fit.distributed import launched_by_torchrun, torchrun_ranks
+
     if not launched_by_torchrun():
         return True
     if given.setdefault("n_devices", "torchrun") != "torchrun":
@@ -617,6 +643,8 @@ def _named_axes(given, found, model_axes, array):
 
 
 def _transform(args):
+    from .estimator import Noise2VoidDenoiser
+
     paths = expand_inputs(args.inputs)
     model = _model_to_read(args.model)
     overrides = _given_parameters(args)
@@ -674,6 +702,9 @@ def _output_note(input_dtype, output_dtype, calibration, output):
 
 
 def _export(args):
+    from .estimator import Noise2VoidDenoiser
+    from .io.bioimageio import TEST_SIDE
+
     model = _model_to_read(args.model)
     denoiser = Noise2VoidDenoiser.load(model, device="cpu")
     if Path(args.output).suffix.lower() != ".zip":
@@ -754,31 +785,39 @@ def _jsonable(value):
 
 
 def describe_model(path):
-    """What the model file ``path`` holds, as one JSON-able dict (``info --json`` prints it)."""
+    """What the model file ``path`` holds, as one JSON-able dict (``info --json`` prints it).
+
+    Read from the file's header and document, checked as loading checks them (a known format
+    version, bounded JSON, a valid fitted state, every tensor declared inside the file), without
+    torch: the network itself is built, and its weights checked against it, when a command or
+    :meth:`Noise2VoidDenoiser.load` loads the model.
+    """
+    defaults, _ = estimator_signature()
     with ModelFile(path) as file:
         document = file.document
-    denoiser = Noise2VoidDenoiser.load(path, device="cpu")  # checks the whole file, weights included
+        params, fitted = decode_document(document, defaults, path)
+        n_values = file.value_count()
+        noise = {name[len("noise.log_"):]: np.exp(file.array(name).astype(np.float64)).tolist()
+                 for name in ("noise.log_sigma", "noise.log_a", "noise.log_b") if name in file.entries}  # fmt: skip
     saved = _jsonable(document.get("params", {}))
-    defaults = _jsonable(Noise2VoidDenoiser().get_params())
-    noise = {name: getattr(denoiser, f"noise_{name}_", None) for name in ("sigma", "a", "b")}
-    noise = {name: value.tolist() for name, value in noise.items() if value is not None}
+    network = fitted["network"]
     return {
         "path": str(path),
         "package_version": document.get("package_version"),
         "format_version": document.get("format_version"),
         "parameters": saved,
-        "non_default_parameters": sorted(non_default_parameters(saved, defaults)),
-        "axes": denoiser.axes,
-        "spatial_ndim": denoiser.spatial_ndim_,
-        "n_channels": denoiser.n_channels_,
-        "patch_shape": list(denoiser.patch_shape_),
-        "mean": denoiser.mean_.tolist(),
-        "std": denoiser.std_.tolist(),
-        "n_weights": int(sum(p.numel() for p in denoiser.model_.parameters())),
-        "history": _history_summary(denoiser.history_),
+        "non_default_parameters": sorted(non_default_parameters(saved, _jsonable(defaults))),
+        "axes": params.get("axes"),
+        "spatial_ndim": network["ndim"],
+        "n_channels": network["in_channels"],
+        "patch_shape": list(fitted["patch_shape"]),
+        "mean": fitted["mean"].tolist(),
+        "std": fitted["std"].tolist(),
+        "n_values": n_values,
+        "history": _history_summary(fitted["history"]),
         "noise": noise or None,
-        "calibration": getattr(denoiser, "calibration_", None),
-        "image_calibration": getattr(denoiser, "image_calibration_", None),
+        "calibration": fitted["calibration"],
+        "image_calibration": fitted["image_calibration"],
     }
 
 
@@ -809,7 +848,8 @@ def _info(args):
         f"{about['path']}: n2v-estimator model (format {about['format_version']}, "
         f"written by version {about['package_version']})",
         f"images:        {about['spatial_ndim']}D, {about['n_channels']} channel(s), axes {axes}",
-        f"network:       {about['spatial_ndim']}D U-Net, {about['n_weights']:,} weights; patches "
+        f"network:       {about['spatial_ndim']}D U-Net, {about['n_values']:,} values (weights and running "
+        "statistics); patches "
         + " x ".join(map(str, about["patch_shape"])),
         f"normalisation: mean {_numbers(about['mean'])}; std {_numbers(about['std'])} (per channel)",
         f"training:      {_history_line(about['history'])}",

@@ -17,7 +17,8 @@ from .data.normalize import check_representable, in_requested_dtype, output_dtyp
 from .fit.masking import MANIPULATORS
 from .fit.plan import Previous, make_plan
 from .io.bioimageio import BioImageIOMixin
-from .io.models import PortablePickling, estimator_document, portable_network, read_estimator, write_model
+from .io.model_file import estimator_document
+from .io.models import PortablePickling, portable_network, read_estimator, write_model
 from .io.n2v import N2VImportMixin
 from .nets.unet import ARCHITECTURE_CONSTRAINTS
 from .predict.denoise import PredictPlan, denoise

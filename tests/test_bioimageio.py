@@ -22,7 +22,7 @@ from n2v_estimator import Noise2VoidDenoiser  # noqa: E402
 from n2v_estimator.cli import main  # noqa: E402
 from n2v_estimator.io import bioimageio as _bioimageio
 from n2v_estimator.io import zipcheck as _zipcheck
-from n2v_estimator.io.models import ModelFileError  # noqa: E402
+from n2v_estimator.io.model_file import ModelFileError  # noqa: E402
 
 META = dict(name="Noise2Void test model", description="Denoises test images.", authors="Jane Doe")
 RNG = np.random.default_rng(0)

@@ -9,9 +9,10 @@ import torch
 from conftest import psnr, tiny
 
 from n2v_estimator import Noise2VoidDenoiser
-from n2v_estimator.nets.blindnet import BlindSpotNetwork, every_pixel, receptive_radius
+from n2v_estimator.nets.blindnet import BlindSpotNetwork, every_pixel
 from n2v_estimator.nets.builder import build_unet
 from n2v_estimator.nets.geometry import NetworkGeometry, border_width, default_overlap
+from n2v_estimator.nets.geometry import blind_receptive_radius as receptive_radius
 from n2v_estimator.nets.noise import posterior
 from n2v_estimator.nets.unet import check_description, network_description
 from n2v_estimator.predict.denoise import PredictPlan, denoise

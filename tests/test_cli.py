@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from n2v_estimator import Noise2VoidDenoiser
-from n2v_estimator.cli import build_parser, main, parameter_help, parameter_value
+from n2v_estimator.cli import build_parser, estimator_signature, main, parameter_help, parameter_value
 from n2v_estimator.fit import training as _training
 from n2v_estimator.io import images as _io
 
@@ -68,6 +68,36 @@ def test_every_estimator_parameter_is_an_option_with_its_docstring_help():
         dashed = "--" + name.replace("_", "-")
         assert dashed in options and "--" + name in options, name
         assert options[dashed].help.replace("%%", "%").startswith(helps[name])
+
+
+def test_the_options_are_read_from_the_estimators_source_as_the_estimator_has_them():
+    defaults, docstring = estimator_signature()
+    assert defaults == Noise2VoidDenoiser().get_params() and list(defaults) == sorted(defaults)
+    assert docstring == Noise2VoidDenoiser.__doc__
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.mark.parametrize(
+    "argv, status",
+    [(["--help"], 0), (["fit", "--help"], 0), (["transform", "--help"], 0), (["info", "--help"], 0), (["--version"], 0),
+     (["fit", "--max-epoch", "3"], 2), (["transform"], 2), (["frobnicate"], 2),
+     (["info", str(FIXTURES / "probabilistic_model_0.1.0.safetensors")], 0),
+     (["info", str(FIXTURES / "plain_model_0.1.0.safetensors"), "--json"], 0), (["info", __file__], 2)],
+    ids=lambda value: " ".join(Path(a).name for a in value) if isinstance(value, list) else str(value),
+)  # fmt: skip
+def test_help_usage_errors_and_info_import_neither_torch_nor_scikit_learn(argv, status):
+    """They answer in a fraction of a second: importing torch and scikit-learn takes seconds."""
+    code = (
+        "import sys\n"
+        "from n2v_estimator.cli import main\n"
+        f"status = main({argv!r})\n"
+        "heavy = sorted(m for m in ('torch', 'sklearn', 'scipy', 'skimage') if m in sys.modules)\n"
+        "print('HEAVY', status, heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stderr.strip().splitlines()[-1] == f"HEAVY {status} []", done.stderr
 
 
 def test_option_values_are_python_literals_else_strings():

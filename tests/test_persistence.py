@@ -11,7 +11,8 @@ from conftest import CodeRunningPickle, crash_mid_write
 from safetensors.torch import save_file
 
 from n2v_estimator.io import models as _persistence
-from n2v_estimator.io.models import FORMAT_NAME, FORMAT_VERSION, ModelFileError, read_model, write_model
+from n2v_estimator.io.model_file import FORMAT_NAME, FORMAT_VERSION, ModelFileError
+from n2v_estimator.io.models import read_model, write_model
 
 
 def tensors():
@@ -200,7 +201,7 @@ def test_a_new_file_gets_the_usual_permissions_and_a_replaced_file_keeps_its_own
 
 def test_parameters_that_differ_from_the_defaults_are_compared_as_a_model_file_stores_them():
     from n2v_estimator import Noise2VoidDenoiser
-    from n2v_estimator.io.models import non_default_parameters
+    from n2v_estimator.io.model_file import non_default_parameters
 
     defaults = Noise2VoidDenoiser().get_params()
     mask = np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]])

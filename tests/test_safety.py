@@ -535,7 +535,7 @@ def test_a_huge_but_finite_mean_loads_and_transform_refuses_rather_than_return_i
 
 
 def test_an_unterminated_string_in_a_header_is_scanned_in_linear_time(tmp_path):
-    from n2v_estimator.io.models import _JSON_STRING
+    from n2v_estimator.io.model_file import _JSON_STRING
 
     assert _JSON_STRING.sub("", '[1, "ab\\"c"]') == "[1, ]"
     assert _JSON_STRING.sub("", '[1, "never closed \\" [[[') == "[1, "  # runs to the end

@@ -7,11 +7,11 @@ there and ``from_canonical`` takes a result back to the user's own layout.
 
 from __future__ import annotations
 
+import sys
 from numbers import Integral
 from typing import NamedTuple
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..io.codecs import check_source
 
@@ -261,6 +261,13 @@ def spatial_ndim(axes):
     return 3 if "Z" in axes else 2
 
 
+def _is_sparse(X):
+    """Whether ``X`` is a SciPy sparse matrix or array. SciPy is not imported for it: a sparse
+    object exists only once ``scipy.sparse`` is (the command line starts without SciPy)."""
+    sparse = sys.modules.get("scipy.sparse")
+    return sparse is not None and sparse.issparse(X)
+
+
 def check_image_array(X, name="X"):
     """Return ``X`` as a numeric ndarray, or raise a clear error.
 
@@ -270,7 +277,7 @@ def check_image_array(X, name="X"):
     (no copy); object arrays of numbers are converted to float64.
     """
     check_source(X, name)  # a zarr array (or a dask array on one): its codecs, before any chunk is read
-    if sp.issparse(X):
+    if _is_sparse(X):
         raise TypeError(
             f"Sparse data was passed for {name}, but dense data is required: images are dense. "
             "Use X.toarray() to convert to a dense numpy array."

@@ -35,10 +35,6 @@ import math
 import warnings
 
 import numpy as np
-import torch
-
-from ..nets.noise import quantile_bins
-from ..runtime.compute import autocast
 
 # Intensity bins of the prior mean (equal counts): the dark background and the bright
 # structure of a microscopy image fall into different bins.
@@ -78,6 +74,12 @@ def blind_spot_calibration(model, batches, mean, std, precision="32"):
         ``tail`` (share of ``|x - mu|`` beyond :data:`TAIL_Z` predicted
         standard deviations) and ``se`` (the ratio's standard error).
     """
+    # Here, not above: the verdicts below are read without torch (the command line's info).
+    import torch
+
+    from ..nets.noise import quantile_bins
+    from ..runtime.compute import autocast
+
     channels = len(mean)
     parts = [[] for _ in range(channels)]
     with torch.inference_mode():

@@ -52,7 +52,7 @@ from ..nets.unet import (
 )
 from ..predict.tiling import augmentations, mirror_index, predict_tiled
 from .atomic import remove, replace, temporary_beside
-from .models import non_default_parameters
+from .model_file import ModelFileError, non_default_parameters
 
 # Names inside the package.
 ARCHITECTURE_FILE = "n2v_unet.py"
@@ -382,8 +382,6 @@ def _copy_bounded(source, sink, limit, what):
     zipfile already stops at a member's declared size; the count keeps the
     bound here, whatever reads the member.
     """
-    from .models import ModelFileError
-
     copied = 0
     while chunk := source.read(2**20):
         copied += len(chunk)
@@ -394,8 +392,6 @@ def _copy_bounded(source, sink, limit, what):
 
 def _load_description(spec, path):
     """``bioimageio.spec``'s description of the package, its failures as :class:`ModelFileError`."""
-    from .models import ModelFileError
-
     try:
         return spec.load_description(str(path), perform_io_checks=True)  # checks every file's sha256
     except ImportError:
@@ -409,7 +405,6 @@ def _load_description(spec, path):
 
 def from_package(cls, path, device=None):
     """The work of :meth:`Noise2VoidDenoiser.from_bioimageio`."""
-    from .models import ModelFileError
     from .zipcheck import MAX_MODEL_BYTES, check_package
 
     path = Path(path)

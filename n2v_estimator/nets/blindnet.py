@@ -33,26 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .geometry import BLIND_HEAD_WIDTH
 from .noise import NoiseModel
 from .unet import UNet, _batch_norm, _conv, _interleave
 
-# Width of the head's hidden 1x1 convolutions, in multiples of n_filters (96 by default,
-# as measured in benchmarks/blind_network_prior.py).
-HEAD_WIDTH = 3
 _SLOPE = 0.1  # LeakyReLU, as in Laine et al.
-
-
-def receptive_radius(depth, kernel_size):
-    """How far, in input pixels along each axis, the blind network looks from an output pixel.
-
-    Along a direction the upward U-Net reaches ``kernel_size - 1`` rows per
-    convolution at its level (``2**level`` input pixels per row), six
-    convolutions a level (down, bottom, up), plus its shifts and pools: measured
-    through the gradient, ``(kernel_size - 1) * (6 * 2**depth - 4) + 2**(depth + 1) - 1``.
-    Sideways it reaches less, so this is the radius along every axis: 47 pixels
-    for the default depth 2 and kernel 3 (the masked U-Net: 26).
-    """
-    return (kernel_size - 1) * (6 * 2**depth - 4) + 2 ** (depth + 1) - 1
 
 
 class _EveryPixel:
@@ -180,7 +165,7 @@ class BlindSpotNetwork(nn.Module):
         self.groups = g = in_channels if independent_channels else 1
         self.unet = _UpwardUNet(ndim, in_channels, depth, n_filters, kernel_size, batch_norm, g)
         self.outputs = 1 if noise_model is None else 2
-        width, conv = HEAD_WIDTH * n_filters * g, _conv(ndim)
+        width, conv = BLIND_HEAD_WIDTH * n_filters * g, _conv(ndim)
         # The 1x1 convolutions that combine the directions; the last one is the head, as in UNet.
         self.hidden = nn.Sequential(
             conv(2 * ndim * self.unet.out_channels, width, 1, groups=g), nn.LeakyReLU(_SLOPE, inplace=True),

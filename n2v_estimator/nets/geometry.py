@@ -10,12 +10,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .blindnet import receptive_radius as _blind_radius
+# Width of the blind-spot network's hidden 1x1 head convolutions, in multiples of n_filters (96
+# by default, as measured in benchmarks/blind_network_prior.py).
+BLIND_HEAD_WIDTH = 3
 
 
 def round_up(value, multiple):
     """The smallest multiple of ``multiple`` that is >= ``value``."""
     return -(-value // multiple) * multiple
+
+
+def blind_receptive_radius(depth, kernel_size):
+    """How far, in input pixels along each axis, the blind-spot network
+    (:mod:`n2v_estimator.nets.blindnet`) looks from an output pixel.
+
+    Along a direction the upward U-Net reaches ``kernel_size - 1`` rows per
+    convolution at its level (``2**level`` input pixels per row), six
+    convolutions a level (down, bottom, up), plus its shifts and pools: measured
+    through the gradient, ``(kernel_size - 1) * (6 * 2**depth - 4) + 2**(depth + 1) - 1``.
+    Sideways it reaches less, so this is the radius along every axis: 47 pixels
+    for the default depth 2 and kernel 3 (the masked U-Net: 26).
+    """
+    return (kernel_size - 1) * (6 * 2**depth - 4) + 2 ** (depth + 1) - 1
 
 
 def receptive_radius(depth, kernel_size, blurpool=False, blind=False):
@@ -28,10 +44,10 @@ def receptive_radius(depth, kernel_size, blurpool=False, blind=False):
     ``2 * (2**depth - 1)``, plus ``2**depth - 1`` with ``blurpool``. Exact for
     the pooling positions that reach farthest (measured through the gradient):
     10 pixels for depth 1 and kernel 3, 26 for the default depth 2. A
-    blind-spot network (``blind``) reaches farther: :func:`n2v_estimator.nets.blindnet.receptive_radius`.
+    blind-spot network (``blind``) reaches farther: :func:`blind_receptive_radius`.
     """
     if blind:
-        return _blind_radius(depth, kernel_size)
+        return blind_receptive_radius(depth, kernel_size)
     multiple = 2**depth
     radius = (kernel_size // 2) * (6 * multiple - 4) + 2 * (multiple - 1)
     return radius + (multiple - 1 if blurpool else 0)

@@ -23,10 +23,7 @@ import math
 import os
 from fractions import Fraction
 
-import torch
-
-from ..nets.blindnet import HEAD_WIDTH
-from ..nets.geometry import NetworkGeometry
+from ..nets.geometry import BLIND_HEAD_WIDTH, NetworkGeometry
 
 # Bytes of a feature-map value in each precision (autocast keeps the activations
 # it saves for the backward pass in the reduced type).
@@ -61,6 +58,8 @@ def device_memory(device):
     CUDA: the GPU's total memory. Apple MPS: the memory torch recommends at most.
     CPU: the machine's physical memory (a step swapping to disk would take hours).
     """
+    import torch  # only here: the arithmetic below needs no torch (the command line's checks)
+
     device = torch.device(device)
     if device.type == "cuda":
         _, total = torch.cuda.mem_get_info(device)
@@ -146,7 +145,7 @@ def network_values(description):
         n += _block_weights(width[level] + skip, width[level], width[max(0, level - 1)], kernel, ndim, groups, bn)
     head_in = width[0]
     if blind:
-        hidden = HEAD_WIDTH * description["n_filters"] * groups
+        hidden = BLIND_HEAD_WIDTH * description["n_filters"] * groups
         n += _conv_weights(2 * ndim * width[0], hidden, 1, ndim, groups, True)
         n += _conv_weights(hidden, hidden, 1, ndim, groups, True)
         head_in = hidden
@@ -190,7 +189,7 @@ def _saved_per_sample(description, patch_shape):
     if not blind:
         return n + 2 * channels * outputs * pixels[0]
     directions = 2 * ndim
-    hidden = HEAD_WIDTH * description["n_filters"] * groups
+    hidden = BLIND_HEAD_WIDTH * description["n_filters"] * groups
     # Every direction is one more sample through the U-Net; then the directions'
     # features joined, two hidden 1x1 convolutions and the head.
     head = (directions * width[0] + 2 * hidden + 2 * channels * outputs) * pixels[0]
@@ -209,7 +208,7 @@ def _prediction_per_pixel(description):
     if not blind:
         return unet
     directions = 2 * ndim
-    hidden = HEAD_WIDTH * description["n_filters"] * groups
+    hidden = BLIND_HEAD_WIDTH * description["n_filters"] * groups
     return max(directions * unet, 3 * directions * width[0] + 2 * hidden)
 
 
