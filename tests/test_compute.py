@@ -117,6 +117,33 @@ def test_auto_precision_follows_the_device_and_the_cpu(monkeypatch):
         resolve_precision("16-mixed", "cpu")
 
 
+def test_auto_precision_predicts_in_float32_everywhere_and_a_given_one_is_kept(monkeypatch):
+    monkeypatch.setattr(_compute, "_cpu_has_native_bf16", lambda: True)
+    for device in ("cpu", "cuda", "mps"):
+        assert resolve_precision("auto", device, training=False) == "32"
+    assert resolve_precision("bf16", "cpu", training=False) == "bf16"
+    assert resolve_precision("16-mixed", "cuda", training=False) == "16-mixed"
+
+
+def test_a_model_trained_in_bfloat16_predicts_in_float32_by_default(monkeypatch, camera_pair):
+    _, noisy = camera_pair
+    monkeypatch.setattr(_compute, "_cpu_has_native_bf16", lambda: True)  # what 'auto' picks on such a CPU
+    fitted = tiny(precision="auto").fit(noisy)
+    assert fitted.history_  # trained in bfloat16 (emulated where the CPU has none)
+    exact = fitted.transform(noisy)
+    np.testing.assert_array_equal(exact, fitted.set_params(precision="32").transform(noisy))
+    reduced = fitted.set_params(precision="bf16").transform(noisy)
+    assert 0 < np.abs(reduced - exact).max() < 0.05 * np.ptp(exact)  # asked for: bfloat16, which rounds
+
+
+def test_float32_on_cuda_switches_tensorfloat32_off_for_its_duration(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    with autocast("cuda", "32"):
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+
+
 def test_grouped_networks_stay_in_the_default_layout_in_bfloat16():
     assert prefers_channels_last(network("2d"), "bf16") and prefers_channels_last(network("grouped"), "32")
     assert not prefers_channels_last(network("grouped"), "bf16")

@@ -123,7 +123,8 @@ class PredictPlan:
     (as ``fit`` has its :class:`n2v_estimator.fit.plan.FitPlan`).
 
     ``batch_pixels`` is the number of pixels per batch of tiles; ``device`` and
-    ``precision`` are resolved (``"auto"`` decided); the others are the
+    ``precision`` are resolved (``"auto"`` decided: float32, the same output on
+    every machine); the others are the
     estimator's parameters of the same names.
     """
 
@@ -147,7 +148,7 @@ class PredictPlan:
             tile_overlap=params["tile_overlap"],
             batch_pixels=params["batch_size"] * math.prod(int(p) for p in patch_shape),
             device=device,
-            precision=resolve_precision(params["precision"], device, spatial_ndim),
+            precision=resolve_precision(params["precision"], device, spatial_ndim, training=False),
             tta=bool(params["tta"]),
             verbose=params["verbose"] if verbose is None else verbose,
             manipulator=params["manipulator"],

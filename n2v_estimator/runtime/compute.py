@@ -27,19 +27,24 @@ def _cpu_has_native_bf16():
         return False
 
 
-def resolve_precision(precision, device, ndim=2):
+def resolve_precision(precision, device, ndim=2, *, training=True):
     """The precision ``"32"``, ``"bf16"`` or ``"16-mixed"`` to compute in on ``device``
-    for a network of ``ndim`` spatial dimensions.
+    for a network of ``ndim`` spatial dimensions, to train it (``training``) or to predict.
 
-    ``"auto"``: float16 autocast with a gradient scaler on CUDA, bfloat16 for 2D
-    networks on CPUs with native bfloat16 support, float32 elsewhere (Apple MPS,
-    other CPUs, and 3D on a CPU, where bfloat16 training of the dev volume turned
-    the loss NaN within two epochs with torch 2.13).
+    ``"auto"`` trains in float16 autocast with a gradient scaler on CUDA, in bfloat16
+    for 2D networks on CPUs with native bfloat16 support, and in float32 elsewhere
+    (Apple MPS, other CPUs, and 3D on a CPU, where bfloat16 training of the dev
+    volume turned the loss NaN within two epochs with torch 2.13). It predicts in
+    float32 everywhere: the same model and image give the same output on any
+    machine (bfloat16 prediction moved outputs by 1e-2 of the range, and by how
+    many threads computed them). A precision given explicitly is used for both.
     ``"16-mixed"`` needs CUDA; ``"bf16"`` runs anywhere (emulated on CPUs without
     native support, so slower there).
     """
     device, precision = torch.device(device), str(precision)  # 32 as in Lightning means "32"
     if precision == "auto":
+        if not training:
+            return "32"
         if device.type == "cuda":
             return "16-mixed"
         if device.type == "cpu" and ndim == 2 and _cpu_has_native_bf16():
@@ -54,11 +59,25 @@ def resolve_precision(precision, device, ndim=2):
 
 
 def autocast(device, precision):
-    """The autocast context for ``precision`` on ``device`` (a no-op for ``"32"``)."""
+    """The context the network computes in for ``precision`` on ``device``: autocast to
+    bfloat16 or float16, and for ``"32"`` float32 itself: on CUDA, cuDNN's and cuBLAS's
+    TensorFloat-32 (10-bit mantissas, torch's default for convolutions on recent GPUs)
+    is switched off for the duration, so that float32 means the same on every device."""
+    device = torch.device(device)
     if precision == "32":
-        return contextlib.nullcontext()
+        return _no_tf32() if device.type == "cuda" else contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 def grad_scaler(device, precision):
