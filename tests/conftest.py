@@ -1,10 +1,13 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 from skimage import data
 
-# Two cores: keep torch from oversubscribing when pytest runs alongside other work.
-torch.set_num_threads(2)
+# pytest-xdist runs one worker per core: each computes on one thread, so that the workers do not
+# oversubscribe the cores. Run alone, the tests use two threads (at most: the machines are shared).
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="module")

@@ -93,8 +93,8 @@ def test_tiles_are_predicted_as_the_whole_image_and_without_a_mirrored_border():
     overlap = NetworkGeometry.of(model.description).overlap
     assert overlap == 40
     tiled = denoise(model, images, mean, std, settings_for(tile=48, overlap=overlap), np.float64, return_std=True)
-    for a, b in zip(whole, tiled):
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 + 1e-5 * np.ptp(a))
+    for a, b in zip(whole, tiled):  # float32 rounding, which scales with the values (the std's range is small)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-9 + 1e-5 * np.abs(a).max())
     # One pass: the posterior of the network's own prediction on the plain image.
     x = ((images - mean) / std).astype(np.float32)
     with torch.no_grad():
