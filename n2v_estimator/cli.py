@@ -38,6 +38,7 @@ from .io.images import (
     WRITE_FORMATS,
     check_output_apart,
     check_output_path,
+    input_format,
     is_zarr_store,
     read_image,
     rechunk_for_axes,
@@ -398,7 +399,9 @@ def _add_info(command, helps, defaults, axes_help):
 # ------------------------------------------------------------------- inputs
 def expand_inputs(patterns):
     """File and folder names, glob patterns expanded (sorted); a pattern that
-    matches nothing is an error. A name that exists is taken as it is."""
+    matches nothing is an error. A name that exists is taken as it is. Each must
+    be an image of a format :func:`read_image` reads: a missing file or an unknown
+    format is named at once, before the estimator is imported or a model read."""
     paths = []
     for pattern in patterns:
         if os.path.exists(pattern) or not re.search(r"[*?[]", pattern):
@@ -408,6 +411,8 @@ def expand_inputs(patterns):
         if not matches:
             raise FileNotFoundError(f"{pattern} matches no file.")
         paths.extend(Path(match) for match in matches)
+    for path in paths:
+        input_format(path)
     return paths
 
 

@@ -220,7 +220,7 @@ def read_image(path, lazy=False, *, return_metadata=False, trust_declared_size=F
         If the format needs tifffile, zarr or dask and it is not installed.
     """
     path = Path(path)
-    kind = _input_format(path)
+    kind = input_format(path)
     # Each reader takes the size above which it reads lazily (None: never) and whether to trust sizes.
     reader = {"tiff": _read_tiff, "zarr": _read_zarr, "npy": _read_npy, "picture": _read_picture}[kind]
     try:
@@ -240,7 +240,11 @@ def is_zarr_store(path):
     return Path(path).is_dir() and any((Path(path) / marker).exists() for marker in _ZARR_MARKERS)
 
 
-def _input_format(path):
+def input_format(path):
+    """The format of the image at ``path`` as :func:`read_image` reads it (``"tiff"``, ``"zarr"``,
+    ``"npy"`` or ``"picture"``), judged by its suffix (a folder: by its zarr metadata) without
+    reading it; ``FileNotFoundError`` or ``ValueError`` naming the supported formats."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder. Supported formats: {READ_FORMATS}.")
     if path.is_dir():
