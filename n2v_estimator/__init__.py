@@ -1,6 +1,15 @@
 """Noise2Void self-supervised image denoising as a scikit-learn estimator."""
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
+
+if TYPE_CHECKING:  # for type checkers and the API reference (mkdocstrings reads imports, not __getattr__)
+    from ._plot import plot_history
+    from .estimator import Noise2VoidDenoiser
+    from .fit.calibration import CalibrationWarning
+    from .fit.training import NonFiniteLossError
+    from .io.model_file import ModelFileError
 
 # Where each public name lives. They are imported on first use (PEP 562), so that importing the
 # package, or running ``n2v-estimator --help``, does not import torch and scikit-learn (seconds).

@@ -140,10 +140,9 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
     precision : {"auto", "32", "bf16", "16-mixed"}, default="auto"
         Arithmetic of the network (weights, loss and normalisation stay
         float32). ``"auto"`` trains in ``"16-mixed"`` (float16 with gradient
-        scaling) on CUDA, in ``"bf16"`` in 2D on CPUs with native bfloat16, else
-        in ``"32"``, and predicts (``transform``, ``score``) in ``"32"``: the
-        same model and image give the same output on every machine. Any other
-        value is used for both.
+        scaling) on CUDA, ``"bf16"`` in 2D on CPUs with native bfloat16, else
+        ``"32"``, and predicts in ``"32"`` (the same output on every machine).
+        Any other value applies to both.
     verbose : bool or "auto", default="auto"
         Progress bars for training and prediction: ``"auto"`` once a call has
         run 5 seconds (quiet for short calls and inside searches and

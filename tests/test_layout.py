@@ -19,6 +19,16 @@ def test_estimator_module_holds_only_the_class_and_stays_short():
     assert [node.name for node in top_level if isinstance(node, ast.ClassDef)] == ["Noise2VoidDenoiser"]
 
 
+def test_the_public_names_load_on_first_use_from_the_modules_that_the_type_checkers_see():
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    (checking,) = [node for node in tree.body if isinstance(node, ast.If)]  # if TYPE_CHECKING:
+    seen = {alias.name: node.module for node in checking.body for alias in node.names}
+    assert seen == n2v_estimator._PUBLIC
+    assert set(n2v_estimator.__all__) == {*seen, "__version__"}
+    for name, module in seen.items():
+        assert getattr(n2v_estimator, name) is getattr(__import__(f"n2v_estimator.{module}", fromlist=[name]), name)
+
+
 def test_the_architecture_page_names_every_module():
     architecture = PACKAGE.parent / "docs" / "architecture.md"
     if not architecture.exists():  # installed without the repository
