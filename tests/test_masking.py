@@ -479,6 +479,34 @@ def test_struct_neighbours_never_get_the_value_of_a_blind_spot():
     assert not mask[tuple(source.T)].any()
 
 
+def test_a_struct_neighbour_never_keeps_or_takes_its_own_value():
+    """Drawn from every free pixel of its patch, a neighbour would keep its own noisy value (correlated
+    with the blind spot's, which structN2V hides) once in as many draws as there are free pixels: 1 in 8
+    here, about 500 of 4000."""
+    shape = (2000, 1, 3, 3)
+    x, inverse = unique_batch(shape, seed=9)
+    masker = BlindSpotMasker(2, 5.0, "uniform_withCP", 1, struct_offsets=resolve_struct_mask(("x", 3), 2))
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[:, :, 1, 1] = True  # one blind spot in the middle of each patch: neighbours (1, 0) and (1, 2)
+    x_masked = x.clone()
+    masker._scramble_struct(x, x_masked, mask, mask.nonzero(), gen(3))
+    for column in (0, 2):
+        neighbours = x_masked[:, 0, 1, column]
+        assert not (neighbours == x[:, 0, 1, column]).any()
+        drawn = {tuple(p) for p in source_of(neighbours, inverse, shape)[:, 2:].tolist()}
+        free = {(r, c) for r in range(3) for c in range(3)} - {(1, 1)}
+        assert drawn == free - {(1, column)}  # each of the 7 other free pixels, never the spot or itself
+
+
+def test_a_struct_neighbour_with_no_other_free_pixel_keeps_its_value():
+    masker = BlindSpotMasker(2, 5.0, "uniform_withCP", 1, struct_offsets=resolve_struct_mask(("x", 3), 2))
+    x = torch.randn(1, 1, 1, 2, generator=gen(1))
+    mask = torch.tensor([[[[True, False]]]])  # the spot's only free pixel is its own neighbour
+    x_masked = x.clone()
+    masker._scramble_struct(x, x_masked, mask, mask.nonzero(), gen(2))
+    assert torch.equal(x_masked, x)
+
+
 def test_struct_scrambling_writes_only_beside_valid_spots_and_draws_free_pixels_uniformly():
     """The scrambling draws for every (spot, offset) pair and masks out those that must not write:
     spots marked invalid, neighbours outside the patch or blind spots themselves. The values come
@@ -544,6 +572,8 @@ def test_struct_scrambling_in_any_batch_only_moves_free_pixels_of_the_same_patch
     source = source_of(x_masked[beside], inverse, shape)
     assert torch.equal(source[:, :2], where[:, :2])
     assert not mask[tuple(source.T)].any()
+    others = (~mask).flatten(2).sum(-1)[where[:, 0], where[:, 1]] > 1  # a free pixel besides the neighbour
+    assert not (source == where).all(dim=1)[others].any()  # never its own value
 
 
 def test_struct_scrambling_of_a_patch_that_is_all_blind_spots_writes_nothing():

@@ -442,11 +442,13 @@ class BlindSpotMasker:
 
     def _scramble_struct(self, x, x_masked, mask, spots, generator, valid=None):
         """Give the structN2V neighbours of every blind spot the values of random
-        pixels of the same sample and channel that are not blind spots, so that no
-        blind spot's own noisy value ever lands beside it. Positions outside the
+        pixels of the same sample and channel that are neither blind spots nor the
+        neighbour itself, so that no blind spot's own noisy value ever lands beside it
+        and no neighbour keeps its own (correlated) noise. Positions outside the
         patch are skipped, and so are neighbours that are blind spots themselves
         (they get a replacement value); ``valid`` (default: all) marks which of ``spots``
-        are blind spots. A pixel that neighbours several blind spots gets one value.
+        are blind spots. A pixel that neighbours several blind spots gets one value; one
+        whose sample and channel hold no other free pixel keeps its own.
 
         Nothing is selected or counted on the host: every (spot, offset) pair draws a source
         and those that must not write are masked out, so a GPU runs on."""
@@ -461,13 +463,17 @@ class BlindSpotMasker:
         target = row * pixels + _ravel(coords, spatial)  # flat (row, pixel) of each neighbour
         free = ~mask.reshape(-1)  # mask is (B, C, *spatial): flat index row * pixels + pixel
         write &= free[target]
-        # The u-th pixel that is not a blind spot, u uniform per pair: the first flat position
-        # where the running count of free pixels reaches the row's start + u + 1.
+        # The u-th free pixel other than the target, u uniform per pair over the row's other free
+        # pixels: the first flat position where the running count of free pixels reaches the
+        # row's start + u + 1, u skipping the target's own rank among them.
         running = free.cumsum(0)
         counts = free.reshape(rows, pixels).sum(dim=1)
         starts = counts.cumsum(0) - counts
+        others = counts[row] - 1  # the target is free wherever it writes
+        write &= others >= 1
         u = torch.rand(row.shape, generator=generator, device=device, dtype=_float_dtype(device))
-        pick = torch.minimum((u * counts[row]).long(), (counts[row] - 1).clamp_min(0))
+        pick = torch.minimum((u * others).long(), (others - 1).clamp_min(0))
+        pick += pick >= running[target] - 1 - starts[row]  # the target's rank among its row's free pixels
         source = torch.searchsorted(running, starts[row] + pick + 1).clamp_max(rows * pixels - 1)
         values = x.reshape(-1)[source]  # a row without free pixels writes nowhere (all its pixels are spots)
         # Where several pairs land on one pixel, the last one writes (a maximum, not a race).
