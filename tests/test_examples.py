@@ -68,7 +68,7 @@ def test_the_bsd68_example_uses_the_notebooks_configuration_by_default():
     example = _example("bsd68")
     notebook = example.make_denoiser(False, None, {})
     assert (notebook.n_filters, notebook.batch_size, notebook.max_epochs, notebook.steps_per_epoch) == (96, 128, 200, 400)
-    assert notebook.residual and notebook.masked_pixel_percentage == 0.198 and notebook.neighborhood_radius == 2
+    assert notebook.residual and notebook.masked_pixel_percentage == 100 / 22**2 and notebook.neighborhood_radius == 2
     short = example.make_denoiser(False, 50, {"batch_size": 8})
     assert (short.max_epochs * short.steps_per_epoch, short.batch_size) == (50, 8)
     assert example.make_denoiser(True, None, {}).n_filters == 32

@@ -15,6 +15,7 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from n2v_estimator import Noise2VoidDenoiser  # noqa: E402
+from n2v_estimator.fit.masking import grid_cell_side  # noqa: E402
 from n2v_estimator.io.n2v import N2VModelError  # noqa: E402
 from n2v_estimator.nets.geometry import NetworkGeometry  # noqa: E402
 
@@ -80,7 +81,7 @@ def test_the_settings_of_the_config_are_the_estimators_parameters():
     np.testing.assert_allclose(denoiser.mean_, [float(m) for m in config["means"]])
     np.testing.assert_allclose(denoiser.std_, [float(s) for s in config["stds"]])
     bsd = Noise2VoidDenoiser.from_n2v(MODELS / "bsd68_small")
-    assert bsd.residual and bsd.batch_norm and bsd.masked_pixel_percentage == pytest.approx(0.198)
+    assert bsd.residual and bsd.batch_norm and bsd.masked_pixel_percentage == pytest.approx(100 / 22**2)  # 0.198
 
 
 def test_last_weights_are_read_on_request(tmp_path):
@@ -178,20 +179,35 @@ def test_a_config_this_package_cannot_represent_is_refused_naming_the_setting(tm
         Noise2VoidDenoiser.from_n2v(folder)
 
 
+# n2v's BSD68 notebook's N2VConfig.
+BSD68_NOTEBOOK = dict(n_dim=2, axes="YXC", n_channel_in=1, n_channel_out=1, means=["0"], stds=["1"],
+                      unet_kern_size=3, train_steps_per_epoch=400, train_epochs=200, train_loss="mse", batch_norm=True,
+                      train_batch_size=128, n2v_perc_pix=0.198, n2v_patch_shape=(64, 64), unet_n_first=96,
+                      unet_residual=True, n2v_manipulator="uniform_withCP", n2v_neighborhood_radius=2,
+                      single_net_per_channel=False, unet_n_depth=2, train_learning_rate=0.0004,
+                      unet_last_activation="linear", train_reduce_lr=None)  # fmt: skip
+
+
 def test_from_n2v_config_gives_the_bsd68_notebooks_training_settings():
-    notebook = dict(n_dim=2, axes="YXC", n_channel_in=1, n_channel_out=1, means=["0"], stds=["1"],
-                    unet_kern_size=3, train_steps_per_epoch=400, train_epochs=200, train_loss="mse", batch_norm=True,
-                    train_batch_size=128, n2v_perc_pix=0.198, n2v_patch_shape=(64, 64), unet_n_first=96,
-                    unet_residual=True, n2v_manipulator="uniform_withCP", n2v_neighborhood_radius=2,
-                    single_net_per_channel=False, unet_n_depth=2, train_learning_rate=0.0004,
-                    unet_last_activation="linear", train_reduce_lr=None)  # fmt: skip
-    denoiser = Noise2VoidDenoiser.from_n2v_config(notebook)
+    denoiser = Noise2VoidDenoiser.from_n2v_config(BSD68_NOTEBOOK)
     assert not hasattr(denoiser, "model_")
     expected = dict(axes="YX", kernel_size=3, steps_per_epoch=400, max_epochs=200, batch_norm=True, batch_size=128,
-                    masked_pixel_percentage=0.198, patch_size=(64, 64), n_filters=96, residual=True,
+                    masked_pixel_percentage=100 / 22**2, patch_size=(64, 64), n_filters=96, residual=True,
                     manipulator="uniform_withCP", neighborhood_radius=2, independent_channels=False, depth=2,
                     learning_rate=0.0004)  # fmt: skip
     assert {k: denoiser.get_params()[k] for k in expected} == expected
+
+
+@pytest.mark.parametrize("n_dim, perc_pix, box", [(2, 0.198, 22), (3, 0.198, 22), (2, 1.5, 8), (3, 5.0, 4), (3, 100.0, 1)])
+def test_n2v_perc_pix_becomes_the_share_of_blind_spots_n2v_trains_with_in_2d_and_3d(n_dim, perc_pix, box):
+    """n2v places one blind spot per box of side round(sqrt(100 / perc_pix)), in 3D too: here the
+    grid cell is that box, so a converted 3D configuration trains with n2v's few blind spots, not
+    with 21 times more (0.198% of a 32^3 patch is 65; n2v places about 3)."""
+    config = {**BSD68_NOTEBOOK, "n_dim": n_dim, "axes": "ZYXC" if n_dim == 3 else "YXC", "n2v_perc_pix": perc_pix,
+              "n2v_patch_shape": (32,) * n_dim}  # fmt: skip
+    denoiser = Noise2VoidDenoiser.from_n2v_config(config)
+    assert denoiser.masked_pixel_percentage == pytest.approx(100 / box**n_dim)
+    assert grid_cell_side(denoiser.masked_pixel_percentage, n_dim) == pytest.approx(box)
 
 
 def test_from_n2v_config_reads_a_config_file_and_says_what_trains_differently():

@@ -9,6 +9,7 @@ The import writes an ordinary model file (in a temporary folder) and reads it ba
 from __future__ import annotations
 
 import json
+import math
 import re
 import tempfile
 import warnings
@@ -71,6 +72,15 @@ def _get(config, key, kinds, check=None, what=""):
     return value
 
 
+def _effective_percentage(perc_pix, n_dim):
+    """The share of blind spots n2v trains with at ``n2v_perc_pix``: one per box of side
+    ``round(sqrt(100 / perc_pix))`` along every axis, in 2D and, as n2v computes it, in 3D too
+    (a cube root would be right there: n2v places far fewer than it asks for). 0.198 is 0.2066%
+    in 2D (22x22 boxes) and 0.0094% in 3D (22x22x22)."""
+    box = round(math.sqrt(100 / perc_pix))  # numpy's round, as n2v's np.round: half to even
+    return 100 / box**n_dim
+
+
 def config_parameters(config):
     """The estimator parameters an n2v configuration stands for, and the differences that remain.
 
@@ -117,7 +127,8 @@ def config_parameters(config):
         max_epochs=_get(config, "train_epochs", int, lambda v: v >= 1, "a positive int"),
         steps_per_epoch=_get(config, "train_steps_per_epoch", int, lambda v: v >= 1, "a positive int"),
         learning_rate=float(_get(config, "train_learning_rate", (int, float), lambda v: 0 < v <= 1, "in (0, 1]")),
-        masked_pixel_percentage=float(_get(config, "n2v_perc_pix", (int, float), lambda v: 0 < v <= 100, "in (0, 100]")),
+        masked_pixel_percentage=_effective_percentage(
+            _get(config, "n2v_perc_pix", (int, float), lambda v: 0 < v <= 100, "in (0, 100]"), n_dim),
         manipulator=manipulator,
         neighborhood_radius=_get(config, "n2v_neighborhood_radius", int, lambda v: v >= 1, "a positive int"),
         struct_mask=struct,
