@@ -8,6 +8,16 @@ from skimage import data
 # pytest-xdist runs one worker per core: each computes on one thread, so that the workers do not
 # oversubscribe the cores. Run alone, the tests use two threads (at most: the machines are shared).
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+# N2V_TEST_NATIVE_BF16=1 (or 0) runs the tests as on a CPU with (without) native bfloat16, where
+# precision="auto" trains in bfloat16 (float32): both paths, whatever CPU runs the tests.
+if os.environ.get("N2V_TEST_NATIVE_BF16") in ("0", "1"):
+    from n2v_estimator.runtime import compute as _compute
+
+    _compute._cpu_has_native_bf16 = {"0": lambda: False, "1": lambda: True}[os.environ["N2V_TEST_NATIVE_BF16"]]
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # And so do the processes the tests start (the command line, notebooks, examples, ranks): OpenMP
+    # threads that spin while another worker holds the core slowed a notebook test from 16 s to 60.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="module")

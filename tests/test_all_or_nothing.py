@@ -157,7 +157,7 @@ def test_transform_uses_the_fitted_network_not_the_current_parameters():
 # Every boundary value the parameter constraints allow fits, saves, loads and
 # transforms the same after loading.
 BOUNDARIES = [
-    {"kernel_size": 31, "patch_size": 16},
+    pytest.param({"kernel_size": 31, "patch_size": 16}, marks=pytest.mark.slow),  # a halo of 122 pixels: 5 s
     {"kernel_size": 1},
     {"depth": 8, "patch_size": 256, "n_filters": 1, "batch_size": 2, "validation_fraction": 0.0},
     {"depth": 1, "n_filters": 1},

@@ -65,6 +65,7 @@ def assert_passes_the_zoos_model_test(package):
         assert summary.status == "passed", failures
 
 
+@pytest.mark.slow
 def test_an_exported_2d_model_passes_the_zoos_model_test(fitted_2d, tmp_path):
     package = exported(fitted_2d, IMAGE_2D, tmp_path / "model.zip")
     assert package == tmp_path / "model.zip"

@@ -91,6 +91,7 @@ def test_the_bsd68_example_runs_end_to_end_on_a_stand_in(tmp_path):
     assert summary["psnr"] > 20.2  # noisy input is about 20.2 dB: 50 short steps already denoise
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_as_a_smoke_test_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.py is prepared for a GPU; on the CPU it runs a tiny version end to end."""
     import json

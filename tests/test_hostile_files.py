@@ -176,6 +176,7 @@ def test_a_real_zarr_store_and_dask_arrays_on_it_pass_the_check(tmp_path):
 ZARR2_PYTHON = os.environ.get("N2V_TEST_ZARR2_PYTHON")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ZARR2_PYTHON, reason="N2V_TEST_ZARR2_PYTHON names no python with zarr 2 (.ci/run makes one)")
 def test_with_zarr_2_a_pickled_chunk_never_runs(tmp_path, model_file):
     """zarr 2 with a numcodecs that unpickles (before 0.15): the probe's store runs its payload

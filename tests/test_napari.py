@@ -86,6 +86,7 @@ def test_the_manifest_is_valid_and_contributes_two_widgets_and_two_samples():
         assert callable(getattr(__import__(module, fromlist=[name]), name))
 
 
+@pytest.mark.slow
 def test_the_estimator_never_imports_napari_or_qt():
     code = ("import sys, numpy as np; from n2v_estimator import Noise2VoidDenoiser; "
             "Noise2VoidDenoiser(max_epochs=1, steps_per_epoch=1, patch_size=16, verbose=False).fit(np.random.rand(32, 32)); "
