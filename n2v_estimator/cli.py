@@ -440,11 +440,11 @@ def _fit_axes(given, paths, images):
 
 # --------------------------------------------------------------------- fit
 def _fit(args):
-    from .estimator import Noise2VoidDenoiser
-    from .fit.training import NonFiniteLossError
-
     paths = expand_inputs(args.inputs)
     model = _check_model_path(args.model, paths)  # before training, not after it
+    from .estimator import Noise2VoidDenoiser  # seconds of imports: after the checks that need none
+    from .fit.training import NonFiniteLossError
+
     # Zarr stores and large files as dask arrays: fit reads only the patches it samples.
     read = [read_image(path, lazy=True, return_metadata=True, trust_declared_size=args.trust_declared_size)
             for path in paths]  # fmt: skip
@@ -648,10 +648,10 @@ def _named_axes(given, found, model_axes, array):
 
 
 def _transform(args):
-    from .estimator import Noise2VoidDenoiser
-
     paths = expand_inputs(args.inputs)
     model = _model_to_read(args.model)
+    from .estimator import Noise2VoidDenoiser  # seconds of imports: after the checks that need none
+
     overrides = _given_parameters(args)
     denoiser = Noise2VoidDenoiser.load(model, device=overrides.pop("device", None))
     model_axes = denoiser.axes  # before set_params: --axes may name others
