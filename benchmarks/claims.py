@@ -139,7 +139,7 @@ def measure_distributed():
                     precision="32")  # fmt: skip
     single, distributed = (psnr(Noise2VoidDenoiser(**settings, n_devices=n).fit(noisy).transform(noisy), clean)
                            for n in (1, 2))  # fmt: skip
-    return {"single": single, "distributed": distributed}  # measured: 27.14 and 27.11
+    return {"single": single, "distributed": distributed}
 
 
 def _dark_camera(size=192):
