@@ -61,6 +61,7 @@ def _to_json(value):
         return {k: _to_json(v) for k, v in value.items()}
     return value
 
+
 # A JSON string, or an unterminated one running to the end; possessive, so that no
 # input makes the scan backtrack (quadratic time on a crafted header).
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\Z)', re.S)
@@ -86,8 +87,9 @@ def _parse_json(text, what, source):
             raise
         raise ModelFileError(f"{source} holds a malformed JSON {what}: {exc}") from exc
 
+
 class ModelFile:
-    """A model file written by :func:`write_model`, open for reading: its header is
+    """A model file written by :func:`n2v_estimator.io.models.write_model`, open for reading: its header is
     read and checked on opening, and tensors are read on request from the same open
     file, so that a file replaced meanwhile cannot mix into what is read.
 
@@ -237,6 +239,7 @@ def _file_kind(prefix):
     if not prefix:
         return "an empty file"
     return next((kind for magic, kind in _MAGIC.items() if prefix.startswith(magic)), "")
+
 
 def non_default_parameters(params, defaults):
     """The names of ``params`` whose values differ from ``defaults``, compared as JSON (an array
