@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import tempfile
 import warnings
@@ -23,6 +24,9 @@ from .._version import __version__
 from ..fit.masking import MANIPULATORS
 from ..nets.builder import expected_state
 from ..nets.unet import network_description
+from ..runtime.memory import network_values
+from . import hdf5
+from .budget import MAX_EXPANSION
 from .models import write_model
 
 # A config.json is a few kB; anything far larger is not one.
@@ -44,12 +48,12 @@ class N2VModelError(ValueError):
 
 def read_config(config):
     """An n2v configuration as a dict: a dict as it is, or a ``config.json`` (or the model
-    folder holding one) parsed as plain JSON."""
+    folder holding one) parsed as plain JSON. In a folder, a link to a file outside it is refused."""
     if isinstance(config, dict):
         return dict(config)
     path = Path(config)
     if path.is_dir():
-        path = path / "config.json"
+        path = _in_folder(path, "config.json")
     if not path.is_file():
         raise N2VModelError(f"{path} does not exist: an n2v model folder holds config.json and weights_best.h5.")
     if path.stat().st_size > MAX_CONFIG_BYTES:
@@ -63,12 +67,25 @@ def read_config(config):
     return parsed
 
 
+def _in_folder(folder, name):
+    """``folder / name``, refused where it is a link to something outside ``folder``."""
+    path = Path(folder) / name
+    if os.path.lexists(path) and not os.path.realpath(path).startswith(os.path.join(os.path.realpath(folder), "")):
+        raise N2VModelError(f"{path} is a link to a file outside {folder}: only the folder's own files are read.")
+    return path
+
+
+def _count(low, high):
+    """A check of an int setting that a config could make absurd (``unet_n_first=10**400``)."""
+    return (lambda v: low <= v <= high), f"an int from {low} to {high}"
+
+
 def _get(config, key, kinds, check=None, what=""):
     """``config[key]``, checked to be of ``kinds`` (a bool is not an int here) and to pass ``check``."""
     value = config.get(key)
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds) or (check and not check(value)):
-        raise N2VModelError(f"n2v setting {key}={value!r} is not {what or 'valid'}.")
+        raise N2VModelError(f"n2v setting {key}={_cut(repr(value), 80)} is not {what or 'valid'}.")
     return value
 
 
@@ -105,7 +122,7 @@ def config_parameters(config):
     if activation != "linear":
         raise N2VModelError(f"unet_last_activation={activation!r} cannot be represented: the output here is linear.")
     n_dim = _get(config, "n_dim", int, lambda v: v in (2, 3), "2 or 3")
-    channels = _get(config, "n_channel_in", int, lambda v: v >= 1, "a positive int")
+    channels = _get(config, "n_channel_in", int, *_count(1, 4096))
     if config.get("n_channel_out", channels) != channels:
         raise N2VModelError(f"n_channel_out={config.get('n_channel_out')!r} differs from n_channel_in={channels}: "
                             "a denoiser here gives back the channels it gets.")  # fmt: skip
@@ -113,8 +130,8 @@ def config_parameters(config):
     if len(axes) != n_dim + 1:
         raise N2VModelError(f"axes={axes!r} does not have n_dim={n_dim} spatial axes.")
     manipulator = _get(config, "n2v_manipulator", str, lambda v: v in MANIPULATORS, f"one of {list(MANIPULATORS)}")
-    patch = _get(config, "n2v_patch_shape", (list, tuple), lambda v: len(v) == n_dim and all(type(p) is int and p > 0 for p in v),
-                 f"{n_dim} positive ints")  # fmt: skip
+    patch = _get(config, "n2v_patch_shape", (list, tuple), lambda v: len(v) == n_dim and all(type(p) is int and 0 < p <= 2**16 for p in v),
+                 f"{n_dim} positive ints up to {2**16}")  # fmt: skip
     struct = config.get("structN2Vmask")
     if struct is not None:
         struct = np.asarray(struct)
@@ -123,18 +140,18 @@ def config_parameters(config):
     params = dict(
         axes=axes if channels > 1 else axes[:-1],
         patch_size=tuple(patch),
-        batch_size=_get(config, "train_batch_size", int, lambda v: v >= 1, "a positive int"),
-        max_epochs=_get(config, "train_epochs", int, lambda v: v >= 1, "a positive int"),
-        steps_per_epoch=_get(config, "train_steps_per_epoch", int, lambda v: v >= 1, "a positive int"),
+        batch_size=_get(config, "train_batch_size", int, *_count(1, 2**16)),
+        max_epochs=_get(config, "train_epochs", int, *_count(1, 10**6)),
+        steps_per_epoch=_get(config, "train_steps_per_epoch", int, *_count(1, 10**7)),
         learning_rate=float(_get(config, "train_learning_rate", (int, float), lambda v: 0 < v <= 1, "in (0, 1]")),
         masked_pixel_percentage=_effective_percentage(
             _get(config, "n2v_perc_pix", (int, float), lambda v: 0 < v <= 100, "in (0, 100]"), n_dim),
         manipulator=manipulator,
-        neighborhood_radius=_get(config, "n2v_neighborhood_radius", int, lambda v: v >= 1, "a positive int"),
+        neighborhood_radius=_get(config, "n2v_neighborhood_radius", int, *_count(1, 1024)),
         struct_mask=struct,
         depth=_get(config, "unet_n_depth", int, lambda v: 1 <= v <= 8, "an int from 1 to 8"),
-        n_filters=_get(config, "unet_n_first", int, lambda v: v >= 1, "a positive int"),
-        kernel_size=_get(config, "unet_kern_size", int, lambda v: v >= 1 and v % 2 == 1, "an odd positive int"),
+        n_filters=_get(config, "unet_n_first", int, *_count(1, 4096)),
+        kernel_size=_get(config, "unet_kern_size", int, lambda v: 1 <= v <= 31 and v % 2 == 1, "an odd int from 1 to 31"),
         batch_norm=_get(config, "batch_norm", bool, what="a bool"),
         residual=_get(config, "unet_residual", bool, what="a bool"),
         blurpool=bool(config.get("blurpool", False)),
@@ -155,26 +172,12 @@ def config_parameters(config):
     return params, differences
 
 
-def _layer_names(group):
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in group.attrs.get("layer_names", [])]
-
-
 def _weights_of(group, name):
-    """``{"kernel": array, ...}`` of the Keras layer ``name``, read after checking what each dataset is."""
-    import h5py
-
-    layer = group[name]
-    out = {}
-    for weight in layer.attrs.get("weight_names", []):
-        weight = weight.decode() if isinstance(weight, bytes) else str(weight)
-        link = layer.get(weight, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise N2VModelError(f"weight {weight!r} is a {type(link).__name__}: only weights stored in the file are read.")
-        dataset = layer[weight]
-        if not isinstance(dataset, h5py.Dataset) or dataset.external or dataset.is_virtual:
-            raise N2VModelError(f"weight {weight!r} is not stored in the file itself (external or virtual data is not read).")
-        out[weight.rsplit("/", 1)[-1].split(":")[0]] = dataset
-    return out
+    """``{"kernel": dataset, ...}`` of the Keras layer ``name``, each checked to be stored in the
+    file as it declares (:mod:`n2v_estimator.io.hdf5`) before anything of it is read."""
+    layer = hdf5.child(group, name)
+    return {weight.rsplit("/", 1)[-1].split(":")[0]: hdf5.checked_dataset(hdf5.child(layer, weight), f"{name}/{weight}")
+            for weight in hdf5.names(layer, "weight_names")}  # fmt: skip
 
 
 def _suffix(name):
@@ -188,9 +191,15 @@ def _conv_names(depth, prefix):
     return down + [f"{prefix}middle_0", f"{prefix}middle_2"] + up
 
 
+def _cut(text, limit=300):
+    """``text`` for a message: at most ``limit`` characters (names in a crafted file can be megabytes)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _read_array(dataset, shape, name):
     if tuple(dataset.shape) != tuple(shape):
-        raise N2VModelError(f"weight {name} has shape {tuple(dataset.shape)}, the network described needs {tuple(shape)}.")
+        raise N2VModelError(f"weight {_cut(name, 120)} has shape {tuple(dataset.shape)}, the network described "
+                            f"needs {tuple(shape)}.")  # fmt: skip
     array = np.asarray(dataset[()], dtype=np.float32)
     if not np.isfinite(array).all():
         raise N2VModelError(f"weight {name} holds values that are not finite.")
@@ -212,27 +221,33 @@ def read_weights(path, description):
         import h5py
     except ImportError as exc:
         raise ImportError(f"reading n2v's Keras weights needs h5py ({exc}): {install_command('n2v')}") from exc
+    del h5py  # imported to say which extra is missing; io.hdf5 reads the file
+    # The weights must be in the file: a network far larger than it holds is refused before it is
+    # described to torch (a 94 KB folder whose config asked for 1024 filters took 3.4 GB).
+    size = os.stat(path).st_size
+    declared = network_values(description) * 4
+    if declared > max(size, hdf5.FREE_BYTES) * MAX_EXPANSION:
+        raise N2VModelError(f"the network config.json describes holds {declared:,} bytes of weights; "
+                            f"{path} has {size:,}: it cannot hold them.")  # fmt: skip
     expected = expected_state(description)
     groups = description["in_channels"] if description["independent_channels"] else 1
     depth, batch_norm = description["depth"], description["batch_norm"]
     try:
-        file = h5py.File(path, "r")
-    except OSError as exc:
-        raise N2VModelError(f"{path} is not an HDF5 file: {exc}") from None
-    try:
-        with file:
+        with hdf5.open_file(path) as file:
             return _read_state(file, path, description, expected, groups, depth, batch_norm)
+    except hdf5.HDF5Error as exc:
+        raise N2VModelError(f"{path}: {exc}") from None
     except N2VModelError:
         raise
     except (KeyError, TypeError, ValueError, OSError, AttributeError, IndexError) as exc:  # a crafted file's structure
-        raise N2VModelError(f"{path} is not a Keras weights file this import can read: {exc!r}") from None
+        raise N2VModelError(f"{path} is not a Keras weights file this import can read: {_cut(repr(exc))}") from None
 
 
 def _read_state(file, path, description, expected, groups, depth, batch_norm):
     """:func:`read_weights` on the open HDF5 ``file``."""
-    root = file["model_weights"] if "model_weights" in file else file
-    names = _layer_names(root)
-    with_weights = [n for n in names if len(root[n].attrs.get("weight_names", [])) > 0]
+    root = hdf5.child(file, "model_weights") if "model_weights" in file else file
+    names = hdf5.names(root, "layer_names")
+    with_weights = [n for n in names if len(hdf5.names(hdf5.child(root, n), "weight_names")) > 0]
     norms = sorted((n for n in with_weights if n.startswith("batch_normalization")), key=_suffix)
     heads = sorted((n for n in with_weights if re.fullmatch(r"conv[23]d(_\d+)?", n)), key=_suffix)
     blurs = [f"channel_{i}max_{n}" for i in range(groups) for n in range(depth)] if description["blurpool"] else []
@@ -245,7 +260,7 @@ def _read_state(file, path, description, expected, groups, depth, batch_norm):
     extra = sorted(set(with_weights) - wanted)
     if missing or extra:
         raise N2VModelError(f"{path} does not hold the network its config.json describes: "
-                            f"missing layers {missing[:6]}, unknown layers {extra[:6]}.")  # fmt: skip
+                            f"missing layers {_cut(str(missing[:6]))}, unknown layers {_cut(str(extra[:6]))}.")  # fmt: skip
     per_group = {}
     for i in range(groups):
         modules = _module_names(depth, batch_norm)
@@ -325,8 +340,11 @@ def model_document(folder, weights, default_params):
     if not (std > 0).all():
         raise N2VModelError(f"config.json's stds {std.tolist()} must all be positive: the images are divided by them.")
     name = {"best": "weights_best.h5", "last": "weights_last.h5"}.get(weights, weights)
-    path = folder / name
-    if Path(name).name != name or not path.is_file():
+    if Path(name).name != name:
+        raise N2VModelError(f"{folder / name} does not exist: weights is 'best', 'last' or the name of a .h5 file "
+                            "in the folder.")  # fmt: skip
+    path = _in_folder(folder, name)
+    if not os.path.lexists(path):  # anything else there is io.hdf5's to judge (a pipe: without blocking)
         raise N2VModelError(f"{path} does not exist: weights is 'best', 'last' or the name of a .h5 file in the folder.")
     description = network_description(config["n_dim"], channels, params, None, layout="n2v-tf")
     if channels > 1 and params["independent_channels"]:
