@@ -6,7 +6,7 @@ and the first words of its message), the seconds and the memory the call added
 (peak resident set size over the baseline), as issue "Files from strangers" asks:
 every case refused or handled in under 2 seconds and 200 MB.
 
-    python benchmarks/file_attacks.py [--zarr2-python PATH]
+    python benchmarks/file_attacks.py [--zarr2-python PATH] [--only TEXT]
 
 ``--zarr2-python``: a Python with zarr 2 and numcodecs < 0.14 (where the pickle codec
 still unpickles), for the zarr-2 code-execution cases; ``.ci/run`` shows how to make one.
@@ -89,6 +89,7 @@ def make_cases(folder, model):
     cases.append(("export --test-image huge.zarr", f"result = n2v_estimator.cli.main(['export', '--model', "
                   f"{str(model)!r}, '--test-image', {str(folder / 'huge.zarr')!r}, '--output', "
                   f"{str(folder / 'p.zip')!r}, '--name', 'attack', '--description', 'x', '--author', 'x'])"))
+    cases += _n2v_cases(folder)
     params = {"learning_rate=1e300": "learning_rate=1e300", "batch_size=2**63": "batch_size=2**63",
               "batch_size=10**9": "batch_size=10**9", "kernel_size=100001": "kernel_size=100001",
               "n_filters=10**6": "n_filters=10**6", "struct_mask 3001x3001": "struct_mask=np.ones((3001, 3001))"}
@@ -96,6 +97,60 @@ def make_cases(folder, model):
         cases.append((f"fit({name})", "result = n2v_estimator.Noise2VoidDenoiser(max_epochs=1, verbose=False, "
                       f"{setting}).fit(np.random.default_rng(0).normal(size=(64, 64)))"))
     return cases
+
+
+N2V_FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "n2v_models" / "n2v_2d"
+
+
+def _n2v_cases(folder):
+    """Crafted n2v model folders (a copy of a real one, altered) through ``import-n2v``."""
+    import shutil
+
+    import h5py
+
+    def crafted(name, edit=None, config=None):
+        target = Path(folder) / name
+        shutil.copytree(N2V_FIXTURE, target)
+        if edit is not None:
+            with h5py.File(target / "weights_best.h5", "r+") as f:
+                edit(f, target)
+        if config is not None:
+            settings = json.loads((target / "config.json").read_text())
+            (target / "config.json").write_text(json.dumps({**settings, **config}))
+        return target
+
+    def external(f, target):  # a layer's group is another file's: here, a copy with other values
+        shutil.copy(target / "weights_last.h5", target / "other.h5")
+        del f["conv2d"]
+        f["conv2d"] = h5py.ExternalLink("other.h5", "/conv2d")
+
+    def fifo(f, target):
+        os.mkfifo(target / "pipe.h5")
+        del f["conv2d"]
+        f["conv2d"] = h5py.ExternalLink("pipe.h5", "/conv2d")
+
+    def unstored(f, target):
+        layer = f["channel_0middle_0"]
+        del layer["channel_0middle_0/kernel:0"]
+        layer.create_dataset("channel_0middle_0/kernel:0", shape=(5, 5, 16, 32), dtype="f4")
+
+    def chunk_bomb(f, target):  # a 256 MiB gzip chunk behind a 51 KB kernel
+        layer = f["channel_0middle_0"]
+        del layer["channel_0middle_0/kernel:0"]
+        data = layer.create_dataset("channel_0middle_0/kernel:0", shape=(5, 5, 16, 32), maxshape=(None,) * 4,
+                                    chunks=(5, 5, 16, 163840), compression="gzip", dtype="f4")  # fmt: skip
+        data[...] = 0.25
+
+    folders = {
+        "n2v: external link": crafted("external", external),
+        "n2v: link to a pipe": crafted("pipe", fifo),
+        "n2v: weight never stored": crafted("unstored", unstored),
+        "n2v: gzip chunk bomb": crafted("chunk", chunk_bomb),
+        "n2v: 1024 filters, 296 KB": crafted("wide", config={"unet_n_first": 1024}),
+        "n2v: 10**400 filters": crafted("absurd", config={"unet_n_first": 10**400}),
+    }
+    return [(name, f"result = n2v_estimator.cli.main(['import-n2v', {str(path)!r}, '--model', "
+             f"{str(Path(folder) / (path.name + '.safetensors'))!r}])") for name, path in folders.items()]  # fmt: skip
 
 
 def run(python, body, timeout=120):
@@ -114,6 +169,7 @@ def run(python, body, timeout=120):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zarr2-python", help="a python with zarr 2 and numcodecs < 0.14")
+    parser.add_argument("--only", default="", help="the cases whose name holds this text")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         model = Path(folder) / "model.safetensors"
@@ -134,6 +190,8 @@ def main():
                           f"{str(model)!r}, {str(store)!r}, '--output', {str(Path(folder) / 'p.tif')!r}])"))
         print(f"{'case':<40} {'seconds':>8} {'added MB':>9}  outcome")
         for name, body in cases:
+            if args.only not in name:
+                continue
             python = args.zarr2_python if name.startswith("zarr 2") else sys.executable
             result = run(python, body)
             print(f"{name:<40} {result['seconds']:8.2f} {result['added_mb']:9.0f}  {result['outcome']}")
