@@ -90,6 +90,7 @@ def make_cases(folder, model):
                   f"{str(model)!r}, '--test-image', {str(folder / 'huge.zarr')!r}, '--output', "
                   f"{str(folder / 'p.zip')!r}, '--name', 'attack', '--description', 'x', '--author', 'x'])"))
     cases += _n2v_cases(folder)
+    cases += _zoo_source_cases(folder)
     params = {"learning_rate=1e300": "learning_rate=1e300", "batch_size=2**63": "batch_size=2**63",
               "batch_size=10**9": "batch_size=10**9", "kernel_size=100001": "kernel_size=100001",
               "n_filters=10**6": "n_filters=10**6", "struct_mask 3001x3001": "struct_mask=np.ones((3001, 3001))"}
@@ -151,6 +152,22 @@ def _n2v_cases(folder):
     }
     return [(name, f"result = n2v_estimator.cli.main(['import-n2v', {str(path)!r}, '--model', "
              f"{str(Path(folder) / (path.name + '.safetensors'))!r}])") for name, path in folders.items()]  # fmt: skip
+
+
+def _zoo_source_cases(folder):
+    """Zoo packages whose rdf.yaml names a file outside the package (a URL without '//', a path
+    anywhere on the machine) through ``from_bioimageio``."""
+    import zipfile
+
+    rdf = "format_version: 0.5.4\ntype: model\nname: a stranger's package\nweights:\n  pytorch_state_dict:\n"
+    cases = []
+    for name, source in (("zoo: http:host:port source", "http:127.0.0.1:8765/weights.pt"),
+                         ("zoo: /etc/passwd source", "/etc/passwd")):  # fmt: skip
+        package = Path(folder) / f"{len(cases)}.zip"
+        with zipfile.ZipFile(package, "w") as archive:
+            archive.writestr("rdf.yaml", rdf + f"    source: '{source}'\n    sha256: {'0' * 64}\n")
+        cases.append((name, f"result = n2v_estimator.Noise2VoidDenoiser.from_bioimageio({str(package)!r})"))
+    return cases
 
 
 def run(python, body, timeout=120):

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import socket
 import tempfile
 import time
@@ -348,11 +349,34 @@ def test_yaml_tags_that_construct_objects_are_refused(tmp_path, temporary_folder
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("url", ["https://example.org/weights.pt", "HTTP://example.org/huge.npy", "s3://bucket/x"])
-def test_files_a_package_would_download_are_refused(tmp_path, temporary_folder, url):
+@pytest.mark.parametrize(
+    "url",
+    ["https://example.org/weights.pt", "HTTP://example.org/huge.npy", "s3://bucket/x", "http:127.0.0.1:8765/weights.pt",
+     "http:/example.org/x", "file:/etc/passwd", "FILE:///etc/passwd", "ftp:host/x", "//example.org/x"],
+)  # fmt: skip
+def test_files_a_package_would_download_or_open_are_refused_in_any_spelling(tmp_path, temporary_folder, url):
     rdf = SAFE_RDF + f"weights:\n  pytorch_state_dict:\n    source: {url}\n".encode()
     package = package_with(tmp_path / "remote.zip", {"rdf.yaml": rdf})
-    assert_refused_quickly(package, r"rdf.yaml names the remote file .* \(line 6\), which bioimageio.spec would download",
+    assert_refused_quickly(package, r"rdf.yaml names the file .* \(line 6\), which is not a relative path inside the "
+                                    r"package: bioimageio.spec would download it", temporary_folder)  # fmt: skip
+
+
+@pytest.mark.parametrize("source", ["/etc/passwd", "~/.ssh/id_rsa", "../outside.npy", "C:\\secret.npy", "a/../../b.npy"])
+def test_a_path_outside_the_package_is_refused_and_no_hash_of_it_is_printed(tmp_path, temporary_folder, source):
+    """bioimageio.spec opened an absolute path to check its sha256, and its error printed the file's
+    actual sha256 (an oracle for any file the user can read)."""
+    rdf = SAFE_RDF + f"inputs:\n  - id: raw\n    test_tensor:\n      source: '{source}'\n      sha256: {'0' * 64}\n".encode()
+    package = package_with(tmp_path / "local.zip", {"rdf.yaml": rdf})
+    with pytest.raises(ModelFileError) as info:
+        Noise2VoidDenoiser.from_bioimageio(package)
+    assert "not a relative path inside the package" in str(info.value)
+    assert not re.search(r"[0-9a-f]{64}", str(info.value).replace("0" * 64, ""))
+
+
+def test_a_source_that_is_not_a_member_is_refused(tmp_path, temporary_folder):
+    rdf = SAFE_RDF + b"documentation: README.md\ncovers: [cover.png]\n"
+    package = package_with(tmp_path / "missing.zip", {"rdf.yaml": rdf, "cover.png": b"png"})
+    assert_refused_quickly(package, r"rdf.yaml names documentation 'README.md', which is not a file of the package",
                            temporary_folder)  # fmt: skip
 
 

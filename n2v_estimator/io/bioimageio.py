@@ -410,9 +410,10 @@ def from_package(cls, path, device=None):
     path = Path(path)
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a BioImage Model Zoo package (a zip file holding rdf.yaml).")
-    spec, v0_5 = _import_bioimageio()
-    # A stranger's zip: bounded, and free of YAML that expands or builds objects, before bioimageio.spec reads it.
+    # A stranger's zip: bounded, free of YAML that expands or builds objects, naming only its own files,
+    # before bioimageio.spec is imported (seconds) and reads it.
     members = set(check_package(path, MODEL_FILE))
+    spec, v0_5 = _import_bioimageio()
     if "rdf.yaml" not in members and "bioimageio.yaml" not in members:
         raise ModelFileError(f"{path} holds no rdf.yaml: it is not a BioImage Model Zoo package.")
     descr = _load_description(spec, path)

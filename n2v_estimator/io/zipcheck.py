@@ -46,8 +46,13 @@ MAX_MODEL_BYTES = 2**30
 # The tags of YAML's core schema: all that a package's description needs.
 CORE_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "str", "seq", "map"))
 _DRIVE = re.compile(r"^[A-Za-z]:")
-# A URL that bioimageio.spec fetches when it checks a file's hash; our packages name only their own members.
-_REMOTE = re.compile(r"\s*(https?|ftp|s3|gs|file)://", re.IGNORECASE)
+# Where a package names a file: bioimageio.spec fetches a URL to hash it, and opens a path as it is
+# (an absolute one anywhere on the machine, whose sha256 its error would then print). What our
+# packages name there is a member of the zip, by its relative name; a value at these keys must be one.
+SOURCE_KEYS = frozenset({"source", "documentation", "covers", "attachments", "icon", "test_tensor", "sample_tensor"})
+# A value that is not a relative path inside the package, whatever its key: a URL in any spelling
+# (https://x, http:host:port/x, FILE:/etc, s3://b), an absolute, home or drive path, a parent step.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
 def _is_yaml(name):
@@ -158,9 +163,10 @@ def check_yaml(text, path, name):
     One pass over the parser's events (no document is built, so the time is
     linear in the text's length): no anchors or aliases (the alias bomb's
     means), no tag outside :data:`CORE_TAGS` (such as
-    ``!!python/object/apply``), no remote URL (which ``bioimageio.spec`` would
-    download to hash it), at most :data:`MAX_YAML_NESTING` levels and
-    :data:`MAX_YAML_EVENTS` events.
+    ``!!python/object/apply``), no value that names a place outside the package
+    (a URL of any spelling, which ``bioimageio.spec`` would download to hash it;
+    an absolute path, which it would open), at most :data:`MAX_YAML_NESTING`
+    levels and :data:`MAX_YAML_EVENTS` events.
 
     Parameters
     ----------
@@ -210,18 +216,50 @@ def check_yaml(text, path, name):
                     )
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
-            elif isinstance(event, yaml.ScalarEvent) and _REMOTE.match(event.value):
+            elif isinstance(event, yaml.ScalarEvent) and _outside(event.value):
                 raise ModelFileError(
-                    f"{where} names the remote file {event.value[:200]!r} (line {mark}), which bioimageio.spec would "
-                    "download (of any size) to check it; a package made by n2v-estimator holds all of its files."
+                    f"{where} names the file {event.value[:120]!r} (line {mark}), which is not a relative path inside "
+                    "the package: bioimageio.spec would download it (of any size) or open it on this machine; a "
+                    "package made by n2v-estimator holds all of its files."
                 )
     except yaml.YAMLError as exc:
         raise ModelFileError(f"{where} is not valid YAML: {' '.join(str(exc).split())[:300]}") from exc
 
 
+def _outside(value):
+    """Whether the YAML scalar ``value`` names a place outside the package: a URL of any spelling,
+    an absolute, home or drive path, or a path with a ``..`` step. Text with spaces (a
+    description, a citation) names no file."""
+    text = value.strip()
+    if not text or any(c.isspace() for c in text):
+        return False
+    return bool(_SCHEME.match(text) or text.startswith(("/", "\\", "~")) or ".." in re.split(r"[/\\]", text))
+
+
+def check_sources(document, members, path, name):
+    """Refuse a YAML document (parsed) that names, at one of :data:`SOURCE_KEYS`, a file that is
+    not a member of the package (by its relative name)."""
+
+    def walk(node, key):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, k)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, key)
+        elif key in SOURCE_KEYS and isinstance(node, str) and node not in members:
+            raise ModelFileError(
+                f"{path}: {name} names {key} {node[:120]!r}, which is not a file of the package; a package "
+                "made by n2v-estimator names its own files only."
+            )
+
+    walk(document, None)
+
+
 def check_package(path, model_file):
     """Check the zip ``path`` as :func:`check_members` and every YAML member as
-    :func:`check_yaml`; reads at most :data:`MAX_YAML_BYTES`, writes nothing.
+    :func:`check_yaml` and :func:`check_sources`; reads at most :data:`MAX_YAML_BYTES`,
+    writes nothing.
 
     Returns
     -------
@@ -246,6 +284,10 @@ def check_package(path, model_file):
                 except UnicodeDecodeError as exc:
                     raise ModelFileError(f"{path}: {info.filename} is not UTF-8 text ({exc}).") from exc
                 check_yaml(text, path, info.filename)
+                # Checked above to be bounded, alias- and tag-free: safe to build.
+                yaml = _import_yaml()
+                document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+                check_sources(document, set(names), path, info.filename)
         return names
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, RuntimeError, OSError,
             EOFError) as exc:
