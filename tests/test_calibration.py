@@ -125,16 +125,47 @@ def test_plain_noise2void_has_no_calibration_and_a_refit_drops_it():
     assert not hasattr(denoiser.set_params(noise_model=None).fit(IMAGE), "calibration_")
 
 
-@pytest.mark.parametrize("crafted", ["no", {"patches": "validation", "ratio": [["os.system"]]},
-                                     {"patches": "validation", "ratio": [[1.0], [1.0]]}, {"ratio": [[1.0]]}])
-def test_a_crafted_calibration_record_is_refused_on_load(tmp_path, crafted):
-    denoiser = tiny(noise_model="gaussian").fit(IMAGE)
-    denoiser.save(tmp_path / "m.safetensors")
-    tensors, document = read_model(tmp_path / "m.safetensors")
-    document["fitted"]["calibration"] = crafted
+@pytest.fixture(scope="module")
+def probabilistic_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("calibration") / "m.safetensors"
+    tiny(noise_model="gaussian").fit(IMAGE).save(path)
+    return read_model(path)
+
+
+def _without(record, key):
+    return {k: v for k, v in record.items() if k != key}
+
+
+CRAFTED = {
+    "not a mapping": lambda r: "no",
+    "a word for a ratio": lambda r: {**r, "ratio": [["os.system"] * 4]},
+    "two channels of one": lambda r: {**r, "ratio": r["ratio"] * 2},
+    "no patches": lambda r: _without(r, "patches"),
+    "no edges": lambda r: _without(r, "edges"),
+    "no se": lambda r: _without(r, "se"),
+    "more ratios than edges": lambda r: {**r, "ratio": [r["ratio"][0] + [1.0]]},
+    "edges out of order": lambda r: {**r, "edges": [r["edges"][0][::-1]]},
+    "a missing ratio where blind spots were": lambda r: {**r, "count": [[300] * 4], "ratio": [[None] * 4]},
+    "an infinite tail": lambda r: {**r, "tail": [[1e400] * 4]},
+    "an escape in patches": lambda r: {**r, "patches": "\x1b]0;owned\x07\x1b[2J"},
+    "an extra key": lambda r: {**r, "note": "x" * 10**6},
+}
+
+
+@pytest.mark.parametrize("craft", list(CRAFTED), ids=list(CRAFTED))
+def test_a_crafted_calibration_record_is_refused_by_load_and_by_info_in_one_line(tmp_path, capsys, probabilistic_file,
+                                                                                 craft):  # fmt: skip
+    """info loaded such records and then ended in a KeyError or IndexError traceback (edges or se
+    missing, more ratios than edges), or printed their strings raw."""
+    tensors, document = probabilistic_file
+    document = json.loads(json.dumps(document))
+    document["fitted"]["calibration"] = CRAFTED[craft](document["fitted"]["calibration"])
     write_model(tmp_path / "crafted.safetensors", tensors, document)
-    with pytest.raises(ModelFileError, match="calibration"):
+    with pytest.raises(ModelFileError, match="the calibration record is malformed"):
         Noise2VoidDenoiser.load(tmp_path / "crafted.safetensors")
+    assert main(["info", str(tmp_path / "crafted.safetensors")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and len(err) < 500 and "\x1b" not in err, err
 
 
 # How well the guard catches wrong noise models in real fits (a one-sigma model of Poisson noise on a

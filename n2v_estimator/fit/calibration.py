@@ -164,6 +164,52 @@ def calibration_problems(calibration):
     return problems
 
 
+# The per-channel lists of a record (blind_spot_calibration's result), one entry per bin but the edges.
+RECORD_KEYS = ("edges", "count", "ratio", "noise_share", "tail", "se")
+# Where a record's blind spots came from.
+RECORD_PATCHES = ("validation", "training")
+
+
+def check_record(record, n_channels):
+    """``record`` if it is a calibration record of ``n_channels`` channels as
+    :func:`blind_spot_calibration` makes it, else ``ValueError`` saying what is off: its keys, one
+    list per channel of each, ``bins + 1`` finite increasing edges (1 to 64 bins), counts as ints
+    and, per bin, finite non-negative numbers (``None`` only in a bin without blind spots). A record
+    read from a model file is a stranger's: :func:`calibration_problems` and ``info`` can then
+    trust its shape."""
+
+    def numbers(values, length, what, counts=None):
+        if not isinstance(values, list) or len(values) != length:
+            raise ValueError(f"its {what} are not {length} values")
+        for k, value in enumerate(values):
+            empty = counts is not None and counts[k] == 0
+            if value is None and empty:
+                continue
+            if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"its {what} hold {str(value)[:40]!r}, not a finite number >= 0")
+
+    if not isinstance(record, dict) or set(record) != {"patches", *RECORD_KEYS}:
+        keys = sorted(map(str, record))[:10] if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"its keys are {keys}, not patches and {list(RECORD_KEYS)}")
+    if record["patches"] not in RECORD_PATCHES:
+        raise ValueError(f"its patches are {str(record['patches'])[:40]!r}, not one of {list(RECORD_PATCHES)}")
+    for key in RECORD_KEYS:
+        if not isinstance(record[key], list) or len(record[key]) != n_channels:
+            raise ValueError(f"its {key} are not one list per channel ({n_channels})")
+    for c in range(n_channels):
+        edges, counts = record["edges"][c], record["count"][c]
+        if not isinstance(edges, list) or not 2 <= len(edges) <= 65:
+            raise ValueError("its edges are not 2 to 65 numbers")
+        if any(type(e) not in (int, float) or not math.isfinite(e) for e in edges) or edges != sorted(edges):
+            raise ValueError("its edges are not finite increasing numbers")
+        bins = len(edges) - 1
+        if not isinstance(counts, list) or len(counts) != bins or any(type(n) is not int or n < 0 for n in counts):
+            raise ValueError(f"its counts are not {bins} ints >= 0")
+        for key in ("ratio", "noise_share", "tail", "se"):
+            numbers(record[key][c], bins, key, counts)
+    return record
+
+
 class CalibrationWarning(UserWarning):
     """A probabilistic model's prior and noise model do not explain the
     residuals of its held-out blind spots: its posterior may be worse than plain Noise2Void."""

@@ -19,6 +19,7 @@ import stat
 
 import numpy as np
 
+from ..fit.calibration import check_record
 from .image_metadata import check_calibration
 
 FORMAT_NAME = "n2v_estimator"
@@ -357,19 +358,14 @@ def _data_range(saved, n_channels, source):
 
 
 def _calibration(saved, n_channels, source):
-    """A probabilistic model's calibration record (:mod:`n2v_estimator.fit.calibration`), checked
-    to hold only numbers per channel and bin; ``None`` for files without one."""
+    """A probabilistic model's calibration record (:func:`n2v_estimator.fit.calibration.check_record`),
+    or ``None`` for files without one."""
     if saved is None:
         return None
-    number = (int, float, type(None))
-    ok = isinstance(saved, dict) and isinstance(saved.get("patches"), str) and all(
-        isinstance(rows, list) and len(rows) == n_channels
-        and all(isinstance(row, list) and len(row) <= 64 and all(type(v) in number for v in row) for row in rows)
-        for key, rows in saved.items() if key != "patches"
-    )  # fmt: skip
-    if not ok:
-        raise ModelFileError(f"{source}: the calibration record is not lists of numbers per channel.")
-    return saved
+    try:
+        return check_record(saved, n_channels)
+    except ValueError as exc:
+        raise ModelFileError(f"{source}: the calibration record is malformed: {exc}.") from None
 
 
 def _image_calibration(saved, source):
