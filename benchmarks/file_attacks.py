@@ -91,6 +91,7 @@ def make_cases(folder, model):
                   f"{str(folder / 'p.zip')!r}, '--name', 'attack', '--description', 'x', '--author', 'x'])"))
     cases += _n2v_cases(folder)
     cases += _zoo_source_cases(folder)
+    cases += _metadata_cases(folder, model)
     params = {"learning_rate=1e300": "learning_rate=1e300", "batch_size=2**63": "batch_size=2**63",
               "batch_size=10**9": "batch_size=10**9", "kernel_size=100001": "kernel_size=100001",
               "n_filters=10**6": "n_filters=10**6", "struct_mask 3001x3001": "struct_mask=np.ones((3001, 3001))"}
@@ -152,6 +153,31 @@ def _n2v_cases(folder):
     }
     return [(name, f"result = n2v_estimator.cli.main(['import-n2v', {str(path)!r}, '--model', "
              f"{str(Path(folder) / (path.name + '.safetensors'))!r}])") for name, path in folders.items()]  # fmt: skip
+
+
+def _metadata_cases(folder, model):
+    """Image files whose metadata is junk or huge, through ``transform``: refused in a second when
+    huge, else denoised with only the checked record carried to the output."""
+    import tifffile
+
+    folder = Path(folder)
+    escape = "\x1b]0;owned\x07\x1b[2J"
+    store = folder / "junk.ome.zarr"
+    _zarr_v2(store / "0", (64, 64), (64, 64))  # one array, its chunk unstored: all fill value
+    (store / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
+    (store / ".zattrs").write_text(json.dumps({"multiscales": [{
+        "version": "0.4", "name": "n" * 2**20, "axes": [{"name": "y", "type": "space", "unit": escape},
+                                                       {"name": "x", "type": "space", "junk": 1}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": ["abc", "1e400"]}]}]}]}))  # fmt: skip
+    huge = _zarr_v2(folder / "huge_attrs.zarr", (64, 64), (64, 64))
+    (huge / ".zattrs").write_text(json.dumps({"junk": ["x" * 100] * 700_000}))  # 71 MB
+    tifffile.imwrite(folder / "vunit.tif", np.zeros((64, 64), np.float32), imagej=True,
+                     metadata={"vunit": "V" * 50 * 2**20})  # fmt: skip
+    tifffile.imwrite(folder / "lines.tif", np.zeros((64, 64), np.float32),
+                     description="ImageJ=1.11a\nimages=1\n" + "x=1\n" * 5_000_000, metadata=None)  # fmt: skip
+    return [(f"transform {name}", f"result = n2v_estimator.cli.main(['transform', '--model', {str(model)!r}, "
+             f"{str(folder / name)!r}, '--output', {str(folder / ('out_' + name))!r}, '--quiet'])")
+            for name in ("junk.ome.zarr", "huge_attrs.zarr", "vunit.tif", "lines.tif")]  # fmt: skip
 
 
 def _zoo_source_cases(folder):

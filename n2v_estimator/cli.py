@@ -45,6 +45,7 @@ from .io.images import (
     write_image,
 )
 from .io.model_file import ModelFile, decode_document, non_default_parameters
+from .io.text import shown
 from .predict.lazy import is_dask_array
 
 PROG = "n2v-estimator"
@@ -448,6 +449,8 @@ def _fit(args):
     # Zarr stores and large files as dask arrays: fit reads only the patches it samples.
     read = [read_image(path, lazy=True, return_metadata=True, trust_declared_size=args.trust_declared_size)
             for path in paths]  # fmt: skip
+    for path, (_, _, metadata) in zip(paths, read):
+        _say_dropped(path, metadata)
     images = _with_common_axes([(array, found) for array, found, _ in read])
     given = _given_parameters(args)
     writer = _torchrun_share(given)
@@ -559,6 +562,15 @@ def _is_model_file(path):
         return False
 
 
+def _say_dropped(path, metadata):
+    """A warning naming what of ``path``'s metadata failed its checks and is carried nowhere."""
+    dropped = metadata.get("dropped") or []
+    if dropped:
+        more = f" and {len(dropped) - 4} more" if len(dropped) > 4 else ""
+        warnings.warn(f"{path}: left out of its calibration and of the outputs: {'; '.join(dropped[:4])}{more}.",
+                      UserWarning, stacklevel=2)  # fmt: skip
+
+
 def _training_calibration(read, images, axes):
     """What the training files' calibrations (pixel sizes, units, channel names) say alike,
     for the files read with the axes their metadata names; ``None`` where nothing is known."""
@@ -662,6 +674,7 @@ def _transform(args):
         array, found, metadata = read_image(
             path, lazy=True, return_metadata=True, trust_declared_size=args.trust_declared_size
         )
+        _say_dropped(path, metadata)
         named = _named_axes(args.axes, found, model_axes, array)
         axes = _check_axes(named, array, path)
         if is_dask_array(array) and axes != found:
@@ -848,10 +861,11 @@ def _info(args):
     if args.json:
         print(json.dumps(about))
         return 0
-    axes = about["axes"] if about["axes"] is not None else "None (2D arrays YX, 3D arrays SYX)"
+    # Strings of the file are a stranger's: shown escaped (parameters below are shown as reprs).
+    axes = shown(about["axes"], 40) if about["axes"] is not None else "None (2D arrays YX, 3D arrays SYX)"
     lines = [
         f"{about['path']}: n2v-estimator model (format {about['format_version']}, "
-        f"written by version {about['package_version']})",
+        f"written by version {shown(about['package_version'], 40)})",
         f"images:        {about['spatial_ndim']}D, {about['n_channels']} channel(s), axes {axes}",
         f"network:       {about['spatial_ndim']}D U-Net, {about['n_values']:,} values (weights and running "
         "statistics); patches "
@@ -873,12 +887,18 @@ def _info(args):
 
 
 # -------------------------------------------------------------------- main
+# A message's length on the terminal: names and values from files are cut before it, this is the last guard.
+MAX_MESSAGE = 600
+
+
 def _say(message):
-    print(f"{PROG}: {message}", file=sys.stderr)
+    """``message`` on stderr, on one line of at most :data:`MAX_MESSAGE` characters, anything from a
+    file in it escaped (:func:`n2v_estimator.io.text.shown`)."""
+    print(f"{PROG}: {shown(' '.join(str(message).split()), MAX_MESSAGE)}", file=sys.stderr)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+    print(f"{PROG}: warning: {shown(' '.join(str(message).split()), MAX_MESSAGE)}", file=sys.stderr if file is None else file)
 
 
 def main(argv=None):
@@ -902,7 +922,7 @@ def main(argv=None):
                  "(--tile-size) or batches (--batch-size), or a machine with more memory.")  # fmt: skip
             return 2
         except USER_ERRORS as exc:
-            _say(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
+            _say(f"error: {str(exc) or type(exc).__name__}")
             return 2
 
 

@@ -546,3 +546,96 @@ def test_export_reads_only_the_crop_of_the_test_image_it_keeps(tmp_path, model_f
     assert main(["export", "--model", str(model_file), "--test-image", str(image), "--output", str(tmp_path / "p.zip"),
                  "--name", "cropped", "--description", "x", "--author", "x"]) == 0  # fmt: skip
     assert given == {"shape": (512, 512), "kind": np.ndarray}
+
+
+# ------------------------------------------------------ metadata from a stranger
+ESCAPE = "\x1b]0;owned\x07\x1b[2J"  # retitles the terminal, then clears it
+
+
+def _crafted_ome_zarr(path):
+    """An OME-Zarr image whose metadata carries every kind of junk into what reads it."""
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=(1, 64, 64), chunks=(1, 64, 64), dtype="f4")[...] = IMAGE[None]
+    axes = [{"name": "c", "type": "channel", "junk": "import os"},
+            {"name": "y", "type": "space", "unit": f"micrometer{ESCAPE}"}, {"name": "x", "type": "space", "unit": "µm\nforged line"}]
+    root.attrs["multiscales"] = [{
+        "version": "0.4", "name": "n" * 2**20, "axes": axes,
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, "abc", "1e400"]},
+                                                                 {"type": "translation", "translation": [0, float("nan"), 3]}]}],
+        "coordinateTransformations": [{"type": "scale", "scale": [1.0, float("nan"), -2.0]}],
+    }]  # fmt: skip
+    root.attrs["omero"] = {"channels": [{"label": "L" * 5 * 2**20 + ESCAPE, "color": "javascript:1", "x": 1}]}
+    return path
+
+
+def test_metadata_from_a_file_is_carried_as_a_checked_record_and_what_is_dropped_is_said(tmp_path, model_file, capsys):
+    source = _crafted_ome_zarr(tmp_path / "in.ome.zarr")
+    assert main(["transform", "--model", str(model_file), str(source), "--output", str(tmp_path / "out.ome.zarr")]) == 0
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and "\x07" not in out + err and "forged line" not in out, (out, err)
+    warning = [line for line in err.splitlines() if "left out of its calibration" in line]
+    assert len(warning) == 1 and len(warning[0]) <= 700 and "the unit µm\\nforged line of X" in warning[0], err
+    written = json.loads((tmp_path / "out.ome.zarr" / ".zattrs").read_text())
+    assert len(json.dumps(written)) < 2000, written  # no megabyte name, no 5 MB label copied
+    multiscale = written["multiscales"][0]
+    assert all(set(axis) <= {"name", "type", "unit"} and axis.get("unit", "micrometer") == "micrometer"
+               for axis in multiscale["axes"])  # fmt: skip
+    transforms = multiscale["datasets"][0]["coordinateTransformations"]
+    assert transforms == [{"type": "scale", "scale": [1.0, 1.0, 1.0]}] and "coordinateTransformations" not in multiscale
+    assert "omero" not in written  # labels a megabyte long or holding escapes are no channel names
+
+
+def test_imagej_entries_from_a_file_are_checked_before_they_reach_an_output(tmp_path, model_file, capsys):
+    source = tmp_path / "in.tif"
+    tifffile.imwrite(source, IMAGE, imagej=True, resolution=(10, 10), metadata={
+        "unit": "um", "vunit": "V" * 2**16 + ESCAPE, "xorigin": 3.0, "cf": "nan?", "Info": f"line one\nline two{ESCAPE}",
+        "Labels": ["a label"]})  # fmt: skip
+    assert main(["transform", "--model", str(model_file), str(source), "--output", str(tmp_path / "out.tif")]) == 0
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "ImageJ's vunit" in err and "ImageJ's Info" in err
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        written = tif.imagej_metadata
+        description = tif.pages.first.description
+    assert "vunit" not in written and "Info" not in written and "\x1b" not in description
+    assert written["xorigin"] == 3.0 and written["Labels"] in ("a label", ["a label"]) and written["unit"] == "micron"
+
+
+@pytest.mark.parametrize("make", ["zattrs", "imagej", "imagej_tag", "bigtiff"])
+def test_metadata_of_many_megabytes_is_refused_before_it_is_parsed(tmp_path, model_file, capsys, make, monkeypatch):
+    """Parsed, a 71 MB .zattrs took 9 s and 1 GB, a 5-million-line ImageJ description 7 s and 1.2 GB;
+    tifffile reads a TIFF's text tags whole as it opens the file: they are sized before it opens it."""
+    if make == "zattrs":
+        source = zarr_v2(tmp_path / "in.zarr", (64, 64), (64, 64))
+        (source / ".zattrs").write_text(json.dumps({"junk": ["x" * 100] * 200_000}))  # 21 MB
+    elif make in ("imagej_tag", "bigtiff"):
+        source = tmp_path / "in.tif"
+        if make == "imagej_tag":  # ImageJ's IJMetadata tag, UTF-16: 19 MB
+            tifffile.imwrite(source, IMAGE, imagej=True, metadata={"Info": "i" * 9 * 2**20})
+        else:
+            tifffile.imwrite(source, IMAGE, bigtiff=True, description="d" * 17 * 2**20, metadata=None)
+        monkeypatch.setattr(tifffile, "TiffFile", None)  # never opened
+    else:
+        source = tmp_path / "in.tif"
+        tifffile.imwrite(source, IMAGE, imagej=True, metadata={"spacing": 1.0})
+        raw = source.read_bytes()
+        old = raw[raw.index(b"ImageJ="):raw.index(b"\x00", raw.index(b"ImageJ="))]
+        tifffile.imwrite(source, IMAGE, description=old.decode() + "\nx=1" * 5_000_000, metadata=None)  # 20 MB
+    status = bounded(lambda: main(["transform", "--model", str(model_file), str(source), "--output",
+                                   str(tmp_path / "out.tif")]))  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and "over the 16,777,216 read" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_info_prints_a_model_files_strings_escaped_on_one_line_each(tmp_path, model_file, capsys):
+    from n2v_estimator.io.models import read_model, write_model
+
+    tensors, document = read_model(model_file)
+    document["package_version"] = f"9.9{ESCAPE}\nforged: line"
+    document["params"]["axes"] = ESCAPE
+    write_model(tmp_path / "crafted.safetensors", tensors, document)
+    assert main(["info", str(tmp_path / "crafted.safetensors")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\nforged: line" not in out
+    assert "written by version 9.9\\x1b]0;owned\\x07\\x1b[2J\\nforged: line)" in out
+    assert main(["info", str(tmp_path / "crafted.safetensors"), "--json"]) == 0
+    assert "\x1b" not in capsys.readouterr().out  # JSON escapes it

@@ -18,9 +18,13 @@ one neutral record, keyed by our axis letters::
 and :func:`ome_zarr_entries`. Display settings (LUTs, display ranges, OME
 windows) are not carried: a denoised image needs its own.
 
-Everything read from a file is checked (finite positive scales, short strings,
-a bounded number of channel names): a crafted file cannot make a record that
-fails to save, or a model file that fails to load.
+Everything read from a file is a stranger's and is checked before it is kept:
+scales finite and positive, units among those known here, channel names plain
+text (:func:`n2v_estimator.io.text.plain`) of at most 256 characters and at most
+4096 of them, ImageJ's other entries numbers or bounded plain text. What fails is
+left out of the record (and so of every output), and said: ``dropped`` collects a
+line for each. A crafted file cannot make a record that fails to save, a model
+file that fails to load, or an output that carries its strings.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import math
 import re
 
 from .budget import pixels_element
+from .text import MAX_TEXT, plain, shown
 
 # Unit names (OME-Zarr's) -> (OME-TIFF symbol, ImageJ spelling, size in metres or seconds).
 _LENGTH = {
@@ -66,12 +71,15 @@ _ALIASES = {
 # What "no unit" looks like in ImageJ files: the axis is not calibrated.
 _UNCALIBRATED = {"", "pixel", "pixels", "px"}
 MAX_CHANNEL_NAMES = 4096
-MAX_TEXT = 256
 _LETTERS = "SCZYX"
-# ImageJ description entries carried from an ImageJ input to an ImageJ output as they are:
-# origins and the value calibration (a 16-bit file's signed offset); the IJMetadata tag's
-# slice labels, info and properties. Not LUTs or display ranges.
-_IMAGEJ_KEPT = ("xorigin", "yorigin", "zorigin", "cf", "vunit", *(f"c{k}" for k in range(10)), "Labels", "Info", "Properties")
+# ImageJ description entries carried from an ImageJ input to an ImageJ output, checked: origins
+# and the value calibration (a 16-bit file's signed offset: numbers, and its unit); the IJMetadata
+# tag's slice labels, info and properties (bounded plain text). Not LUTs or display ranges.
+_IMAGEJ_NUMBERS = ("xorigin", "yorigin", "zorigin", "cf", *(f"c{k}" for k in range(10)))
+_IMAGEJ_KEPT = (*_IMAGEJ_NUMBERS, "vunit", "Labels", "Info", "Properties")
+MAX_LABELS = 2**16  # slice labels: one per plane
+MAX_INFO = 2**16  # ImageJ's Info: free text of a few lines
+MAX_PROPERTIES = 256
 _IMAGEJ_DTYPES = ("uint8", "uint16", "float32")
 
 
@@ -106,38 +114,53 @@ def _scale(value):
     return value if math.isfinite(value) and value > 0 else None
 
 
-def _text(value):
-    return value[:MAX_TEXT] if isinstance(value, str) else None
-
-
-def make_calibration(scale=None, unit=None, channel_names=None, axes=None):
-    """A checked record from what a file says: scales that are not finite and positive,
-    units that are not text, and letters not in ``axes`` are left out; channel names
-    only where there is one text per channel. Empty entries are left out."""
+def make_calibration(scale=None, unit=None, channel_names=None, axes=None, dropped=None):
+    """A checked record from what a file says. Left out: scales that are not finite and
+    positive, units not among those known here (:func:`unit_name`), letters not in ``axes``,
+    and the channel names unless all are plain text of at most 256 characters, at most 4096.
+    Each thing left out that said something is a line appended to ``dropped`` (a list).
+    Empty entries are left out."""
     letters = axes if axes is not None else _LETTERS
-    record = {}
-    scales = {a: _scale(v) for a, v in (scale or {}).items() if a in letters}
-    scales = {a: v for a, v in scales.items() if v is not None}
-    units = {a: name for a, v in (unit or {}).items() if a in letters and (name := unit_name(v)) is not None}
+    dropped = [] if dropped is None else dropped
+    record, scales, units = {}, {}, {}
+    for a, v in (scale or {}).items():
+        if a in letters:
+            if (value := _scale(v)) is not None:
+                scales[a] = value
+            else:
+                dropped.append(f"the scale {shown(v, 40)} of {shown(a, 8)} (not a finite positive number)")
+    for a, v in (unit or {}).items():
+        if a in letters and (name := unit_name(v)) is not None:
+            if name in _UNITS:
+                units[a] = name
+            else:
+                dropped.append(f"the unit {shown(v, 40)} of {shown(a, 8)} (not one known here)")
     if scales:
         record["scale"] = scales
     if units:
         record["unit"] = units
     names = list(channel_names or [])
-    if names and len(names) <= MAX_CHANNEL_NAMES and all(isinstance(n, str) for n in names):
-        record["channel_names"] = [n[:MAX_TEXT] for n in names]
+    if names and len(names) <= MAX_CHANNEL_NAMES and all(plain(n) for n in names):
+        record["channel_names"] = names
+    elif names:
+        dropped.append(f"the {len(names)} channel names (at most {MAX_CHANNEL_NAMES}, each plain text of at most "
+                       f"{MAX_TEXT} characters)")  # fmt: skip
     return record
 
 
 def check_calibration(saved, source):
-    """A record read back from a model file, or ``ValueError`` naming ``source``."""
+    """A record read back from a model file, or ``ValueError`` naming ``source``. Plain units
+    this version does not know (files written before units were checked) are left out."""
     if saved is None:
         return None
     ok = isinstance(saved, dict) and set(saved) <= {"scale", "unit", "channel_names"}
     ok = ok and all(isinstance(saved.get(key, {}), dict) and set(saved.get(key, {})) <= set(_LETTERS)
                     for key in ("scale", "unit"))  # fmt: skip
-    if ok and make_calibration(saved.get("scale"), saved.get("unit"), saved.get("channel_names")) == saved:
-        return saved
+    if ok:
+        record = make_calibration(saved.get("scale"), saved.get("unit"), saved.get("channel_names"))
+        known = {a: u for a, u in saved.get("unit", {}).items() if u in _UNITS or not plain(u)}
+        if record == {k: v for k, v in {**saved, "unit": known}.items() if v}:
+            return record
     raise ValueError(f"{source}: the training images' calibration record is malformed.")
 
 
@@ -224,7 +247,7 @@ def _channel_tags(content):
     return tags
 
 
-def _ome_tiff_record(description, tiff_axes, axes):
+def _ome_tiff_record(description, tiff_axes, axes, dropped=None):
     """The calibration in an OME-XML ``description`` (its first ``Pixels`` element)."""
     element = pixels_element(description)
     if element is None:
@@ -239,10 +262,10 @@ def _ome_tiff_record(description, tiff_axes, axes):
         scale["S"], unit["S"] = pixels["TimeIncrement"], pixels.get("TimeIncrementUnit", "s")
     channels = [_attributes(tag) for tag in _channel_tags(element[1])]
     names = [c.get("Name") for c in channels] if channels and all("Name" in c for c in channels) else None
-    return make_calibration(scale, unit, names, axes)
+    return make_calibration(scale, unit, names, axes, dropped)
 
 
-def _imagej_record(imagej, resolution, tiff_axes, axes):
+def _imagej_record(imagej, resolution, tiff_axes, axes, dropped=None):
     """The calibration in an ImageJ description (as tifffile parses it) and resolution tags."""
     unit = unit_name(imagej.get("unit"))
     scale, units = {}, {}
@@ -255,7 +278,7 @@ def _imagej_record(imagej, resolution, tiff_axes, axes):
         scale["Z"], units["Z"] = imagej["spacing"], unit_name(imagej.get("zunit")) or unit
     if tiff_axes.startswith("T") and "finterval" in imagej:
         scale["S"], units["S"] = imagej["finterval"], unit_name(imagej.get("tunit")) or "second"
-    return make_calibration(scale, units, None, axes)
+    return make_calibration(scale, units, None, axes, dropped)
 
 
 def _resolution_record(resolution, resolution_unit, axes):
@@ -269,14 +292,42 @@ def _resolution_record(resolution, resolution_unit, axes):
     return make_calibration({"X": 1 / sizes[0], "Y": 1 / sizes[1]}, {"X": unit, "Y": unit}, None, axes)
 
 
-def tiff_calibration(tif, tiff_axes, axes):
+def _imagej_extras(imagej, dropped):
+    """The entries of :data:`_IMAGEJ_KEPT` in ``imagej`` that pass their checks; what fails is said
+    in ``dropped``."""
+    extras = {}
+    for key in _IMAGEJ_KEPT:
+        if key not in imagej:
+            continue
+        value = imagej[key]
+        if key in _IMAGEJ_NUMBERS:
+            ok = type(value) in (int, float) and math.isfinite(value)
+        elif key == "vunit":
+            ok = plain(value, 64)
+        elif key == "Labels":  # one label reads as a string
+            ok = plain(value) or isinstance(value, list) and len(value) <= MAX_LABELS and all(plain(v) for v in value)
+        elif key == "Info":
+            ok = plain(value, MAX_INFO, lines=True)
+        else:  # Properties
+            ok = isinstance(value, dict) and len(value) <= MAX_PROPERTIES and all(
+                plain(k) and plain(v, 4096, lines=True) for k, v in value.items())  # fmt: skip
+        if ok:
+            extras[key] = value
+        else:
+            dropped.append(f"ImageJ's {key} (not {'a finite number' if key in _IMAGEJ_NUMBERS else 'bounded plain text'})")
+    return extras
+
+
+def tiff_calibration(tif, tiff_axes, axes, dropped=None):
     """``(record, imagej_extras)`` for the open ``tifffile.TiffFile`` ``tif`` whose first
     series has ``tiff_axes`` (tifffile's letters) and ``axes`` (ours; ``None``: nothing is read).
 
     OME-XML wins over the resolution tags; ImageJ's description says what the
     resolution tags' unit is. ``imagej_extras`` are the ImageJ entries an ImageJ
-    output keeps as they are (origins, value calibration, slice labels, info).
+    output keeps (origins, value calibration, slice labels, info), checked. What is
+    left out is said in ``dropped`` (a list).
     """
+    dropped = [] if dropped is None else dropped
     if axes is None:
         return {}, {}
     page = tif.pages.first
@@ -285,11 +336,10 @@ def tiff_calibration(tif, tiff_axes, axes):
     except (ArithmeticError, ValueError, TypeError, KeyError, IndexError, AttributeError):  # a damaged tag
         resolution, resolution_unit = None, None
     if tif.is_ome:
-        return _ome_tiff_record(page.description, tiff_axes, axes), {}
+        return _ome_tiff_record(page.description, tiff_axes, axes, dropped), {}
     if tif.is_imagej:
         imagej = tif.imagej_metadata or {}
-        extras = {key: imagej[key] for key in _IMAGEJ_KEPT if key in imagej}
-        return _imagej_record(imagej, resolution, tiff_axes, axes), extras
+        return _imagej_record(imagej, resolution, tiff_axes, axes, dropped), _imagej_extras(imagej, dropped)
     return _resolution_record(resolution, resolution_unit, axes), {}
 
 
@@ -378,9 +428,10 @@ def _scales(transformations):
     return None
 
 
-def zarr_calibration(multiscale, omero, axes):
+def zarr_calibration(multiscale, omero, axes, dropped=None):
     """The calibration of an OME-Zarr image: its ``multiscale`` entry's axis units and
-    its first dataset's scale (times the multiscale's own), the ``omero`` channel labels."""
+    its first dataset's scale (times the multiscale's own), the ``omero`` channel labels;
+    what is left out is said in ``dropped`` (a list)."""
     if axes is None:
         return {}
     entries = multiscale.get("axes") or []
@@ -393,13 +444,15 @@ def zarr_calibration(multiscale, omero, axes):
         factors = [s[k] for s in (level, whole) if s is not None and len(s) == len(axes)]
         try:
             value = math.prod(float(f) for f in factors)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
+            if dropped is not None:
+                dropped.append(f"the scale of {letter} (not a number)")
             continue
         if letter != "C" and (value != 1.0 or "unit" in entry):  # a scale of 1 without a unit says nothing
             scale[letter], unit[letter] = value, entry.get("unit")
     channels = (omero or {}).get("channels") if isinstance(omero, dict) else None
     names = [c.get("label") if isinstance(c, dict) else None for c in channels] if isinstance(channels, list) else None
-    return make_calibration(scale, unit, names if names and None not in names else None, axes)
+    return make_calibration(scale, unit, names if names and None not in names else None, axes, dropped)
 
 
 def ome_zarr_entries(record, axes, types):

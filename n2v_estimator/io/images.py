@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import re
 import secrets
 import warnings
 from pathlib import Path
@@ -31,7 +32,14 @@ from .._extras import install_command
 from ..data.axes import resolve_axes
 from ..predict.lazy import is_dask_array
 from .atomic import atomic_write
-from .budget import DeclaredSizeError, check_declared, check_in_memory, ome_declared
+from .budget import (
+    DeclaredSizeError,
+    check_declared,
+    check_in_memory,
+    check_tiff_metadata,
+    check_zarr_metadata,
+    ome_declared,
+)
 from .codecs import UnsafeZarrError, check_zarr_array
 from .image_metadata import (
     for_axes,
@@ -42,6 +50,7 @@ from .image_metadata import (
     tiff_calibration,
     zarr_calibration,
 )
+from .text import plain
 
 # With lazy=True, TIFF and .npy files larger than this come back as dask arrays (zarr stores always do).
 LAZY_BYTES = 512 * 2**20
@@ -183,7 +192,8 @@ def read_image(path, lazy=False, *, return_metadata=False, trust_declared_size=F
         interval, channel names, keyed by our letters: :mod:`n2v_estimator.io.image_metadata`),
         and the TIFF's ``tiff_axes`` (tifffile's), flavour (``ome``,
         ``imagej``) and ``imagej_extras``, or the OME-Zarr's ``multiscale``
-        (its first ``multiscales`` entry) and ``omero``.
+        (its first ``multiscales`` entry) and ``omero``; ``dropped``, a line for
+        each piece of the file's metadata that failed its checks and is not carried.
     lazy_bytes : int or None, default=None
         With ``lazy``, the size above which TIFF and ``.npy`` files are read
         lazily; ``None``: :data:`LAZY_BYTES`.
@@ -266,6 +276,7 @@ def input_format(path):
 
 def _read_tiff(path, lazy_above, trust):
     tifffile = _require("tifffile", "tiff", "Reading TIFF files")
+    check_tiff_metadata(path, trust)  # its description and ImageJ's tags, bounded before tifffile reads them
     with _open_tiff(tifffile, path) as tif:
         if tif.is_ome:  # tifffile lists every plane the XML declares: check the XML first
             declared = ome_declared(tif.pages.first.description)
@@ -275,9 +286,10 @@ def _read_tiff(path, lazy_above, trust):
         shape, dtype = tuple(series.shape), np.dtype(series.dtype)
         check_declared(path, shape, dtype, trust=trust)
         axes = axes_from_tiff(series.axes)
-        calibration, extras = tiff_calibration(tif, series.axes, axes)
+        dropped = []
+        calibration, extras = tiff_calibration(tif, series.axes, axes, dropped)
         metadata = {"format": "tiff", "tiff_axes": series.axes, "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej),
-                    "calibration": calibration, "imagej_extras": extras}  # fmt: skip
+                    "calibration": calibration, "imagej_extras": extras, "dropped": dropped}  # fmt: skip
         if lazy_above is None or math.prod(shape) * dtype.itemsize <= lazy_above:
             check_in_memory(path, shape, dtype)
             return series.asarray(), axes, metadata
@@ -306,13 +318,15 @@ def _open_tiff(tifffile, path):
 
 def _read_zarr(path, lazy_above, trust):
     zarr = _require("zarr", "zarr", "Reading zarr stores")
+    check_zarr_metadata(path, trust)
     node = zarr.open(str(path), mode="r")
     metadata, axes = {"format": "zarr", "calibration": {}}, None
     if not hasattr(node, "shape"):  # a group
-        node, multiscale, version, omero = _ome_image(node, path)
+        node, multiscale, version, omero = _ome_image(node, path, trust)
         axes = _axes_from_ome(multiscale, node.ndim)
+        dropped = []
         metadata = {"format": "ome-zarr", "ome_version": version, "multiscale": multiscale, "omero": omero,
-                    "calibration": zarr_calibration(multiscale, omero, axes)}  # fmt: skip
+                    "calibration": zarr_calibration(multiscale, omero, axes, dropped), "dropped": dropped}  # fmt: skip
     check_zarr_array(node, name=str(path))  # before any chunk is read
     check_declared(path, node.shape, node.dtype, node.chunks, trust=trust)
     if lazy_above is not None:  # a store is always read lazily when asked
@@ -321,7 +335,7 @@ def _read_zarr(path, lazy_above, trust):
     return _ChunkReader(node, path)[...], axes, metadata
 
 
-def _ome_image(group, path):
+def _ome_image(group, path, trust=False):
     """The full-resolution array of the OME-Zarr image in ``group``, its
     ``multiscales[0]`` entry, the OME-NGFF version and its ``omero`` entry (or ``None``)."""
     attrs = dict(group.attrs)
@@ -329,7 +343,8 @@ def _ome_image(group, path):
     multiscales = ome.get("multiscales")
     if not multiscales:
         if "bioformats2raw.layout" in ome and "0" in group:  # a collection of images: the first
-            return _ome_image(group["0"], path)
+            check_zarr_metadata(Path(path) / "0", trust)
+            return _ome_image(group["0"], Path(path) / "0", trust)
         arrays = sorted(group.array_keys())
         hint = f"give the path of one of its arrays, e.g. {path / arrays[0]}" if arrays else "it holds no array"
         raise _ReadError(f"{path} is a zarr group without OME-Zarr 'multiscales' metadata; {hint}.")
@@ -340,6 +355,8 @@ def _ome_image(group, path):
         raise _ReadError(f"{path}: the OME-Zarr metadata names no dataset (multiscales[0].datasets[0].path).") from exc
     version = ome.get("version") or multiscale.get("version")
     omero = ome.get("omero") if isinstance(ome.get("omero"), dict) else None
+    if isinstance(dataset, str):
+        check_zarr_metadata(Path(path) / dataset, trust)
     return group[dataset], multiscale, version, omero
 
 
@@ -651,29 +668,31 @@ def _write_zarr(temporary, data, axes, source, lazy):
 
 def _multiscale(axes, source, shape):
     """An OME-Zarr 0.4 ``multiscales`` entry for one level ``"0"`` with ``axes``, and an
-    ``omero`` entry (or ``None``): the input's axis entries, transformations and channels
-    where it was an OME-Zarr image with these axes; else its calibration (scales of 1
-    where it has none)."""
+    ``omero`` entry (or ``None``), made from the input's checked calibration record (scales
+    of 1 where it has none) and, where the input was an OME-Zarr image with these axes, its
+    name, its translation and its channels' colours where they pass their checks: nothing
+    of a stranger's metadata is copied as it is."""
     n_channels = shape[axes.index("C")] if "C" in axes else None
     record = for_axes(source.get("calibration"), axes, n_channels)
     entries, scales, omero = ome_zarr_entries(record, axes, _OME_TYPES)
-    entry = {
-        "version": "0.4",
-        "axes": entries,
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scales}]}],
-    }
+    transforms = [{"type": "scale", "scale": scales}]
+    entry = {"version": "0.4", "axes": entries, "datasets": [{"path": "0", "coordinateTransformations": transforms}]}
     previous = source.get("multiscale") if source.get("format") == "ome-zarr" else None
-    if previous and _axes_from_ome(previous, len(axes)) == axes:
-        if all(isinstance(axis, dict) for axis in previous.get("axes") or [None]):
-            entry["axes"] = previous["axes"]
-        transforms = (previous.get("datasets") or [{}])[0].get("coordinateTransformations")
-        if transforms:
-            entry["datasets"][0]["coordinateTransformations"] = transforms
-        for key in ("name", "coordinateTransformations"):
-            if key in previous:
-                entry[key] = previous[key]
-        channels = (source.get("omero") or {}).get("channels")
-        if isinstance(channels, list) and len(channels) == n_channels:
-            omero = {"channels": [{k: v for k, v in c.items() if k != "window"} if isinstance(c, dict) else c
-                                  for c in channels]}  # fmt: skip
+    if not (isinstance(previous, dict) and _axes_from_ome(previous, len(axes)) == axes):
+        return entry, omero
+    if plain(previous.get("name")):
+        entry["name"] = previous["name"]
+    levels = previous.get("datasets") or [{}]
+    for item in (levels[0].get("coordinateTransformations") or []) if isinstance(levels[0], dict) else []:
+        offsets = item.get("translation") if isinstance(item, dict) and item.get("type") == "translation" else None
+        if isinstance(offsets, list) and len(offsets) == len(axes) and all(
+            type(o) in (int, float) and math.isfinite(o) for o in offsets
+        ):  # fmt: skip
+            transforms.append({"type": "translation", "translation": [float(o) for o in offsets]})
+    channels = (source.get("omero") or {}).get("channels")
+    if omero and isinstance(channels, list) and len(channels) == n_channels:
+        for ours, theirs in zip(omero["channels"], channels):
+            colour = theirs.get("color") if isinstance(theirs, dict) else None
+            if isinstance(colour, str) and re.fullmatch(r"[0-9A-Fa-f]{6}", colour):
+                ours["color"] = colour
     return entry, omero

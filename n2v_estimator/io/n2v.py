@@ -28,6 +28,7 @@ from ..runtime.memory import network_values
 from . import hdf5
 from .budget import MAX_EXPANSION
 from .models import write_model
+from .text import shown
 
 # A config.json is a few kB; anything far larger is not one.
 MAX_CONFIG_BYTES = 1 << 20
@@ -324,9 +325,9 @@ def _statistics(config, key, channels):
     try:
         array = np.asarray([float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError):
-        raise N2VModelError(f"config.json's {key} {str(values)[:80]} are not numbers.") from None
+        raise N2VModelError(f"config.json's {key} {shown(values, 80)} are not numbers.") from None
     if array.shape != (channels,) or not np.isfinite(array).all():
-        raise N2VModelError(f"config.json's {key} {str(values)[:80]} are not {channels} finite number(s), one per channel.")
+        raise N2VModelError(f"config.json's {key} {shown(values, 80)} are not {channels} finite number(s), one per channel.")
     return array
 
 
