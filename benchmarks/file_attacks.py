@@ -92,6 +92,7 @@ def make_cases(folder, model):
     cases += _n2v_cases(folder)
     cases += _zoo_source_cases(folder)
     cases += _metadata_cases(folder, model)
+    cases += _torchrun_cases(folder)
     params = {"learning_rate=1e300": "learning_rate=1e300", "batch_size=2**63": "batch_size=2**63",
               "batch_size=10**9": "batch_size=10**9", "kernel_size=100001": "kernel_size=100001",
               "n_filters=10**6": "n_filters=10**6", "struct_mask 3001x3001": "struct_mask=np.ones((3001, 3001))"}
@@ -178,6 +179,21 @@ def _metadata_cases(folder, model):
     return [(f"transform {name}", f"result = n2v_estimator.cli.main(['transform', '--model', {str(model)!r}, "
              f"{str(folder / name)!r}, '--output', {str(folder / ('out_' + name))!r}, '--quiet'])")
             for name in ("junk.ome.zarr", "huge_attrs.zarr", "vunit.tif", "lines.tif")]  # fmt: skip
+
+
+def _torchrun_cases(folder):
+    """torchrun's variables, wrong or with no peer, through ``fit --n-devices torchrun``: one line each,
+    the wait for peers bounded (N2V_RENDEZVOUS_TIMEOUT=2 here)."""
+    source = Path(folder) / "torchrun.npy"
+    np.save(source, np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32))
+    good = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29581"}
+    variants = {"WORLD_SIZE=0": {"WORLD_SIZE": "0"}, "RANK=5": {"RANK": "5"}, "MASTER_PORT=99999": {"MASTER_PORT": "99999"},
+                "MASTER_ADDR escape": {"MASTER_ADDR": "\x1b]0;owned\x07"}, "rank 0, no peer": {},
+                "rank 1, no rank 0": {"RANK": "1", "MASTER_PORT": "29582"}}  # fmt: skip
+    command = ["fit", str(source), "--model", str(Path(folder) / "torchrun.safetensors"), "--quiet", "--n-devices",
+               "torchrun", "--max-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--depth", "1"]  # fmt: skip
+    return [(f"torchrun {name}", f"import os; os.environ.update({ {**good, **change, 'N2V_RENDEZVOUS_TIMEOUT': '2'} !r}); "
+             f"result = n2v_estimator.cli.main({command!r})") for name, change in variants.items()]  # fmt: skip
 
 
 def _zoo_source_cases(folder):

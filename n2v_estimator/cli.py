@@ -446,14 +446,15 @@ def _fit(args):
     from .estimator import Noise2VoidDenoiser  # seconds of imports: after the checks that need none
     from .fit.training import NonFiniteLossError
 
+    given = _given_parameters(args)
+    writer = _torchrun_share(given)  # torchrun's variables checked before the inputs are read
+
     # Zarr stores and large files as dask arrays: fit reads only the patches it samples.
     read = [read_image(path, lazy=True, return_metadata=True, trust_declared_size=args.trust_declared_size)
             for path in paths]  # fmt: skip
     for path, (_, _, metadata) in zip(paths, read):
         _say_dropped(path, metadata)
     images = _with_common_axes([(array, found) for array, found, _ in read])
-    given = _given_parameters(args)
-    writer = _torchrun_share(given)
     if not writer:  # a rank of torchrun's other than 0: trains its share, says and writes nothing
         args.quiet = True
     previous = None
@@ -500,15 +501,18 @@ def _fit(args):
 
 
 def _torchrun_share(given):
-    """Under torchrun, train as one of its ranks (``--n-devices torchrun``, set when not given);
-    return whether this process writes the model (rank 0, or no torchrun)."""
-    from .fit.distributed import launched_by_torchrun, torchrun_ranks
+    """With ``--n-devices torchrun``, torchrun's variables checked (one line for a wrong one) and
+    whether this process writes the model (rank 0); else ``True``: torchrun's variables in the
+    environment (a step of a torchrun or cluster job) do not make this process join anything."""
+    if given.get("n_devices") != "torchrun":
+        from .fit.distributed import launched_by_torchrun
 
-    if not launched_by_torchrun():
+        if launched_by_torchrun():
+            _say("note: torchrun's variables (RANK, WORLD_SIZE, ...) are set but --n-devices torchrun is not given: "
+                 "this process trains on its own.")  # fmt: skip
         return True
-    if given.setdefault("n_devices", "torchrun") != "torchrun":
-        raise ValueError(f"--n-devices {given['n_devices']} under torchrun: torchrun started the processes that "
-                         "train together; leave --n-devices out (or give 'torchrun').")  # fmt: skip
+    from .fit.distributed import torchrun_ranks
+
     return torchrun_ranks()[0] == 0
 
 
@@ -923,6 +927,12 @@ def main(argv=None):
             return 2
         except USER_ERRORS as exc:
             _say(f"error: {str(exc) or type(exc).__name__}")
+            return 2
+        except RuntimeError as exc:  # a rank that failed or could not join: its one line
+            distributed = sys.modules.get("n2v_estimator.fit.distributed")
+            if distributed is None or not isinstance(exc, distributed.DistributedTrainingError):
+                raise
+            _say(f"error: {exc}")
             return 2
 
 

@@ -149,7 +149,7 @@ def test_torchrun_ranks_train_as_the_ranks_fit_starts_and_only_rank_0_writes(tmp
     np.save(tmp_path / "noisy.npy", image())
     options = [f"--{k.replace('_', '-')}={v}" for k, v in PARAMS.items() if k not in ("verbose", "device")]
     done = torchrun("-m", "n2v_estimator.cli", "fit", "noisy.npy", "--model", "model.safetensors", "--axes", "YX",
-                    "--device", "cpu", *options, cwd=tmp_path)  # fmt: skip
+                    "--device", "cpu", "--n-devices", "torchrun", *options, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Saved model.safetensors") == 1, done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "noisy.npy"]
@@ -191,7 +191,7 @@ def test_a_failing_rank_under_torchrun_ends_the_job_and_nothing_is_written(tmp_p
         "    source = 'noisy.npy' if os.environ['RANK'] == '0' else 'missing.npy'\n"
         "    sys.exit(main(['fit', source, '--model', 'model.safetensors', '--axes', 'YX', '--device', 'cpu',\n"
         "                   '--max-epochs', '200', '--batch-size', '16', '--patch-size', '32', '--depth', '1',\n"
-        "                   '--n-filters', '8']))\n"
+        "                   '--n-filters', '8', '--n-devices', 'torchrun']))\n"
     )
     done = torchrun(str(script), cwd=tmp_path)
     assert done.returncode != 0 and "missing.npy" in done.stdout + done.stderr
@@ -205,16 +205,207 @@ def test_torchrun_mode_outside_torchrun_says_how_to_start_it(monkeypatch):
         Noise2VoidDenoiser(**PARAMS, n_devices="torchrun").fit(image())
 
 
-def test_the_command_line_under_torchrun_refuses_a_number_of_devices(monkeypatch, tmp_path, capsys):
+TORCHRUN_ENVIRONMENT = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "localhost",
+                        "MASTER_PORT": "29500"}  # fmt: skip
+
+
+def test_the_command_line_joins_torchrun_only_when_asked(monkeypatch, tmp_path, capsys):
+    """torchrun's variables in the environment (a step of a cluster job) do not make a fit join a
+    group: it trains on its own, and says so."""
     from n2v_estimator import cli
 
-    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "localhost",
-                        "MASTER_PORT": "29500"}.items():  # fmt: skip
+    for name, value in TORCHRUN_ENVIRONMENT.items():
         monkeypatch.setenv(name, value)
     np.save(tmp_path / "noisy.npy", image())
-    assert cli.main(["fit", str(tmp_path / "noisy.npy"), "--model", str(tmp_path / "m.safetensors"), "--n-devices", "2"])
-    assert "--n-devices 2 under torchrun" in capsys.readouterr().err
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in PARAMS.items() if k not in ("verbose",)]
+    assert cli.main(["fit", str(tmp_path / "noisy.npy"), "--model", str(tmp_path / "m.safetensors"), "--quiet",
+                     "--axes", "YX", *options]) == 0  # fmt: skip
+    assert "--n-devices torchrun is not given: this process trains on its own" in capsys.readouterr().err
+    assert Noise2VoidDenoiser.load(tmp_path / "m.safetensors").n_devices == 1
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("WORLD_SIZE", "0"), ("WORLD_SIZE", "two"), ("WORLD_SIZE", "9" * 5000), ("RANK", "2"), ("RANK", "-1"),
+    ("LOCAL_RANK", "1.5"), ("MASTER_PORT", "99999"), ("MASTER_PORT", ""), ("MASTER_ADDR", "host\x1b]0;owned\x07"),
+    ("MASTER_ADDR", "a b"), ("MASTER_ADDR", "h" * 300), ("RANK", None),
+], ids=lambda value: f"{len(value)} characters" if isinstance(value, str) and len(value) > 20 else None)  # fmt: skip
+def test_each_bad_torchrun_variable_is_one_line_naming_it_before_any_input_is_read(monkeypatch, tmp_path, capsys,
+                                                                                    name, value):
+    from n2v_estimator import cli
+
+    for key, text in {**TORCHRUN_ENVIRONMENT, name: value}.items():
+        if text is None:
+            monkeypatch.delenv(key, raising=False)
+        else:
+            monkeypatch.setenv(key, text)
+    monkeypatch.setattr(cli, "read_image", lambda *a, **k: pytest.fail("an input was read"))
+    np.save(tmp_path / "noisy.npy", image())
+    assert cli.main(["fit", str(tmp_path / "noisy.npy"), "--model", str(tmp_path / "m.safetensors"),
+                     "--n-devices", "torchrun"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and name in err and "\x1b" not in err and len(err) < 500, err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def rendezvous_in_a_process(tmp_path, environment, seconds=2):
+    """The command line's fit with --n-devices torchrun in a process of its own, under ``environment``."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "noisy.npy", image())
+    env = {**os.environ, **environment, "N2V_RENDEZVOUS_TIMEOUT": str(seconds), "OMP_NUM_THREADS": "1"}
+    options = [f"--{k.replace('_', '-')}={v}" for k, v in PARAMS.items() if k not in ("verbose",)]
+    command = [sys.executable, "-m", "n2v_estimator.cli", "fit", "noisy.npy", "--model", "m.safetensors", "--quiet",
+               "--axes", "YX", "--n-devices", "torchrun", *options]  # fmt: skip
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_rank_whose_peers_never_come_ends_within_the_rendezvous_timeout_in_one_line(tmp_path, rank):
+    """Rank 0 waits for a rank 1 that never starts; rank 1 connects to a rank 0 that is not there:
+    torch's defaults wait 30 minutes, or retry with native stack traces on every attempt."""
+    import time
+
+    start = time.perf_counter()
+    done = rendezvous_in_a_process(tmp_path, {**TORCHRUN_ENVIRONMENT, "MASTER_ADDR": "127.0.0.1", "RANK": rank,
+                                              "MASTER_PORT": str(free_port())})  # fmt: skip
+    elapsed = time.perf_counter() - start
+    assert done.returncode == 2 and elapsed < 60, (elapsed, done.stderr[-2000:])
+    assert done.stderr.strip().splitlines() == [line for line in done.stderr.strip().splitlines()
+                                                if line.startswith("n2v-estimator: ")], done.stderr[-2000:]  # fmt: skip
+    assert f"could not join torchrun's group at 127.0.0.1:" in done.stderr and f"as RANK {rank} of WORLD_SIZE 2" in (
+        done.stderr) and "frame #" not in done.stderr  # fmt: skip
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+# ------------------------------------------------------------------ the ranks and their parent
+
+
+def children_of(pid):
+    """The process ids whose parent is ``pid`` (Linux's /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def left(folder):
+    """What is in the temporary folder ``folder``, but torch's compile cache (kept by design)."""
+    return [path.name for path in folder.iterdir() if not path.name.startswith("torchinductor_")]
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+SCRIPT = (
+    "import sys\n"
+    f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+    "from test_distributed import PARAMS, image\n"
+    "from n2v_estimator import Noise2VoidDenoiser\n"
+    "{guard}"
+    "{indent}Noise2VoidDenoiser(**{{**PARAMS, 'max_epochs': {epochs}, 'batch_size': 2}}, n_devices=2).fit(image({size}))\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the ranks through Linux's /proc")
+@pytest.mark.parametrize("moment", ["starting", "training"])
+def test_the_ranks_and_their_rendezvous_folder_go_when_the_parent_is_killed(tmp_path, moment):
+    """kill -9 of the process that called fit(n_devices=2), as its ranks appear or while they
+    train: within 5 s no rank, no resource tracker and no temporary folder is left."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.format(guard="if __name__ == '__main__':\n", indent="    ", epochs=10_000, size="(96, 96)"))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    env = {**os.environ, "TMPDIR": str(temporary), "OMP_NUM_THREADS": "1"}
+    parent = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(children_of(parent.pid)) < 3 and time.monotonic() < deadline:  # two ranks and the tracker
+            time.sleep(0.05)
+        if moment == "training":
+            time.sleep(8)  # the ranks imported torch, joined and train
+        children = children_of(parent.pid)
+        assert len(children) >= 3 and (moment == "starting" or left(temporary)), (children, left(temporary))
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while (any(alive(pid) for pid in children) or left(temporary)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in children if alive(pid)] and not left(temporary)
+    finally:
+        parent.kill()
+        for pid in children_of(parent.pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_fits_and_its_ranks_do_not_run_it_again(tmp_path):
+    """Spawn runs the parent's script again in every child: there, a script that fits when imported
+    fitted again, multiprocessing refused, the rank died while 2 MB of arguments were written to
+    it, and the parent waited forever. The ranks now start without the script."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "train.py"
+    script.write_text("open('runs.txt', 'a').write('run\\n')\n"
+                      + SCRIPT.format(guard="", indent="", epochs=2, size="(1024, 1024)") + "print('fitted')\n")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "fitted", done.stderr[-3000:]
+    assert (tmp_path / "runs.txt").read_text() == "run\n" and time.perf_counter() - start < 100
+
+
+def test_a_process_multiprocessing_starts_that_fits_on_import_is_told_the_fix_in_one_line(monkeypatch):
+    """A script of the user's own that starts processes with spawn and fits with n_devices > 1 when
+    imported: each child would start its ranks while it starts itself."""
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(SystemExit, match='if __name__ == "__main__":'):
+        Noise2VoidDenoiser(**PARAMS, n_devices=2).fit(image())
+
+
+def test_a_rank_finds_or_makes_a_private_rendezvous_folder_and_refuses_any_other(tmp_path):
+    from n2v_estimator.fit.distributed import private_folder
+
+    folder = tmp_path / "rendezvous"
+    assert private_folder(str(folder)) == str(folder) and private_folder(str(folder)) == str(folder)  # made, found
+    assert folder.stat().st_mode & 0o777 == 0o700
+    os.chmod(folder, 0o755)
+    with pytest.raises(RuntimeError, match="not a private folder"):
+        private_folder(str(folder))
+    (tmp_path / "link").symlink_to(folder)
+    with pytest.raises(RuntimeError, match="not a private folder"):
+        private_folder(str(tmp_path / "link"))
 
 
 def _fit_in_a_pool_worker(_):

@@ -8,7 +8,9 @@ epoch everywhere. Rank 0 sends the kept weights and the history back; the estima
 process is then set exactly as after a single-process fit.
 
 All or nothing: Ctrl-C in the calling process, or any rank that fails, ends every rank, and the
-estimator is left as it was (a partial result of several processes is not kept).
+estimator is left as it was (a partial result of several processes is not kept). The ranks die
+with the calling process however it ends, and do not run its script
+(:mod:`n2v_estimator.fit.lifeline`).
 
 ``n_devices="torchrun"`` joins the processes ``torchrun`` started instead (one or several machines):
 every process runs the same script, reads the same data and calls ``fit``; each trains its share
@@ -18,46 +20,95 @@ kept equal by DistributedDataParallel), which a script saves from rank 0 (the co
 
 from __future__ import annotations
 
+import contextlib
+import math
 import multiprocessing
 import os
+import pickle
 import queue
+import re
+import secrets
+import shutil
 import signal
+import stat
+import sys
 import tempfile
+from datetime import timedelta
 
 import numpy as np
 import torch
 
+from ..io.text import shown
+from .lifeline import DroppingQueue, rank_entry, started_without_main, watch_parent
 from .training import NonFiniteLossError, TrainingResult
 
 
 class DistributedTrainingError(RuntimeError):
-    """A rank of a distributed fit failed; the message names the rank and its error."""
+    """A rank of a distributed fit failed, or could not join; the message names the rank and its error."""
 
 
 # What torchrun (torch.distributed.run) sets in the environment of every process it starts.
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+# How long joining torchrun's group may take (every rank connected), in seconds, unless the
+# environment variable N2V_RENDEZVOUS_TIMEOUT says otherwise: torchrun starts its ranks together,
+# and a rank whose peers never come ends with a message instead of torch's 30 minutes of silence.
+RENDEZVOUS_SECONDS = 300
+# A host name or an IP address (IPv6 in brackets or not): what MASTER_ADDR may hold.
+_HOST = re.compile(r"[A-Za-z0-9._:\[\]%-]{1,253}")
 
 
 def launched_by_torchrun():
-    """Whether this process is a rank that ``torchrun`` started."""
+    """Whether this process has the environment of a rank that ``torchrun`` started."""
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
-def torchrun_ranks():
-    """``(rank, world_size, local_rank)`` of this process in the group ``torchrun`` started, or a
-    ``ValueError`` saying how to start one."""
+def torchrun_environment():
+    """``(rank, world_size, local_rank, master_addr, master_port)`` from torchrun's variables,
+    each checked; a ``ValueError`` of one line naming a variable that is missing or wrong."""
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
         raise ValueError(
             f"n_devices='torchrun' joins the processes torchrun starts, but {', '.join(missing)} "
             "is not set: start the script with `torchrun --nproc-per-node N script.py` (or the command line "
-            "with `torchrun --nproc-per-node N -m n2v_estimator.cli fit ...`), or use n_devices=N, which "
-            "starts N processes on this machine itself."
+            "with `torchrun --nproc-per-node N -m n2v_estimator.cli fit --n-devices torchrun ...`), or use "
+            "n_devices=N, which starts N processes on this machine itself."
         )
+
+    def number(name, low, high):
+        text = os.environ[name]
+        if not re.fullmatch(r"\d{1,9}", text.strip()) or not low <= int(text) <= high:
+            raise ValueError(f"torchrun's variable {name}={shown(text, 60)} is not a whole number from {low} to "
+                             f"{high}: start the processes with torchrun, which sets it, or unset it.")  # fmt: skip
+        return int(text)
+
+    world = number("WORLD_SIZE", 1, 2**20)
+    rank = number("RANK", 0, world - 1)
+    local = number("LOCAL_RANK", 0, world - 1)
+    port = number("MASTER_PORT", 1, 65535)
+    address = os.environ["MASTER_ADDR"].strip()
+    if not _HOST.fullmatch(address):
+        raise ValueError(f"torchrun's variable MASTER_ADDR={shown(address, 60)} is not a host name or an IP "
+                         "address: start the processes with torchrun, which sets it, or unset it.")  # fmt: skip
+    return rank, world, local, address, port
+
+
+def torchrun_ranks():
+    """``(rank, world_size, local_rank)`` of this process in the group ``torchrun`` started, or a
+    ``ValueError`` saying how to start one (:func:`torchrun_environment`)."""
+    return torchrun_environment()[:3]
+
+
+def rendezvous_seconds():
+    """How long joining torchrun's group may take: N2V_RENDEZVOUS_TIMEOUT, else :data:`RENDEZVOUS_SECONDS`."""
+    text = os.environ.get("N2V_RENDEZVOUS_TIMEOUT", str(RENDEZVOUS_SECONDS))
     try:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+        seconds = float(text)
     except ValueError:
-        raise ValueError("RANK, WORLD_SIZE and LOCAL_RANK must be integers, as torchrun sets them.") from None
+        seconds = math.nan
+    if not 0 < seconds <= 7 * 24 * 3600:
+        raise ValueError(f"N2V_RENDEZVOUS_TIMEOUT={shown(text, 60)} is not a number of seconds from 0 to a week; "
+                         f"unset it for the default ({RENDEZVOUS_SECONDS} s).")  # fmt: skip
+    return seconds
 
 
 def check_devices(n_devices, device, batch_size):
@@ -68,6 +119,12 @@ def check_devices(n_devices, device, batch_size):
         if device.type == "cuda" and local >= torch.cuda.device_count():
             raise ValueError(f"torchrun's LOCAL_RANK={local} has no CUDA device ({torch.cuda.device_count()} "
                              "visible): start at most that many processes per machine (--nproc-per-node).")  # fmt: skip
+    elif n_devices > 1 and getattr(multiprocessing.current_process(), "_inheriting", False):
+        # a process multiprocessing is starting runs its parent's main module, which calls fit: a
+        # script without a main guard. One line (SystemExit prints it, with no traceback), exit 1.
+        raise SystemExit(f"n2v-estimator: fit(n_devices={n_devices}) was called while this process was starting as "
+                         "a rank of the script's fit: the script calls it when imported. Put the script's work under "
+                         "`if __name__ == \"__main__\":`.")  # fmt: skip
     elif n_devices > 1 and multiprocessing.current_process().daemon:
         raise ValueError(f"n_devices={n_devices} starts a process per device, which a daemonic worker process (of "
                          "multiprocessing.Pool, say) cannot do; fit with n_devices > 1 from the main process, use "
@@ -92,33 +149,45 @@ def run_distributed(plan, n_devices, verbose=False, same_patches=False):
     ``same_patches`` (for tests): every rank draws the whole batch from one stream and trains on
     its share, so that the ranks together see what one process with the whole batch sees.
 
+    The ranks die with this process and do not run its script (:mod:`n2v_estimator.fit.lifeline`).
+    The rendezvous folder is made by the first rank that watches this process (each removes it
+    when this process is gone) and removed here after the fit: no moment leaves it behind. The
+    plan goes to the ranks through a queue after they started, not in the arguments of the start:
+    a rank that dies while starting cannot block this process.
+
     Raises
     ------
     DistributedTrainingError
-        When a rank fails (the others are ended).
+        When a rank fails (the others are ended), or dies before it started.
     KeyboardInterrupt
         On Ctrl-C (every rank is ended).
     """
     context = torch.multiprocessing.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="n2v-ddp-") as folder:
-        rendezvous = "file://" + os.path.join(folder, "rendezvous")
-        messages = context.Queue()
-        ranks = [context.Process(target=_rank_main, daemon=True,
-                                 args=(rank, n_devices, plan, rendezvous, messages, verbose, same_patches))
-                 for rank in range(n_devices)]  # fmt: skip
-        try:
+    folder = os.path.join(tempfile.gettempdir(), f"n2v-ddp-{secrets.token_hex(16)}")
+    messages, plans = context.Queue(), DroppingQueue(ctx=context)
+    sent = pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)  # once, here; tensors copied, not shared
+    ranks = [context.Process(target=rank_entry, daemon=True,
+                             args=(folder, f"{__name__}:rank_main", rank, n_devices, plans, messages, verbose,
+                                   same_patches))
+             for rank in range(n_devices)]  # fmt: skip
+    try:
+        with started_without_main():
             for process in ranks:
                 process.start()
-            outcome = _collect(ranks, messages)
-        finally:
-            for process in ranks:
-                if process.is_alive():
-                    process.terminate()
-            for process in ranks:
-                if process.pid is not None:  # started
-                    process.join(timeout=10)
-            messages.close()
-            messages.join_thread()
+        for _ in ranks:
+            plans.put(sent)
+        outcome = _collect(ranks, messages)
+    finally:
+        for process in ranks:
+            if process.is_alive():
+                process.terminate()
+        for process in ranks:
+            if process.pid is not None:  # started
+                process.join(timeout=10)
+        for channel in (plans, messages):  # what no rank took is dropped: nothing waits on it
+            channel.cancel_join_thread()
+            channel.close()
+        shutil.rmtree(folder, ignore_errors=True)
     state, history, interrupted, error, calibration = outcome
     model = plan.build_network().cpu()
     model.load_state_dict({name: torch.from_numpy(array) for name, array in state.items()})
@@ -131,20 +200,23 @@ def run_joined(plan, verbose=False):
     """Train ``plan`` as this process's rank of the group ``torchrun`` started; return
     ``(model, TrainingResult)`` as :meth:`FitPlan.run` does, the same on every rank.
 
-    The process group is made here (and ended after) unless the script made it. A stop
-    (Ctrl-C, which torchrun passes to every rank) keeps nothing: the ranks may stop at different
-    steps, so no epoch is known to be complete on all of them.
+    The process group is made here (and ended after) unless the script made it: joining takes at
+    most :func:`rendezvous_seconds`, and a failure to join is one line naming the address, the
+    rank and the cause. A stop (Ctrl-C, which torchrun passes to every rank) keeps nothing: the
+    ranks may stop at different steps, so no epoch is known to be complete on all of them. The
+    rank ends when the process that started it (torchrun) is gone.
     """
     import torch.distributed as dist
 
-    rank, world, local = torchrun_ranks()
+    rank, world, local, address, port = torchrun_environment()
     cuda = plan.device.type == "cuda"
     device = torch.device("cuda", local) if cuda else plan.device
     if cuda:
         torch.cuda.set_device(device)
     started = not dist.is_initialized()
     if started:
-        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://")
+        watch_parent()
+        _join(dist, "nccl" if cuda else "gloo", rank, world, address, port)
     try:
         model, result = plan.run(verbose=verbose and rank == 0, rank=(rank, world, device, False))
         if result.interrupted:
@@ -156,33 +228,106 @@ def run_joined(plan, verbose=False):
     return model, result
 
 
+def _join(dist, backend, rank, world, address, port):
+    """Join torchrun's group as ``rank`` of ``world`` through the store at ``address:port``, within
+    :func:`rendezvous_seconds`; torch's own waits (30 minutes) and its native retry messages are
+    replaced by one line."""
+    seconds = rendezvous_seconds()
+    where = f"torchrun's group at {address}:{port} as RANK {rank} of WORLD_SIZE {world}"
+    try:
+        with _native_stderr_quiet():
+            store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timedelta(seconds=seconds)))
+            store.set_timeout(timedelta(seconds=seconds))  # every rank connected to every other
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+        store.set_timeout(timedelta(minutes=30))  # torch's default, for what follows
+    except (RuntimeError, ValueError, OSError) as exc:
+        cause = " ".join(str(exc).split("Exception raised from")[0].split()).rstrip(".") or type(exc).__name__
+        raise DistributedTrainingError(
+            f"could not join {where} within {seconds:g} s: {shown(cause, 200)}. Start every rank with torchrun "
+            "(each with its own RANK), or give N2V_RENDEZVOUS_TIMEOUT more seconds when ranks start late."
+        ) from None
+
+
+@contextlib.contextmanager
+def _native_stderr_quiet():
+    """The process's standard error (file descriptor 2) sent nowhere for a while: torch's native
+    code prints a multi-line trace on every failed connection attempt, which the caller says in one
+    line. Where descriptor 2 cannot be redirected, nothing is changed."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        nowhere = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        os.dup2(nowhere, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(nowhere)
+
+
+def private_folder(path):
+    """Make the folder ``path`` readable by this user alone, or find it made so (by another rank):
+    a folder of another user, a link, or one others may read is refused."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    others = hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o077)
+    if not stat.S_ISDIR(info.st_mode) or others:
+        raise RuntimeError(f"the rendezvous folder {path} is not a private folder of this user (made by another "
+                           "user, or a link): the ranks do not join through it.")  # fmt: skip
+    return path
+
+
 def _collect(ranks, messages):
     """Rank 0's result, or the first failure: a rank's error, or a rank that died without one."""
+    started = set()
     while True:
         try:
             kind, *payload = messages.get(timeout=0.2)
         except queue.Empty:
             for rank, process in enumerate(ranks):
                 if process.exitcode not in (None, 0):
-                    raise DistributedTrainingError(
-                        f"rank {rank} of {len(ranks)} ended with exit code {process.exitcode} before training "
-                        "finished. Each rank is a new Python process that imports your script's main module: "
-                        "a script must start its work under `if __name__ == \"__main__\":`."
-                    )
+                    raise DistributedTrainingError(_death(rank, len(ranks), process.exitcode, rank in started))
+            continue
+        if kind == "started":
+            started.add(payload[0])
             continue
         if kind == "error":
             rank, text = payload
-            raise DistributedTrainingError(f"rank {rank} of {len(ranks)} failed: {text} (every rank was ended; the "
-                                           "estimator is left as it was).")  # fmt: skip
+            raise DistributedTrainingError(f"rank {rank} of {len(ranks)} failed: {shown(text, 400)} (every rank was "
+                                           "ended; the estimator is left as it was).")  # fmt: skip
         return payload
 
 
-def _rank_main(rank, world, plan, rendezvous, messages, verbose, same_patches):
-    """One rank: join the group, train its share, and (rank 0) send the result back."""
+def _death(rank, world, exitcode, started):
+    """One line for a rank that ended with ``exitcode`` without saying why."""
+    when = "while starting, before it could train" if not started else "before training finished"
+    return (f"rank {rank} of {world} ended with exit code {exitcode} {when} (killed, or out of memory?); every "
+            "rank was ended and the estimator is left as it was.")  # fmt: skip
+
+
+def rank_main(folder, rank, world, plans, messages, verbose, same_patches):
+    """One rank (its parent watched already: :func:`n2v_estimator.fit.lifeline.rank_entry`): make
+    the private rendezvous ``folder`` (or find it made by another rank), take the plan, join the
+    group, train its share, and (rank 0) send the result back."""
     import torch.distributed as dist
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the calling process decides: Ctrl-C ends every rank
+    messages.put(("started", rank))
     try:
+        private_folder(folder)
+        rendezvous = "file://" + os.path.join(folder, "rendezvous")
+        try:
+            plan = pickle.loads(plans.get())
+        except (AttributeError, ImportError) as exc:
+            raise RuntimeError(f"the fit's settings or data hold an object a rank cannot import ({exc}): define it in "
+                               "a module of its own, not in the script or notebook that calls fit.") from None  # fmt: skip
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         cuda = plan.device.type == "cuda"
         device = torch.device("cuda", rank) if cuda else plan.device

@@ -33,6 +33,7 @@ import stat
 import numpy as np
 
 from .budget import MAX_EXPANSION
+from .text import shown
 
 # Layers or weights a Keras model lists: an n2v U-Net of depth 8 with 16 channels has some 900.
 MAX_MEMBERS = 4096
@@ -134,6 +135,5 @@ def checked_dataset(dataset, name):
 
 
 def _shown(text, limit=80):
-    """A name from the file as a message shows it: its repr, cut to ``limit`` characters."""
-    text = repr(str(text))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """A name from the file as a message shows it: quoted, escaped, cut (:func:`n2v_estimator.io.text.shown`)."""
+    return f"'{shown(text, limit - 2)}'"
