@@ -1,5 +1,7 @@
 """Tiled prediction: tile layout, stitching and test-time augmentation."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -234,7 +236,9 @@ def test_tile_geometry_rounds_to_the_networks_pooling_grid():
     from n2v_estimator.predict.tiling import tile_geometry
 
     assert tile_geometry(None, None, NetworkGeometry(2, depth=2, kernel_size=3)) == ((256, 256), (56, 56))
-    assert tile_geometry(None, None, NetworkGeometry(3, depth=2, kernel_size=3)) == ((64, 128, 128), (32, 56, 56))
+    # a default tile holds the whole overlap twice: 64 slices would cut it to 32 (tiles inexact along Z)
+    assert tile_geometry(None, None, NetworkGeometry(3, depth=2, kernel_size=3)) == ((112, 128, 128), (56, 56, 56))
+    assert tile_geometry(None, None, NetworkGeometry(2, depth=3, kernel_size=5)) == ((416, 416), (208, 208))
     assert tile_geometry(30, 5, NetworkGeometry(2, depth=2, kernel_size=3)) == ((32, 32), (8, 8))
     assert tile_geometry((64, 100), 0, NetworkGeometry(2, depth=3, kernel_size=5)) == ((64, 104), (0, 0))
 
@@ -246,6 +250,69 @@ def test_tile_geometry_overlap_grows_with_the_kernel_and_stays_below_half_a_tile
     assert default_overlap(2, 3, blurpool=True) == 64
     assert tile_geometry(512, None, NetworkGeometry(2, depth=2, kernel_size=7)) == ((512, 512), (136, 136))
     assert tile_geometry(128, None, NetworkGeometry(2, depth=2, kernel_size=7)) == ((128, 128), (64, 64))
+
+
+def test_tiles_chosen_too_small_for_the_networks_overlap_are_warned_about_where_they_cut():
+    from n2v_estimator.predict.tiling import tile_geometry, warn_if_seams
+
+    geometry = NetworkGeometry(2, depth=2, kernel_size=7)
+    tile, overlap = tile_geometry(128, None, geometry)
+    with pytest.warns(UserWarning, match="at least 272 pixels"):
+        warn_if_seams(tile, overlap, (300, 100), geometry, None)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_seams(tile, overlap, (120, 100), geometry, None)  # one tile: no seam
+        warn_if_seams(tile, (8, 8), (300, 300), geometry, 8)  # an overlap the user chose
+
+
+@st.composite
+def networks_and_images(draw):
+    """A network (our layout or n2v's, 2D or 3D, depth 1-3, kernels 3-7, blur-pool), an image whose
+    sides take every residue modulo 2**depth (so n2v's grid phase too) and a tile size."""
+    layout = draw(st.sampled_from(["n2v-estimator", "n2v-tf"]))
+    ndim = draw(st.sampled_from([2, 2, 3]))
+    depth = draw(st.integers(1, 3 if ndim == 2 else 2))
+    kernel = draw(st.sampled_from([3, 5, 7] if ndim == 2 else [3, 5]))
+    blurpool = draw(st.booleans()) and not (layout == "n2v-tf" and ndim == 3)
+    geometry = NetworkGeometry(ndim, depth=depth, kernel_size=kernel, blurpool=blurpool, centred_grid=layout == "n2v-tf")
+    sides = [draw(st.integers(1, 2 * geometry.overlap + 40)) for _ in range(ndim)]
+    tile = draw(st.sampled_from([None, "just enough", "larger"]))
+    if tile == "just enough":
+        tile = 2 * geometry.overlap
+    elif tile == "larger":
+        tile = 2 * geometry.overlap + draw(st.integers(1, 40))
+    return layout, ndim, depth, kernel, blurpool, sides, tile
+
+
+@pytest.mark.slow
+@settings(max_examples=int(os.environ.get("N2V_TEST_EXAMPLES", 25)), deadline=None)
+@given(networks_and_images())
+def test_tiled_equals_untiled_for_every_layout_grid_phase_depth_kernel_and_tile_size(case):
+    """What transform runs (mirrored halo, n2v's centred grid, tiles), against one tile holding the
+    whole image: equal to float rounding. Weights are scaled up so that far pixels count."""
+    from n2v_estimator.predict.denoise import PredictPlan, denoise
+
+    layout, ndim, depth, kernel, blurpool, sides, tile = case
+    torch.manual_seed(0)
+    net = UNet(ndim=ndim, depth=depth, kernel_size=kernel, n_filters=2, batch_norm=False, blurpool=blurpool,
+               layout=layout).eval()  # fmt: skip
+    with torch.no_grad():
+        for name, weight in net.named_parameters():
+            if name.endswith("weight"):
+                weight.mul_(1.5)
+    images = np.random.default_rng(0).normal(size=(1, 1, *sides)).astype(np.float32)
+
+    def plan(tile_size):
+        return PredictPlan(tile_size=tile_size, tile_overlap=None, batch_pixels=4096, device=CPU, precision="32",
+                           tta=False, verbose=False, manipulator="uniform_withCP", neighborhood_radius=5)  # fmt: skip
+
+    one = max(sides) + 2 * NetworkGeometry.of(net.description).overlap + 64
+    whole = denoise(net, images, np.zeros(1), np.ones(1), plan(one))
+    tiled = denoise(net, images, np.zeros(1), np.ones(1), plan(tile))
+    scale = max(float(np.ptp(whole)), float(np.abs(whole).max()), 1e-6)
+    assert np.abs(tiled - whole).max() <= 1e-5 * scale, (case, np.abs(tiled - whole).max() / scale)
 
 
 @pytest.mark.parametrize("size, overlap, pattern", [(32, 32, "smaller than tile_size"), ((8, 8, 8), None, "2 ints"), (-1, None, "at least 1"), (32, (4, -4), "at least 0")])

@@ -33,7 +33,7 @@ from ..runtime.devices import resolve_device
 from ..runtime.memory import check_prediction_memory
 from ..runtime.progress import progress_bar
 from .scoring import all_phases, phase_window
-from .tiling import predict_tiled, tile_geometry, tiles_per_batch
+from .tiling import predict_tiled, tile_geometry, tiles_per_batch, warn_if_seams
 
 # Grid stride of the blind phases of the prior, per spatial dimensionality: a
 # 4x4 grid masks 6% of the pixels in a pass (training masks 2%, but with
@@ -194,6 +194,7 @@ def denoise(model, images, mean, std, plan, dtype=np.float32, return_std=False, 
         grid_phase = [geometry.grid_phase(n) for n in images.shape[2:]]
     border = tuple((geometry.border + phase, geometry.border) for phase in grid_phase)
     extended = [n + before + after for n, (before, after) in zip(images.shape[2:], border)]
+    warn_if_seams(tile_shape, overlap, extended, geometry, plan.tile_overlap)
     tiles = tiles_per_batch(tile_shape, extended, plan.batch_pixels)
     check_prediction_memory(
         network, [min(t, n) for t, n in zip(tile_shape, extended)], tiles, plan.device, precision=plan.precision,

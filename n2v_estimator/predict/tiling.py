@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -29,8 +30,9 @@ def tile_geometry(tile_size, tile_overlap, geometry):
     ----------
     tile_size, tile_overlap : int, tuple of int or None
         The estimator's parameters. ``None``: tiles of 256 (2D) or 64x128x128
-        (3D) and an overlap of the network's :attr:`NetworkGeometry.overlap`
-        (at most half a tile).
+        (3D), or twice the overlap where that is larger, and an overlap of the
+        network's :attr:`NetworkGeometry.overlap` (at most half a tile: see
+        :func:`warn_if_seams`).
     geometry : NetworkGeometry
         Of the network that predicts: tiles and overlaps are rounded up to
         multiples of its pooling factor ``2**depth``.
@@ -38,6 +40,8 @@ def tile_geometry(tile_size, tile_overlap, geometry):
     Returns
     -------
     tile_shape, overlap : tuple of int
+        With the defaults, every tile is at least twice the network's overlap (a depth-3
+        network with 5x5 kernels: 416 pixels), so that the overlap is never cut.
 
     Raises
     ------
@@ -45,8 +49,9 @@ def tile_geometry(tile_size, tile_overlap, geometry):
         If the (rounded) overlap is not smaller than the tile.
     """
     ndim, multiple = geometry.ndim, geometry.pooling
-    if tile_size is None:
+    if tile_size is None:  # large enough for the network's whole overlap: tiles agree with the whole image
         tile = (256, 256) if ndim == 2 else (64, 128, 128)
+        tile = tuple(max(round_up(t, multiple), 2 * geometry.overlap) for t in tile)
     else:
         tile = per_axis(tile_size, ndim, "tile_size")
     tile = tuple(round_up(t, multiple) for t in tile)
@@ -59,6 +64,24 @@ def tile_geometry(tile_size, tile_overlap, geometry):
             f"than tile_size (rounded up to {tile}); both are multiples of 2**depth={multiple}."
         )
     return tile, overlap
+
+
+def warn_if_seams(tile_shape, overlap, extended, geometry, tile_overlap):
+    """Warn where tiles of ``tile_shape`` with ``overlap`` (the overlap cut to half a tile of a
+    ``tile_size`` the user chose, ``tile_overlap`` left to ``None``) cut an axis of ``extended``
+    pixels with less overlap than the network's reach needs: the tiles then disagree with the whole
+    image by a little along their seams."""
+    if tile_overlap is not None:
+        return
+    short = [d for d, (t, o, n) in enumerate(zip(tile_shape, overlap, extended)) if n > t and o < geometry.overlap]
+    if short:
+        warnings.warn(
+            f"tile_size {tuple(tile_shape)} leaves an overlap of {tuple(overlap)} pixels between tiles where this "
+            f"network needs {geometry.overlap} for tiles to agree with the whole image: the output shows faint seams. "
+            f"Use tiles of at least {2 * geometry.overlap} pixels (or tile_size=None) for an exact result.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def tiles_per_batch(tile_shape, spatial, training_pixels):
