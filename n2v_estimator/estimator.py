@@ -95,16 +95,13 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         Held out (whole images, else a strip of each) to keep the weights of
         lowest validation loss; with 0, the last weights are kept.
     tile_size : int, tuple of int or None, default=None
-        Side of the tiles ``transform`` predicts at once; ``None``: 256 in 2D,
-        ``(64, 128, 128)`` in 3D, or twice the default overlap where that is
-        larger (``(112, 128, 128)`` for the default 3D network). Rounded up to a
-        multiple of ``2**depth``.
+        Side of the tiles ``transform`` predicts at once; ``None``: 256 (2D) or
+        ``(64, 128, 128)`` (3D), at least twice the overlap; multiples of ``2**depth``.
     tile_overlap : int, tuple of int or None, default=None
         Overlap between tiles; ``None``: twice the network's halo (its reach,
         rounded up to a multiple of ``2**depth``: 56 by default, 96 for
-        ``blind_spot="network"``), at most half a tile (a warning says where a
-        ``tile_size`` you chose cuts it); tiled and whole-image predictions then
-        agree to float rounding. ``transform`` extends images
+        ``blind_spot="network"``), at most half a tile (else a warning); tiled
+        and whole-image predictions then agree to float rounding. ``transform`` extends images
         by a halo of mirrored pixels at their edges (not a blind-spot network's).
     tta : bool, default=False
         Average the predictions of the 8 flips and quarter turns (3D: flips).

@@ -1,5 +1,7 @@
 """Axes strings: validation, inference, canonical layout and input checks."""
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -179,3 +181,57 @@ def test_check_image_array_converts_a_nested_list():
     out = check_image_array([[1, 2], [3, 4]])
     assert isinstance(out, np.ndarray)
     np.testing.assert_array_equal(out, [[1, 2], [3, 4]])
+
+
+# ------------------------------------------------------------------ one verdict, whatever the container
+
+
+def _verdict(X, axes):
+    """What planning a fit says of ``X``: ``"ok"``, or the error's type and message (a list's
+    ``X[0]: `` prefix dropped), with the warnings' first words."""
+    import warnings
+
+    from n2v_estimator import Noise2VoidDenoiser
+    from n2v_estimator.fit.plan import make_plan
+
+    params = Noise2VoidDenoiser(axes=axes, patch_size=8, depth=1, n_filters=2, batch_size=2, device="cpu",
+                                validation_fraction=0).get_params()  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            make_plan(params, X)
+            outcome = "ok"
+        except (ValueError, TypeError) as exc:
+            outcome = f"{type(exc).__name__}: {str(exc).removeprefix('X[0]: ')}"
+    said = sorted({str(w.message).split(":")[0][:60] for w in caught if issubclass(w.category, UserWarning)})
+    return outcome, said
+
+
+@st.composite
+def arrays_and_axes(draw):
+    ndim = draw(st.integers(2, 4))
+    shape = tuple(draw(st.sampled_from([1, 2, 3, 4, 9, 16, 20])) for _ in range(ndim))
+    axes = draw(st.sampled_from([None, "YX", "SYX", "YXC", "ZYX", "CYX", "SZYX", "YXS"]))
+    dtype = draw(st.sampled_from(["float32", "uint8", "int16", "bool"]))
+    return shape, axes, dtype
+
+
+@pytest.mark.slow
+@settings(max_examples=int(os.environ.get("N2V_TEST_EXAMPLES", 60)), deadline=None)
+@given(arrays_and_axes())
+def test_the_same_array_gets_the_same_verdict_in_every_container(case):
+    """numpy, a list of one array, dask, zarr and a list of one dask array: one validator judges
+    their shape, axes and dtype (values are checked as read for arrays read on demand)."""
+    import dask.array as da
+    import zarr
+
+    shape, axes, dtype = case
+    X = (np.arange(int(np.prod(shape))) % 7).reshape(shape).astype(dtype)
+    stored = zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, dtype=dtype, chunks=shape)
+    stored[...] = X
+    containers = {"numpy": X, "list": [X], "dask": da.from_array(X, chunks=max(1, shape[0] // 2)),
+                  "zarr": stored, "dask list": [da.from_array(X)]}  # fmt: skip
+    if axes is not None and "S" in axes and len(shape) == len(axes) - 1:  # a list is then the S axis itself
+        del containers["list"], containers["dask list"]
+    verdicts = {name: _verdict(data, axes) for name, data in containers.items()}
+    assert len({v[0] for v in verdicts.values()}) == 1, verdicts

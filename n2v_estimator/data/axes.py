@@ -137,8 +137,7 @@ def read_images(X, axes, image_shape):
     """
     X = array = check_image_array(X)
     if image_shape is None:
-        _refuse_unnamed_colour_axis(X.shape, axes)
-        layout = resolve_axes(axes, X.ndim)
+        layout = layout_of(X.shape, axes)
     else:
         shape = tuple(image_shape)
         if not shape or not all(isinstance(n, (Integral, np.integer)) and n > 0 for n in shape):
@@ -243,6 +242,15 @@ def feature_names_out(image_shape, n_features, input_features=None):
             f"input_features should have length equal to number of features ({n_features}), got {names.size}."
         )
     return names
+
+
+def layout_of(shape, axes):
+    """The axes of an array of ``shape`` (any container: numpy, a list's item, dask, zarr) under the
+    estimator's ``axes``: the one place that judges a shape, so that the same array gets the same
+    verdict and message whatever holds it (:func:`resolve_axes`, and a colour axis left unnamed
+    refused)."""
+    _refuse_unnamed_colour_axis(tuple(shape), axes)
+    return resolve_axes(axes, len(shape))
 
 
 def _refuse_unnamed_colour_axis(shape, axes):

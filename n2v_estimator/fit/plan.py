@@ -459,7 +459,8 @@ def _training_data(X, axes, image_shape):
         def split(mean, std, fraction):
             return split_validation([image.normalized(mean, std) for image in images], fraction)
 
-        return _TrainingData(layouts[0], images[0].shape[0], None, False, sample_blocks(images), split)
+        one_2d_array = len(items) == 1 and len(items[0].shape) == 2 and len(layouts[0]) == 2  # as for numpy
+        return _TrainingData(layouts[0], images[0].shape[0], None, one_2d_array, sample_blocks(images), split)
     if items is X:
         parts = read_image_list(X, axes)
         pixels = [part.canonical for part in parts]

@@ -62,7 +62,10 @@ def check_zarr_array(array, name="X"):
                 "never codecs that decode to Python objects (pickle runs code). If you trust the store, "
                 "copy it to a new array with one of those codecs."
             )
-    if dtype.kind not in "iuf" or dtype.fields is not None:
+    # Fixed-size numbers (booleans and complex ones too: the dtype rules of any input then judge
+    # them, with the same message as for numpy) decode without object codecs; objects, strings and
+    # records do not.
+    if dtype.kind not in "iufbc" or dtype.fields is not None:
         raise UnsafeZarrError(
             f"{where} has dtype {dtype}; a numeric (integer or float) zarr array is needed, and other dtypes "
             "(objects, strings) are decoded by codecs this package does not run."

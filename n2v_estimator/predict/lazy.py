@@ -15,12 +15,11 @@ import numpy as np
 
 from .._extras import install_command
 from ..data.axes import (
-    _refuse_unnamed_colour_axis,
     check_fitted_layout,
     check_image_array,
     from_canonical,
+    layout_of,
     read_images,
-    resolve_axes,
     to_canonical,
 )
 from ..data.normalize import output_dtype
@@ -203,8 +202,7 @@ def _check_layout(estimator, X):
     # Stand-ins of X's dtype: X's own shape if it holds nothing, else one pixel (and
     # X's channels), read as numpy input is; guesses from the shape judge X's shape.
     check_image_array(np.zeros(X.shape if not X.size else (1,) * X.ndim, dtype=X.dtype))
-    _refuse_unnamed_colour_axis(X.shape, axes)
-    layout = resolve_axes(axes, X.ndim)
+    layout = layout_of(X.shape, axes)
     images = read_images(np.zeros([n if a == "C" else 1 for a, n in zip(layout, X.shape)], X.dtype), axes, None)
     check_fitted_layout(images, estimator.spatial_ndim_, estimator.n_channels_, None, type(estimator).__name__)
     return images.axes, output_dtype(images.array.dtype)
