@@ -84,3 +84,13 @@ def crash_mid_write(fd, data):
 
     os.write(fd, data[: len(data) // 2])
     raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.fixture(params=["float32 CPU", "native bf16 CPU"])
+def both_cpu_kinds(request, monkeypatch):
+    """The test runs twice: as on a CPU without native bfloat16 and as on one with it (where
+    precision="auto" trains in bfloat16): an output that must be exact is exact on both."""
+    from n2v_estimator.runtime import compute
+
+    monkeypatch.setattr(compute, "_cpu_has_native_bf16", lambda: request.param == "native bf16 CPU")
+    return request.param

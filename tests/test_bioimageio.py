@@ -76,6 +76,7 @@ def test_an_exported_2d_model_passes_the_zoos_model_test(fitted_2d, tmp_path):
             "test_input.npy", "test_output.npy", _bioimageio.MODEL_FILE} <= names
 
 
+@pytest.mark.usefixtures("both_cpu_kinds")
 @pytest.mark.parametrize("weight_format", ["pytorch_state_dict", pytest.param("torchscript", marks=pytest.mark.slow)])
 def test_the_zoos_prediction_is_our_transform_in_tiles_and_at_the_edges(fitted_2d, tmp_path, weight_format):
     package = exported(fitted_2d, IMAGE_2D, tmp_path / "model.zip")

@@ -116,6 +116,7 @@ def test_the_halo_adds_the_pooling_grid_and_the_blind_neighbourhood(plain, proba
     [(25, 31), (40, 40), (61, 7)],
     ids=["uneven", "square", "thinner-than-the-halo"],
 )
+@pytest.mark.usefixtures("both_cpu_kinds")
 def test_chunks_of_an_image_denoise_as_the_whole_image(plain, chunks):
     lazy = assert_matches_in_memory(plain, IMAGE, chunks)
     assert lazy.chunks == da.from_array(IMAGE, chunks=chunks).chunks

@@ -42,6 +42,7 @@ def imported(name, **params):
     return denoiser.set_params(axes=CASES[name]["axes"], precision="32", verbose=False, **params)
 
 
+@pytest.mark.usefixtures("both_cpu_kinds")
 @pytest.mark.parametrize("name", IMPORTABLE)
 def test_the_imported_model_predicts_what_n2v_predicted_away_from_the_edges(name):
     denoiser = imported(name)
@@ -61,6 +62,7 @@ def test_the_imported_model_predicts_what_n2v_predicted_away_from_the_edges(name
                                inner(expected, CASES[name]["axes"], geometry.reach), rtol=0, atol=1e-4 * scale)  # fmt: skip
 
 
+@pytest.mark.usefixtures("both_cpu_kinds")
 @pytest.mark.parametrize("name", [n for n in IMPORTABLE if n != "n2v2_2d"])
 def test_n2v_tiled_prediction_is_matched_too(name):
     """n2v's own tiles agree with its whole prediction except with blur-pool (1.2e-3 of the range there)."""
@@ -239,6 +241,7 @@ def test_the_command_line_imports_a_folder_into_a_model_file_and_replaces_nothin
     assert "last channel" in capsys.readouterr().err and not (tmp_path / "b.safetensors").exists()
 
 
+@pytest.mark.usefixtures("both_cpu_kinds")
 def test_a_dask_array_is_denoised_chunk_by_chunk_as_the_whole_image_is():
     """Chunks are told where the whole image's (centred) pooling grid starts before them."""
     da = pytest.importorskip("dask.array")

@@ -166,6 +166,7 @@ def test_training_from_the_widget_is_fit_with_the_same_settings_and_reports_prog
     np.testing.assert_array_equal(widget.estimator.transform(image), direct.transform(image))
 
 
+@pytest.mark.usefixtures("both_cpu_kinds")
 def test_the_denoised_layer_is_transform_of_the_layer_with_its_scale_and_translation(make_napari_viewer, qtbot, notes):
     image = noisy_image()
     viewer, layer, trainer = viewer_with_trainer(make_napari_viewer, image, name="cells", scale=(0.5, 0.25),
