@@ -269,12 +269,12 @@ def test_tiles_chosen_too_small_for_the_networks_overlap_are_warned_about_where_
 
 @st.composite
 def networks_and_images(draw):
-    """A network (our layout or n2v's, 2D or 3D, depth 1-3, kernels 3-7, blur-pool), an image whose
+    """A network (our layout or n2v's, 2D or 3D, depth 1-4, kernels 3-7, blur-pool), an image whose
     sides take every residue modulo 2**depth (so n2v's grid phase too) and a tile size."""
     layout = draw(st.sampled_from(["n2v-estimator", "n2v-tf"]))
     ndim = draw(st.sampled_from([2, 2, 3]))
-    depth = draw(st.integers(1, 3 if ndim == 2 else 2))
-    kernel = draw(st.sampled_from([3, 5, 7] if ndim == 2 else [3, 5]))
+    depth = draw(st.integers(1, 4 if ndim == 2 else 2))
+    kernel = draw(st.sampled_from([3] if depth == 4 else [3, 5, 7] if ndim == 2 else [3, 5]))
     blurpool = draw(st.booleans()) and not (layout == "n2v-tf" and ndim == 3)
     geometry = NetworkGeometry(ndim, depth=depth, kernel_size=kernel, blurpool=blurpool, centred_grid=layout == "n2v-tf")
     sides = [draw(st.integers(1, 2 * geometry.overlap + 40)) for _ in range(ndim)]
