@@ -1,11 +1,18 @@
 """n2v's BSD68 experiment through this package: train on DCNN400 (sigma 25), validate on its
 validation set, report PSNR on the 68 BSD68 test images, as n2v's reproducibility notebook does.
 
-The data are the notebook's (BSD68_reproducibility_data, not downloaded here); DATA holds
+The data are the notebook's (n2v's BSD68_reproducibility_data, not downloaded here; the same images,
+with seeded noise, are written in this layout by ``make_n2v_layout.py`` beside the BSD68 and Train400
+PNGs of the DnCNN repository); DATA holds
 
     train/DCNN400_train_gaussian25.npy        (400 noisy 180x180 images)
     val/DCNN400_validation_gaussian25.npy      (the validation images)
-    test/images/*.npy, test/gt/*.npy          (68 noisy test images and their ground truth, same names)
+    test/bsd68_gaussian25.npy, test/bsd68_groundtruth.npy   (the notebook's own test files: 68 noisy
+                                              images and their ground truth, object arrays)
+    or test/images/*.npy, test/gt/*.npy       (the same, one file per image, same names)
+
+The notebook's object arrays are read without running pickle's code: only numpy arrays of numbers
+are rebuilt from them (an object of any other kind is refused).
 
     python examples/bsd68.py DATA                      # the notebook's configuration (n2v's N2VConfig)
     python examples/bsd68.py DATA --defaults           # this package's defaults instead
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import pickle
 import time
 from pathlib import Path
 
@@ -44,14 +52,54 @@ def psnr(gt, image):
     return 20 * np.log10(255) - 10 * np.log10(mse)
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays of numbers and nothing else: the notebook's object arrays hold images,
+    and pickle would run whatever a crafted file names."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}  # fmt: skip
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not a numpy array: refused")
+        return super().find_class(module, name)
+
+
+def load_images(path):
+    """The images of the ``.npy`` file ``path``: an array of numbers, or a 1D object array of them
+    (the notebook's test files), read with :class:`_ArraysOnly`, never ``allow_pickle=True``."""
+    with open(path, "rb") as file:
+        version = np.lib.format.read_magic(file)
+        header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in header:
+            raise ValueError(f"{path}: .npy format version {version} is not read here")
+        shape, _, dtype = header[version](file)
+        if dtype != object:
+            return np.load(path)
+        items = _ArraysOnly(file).load()
+    if not isinstance(items, np.ndarray) or items.shape != shape or not all(
+        isinstance(x, np.ndarray) and x.dtype.kind in "iuf" for x in items.ravel()
+    ):  # fmt: skip
+        raise ValueError(f"{path}: an object array of number arrays was expected")
+    return [np.asarray(x, dtype=np.float32) for x in items.ravel()]
+
+
 def read_data(folder):
-    """Training and validation stacks, and the test pairs ``(name, noisy, gt)`` matched by file name."""
+    """Training and validation stacks, and the test pairs ``(name, noisy, gt)``: from the notebook's
+    two object arrays, else from test/images/ and test/gt/ matched by file name."""
     folder = Path(folder)
     train = np.load(folder / "train" / "DCNN400_train_gaussian25.npy")
     validation = np.load(folder / "val" / "DCNN400_validation_gaussian25.npy")
+    noisy, truth = folder / "test" / "bsd68_gaussian25.npy", folder / "test" / "bsd68_groundtruth.npy"
+    if noisy.is_file() and truth.is_file():
+        noisy, truth = load_images(noisy), load_images(truth)
+        if len(noisy) != len(truth) or any(x.shape != g.shape for x, g in zip(noisy, truth)):
+            raise ValueError(f"{folder / 'test'}: the noisy images and the ground truth do not pair up")
+        return train, validation, [(f"{i:03d}", x, g) for i, (x, g) in enumerate(zip(noisy, truth))]
     images = sorted((folder / "test" / "images").glob("*.npy"))
     if not images:
-        raise FileNotFoundError(f"no test images in {folder / 'test' / 'images'}")
+        raise FileNotFoundError(f"no test images in {folder / 'test'} (bsd68_gaussian25.npy and "
+                                "bsd68_groundtruth.npy, or images/*.npy and gt/*.npy)")  # fmt: skip
     pairs = [(p.stem, np.load(p), np.load(folder / "test" / "gt" / p.name)) for p in images]
     return train, validation, pairs
 

@@ -94,3 +94,11 @@ def both_cpu_kinds(request, monkeypatch):
 
     monkeypatch.setattr(compute, "_cpu_has_native_bf16", lambda: request.param == "native bf16 CPU")
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _settings_said_afresh():
+    """What a process says once of the settings it changed (fit/plan.py) is said again in each test."""
+    from n2v_estimator.fit import plan
+
+    plan._SAID.clear()

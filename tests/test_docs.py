@@ -70,3 +70,21 @@ def test_the_demos_printed_psnr_is_the_one_the_readme_states(tmp_path):
     assert 'print(f"PSNR noisy {before:.2f} dB -> denoised {after:.2f} dB")' in example
     clean, noisy = claims.camera_case()
     assert f"seed 0: {claims.psnr(noisy, clean):.2f} dB" in readme
+
+
+def test_the_install_lines_name_the_extras_pyproject_defines_and_all_is_what_they_say():
+    """README's and the docs' install blocks: every extra a line names exists, every extra for users
+    has a line, and "[all]" holds what its comment says (everything above but napari)."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for_users = set(extras) - {"test", "docs", "compare", "all"}
+    (inside_all,) = extras["all"]
+    all_holds = set(re.search(r"\[(.*)\]", inside_all).group(1).split(","))
+    assert all_holds == for_users - {"napari"}, all_holds
+    for page in (ROOT / "README.md", ROOT / "docs" / "index.md"):
+        lines = re.findall(r'^pip install -e "?\.(?:\[([\w,]+)\])?"?\s+# (.*)$', page.read_text(), re.M)
+        named = {extra for group, _ in lines for extra in group.split(",") if extra}
+        assert named <= set(extras) and for_users <= named, (page.name, named)
+        comment = dict(lines)["all"]
+        assert "all of the above but napari" in comment, (page.name, comment)

@@ -74,6 +74,34 @@ def test_the_bsd68_example_uses_the_notebooks_configuration_by_default():
     assert example.make_denoiser(True, None, {}).n_filters == 32
 
 
+def test_the_bsd68_example_reads_the_notebooks_object_arrays_without_running_pickle(tmp_path):
+    """n2v's notebook ships its test set as object arrays (pickled): the example rebuilds numpy
+    arrays of numbers from them and refuses anything else a crafted file names."""
+    import os
+    import pickle
+
+    example = _example("bsd68")
+    _bsd68_stand_in(tmp_path)
+    images = sorted((tmp_path / "test" / "images").glob("*.npy"))
+    for name, folder in (("bsd68_gaussian25.npy", "images"), ("bsd68_groundtruth.npy", "gt")):
+        arrays = [np.load(tmp_path / "test" / folder / p.name) for p in images]
+        np.save(tmp_path / "test" / name, np.array(arrays + [None], dtype=object)[:-1], allow_pickle=True)
+    _, _, pairs = example.read_data(tmp_path)
+    assert [(x.shape, g.shape) for _, x, g in pairs] == [(np.load(p).shape,) * 2 for p in images]
+    np.testing.assert_array_equal(pairs[1][1], np.load(images[1]))
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch ran",))
+
+    crafted = tmp_path / "test" / "bsd68_gaussian25.npy"
+    header = crafted.read_bytes()[: crafted.read_bytes().index(b"\n") + 1]
+    crafted.write_bytes(header + pickle.dumps(np.array([Payload(), None], dtype=object)[:1]))
+    with pytest.raises(pickle.UnpicklingError, match="is not a numpy array"):
+        example.read_data(tmp_path)
+    assert not (tmp_path / "ran").exists() and not os.path.exists("ran")
+
+
 @pytest.mark.slow
 def test_the_bsd68_example_runs_end_to_end_on_a_stand_in(tmp_path):
     import json

@@ -133,3 +133,24 @@ def test_default_budget_and_patches_follow_the_dimensionality():
     three = make_plan(estimator.set_params(axes="ZYX").get_params(), np.random.default_rng(0).normal(size=(20, 40, 40)))
     assert (two.max_epochs, two.patch_shape) == (30, (64, 64))
     assert (three.max_epochs, three.patch_shape) == (6, (16, 32, 32))
+
+
+def test_a_search_hears_once_what_the_fit_changed_not_once_per_fold(recwarn):
+    """GridSearchCV over a stack with axes=None, 3 folds x 2 settings: the stack and the shrunk patches
+    are each said once (the folds differ only in their number of images)."""
+    import warnings
+
+    from sklearn.model_selection import GridSearchCV
+
+    from n2v_estimator import Noise2VoidDenoiser
+
+    X = np.random.default_rng(0).normal(size=(6, 24, 24)).astype(np.float32)
+    search = GridSearchCV(Noise2VoidDenoiser(max_epochs=1, steps_per_epoch=1, batch_size=2, depth=1, n_filters=2,
+                                             patch_size=32, validation_fraction=0, device="cpu"),
+                          {"neighborhood_radius": [2, 3]}, cv=3)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        search.fit(X)
+    said = [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]
+    assert sum("trained as a stack" in m for m in said) == 1, said
+    assert sum("patch_size (32, 32) is larger than the training images" in m for m in said) == 1, said

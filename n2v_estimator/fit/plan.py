@@ -311,7 +311,7 @@ def make_plan(params, X, previous=None):
         _warn_rows_as_folds(data.pixels.shape[2:])
     train_images = _holding_patches(train_images, requested)
     patch_shape, validation_shape = _patch_shapes(requested, data, train_images, validation_images, network, masker,
-                                                  blind, params["batch_size"])  # fmt: skip
+                                                  blind, params["batch_size"], params["patch_size"] is not None)  # fmt: skip
     check_fit_memory(
         network, params["batch_size"], patch_shape, device, precision=precision,
         validation_shape=validation_shape, validation_batches=_VALIDATION_BATCHES,
@@ -345,7 +345,7 @@ def make_plan(params, X, previous=None):
     )
 
 
-def _patch_shapes(requested, data, train_images, validation_images, network, masker, blind, batch_size):
+def _patch_shapes(requested, data, train_images, validation_images, network, masker, blind, batch_size, asked=False):
     """The training and validation patch shapes (``requested``, shrunk to fit the images;
     validation patches only need to fit the held-out part, a thin strip of a single
     image, or ``None`` without validation), checked against the network, the masker
@@ -354,6 +354,7 @@ def _patch_shapes(requested, data, train_images, validation_images, network, mas
     patch_shape = fit_patch_shape(requested, sides)
     _check_patch_fits_network(patch_shape, requested, data, sides, network["depth"])
     _check_kernel_fits_patch(network["kernel_size"], patch_shape, requested)
+    _warn_shrunk_patch(requested, patch_shape, asked)  # said once the patches can train
     if blind:
         _warn_small_blind_patch(patch_shape, sides + [im.shape[1:] for im in validation_images])
     masker.check_patch(patch_shape)
@@ -600,14 +601,36 @@ def _check_patch_fits_network(patch_shape, requested, data, sides, depth):
         raise ValueError(message + ".")
 
 
+# What this process has said of the settings it changed for the user (:func:`_say_once`): a grid search
+# fits a clone per fold and setting, and hears each once, not once per fold.
+_SAID = set()
+
+
+def _say_once(key, message):
+    """``message`` as a UserWarning, unless this process said the one of ``key`` already."""
+    if key in _SAID:
+        return
+    _SAID.add(key)
+    warnings.warn(message, UserWarning, stacklevel=5)
+
+
 def _warn_stack_of_2d(shape):
-    """A 3D array with ``axes=None`` is a stack of 2D images, as documented; say so, as it may be a volume."""
+    """A 3D array with ``axes=None`` is a stack of 2D images, as documented; say so (once for images of
+    this size: a search's folds differ only in their number), as it may be a volume."""
     what = f"X of shape {tuple(shape)}" if shape is not None else "X"
     count = f"{shape[0]} " if shape is not None else ""
-    warnings.warn(
+    _say_once(
+        ("stack", None if shape is None else tuple(shape[1:])),
         f"{what} with axes=None is trained as a stack of {count}separate 2D images (axes='SYX'), not as a "
         "volume: pass axes='ZYX' (--axes ZYX on the command line) for a volume, or axes='SYX' to say it is a stack.",
-        UserWarning,
-        stacklevel=4,
     )
+
+
+def _warn_shrunk_patch(requested, patch_shape, asked):
+    """Patches the user ``asked`` for (``patch_size`` set), larger than the images, are cut to them:
+    say so once (the default patches fit themselves to small images, as documented)."""
+    if asked and tuple(requested) != tuple(patch_shape):
+        _say_once(("patch", tuple(requested), tuple(patch_shape)),
+                  f"patch_size {tuple(requested)} is larger than the training images: patches of {tuple(patch_shape)} "
+                  "are trained instead (set patch_size to at most the images' size to silence this).")  # fmt: skip
 
