@@ -462,3 +462,29 @@ def test_errors_of_bioimageio_spec_become_model_file_errors(tmp_path, temporary_
 def test_copying_the_model_file_stops_past_its_declared_size(tmp_path):
     with open(tmp_path / "copy", "wb") as sink, pytest.raises(ModelFileError, match="inflates past the 10 bytes"):
         _bioimageio._copy_bounded(io.BytesIO(bytes(11)), sink, 10, "the model file")
+
+
+def test_a_calibrated_models_package_carries_its_pixel_sizes_and_its_readme_no_dead_link(fitted_2d, tmp_path):
+    """The command line records the training files' calibration (0.2 um pixels): the package's space
+    axes carry it (spec 0.5 scale and unit), a unit the spec does not know is left out, and the
+    README links nowhere (the package is not on an index yet)."""
+    import copy
+
+    import yaml
+
+    denoiser = copy.deepcopy(fitted_2d)
+    denoiser.image_calibration_ = {"scale": {"Y": 0.2, "X": 0.25}, "unit": {"Y": "micrometer", "X": "micrometer"}}
+    package = exported(denoiser, IMAGE_2D, tmp_path / "calibrated.zip")
+    with zipfile.ZipFile(package) as archive:
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+        readme = archive.read("README.md").decode()
+    for tensor in (rdf["inputs"][0], rdf["outputs"][0]):
+        space = {axis["id"]: (axis.get("scale"), axis.get("unit")) for axis in tensor["axes"] if axis["type"] == "space"}
+        assert space == {"y": (0.2, "micrometer"), "x": (0.25, "micrometer")}
+    assert "http" not in readme
+    assert Noise2VoidDenoiser.from_bioimageio(package).image_calibration_ == denoiser.image_calibration_
+    denoiser.image_calibration_ = {"scale": {"Y": 2.5, "X": 2.5}, "unit": {"Y": "second", "X": "furlong"}}
+    package = exported(denoiser, IMAGE_2D, tmp_path / "odd.zip")
+    with zipfile.ZipFile(package) as archive:
+        axes = yaml.safe_load(archive.read("rdf.yaml"))["inputs"][0]["axes"]
+    assert [(a.get("scale"), a.get("unit")) for a in axes if a["type"] == "space"] == [(2.5, None), (2.5, None)]

@@ -22,6 +22,7 @@ import contextlib
 import copy
 import inspect
 import json
+import math
 import tempfile
 import textwrap
 import warnings
@@ -199,6 +200,30 @@ def _cover(test_input, test_output, path):
     io.imsave(path, np.concatenate([scale(before), gap, scale(after)], axis=1), check_contrast=False)
 
 
+def axis_calibration(estimator, spatial):
+    """Per spatial axis id (``"y"``, ``"x"``, ``"z"``) the spec's ``scale`` and ``unit`` from the
+    model's training calibration (``image_calibration_``, written by the command line): a finite
+    positive size, and a unit only where it is one of the spec's space units; ``{}`` where unknown."""
+    from typing import get_args
+
+    from bioimageio.spec.model import v0_5
+
+    record = getattr(estimator, "image_calibration_", None) or {}
+    scale, unit = record.get("scale") or {}, record.get("unit") or {}
+    units = set(get_args(v0_5.SpaceUnit))
+    out = {}
+    for axis in spatial:
+        letter = axis.upper()
+        entry = {}
+        size = scale.get(letter)
+        if isinstance(size, (int, float)) and math.isfinite(size) and size > 0:
+            entry["scale"] = float(size)
+        if unit.get(letter) in units:
+            entry["unit"] = unit[letter]
+        out[axis] = entry
+    return out
+
+
 def _documentation(estimator, name, description, halo, step, minimum):
     """The package's README: what the model is, how it was trained, how to run it."""
     params = estimator.get_params(deep=False)
@@ -215,7 +240,7 @@ def _documentation(estimator, name, description, halo, step, minimum):
 
         A Noise2Void denoiser: a U-Net trained self-supervised, from the noisy images alone, to predict
         each pixel from its surroundings (blind-spot training). It was trained and exported with
-        [n2v-estimator](https://pypi.org/project/n2v-estimator/) {__version__}.
+        n2v-estimator {__version__} (Noise2Void as a scikit-learn estimator on PyTorch).
 
         ## Input and output
         - `raw`: {estimator.n_channels_} channel(s), {estimator.spatial_ndim_}D, axes batch, channel, {", ".join(spatial.lower())}.
@@ -316,6 +341,7 @@ def _description(v0_5, work, estimator, kwargs, about, sizes):
     torch_version = v0_5.Version(torch.__version__.split("+")[0])
     names = [v0_5.Identifier(f"channel{i}") for i in range(channels)]
     spatial = [v0_5.AxisId(a) for a in "zyx"[-ndim:]]
+    calibrated = axis_calibration(estimator, spatial)  # the training files' pixel sizes, on the axes
     raw, denoised = v0_5.TensorId("raw"), v0_5.TensorId("denoised")
     along_channels = dict(axis=v0_5.AxisId("channel"))
     mean, std = [float(m) for m in estimator.mean_], [float(s) for s in estimator.std_]
@@ -336,7 +362,8 @@ def _description(v0_5, work, estimator, kwargs, about, sizes):
         inputs=[v0_5.InputTensorDescr(
             id=raw,
             axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
-                v0_5.SpaceInputAxis(id=a, size=v0_5.ParameterizedSize(min=minimum, step=step)) for a in spatial],
+                v0_5.SpaceInputAxis(id=a, size=v0_5.ParameterizedSize(min=minimum, step=step), **calibrated[a])
+                for a in spatial],
             test_tensor=v0_5.FileDescr(source=work / "test_input.npy"),
             data=v0_5.IntervalOrRatioDataDescr(type="float32"),
             # No `pad`: the runtime's default is "symmetric", as ours. (bioimageio.spec 0.5.12 writes an
@@ -347,7 +374,8 @@ def _description(v0_5, work, estimator, kwargs, about, sizes):
         outputs=[v0_5.OutputTensorDescr(
             id=denoised,
             axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
-                v0_5.SpaceOutputAxisWithHalo(id=a, size=v0_5.SizeReference(tensor_id=raw, axis_id=a), halo=halo)
+                v0_5.SpaceOutputAxisWithHalo(id=a, size=v0_5.SizeReference(tensor_id=raw, axis_id=a), halo=halo,
+                                             **calibrated[a])
                 for a in spatial],
             test_tensor=v0_5.FileDescr(source=work / "test_output.npy"),
             data=v0_5.IntervalOrRatioDataDescr(type="float32"),
