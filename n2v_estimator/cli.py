@@ -220,6 +220,10 @@ def _add_flag(parser, *spellings, help, default=False):
     parser.add_argument(*spellings, type=_boolean, default=default, metavar=_BOOL, help=help)
 
 
+def _add_overwrite_option(parser, what):
+    _add_flag(parser, "--overwrite", help=f"replace {what} where it exists (without it, an existing one is refused)")
+
+
 def _add_trust_option(parser):
     _add_flag(
         parser, "--trust-declared-size",
@@ -302,6 +306,7 @@ def _add_fit(command, helps, defaults, axes_help):
     fit.add_argument("--model", required=True, metavar="PATH", help="the model file to write (e.g. model.safetensors)")
     fit.add_argument("--axes", metavar="AXES", help=_escaped(axes_help))
     _add_flag(fit, "--quiet", help="no progress bar and no summary")
+    _add_overwrite_option(fit, "the model file (--warm-start updates it without)")
     _add_trust_option(fit)
     order = list(helps)  # the docstring's order (the constructor's), not get_params' alphabetical one
     names = [n for n in defaults if n not in _OWN_OPTIONS]
@@ -328,6 +333,7 @@ def _add_transform(command, helps, defaults, axes_help):
     transform.add_argument("--axes", metavar="AXES", help=_escaped(f"{axes_help} Last, the model's axes (if they fit)."))
     _add_flag(transform, "--tta", help=_escaped(helps.get("tta", "")), default=None)
     _add_flag(transform, "--quiet", help="no progress bar and no summary")
+    _add_overwrite_option(transform, "the output files")
     _add_trust_option(transform)
     _add_parameter_options(transform, _TRANSFORM_PARAMS, helps, defaults)
     transform.set_defaults(run=_transform)
@@ -339,26 +345,26 @@ def _add_import_n2v(command):
         "import-n2v", "convert a model folder of the TensorFlow n2v into a model file",
         "import-n2v: read a model folder of the TensorFlow n2v package (config.json and Keras HDF5 weights, "
         "read with h5py: the [n2v] extra; no TensorFlow, nothing executed) and write it as a model file that "
-        "'transform' uses and 'fit --warm-start' trains further. An existing file is not replaced.",
-        usage=f"{PROG} import-n2v FOLDER --model PATH [--weights best|last|FILE.h5]",
+        "'transform' uses and 'fit --warm-start' trains further. An existing file is replaced only with --overwrite.",
+        usage=f"{PROG} import-n2v FOLDER --model PATH [--weights best|last|FILE.h5] [--overwrite]",
     )  # fmt: skip
     imported.add_argument("folder", metavar="FOLDER", help="the n2v model folder")
     imported.add_argument("--model", required=True, metavar="PATH", help="the model file to write (.safetensors)")
     imported.add_argument("--weights", default="best", metavar="WHICH",
                           help="best (weights_best.h5, default), last (weights_last.h5) or an .h5 file of the folder")  # fmt: skip
+    _add_overwrite_option(imported, "the model file")
     imported.set_defaults(run=_import_n2v)
 
 
 def _import_n2v(args):
     from .estimator import Noise2VoidDenoiser
 
-    model = _check_model_path(args.model, [args.folder])
-    if os.path.lexists(model):
-        raise FileExistsError(f"--model {model} exists: choose another name (import-n2v replaces no file).")
+    model = _check_model_path(args.model, [args.folder], replace=args.overwrite)
+    replaced = os.path.lexists(model)
     denoiser = Noise2VoidDenoiser.from_n2v(args.folder, weights=args.weights)
     denoiser.save(model)
     print(f"imported {args.folder} ({denoiser.spatial_ndim_}D, {denoiser.n_channels_} channel(s), axes "
-          f"{denoiser.axes}) into {model}")  # fmt: skip
+          f"{denoiser.axes}) into {model}{' (replaced)' if replaced else ''}")  # fmt: skip
     return 0
 
 
@@ -381,6 +387,7 @@ def _add_export(command, helps, defaults, axes_help):
     export.add_argument("--license", default="CC-BY-4.0", metavar="SPDX", help="the model's license (default: CC-BY-4.0)")
     export.add_argument("--tag", action="append", dest="tags", default=[], metavar="TAG", help="a tag (repeat for several)")
     export.add_argument("--axes", metavar="AXES", help=_escaped(f"{axes_help} Last, the model's axes (if they fit)."))
+    _add_overwrite_option(export, "the package")
     _add_trust_option(export)
     export.set_defaults(run=_export)
 
@@ -442,7 +449,9 @@ def _fit_axes(given, paths, images):
 # --------------------------------------------------------------------- fit
 def _fit(args):
     paths = expand_inputs(args.inputs)
-    model = _check_model_path(args.model, paths)  # before training, not after it
+    updating = bool(_given_parameters(args).get("warm_start"))  # continues the model it names: updates it
+    model = _check_model_path(args.model, paths, replace=args.overwrite or updating)  # before training
+    existed = os.path.lexists(model)
     from .estimator import Noise2VoidDenoiser  # seconds of imports: after the checks that need none
     from .fit.training import NonFiniteLossError
 
@@ -494,7 +503,7 @@ def _fit(args):
         return 0
     _save(denoiser, model, given.get("verbose", "auto"), calibration)
     if not args.quiet:
-        print(f"Saved {model}: {_history_line(_history_summary(denoiser.history_))}")
+        print(f"{'Replaced' if existed else 'Saved'} {model}: {_history_line(_history_summary(denoiser.history_))}")
         if calibration:
             print(f"  training images: {describe(calibration)}")
     return 0
@@ -533,11 +542,12 @@ def _model_to_read(text, option="--model"):
     return path
 
 
-def _check_model_path(text, inputs):
+def _check_model_path(text, inputs, replace=False):
     """The model file to write for ``--model text`` (:func:`model_path`), refused before any
     work where it cannot be written, would replace or change an input, holds something other
-    than a model file, or is not a ``.safetensors`` name. A folder named with a trailing
-    separator is made when the model is saved (its parent must exist)."""
+    than a model file, exists (unless ``replace``: --overwrite, or a fit that continues it), or
+    is not a ``.safetensors`` name. A folder named with a trailing separator is made when the
+    model is saved (its parent must exist)."""
     path = model_path(text)
     folder = path.parent
     made_later = path.name == MODEL_NAME and str(text).endswith(("/", os.sep)) and folder.parent.is_dir()
@@ -555,6 +565,8 @@ def _check_model_path(text, inputs):
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"--model {text}: a model is written as one safetensors file; name it "
                          f"{path.with_suffix('.safetensors')}, or give a folder (for {path / MODEL_NAME}).")  # fmt: skip
+    if os.path.lexists(path) and not replace:
+        raise FileExistsError(f"--model {path} exists: add --overwrite to replace it, or choose another name.")
     return path
 
 
@@ -630,11 +642,12 @@ def _kept(denoiser):
 
 
 # --------------------------------------------------------------- transform
-def _output_paths(inputs, text, protected=()):
+def _output_paths(inputs, text, protected=(), replace=False):
     """One output per input: ``output`` itself for one input (unless it names a folder); else a
     file in the folder ``output`` named after each input (a TIFF or zarr input's name, else the
     input's stem with .tif). An output that is, holds or lies inside any input (or a
-    ``protected`` path, such as the model file) is refused."""
+    ``protected`` path, such as the model file) is refused, and so is one that exists unless
+    ``replace`` (--overwrite): all are checked before anything is written."""
     output = Path(text)
     is_folder = text.endswith(("/", os.sep)) or (output.is_dir() and not is_zarr_store(output))
     if len(inputs) == 1 and not is_folder:
@@ -652,6 +665,11 @@ def _output_paths(inputs, text, protected=()):
     if len(outputs) > 1 or is_folder:
         check_output_apart(output, [*inputs, *protected])
         output.mkdir(parents=True, exist_ok=True)
+    existing = [path for path in outputs if os.path.lexists(path)]
+    if existing and not replace:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FileExistsError(f"--output {existing[0]}{more} exists: add --overwrite to replace it, or choose "
+                              "another name.")  # fmt: skip
     for path in outputs:
         check_output_path(path)
     return outputs
@@ -673,7 +691,7 @@ def _transform(args):
     model_axes = denoiser.axes  # before set_params: --axes may name others
     denoiser.set_params(**overrides, verbose=not args.quiet, **({"tta": args.tta} if args.tta is not None else {}))
     denoiser._validate_params()  # a bad --tile-overlap and the like, in the estimator's words
-    outputs = _output_paths(paths, args.output, protected=[model])
+    outputs = _output_paths(paths, args.output, protected=[model], replace=args.overwrite)
     for path, output in zip(paths, outputs):
         array, found, metadata = read_image(
             path, lazy=True, return_metadata=True, trust_declared_size=args.trust_declared_size
@@ -694,10 +712,12 @@ def _transform(args):
         if is_dask_array(result) and not args.quiet:
             _say(f"{path}: denoising {tuple(result.shape)} pixels chunk by chunk into {output} "
                  f"({result.dtype}, {size / 2**20:,.0f} MiB).")  # fmt: skip
+        replaced = os.path.lexists(output)
         with _dask_scheduler(is_dask_array(result), progress=not args.quiet):
             write_image(output, result, axes, metadata)
         if not args.quiet:
-            print(f"{path} -> {output} ({_output_note(array.dtype, result.dtype, metadata['calibration'], output)})")
+            arrow = "-> (replaced)" if replaced else "->"
+            print(f"{path} {arrow} {output} ({_output_note(array.dtype, result.dtype, metadata['calibration'], output)})")
     return 0
 
 
@@ -732,17 +752,20 @@ def _export(args):
     if Path(args.output).suffix.lower() != ".zip":
         raise ValueError(f"--output {args.output}: a BioImage Model Zoo package is a .zip file.")
     check_output_apart(args.output, [model, args.test_image])
+    if os.path.lexists(args.output) and not args.overwrite:
+        raise FileExistsError(f"--output {args.output} exists: add --overwrite to replace it, or choose another name.")
     # Lazily: the package keeps a crop of the test image, which is all that is read.
     array, found = read_image(args.test_image, lazy=True, lazy_bytes=0, trust_declared_size=args.trust_declared_size)
     named = _named_axes(args.axes, found, denoiser.axes, array)
     _check_axes(named, array, args.test_image)
     array = np.asarray(_central_crop(array, resolve_axes(named, array.ndim), 2 * TEST_SIDE[denoiser.spatial_ndim_]))
     denoiser.set_params(axes=named)
+    replaced = os.path.lexists(args.output)
     path = denoiser.export_bioimageio(
         args.output, array, name=args.name, description=args.description, authors=args.authors,
         license=args.license, tags=args.tags,
     )  # fmt: skip
-    print(f"{model} -> {path}")
+    print(f"{model} {'-> (replaced)' if replaced else '->'} {path}")
     return 0
 
 

@@ -254,6 +254,11 @@ def test_the_command_line_exports_a_saved_model(fitted_2d, tmp_path, capsys):
     assert main(["export", "--model", str(model), "--test-image", str(image), "--output", str(tmp_path / "m.tar"),
                  "--name", "Noise2Void", "--description", "x", "--author", "J"]) == 2
     assert ".zip" in capsys.readouterr().err
+    written = package.read_bytes()
+    again = ["export", "--model", str(model), "--test-image", str(image), "--output", str(package),
+             "--name", "Noise2Void again", "--description", "x", "--author", "J"]  # fmt: skip
+    assert main(again) == 2 and "exists: add --overwrite" in capsys.readouterr().err and package.read_bytes() == written
+    assert main([*again, "--overwrite"]) == 0 and "-> (replaced)" in capsys.readouterr().out
 
 
 def test_the_docstring_examples_run(tmp_path, monkeypatch):

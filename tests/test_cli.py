@@ -381,7 +381,7 @@ def test_transform_of_an_imagej_file_writes_imagej_with_its_calibration_and_says
     assert json.loads(out)["image_calibration"]["scale"] == {"Y": 0.2, "X": 0.1, "S": 2.0}
     for dtype, written in (["--dtype", "input"], "uint16"), ([], "float32"):
         status, out, err = run(capsys, "transform", "--model", tmp_path / "m.safetensors", source, "--output",
-                               tmp_path / "out.tif", *dtype)  # fmt: skip
+                               tmp_path / "out.tif", *dtype, "--overwrite")  # fmt: skip
         assert status == 0, err
         with tifffile.TiffFile(tmp_path / "out.tif") as tif:
             assert tif.is_imagej and tif.series[0].axes == "TCYX" and tif.series[0].dtype == written
@@ -441,7 +441,7 @@ def test_yes_or_no_options_take_a_value_or_none_in_every_command(files, tmp_path
     model, image = files["model"], files["images"][0]
     for tta in (["--tta"], ["--tta", "True"], ["--tta=false"], ["--tta", "no"]):
         status, out, err = run(capsys, "transform", "--model", model, *tta, image, "--output", tmp_path / "o.tif",
-                               "--quiet", "false")  # fmt: skip
+                               "--quiet", "false", "--overwrite", "yes")  # fmt: skip
         assert status == 0 and "o.tif" in out, (tta, err)
     status, _, err = run(capsys, "fit", image, "--model", tmp_path / "m.safetensors", *TINY, "--warm-start", "--quiet")
     assert status == 0 and err.count("warning") <= 1, err
@@ -541,3 +541,27 @@ def test_transform_keeps_each_formats_calibration_and_flavour(tmp_path, capsys, 
     assert written["calibration"]["scale"] == pytest.approx(expected)
     assert written["format"] == metadata["format"] and written.get("imagej") == metadata.get("imagej")
     assert written.get("ome") == metadata.get("ome") and "calibration kept: pixel size" in out
+
+
+def test_no_command_replaces_an_existing_file_without_overwrite_and_each_says_what_it_replaced(files, tmp_path,
+                                                                                                capsys):
+    """fit --model, transform --output (every output checked before any is written), export --output
+    and import-n2v: an existing target is refused in one line naming --overwrite, and left as it was."""
+    model, images = files["model"], files["images"]
+    kept = tmp_path / "kept.safetensors"
+    kept.write_bytes(model.read_bytes())
+    before = kept.read_bytes()
+    status, _, err = run(capsys, "fit", images[0], "--model", kept, *TINY)
+    assert status == 2 and "exists: add --overwrite to replace it" in err and kept.read_bytes() == before
+    status, out, err = run(capsys, "fit", images[0], "--model", kept, *TINY, "--overwrite")
+    assert status == 0 and f"Replaced {kept}" in out, err
+    status, out, err = run(capsys, "fit", images[0], "--model", kept, *TINY, "--warm-start")  # continues it
+    assert status == 0 and f"Replaced {kept}" in out, err
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / images[1].name).write_bytes(b"mine")
+    status, _, err = run(capsys, "transform", "--model", model, *images, "--output", f"{folder}/")
+    assert status == 2 and "exists: add --overwrite" in err and sorted(os.listdir(folder)) == [images[1].name]
+    assert (folder / images[1].name).read_bytes() == b"mine"
+    status, out, err = run(capsys, "transform", "--model", model, *images, "--output", f"{folder}/", "--overwrite")
+    assert status == 0 and out.count("-> (replaced)") == 1, err

@@ -253,7 +253,8 @@ def test_a_model_path_naming_a_folder_means_model_safetensors_in_it_for_every_co
     capsys.readouterr()
     for model in (f"{tmp_path / 'out'}/", str(tmp_path / "out")):  # the folder, with or without a separator
         assert main(["info", model]) == 0 and "n2v-estimator model" in capsys.readouterr().out
-        assert main(["transform", "--model", model, str(noisy_tif), "--output", str(tmp_path / "d.tif"), "--quiet"]) == 0
+        assert main(["transform", "--model", model, str(noisy_tif), "--output", str(tmp_path / "d.tif"), "--quiet",
+                     "--overwrite"]) == 0  # fmt: skip
     assert main(["info", str(tmp_path)]) == 2  # a folder without a model: where it was looked for
     assert f"no model file at {tmp_path / 'model.safetensors'}" in capsys.readouterr().err
 

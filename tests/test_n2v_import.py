@@ -236,7 +236,9 @@ def test_the_command_line_imports_a_folder_into_a_model_file_and_replaces_nothin
     np.testing.assert_array_equal(Noise2VoidDenoiser.load(model).set_params(verbose=False).transform(image), expected)
     written = model.read_bytes()
     assert main(["import-n2v", str(MODELS / "n2v_3d"), "--model", str(model)]) == 2
-    assert "exists" in capsys.readouterr().err and model.read_bytes() == written
+    assert "exists: add --overwrite" in capsys.readouterr().err and model.read_bytes() == written
+    assert main(["import-n2v", str(MODELS / "n2v_3d"), "--model", str(model), "--overwrite"]) == 0
+    assert "(replaced)" in capsys.readouterr().out and Noise2VoidDenoiser.load(model).spatial_ndim_ == 3
     assert main(["import-n2v", str(MODELS / "per_channel_2channel"), "--model", str(tmp_path / "b.safetensors")]) == 2
     assert "last channel" in capsys.readouterr().err and not (tmp_path / "b.safetensors").exists()
 
