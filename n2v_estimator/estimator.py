@@ -38,10 +38,10 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
     Parameters
     ----------
     axes : str or None, default=None
-        Meaning of the input's axes, letters from ``S`` (samples), ``C``
-        (channels), ``Z``, ``Y``, ``X`` in array order, e.g. ``"YXC"`` or
-        ``"SZYX"``. ``None``: a 2D array is one image (``"YX"``), a 3D array a
-        stack of images (``"SYX"``).
+        Meaning of the input's axes, letters from ``S`` (samples), ``T`` (time:
+        trained as samples, kept in place), ``C`` (channels), ``Z``, ``Y``, ``X``
+        in array order, e.g. ``"YXC"``, ``"TYX"``. ``None``: a 2D array is one
+        image (``"YX"``), a 3D array a stack of images (``"SYX"``).
     patch_size : int, tuple of int or None, default=None
         Side of the random training patches; ``None``: 64x64 in 2D, 16x32x32
         in 3D (minutes on a CPU). In 3D an int ``p`` means ``(p // 2, p, p)``.

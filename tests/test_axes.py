@@ -235,3 +235,31 @@ def test_the_same_array_gets_the_same_verdict_in_every_container(case):
         del containers["list"], containers["dask list"]
     verdicts = {name: _verdict(data, axes) for name, data in containers.items()}
     assert len({v[0] for v in verdicts.values()}) == 1, verdicts
+
+
+# ------------------------------------------------------------------ time
+
+
+@pytest.mark.parametrize(("axes", "ndim", "expected"), [("TYX", 3, "SYX"), ("tzyx", 4, "SZYX"), ("TCYX", 4, "SCYX"),
+                                                        ("TCZYX", 5, "SCZYX"), ("YXT", 3, "YXS")])  # fmt: skip
+def test_a_time_axis_is_a_sample_axis_kept_in_its_place(axes, ndim, expected):
+    assert resolve_axes(axes, ndim) == expected
+
+
+def test_time_and_samples_together_and_unknown_letters_are_told_what_to_do():
+    with pytest.raises(ValueError, match="both S and T.*Reshape the array to merge them"):
+        resolve_axes("STYX", 4)
+    with pytest.raises(ValueError, match=r"T \(time\).*'TYX' for a time-lapse"):
+        resolve_axes("QYX", 3)
+
+
+def test_a_time_lapse_trains_frame_by_frame_or_volume_by_volume_and_comes_back_in_its_layout():
+    from n2v_estimator import Noise2VoidDenoiser
+
+    small = dict(max_epochs=1, steps_per_epoch=2, batch_size=2, depth=1, n_filters=2, validation_fraction=0)
+    frames = np.random.default_rng(0).normal(size=(16, 16, 3)).astype(np.float32)  # Y, X, T: T last
+    denoiser = Noise2VoidDenoiser(axes="YXT", patch_size=16, **small).fit(frames)
+    assert denoiser.spatial_ndim_ == 2 and denoiser.transform(frames).shape == frames.shape
+    volumes = np.random.default_rng(1).normal(size=(2, 2, 8, 16, 16)).astype(np.float32)  # T, C, Z, Y, X
+    denoiser = Noise2VoidDenoiser(axes="TCZYX", patch_size=8, **small).fit(volumes)
+    assert (denoiser.spatial_ndim_, denoiser.n_channels_) == (3, 2) and denoiser.transform(volumes).shape == volumes.shape

@@ -565,3 +565,20 @@ def test_no_command_replaces_an_existing_file_without_overwrite_and_each_says_wh
     assert (folder / images[1].name).read_bytes() == b"mine"
     status, out, err = run(capsys, "transform", "--model", model, *images, "--output", f"{folder}/", "--overwrite")
     assert status == 0 and out.count("-> (replaced)") == 1, err
+
+
+def test_an_imagej_time_lapse_named_tyx_comes_back_with_its_frame_interval_and_pixel_size(tmp_path, capsys):
+    """The microscopist's TYX: 0.2 um pixels, 2.5 s frames, uint16; --axes TYX is the file's own
+    order, and the result is an ImageJ time-lapse again."""
+    rng = np.random.default_rng(0)
+    frames = (1000 + 200 * np.sin(np.indices((4, 48, 48)).sum(0) / 6) + rng.normal(0, 50, (4, 48, 48))).astype(np.uint16)
+    source = tmp_path / "lapse.tif"
+    tifffile.imwrite(source, frames, imagej=True, resolution=(5, 5), metadata={"axes": "TYX", "unit": "um", "finterval": 2.5})
+    status, _, err = run(capsys, "fit", source, "--axes", "TYX", "--model", tmp_path / "m.safetensors", *TINY)
+    assert status == 0, err
+    status, _, err = run(capsys, "transform", "--model", tmp_path / "m.safetensors", source, "--axes", "TYX",
+                         "--output", tmp_path / "out.tif")  # fmt: skip
+    assert status == 0, err
+    with tifffile.TiffFile(tmp_path / "out.tif") as tif:
+        assert tif.is_imagej and tif.series[0].axes == "TYX" and tif.series[0].shape == frames.shape
+        assert tif.imagej_metadata["finterval"] == 2.5 and tif.pages.first.resolution == pytest.approx((5, 5))

@@ -25,15 +25,22 @@ def resolve_axes(axes, ndim):
     Parameters
     ----------
     axes : str or None
-        Letters from ``S C Z Y X``, one per array dimension, in array order.
-        ``None`` infers ``"YX"`` for 2D arrays and ``"SYX"`` for 3D arrays.
+        Letters from ``S T C Z Y X``, one per array dimension, in array order.
+        ``T`` (time: frames of a time-lapse) is trained and denoised as samples,
+        each frame (or each time point's volume, with ``Z``) an image, and kept in
+        its place; an array has ``S`` or ``T``, not both. ``None`` infers ``"YX"``
+        for 2D arrays and ``"SYX"`` for 3D arrays.
     ndim : int
         Number of dimensions of the array.
 
     Returns
     -------
     str
-        The validated, upper-case axes string.
+        The validated, upper-case axes string, with ``T`` written ``S`` (the
+        package's sample axis; the array's layout is unchanged).
+
+    >>> resolve_axes("tyx", 3), resolve_axes("TCZYX", 5)
+    ('SYX', 'SCZYX')
     """
     if axes is None:
         if ndim == 2:
@@ -53,11 +60,19 @@ def resolve_axes(axes, ndim):
     if not isinstance(axes, str):
         raise TypeError(f"axes must be a string such as 'YX' or 'SZYX', got {axes!r}.")
     axes_upper = axes.upper()
-    unknown = sorted(set(axes_upper) - set(_CANONICAL))
+    unknown = sorted(set(axes_upper) - set(_CANONICAL) - {"T"})
     if unknown:
         raise ValueError(
-            f"axes={axes!r} contains unknown letter(s) {unknown}; use only S, C, Z, Y, X."
+            f"axes={axes!r} contains unknown letter(s) {unknown}; use only S (samples), T (time), C (channels), "
+            "Z, Y and X, e.g. 'TYX' for a time-lapse, 'TCZYX' for OME's order."
         )
+    if "T" in axes_upper and "S" in axes_upper:
+        raise ValueError(
+            f"axes={axes!r} has both S and T: both are trained as samples, and an array has one of them. "
+            "Reshape the array to merge them (X.reshape(-1, *X.shape[2:]) when they come first), or fit each "
+            "time-lapse separately."
+        )
+    axes_upper = axes_upper.replace("T", "S")
     repeated = sorted({a for a in axes_upper if axes_upper.count(a) > 1})
     if repeated:
         raise ValueError(f"axes={axes!r} repeats the letter(s) {repeated}; each axis appears once.")
@@ -172,7 +187,8 @@ def is_image_list(X, image_shape=None, axes=None):
         return False
     if not all(hasattr(x, "shape") and hasattr(x, "dtype") and len(x.shape) >= 2 for x in X):
         return False
-    return not (isinstance(axes, str) and "S" in axes.upper() and all(len(x.shape) == len(axes) - 1 for x in X))
+    stacked = isinstance(axes, str) and ("S" in axes.upper() or "T" in axes.upper())
+    return not (stacked and all(len(x.shape) == len(axes) - 1 for x in X))
 
 
 def read_image_list(X, axes):
