@@ -27,7 +27,7 @@ def test_resolve_axes_cannot_infer_other_ndims_and_names_axes_in_the_error(ndim)
     assert f"{ndim}D" in str(info.value)
 
 
-@pytest.mark.parametrize("axes", ["YXT", "QYX", "YX1"])
+@pytest.mark.parametrize("axes", ["YXQ", "QYX", "YX1"])
 def test_resolve_axes_rejects_unknown_letters(axes):
     with pytest.raises(ValueError, match="unknown"):
         resolve_axes(axes, len(axes))

@@ -26,7 +26,7 @@ BAD_INPUT = [
     ("1D array", {}, np.zeros(16), ValueError, "Reshape your data"),
     ("4D array, no axes", {}, np.zeros((2, 2, 8, 8)), ValueError, "Pass axes explicitly"),
     ("axes length", {"axes": "ZYX"}, IMAGE, ValueError, "names 3 axes but the array has 2"),
-    ("unknown axis", {"axes": "YT"}, IMAGE, ValueError, "unknown letter"),
+    ("unknown axis", {"axes": "YQ"}, IMAGE, ValueError, "unknown letter"),
     ("repeated axis", {"axes": "YY"}, IMAGE, ValueError, "repeats"),
     ("no X axis", {"axes": "SY"}, IMAGE, ValueError, "both Y and X"),
     ("complex", {}, IMAGE.astype(np.complex64), ValueError, "Complex data not supported"),
