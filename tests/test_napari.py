@@ -98,7 +98,7 @@ def test_the_estimator_never_imports_napari_or_qt():
 @pytest.mark.parametrize(
     ("shape", "kwargs", "axes"),
     [((40, 50), {}, "YX"), ((5, 40, 50), {}, "ZYX"), ((3, 5, 40, 50), {}, "SZYX"), ((40, 50, 3), {"rgb": True}, "YXC"),
-     ((4, 40, 50, 3), {"rgb": True}, "SYXC"), ((6, 40, 50), {"axis_labels": ("t", "y", "x")}, "SYX"),
+     ((4, 40, 50, 3), {"rgb": True}, "SYXC"), ((6, 40, 50), {"axis_labels": ("t", "y", "x")}, "TYX"),
      ((2, 40, 50), {"axis_labels": ("c", "y", "x")}, "CYX")],
 )  # fmt: skip
 def test_axes_are_inferred_from_the_layer(shape, kwargs, axes):

@@ -14,7 +14,7 @@ from ..predict.lazy import is_dask_array
 LAZY_BYTES = 1 << 30
 
 # napari's axis labels (its defaults are "-2", "-1", or "axis -1") in the estimator's letters.
-_LABELS = {"t": "S", "time": "S", "s": "S", "sample": "S", "samples": "S", "z": "Z", "y": "Y", "x": "X",
+_LABELS = {"t": "T", "time": "T", "s": "S", "sample": "S", "samples": "S", "z": "Z", "y": "Y", "x": "X",
            "c": "C", "ch": "C", "channel": "C", "channels": "C"}  # fmt: skip
 
 
@@ -29,7 +29,7 @@ def layer_data(layer):
 
 def infer_axes(layer):
     """The estimator's axes for ``layer``: from its axis labels where they name axes
-    (``t`` is a sample axis ``S``), else by dimensions: ``YX``, ``ZYX``, ``SZYX``; an
+    (``t`` is the time axis ``T``, trained as samples), else by dimensions: ``YX``, ``ZYX``, ``SZYX``; an
     RGB(A) layer ends with ``C``, and a stack of RGB images is a video (``SYXC``), not a
     volume. Only a guess: the widgets let the user edit it."""
     rgb = bool(getattr(layer, "rgb", False))

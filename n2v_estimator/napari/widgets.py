@@ -527,7 +527,7 @@ class DenoiseWidget(_Worked):
             return
         axes = layer_rules.infer_axes(self.viewer.layers[self.layer.currentText()])
         model = self.model()
-        if model is not None and model.spatial_ndim_ == 2 and "Z" in axes and "S" not in axes:
+        if model is not None and model.spatial_ndim_ == 2 and "Z" in axes and not {"S", "T"} & set(axes):
             axes = axes.replace("Z", "S")  # a 2D model denoises a stack plane by plane
         self.axes.setText(axes)
 
