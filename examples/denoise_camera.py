@@ -87,7 +87,7 @@ def main():
 
     tifffile.imwrite(out / "denoised.tif", denoised)
     before_after_figure(noisy, denoised, clean).savefig(out / "before_after.png", dpi=100)
-    denoiser.save(out / "model.safetensors")
+    denoiser.save(out / "model.safetensors", overwrite=True)  # this demo's own results folder: a rerun replaces them
     print(f"wrote {out / 'denoised.tif'}, {out / 'before_after.png'}, {out / 'model.safetensors'}")
 
 

@@ -39,7 +39,7 @@ def main(argv=None):
     package = denoiser.export_bioimageio(
         args.out, noisy(data.camera(), 0), name="Noise2Void demo on camera",
         description="Denoises grayscale photographs with Gaussian noise of sigma 25 (a demo).",
-        authors=["n2v-estimator developers"],
+        authors=["n2v-estimator developers"], overwrite=True,  # the demo's own package: a rerun replaces it
     )  # fmt: skip
     print(f"wrote {package} ({package.stat().st_size / 1e6:.1f} MB)")
     for weight_format in ("pytorch_state_dict", "torchscript"):

@@ -362,7 +362,7 @@ def _import_n2v(args):
     model = _check_model_path(args.model, [args.folder], replace=args.overwrite)
     replaced = os.path.lexists(model)
     denoiser = Noise2VoidDenoiser.from_n2v(args.folder, weights=args.weights)
-    denoiser.save(model)
+    denoiser.save(model, overwrite=True)  # checked by _check_model_path
     print(f"imported {args.folder} ({denoiser.spatial_ndim_}D, {denoiser.n_channels_} channel(s), axes "
           f"{denoiser.axes}) into {model}{' (replaced)' if replaced else ''}")  # fmt: skip
     return 0
@@ -633,7 +633,7 @@ def _save(denoiser, path, verbose, calibration=None):
     denoiser.__dict__.pop("image_calibration_", None)
     if calibration:
         denoiser.image_calibration_ = calibration
-    denoiser.set_params(verbose=verbose).save(path)
+    denoiser.set_params(verbose=verbose).save(path, overwrite=True)  # checked by _check_model_path
 
 
 def _kept(denoiser):
@@ -763,7 +763,7 @@ def _export(args):
     replaced = os.path.lexists(args.output)
     path = denoiser.export_bioimageio(
         args.output, array, name=args.name, description=args.description, authors=args.authors,
-        license=args.license, tags=args.tags,
+        license=args.license, tags=args.tags, overwrite=True,  # checked above
     )  # fmt: skip
     print(f"{model} {'-> (replaced)' if replaced else '->'} {path}")
     return 0

@@ -16,6 +16,7 @@ from .data.axes import feature_names_out, fitted_images, from_canonical, is_imag
 from .data.normalize import check_representable, in_requested_dtype, output_dtype
 from .fit.masking import MANIPULATORS
 from .fit.plan import Previous, make_plan
+from .io.atomic import check_replace
 from .io.bioimageio import BioImageIOMixin
 from .io.model_file import estimator_document
 from .io.models import PortablePickling, portable_network, read_estimator, write_model
@@ -460,13 +461,11 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         return -j_invariant_mse(blind, images.canonical, self.n_score_phases)
 
     # ----------------------------------------------------------- persistence
-    def save(self, path):
-        """Write the fitted denoiser to ``path`` (one safetensors file, no pickle).
-
-        The file is written under a temporary name in the same folder and
-        renamed into place, so an existing file is never left half-written.
-        """
+    def save(self, path, *, overwrite=False):
+        """Write the fitted denoiser to ``path`` (one safetensors file, no pickle); an existing file
+        only with ``overwrite=True``, replaced whole (written beside it, then renamed into place)."""
         check_is_fitted(self, "model_")
+        check_replace(path, overwrite)
         document = estimator_document(self.get_params(deep=False), vars(self), __version__)
         write_model(path, self.model_.state_dict(), document)
 

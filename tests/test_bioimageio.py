@@ -203,8 +203,10 @@ def test_a_failed_export_leaves_an_existing_package_and_no_debris(fitted_2d, tmp
         raise RuntimeError("disk full")
 
     monkeypatch.setattr("bioimageio.spec.save_bioimageio_package", fail)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
         exported(fitted_2d, IMAGE_2D, package)
+    with pytest.raises(RuntimeError, match="disk full"):
+        exported(fitted_2d, IMAGE_2D, package, overwrite=True)
     assert package.read_bytes() == b"the previous package"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip"]
 

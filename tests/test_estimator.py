@@ -275,12 +275,16 @@ def test_load_can_move_a_model_saved_for_a_gpu_to_another_device(tmp_path, camer
     np.testing.assert_array_equal(moved.transform(noisy), expected)
 
 
-def test_save_overwrites_an_existing_model(tmp_path, camera_pair):
+def test_save_replaces_an_existing_model_only_with_overwrite(tmp_path, camera_pair):
     _, noisy = camera_pair
     path = tmp_path / "model.safetensors"
     tiny(random_state=0).fit(noisy).save(path)
+    written = path.read_bytes()
     second = tiny(random_state=1).fit(noisy)
-    second.save(path)
+    with pytest.raises(FileExistsError, match="exists: pass overwrite=True to replace it"):
+        second.save(path)
+    assert path.read_bytes() == written
+    second.save(path, overwrite=True)
     np.testing.assert_array_equal(Noise2VoidDenoiser.load(path).transform(noisy), second.transform(noisy))
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
 

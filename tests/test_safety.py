@@ -110,7 +110,7 @@ def test_crash_during_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
     original = path.read_bytes()
     monkeypatch.setattr(_persistence, "_write_all", crash_mid_write)
     with pytest.raises(OSError, match="No space left on device"):
-        tiny(random_state=1).fit(IMAGE).save(path)
+        tiny(random_state=1).fit(IMAGE).save(path, overwrite=True)
     assert path.read_bytes() == original
     assert os.listdir(tmp_path) == ["model.safetensors"]
 

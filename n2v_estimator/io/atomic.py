@@ -35,6 +35,13 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
+def check_replace(path, overwrite, hint="pass overwrite=True to replace it"):
+    """Refuse to write ``path`` where something exists there, unless ``overwrite``: nothing a user
+    has is replaced without saying so (the command line's ``hint`` names --overwrite)."""
+    if not overwrite and os.path.lexists(path) and not os.path.isdir(path):  # a folder: the writer says why
+        raise FileExistsError(f"{path} exists: {hint}, or choose another name.")
+
+
 def temporary_name(path, suffix="tmp"):
     """``.<name>.<16 hex digits>.<suffix>`` beside ``path``."""
     path = Path(path)

@@ -52,7 +52,7 @@ from ..nets.unet import (
     _prior_scale,
 )
 from ..predict.tiling import augmentations, mirror_index, predict_tiled
-from .atomic import remove, replace, temporary_beside
+from .atomic import check_replace, remove, replace, temporary_beside
 from .model_file import ModelFileError, non_default_parameters
 
 # Names inside the package.
@@ -475,7 +475,8 @@ def from_package(cls, path, device=None):
 class BioImageIOMixin:
     """BioImage Model Zoo export and import for :class:`Noise2VoidDenoiser`."""
 
-    def export_bioimageio(self, path, test_image, *, name, description, authors, license="CC-BY-4.0", tags=()):
+    def export_bioimageio(self, path, test_image, *, name, description, authors, license="CC-BY-4.0", tags=(),
+                          overwrite=False):
         """Write the fitted denoiser as a BioImage Model Zoo model (a zip, spec 0.5).
 
         Fiji (deepImageJ), napari, ilastik, QuPath and ``bioimageio.core`` run
@@ -504,6 +505,9 @@ class BioImageIOMixin:
             An SPDX license identifier for the model.
         tags : sequence of str, default=()
             Tags beside the ones added for the method and dimensionality.
+        overwrite : bool, default=False
+            Replace an existing ``path``; without it, an existing one is refused
+            (``FileExistsError``) before any work.
 
         Returns
         -------
@@ -548,6 +552,7 @@ class BioImageIOMixin:
         >>> bool((again.transform(noisy) == est.transform(noisy)).all())
         True
         """
+        check_replace(path, overwrite)
         return export(self, path, test_image, name=name, description=description, authors=authors,
                       license=license, tags=tags)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import weakref
+from functools import partial
 from pathlib import Path
 
 from napari.qt.threading import create_worker
@@ -385,7 +386,7 @@ class TrainWidget(_Worked):
         path = Path(path)
         if path.suffix.lower() != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
-        return self._write(path, overwrite, "save", self.estimator and self.estimator.save)
+        return self._write(path, overwrite, "save", self.estimator and partial(self.estimator.save, overwrite=True))
 
     def _ask_export(self):
         path, _ = QFileDialog.getSaveFileName(self, "Export to the Model Zoo", "n2v_model.zip", "Zip (*.zip)")
@@ -404,7 +405,8 @@ class TrainWidget(_Worked):
             layer_rules.check_model_fits(self.estimator, layer, axes)
             authors = [name.strip() for name in self.zoo_authors.text().split(",") if name.strip()]
             self.estimator.export_bioimageio(path, layer_rules.layer_data(layer), name=self.zoo_name.text(),
-                                             description=self.zoo_description.text(), authors=authors)  # fmt: skip
+                                             description=self.zoo_description.text(), authors=authors,
+                                             overwrite=True)  # _write asked  # fmt: skip
 
         return self._write(Path(path), overwrite, "export", self.estimator and export)
 
