@@ -35,11 +35,12 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
-def check_replace(path, overwrite, hint="pass overwrite=True to replace it"):
+def check_replace(path, overwrite):
     """Refuse to write ``path`` where something exists there, unless ``overwrite``: nothing a user
-    has is replaced without saying so (the command line's ``hint`` names --overwrite)."""
+    has is replaced without their saying so (``save``, ``export_bioimageio``; the command line
+    checks its targets itself, naming --overwrite)."""
     if not overwrite and os.path.lexists(path) and not os.path.isdir(path):  # a folder: the writer says why
-        raise FileExistsError(f"{path} exists: {hint}, or choose another name.")
+        raise FileExistsError(f"{path} exists: pass overwrite=True to replace it, or choose another name.")
 
 
 def temporary_name(path, suffix="tmp"):
