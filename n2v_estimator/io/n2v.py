@@ -86,7 +86,7 @@ def _get(config, key, kinds, check=None, what=""):
     value = config.get(key)
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds) or (check and not check(value)):
-        raise N2VModelError(f"n2v setting {key}={_cut(repr(value), 80)} is not {what or 'valid'}.")
+        raise N2VModelError(f"n2v setting {key}={shown(repr(value), 80)} is not {what or 'valid'}.")
     return value
 
 
@@ -192,14 +192,9 @@ def _conv_names(depth, prefix):
     return down + [f"{prefix}middle_0", f"{prefix}middle_2"] + up
 
 
-def _cut(text, limit=300):
-    """``text`` for a message: at most ``limit`` characters (names in a crafted file can be megabytes)."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _read_array(dataset, shape, name):
     if tuple(dataset.shape) != tuple(shape):
-        raise N2VModelError(f"weight {_cut(name, 120)} has shape {tuple(dataset.shape)}, the network described "
+        raise N2VModelError(f"weight {shown(name, 120)} has shape {tuple(dataset.shape)}, the network described "
                             f"needs {tuple(shape)}.")  # fmt: skip
     array = np.asarray(dataset[()], dtype=np.float32)
     if not np.isfinite(array).all():
@@ -241,7 +236,7 @@ def read_weights(path, description):
     except N2VModelError:
         raise
     except (KeyError, TypeError, ValueError, OSError, AttributeError, IndexError) as exc:  # a crafted file's structure
-        raise N2VModelError(f"{path} is not a Keras weights file this import can read: {_cut(repr(exc))}") from None
+        raise N2VModelError(f"{path} is not a Keras weights file this import can read: {shown(repr(exc), 300)}") from None
 
 
 def _read_state(file, path, description, expected, groups, depth, batch_norm):
@@ -261,7 +256,7 @@ def _read_state(file, path, description, expected, groups, depth, batch_norm):
     extra = sorted(set(with_weights) - wanted)
     if missing or extra:
         raise N2VModelError(f"{path} does not hold the network its config.json describes: "
-                            f"missing layers {_cut(str(missing[:6]))}, unknown layers {_cut(str(extra[:6]))}.")  # fmt: skip
+                            f"missing layers {shown(missing[:6], 300)}, unknown layers {shown(extra[:6], 300)}.")  # fmt: skip
     per_group = {}
     for i in range(groups):
         modules = _module_names(depth, batch_norm)
@@ -341,11 +336,9 @@ def model_document(folder, weights, default_params):
     if not (std > 0).all():
         raise N2VModelError(f"config.json's stds {std.tolist()} must all be positive: the images are divided by them.")
     name = {"best": "weights_best.h5", "last": "weights_last.h5"}.get(weights, weights)
-    if Path(name).name != name:
-        raise N2VModelError(f"{folder / name} does not exist: weights is 'best', 'last' or the name of a .h5 file "
-                            "in the folder.")  # fmt: skip
-    path = _in_folder(folder, name)
-    if not os.path.lexists(path):  # anything else there is io.hdf5's to judge (a pipe: without blocking)
+    path = folder / name
+    # Only a name in the folder; anything that exists there is io.hdf5's to judge (a pipe: without blocking).
+    if Path(name).name != name or not os.path.lexists(path := _in_folder(folder, name)):
         raise N2VModelError(f"{path} does not exist: weights is 'best', 'last' or the name of a .h5 file in the folder.")
     description = network_description(config["n_dim"], channels, params, None, layout="n2v-tf")
     if channels > 1 and params["independent_channels"]:
