@@ -449,13 +449,13 @@ def _fit_axes(given, paths, images):
 # --------------------------------------------------------------------- fit
 def _fit(args):
     paths = expand_inputs(args.inputs)
-    updating = bool(_given_parameters(args).get("warm_start"))  # continues the model it names: updates it
-    model = _check_model_path(args.model, paths, replace=args.overwrite or updating)  # before training
+    given = _given_parameters(args)
+    # A fit that continues the model it names (--warm-start) updates it; else only with --overwrite.
+    model = _check_model_path(args.model, paths, replace=args.overwrite or bool(given.get("warm_start")))
     existed = os.path.lexists(model)
     from .estimator import Noise2VoidDenoiser  # seconds of imports: after the checks that need none
     from .fit.training import NonFiniteLossError
 
-    given = _given_parameters(args)
     writer = _torchrun_share(given)  # torchrun's variables checked before the inputs are read
 
     # Zarr stores and large files as dask arrays: fit reads only the patches it samples.
@@ -542,6 +542,16 @@ def _model_to_read(text, option="--model"):
     return path
 
 
+def _refuse_existing(option, paths, replace):
+    """Refuse, in one line naming ``option`` and --overwrite, to write over the first of ``paths``
+    that exists, unless ``replace``: no command replaces a file without being told to."""
+    existing = [path for path in paths if os.path.lexists(path)]
+    if existing and not replace:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FileExistsError(f"{option} {existing[0]}{more} exists: add --overwrite to replace it, or choose "
+                              "another name.")  # fmt: skip
+
+
 def _check_model_path(text, inputs, replace=False):
     """The model file to write for ``--model text`` (:func:`model_path`), refused before any
     work where it cannot be written, would replace or change an input, holds something other
@@ -565,8 +575,7 @@ def _check_model_path(text, inputs, replace=False):
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"--model {text}: a model is written as one safetensors file; name it "
                          f"{path.with_suffix('.safetensors')}, or give a folder (for {path / MODEL_NAME}).")  # fmt: skip
-    if os.path.lexists(path) and not replace:
-        raise FileExistsError(f"--model {path} exists: add --overwrite to replace it, or choose another name.")
+    _refuse_existing("--model", [path], replace)
     return path
 
 
@@ -665,11 +674,7 @@ def _output_paths(inputs, text, protected=(), replace=False):
     if len(outputs) > 1 or is_folder:
         check_output_apart(output, [*inputs, *protected])
         output.mkdir(parents=True, exist_ok=True)
-    existing = [path for path in outputs if os.path.lexists(path)]
-    if existing and not replace:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise FileExistsError(f"--output {existing[0]}{more} exists: add --overwrite to replace it, or choose "
-                              "another name.")  # fmt: skip
+    _refuse_existing("--output", outputs, replace)
     for path in outputs:
         check_output_path(path)
     return outputs
@@ -752,8 +757,7 @@ def _export(args):
     if Path(args.output).suffix.lower() != ".zip":
         raise ValueError(f"--output {args.output}: a BioImage Model Zoo package is a .zip file.")
     check_output_apart(args.output, [model, args.test_image])
-    if os.path.lexists(args.output) and not args.overwrite:
-        raise FileExistsError(f"--output {args.output} exists: add --overwrite to replace it, or choose another name.")
+    _refuse_existing("--output", [args.output], args.overwrite)
     # Lazily: the package keeps a crop of the test image, which is all that is read.
     array, found = read_image(args.test_image, lazy=True, lazy_bytes=0, trust_declared_size=args.trust_declared_size)
     named = _named_axes(args.axes, found, denoiser.axes, array)
@@ -918,14 +922,19 @@ def _info(args):
 MAX_MESSAGE = 600
 
 
+def _one_line(message):
+    """``message`` on one line of at most :data:`MAX_MESSAGE` characters, anything from a file in it
+    escaped (:func:`n2v_estimator.io.text.shown`)."""
+    return shown(" ".join(str(message).split()), MAX_MESSAGE)
+
+
 def _say(message):
-    """``message`` on stderr, on one line of at most :data:`MAX_MESSAGE` characters, anything from a
-    file in it escaped (:func:`n2v_estimator.io.text.shown`)."""
-    print(f"{PROG}: {shown(' '.join(str(message).split()), MAX_MESSAGE)}", file=sys.stderr)
+    """``message`` on stderr, as :func:`_one_line`."""
+    print(f"{PROG}: {_one_line(message)}", file=sys.stderr)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"{PROG}: warning: {shown(' '.join(str(message).split()), MAX_MESSAGE)}", file=sys.stderr if file is None else file)
+    print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr if file is None else file)
 
 
 def main(argv=None):
