@@ -22,7 +22,6 @@ import contextlib
 import copy
 import inspect
 import json
-import math
 import tempfile
 import textwrap
 import warnings
@@ -53,6 +52,7 @@ from ..nets.unet import (
 )
 from ..predict.tiling import augmentations, mirror_index, predict_tiled
 from .atomic import check_replace, remove, replace, temporary_beside
+from .image_metadata import make_calibration
 from .model_file import ModelFileError, non_default_parameters
 
 # Names inside the package.
@@ -202,26 +202,20 @@ def _cover(test_input, test_output, path):
 
 def axis_calibration(estimator, spatial):
     """Per spatial axis id (``"y"``, ``"x"``, ``"z"``) the spec's ``scale`` and ``unit`` from the
-    model's training calibration (``image_calibration_``, written by the command line): a finite
-    positive size, and a unit only where it is one of the spec's space units; ``{}`` where unknown."""
+    model's training calibration (``image_calibration_``, written by the command line), checked as
+    any record is (:func:`n2v_estimator.io.image_metadata.make_calibration`: finite positive sizes,
+    known units), a unit kept only where it is one of the spec's space units; ``{}`` where unknown."""
     from typing import get_args
 
     from bioimageio.spec.model import v0_5
 
-    record = getattr(estimator, "image_calibration_", None) or {}
-    scale, unit = record.get("scale") or {}, record.get("unit") or {}
-    units = set(get_args(v0_5.SpaceUnit))
-    out = {}
-    for axis in spatial:
-        letter = axis.upper()
-        entry = {}
-        size = scale.get(letter)
-        if isinstance(size, (int, float)) and math.isfinite(size) and size > 0:
-            entry["scale"] = float(size)
-        if unit.get(letter) in units:
-            entry["unit"] = unit[letter]
-        out[axis] = entry
-    return out
+    saved = getattr(estimator, "image_calibration_", None) or {}
+    letters = "".join(axis.upper() for axis in spatial)
+    record = make_calibration(saved.get("scale"), saved.get("unit"), None, letters)
+    scale, unit = record.get("scale", {}), record.get("unit", {})
+    space = set(get_args(v0_5.SpaceUnit))
+    return {axis: {**({"scale": scale[a]} if a in scale else {}), **({"unit": unit[a]} if unit.get(a) in space else {})}
+            for axis, a in zip(spatial, letters)}  # fmt: skip
 
 
 def _documentation(estimator, name, description, halo, step, minimum):
