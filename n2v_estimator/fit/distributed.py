@@ -120,11 +120,12 @@ def check_devices(n_devices, device, batch_size):
             raise ValueError(f"torchrun's LOCAL_RANK={local} has no CUDA device ({torch.cuda.device_count()} "
                              "visible): start at most that many processes per machine (--nproc-per-node).")  # fmt: skip
     elif n_devices > 1 and getattr(multiprocessing.current_process(), "_inheriting", False):
-        # a process multiprocessing is starting runs its parent's main module, which calls fit: a
-        # script without a main guard. One line (SystemExit prints it, with no traceback), exit 1.
-        raise SystemExit(f"n2v-estimator: fit(n_devices={n_devices}) was called while this process was starting as "
-                         "a rank of the script's fit: the script calls it when imported. Put the script's work under "
-                         "`if __name__ == \"__main__\":`.")  # fmt: skip
+        # A process that multiprocessing starts with "spawn" (a Pool of the user's, say; never our
+        # ranks, which start without the script) runs its parent's script, which calls fit: a script
+        # without a main guard. One line (SystemExit prints it, with no traceback), exit 1.
+        raise SystemExit(f"n2v-estimator: fit(n_devices={n_devices}) was called while multiprocessing was starting "
+                         "this process, which runs the script again: the script calls it when imported. Put the "
+                         "script's work under `if __name__ == \"__main__\":`.")  # fmt: skip
     elif n_devices > 1 and multiprocessing.current_process().daemon:
         raise ValueError(f"n_devices={n_devices} starts a process per device, which a daemonic worker process (of "
                          "multiprocessing.Pool, say) cannot do; fit with n_devices > 1 from the main process, use "
