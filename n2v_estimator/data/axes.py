@@ -260,6 +260,14 @@ def feature_names_out(image_shape, n_features, input_features=None):
     return names
 
 
+def check_unread_array(X):
+    """Numpy input's dtype and emptiness rules (:func:`check_image_array`, in its order) for an
+    array that is not read (dask, zarr): judged on a stand-in of ``X``'s dtype, of ``X``'s own
+    shape where it holds nothing, else of one pixel."""
+    shape = tuple(X.shape)
+    check_image_array(np.zeros(shape if 0 in shape else (1,) * len(shape), dtype=X.dtype))
+
+
 def layout_of(shape, axes):
     """The axes of an array of ``shape`` (any container: numpy, a list's item, dask, zarr) under the
     estimator's ``axes``: the one place that judges a shape, so that the same array gets the same

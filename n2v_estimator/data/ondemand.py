@@ -15,7 +15,7 @@ import torch
 
 from ..io.codecs import check_source, is_zarr_array
 from ..predict.lazy import is_dask_array
-from .axes import _CANONICAL, check_image_array, layout_of, to_canonical
+from .axes import _CANONICAL, check_image_array, check_unread_array, layout_of, to_canonical
 from .normalize import normalize
 
 # Pixels per channel of the sample the statistics and the noise estimate are taken from.
@@ -143,9 +143,7 @@ def on_demand_images(X, axes):
     check_source(X)  # a zarr array, or a dask array on one: its codecs before any chunk is read
     if isinstance(X, np.ndarray):  # in memory, in a list with arrays read on demand: check it whole
         check_image_array(X)
-    # numpy input's dtype and emptiness rules, in numpy's order (then the layout), on a stand-in:
-    # X's own shape when it holds nothing, else one pixel.
-    check_image_array(np.zeros(X.shape if 0 in X.shape else (1,) * len(X.shape), dtype=X.dtype))
+    check_unread_array(X)  # numpy's dtype and emptiness rules, in numpy's order (then the layout)
     layout = layout_of(X.shape, axes)
     spatial = [X.shape[layout.index(a)] for a in _CANONICAL[2:] if a in layout]
     samples = X.shape[layout.index("S")] if "S" in layout else 1

@@ -17,6 +17,7 @@ from .._extras import install_command
 from ..data.axes import (
     check_fitted_layout,
     check_image_array,
+    check_unread_array,
     from_canonical,
     layout_of,
     read_images,
@@ -199,9 +200,9 @@ def _check_layout(estimator, X):
     if any(np.isnan(n) for n in X.shape):
         raise ValueError(f"X has chunks of unknown size (shape {X.shape}); call X.compute_chunk_sizes() first.")
     axes = estimator.axes
-    # Stand-ins of X's dtype: X's own shape if it holds nothing, else one pixel (and
-    # X's channels), read as numpy input is; guesses from the shape judge X's shape.
-    check_image_array(np.zeros(X.shape if not X.size else (1,) * X.ndim, dtype=X.dtype))
+    # Stand-ins of X's dtype (X's own shape if it holds nothing, else one pixel; then one pixel
+    # with X's channels), read as numpy input is; guesses from the shape judge X's shape.
+    check_unread_array(X)
     layout = layout_of(X.shape, axes)
     images = read_images(np.zeros([n if a == "C" else 1 for a, n in zip(layout, X.shape)], X.dtype), axes, None)
     check_fitted_layout(images, estimator.spatial_ndim_, estimator.n_channels_, None, type(estimator).__name__)
