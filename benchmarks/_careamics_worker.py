@@ -160,7 +160,6 @@ DEFAULT_PERC = 0.198
 SEED = 42
 
 
-
 def _peak_rss_mb():
     """This process's peak resident memory in MB: VmHWM, which starts afresh at exec
     (ru_maxrss can carry the peak of the parent process that started this one)."""
@@ -172,6 +171,7 @@ def _peak_rss_mb():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 
 def emit(obj):
     _JSON_OUT.write(json.dumps(obj) + "\n")
@@ -215,9 +215,7 @@ class CareamicsBench:
                 "enable_progress_bar": False,
             },
         )
-        self.careamist = CAREamist(
-            config, work_dir=self.work_dir, enable_progress_bar=False
-        )
+        self.careamist = CAREamist(config, work_dir=self.work_dir, enable_progress_bar=False)
         self.module = self.careamist.model.to(self.device)
         # the same datamodule CAREamist.train builds, so the normalisation
         # statistics end up in careamist.config.data_config, where predict reads them
@@ -225,9 +223,7 @@ class CareamicsBench:
             data_config=self.careamist.config.data_config,
             train_data=self.noisy,
             val_data=self.noisy,
-            model_constraints=get_model_constraints(
-                self.careamist.config.algorithm_config.model
-            ),
+            model_constraints=get_model_constraints(self.careamist.config.algorithm_config.model),
         )
         self.datamodule.setup("fit")
         self.loader = self.datamodule.train_dataloader()
@@ -298,7 +294,9 @@ def serve(args):
                     image = big_image(bench.noisy, size)
                     batch = command.get("batch")
                     _, seconds = bench.predict(
-                        image, int(command["tile"]), int(command["overlap"]),
+                        image,
+                        int(command["tile"]),
+                        int(command["overlap"]),
                         None if batch is None else int(batch),
                     )
                     del image
@@ -319,11 +317,8 @@ def time_to_quality(args):
             steps = min(args.eval_every, args.max_steps - bench.step_count)
             train_seconds += bench.train(steps)
             denoised, _ = bench.predict(bench.noisy)  # whole image, untiled
-            psnr = peak_signal_noise_ratio(
-                bench.clean, denoised.astype(np.float64), data_range=255
-            )
-            emit({"steps": bench.step_count, "train_seconds": train_seconds,
-                  "psnr": float(psnr)})
+            psnr = peak_signal_noise_ratio(bench.clean, denoised.astype(np.float64), data_range=255)
+            emit({"steps": bench.step_count, "train_seconds": train_seconds, "psnr": float(psnr)})
             if psnr >= args.target:
                 reached = True
                 break
@@ -351,10 +346,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--perc", type=float, default=DEFAULT_PERC,
-                        help="careamics masked_pixel_percentage (percent)")
-    common.add_argument("--seed", type=int, default=SEED,
-                        help="careamics config seed (must be > 0)")
+    common.add_argument("--perc", type=float, default=DEFAULT_PERC, help="careamics masked_pixel_percentage (percent)")
+    common.add_argument("--seed", type=int, default=SEED, help="careamics config seed (must be > 0)")
     common.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     sub.add_parser("serve", parents=[common])
     ttq = sub.add_parser("time-to-quality", parents=[common])
@@ -365,12 +358,9 @@ def main(argv=None):
     rss.add_argument("--size", type=int, default=4096)
     rss.add_argument("--tile", type=int, default=256)
     rss.add_argument("--overlap", type=int, default=48)
-    rss.add_argument("--batch", type=int, default=None,
-                     help="tiles per prediction batch (default: careamics' own, 16)")
+    rss.add_argument("--batch", type=int, default=None, help="tiles per prediction batch (default: careamics' own, 16)")
     args = parser.parse_args(argv)
-    {"serve": serve, "time-to-quality": time_to_quality, "peak-rss": peak_rss}[
-        args.mode
-    ](args)
+    {"serve": serve, "time-to-quality": time_to_quality, "peak-rss": peak_rss}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -202,12 +202,20 @@ def run(args):
     xn = torch.tensor((noisy - mean) / std, dtype=torch.float32, device=device)
     gen = torch.Generator(device=device).manual_seed(args.seed)
     opt = torch.optim.Adam(
-        [{"params": net.parameters(), "lr": args.lr}, {"params": noise.parameters(), "lr": args.lr * args.noise_lr}], lr=args.lr
+        [{"params": net.parameters(), "lr": args.lr}, {"params": noise.parameters(), "lr": args.lr * args.noise_lr}],
+        lr=args.lr,
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(args.steps))
     base = {
-        "image": args.image, "noise_kind": args.noise, "loss": args.loss, "filters": args.filters, "lr": args.lr, "noise_lr": args.noise_lr,
-        "params": n_params, "seed": args.seed, "device": str(device),
+        "image": args.image,
+        "noise_kind": args.noise,
+        "loss": args.loss,
+        "filters": args.filters,
+        "lr": args.lr,
+        "noise_lr": args.noise_lr,
+        "params": n_params,
+        "seed": args.seed,
+        "device": str(device),
         "noise_init": {k: round(float(v[0]), 3) for k, v in init.items()},
     }
     start = time.perf_counter()
@@ -228,8 +236,13 @@ def run(args):
             losses.append(round(float(loss), 4))
         over = args.deadline and time.perf_counter() - start > args.deadline
         if step in eval_at or over:
-            res = {**base, "steps": step, "seconds": round(time.perf_counter() - start, 1),
-                   **evaluate(net, noise, xn, noisy, clean, mean, std), "loss_every100": losses[-5:]}
+            res = {
+                **base,
+                "steps": step,
+                "seconds": round(time.perf_counter() - start, 1),
+                **evaluate(net, noise, xn, noisy, clean, mean, std),
+                "loss_every100": losses[-5:],
+            }
             if over:
                 res["stopped_by_deadline"] = True
             line = json.dumps(res)
@@ -255,13 +268,25 @@ def check_blindness():
         x1[0, 0, p[0], p[1]] += 10.0
         with torch.no_grad():
             mu1, tau1 = net(x1)
-        same = bool(mu1[0, 0, p[0], p[1]] == mu0[0, 0, p[0], p[1]]) and bool(tau1[0, 0, p[0], p[1]] == tau0[0, 0, p[0], p[1]])
+        same = bool(mu1[0, 0, p[0], p[1]] == mu0[0, 0, p[0], p[1]]) and bool(
+            tau1[0, 0, p[0], p[1]] == tau0[0, 0, p[0], p[1]]
+        )
         changed = (mu1 != mu0)[0, 0]
-        nbrs = [(p[0] + dy, p[1] + dx) for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)) if 0 <= p[0] + dy < 32 and 0 <= p[1] + dx < 32]
+        nbrs = [
+            (p[0] + dy, p[1] + dx)
+            for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))
+            if 0 <= p[0] + dy < 32 and 0 <= p[1] + dx < 32
+        ]
         nb_changed = all(bool(changed[q]) for q in nbrs)
         ok &= same and nb_changed
-        report.append({"pixel": p, "centre_bitwise_unchanged": same, "4_neighbours_changed": nb_changed,
-                       "pixels_changed": int(changed.sum())})
+        report.append(
+            {
+                "pixel": p,
+                "centre_bitwise_unchanged": same,
+                "4_neighbours_changed": nb_changed,
+                "pixels_changed": int(changed.sum()),
+            }
+        )
     # Gradient (receptive field) check: d mu(p) / d x is zero exactly at p, nonzero around it.
     xg = x.clone().requires_grad_(True)
     mu, _ = net(xg)
@@ -277,15 +302,26 @@ def check_blindness():
         x32b = x32.clone()
         x32b[:, 0, 30, 33] -= 5
         b, _ = net32(x32b)
-    f32 = {"max_abs_change_at_p_float32": float((a - b)[:, 0, 30, 33].abs().max()),
-           "max_abs_change_anywhere": float((a - b).abs().max())}
+    f32 = {
+        "max_abs_change_at_p_float32": float((a - b)[:, 0, 30, 33].abs().max()),
+        "max_abs_change_anywhere": float((a - b).abs().max()),
+    }
     print(json.dumps({"blind": ok, "per_pixel": report, "receptive_field": rf, **f32}))
     n_laine = sum(p.numel() for p in LaineNet(32, 96).parameters())
     from n2v_estimator.nets.unet import UNet
+
     n_unet = sum(p.numel() for p in UNet(2, 1, 2, 32).parameters())
     n_unet_p = sum(p.numel() for p in UNet(2, 1, 2, 32, noise_model="poisson_gaussian").parameters())
-    print(json.dumps({"params_laine_32_head96": n_laine, "params_laine_unet_only": sum(p.numel() for p in LaineNet(32, 96).unet.parameters()),
-                      "params_our_unet_d2_f32": n_unet, "params_our_prob_unet": n_unet_p}))
+    print(
+        json.dumps(
+            {
+                "params_laine_32_head96": n_laine,
+                "params_laine_unet_only": sum(p.numel() for p in LaineNet(32, 96).unet.parameters()),
+                "params_our_unet_d2_f32": n_unet,
+                "params_our_prob_unet": n_unet_p,
+            }
+        )
+    )
     return ok
 
 

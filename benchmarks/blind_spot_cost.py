@@ -27,8 +27,18 @@ from skimage import data
 from n2v_estimator import Noise2VoidDenoiser
 from n2v_estimator.runtime.compute import resolve_precision
 
-BASE = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, max_epochs=1, steps_per_epoch=2, random_state=0,
-            device="cpu", verbose=False, validation_fraction=0)
+BASE = dict(
+    patch_size=64,
+    batch_size=16,
+    depth=2,
+    n_filters=32,
+    max_epochs=1,
+    steps_per_epoch=2,
+    random_state=0,
+    device="cpu",
+    verbose=False,
+    validation_fraction=0,
+)
 SETTINGS = {
     "plain": dict(),
     "probabilistic_mask": dict(noise_model="gaussian"),
@@ -65,7 +75,7 @@ def main():
                 # The fit's own record: the epoch's seconds over its steps (no validation).
                 step.setdefault((name, precision), []).append(model.history_[0]["seconds"] / args.steps)
         for name, model in fitted.items():
-            predict.setdefault(name, []).append(seconds(lambda: model.transform(noisy)))
+            predict.setdefault(name, []).append(seconds(lambda model=model: model.transform(noisy)))
     result = {"threads": 1, "default_precision": default, "rounds": args.rounds}
     for (name, precision), values in step.items():
         result[f"step_seconds_{name}_{precision}"] = round(statistics.median(values), 3)
@@ -76,7 +86,9 @@ def main():
     for name, values in predict.items():
         result[f"transform_seconds_{name}"] = round(statistics.median(values), 2)
     for name in SETTINGS:
-        result[f"transform_ratio_{name}"] = round(result[f"transform_seconds_{name}"] / result["transform_seconds_plain"], 2)
+        result[f"transform_ratio_{name}"] = round(
+            result[f"transform_seconds_{name}"] / result["transform_seconds_plain"], 2
+        )
     line = json.dumps(result)
     print(line)
     if args.out:

@@ -91,12 +91,19 @@ def measure_demo():
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        done = _python([str(ROOT / "examples" / "denoise_camera.py"), "--out", out], capture=True,
-                       native_bf16=_cpu_has_native_bf16())  # as this worker was told
+        done = _python(
+            [str(ROOT / "examples" / "denoise_camera.py"), "--out", out],
+            capture=True,
+            native_bf16=_cpu_has_native_bf16(),
+        )  # as this worker was told
         seconds = time.perf_counter() - start
     printed = re.search(r"PSNR noisy ([\d.]+) dB -> denoised ([\d.]+) dB", done.stdout)
-    return {"psnr": float(printed.group(2)), "seconds": seconds, "psnr_noisy": float(printed.group(1)),
-            "printed": printed.group(0)}  # fmt: skip
+    return {
+        "psnr": float(printed.group(2)),
+        "seconds": seconds,
+        "psnr_noisy": float(printed.group(1)),
+        "printed": printed.group(0),
+    }
 
 
 def measure_demo_loaded():
@@ -122,8 +129,9 @@ def measure_notebook():
         notebook.cells.insert(0, nbformat.v4.new_code_cell(switch))
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        nbclient.NotebookClient(notebook, timeout=3600, kernel_name="python3",
-                                resources={"metadata": {"path": folder}}).execute()  # fmt: skip
+        nbclient.NotebookClient(
+            notebook, timeout=3600, kernel_name="python3", resources={"metadata": {"path": folder}}
+        ).execute()
         seconds = time.perf_counter() - start
     streams = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
     noisy, denoised = map(float, re.search(r"PSNR: noisy ([\d.]+) dB, denoised ([\d.]+) dB", streams).groups())
@@ -135,10 +143,12 @@ def measure_distributed():
     from n2v_estimator import Noise2VoidDenoiser
 
     clean, noisy = camera_case()
-    settings = dict(max_epochs=8, steps_per_epoch=25, n_filters=16, random_state=0, verbose=False, device="cpu",
-                    precision="32")  # fmt: skip
-    single, distributed = (psnr(Noise2VoidDenoiser(**settings, n_devices=n).fit(noisy).transform(noisy), clean)
-                           for n in (1, 2))  # fmt: skip
+    settings = dict(
+        max_epochs=8, steps_per_epoch=25, n_filters=16, random_state=0, verbose=False, device="cpu", precision="32"
+    )
+    single, distributed = (
+        psnr(Noise2VoidDenoiser(**settings, n_devices=n).fit(noisy).transform(noisy), clean) for n in (1, 2)
+    )
     return {"single": single, "distributed": distributed}
 
 
@@ -175,8 +185,11 @@ def measure_calibration_poisson():
     clean = _dark_camera()
     noisy = ((rng.poisson(clean / 255 * 20) + rng.normal(0, 1, clean.shape)) * 255 / 20).astype(np.float32)
     denoiser, said = _calibration_warnings(noisy, noise_model="gaussian")
-    return {"warned": any(re.search("the noise model alone predicts .* it overstates the noise", s) for s in said),
-            "dark_bin_top": denoiser.calibration_["edges"][0][1], "dark_ratio": denoiser.calibration_["ratio"][0][0]}  # fmt: skip
+    return {
+        "warned": any(re.search("the noise model alone predicts .* it overstates the noise", s) for s in said),
+        "dark_bin_top": denoiser.calibration_["edges"][0][1],
+        "dark_ratio": denoiser.calibration_["ratio"][0][0],
+    }
 
 
 def measure_calibration_speckle():
@@ -211,16 +224,31 @@ CLAIMS = [
     Claim("defaults", 14, row="`Noise2VoidDenoiser()`", psnr_tolerance=0.3),
     Claim("probabilistic", 60, row='`Noise2VoidDenoiser(noise_model="gaussian")`', psnr_tolerance=0.3),
     Claim("notebook", 2, row="`examples/quickstart.ipynb`"),
-    Claim("demo_loaded", 6, slower=r"with two other busy processes on its 2 cores, about ([\d.]+) times as long",
-          says="the demo under a load of two busy processes, against the README's quiet time"),
-    Claim("distributed", 2, holds=lambda m: m["single"] > 26.5 and abs(m["distributed"] - m["single"]) < 0.1,
-          says="2 processes reach the single process's PSNR (above 26.5 dB) within 0.1 dB"),
-    Claim("calibration_poisson", 1,
-          holds=lambda m: m["warned"] and m["dark_bin_top"] < 20 and m["dark_ratio"] < 0.5,
-          says="fit warns that one sigma overstates the noise of a dark background (ratio below 0.5)"),
-    Claim("calibration_speckle", 0.5, holds=lambda m: m["warned"], says="fit warns that a Poisson-Gaussian model "
-          "overstates speckle noise somewhere"),
-]  # fmt: skip
+    Claim(
+        "demo_loaded",
+        6,
+        slower=r"with two other busy processes on its 2 cores, about ([\d.]+) times as long",
+        says="the demo under a load of two busy processes, against the README's quiet time",
+    ),
+    Claim(
+        "distributed",
+        2,
+        holds=lambda m: m["single"] > 26.5 and abs(m["distributed"] - m["single"]) < 0.1,
+        says="2 processes reach the single process's PSNR (above 26.5 dB) within 0.1 dB",
+    ),
+    Claim(
+        "calibration_poisson",
+        1,
+        holds=lambda m: m["warned"] and m["dark_bin_top"] < 20 and m["dark_ratio"] < 0.5,
+        says="fit warns that one sigma overstates the noise of a dark background (ratio below 0.5)",
+    ),
+    Claim(
+        "calibration_speckle",
+        0.5,
+        holds=lambda m: m["warned"],
+        says="fit warns that a Poisson-Gaussian model overstates speckle noise somewhere",
+    ),
+]
 BY_NAME = {claim.name: claim for claim in CLAIMS}
 
 
@@ -265,8 +293,9 @@ def _commit():
     """The checkout's commit (with ``+`` when its files differ from it), or ``None`` outside git."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=ROOT)  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, cwd=ROOT
+        )
     except OSError:
         return None
     return head.stdout.strip() + ("+" if dirty.stdout.strip() else "") if head.returncode == 0 else None
@@ -304,12 +333,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--list", action="store_true", help="list the claims and stop")
     parser.add_argument("--only", nargs="+", choices=list(BY_NAME), help="these claims only")
-    parser.add_argument("--bf16", choices=["on", "off", "both"], default="both",
-                        help="the README rows' columns to measure: native bfloat16 (this CPU's, if it has it), "
-                             "emulated float32 CPU, or both")  # fmt: skip
+    parser.add_argument(
+        "--bf16",
+        choices=["on", "off", "both"],
+        default="both",
+        help="the README rows' columns to measure: native bfloat16 (this CPU's, if it has it), "
+        "emulated float32 CPU, or both",
+    )
     parser.add_argument("--check", action="store_true", help="exit status 1 when a measurement misses its claim")
-    parser.add_argument("--recorded", action="store_true",
-                        help="judge the latest measurements of --out against the README instead of measuring")  # fmt: skip
+    parser.add_argument(
+        "--recorded",
+        action="store_true",
+        help="judge the latest measurements of --out against the README instead of measuring",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "claims.jsonl"))
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # a worker: one measurement, printed as JSON
     args = parser.parse_args(argv)
@@ -353,8 +389,14 @@ def main(argv=None):
             verdict, note = judge(claim, measured, stated_rows, kind, same_cpu)
             failed += verdict == "MISSED"
             if not args.recorded:
-                record = {"claim": claim.name, "column": kind, "measured": measured, "date": time.strftime("%Y-%m-%d"),
-                          "commit": _commit(), "machine": machine}  # fmt: skip
+                record = {
+                    "claim": claim.name,
+                    "column": kind,
+                    "measured": measured,
+                    "date": time.strftime("%Y-%m-%d"),
+                    "commit": _commit(),
+                    "machine": machine,
+                }
                 with open(args.out, "a") as out:
                     out.write(json.dumps(record) + "\n")
             print(f"{claim.name:22} {kind:5} {verdict:7} {note}", flush=True)

@@ -52,8 +52,16 @@ print(json.dumps({{"outcome": outcome, "seconds": seconds, "added_mb": (peak - b
 
 def _zarr_v2(path, shape, chunks, dtype="<f4", compressor=None, filters=None):
     os.makedirs(path)
-    meta = {"zarr_format": 2, "shape": list(shape), "chunks": list(chunks), "dtype": dtype, "compressor": compressor,
-            "fill_value": 0, "order": "C", "filters": filters}  # fmt: skip
+    meta = {
+        "zarr_format": 2,
+        "shape": list(shape),
+        "chunks": list(chunks),
+        "dtype": dtype,
+        "compressor": compressor,
+        "fill_value": 0,
+        "order": "C",
+        "filters": filters,
+    }
     Path(path, ".zarray").write_text(json.dumps(meta))
     return path
 
@@ -63,9 +71,11 @@ def make_cases(folder, model):
     import tifffile
 
     folder = Path(folder)
-    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
-           '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint8" SizeX="64" SizeY="64" '
-           'SizeZ="200000000" SizeC="1" SizeT="1"><TiffData/></Pixels></Image></OME>')  # fmt: skip
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+        '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint8" SizeX="64" SizeY="64" '
+        'SizeZ="200000000" SizeC="1" SizeT="1"><TiffData/></Pixels></Image></OME>'
+    )
     tifffile.imwrite(folder / "ome_sizez.ome.tif", np.zeros((64, 64), np.uint8), description=xml, metadata=None)
     tifffile.imwrite(folder / "deflated.tif", np.zeros((64, 64), np.float32), compression="zlib")
     raw = bytearray((folder / "deflated.tif").read_bytes())
@@ -82,23 +92,48 @@ def make_cases(folder, model):
     cases = []
     for name in ("ome_sizez.ome.tif", "deflated.tif", "huge.zarr", "tiny_chunks.zarr", "sparse.npy"):
         path = str(folder / name)
-        cases.append((f"transform {name}", f"result = n2v_estimator.cli.main(['transform', '--model', {str(model)!r}, "
-                      f"{path!r}, '--output', {str(folder / 'out.tif')!r}, '--quiet'])"))
-        cases.append((f"fit {name}", f"result = n2v_estimator.cli.main(['fit', {path!r}, '--model', "
-                      f"{str(folder / 'new.safetensors')!r}, '--quiet', '--max-epochs', '1'])"))
-    cases.append(("export --test-image huge.zarr", f"result = n2v_estimator.cli.main(['export', '--model', "
-                  f"{str(model)!r}, '--test-image', {str(folder / 'huge.zarr')!r}, '--output', "
-                  f"{str(folder / 'p.zip')!r}, '--name', 'attack', '--description', 'x', '--author', 'x'])"))
+        cases.append(
+            (
+                f"transform {name}",
+                f"result = n2v_estimator.cli.main(['transform', '--model', {str(model)!r}, "
+                f"{path!r}, '--output', {str(folder / 'out.tif')!r}, '--quiet'])",
+            )
+        )
+        cases.append(
+            (
+                f"fit {name}",
+                f"result = n2v_estimator.cli.main(['fit', {path!r}, '--model', "
+                f"{str(folder / 'new.safetensors')!r}, '--quiet', '--max-epochs', '1'])",
+            )
+        )
+    cases.append(
+        (
+            "export --test-image huge.zarr",
+            f"result = n2v_estimator.cli.main(['export', '--model', "
+            f"{str(model)!r}, '--test-image', {str(folder / 'huge.zarr')!r}, '--output', "
+            f"{str(folder / 'p.zip')!r}, '--name', 'attack', '--description', 'x', '--author', 'x'])",
+        )
+    )
     cases += _n2v_cases(folder)
     cases += _zoo_source_cases(folder)
     cases += _metadata_cases(folder, model)
     cases += _torchrun_cases(folder)
-    params = {"learning_rate=1e300": "learning_rate=1e300", "batch_size=2**63": "batch_size=2**63",
-              "batch_size=10**9": "batch_size=10**9", "kernel_size=100001": "kernel_size=100001",
-              "n_filters=10**6": "n_filters=10**6", "struct_mask 3001x3001": "struct_mask=np.ones((3001, 3001))"}
+    params = {
+        "learning_rate=1e300": "learning_rate=1e300",
+        "batch_size=2**63": "batch_size=2**63",
+        "batch_size=10**9": "batch_size=10**9",
+        "kernel_size=100001": "kernel_size=100001",
+        "n_filters=10**6": "n_filters=10**6",
+        "struct_mask 3001x3001": "struct_mask=np.ones((3001, 3001))",
+    }
     for name, setting in params.items():
-        cases.append((f"fit({name})", "result = n2v_estimator.Noise2VoidDenoiser(max_epochs=1, verbose=False, "
-                      f"{setting}).fit(np.random.default_rng(0).normal(size=(64, 64)))"))
+        cases.append(
+            (
+                f"fit({name})",
+                "result = n2v_estimator.Noise2VoidDenoiser(max_epochs=1, verbose=False, "
+                f"{setting}).fit(np.random.default_rng(0).normal(size=(64, 64)))",
+            )
+        )
     return cases
 
 
@@ -140,8 +175,14 @@ def _n2v_cases(folder):
     def chunk_bomb(f, target):  # a 256 MiB gzip chunk behind a 51 KB kernel
         layer = f["channel_0middle_0"]
         del layer["channel_0middle_0/kernel:0"]
-        data = layer.create_dataset("channel_0middle_0/kernel:0", shape=(5, 5, 16, 32), maxshape=(None,) * 4,
-                                    chunks=(5, 5, 16, 163840), compression="gzip", dtype="f4")  # fmt: skip
+        data = layer.create_dataset(
+            "channel_0middle_0/kernel:0",
+            shape=(5, 5, 16, 32),
+            maxshape=(None,) * 4,
+            chunks=(5, 5, 16, 163840),
+            compression="gzip",
+            dtype="f4",
+        )
         data[...] = 0.25
 
     folders = {
@@ -152,8 +193,14 @@ def _n2v_cases(folder):
         "n2v: 1024 filters, 296 KB": crafted("wide", config={"unet_n_first": 1024}),
         "n2v: 10**400 filters": crafted("absurd", config={"unet_n_first": 10**400}),
     }
-    return [(name, f"result = n2v_estimator.cli.main(['import-n2v', {str(path)!r}, '--model', "
-             f"{str(Path(folder) / (path.name + '.safetensors'))!r}])") for name, path in folders.items()]  # fmt: skip
+    return [
+        (
+            name,
+            f"result = n2v_estimator.cli.main(['import-n2v', {str(path)!r}, '--model', "
+            f"{str(Path(folder) / (path.name + '.safetensors'))!r}])",
+        )
+        for name, path in folders.items()
+    ]
 
 
 def _metadata_cases(folder, model):
@@ -166,19 +213,44 @@ def _metadata_cases(folder, model):
     store = folder / "junk.ome.zarr"
     _zarr_v2(store / "0", (64, 64), (64, 64))  # one array, its chunk unstored: all fill value
     (store / ".zgroup").write_text(json.dumps({"zarr_format": 2}))
-    (store / ".zattrs").write_text(json.dumps({"multiscales": [{
-        "version": "0.4", "name": "n" * 2**20, "axes": [{"name": "y", "type": "space", "unit": escape},
-                                                       {"name": "x", "type": "space", "junk": 1}],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": ["abc", "1e400"]}]}]}]}))  # fmt: skip
+    (store / ".zattrs").write_text(
+        json.dumps(
+            {
+                "multiscales": [
+                    {
+                        "version": "0.4",
+                        "name": "n" * 2**20,
+                        "axes": [
+                            {"name": "y", "type": "space", "unit": escape},
+                            {"name": "x", "type": "space", "junk": 1},
+                        ],
+                        "datasets": [
+                            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": ["abc", "1e400"]}]}
+                        ],
+                    }
+                ]
+            }
+        )
+    )
     huge = _zarr_v2(folder / "huge_attrs.zarr", (64, 64), (64, 64))
     (huge / ".zattrs").write_text(json.dumps({"junk": ["x" * 100] * 700_000}))  # 71 MB
-    tifffile.imwrite(folder / "vunit.tif", np.zeros((64, 64), np.float32), imagej=True,
-                     metadata={"vunit": "V" * 50 * 2**20})  # fmt: skip
-    tifffile.imwrite(folder / "lines.tif", np.zeros((64, 64), np.float32),
-                     description="ImageJ=1.11a\nimages=1\n" + "x=1\n" * 5_000_000, metadata=None)  # fmt: skip
-    return [(f"transform {name}", f"result = n2v_estimator.cli.main(['transform', '--model', {str(model)!r}, "
-             f"{str(folder / name)!r}, '--output', {str(folder / ('out_' + name))!r}, '--quiet'])")
-            for name in ("junk.ome.zarr", "huge_attrs.zarr", "vunit.tif", "lines.tif")]  # fmt: skip
+    tifffile.imwrite(
+        folder / "vunit.tif", np.zeros((64, 64), np.float32), imagej=True, metadata={"vunit": "V" * 50 * 2**20}
+    )
+    tifffile.imwrite(
+        folder / "lines.tif",
+        np.zeros((64, 64), np.float32),
+        description="ImageJ=1.11a\nimages=1\n" + "x=1\n" * 5_000_000,
+        metadata=None,
+    )
+    return [
+        (
+            f"transform {name}",
+            f"result = n2v_estimator.cli.main(['transform', '--model', {str(model)!r}, "
+            f"{str(folder / name)!r}, '--output', {str(folder / ('out_' + name))!r}, '--quiet'])",
+        )
+        for name in ("junk.ome.zarr", "huge_attrs.zarr", "vunit.tif", "lines.tif")
+    ]
 
 
 def _torchrun_cases(folder):
@@ -187,13 +259,39 @@ def _torchrun_cases(folder):
     source = Path(folder) / "torchrun.npy"
     np.save(source, np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32))
     good = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29581"}
-    variants = {"WORLD_SIZE=0": {"WORLD_SIZE": "0"}, "RANK=5": {"RANK": "5"}, "MASTER_PORT=99999": {"MASTER_PORT": "99999"},
-                "MASTER_ADDR escape": {"MASTER_ADDR": "\x1b]0;owned\x07"}, "rank 0, no peer": {},
-                "rank 1, no rank 0": {"RANK": "1", "MASTER_PORT": "29582"}}  # fmt: skip
-    command = ["fit", str(source), "--model", str(Path(folder) / "torchrun.safetensors"), "--quiet", "--n-devices",
-               "torchrun", "--max-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--depth", "1"]  # fmt: skip
-    return [(f"torchrun {name}", f"import os; os.environ.update({ {**good, **change, 'N2V_RENDEZVOUS_TIMEOUT': '2'} !r}); "
-             f"result = n2v_estimator.cli.main({command!r})") for name, change in variants.items()]  # fmt: skip
+    variants = {
+        "WORLD_SIZE=0": {"WORLD_SIZE": "0"},
+        "RANK=5": {"RANK": "5"},
+        "MASTER_PORT=99999": {"MASTER_PORT": "99999"},
+        "MASTER_ADDR escape": {"MASTER_ADDR": "\x1b]0;owned\x07"},
+        "rank 0, no peer": {},
+        "rank 1, no rank 0": {"RANK": "1", "MASTER_PORT": "29582"},
+    }
+    command = [
+        "fit",
+        str(source),
+        "--model",
+        str(Path(folder) / "torchrun.safetensors"),
+        "--quiet",
+        "--n-devices",
+        "torchrun",
+        "--max-epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        "--depth",
+        "1",
+    ]
+    return [
+        (
+            f"torchrun {name}",
+            f"import os; os.environ.update({ {**good, **change, 'N2V_RENDEZVOUS_TIMEOUT': '2'}!r}); "
+            f"result = n2v_estimator.cli.main({command!r})",
+        )
+        for name, change in variants.items()
+    ]
 
 
 def _zoo_source_cases(folder):
@@ -203,8 +301,10 @@ def _zoo_source_cases(folder):
 
     rdf = "format_version: 0.5.4\ntype: model\nname: a stranger's package\nweights:\n  pytorch_state_dict:\n"
     cases = []
-    for name, source in (("zoo: http:host:port source", "http:127.0.0.1:8765/weights.pt"),
-                         ("zoo: /etc/passwd source", "/etc/passwd")):  # fmt: skip
+    for name, source in (
+        ("zoo: http:host:port source", "http:127.0.0.1:8765/weights.pt"),
+        ("zoo: /etc/passwd source", "/etc/passwd"),
+    ):
         package = Path(folder) / f"{len(cases)}.zip"
         with zipfile.ZipFile(package, "w") as archive:
             archive.writestr("rdf.yaml", rdf + f"    source: '{source}'\n    sha256: {'0' * 64}\n")
@@ -220,8 +320,11 @@ def run(python, body, timeout=120):
         return {"outcome": f"still running after {timeout} s", "seconds": float(timeout), "added_mb": float("nan")}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if not lines:
-        return {"outcome": f"crashed: {done.stderr.strip().splitlines()[-1:]}", "seconds": float("nan"),
-                "added_mb": float("nan")}  # fmt: skip
+        return {
+            "outcome": f"crashed: {done.stderr.strip().splitlines()[-1:]}",
+            "seconds": float("nan"),
+            "added_mb": float("nan"),
+        }
     return json.loads(lines[-1])
 
 
@@ -245,8 +348,13 @@ def main():
 
             store = _zarr_v2(Path(folder) / "pickle.zarr", (64, 64), (64, 64), compressor={"id": "pickle"})
             (store / "0.0").write_bytes(pickle.dumps(Payload()))
-            cases.append(("zarr 2: transform pickle.zarr", f"result = n2v_estimator.cli.main(['transform', '--model', "
-                          f"{str(model)!r}, {str(store)!r}, '--output', {str(Path(folder) / 'p.tif')!r}])"))
+            cases.append(
+                (
+                    "zarr 2: transform pickle.zarr",
+                    f"result = n2v_estimator.cli.main(['transform', '--model', "
+                    f"{str(model)!r}, {str(store)!r}, '--output', {str(Path(folder) / 'p.tif')!r}])",
+                )
+            )
         print(f"{'case':<40} {'seconds':>8} {'added MB':>9}  outcome")
         for name, body in cases:
             if args.only not in name:

@@ -34,8 +34,13 @@ REFERENCE = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, random_sta
 def timed_fit(device, steps, noisy, n_devices=1):
     """A fit of ``steps`` steps (epochs of at most 50); its wall time and the denoiser."""
     per_epoch = min(50, steps)
-    denoiser = Noise2VoidDenoiser(**REFERENCE, device=device, max_epochs=max(1, steps // per_epoch),
-                                  steps_per_epoch=per_epoch, n_devices=n_devices)  # fmt: skip
+    denoiser = Noise2VoidDenoiser(
+        **REFERENCE,
+        device=device,
+        max_epochs=max(1, steps // per_epoch),
+        steps_per_epoch=per_epoch,
+        n_devices=n_devices,
+    )
     synchronise(device)
     start = time.perf_counter()
     denoiser.fit(noisy)
@@ -77,8 +82,20 @@ class Steps:
         model = self.plan.build_network() if model is None else model
         synchronise(str(self.plan.device))
         start = time.perf_counter()
-        train(model, self.sampler, self.plan.masker, validation=[], max_epochs=1, steps_per_epoch=steps, batch_size=16,
-              learning_rate=4e-4, device=self.plan.device, seed=0, precision=self.plan.precision, forward=forward)  # fmt: skip
+        train(
+            model,
+            self.sampler,
+            self.plan.masker,
+            validation=[],
+            max_epochs=1,
+            steps_per_epoch=steps,
+            batch_size=16,
+            learning_rate=4e-4,
+            device=self.plan.device,
+            seed=0,
+            precision=self.plan.precision,
+            forward=forward,
+        )
         synchronise(str(self.plan.device))
         return time.perf_counter() - start
 
@@ -112,10 +129,13 @@ def profile(steps, count, device):
     kernels = sum(e.count for e in events if (getattr(e, "self_device_time_total", 0) or 0) > 0)
     operations = sum(e.count for e in events if e.key.startswith("aten::"))
     sort = "self_device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
-    return {"steps": count, "ms_per_step": round(1e3 * seconds / count, 3),
-            "device_ms_per_step": round(device_us / 1e3 / count, 3), "kernels_per_step": round(kernels / count, 1),
-            "aten_operations_per_step": round(operations / count, 1)}, \
-        events.table(sort_by=sort, row_limit=25)  # fmt: skip
+    return {
+        "steps": count,
+        "ms_per_step": round(1e3 * seconds / count, 3),
+        "device_ms_per_step": round(device_us / 1e3 / count, 3),
+        "kernels_per_step": round(kernels / count, 1),
+        "aten_operations_per_step": round(operations / count, 1),
+    }, events.table(sort_by=sort, row_limit=25)
 
 
 def compiled(steps, count):
@@ -128,8 +148,12 @@ def compiled(steps, count):
     first = time.perf_counter() - start
     seconds = steps.run(count, model=model, forward=forward)
     eager = steps.run(count)
-    return {"steps": count, "compile_and_first_run_s": round(first, 1), "compiled_steps_per_second": round(count / seconds, 1),
-            "eager_steps_per_second": round(count / eager, 1)}  # fmt: skip
+    return {
+        "steps": count,
+        "compile_and_first_run_s": round(first, 1),
+        "compiled_steps_per_second": round(count / seconds, 1),
+        "eager_steps_per_second": round(count / eager, 1),
+    }
 
 
 def cudnn_autotuned(steps, count):
@@ -149,8 +173,14 @@ def larger_tiles(denoiser, device, size, noisy, tiles):
     results = []
     for tile in tiles:
         seconds, peak = inference(denoiser.set_params(tile_size=tile), device, size, noisy)
-        results.append({"tile": tile, "seconds": round(seconds, 2), "megapixels_per_second": round(size**2 / 1e6 / seconds, 1),
-                        "peak_gpu_mb": None if peak is None else round(peak)})  # fmt: skip
+        results.append(
+            {
+                "tile": tile,
+                "seconds": round(seconds, 2),
+                "megapixels_per_second": round(size**2 / 1e6 / seconds, 1),
+                "peak_gpu_mb": None if peak is None else round(peak),
+            }
+        )
         print(json.dumps({"tiles": results[-1]}), flush=True)
     denoiser.set_params(tile_size=None)
     return results
@@ -165,32 +195,49 @@ def main():
     parser.add_argument("--target", type=float, default=27.0)
     parser.add_argument("--out", default=None, help="a folder for gpu_check.md, gpu_check.json and gpu_profile.txt")
     parser.add_argument("--tiles", type=int, nargs="+", default=[256, 512, 1024], help="tile sides tried for inference")
-    parser.add_argument("--probe-steps", type=int, default=50, help="steps of the wait count, profile and compile trial")
-    parser.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
-                        help="try torch.compile(mode='reduce-overhead') (auto: on CUDA)")
+    parser.add_argument(
+        "--probe-steps", type=int, default=50, help="steps of the wait count, profile and compile trial"
+    )
+    parser.add_argument(
+        "--compile",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="try torch.compile(mode='reduce-overhead') (auto: on CUDA)",
+    )
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu for a smoke test")
     clean, noisy = camera_case()
-    results = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-               "torch": torch.__version__}  # fmt: skip
+    results = {
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+    }
     timed_fit(args.device, min(args.steps, 20), noisy)  # warm-up, not reported
 
     seconds, denoiser = timed_fit(args.device, args.steps, noisy)
-    results["fit"] = {"steps": args.steps, "seconds": round(seconds, 2), "steps_per_second": round(args.steps / seconds, 1),
-                      "psnr": round(psnr(denoiser.transform(noisy), clean), 2)}  # fmt: skip
+    results["fit"] = {
+        "steps": args.steps,
+        "seconds": round(seconds, 2),
+        "steps_per_second": round(args.steps / seconds, 1),
+        "psnr": round(psnr(denoiser.transform(noisy), clean), 2),
+    }
     print(json.dumps({"fit": results["fit"]}), flush=True)
 
     seconds, peak = inference(denoiser, args.device, args.predict_size, noisy)
-    results["inference"] = {"size": args.predict_size, "seconds": round(seconds, 2),
-                            "megapixels_per_second": round(args.predict_size**2 / 1e6 / seconds, 1),
-                            "peak_gpu_mb": None if peak is None else round(peak)}  # fmt: skip
+    results["inference"] = {
+        "size": args.predict_size,
+        "seconds": round(seconds, 2),
+        "megapixels_per_second": round(args.predict_size**2 / 1e6 / seconds, 1),
+        "peak_gpu_mb": None if peak is None else round(peak),
+    }
     print(json.dumps({"inference": results["inference"]}), flush=True)
 
     curve = []
     for steps in args.budgets:
         seconds, fitted = timed_fit(args.device, steps, noisy)
-        curve.append({"steps": steps, "seconds": round(seconds, 2), "psnr": round(psnr(fitted.transform(noisy), clean), 2)})
+        curve.append(
+            {"steps": steps, "seconds": round(seconds, 2), "psnr": round(psnr(fitted.transform(noisy), clean), 2)}
+        )
         print(json.dumps({"time_to_quality": curve[-1]}), flush=True)
         if curve[-1]["psnr"] >= args.target:
             break
@@ -198,8 +245,11 @@ def main():
 
     if args.device.startswith("cuda") and torch.cuda.device_count() >= 2:
         seconds, denoiser = timed_fit("cuda", args.steps, noisy, n_devices=2)
-        results["two_devices"] = {"steps": args.steps, "seconds": round(seconds, 2),
-                                  "psnr": round(psnr(denoiser.transform(noisy), clean), 2)}  # fmt: skip
+        results["two_devices"] = {
+            "steps": args.steps,
+            "seconds": round(seconds, 2),
+            "psnr": round(psnr(denoiser.transform(noisy), clean), 2),
+        }
         print(json.dumps({"two_devices": results["two_devices"]}), flush=True)
 
     results["tiles"] = larger_tiles(denoiser, args.device, args.predict_size, noisy, args.tiles)
@@ -220,25 +270,40 @@ def main():
         print(json.dumps({"compiled": results["compiled"]}), flush=True)
 
     reached = next((p["seconds"] for p in curve if p["psnr"] >= args.target), None)
-    lines = [f"{results['device']}, torch {results['torch']}: reference budget ({args.steps} steps, batch 16, 64x64, "
-             "depth 2, 32 filters, precision auto)", "",
-             "| fit (s) | steps/s | PSNR (dB) | inference MP/s | peak GPU MB | seconds to "
-             f"{args.target} dB | 2 devices: fit (s), PSNR |", "| --- | --- | --- | --- | --- | --- | --- |",
-             f"| {results['fit']['seconds']} | {results['fit']['steps_per_second']} | {results['fit']['psnr']} | "
-             f"{results['inference']['megapixels_per_second']} ({args.predict_size}^2 in {results['inference']['seconds']} s) | "
-             f"{results['inference']['peak_gpu_mb'] or '-'} | {reached if reached is not None else '-'} | "
-             + (f"{results['two_devices']['seconds']}, {results['two_devices']['psnr']}" if "two_devices" in results else "-")
-             + " |"]  # fmt: skip
-    lines += ["", "| tile | " + " | ".join(str(t["tile"]) for t in results["tiles"]) + " |",
-              "| --- |" + " --- |" * len(results["tiles"]),
-              "| MP/s (peak GPU MB) | " + " | ".join(f"{t['megapixels_per_second']} ({t['peak_gpu_mb'] or '-'})"
-                                                  for t in results["tiles"]) + " |", "",  # fmt: skip
-              f"Per step: {results['profile']['ms_per_step']} ms wall, {results['profile']['device_ms_per_step']} ms on "
-              f"the device, {results['profile']['kernels_per_step']} kernels, {results['profile']['aten_operations_per_step']} "
-              "operations; host waits: " + (str(results["host_waits"]["waits"]) + f" in {args.probe_steps} steps"
-                                            if "host_waits" in results else "-")
-              + "; compiled: " + json.dumps(results.get("compiled", "-"))
-              + "; cuDNN autotuner: " + json.dumps(results.get("cudnn_benchmark", "-"))]  # fmt: skip
+    lines = [
+        f"{results['device']}, torch {results['torch']}: reference budget ({args.steps} steps, batch 16, 64x64, "
+        "depth 2, 32 filters, precision auto)",
+        "",
+        "| fit (s) | steps/s | PSNR (dB) | inference MP/s | peak GPU MB | seconds to "
+        f"{args.target} dB | 2 devices: fit (s), PSNR |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| {results['fit']['seconds']} | {results['fit']['steps_per_second']} | {results['fit']['psnr']} | "
+        f"{results['inference']['megapixels_per_second']} ({args.predict_size}^2 in {results['inference']['seconds']} s) | "
+        f"{results['inference']['peak_gpu_mb'] or '-'} | {reached if reached is not None else '-'} | "
+        + (
+            f"{results['two_devices']['seconds']}, {results['two_devices']['psnr']}"
+            if "two_devices" in results
+            else "-"
+        )
+        + " |",
+    ]
+    lines += [
+        "",
+        "| tile | " + " | ".join(str(t["tile"]) for t in results["tiles"]) + " |",
+        "| --- |" + " --- |" * len(results["tiles"]),
+        "| MP/s (peak GPU MB) | "
+        + " | ".join(f"{t['megapixels_per_second']} ({t['peak_gpu_mb'] or '-'})" for t in results["tiles"])
+        + " |",
+        "",
+        f"Per step: {results['profile']['ms_per_step']} ms wall, {results['profile']['device_ms_per_step']} ms on "
+        f"the device, {results['profile']['kernels_per_step']} kernels, {results['profile']['aten_operations_per_step']} "
+        "operations; host waits: "
+        + (str(results["host_waits"]["waits"]) + f" in {args.probe_steps} steps" if "host_waits" in results else "-")
+        + "; compiled: "
+        + json.dumps(results.get("compiled", "-"))
+        + "; cuDNN autotuner: "
+        + json.dumps(results.get("cudnn_benchmark", "-")),
+    ]
     print("\n".join(lines))
     if args.out:
         out = Path(args.out)

@@ -75,13 +75,35 @@ def main():
         result["write_seconds"] = round(time.perf_counter() - start, 1)
         epochs = max(1, args.steps // 50)
         result["fit_seconds"], result["fit_peak_mib"] = run(
-            ["n2v-estimator", "fit", str(noisy), "--model", str(model), "--max-epochs", str(epochs),
-             "--steps-per-epoch", str(min(50, args.steps)), "--random-state", "0", "--quiet"]
-        )  # fmt: skip
+            [
+                "n2v-estimator",
+                "fit",
+                str(noisy),
+                "--model",
+                str(model),
+                "--max-epochs",
+                str(epochs),
+                "--steps-per-epoch",
+                str(min(50, args.steps)),
+                "--random-state",
+                "0",
+                "--quiet",
+            ]
+        )
     result["transform_seconds"], result["transform_peak_mib"] = run(
-        ["n2v-estimator", "transform", "--model", str(model), str(noisy), "--output", str(denoised),
-         "--precision", args.precision, "--quiet"]
-    )  # fmt: skip
+        [
+            "n2v-estimator",
+            "transform",
+            "--model",
+            str(model),
+            str(noisy),
+            "--output",
+            str(denoised),
+            "--precision",
+            args.precision,
+            "--quiet",
+        ]
+    )
 
     import zarr
 

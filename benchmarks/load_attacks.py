@@ -208,14 +208,27 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         saved = os.path.join(folder, "model.safetensors")
         X = np.random.default_rng(0).normal(size=(48, 48))
-        Noise2VoidDenoiser(patch_size=16, batch_size=4, max_epochs=1, steps_per_epoch=2, depth=2, n_filters=8,
-                           random_state=0, device="cpu").fit(X).save(saved)
+        Noise2VoidDenoiser(
+            patch_size=16,
+            batch_size=4,
+            max_epochs=1,
+            steps_per_epoch=2,
+            depth=2,
+            n_filters=8,
+            random_state=0,
+            device="cpu",
+        ).fit(X).save(saved)
         for name in args.only or ATTACKS:
             path = ATTACKS[name](folder, saved)
             try:
-                run = subprocess.run([sys.executable, "-c", _CHILD, saved, path], capture_output=True, text=True,
-                                     timeout=args.timeout)
-                line = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else json.dumps({"error": run.stderr[-300:]})
+                run = subprocess.run(
+                    [sys.executable, "-c", _CHILD, saved, path], capture_output=True, text=True, timeout=args.timeout
+                )
+                line = (
+                    run.stdout.strip().splitlines()[-1]
+                    if run.stdout.strip()
+                    else json.dumps({"error": run.stderr[-300:]})
+                )
                 result = json.loads(line)
             except subprocess.TimeoutExpired:
                 result = {"seconds": f">{args.timeout}", "outcome": "still blocked at the timeout"}

@@ -1,6 +1,6 @@
 """The machine a benchmark ran on, as its results name it: CPU model, native bfloat16 or not, cores, threads.
 
-    python benchmarks/machine.py      # prints the line
+python benchmarks/machine.py      # prints the line
 """
 
 from __future__ import annotations

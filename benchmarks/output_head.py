@@ -76,8 +76,9 @@ def main(argv=None):
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16"])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"torch {torch.__version__}, 1 thread, precision {args.precision} -> "
-          f"{resolve_precision(args.precision, 'cpu')}")
+    print(
+        f"torch {torch.__version__}, 1 thread, precision {args.precision} -> {resolve_precision(args.precision, 'cpu')}"
+    )
 
     clean = data.camera().astype(np.float64)
     noisy = clean + np.random.default_rng(0).normal(0, 25, clean.shape)
@@ -92,13 +93,17 @@ def main(argv=None):
             ).fit(noisy)
             seconds = time.perf_counter() - start
             out = fitted[kind].transform(noisy)
-        print(f"fit and transform with the {kind} head: {np.unique(out).size} distinct values, "
-              f"PSNR {psnr(out, clean):.2f} dB (fit {seconds:.0f} s)")
+        print(
+            f"fit and transform with the {kind} head: {np.unique(out).size} distinct values, "
+            f"PSNR {psnr(out, clean):.2f} dB (fit {seconds:.0f} s)"
+        )
     for kind in ("float32", "bfloat16"):
         with head(kind):
             out = fitted["float32"].transform(noisy)
-        print(f"the float32-head fit transformed with the {kind} head: {np.unique(out).size} distinct values, "
-              f"PSNR {psnr(out, clean):.2f} dB")
+        print(
+            f"the float32-head fit transformed with the {kind} head: {np.unique(out).size} distinct values, "
+            f"PSNR {psnr(out, clean):.2f} dB"
+        )
 
     times = {"float32": [], "bfloat16": []}
     for _ in range(args.rounds):
@@ -108,8 +113,10 @@ def main(argv=None):
                 fitted["float32"].transform(noisy)
                 seconds.append(time.perf_counter() - start)
     for kind, seconds in times.items():
-        print(f"transform 512x512 with the {kind} head: median {statistics.median(seconds):.3f} s "
-              f"({', '.join(f'{s:.3f}' for s in seconds)})")
+        print(
+            f"transform 512x512 with the {kind} head: median {statistics.median(seconds):.3f} s "
+            f"({', '.join(f'{s:.3f}' for s in seconds)})"
+        )
     ratio = statistics.median(times["float32"]) / statistics.median(times["bfloat16"])
     print(f"float32 head / bfloat16 head transform time: {ratio:.3f}")
 

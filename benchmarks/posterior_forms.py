@@ -97,7 +97,10 @@ def forms(mu, tau, x, a, b):
         fixed = closed(mu, tau, x, a, b, fixed[0])
 
     def chunked(poisson):
-        parts = [integral(mu[i : i + ROWS], tau[i : i + ROWS], x[i : i + ROWS], a, b, poisson) for i in range(0, len(mu), ROWS)]
+        parts = [
+            integral(mu[i : i + ROWS], tau[i : i + ROWS], x[i : i + ROWS], a, b, poisson)
+            for i in range(0, len(mu), ROWS)
+        ]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     fitted, true = a * torch.clamp(mu, min=0) + b, TRUE_A * torch.clamp(mu, min=0) + TRUE_B
@@ -132,9 +135,19 @@ def main():
     if args.model:
         model = Noise2VoidDenoiser.load(args.model)
     else:
-        model = Noise2VoidDenoiser(noise_model="poisson_gaussian", blind_spot=args.blind_spot, patch_size=64, batch_size=16,
-                                   depth=2, n_filters=32, max_epochs=30, steps_per_epoch=50, random_state=args.seed,
-                                   verbose=False, **extra_params(args.set))
+        model = Noise2VoidDenoiser(
+            noise_model="poisson_gaussian",
+            blind_spot=args.blind_spot,
+            patch_size=64,
+            batch_size=16,
+            depth=2,
+            n_filters=32,
+            max_epochs=30,
+            steps_per_epoch=50,
+            random_state=args.seed,
+            verbose=False,
+            **extra_params(args.set),
+        )
         model.fit(noisy)
         if args.save:
             model.save(args.save)
@@ -143,15 +156,24 @@ def main():
     model.set_params(tta=args.tta)
     mu, tau = (torch.from_numpy(np.asarray(t, np.float64)) for t in blind_prior(model, noisy))
     a, b = float(model.noise_a_[0]), float(model.noise_b_[0])
-    result = {"image": args.image, "noise": "poisson", "blind_spot": model.blind_spot, "tta": args.tta,
-              "noise_fitted": {"a": round(a, 3), "b": round(b, 3)}, "psnr_prior": round(psnr(mu.numpy(), clean), 3)}
+    result = {
+        "image": args.image,
+        "noise": "poisson",
+        "blind_spot": model.blind_spot,
+        "tta": args.tta,
+        "noise_fitted": {"a": round(a, 3), "b": round(b, 3)},
+        "psnr_prior": round(psnr(mu.numpy(), clean), 3),
+    }
     every = forms(mu, tau, torch.from_numpy(noisy.astype(np.float64)), a, b)
     # The closed form here is nets.noise.posterior's, in input units and float64: check it against transform.
     gap = float(np.abs(every["closed_at_mu"][0].numpy() - model.transform(noisy)).max())
     assert gap < 1e-3, f"closed_at_mu differs from transform by {gap}"
     for name, (mean, std) in every.items():
         mean, std = mean.numpy(), std.numpy()
-        result[name] = {"psnr": round(psnr(mean, clean), 3), "within_one_std": round(float(np.mean(np.abs(clean - mean) <= std)), 3)}
+        result[name] = {
+            "psnr": round(psnr(mean, clean), 3),
+            "within_one_std": round(float(np.mean(np.abs(clean - mean) <= std)), 3),
+        }
     print(json.dumps(result), flush=True)
 
 

@@ -54,10 +54,18 @@ def main():
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="random_state of both denoisers")
-    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="extra parameters of both (Python literals)")
-    parser.add_argument("--blind-spot", default=None, choices=["mask", "network"],
-                        help="of the probabilistic model (default: the estimator's, blind_spot=None)")
-    parser.add_argument("--no-plain", action="store_true", help="skip plain N2V (a diagnostic run of the probabilistic one)")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="NAME=VALUE", help="extra parameters of both (Python literals)"
+    )
+    parser.add_argument(
+        "--blind-spot",
+        default=None,
+        choices=["mask", "network"],
+        help="of the probabilistic model (default: the estimator's, blind_spot=None)",
+    )
+    parser.add_argument(
+        "--no-plain", action="store_true", help="skip plain N2V (a diagnostic run of the probabilistic one)"
+    )
     parser.add_argument("--tta-too", action="store_true", help="also report both PSNRs with test-time augmentation")
     parser.add_argument("--out", default=None, help="append the JSON line to this file")
     args = parser.parse_args()
@@ -66,12 +74,27 @@ def main():
 
     clean, _ = load_clean(args.image)
     noisy = add_noise(clean, args.noise).astype(np.float32)
-    settings = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, max_epochs=max(1, args.steps // 50),
-                    steps_per_epoch=50, random_state=args.seed, verbose=False)
+    settings = dict(
+        patch_size=64,
+        batch_size=16,
+        depth=2,
+        n_filters=32,
+        max_epochs=max(1, args.steps // 50),
+        steps_per_epoch=50,
+        random_state=args.seed,
+        verbose=False,
+    )
     extra = extra_params(args.set)
     settings.update(extra)
-    result = {"image": args.image, "noise": args.noise, "steps": args.steps, "threads": torch.get_num_threads(),
-              "blind_spot": args.blind_spot, "params": extra, "psnr_noisy": round(psnr(noisy, clean), 2)}
+    result = {
+        "image": args.image,
+        "noise": args.noise,
+        "steps": args.steps,
+        "threads": torch.get_num_threads(),
+        "blind_spot": args.blind_spot,
+        "params": extra,
+        "psnr_noisy": round(psnr(noisy, clean), 2),
+    }
 
     result["psnr_plain"] = plain_seconds = None
     if not args.no_plain:
@@ -93,17 +116,22 @@ def main():
     if result["blind_spot"] == "mask":
         unmasked_mean, unmasked_std = _with_unmasked_prior(model, noisy)
         result["psnr_posterior_unmasked_prior"] = round(psnr(unmasked_mean, clean), 2)
-        result["within_one_std_unmasked_prior"] = round(float(np.mean(np.abs(clean - unmasked_mean) <= unmasked_std)), 3)
+        result["within_one_std_unmasked_prior"] = round(
+            float(np.mean(np.abs(clean - unmasked_mean) <= unmasked_std)), 3
+        )
         trained_with = model.manipulator
         median = model.set_params(manipulator="median").transform(noisy)  # the replacement of the blind phases only
         model.set_params(manipulator=trained_with)
         result["psnr_posterior_median_replacement"] = round(psnr(median, clean), 2)
     if result["psnr_plain"] is not None:
         result["gain_db"] = round(result["psnr_posterior"] - result["psnr_plain"], 2)
-    result["kept_epoch"] = min(model.history_, key=lambda r: r["val_loss"] if r["val_loss"] is not None else -r["epoch"])["epoch"]
+    result["kept_epoch"] = min(
+        model.history_, key=lambda r: r["val_loss"] if r["val_loss"] is not None else -r["epoch"]
+    )["epoch"]
     result["val_loss_every5"] = [round(r["val_loss"], 4) for r in model.history_[4::5] if r["val_loss"] is not None]
-    result["noise_fitted"] = {k[6:-1]: round(float(v[0]), 3) for k, v in vars(model).items()
-                              if k.startswith("noise_") and k.endswith("_")}
+    result["noise_fitted"] = {
+        k[6:-1]: round(float(v[0]), 3) for k, v in vars(model).items() if k.startswith("noise_") and k.endswith("_")
+    }
     result["noise_true"] = {k: round(v, 3) for k, v in TRUTH[args.noise].items()}
     result["within_one_std"] = round(float(np.mean(np.abs(clean - mean) <= std)), 3)
     result["transform_seconds_plain"] = plain_seconds and round(plain_seconds, 2)

@@ -66,16 +66,18 @@ def per_bin(clean, noisy, mu, tau, post, model, noise, n_bins=6):
         m = which == k
         if not m.any():
             continue
-        rows.append({
-            "bin": [round(float(edges[k]), 1), round(float(edges[k + 1]), 1)],
-            "prior_err2": round(float(np.mean((mu[m] - clean[m]) ** 2)), 1),
-            "tau2": round(float(np.mean(tau[m] ** 2)), 1),
-            "noise_true": round(float(np.mean(true_variance(clean, noise)[m])), 1),
-            "noise_model": round(float(np.mean(v_model[m])), 1),
-            "resid_ratio": round(float(np.mean((noisy[m] - mu[m]) ** 2) / np.mean(tau[m] ** 2 + v_model[m])), 3),
-            "mse_prior": round(float(np.mean((mu[m] - clean[m]) ** 2)), 1),
-            "mse_posterior": round(float(np.mean((post[m] - clean[m]) ** 2)), 1),
-        })
+        rows.append(
+            {
+                "bin": [round(float(edges[k]), 1), round(float(edges[k + 1]), 1)],
+                "prior_err2": round(float(np.mean((mu[m] - clean[m]) ** 2)), 1),
+                "tau2": round(float(np.mean(tau[m] ** 2)), 1),
+                "noise_true": round(float(np.mean(true_variance(clean, noise)[m])), 1),
+                "noise_model": round(float(np.mean(v_model[m])), 1),
+                "resid_ratio": round(float(np.mean((noisy[m] - mu[m]) ** 2) / np.mean(tau[m] ** 2 + v_model[m])), 3),
+                "mse_prior": round(float(np.mean((mu[m] - clean[m]) ** 2)), 1),
+                "mse_posterior": round(float(np.mean((post[m] - clean[m]) ** 2)), 1),
+            }
+        )
     return rows
 
 
@@ -97,10 +99,27 @@ def main():
     torch.set_num_threads(args.threads)
     clean = clean_image(args.image, args.dark)
     noisy = add_noise(clean, args.noise, seed=args.seed).astype(np.float32)
-    settings = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, max_epochs=max(1, args.steps // 50),
-                    steps_per_epoch=50, random_state=args.seed, verbose=False, **extra_params(args.set))
-    result = {"image": args.image, "dark": args.dark, "noise": args.noise, "seed": args.seed, "steps": args.steps,
-              "blind_spot": args.blind_spot, "params": extra_params(args.set), "psnr_noisy": round(psnr(noisy, clean), 2)}
+    settings = dict(
+        patch_size=64,
+        batch_size=16,
+        depth=2,
+        n_filters=32,
+        max_epochs=max(1, args.steps // 50),
+        steps_per_epoch=50,
+        random_state=args.seed,
+        verbose=False,
+        **extra_params(args.set),
+    )
+    result = {
+        "image": args.image,
+        "dark": args.dark,
+        "noise": args.noise,
+        "seed": args.seed,
+        "steps": args.steps,
+        "blind_spot": args.blind_spot,
+        "params": extra_params(args.set),
+        "psnr_noisy": round(psnr(noisy, clean), 2),
+    }
     if args.plain:
         plain = Noise2VoidDenoiser(**{**settings, "blind_spot": "mask"}).fit(noisy)
         result["psnr_plain"] = round(psnr(plain.transform(noisy), clean), 2)
@@ -120,8 +139,9 @@ def main():
     result["psnr_posterior"] = round(psnr(post, clean), 2)
     if "psnr_plain" in result:
         result["gain_db"] = round(result["psnr_posterior"] - result["psnr_plain"], 2)
-    result["noise_fitted"] = {k[6:-1]: round(float(v[0]), 2) for k, v in vars(model).items()
-                              if k.startswith("noise_") and k.endswith("_")}
+    result["noise_fitted"] = {
+        k[6:-1]: round(float(v[0]), 2) for k, v in vars(model).items() if k.startswith("noise_") and k.endswith("_")
+    }
     result["bins"] = per_bin(clean, noisy, mu, tau, post, model, args.noise)
     if hasattr(model, "calibration_"):
         result["calibration"] = model.calibration_

@@ -47,6 +47,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 FIXED = dict(patch_size=64, batch_size=16, depth=2, n_filters=32, random_state=0, verbose=False)
+
+
 def precisions(device):
     """Our precisions measured on ``device``: float32, then what ``"auto"`` picks there, the default a
     user gets (bfloat16 only on CPUs that run it natively: emulated, it is ten times slower)."""
@@ -89,8 +91,9 @@ class Ours:
 
         _, noisy = camera_case()
         self.device, self.precision = device, precision
-        estimator = Noise2VoidDenoiser(**FIXED, device=device, precision=precision, masked_pixel_percentage=0.198,
-                                       validation_fraction=0.0)
+        estimator = Noise2VoidDenoiser(
+            **FIXED, device=device, precision=precision, masked_pixel_percentage=0.198, validation_fraction=0.0
+        )
         estimator._validate_params()
         self.plan = make_plan(estimator.get_params(), noisy)
         self.model = self.plan.build_network()
@@ -105,8 +108,19 @@ class Ours:
         sampler = PatchSampler(self.plan.train_images, self.plan.patch_shape, device=self.plan.device)
         synchronise(self.device)
         start = time.perf_counter()
-        train(self.model, sampler, self.plan.masker, validation=[], max_epochs=1, steps_per_epoch=steps,
-              batch_size=16, learning_rate=1e-3, device=self.plan.device, seed=0, precision=self.plan.precision)
+        train(
+            self.model,
+            sampler,
+            self.plan.masker,
+            validation=[],
+            max_epochs=1,
+            steps_per_epoch=steps,
+            batch_size=16,
+            learning_rate=1e-3,
+            device=self.plan.device,
+            seed=0,
+            precision=self.plan.precision,
+        )
         synchronise(self.device)
         return time.perf_counter() - start
 
@@ -150,8 +164,13 @@ def our_peak_rss(estimator, size, precision, device="cpu"):
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.safetensors")
         estimator.save(path)
-        out = subprocess.run([sys.executable, "-c", _PEAK_CHILD, path, str(size), precision, device], capture_output=True,
-                             text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _PEAK_CHILD, path, str(size), precision, device],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+            check=True,
+        )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -163,8 +182,9 @@ def our_time_to_quality(budgets, target, precision, device="cpu"):
     curve = []
     for steps in budgets:
         epochs = max(1, steps // 25)
-        estimator = Noise2VoidDenoiser(**FIXED, device=device, precision=precision, max_epochs=epochs,
-                                       steps_per_epoch=steps // epochs)  # fmt: skip
+        estimator = Noise2VoidDenoiser(
+            **FIXED, device=device, precision=precision, max_epochs=epochs, steps_per_epoch=steps // epochs
+        )
         synchronise(device)
         start = time.perf_counter()
         estimator.fit(noisy)
@@ -183,8 +203,13 @@ class Careamics:
     def __init__(self, python, device="cpu"):
         env = dict(os.environ, OMP_NUM_THREADS="1")
         self.python, self.device = python, device
-        self.process = subprocess.Popen([python, str(HERE / "_careamics_worker.py"), "serve", "--device", device],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.process = subprocess.Popen(
+            [python, str(HERE / "_careamics_worker.py"), "serve", "--device", device],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
 
     def ask(self, **command):
         self.process.stdin.write(json.dumps(command) + "\n")
@@ -198,16 +223,48 @@ class Careamics:
         return self.ask(cmd="predict", size=size, tile=256, overlap=48)["seconds"]
 
     def peak_rss(self, size):
-        out = subprocess.run([self.python, str(HERE / "_careamics_worker.py"), "peak-rss", "--size", str(size),
-                              "--tile", "256", "--overlap", "48", "--device", self.device], capture_output=True, text=True, check=True,
-                             env=dict(os.environ, OMP_NUM_THREADS="1"))
+        out = subprocess.run(
+            [
+                self.python,
+                str(HERE / "_careamics_worker.py"),
+                "peak-rss",
+                "--size",
+                str(size),
+                "--tile",
+                "256",
+                "--overlap",
+                "48",
+                "--device",
+                self.device,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     def time_to_quality(self, target, max_steps):
-        out = subprocess.Popen([self.python, str(HERE / "_careamics_worker.py"), "time-to-quality", "--target",
-                                str(target), "--eval-every", "25", "--max-steps", str(max_steps), "--perc", "0.198",
-                                "--device", self.device],
-                               stdout=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+        out = subprocess.Popen(
+            [
+                self.python,
+                str(HERE / "_careamics_worker.py"),
+                "time-to-quality",
+                "--target",
+                str(target),
+                "--eval-every",
+                "25",
+                "--max-steps",
+                str(max_steps),
+                "--perc",
+                "0.198",
+                "--device",
+                self.device,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
         curve = []
         for line in out.stdout:
             record = json.loads(line)
@@ -239,8 +296,11 @@ def first_reaching(curve, target):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--careamics-python", default=os.environ.get("N2V_CAREAMICS_PYTHON"),
-                        help="python of a venv with careamics 0.3.5 (default: $N2V_CAREAMICS_PYTHON; none: ours only)")
+    parser.add_argument(
+        "--careamics-python",
+        default=os.environ.get("N2V_CAREAMICS_PYTHON"),
+        help="python of a venv with careamics 0.3.5 (default: $N2V_CAREAMICS_PYTHON; none: ours only)",
+    )
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed repetition")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved repetitions")
     parser.add_argument("--predict-size", type=int, default=2048)
@@ -265,11 +325,15 @@ def main():
     step = {k: v / args.steps for k, v in interleaved(systems, lambda s: s.train(args.steps), args.rounds).items()}
     print(json.dumps({"seconds_per_step": step}), flush=True)
     megapixels = args.predict_size**2 / 1e6
-    predict = {k: megapixels / v for k, v in interleaved(systems, lambda s: s.predict(args.predict_size),
-                                                          max(2, args.rounds // 2)).items()}
+    predict = {
+        k: megapixels / v
+        for k, v in interleaved(systems, lambda s: s.predict(args.predict_size), max(2, args.rounds // 2)).items()
+    }
     print(json.dumps({"megapixels_per_second": predict}), flush=True)
-    memory = {name: our_peak_rss(system.estimator, args.memory_size, system.precision, args.device)
-              for name, system in ours.items()}  # fmt: skip
+    memory = {
+        name: our_peak_rss(system.estimator, args.memory_size, system.precision, args.device)
+        for name, system in ours.items()
+    }
     if "careamics" in systems:
         memory["careamics"] = systems["careamics"].peak_rss(args.memory_size)
         systems["careamics"].close()
@@ -288,7 +352,9 @@ def write_results(out, args, step, predict, memory, curves):
 
     out.mkdir(parents=True, exist_ok=True)
     reference = "careamics" if "careamics" in step else "ours-32"
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread"
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread"
+    )
     if args.device == "cuda":
         machine = f"{torch.cuda.get_device_name()}, {machine}"
     gpu = args.device == "cuda"
@@ -311,8 +377,11 @@ def write_results(out, args, step, predict, memory, curves):
         )
     stem = "speed" if args.device == "cpu" else f"speed-{args.device}"
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    (out / f"{stem}.json").write_text(json.dumps({"seconds_per_step": step, "megapixels_per_second": predict,
-                                                "peak_rss": memory, "curves": curves}, indent=1))
+    (out / f"{stem}.json").write_text(
+        json.dumps(
+            {"seconds_per_step": step, "megapixels_per_second": predict, "peak_rss": memory, "curves": curves}, indent=1
+        )
+    )
     print("\n".join(lines))
     if curves:
         import matplotlib

@@ -38,12 +38,29 @@ from n2v_estimator import Noise2VoidDenoiser
 
 # n2v's BSD68 notebook (examples/2D/denoising2D_BSD68) configures N2VConfig with these.
 NOTEBOOK_CONFIG = dict(
-    n_dim=2, axes="YXC", n_channel_in=1, n_channel_out=1, means=["0"], stds=["1"], unet_kern_size=3,
-    train_steps_per_epoch=400, train_epochs=200, train_loss="mse", batch_norm=True, train_batch_size=128,
-    n2v_perc_pix=0.198, n2v_patch_shape=(64, 64), unet_n_first=96, unet_residual=True,
-    n2v_manipulator="uniform_withCP", n2v_neighborhood_radius=2, single_net_per_channel=False, unet_n_depth=2,
-    train_learning_rate=0.0004, unet_last_activation="linear",
-)  # fmt: skip
+    n_dim=2,
+    axes="YXC",
+    n_channel_in=1,
+    n_channel_out=1,
+    means=["0"],
+    stds=["1"],
+    unet_kern_size=3,
+    train_steps_per_epoch=400,
+    train_epochs=200,
+    train_loss="mse",
+    batch_norm=True,
+    train_batch_size=128,
+    n2v_perc_pix=0.198,
+    n2v_patch_shape=(64, 64),
+    unet_n_first=96,
+    unet_residual=True,
+    n2v_manipulator="uniform_withCP",
+    n2v_neighborhood_radius=2,
+    single_net_per_channel=False,
+    unet_n_depth=2,
+    train_learning_rate=0.0004,
+    unet_last_activation="linear",
+)
 
 
 def psnr(gt, image):
@@ -56,8 +73,12 @@ class _ArraysOnly(pickle.Unpickler):
     """Unpickles numpy arrays of numbers and nothing else: the notebook's object arrays hold images,
     and pickle would run whatever a crafted file names."""
 
-    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype")}  # fmt: skip
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
@@ -74,12 +95,14 @@ def load_images(path):
         if version not in header:
             raise ValueError(f"{path}: .npy format version {version} is not read here")
         shape, _, dtype = header[version](file)
-        if dtype != object:
+        if dtype.kind != "O":
             return np.load(path)
         items = _ArraysOnly(file).load()
-    if not isinstance(items, np.ndarray) or items.shape != shape or not all(
-        isinstance(x, np.ndarray) and x.dtype.kind in "iuf" for x in items.ravel()
-    ):  # fmt: skip
+    if (
+        not isinstance(items, np.ndarray)
+        or items.shape != shape
+        or not all(isinstance(x, np.ndarray) and x.dtype.kind in "iuf" for x in items.ravel())
+    ):
         raise ValueError(f"{path}: an object array of number arrays was expected")
     return [np.asarray(x, dtype=np.float32) for x in items.ravel()]
 
@@ -98,8 +121,10 @@ def read_data(folder):
         return train, validation, [(f"{i:03d}", x, g) for i, (x, g) in enumerate(zip(noisy, truth))]
     images = sorted((folder / "test" / "images").glob("*.npy"))
     if not images:
-        raise FileNotFoundError(f"no test images in {folder / 'test'} (bsd68_gaussian25.npy and "
-                                "bsd68_groundtruth.npy, or images/*.npy and gt/*.npy)")  # fmt: skip
+        raise FileNotFoundError(
+            f"no test images in {folder / 'test'} (bsd68_gaussian25.npy and "
+            "bsd68_groundtruth.npy, or images/*.npy and gt/*.npy)"
+        )
     pairs = [(p.stem, np.load(p), np.load(folder / "test" / "gt" / p.name)) for p in images]
     return train, validation, pairs
 
@@ -123,7 +148,9 @@ def main():
     parser.add_argument("--defaults", action="store_true", help="this package's defaults, not the notebook's config")
     parser.add_argument("--steps", type=int, default=None, help="train this many optimizer steps (a short run)")
     parser.add_argument("--tta", action="store_true", help="also report PSNR with test-time augmentation")
-    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE", help="estimator parameters (Python literals)")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="NAME=VALUE", help="estimator parameters (Python literals)"
+    )
     parser.add_argument("--random-state", type=int, default=0)
     args = parser.parse_args()
 
@@ -144,8 +171,13 @@ def main():
             results[name].append(psnr(gt, denoiser.set_params(tta=True).transform(noisy)))
         print(f"{name}: {results[name][0]:.2f} dB" + (f" (TTA {results[name][1]:.2f})" if args.tta else ""))
     mean = np.mean([r[0] for r in results.values()])
-    summary = {"images": len(results), "psnr": round(float(mean), 2), "steps": denoiser.max_epochs * denoiser.steps_per_epoch,
-               "fit_seconds": round(seconds, 1), "configuration": "defaults" if args.defaults else "n2v notebook"}  # fmt: skip
+    summary = {
+        "images": len(results),
+        "psnr": round(float(mean), 2),
+        "steps": denoiser.max_epochs * denoiser.steps_per_epoch,
+        "fit_seconds": round(seconds, 1),
+        "configuration": "defaults" if args.defaults else "n2v notebook",
+    }
     if args.tta:
         summary["psnr_tta"] = round(float(np.mean([r[1] for r in results.values()])), 2)
     print(f"PSNR over {len(results)} test images: {mean:.2f} dB")

@@ -37,13 +37,18 @@ def main(argv=None):
 
     denoiser = Noise2VoidDenoiser.load(args.model, device="cpu").set_params(verbose=False)
     package = denoiser.export_bioimageio(
-        args.out, noisy(data.camera(), 0), name="Noise2Void demo on camera",
+        args.out,
+        noisy(data.camera(), 0),
+        name="Noise2Void demo on camera",
         description="Denoises grayscale photographs with Gaussian noise of sigma 25 (a demo).",
-        authors=["n2v-estimator developers"], overwrite=True,  # the demo's own package: a rerun replaces it
-    )  # fmt: skip
+        authors=["n2v-estimator developers"],
+        overwrite=True,  # the demo's own package: a rerun replaces it
+    )
     print(f"wrote {package} ({package.stat().st_size / 1e6:.1f} MB)")
     for weight_format in ("pytorch_state_dict", "torchscript"):
-        print(f"bioimageio.core test_model ({weight_format}): {zoo_model_test(str(package), weight_format=weight_format).status}")
+        print(
+            f"bioimageio.core test_model ({weight_format}): {zoo_model_test(str(package), weight_format=weight_format).status}"
+        )
 
     step = 2**denoiser.depth
     new = noisy(data.coins(), 1)
@@ -54,7 +59,9 @@ def main(argv=None):
         sample = predict(model=pipeline, inputs={"raw": new[None, None]}, blocksize_parameter=blocksize)
         theirs = sample.members[TensorId("denoised")].data.values[0, 0]
         difference = np.abs(theirs - ours).max() / np.ptp(ours)
-        print(f"zoo prediction of a new {new.shape} image ({what}) vs transform: max |diff| = {difference:.1e} of the range")
+        print(
+            f"zoo prediction of a new {new.shape} image ({what}) vs transform: max |diff| = {difference:.1e} of the range"
+        )
     again = Noise2VoidDenoiser.from_bioimageio(package).set_params(verbose=False, precision="32")
     print(f"from_bioimageio: transform identical = {np.array_equal(again.transform(new), ours)}")
 

@@ -56,8 +56,10 @@ def main():
     within = float(np.mean(error <= std))
     z2 = float(np.mean((error / std) ** 2))
     print(f"noisy {peak_signal_noise_ratio(clean, noisy, data_range=255):.2f} dB -> posterior mean {psnr:.2f} dB")
-    print(f"fitted sigma {denoiser.noise_sigma_[0]:.2f} (true 25); clean within one posterior std: {within:.1%}; "
-          f"mean (error / std)**2: {z2:.2f} (1 where the variances are right)")
+    print(
+        f"fitted sigma {denoiser.noise_sigma_[0]:.2f} (true 25); clean within one posterior std: {within:.1%}; "
+        f"mean (error / std)**2: {z2:.2f} (1 where the variances are right)"
+    )
 
     crop = (slice(40, 296), slice(150, 406))  # the cameraman: face, coat, tripod and sky
     scale = float(np.percentile(std, 99.5))
@@ -73,8 +75,10 @@ def main():
         ax.set_title(title)
         ax.axis("off")
     fig.colorbar(shown, ax=axes[2:], shrink=0.8, label="grey levels")
-    fig.suptitle(f"noise_model='gaussian': fitted sigma {denoiser.noise_sigma_[0]:.1f} (true 25); "
-                 f"clean value within one std for {within:.0%} of pixels")
+    fig.suptitle(
+        f"noise_model='gaussian': fitted sigma {denoiser.noise_sigma_[0]:.1f} (true 25); "
+        f"clean value within one std for {within:.0%} of pixels"
+    )
     fig.savefig(out / "uncertainty.png", dpi=72)
     print(f"wrote {out / 'uncertainty.png'}")
 

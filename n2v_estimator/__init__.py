@@ -21,7 +21,14 @@ _PUBLIC = {
     "plot_history": "_plot",
 }
 
-__all__ = ["Noise2VoidDenoiser", "CalibrationWarning", "ModelFileError", "NonFiniteLossError", "plot_history", "__version__"]
+__all__ = [
+    "Noise2VoidDenoiser",
+    "CalibrationWarning",
+    "ModelFileError",
+    "NonFiniteLossError",
+    "plot_history",
+    "__version__",
+]
 
 
 def __getattr__(name):

@@ -62,7 +62,16 @@ _TRANSFORM_PARAMS = ("tile_size", "tile_overlap", "device", "precision", "dtype"
 MODEL_NAME = "model.safetensors"
 # Words a yes-or-no option takes (--tta, --tta true, --tta=false); the option alone means yes.
 _BOOL = "[BOOL]"
-_BOOLEAN_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
+_BOOLEAN_WORDS = {
+    "true": True,
+    "false": False,
+    "yes": True,
+    "no": False,
+    "on": True,
+    "off": False,
+    "1": True,
+    "0": False,
+}
 
 ABOUT = """\
 Noise2Void: self-supervised denoising of images, trained on the noisy images alone.
@@ -210,9 +219,13 @@ def _add_parameter_options(parser, names, helps, defaults):
         spellings = dict.fromkeys([f"--{name.replace('_', '-')}", f"--{name}"])
         yes_or_no = isinstance(defaults[name], bool)
         group.add_argument(
-            *spellings, dest=f"param_{name}", metavar=_BOOL if yes_or_no else "VALUE", default=argparse.SUPPRESS,
-            type=_boolean if yes_or_no else parameter_value, help=_escaped(helps.get(name) or f"(default: {defaults[name]!r})"),
-        )  # fmt: skip
+            *spellings,
+            dest=f"param_{name}",
+            metavar=_BOOL if yes_or_no else "VALUE",
+            default=argparse.SUPPRESS,
+            type=_boolean if yes_or_no else parameter_value,
+            help=_escaped(helps.get(name) or f"(default: {defaults[name]!r})"),
+        )
 
 
 def _add_flag(parser, *spellings, help, default=False):
@@ -226,14 +239,15 @@ def _add_overwrite_option(parser, what):
 
 def _add_trust_option(parser):
     _add_flag(
-        parser, "--trust-declared-size",
+        parser,
+        "--trust-declared-size",
         help=f"read image files that declare over {MAX_EXPANSION} times more pixels than they store (refused "
         "by default as crafted or damaged: noisy images barely compress)",
-    )  # fmt: skip
+    )
 
 
 def _given_parameters(args):
-    return {key[len("param_"):]: value for key, value in vars(args).items() if key.startswith("param_")}
+    return {key[len("param_") :]: value for key, value in vars(args).items() if key.startswith("param_")}
 
 
 @lru_cache(maxsize=1)
@@ -265,17 +279,25 @@ def build_parser():
     )
     examples = "\n".join(EXAMPLES.values())
     parser = _Parser(
-        prog=PROG, description=ABOUT, formatter_class=_Formatter, allow_abbrev=False,
+        prog=PROG,
+        description=ABOUT,
+        formatter_class=_Formatter,
+        allow_abbrev=False,
         epilog=f"Examples:\n{examples}\n\nRun '{PROG} COMMAND --help' for a command's options.",
-    )  # fmt: skip
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name, summary, description, usage=None):
         return commands.add_parser(
-            name, help=summary, description=f"{ABOUT}\n{textwrap.fill(description, 88)}", usage=usage,
-            epilog=f"Examples:\n{EXAMPLES[name]}", formatter_class=_Formatter, allow_abbrev=False,
-        )  # fmt: skip
+            name,
+            help=summary,
+            description=f"{ABOUT}\n{textwrap.fill(description, 88)}",
+            usage=usage,
+            epilog=f"Examples:\n{EXAMPLES[name]}",
+            formatter_class=_Formatter,
+            allow_abbrev=False,
+        )
 
     _add_fit(command, helps, defaults, axes_help)
 
@@ -288,20 +310,24 @@ def build_parser():
     _add_info(command, helps, defaults, axes_help)
     parser.commands = {name: commands.choices[name] for name in commands.choices}
     parser.boolean_options = frozenset(
-        option for command in parser.commands.values() for action in command._actions
-        if action.type is _boolean for option in action.option_strings
-    )  # fmt: skip
+        option
+        for command in parser.commands.values()
+        for action in command._actions
+        if action.type is _boolean
+        for option in action.option_strings
+    )
     return parser
 
 
 def _add_fit(command, helps, defaults, axes_help):
     """The ``fit`` command: inputs, --model, --axes, and every estimator parameter as an option."""
     fit = command(
-        "fit", "train a denoiser on noisy images and save it",
+        "fit",
+        "train a denoiser on noisy images and save it",
         f"fit: train on the noisy INPUT images (files, zarr folders or glob patterns; {READ_FORMATS}) "
         "and write the model to --model (one safetensors file).",
         usage=f"{PROG} fit INPUT... --model PATH [--axes AXES] [--PARAMETER VALUE ...] [--quiet]",
-    )  # fmt: skip
+    )
     fit.add_argument("inputs", nargs="+", metavar="INPUT", help="noisy images: files, zarr folders or glob patterns")
     fit.add_argument("--model", required=True, metavar="PATH", help="the model file to write (e.g. model.safetensors)")
     fit.add_argument("--axes", metavar="AXES", help=_escaped(axes_help))
@@ -318,7 +344,8 @@ def _add_fit(command, helps, defaults, axes_help):
 def _add_transform(command, helps, defaults, axes_help):
     """The ``transform`` command: inputs, --model, --output, --axes, --tta and the prediction parameters."""
     transform = command(
-        "transform", "denoise images with a saved model",
+        "transform",
+        "denoise images with a saved model",
         "transform: denoise the INPUT images with the model. One INPUT: --output is a file whose suffix "
         f"chooses its format ({WRITE_FORMATS}); several: --output is a folder, each result named after "
         "its input (as TIFF unless the input is TIFF or zarr). Zarr inputs and TIFF or .npy inputs over "
@@ -326,11 +353,15 @@ def _add_transform(command, helps, defaults, axes_help):
         "calibration (pixel sizes, frame interval, channel names) are kept, an ImageJ TIFF written as ImageJ. "
         "Results are float32 (float64 for float64 input); --dtype input keeps the input's type.",
         usage=f"{PROG} transform --model PATH INPUT... --output PATH [--axes AXES] [--tta] [--quiet] [--PARAMETER VALUE]",
-    )  # fmt: skip
+    )
     transform.add_argument("inputs", nargs="+", metavar="INPUT", help="images: files, zarr folders or glob patterns")
     transform.add_argument("--model", required=True, metavar="PATH", help="a model written by 'n2v-estimator fit'")
-    transform.add_argument("--output", required=True, metavar="PATH", help="the output file (one INPUT) or folder (several)")
-    transform.add_argument("--axes", metavar="AXES", help=_escaped(f"{axes_help} Last, the model's axes (if they fit)."))
+    transform.add_argument(
+        "--output", required=True, metavar="PATH", help="the output file (one INPUT) or folder (several)"
+    )
+    transform.add_argument(
+        "--axes", metavar="AXES", help=_escaped(f"{axes_help} Last, the model's axes (if they fit).")
+    )
     _add_flag(transform, "--tta", help=_escaped(helps.get("tta", "")), default=None)
     _add_flag(transform, "--quiet", help="no progress bar and no summary")
     _add_overwrite_option(transform, "the output files")
@@ -342,16 +373,21 @@ def _add_transform(command, helps, defaults, axes_help):
 def _add_import_n2v(command):
     """The ``import-n2v`` command: a model folder of the TensorFlow n2v as a model file."""
     imported = command(
-        "import-n2v", "convert a model folder of the TensorFlow n2v into a model file",
+        "import-n2v",
+        "convert a model folder of the TensorFlow n2v into a model file",
         "import-n2v: read a model folder of the TensorFlow n2v package (config.json and Keras HDF5 weights, "
         "read with h5py: the [n2v] extra; no TensorFlow, nothing executed) and write it as a model file that "
         "'transform' uses and 'fit --warm-start' trains further. An existing file is replaced only with --overwrite.",
         usage=f"{PROG} import-n2v FOLDER --model PATH [--weights best|last|FILE.h5] [--overwrite]",
-    )  # fmt: skip
+    )
     imported.add_argument("folder", metavar="FOLDER", help="the n2v model folder")
     imported.add_argument("--model", required=True, metavar="PATH", help="the model file to write (.safetensors)")
-    imported.add_argument("--weights", default="best", metavar="WHICH",
-                          help="best (weights_best.h5, default), last (weights_last.h5) or an .h5 file of the folder")  # fmt: skip
+    imported.add_argument(
+        "--weights",
+        default="best",
+        metavar="WHICH",
+        help="best (weights_best.h5, default), last (weights_last.h5) or an .h5 file of the folder",
+    )
     _add_overwrite_option(imported, "the model file")
     imported.set_defaults(run=_import_n2v)
 
@@ -363,29 +399,43 @@ def _import_n2v(args):
     replaced = os.path.lexists(model)
     denoiser = Noise2VoidDenoiser.from_n2v(args.folder, weights=args.weights)
     denoiser.save(model, overwrite=True)  # checked by _check_model_path
-    print(f"imported {args.folder} ({denoiser.spatial_ndim_}D, {denoiser.n_channels_} channel(s), axes "
-          f"{denoiser.axes}) into {model}{' (replaced)' if replaced else ''}")  # fmt: skip
+    print(
+        f"imported {args.folder} ({denoiser.spatial_ndim_}D, {denoiser.n_channels_} channel(s), axes "
+        f"{denoiser.axes}) into {model}{' (replaced)' if replaced else ''}"
+    )
     return 0
 
 
 def _add_export(command, helps, defaults, axes_help):
     """The ``export`` command: a saved model as a BioImage Model Zoo package."""
     export = command(
-        "export", "write a saved model as a BioImage Model Zoo package",
+        "export",
+        "write a saved model as a BioImage Model Zoo package",
         "export: write the model as a BioImage Model Zoo package (a zip, model spec 0.5) that Fiji/deepImageJ, "
         "napari, ilastik, QuPath and bioimageio.core run; --test-image (a noisy image like the training data) "
         "gives its test data and cover. Needs the [bioimageio] extra. Probabilistic models are refused.",
         usage=f"{PROG} export --model PATH --test-image PATH --output PATH.zip --name NAME --description TEXT "
         "--author NAME [--author NAME ...] [--license SPDX] [--tag TAG ...] [--axes AXES]",
-    )  # fmt: skip
+    )
     export.add_argument("--model", required=True, metavar="PATH", help="a model written by 'n2v-estimator fit'")
     export.add_argument("--test-image", required=True, metavar="PATH", help="a noisy image like the training data")
     export.add_argument("--output", required=True, metavar="PATH", help="the package to write (a .zip)")
     export.add_argument("--name", required=True, help="the model's name (at least 5 characters)")
     export.add_argument("--description", required=True, help="what images the model is for")
-    export.add_argument("--author", required=True, action="append", dest="authors", metavar="NAME", help="an author (repeat for several)")
-    export.add_argument("--license", default="CC-BY-4.0", metavar="SPDX", help="the model's license (default: CC-BY-4.0)")
-    export.add_argument("--tag", action="append", dest="tags", default=[], metavar="TAG", help="a tag (repeat for several)")
+    export.add_argument(
+        "--author",
+        required=True,
+        action="append",
+        dest="authors",
+        metavar="NAME",
+        help="an author (repeat for several)",
+    )
+    export.add_argument(
+        "--license", default="CC-BY-4.0", metavar="SPDX", help="the model's license (default: CC-BY-4.0)"
+    )
+    export.add_argument(
+        "--tag", action="append", dest="tags", default=[], metavar="TAG", help="a tag (repeat for several)"
+    )
     export.add_argument("--axes", metavar="AXES", help=_escaped(f"{axes_help} Last, the model's axes (if they fit)."))
     _add_overwrite_option(export, "the package")
     _add_trust_option(export)
@@ -395,10 +445,11 @@ def _add_export(command, helps, defaults, axes_help):
 def _add_info(command, helps, defaults, axes_help):
     """The ``info`` command: what a model file holds."""
     info = command(
-        "info", "describe a model file",
+        "info",
+        "describe a model file",
         "info: what a model file holds: parameters (those that differ from the defaults marked), "
         "axes, channels, patch shape, normalisation, training history and noise model.",
-    )  # fmt: skip
+    )
     info.add_argument("path", metavar="PATH", help="a model written by 'n2v-estimator fit'")
     _add_flag(info, "--json", help="print one JSON object instead")
     info.set_defaults(run=_info)
@@ -459,8 +510,10 @@ def _fit(args):
     writer = _torchrun_share(given)  # torchrun's variables checked before the inputs are read
 
     # Zarr stores and large files as dask arrays: fit reads only the patches it samples.
-    read = [read_image(path, lazy=True, return_metadata=True, trust_declared_size=args.trust_declared_size)
-            for path in paths]  # fmt: skip
+    read = [
+        read_image(path, lazy=True, return_metadata=True, trust_declared_size=args.trust_declared_size)
+        for path in paths
+    ]
     for path, (_, _, metadata) in zip(paths, read):
         _say_dropped(path, metadata)
     images = _with_common_axes([(array, found) for array, found, _ in read])
@@ -469,8 +522,9 @@ def _fit(args):
     previous = None
     if given.get("warm_start") and os.path.isfile(model):  # continue training the saved model
         previous = Noise2VoidDenoiser.load(model)
-    axes = _fit_axes(args.axes or (None if any(found for _, found in images) else getattr(previous, "axes", None)),
-                     paths, images)  # fmt: skip
+    axes = _fit_axes(
+        args.axes or (None if any(found for _, found in images) else getattr(previous, "axes", None)), paths, images
+    )
     params = {**given, "axes": axes, "verbose": False if args.quiet else given.get("verbose", True)}
     if previous is not None:
         denoiser = previous.set_params(**params)
@@ -517,8 +571,10 @@ def _torchrun_share(given):
         from .fit.distributed import launched_by_torchrun
 
         if launched_by_torchrun():
-            _say("note: torchrun's variables (RANK, WORLD_SIZE, ...) are set but --n-devices torchrun is not given: "
-                 "this process trains on its own.")  # fmt: skip
+            _say(
+                "note: torchrun's variables (RANK, WORLD_SIZE, ...) are set but --n-devices torchrun is not given: "
+                "this process trains on its own."
+            )
         return True
     from .fit.distributed import torchrun_ranks
 
@@ -537,8 +593,9 @@ def _model_to_read(text, option="--model"):
     where it was looked for and how to make one."""
     path = model_path(text)
     if not os.path.lexists(path):
-        raise FileNotFoundError(f"{option} {text}: no model file at {path}; '{PROG} fit INPUT... --model {path}' "
-                                "trains one.")  # fmt: skip
+        raise FileNotFoundError(
+            f"{option} {text}: no model file at {path}; '{PROG} fit INPUT... --model {path}' trains one."
+        )
     return path
 
 
@@ -548,8 +605,9 @@ def _refuse_existing(option, paths, replace):
     existing = [path for path in paths if os.path.lexists(path)]
     if existing and not replace:
         more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise FileExistsError(f"{option} {existing[0]}{more} exists: add --overwrite to replace it, or choose "
-                              "another name.")  # fmt: skip
+        raise FileExistsError(
+            f"{option} {existing[0]}{more} exists: add --overwrite to replace it, or choose another name."
+        )
 
 
 def _check_model_path(text, inputs, replace=False):
@@ -573,8 +631,10 @@ def _check_model_path(text, inputs, replace=False):
             "Choose another name, or remove the file first."
         )
     if path.suffix.lower() != ".safetensors":
-        raise ValueError(f"--model {text}: a model is written as one safetensors file; name it "
-                         f"{path.with_suffix('.safetensors')}, or give a folder (for {path / MODEL_NAME}).")  # fmt: skip
+        raise ValueError(
+            f"--model {text}: a model is written as one safetensors file; name it "
+            f"{path.with_suffix('.safetensors')}, or give a folder (for {path / MODEL_NAME})."
+        )
     _refuse_existing("--model", [path], replace)
     return path
 
@@ -592,8 +652,11 @@ def _say_dropped(path, metadata):
     dropped = metadata.get("dropped") or []
     if dropped:
         more = f" and {len(dropped) - 4} more" if len(dropped) > 4 else ""
-        warnings.warn(f"{path}: left out of its calibration and of the outputs: {'; '.join(dropped[:4])}{more}.",
-                      UserWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{path}: left out of its calibration and of the outputs: {'; '.join(dropped[:4])}{more}.",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 def _training_calibration(read, images, axes):
@@ -664,7 +727,9 @@ def _output_paths(inputs, text, protected=(), replace=False):
     else:
         if output.exists() and not output.is_dir():
             raise ValueError(f"--output {output} must be a folder for {len(inputs)} inputs, and is a file.")
-        names = [path.name if path.suffix.lower() in (".tif", ".tiff", ".zarr") else path.stem + ".tif" for path in inputs]
+        names = [
+            path.name if path.suffix.lower() in (".tif", ".tiff", ".zarr") else path.stem + ".tif" for path in inputs
+        ]
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"Several inputs would be written to the same file in {output}: {', '.join(repeated)}.")
@@ -715,14 +780,18 @@ def _transform(args):
         size = declared_bytes(result.shape, result.dtype)
         check_free_space(output, size)
         if is_dask_array(result) and not args.quiet:
-            _say(f"{path}: denoising {tuple(result.shape)} pixels chunk by chunk into {output} "
-                 f"({result.dtype}, {size / 2**20:,.0f} MiB).")  # fmt: skip
+            _say(
+                f"{path}: denoising {tuple(result.shape)} pixels chunk by chunk into {output} "
+                f"({result.dtype}, {size / 2**20:,.0f} MiB)."
+            )
         replaced = os.path.lexists(output)
         with _dask_scheduler(is_dask_array(result), progress=not args.quiet):
             write_image(output, result, axes, metadata)
         if not args.quiet:
             arrow = "-> (replaced)" if replaced else "->"
-            print(f"{path} {arrow} {output} ({_output_note(array.dtype, result.dtype, metadata['calibration'], output)})")
+            print(
+                f"{path} {arrow} {output} ({_output_note(array.dtype, result.dtype, metadata['calibration'], output)})"
+            )
     return 0
 
 
@@ -730,12 +799,18 @@ def _check_calibration(path, output, trained, calibration):
     """Warn where the result will not keep ``path``'s calibration (a ``.npy`` output holds
     none), and where its pixels are not the size the model was trained on."""
     if calibration and Path(output).suffix.lower() == ".npy":
-        warnings.warn(f"{output}: a .npy file keeps no calibration, and {path} has one ({describe(calibration)}); "
-                      "write .tif or .zarr to keep it.", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{output}: a .npy file keeps no calibration, and {path} has one ({describe(calibration)}); "
+            "write .tif or .zarr to keep it.",
+            stacklevel=2,
+        )
     for letter, was, now, unit in differs(trained, calibration):
         unit = unit_symbol(unit) if unit else "(no unit)"
-        warnings.warn(f"{path} has pixels of {now:.4g} {unit} along {letter}; the model was trained on "
-                      f"{was:.4g} {unit}: Noise2Void denoises best at the pixel size it learnt.", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{path} has pixels of {now:.4g} {unit} along {letter}; the model was trained on "
+            f"{was:.4g} {unit}: Noise2Void denoises best at the pixel size it learnt.",
+            stacklevel=2,
+        )
 
 
 def _output_note(input_dtype, output_dtype, calibration, output):
@@ -766,9 +841,15 @@ def _export(args):
     denoiser.set_params(axes=named)
     replaced = os.path.lexists(args.output)
     path = denoiser.export_bioimageio(
-        args.output, array, name=args.name, description=args.description, authors=args.authors,
-        license=args.license, tags=args.tags, overwrite=True,  # checked above
-    )  # fmt: skip
+        args.output,
+        array,
+        name=args.name,
+        description=args.description,
+        authors=args.authors,
+        license=args.license,
+        tags=args.tags,
+        overwrite=True,  # checked above
+    )
     print(f"{model} {'-> (replaced)' if replaced else '->'} {path}")
     return 0
 
@@ -846,8 +927,11 @@ def describe_model(path):
         document = file.document
         params, fitted = decode_document(document, defaults, path)
         n_values = file.value_count()
-        noise = {name[len("noise.log_"):]: np.exp(file.array(name).astype(np.float64)).tolist()
-                 for name in ("noise.log_sigma", "noise.log_a", "noise.log_b") if name in file.entries}  # fmt: skip
+        noise = {
+            name[len("noise.log_") :]: np.exp(file.array(name).astype(np.float64)).tolist()
+            for name in ("noise.log_sigma", "noise.log_a", "noise.log_b")
+            if name in file.entries
+        }
     saved = _jsonable(document.get("params", {}))
     network = fitted["network"]
     return {
@@ -872,12 +956,20 @@ def describe_model(path):
 
 def _calibration_lines(calibration):
     """``info``'s lines on a probabilistic model's calibration (:mod:`n2v_estimator.fit.calibration`)."""
-    lines = [(f"calibration:   residual / predicted variance of held-out blind spots ({calibration['patches']} "
-              "patches), per intensity bin; 1 is exact")]  # fmt: skip
+    lines = [
+        (
+            f"calibration:   residual / predicted variance of held-out blind spots ({calibration['patches']} "
+            "patches), per intensity bin; 1 is exact"
+        )
+    ]
     for c, edges in enumerate(calibration["edges"]):
-        bins = [f"{edges[k]:.4g}-{edges[k + 1]:.4g}: {ratio if ratio is None else format(ratio, '.2f')}"
-                for k, ratio in enumerate(calibration["ratio"][c])]  # fmt: skip
-        lines.append(f"               {'channel ' + str(c) + ': ' if len(calibration['edges']) > 1 else ''}" + "; ".join(bins))
+        bins = [
+            f"{edges[k]:.4g}-{edges[k + 1]:.4g}: {ratio if ratio is None else format(ratio, '.2f')}"
+            for k, ratio in enumerate(calibration["ratio"][c])
+        ]
+        lines.append(
+            f"               {'channel ' + str(c) + ': ' if len(calibration['edges']) > 1 else ''}" + "; ".join(bins)
+        )
     problems = calibration_problems(calibration)
     lines.append("               " + ("off: " + "; ".join(problems) if problems else "within tolerance"))
     return lines
@@ -899,8 +991,7 @@ def _info(args):
         f"written by version {shown(about['package_version'], 40)})",
         f"images:        {about['spatial_ndim']}D, {about['n_channels']} channel(s), axes {axes}",
         f"network:       {about['spatial_ndim']}D U-Net, {about['n_values']:,} values (weights and running "
-        "statistics); patches "
-        + " x ".join(map(str, about["patch_shape"])),
+        "statistics); patches " + " x ".join(map(str, about["patch_shape"])),
         f"normalisation: mean {_numbers(about['mean'])}; std {_numbers(about['std'])} (per channel)",
         f"training:      {_history_line(about['history'])}",
     ]
@@ -954,8 +1045,10 @@ def main(argv=None):
             return INTERRUPTED
         except MemoryError as exc:
             detail = " ".join(str(exc).split())
-            _say(f"error: out of memory{f' ({detail})' if detail else ''}; use smaller inputs, tiles "
-                 "(--tile-size) or batches (--batch-size), or a machine with more memory.")  # fmt: skip
+            _say(
+                f"error: out of memory{f' ({detail})' if detail else ''}; use smaller inputs, tiles "
+                "(--tile-size) or batches (--batch-size), or a machine with more memory."
+            )
             return 2
         except USER_ERRORS as exc:
             _say(f"error: {str(exc) or type(exc).__name__}")

@@ -333,8 +333,16 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         was_fitted = hasattr(self, "model_")
         if result.history:
             history = (self.history_ if plan.continuing else []) + result.history
-            self._set_fitted(model, plan.mean, plan.std, plan.patch_shape, history, plan.n_features, plan.data_range,
-                             result.calibration)  # fmt: skip
+            self._set_fitted(
+                model,
+                plan.mean,
+                plan.std,
+                plan.patch_shape,
+                history,
+                plan.n_features,
+                plan.data_range,
+                result.calibration,
+            )
         result.raise_if_stopped_early(was_fitted)
         return self
 
@@ -343,16 +351,35 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         if self.warm_start and hasattr(self, "model_"):
             network = portable_network(self.model_)
             data_range = (self.data_min_, self.data_max_) if hasattr(self, "data_min_") else None
-            return Previous(network["description"], network["weights"], self.mean_, self.std_, len(self.history_),
-                            data_range)  # fmt: skip
+            return Previous(
+                network["description"], network["weights"], self.mean_, self.std_, len(self.history_), data_range
+            )
 
-    def _set_fitted(self, model, mean, std, patch_shape, history, n_features=None, data_range=None, calibration=None,
-                    image_calibration=None):  # fmt: skip
+    def _set_fitted(
+        self,
+        model,
+        mean,
+        std,
+        patch_shape,
+        history,
+        n_features=None,
+        data_range=None,
+        calibration=None,
+        image_calibration=None,
+    ):
         """Set every fitted attribute, in one place (``fit`` and ``load``) and one step: the previous ones go."""
-        fitted = {"model_": model.eval(), "mean_": mean, "std_": std, "patch_shape_": tuple(patch_shape),
-                  "n_channels_": model.description["in_channels"], "spatial_ndim_": model.description["ndim"],
-                  "history_": list(history), "n_features_in_": n_features, "calibration_": calibration,
-                  "image_calibration_": image_calibration}  # fmt: skip
+        fitted = {
+            "model_": model.eval(),
+            "mean_": mean,
+            "std_": std,
+            "patch_shape_": tuple(patch_shape),
+            "n_channels_": model.description["in_channels"],
+            "spatial_ndim_": model.description["ndim"],
+            "history_": list(history),
+            "n_features_in_": n_features,
+            "calibration_": calibration,
+            "image_calibration_": image_calibration,
+        }
         if data_range is not None:  # model files of earlier versions have none
             fitted["data_min_"], fitted["data_max_"] = (np.asarray(r, dtype=np.float64) for r in data_range)
         if model.noise is not None:
@@ -397,8 +424,10 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
             return tuple(list(o) for o in zip(*out)) if return_std else out
         images = self._fitted_images(X)
         out = self._denoise(images.canonical, output_dtype(images.array.dtype), return_std=return_std)
-        out = [np.ascontiguousarray(from_canonical(o, images.axes)).reshape(images.array.shape) for o in (
-            out if return_std else [out])]
+        out = [
+            np.ascontiguousarray(from_canonical(o, images.axes)).reshape(images.array.shape)
+            for o in (out if return_std else [out])
+        ]
         return in_requested_dtype(tuple(out) if return_std else out[0], images.array.dtype, self.dtype)
 
     def get_feature_names_out(self, input_features=None):
@@ -410,8 +439,9 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         """``X`` read as images a fitted denoiser can take."""
         check_is_fitted(self, "model_")
         expected_row = getattr(self, "n_features_in_", None) if self.image_shape is not None else None
-        return fitted_images(X, self.axes, self.image_shape, self.spatial_ndim_, self.n_channels_, expected_row,
-                             type(self).__name__)  # fmt: skip
+        return fitted_images(
+            X, self.axes, self.image_shape, self.spatial_ndim_, self.n_channels_, expected_row, type(self).__name__
+        )
 
     def _denoise(self, images, dtype=np.float32, return_std=False, prior_only=False, verbose=None, grid_phase=None):
         """Denoise canonical ``(S, C, *spatial)`` images (original units in and out); ``verbose`` overrides the
@@ -419,8 +449,9 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         data_range = (self.data_min_, self.data_max_) if hasattr(self, "data_min_") else None
         check_representable(images, self.mean_, self.std_, data_range=data_range)
         plan = PredictPlan.of(self.get_params(), self.patch_shape_, self.spatial_ndim_, verbose)
-        return denoise(self.model_.to(plan.device), images, self.mean_, self.std_, plan, dtype, return_std, prior_only,
-                       grid_phase)  # fmt: skip
+        return denoise(
+            self.model_.to(plan.device), images, self.mean_, self.std_, plan, dtype, return_std, prior_only, grid_phase
+        )
 
     # ----------------------------------------------------------------- score
     def score(self, X, y=None):
@@ -496,7 +527,9 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
             If the file is malformed, of another format version, names unknown
             parameters, or its tensors do not match the network it describes.
         """
-        params, model, fitted = read_estimator(path, cls._get_param_names(), lambda p: cls(**p)._validate_params(), device)
+        params, model, fitted = read_estimator(
+            path, cls._get_param_names(), lambda p: cls(**p)._validate_params(), device
+        )
         estimator = cls(**params)
         estimator._set_fitted(model, **fitted)
         return estimator

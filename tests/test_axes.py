@@ -194,8 +194,9 @@ def _verdict(X, axes):
     from n2v_estimator import Noise2VoidDenoiser
     from n2v_estimator.fit.plan import make_plan
 
-    params = Noise2VoidDenoiser(axes=axes, patch_size=8, depth=1, n_filters=2, batch_size=2, device="cpu",
-                                validation_fraction=0).get_params()  # fmt: skip
+    params = Noise2VoidDenoiser(
+        axes=axes, patch_size=8, depth=1, n_filters=2, batch_size=2, device="cpu", validation_fraction=0
+    ).get_params()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -229,8 +230,13 @@ def test_the_same_array_gets_the_same_verdict_in_every_container(case):
     X = (np.arange(int(np.prod(shape))) % 7).reshape(shape).astype(dtype)
     stored = zarr.create_array(store=zarr.storage.MemoryStore(), shape=shape, dtype=dtype, chunks=shape)
     stored[...] = X
-    containers = {"numpy": X, "list": [X], "dask": da.from_array(X, chunks=max(1, shape[0] // 2)),
-                  "zarr": stored, "dask list": [da.from_array(X)]}  # fmt: skip
+    containers = {
+        "numpy": X,
+        "list": [X],
+        "dask": da.from_array(X, chunks=max(1, shape[0] // 2)),
+        "zarr": stored,
+        "dask list": [da.from_array(X)],
+    }
     if axes is not None and "S" in axes and len(shape) == len(axes) - 1:  # a list is then the S axis itself
         del containers["list"], containers["dask list"]
     verdicts = {name: _verdict(data, axes) for name, data in containers.items()}
@@ -240,8 +246,10 @@ def test_the_same_array_gets_the_same_verdict_in_every_container(case):
 # ------------------------------------------------------------------ time
 
 
-@pytest.mark.parametrize(("axes", "ndim", "expected"), [("TYX", 3, "SYX"), ("tzyx", 4, "SZYX"), ("TCYX", 4, "SCYX"),
-                                                        ("TCZYX", 5, "SCZYX"), ("YXT", 3, "YXS")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("axes", "ndim", "expected"),
+    [("TYX", 3, "SYX"), ("tzyx", 4, "SZYX"), ("TCYX", 4, "SCYX"), ("TCZYX", 5, "SCZYX"), ("YXT", 3, "YXS")],
+)
 def test_a_time_axis_is_a_sample_axis_kept_in_its_place(axes, ndim, expected):
     assert resolve_axes(axes, ndim) == expected
 
@@ -262,4 +270,6 @@ def test_a_time_lapse_trains_frame_by_frame_or_volume_by_volume_and_comes_back_i
     assert denoiser.spatial_ndim_ == 2 and denoiser.transform(frames).shape == frames.shape
     volumes = np.random.default_rng(1).normal(size=(2, 2, 8, 16, 16)).astype(np.float32)  # T, C, Z, Y, X
     denoiser = Noise2VoidDenoiser(axes="TCZYX", patch_size=8, **small).fit(volumes)
-    assert (denoiser.spatial_ndim_, denoiser.n_channels_) == (3, 2) and denoiser.transform(volumes).shape == volumes.shape
+    assert (denoiser.spatial_ndim_, denoiser.n_channels_) == (3, 2) and denoiser.transform(
+        volumes
+    ).shape == volumes.shape

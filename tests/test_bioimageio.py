@@ -13,7 +13,9 @@ import pytest
 import torch
 from conftest import tiny
 
-pytest.importorskip("bioimageio.core", reason='the [bioimageio] extra is not installed: pip install "n2v-estimator[bioimageio]"')
+pytest.importorskip(
+    "bioimageio.core", reason='the [bioimageio] extra is not installed: pip install "n2v-estimator[bioimageio]"'
+)
 from bioimageio.core import create_prediction_pipeline, load_description, predict  # noqa: E402
 from bioimageio.core import test_model as zoo_model_test  # noqa: E402  (not collected by pytest)
 from bioimageio.spec import save_bioimageio_package  # noqa: E402
@@ -72,8 +74,17 @@ def test_an_exported_2d_model_passes_the_zoos_model_test(fitted_2d, tmp_path):
     assert package == tmp_path / "model.zip"
     assert_passes_the_zoos_model_test(package)
     names = set(zipfile.ZipFile(package).namelist())
-    assert {"rdf.yaml", "README.md", "cover.png", "weights.pt", "weights_torchscript.pt", "n2v_unet.py",
-            "test_input.npy", "test_output.npy", _bioimageio.MODEL_FILE} <= names
+    assert {
+        "rdf.yaml",
+        "README.md",
+        "cover.png",
+        "weights.pt",
+        "weights_torchscript.pt",
+        "n2v_unet.py",
+        "test_input.npy",
+        "test_output.npy",
+        _bioimageio.MODEL_FILE,
+    } <= names
 
 
 @pytest.mark.usefixtures("both_cpu_kinds")
@@ -180,7 +191,9 @@ def test_the_package_describes_our_normalisation_halo_and_tile_step(fitted_2d, t
 def test_the_architecture_source_stands_alone_and_computes_our_network(fitted_2d):
     namespace = {}
     exec(compile(_bioimageio.architecture_source(), "n2v_unet.py", "exec"), namespace)
-    assert not any("n2v_estimator" in line for line in _bioimageio.architecture_source().splitlines() if "import" in line)
+    assert not any(
+        "n2v_estimator" in line for line in _bioimageio.architecture_source().splitlines() if "import" in line
+    )
     network = namespace["Noise2VoidNetwork"](**_bioimageio.architecture_kwargs(fitted_2d)).eval()
     network.load_state_dict(fitted_2d.model_.state_dict())
     x = torch.from_numpy(np.random.default_rng(13).normal(size=(1, 1, 37, 45)).astype(np.float32))
@@ -245,20 +258,69 @@ def test_the_command_line_exports_a_saved_model(fitted_2d, tmp_path, capsys):
     model, image, package = tmp_path / "model.safetensors", tmp_path / "noisy.npy", tmp_path / "model.zip"
     fitted_2d.save(model)
     np.save(image, IMAGE_2D)
-    status = main(["export", "--model", str(model), "--test-image", str(image), "--output", str(package),
-                   "--name", "Noise2Void from the CLI", "--description", "A test.", "--author", "Jane Doe",
-                   "--author", "John Roe", "--tag", "confocal"])
+    status = main(
+        [
+            "export",
+            "--model",
+            str(model),
+            "--test-image",
+            str(image),
+            "--output",
+            str(package),
+            "--name",
+            "Noise2Void from the CLI",
+            "--description",
+            "A test.",
+            "--author",
+            "Jane Doe",
+            "--author",
+            "John Roe",
+            "--tag",
+            "confocal",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     descr = load_description(str(package))
     assert [a.name for a in descr.authors] == ["Jane Doe", "John Roe"] and "confocal" in descr.tags
     new = np.random.default_rng(14).normal(100, 20, (64, 64))
     np.testing.assert_array_equal(Noise2VoidDenoiser.from_bioimageio(package).transform(new), fitted_2d.transform(new))
-    assert main(["export", "--model", str(model), "--test-image", str(image), "--output", str(tmp_path / "m.tar"),
-                 "--name", "Noise2Void", "--description", "x", "--author", "J"]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(model),
+                "--test-image",
+                str(image),
+                "--output",
+                str(tmp_path / "m.tar"),
+                "--name",
+                "Noise2Void",
+                "--description",
+                "x",
+                "--author",
+                "J",
+            ]
+        )
+        == 2
+    )
     assert ".zip" in capsys.readouterr().err
     written = package.read_bytes()
-    again = ["export", "--model", str(model), "--test-image", str(image), "--output", str(package),
-             "--name", "Noise2Void again", "--description", "x", "--author", "J"]  # fmt: skip
+    again = [
+        "export",
+        "--model",
+        str(model),
+        "--test-image",
+        str(image),
+        "--output",
+        str(package),
+        "--name",
+        "Noise2Void again",
+        "--description",
+        "x",
+        "--author",
+        "J",
+    ]
     assert main(again) == 2 and "exists: add --overwrite" in capsys.readouterr().err and package.read_bytes() == written
     assert main([*again, "--overwrite"]) == 0 and "-> (replaced)" in capsys.readouterr().out
 
@@ -311,9 +373,9 @@ def declare(package, name, size):
     data = bytearray(package.read_bytes())
     start = data.find(b"PK\x01\x02")
     while start >= 0:
-        length = int.from_bytes(data[start + 28:start + 30], "little")
-        if data[start + 46:start + 46 + length] == name.encode():
-            data[start + 24:start + 28] = size.to_bytes(4, "little")
+        length = int.from_bytes(data[start + 28 : start + 30], "little")
+        if data[start + 46 : start + 46 + length] == name.encode():
+            data[start + 24 : start + 28] = size.to_bytes(4, "little")
             package.write_bytes(bytes(data))
             return package
         start = data.find(b"PK\x01\x02", start + 46)
@@ -359,21 +421,39 @@ def test_yaml_tags_that_construct_objects_are_refused(tmp_path, temporary_folder
 
 @pytest.mark.parametrize(
     "url",
-    ["https://example.org/weights.pt", "HTTP://example.org/huge.npy", "s3://bucket/x", "http:127.0.0.1:8765/weights.pt",
-     "http:/example.org/x", "file:/etc/passwd", "FILE:///etc/passwd", "ftp:host/x", "//example.org/x"],
-)  # fmt: skip
+    [
+        "https://example.org/weights.pt",
+        "HTTP://example.org/huge.npy",
+        "s3://bucket/x",
+        "http:127.0.0.1:8765/weights.pt",
+        "http:/example.org/x",
+        "file:/etc/passwd",
+        "FILE:///etc/passwd",
+        "ftp:host/x",
+        "//example.org/x",
+    ],
+)
 def test_files_a_package_would_download_or_open_are_refused_in_any_spelling(tmp_path, temporary_folder, url):
     rdf = SAFE_RDF + f"weights:\n  pytorch_state_dict:\n    source: {url}\n".encode()
     package = package_with(tmp_path / "remote.zip", {"rdf.yaml": rdf})
-    assert_refused_quickly(package, r"rdf.yaml names the file .* \(line 6\), which is not a relative path inside the "
-                                    r"package: bioimageio.spec would download it", temporary_folder)  # fmt: skip
+    assert_refused_quickly(
+        package,
+        r"rdf.yaml names the file .* \(line 6\), which is not a relative path inside the "
+        r"package: bioimageio.spec would download it",
+        temporary_folder,
+    )
 
 
-@pytest.mark.parametrize("source", ["/etc/passwd", "~/.ssh/id_rsa", "../outside.npy", "C:\\secret.npy", "a/../../b.npy"])
+@pytest.mark.parametrize(
+    "source", ["/etc/passwd", "~/.ssh/id_rsa", "../outside.npy", "C:\\secret.npy", "a/../../b.npy"]
+)
 def test_a_path_outside_the_package_is_refused_and_no_hash_of_it_is_printed(tmp_path, temporary_folder, source):
     """bioimageio.spec opened an absolute path to check its sha256, and its error printed the file's
     actual sha256 (an oracle for any file the user can read)."""
-    rdf = SAFE_RDF + f"inputs:\n  - id: raw\n    test_tensor:\n      source: '{source}'\n      sha256: {'0' * 64}\n".encode()
+    rdf = (
+        SAFE_RDF
+        + f"inputs:\n  - id: raw\n    test_tensor:\n      source: '{source}'\n      sha256: {'0' * 64}\n".encode()
+    )
     package = package_with(tmp_path / "local.zip", {"rdf.yaml": rdf})
     with pytest.raises(ModelFileError) as info:
         Noise2VoidDenoiser.from_bioimageio(package)
@@ -384,16 +464,18 @@ def test_a_path_outside_the_package_is_refused_and_no_hash_of_it_is_printed(tmp_
 def test_a_source_that_is_not_a_member_is_refused(tmp_path, temporary_folder):
     rdf = SAFE_RDF + b"documentation: README.md\ncovers: [cover.png]\n"
     package = package_with(tmp_path / "missing.zip", {"rdf.yaml": rdf, "cover.png": b"png"})
-    assert_refused_quickly(package, r"rdf.yaml names documentation 'README.md', which is not a file of the package",
-                           temporary_folder)  # fmt: skip
+    assert_refused_quickly(
+        package, r"rdf.yaml names documentation 'README.md', which is not a file of the package", temporary_folder
+    )
 
 
 def test_deeply_nested_yaml_is_refused(tmp_path, temporary_folder):
     rdf = SAFE_RDF + b"description: " + b"[" * 1000 + b"]" * 1000 + b"\n"
     package = package_with(tmp_path / "nested.zip", {"rdf.yaml": rdf})
     # Our count, or libyaml's own nesting limit (PyYAML with its C parser stops at 1000 levels first).
-    assert_refused_quickly(package, r"rdf.yaml (is nested more than 32 levels deep|.*exceeded maximum nesting depth)",
-                           temporary_folder)  # fmt: skip
+    assert_refused_quickly(
+        package, r"rdf.yaml (is nested more than 32 levels deep|.*exceeded maximum nesting depth)", temporary_folder
+    )
 
 
 def test_yaml_of_too_many_events_is_refused(tmp_path, temporary_folder):
@@ -406,8 +488,9 @@ def test_an_rdf_yaml_over_one_mib_is_refused_unread(tmp_path, temporary_folder):
     rdf = SAFE_RDF + b"# " + b" " * (4 * 2**20) + b"\n"  # deflates to a few KB
     package = package_with(tmp_path / "large.zip", {"rdf.yaml": rdf})
     assert package.stat().st_size < 2**16
-    assert_refused_quickly(package, rf"rdf.yaml' declares {len(rdf)} bytes .* more than the 1048576 read",
-                           temporary_folder)
+    assert_refused_quickly(
+        package, rf"rdf.yaml' declares {len(rdf)} bytes .* more than the 1048576 read", temporary_folder
+    )
 
 
 @pytest.mark.parametrize("name", [_bioimageio.MODEL_FILE, "test_input.npy"])
@@ -418,23 +501,29 @@ def test_a_member_declaring_gigabytes_in_a_small_zip_is_refused_unread(tmp_path,
 
 def test_a_member_that_inflates_over_a_hundred_times_is_refused(tmp_path, temporary_folder):
     package = package_with(tmp_path / "bomb.zip", {"test_input.npy": bytes(16 * 2**20)})  # deflated ~1000x
-    assert_refused_quickly(package, r"'test_input.npy' declares 16777216 bytes compressed to \d+, more than 100 times",
-                           temporary_folder)
+    assert_refused_quickly(
+        package, r"'test_input.npy' declares 16777216 bytes compressed to \d+, more than 100 times", temporary_folder
+    )
 
 
 def test_members_that_together_inflate_beyond_the_budget_are_refused(tmp_path, temporary_folder):
     # Each 1 MiB member is too small to be judged by its ratio; 65 MiB from a ~100 KB zip is not.
     members = {f"part{i}.bin": bytes(2**20) for i in range(65)}
     package = package_with(tmp_path / "bomb.zip", members)
-    assert_refused_quickly(package, r"66 members declare 68157\d+ bytes uncompressed in all, but a zip of \d+ bytes",
-                           temporary_folder)
+    assert_refused_quickly(
+        package, r"66 members declare 68157\d+ bytes uncompressed in all, but a zip of \d+ bytes", temporary_folder
+    )
 
 
 def test_a_model_file_over_its_cap_is_refused_unread(tmp_path, temporary_folder, monkeypatch):
     monkeypatch.setattr(_zipcheck, "MAX_MODEL_BYTES", 1000)
     package = package_with(tmp_path / "big.zip", {_bioimageio.MODEL_FILE: RNG.bytes(2000)}, zipfile.ZIP_STORED)
-    assert_refused_quickly(package, r"the model file 'n2v_estimator_model.safetensors' declares 2000 bytes, "
-                                    r"more than the 1000", temporary_folder)
+    assert_refused_quickly(
+        package,
+        r"the model file 'n2v_estimator_model.safetensors' declares 2000 bytes, "
+        r"more than the 1000",
+        temporary_folder,
+    )
 
 
 def test_a_package_of_too_many_members_is_refused(tmp_path, temporary_folder):
@@ -442,8 +531,9 @@ def test_a_package_of_too_many_members_is_refused(tmp_path, temporary_folder):
     assert_refused_quickly(package, r"many.zip holds 1001 files, more than the 256", temporary_folder)
 
 
-@pytest.mark.parametrize("name", ["/etc/cron.d/evil", "../evil.py", "weights/../../evil.py", "C:\\evil.py",
-                                  "..\\evil.py"])
+@pytest.mark.parametrize(
+    "name", ["/etc/cron.d/evil", "../evil.py", "weights/../../evil.py", "C:\\evil.py", "..\\evil.py"]
+)
 def test_members_with_paths_outside_the_package_are_refused(tmp_path, temporary_folder, name):
     package = package_with(tmp_path / "escape.zip", {name: b"import os"})
     assert_refused_quickly(package, r"has an absolute path or a '\.\.' component", temporary_folder)
@@ -462,8 +552,9 @@ def test_errors_of_bioimageio_spec_become_model_file_errors(tmp_path, temporary_
 
     monkeypatch.setattr("bioimageio.spec.load_description", fail)
     package = package_with(tmp_path / "safe.zip", {})
-    assert_refused_quickly(package, r"safe.zip could not be read .* by bioimageio.spec \(RuntimeError: the YAML",
-                           temporary_folder)
+    assert_refused_quickly(
+        package, r"safe.zip could not be read .* by bioimageio.spec \(RuntimeError: the YAML", temporary_folder
+    )
 
 
 def test_copying_the_model_file_stops_past_its_declared_size(tmp_path):
@@ -486,7 +577,9 @@ def test_a_calibrated_models_package_carries_its_pixel_sizes_and_its_readme_no_d
         rdf = yaml.safe_load(archive.read("rdf.yaml"))
         readme = archive.read("README.md").decode()
     for tensor in (rdf["inputs"][0], rdf["outputs"][0]):
-        space = {axis["id"]: (axis.get("scale"), axis.get("unit")) for axis in tensor["axes"] if axis["type"] == "space"}
+        space = {
+            axis["id"]: (axis.get("scale"), axis.get("unit")) for axis in tensor["axes"] if axis["type"] == "space"
+        }
         assert space == {"y": (0.2, "micrometer"), "x": (0.25, "micrometer")}
     assert "http" not in readme
     assert Noise2VoidDenoiser.from_bioimageio(package).image_calibration_ == denoiser.image_calibration_

@@ -18,16 +18,30 @@ from n2v_estimator.nets.unet import check_description, network_description
 from n2v_estimator.predict.denoise import PredictPlan, denoise
 
 IMAGE = np.random.default_rng(0).normal(100, 20, size=(40, 40)).astype(np.float32)
-SETTINGS = dict(depth=2, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
-                skip_skipone=False, independent_channels=True, blind_spot="network")
+SETTINGS = dict(
+    depth=2,
+    n_filters=4,
+    kernel_size=3,
+    batch_norm=True,
+    residual=False,
+    blurpool=False,
+    skip_skipone=False,
+    independent_channels=True,
+    blind_spot="network",
+)
 
 
 def blind_network(ndim=2, channels=1, noise_model="gaussian", dtype=torch.float64, **settings):
     description = network_description(ndim, channels, {**SETTINGS, **settings}, noise_model)
     model = build_unet(description, seed=0)
     if model.noise is not None:
-        model.noise.initialise(np.zeros(channels), np.ones(channels), {"sigma": [0.5] * channels}
-                               if noise_model == "gaussian" else {"a": [0.1] * channels, "b": [0.2] * channels})
+        model.noise.initialise(
+            np.zeros(channels),
+            np.ones(channels),
+            {"sigma": [0.5] * channels}
+            if noise_model == "gaussian"
+            else {"a": [0.1] * channels, "b": [0.2] * channels},
+        )
     with torch.no_grad():  # batch-norm statistics other than the identity, so that they are exercised
         for module in model.modules():
             if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
@@ -37,8 +51,17 @@ def blind_network(ndim=2, channels=1, noise_model="gaussian", dtype=torch.float6
 
 
 def settings_for(tile=None, overlap=None, tta=False):
-    return PredictPlan(tile_size=tile, tile_overlap=overlap, batch_pixels=4096, device=torch.device("cpu"), tta=tta,
-                verbose=False, precision="32", manipulator="uniform_withCP", neighborhood_radius=2)
+    return PredictPlan(
+        tile_size=tile,
+        tile_overlap=overlap,
+        batch_pixels=4096,
+        device=torch.device("cpu"),
+        tta=tta,
+        verbose=False,
+        precision="32",
+        manipulator="uniform_withCP",
+        neighborhood_radius=2,
+    )
 
 
 @pytest.mark.parametrize(
@@ -183,10 +206,19 @@ def test_export_to_the_model_zoo_is_refused_with_the_reason(tmp_path):
 @pytest.mark.slow
 def test_a_short_fit_denoises_and_the_posterior_improves_on_its_prior(camera_pair, one_torch_thread):
     clean, noisy = camera_pair
-    denoiser = Noise2VoidDenoiser(blind_spot="network", noise_model=25.0, n_filters=8, max_epochs=4, steps_per_epoch=20,
-                                  patch_size=32, learning_rate=4e-3, validation_fraction=0, random_state=0,
-                                  batch_norm=True,  # starts faster: 23.3 and 24.8 dB from 20.2 (off: 18.8, 21.2)
-                                  verbose=False).fit(noisy)
+    denoiser = Noise2VoidDenoiser(
+        blind_spot="network",
+        noise_model=25.0,
+        n_filters=8,
+        max_epochs=4,
+        steps_per_epoch=20,
+        patch_size=32,
+        learning_rate=4e-3,
+        validation_fraction=0,
+        random_state=0,
+        batch_norm=True,  # starts faster: 23.3 and 24.8 dB from 20.2 (off: 18.8, 21.2)
+        verbose=False,
+    ).fit(noisy)
     prior = denoiser._denoise(noisy[None, None].astype(np.float32), prior_only=True)[0, 0]
     posterior_mean = denoiser.transform(noisy)
     assert psnr(prior, clean) > psnr(noisy, clean) + 2

@@ -46,7 +46,9 @@ def test_a_model_that_matches_its_data_is_calibrated_in_every_bin():
     model, batches = known_case(0.2, 0.2)
     calibration = blind_spot_calibration(model, batches, np.array([100.0]), np.array([10.0]))
     assert len(calibration["edges"][0]) == N_BINS + 1 and sum(calibration["count"][0]) == 4 * 64 * 64
-    assert calibration["edges"][0][0] == pytest.approx(90, abs=0.5) and calibration["edges"][0][-1] == pytest.approx(110, abs=0.5)
+    assert calibration["edges"][0][0] == pytest.approx(90, abs=0.5) and calibration["edges"][0][-1] == pytest.approx(
+        110, abs=0.5
+    )
     assert all(r == pytest.approx(1, abs=0.1) for r in calibration["ratio"][0])
     assert all(s == pytest.approx(1, abs=0.01) for s in calibration["noise_share"][0])
     assert calibration_problems(calibration) == []
@@ -153,8 +155,9 @@ CRAFTED = {
 
 
 @pytest.mark.parametrize("craft", list(CRAFTED), ids=list(CRAFTED))
-def test_a_crafted_calibration_record_is_refused_by_load_and_by_info_in_one_line(tmp_path, capsys, probabilistic_file,
-                                                                                 craft):  # fmt: skip
+def test_a_crafted_calibration_record_is_refused_by_load_and_by_info_in_one_line(
+    tmp_path, capsys, probabilistic_file, craft
+):
     """info loaded such records and then ended in a KeyError or IndexError traceback (edges or se
     missing, more ratios than edges), or printed their strings raw."""
     tensors, document = probabilistic_file

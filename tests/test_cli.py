@@ -18,8 +18,26 @@ from n2v_estimator.io import images as _io
 tifffile = pytest.importorskip("tifffile")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = ["--depth", "1", "--n-filters", "4", "--max-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "4",
-        "--patch-size", "16", "--device", "cpu", "--precision", "32", "--random-state", "0"]  # fmt: skip
+TINY = [
+    "--depth",
+    "1",
+    "--n-filters",
+    "4",
+    "--max-epochs",
+    "1",
+    "--steps-per-epoch",
+    "2",
+    "--batch-size",
+    "4",
+    "--patch-size",
+    "16",
+    "--device",
+    "cpu",
+    "--precision",
+    "32",
+    "--random-state",
+    "0",
+]
 
 
 def noisy(*shape, seed=0):
@@ -81,12 +99,21 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 @pytest.mark.parametrize(
     "argv, status",
-    [(["--help"], 0), (["fit", "--help"], 0), (["transform", "--help"], 0), (["info", "--help"], 0), (["--version"], 0),
-     (["fit", "--max-epoch", "3"], 2), (["transform"], 2), (["frobnicate"], 2),
-     (["info", str(FIXTURES / "probabilistic_model_0.1.0.safetensors")], 0),
-     (["info", str(FIXTURES / "plain_model_0.1.0.safetensors"), "--json"], 0), (["info", __file__], 2)],
+    [
+        (["--help"], 0),
+        (["fit", "--help"], 0),
+        (["transform", "--help"], 0),
+        (["info", "--help"], 0),
+        (["--version"], 0),
+        (["fit", "--max-epoch", "3"], 2),
+        (["transform"], 2),
+        (["frobnicate"], 2),
+        (["info", str(FIXTURES / "probabilistic_model_0.1.0.safetensors")], 0),
+        (["info", str(FIXTURES / "plain_model_0.1.0.safetensors"), "--json"], 0),
+        (["info", __file__], 2),
+    ],
     ids=lambda value: " ".join(Path(a).name for a in value) if isinstance(value, list) else str(value),
-)  # fmt: skip
+)
 def test_help_usage_errors_and_info_import_neither_torch_nor_scikit_learn(argv, status):
     """They answer in a fraction of a second: importing torch and scikit-learn takes seconds."""
     code = (
@@ -134,8 +161,21 @@ def test_fit_on_tiffs_of_different_sizes_writes_a_model_with_their_axes(files):
 def test_parameters_take_both_spellings_and_literal_values(tmp_path, capsys):
     image = write_tiff(tmp_path / "image.tif", noisy(40, 40))
     model = tmp_path / "model.safetensors"
-    status, _, err = run(capsys, "fit", image, "--model", model, "--quiet", *TINY, "--struct_mask", "('x', 3)",
-                         "--manipulator", "uniform_withoutCP", "--validation_fraction", "0")  # fmt: skip
+    status, _, err = run(
+        capsys,
+        "fit",
+        image,
+        "--model",
+        model,
+        "--quiet",
+        *TINY,
+        "--struct_mask",
+        "('x', 3)",
+        "--manipulator",
+        "uniform_withoutCP",
+        "--validation_fraction",
+        "0",
+    )
     assert status == 0, err
     denoiser = Noise2VoidDenoiser.load(model)
     assert denoiser.struct_mask == ("x", 3) and denoiser.manipulator == "uniform_withoutCP"
@@ -187,7 +227,9 @@ def test_ctrl_c_during_fit_saves_the_best_weights_and_exits_130(files, tmp_path,
 # --------------------------------------------------------------- transform
 def test_transform_one_tiff_to_tiff_is_the_estimators_transform(files, tmp_path, capsys):
     image = write_tiff(tmp_path / "third.tif", noisy(3, 50, 60, seed=2), axes="TYX")
-    status, _, err = run(capsys, "transform", "--model", files["model"], image, "--output", tmp_path / "out.tif", "--quiet")
+    status, _, err = run(
+        capsys, "transform", "--model", files["model"], image, "--output", tmp_path / "out.tif", "--quiet"
+    )
     assert status == 0, err
     with tifffile.TiffFile(tmp_path / "out.tif") as tif:
         assert tif.series[0].axes == "TYX"  # the input's own letters
@@ -196,7 +238,9 @@ def test_transform_one_tiff_to_tiff_is_the_estimators_transform(files, tmp_path,
     np.testing.assert_allclose(result, expected, rtol=1e-5)
 
 
-def test_transform_of_ome_zarr_streams_to_ome_zarr_equal_to_the_in_memory_transform(files, tmp_path, capsys, monkeypatch):
+def test_transform_of_ome_zarr_streams_to_ome_zarr_equal_to_the_in_memory_transform(
+    files, tmp_path, capsys, monkeypatch
+):
     from test_io import ome_zarr
 
     da = pytest.importorskip("dask.array")
@@ -206,7 +250,9 @@ def test_transform_of_ome_zarr_streams_to_ome_zarr_equal_to_the_in_memory_transf
     seen = []
     original = Noise2VoidDenoiser.transform
     monkeypatch.setattr(Noise2VoidDenoiser, "transform", lambda self, X, *a: seen.append(X) or original(self, X, *a))
-    status, _, err = run(capsys, "transform", "--model", files["model"], source, "--output", tmp_path / "out.zarr", "--quiet")
+    status, _, err = run(
+        capsys, "transform", "--model", files["model"], source, "--output", tmp_path / "out.zarr", "--quiet"
+    )
     assert status == 0, err
     assert isinstance(seen[0], da.Array) and seen[0].chunksize == (2, 48, 48)  # the stored t chunk is 2
     result, axes, metadata = _io.read_image(tmp_path / "out.zarr", return_metadata=True)
@@ -227,7 +273,9 @@ def test_several_inputs_go_to_a_folder_named_after_them(files, tmp_path, capsys)
     assert sorted(os.listdir(tmp_path / "out")) == ["noisy_1.tif", "noisy_2.tif", "plain.tif", "volume.zarr"]
     assert f"-> {tmp_path / 'out' / 'plain.tif'}" in out
     assert _io.read_image(tmp_path / "out" / "volume.zarr")[1] == "SYX"
-    status, _, err = run(capsys, "transform", "--model", files["model"], inputs[2], "--output", f"{tmp_path / 'one'}/", "--quiet")
+    status, _, err = run(
+        capsys, "transform", "--model", files["model"], inputs[2], "--output", f"{tmp_path / 'one'}/", "--quiet"
+    )
     assert status == 0 and os.listdir(tmp_path / "one") == ["plain.tif"], err  # a folder for one input
 
 
@@ -237,7 +285,9 @@ def test_the_models_axes_apply_where_the_file_names_none(tmp_path, capsys):
     model = tmp_path / "model.safetensors"
     status, _, err = run(capsys, "fit", tmp_path / "volume.npy", "--axes", "ZYX", "--model", model, "--quiet", *TINY)
     assert status == 0, err
-    status, _, err = run(capsys, "transform", "--model", model, tmp_path / "volume.npy", "--output", tmp_path / "out.npy", "--quiet")
+    status, _, err = run(
+        capsys, "transform", "--model", model, tmp_path / "volume.npy", "--output", tmp_path / "out.npy", "--quiet"
+    )
     assert status == 0, err
     expected = Noise2VoidDenoiser.load(model).transform(volume)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-5)
@@ -265,14 +315,38 @@ def test_user_errors_are_one_line_on_stderr_with_exit_status_2(files, tmp_path, 
     cases = {
         "missing.tif: no such file": ["fit", tmp_path / "missing.tif", "--model", tmp_path / "m.safetensors"],
         "matches no file": ["fit", tmp_path / "nothing*.tif", "--model", tmp_path / "m.safetensors"],
-        "unknown image format '.txt'": ["transform", "--model", model, tmp_path / "notes.txt", "--output", tmp_path / "o.tif"],
-        "axes='ZYX' names 3 axes but the array has 2": ["transform", "--model", model, image, "--axes", "ZYX", "--output", tmp_path / "o.tif"],
+        "unknown image format '.txt'": [
+            "transform",
+            "--model",
+            model,
+            tmp_path / "notes.txt",
+            "--output",
+            tmp_path / "o.tif",
+        ],
+        "axes='ZYX' names 3 axes but the array has 2": [
+            "transform",
+            "--model",
+            model,
+            image,
+            "--axes",
+            "ZYX",
+            "--output",
+            tmp_path / "o.tif",
+        ],
         "is a TIFF image, not an n2v-estimator model file": ["info", image],
         "cannot write '.png'": ["transform", "--model", model, image, "--output", tmp_path / "o.png"],
         "would replace it": ["transform", "--model", model, image, "--output", image],
         "unrecognized arguments: --bogus": ["fit", image, "--model", tmp_path / "m.safetensors", "--bogus", "3"],
-        "'manipulator' parameter": ["fit", image, "--model", tmp_path / "m.safetensors", *TINY, "--manipulator", "nonsense"],
-    }  # fmt: skip
+        "'manipulator' parameter": [
+            "fit",
+            image,
+            "--model",
+            tmp_path / "m.safetensors",
+            *TINY,
+            "--manipulator",
+            "nonsense",
+        ],
+    }
     for message, argv in cases.items():
         status, _, err = run(capsys, *argv)
         assert status == 2 and message in error_line(err), (argv, err)
@@ -302,8 +376,20 @@ def test_the_installed_command_end_to_end(tmp_path):
     status, _, err = cli("transform", "--model", "model.safetensors", third, "--output", "denoised.tif", "--quiet")
     assert status == 0, err
     # The zarr writer in this process (the command's own start-up was just shown).
-    assert main(["transform", "--model", str(tmp_path / "model.safetensors"), str(third), "--output",
-                 str(tmp_path / "denoised.zarr"), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "transform",
+                "--model",
+                str(tmp_path / "model.safetensors"),
+                str(third),
+                "--output",
+                str(tmp_path / "denoised.zarr"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     expected = Noise2VoidDenoiser.load(tmp_path / "model.safetensors").transform(tifffile.imread(third))
     np.testing.assert_allclose(tifffile.imread(tmp_path / "denoised.tif"), expected, rtol=1e-5)
     result, axes = _io.read_image(tmp_path / "denoised.zarr")
@@ -320,7 +406,7 @@ def test_the_installed_command_end_to_end(tmp_path):
         "no such file": ["transform", "--model", "model.safetensors", "missing.tif", "--output", "o.tif"],
         "unknown image format": ["transform", "--model", "model.safetensors", "notes.txt", "--output", "o.tif"],
         "not an n2v-estimator model file": ["info", third],
-    }  # fmt: skip
+    }
     for message, argv in errors.items():
         status, _, err = cli(*argv)
         assert status == 2 and message in error_line(err), (argv, err)
@@ -347,18 +433,30 @@ def test_warm_start_continues_with_the_saved_models_axes(tmp_path, capsys):
     np.save(tmp_path / "more.npy", noisy(16, 32, 32, seed=1))
     model = tmp_path / "m.safetensors"
     assert run(capsys, "fit", tmp_path / "volume.tif", "--model", model, "--quiet", *TINY)[0] == 0
-    status, _, err = run(capsys, "fit", tmp_path / "more.npy", "--model", model, "--quiet", *TINY, "--warm-start", "True")
+    status, _, err = run(
+        capsys, "fit", tmp_path / "more.npy", "--model", model, "--quiet", *TINY, "--warm-start", "True"
+    )
     assert status == 0, err
     denoiser = Noise2VoidDenoiser.load(model)
     assert denoiser.axes == "ZYX" and len(denoiser.history_) == 2
 
 
 def test_an_invalid_parameter_value_is_named_in_the_estimators_words(files, tmp_path, capsys):
-    status, _, err = run(capsys, "transform", "--model", files["model"], files["images"][0],
-                         "--output", tmp_path / "out.tif", "--tile-overlap", "0.9")  # fmt: skip
+    status, _, err = run(
+        capsys,
+        "transform",
+        "--model",
+        files["model"],
+        files["images"][0],
+        "--output",
+        tmp_path / "out.tif",
+        "--tile-overlap",
+        "0.9",
+    )
     assert status == 2 and "tile_overlap" in error_line(err)
-    status, _, err = run(capsys, "fit", files["images"][0], "--model", tmp_path / "m.safetensors", *TINY,
-                         "--batch-size", "0")  # fmt: skip
+    status, _, err = run(
+        capsys, "fit", files["images"][0], "--model", tmp_path / "m.safetensors", *TINY, "--batch-size", "0"
+    )
     assert status == 2 and "batch_size" in error_line(err)
 
 
@@ -366,7 +464,9 @@ def test_an_invalid_parameter_value_is_named_in_the_estimators_words(files, tmp_
 def _imagej_series(path):
     """A uint16 ImageJ time series (3 frames, 2 channels) of 0.1 x 0.2 um pixels, 2 s apart."""
     data = noisy(3, 2, 48, 48).astype(np.uint16)
-    tifffile.imwrite(path, data, imagej=True, resolution=(10, 5), metadata={"axes": "TCYX", "unit": "um", "finterval": 2})
+    tifffile.imwrite(
+        path, data, imagej=True, resolution=(10, 5), metadata={"axes": "TCYX", "unit": "um", "finterval": 2}
+    )
     return path
 
 
@@ -380,8 +480,17 @@ def test_transform_of_an_imagej_file_writes_imagej_with_its_calibration_and_says
     status, out, _ = run(capsys, "info", tmp_path / "m.safetensors", "--json")
     assert json.loads(out)["image_calibration"]["scale"] == {"Y": 0.2, "X": 0.1, "S": 2.0}
     for dtype, written in (["--dtype", "input"], "uint16"), ([], "float32"):
-        status, out, err = run(capsys, "transform", "--model", tmp_path / "m.safetensors", source, "--output",
-                               tmp_path / "out.tif", *dtype, "--overwrite")  # fmt: skip
+        status, out, err = run(
+            capsys,
+            "transform",
+            "--model",
+            tmp_path / "m.safetensors",
+            source,
+            "--output",
+            tmp_path / "out.tif",
+            *dtype,
+            "--overwrite",
+        )
         assert status == 0, err
         with tifffile.TiffFile(tmp_path / "out.tif") as tif:
             assert tif.is_imagej and tif.series[0].axes == "TCYX" and tif.series[0].dtype == written
@@ -394,13 +503,29 @@ def test_transform_of_an_imagej_file_writes_imagej_with_its_calibration_and_says
 def test_transform_warns_where_calibration_is_lost_or_pixels_differ_from_training(tmp_path, capsys):
     source = _imagej_series(tmp_path / "series.tif")
     assert main(["fit", str(source), "--model", str(tmp_path / "m.safetensors"), "--quiet", *TINY]) == 0
-    status, _, err = run(capsys, "transform", "--model", tmp_path / "m.safetensors", source, "--output", tmp_path / "o.npy")
+    status, _, err = run(
+        capsys, "transform", "--model", tmp_path / "m.safetensors", source, "--output", tmp_path / "o.npy"
+    )
     assert status == 0 and "a .npy file keeps no calibration" in err and "write .tif or .zarr" in err
     other = tmp_path / "coarse.tif"
-    tifffile.imwrite(other, noisy(2, 48, 48).astype(np.uint16), imagej=True, resolution=(2, 2),
-                     metadata={"axes": "CYX", "unit": "um"})  # fmt: skip
-    status, _, err = run(capsys, "transform", "--model", tmp_path / "m.safetensors", other, "--output", tmp_path / "o.tif",
-                         "--axes", "CYX")  # fmt: skip
+    tifffile.imwrite(
+        other,
+        noisy(2, 48, 48).astype(np.uint16),
+        imagej=True,
+        resolution=(2, 2),
+        metadata={"axes": "CYX", "unit": "um"},
+    )
+    status, _, err = run(
+        capsys,
+        "transform",
+        "--model",
+        tmp_path / "m.safetensors",
+        other,
+        "--output",
+        tmp_path / "o.tif",
+        "--axes",
+        "CYX",
+    )
     assert status == 0 and "coarse.tif has pixels of 0.5 µm along Y; the model was trained on 0.2 µm" in err
     assert "along X; the model was trained on 0.1 µm" in err
 
@@ -408,16 +533,46 @@ def test_transform_warns_where_calibration_is_lost_or_pixels_differ_from_trainin
 def test_a_model_path_is_a_safetensors_file_and_a_missing_or_wrong_one_is_named(tmp_path, capsys, files):
     image = files["images"][0]
     cases = {
-        "--model model.npz: a model is written as one safetensors file; name it model.safetensors":
-            ["fit", image, "--model", "model.npz", *TINY],
+        "--model model.npz: a model is written as one safetensors file; name it model.safetensors": [
+            "fit",
+            image,
+            "--model",
+            "model.npz",
+            *TINY,
+        ],
         f"--model {tmp_path / 'absent.safetensors'}: no model file at": [
-            "transform", "--model", tmp_path / "absent.safetensors", image, "--output", tmp_path / "o.tif"],
+            "transform",
+            "--model",
+            tmp_path / "absent.safetensors",
+            image,
+            "--output",
+            tmp_path / "o.tif",
+        ],
         f"{image} is a TIFF image, not an n2v-estimator model file": [
-            "transform", "--model", image, image, "--output", tmp_path / "o.tif"],
+            "transform",
+            "--model",
+            image,
+            image,
+            "--output",
+            tmp_path / "o.tif",
+        ],
         f"info {tmp_path / 'absent'}: no model file at": ["info", tmp_path / "absent"],
-        "no model file at": ["export", "--model", tmp_path / "absent", "--test-image", image, "--output",
-                             tmp_path / "p.zip", "--name", "a model", "--description", "d", "--author", "a"],
-    }  # fmt: skip
+        "no model file at": [
+            "export",
+            "--model",
+            tmp_path / "absent",
+            "--test-image",
+            image,
+            "--output",
+            tmp_path / "p.zip",
+            "--name",
+            "a model",
+            "--description",
+            "d",
+            "--author",
+            "a",
+        ],
+    }
     for message, argv in cases.items():
         status, _, err = run(capsys, *argv)
         assert status == 2 and message in error_line(err), (argv, err)
@@ -428,20 +583,44 @@ def test_an_axes_error_names_the_file_its_shape_the_axes_and_the_fix(tmp_path, c
     two = write_tiff(tmp_path / "two.tif", noisy(2, 64, 64), axes="CYX")
     depth2 = [a if a != "1" or TINY[k - 1] != "--depth" else "2" for k, a in enumerate(TINY)]
     for given in ("YXC", "ZYX"):
-        status, _, err = run(capsys, "fit", two, "--axes", given, "--model", tmp_path / "m.safetensors", *depth2,
-                             "--validation-fraction", "0")  # fmt: skip
+        status, _, err = run(
+            capsys,
+            "fit",
+            two,
+            "--axes",
+            given,
+            "--model",
+            tmp_path / "m.safetensors",
+            *depth2,
+            "--validation-fraction",
+            "0",
+        )
         line = error_line(err)
         assert status == 2 and f"two.tif (shape (2, 64, 64), axes {given} from --axes; its metadata names CYX: " in line
         assert "leave out --axes to use them" in line and f"With axes='{given}'" in line and "only 2 pixel(s)" in line
-    status, _, err = run(capsys, "fit", two, "--model", tmp_path / "m.safetensors", *depth2, "--validation-fraction", "0")
+    status, _, err = run(
+        capsys, "fit", two, "--model", tmp_path / "m.safetensors", *depth2, "--validation-fraction", "0"
+    )
     assert status == 0, err
 
 
 def test_yes_or_no_options_take_a_value_or_none_in_every_command(files, tmp_path, capsys):
     model, image = files["model"], files["images"][0]
     for tta in (["--tta"], ["--tta", "True"], ["--tta=false"], ["--tta", "no"]):
-        status, out, err = run(capsys, "transform", "--model", model, *tta, image, "--output", tmp_path / "o.tif",
-                               "--quiet", "false", "--overwrite", "yes")  # fmt: skip
+        status, out, err = run(
+            capsys,
+            "transform",
+            "--model",
+            model,
+            *tta,
+            image,
+            "--output",
+            tmp_path / "o.tif",
+            "--quiet",
+            "false",
+            "--overwrite",
+            "yes",
+        )
         assert status == 0 and "o.tif" in out, (tta, err)
     status, _, err = run(capsys, "fit", image, "--model", tmp_path / "m.safetensors", *TINY, "--warm-start", "--quiet")
     assert status == 0 and err.count("warning") <= 1, err
@@ -457,14 +636,24 @@ def test_a_misspelled_option_gets_the_closest_one(files, tmp_path, capsys):
     line = error_line(err)
     assert status == 2 and "unrecognized arguments: --max-epoch 1; did you mean --max-epochs" in line
     assert "(see 'n2v-estimator fit --help')" in line
-    status, _, err = run(capsys, "transform", "--model", files["model"], image, "--output", tmp_path / "o.tif", "--tile-sise", "64")
+    status, _, err = run(
+        capsys, "transform", "--model", files["model"], image, "--output", tmp_path / "o.tif", "--tile-sise", "64"
+    )
     assert status == 2 and "did you mean --tile-size" in error_line(err)
 
 
 def test_a_3d_file_without_axes_trains_as_a_stack_of_2d_images_with_a_note(tmp_path, capsys):
     np.save(tmp_path / "volume.npy", noisy(16, 32, 32))
-    status, _, err = run(capsys, "fit", tmp_path / "volume.npy", "--model", tmp_path / "m.safetensors", *TINY,
-                         "--validation-fraction", "0")  # fmt: skip
+    status, _, err = run(
+        capsys,
+        "fit",
+        tmp_path / "volume.npy",
+        "--model",
+        tmp_path / "m.safetensors",
+        *TINY,
+        "--validation-fraction",
+        "0",
+    )
     assert status == 0 and "warning: X of shape (16, 32, 32) with axes=None is trained as a stack of 16 separate" in err
     assert "--axes ZYX" in err
 
@@ -487,7 +676,9 @@ def test_the_readmes_command_lines_run_as_written(tmp_path, monkeypatch, capsys)
     pytest.importorskip("bioimageio.core")
     block = readme.read_text().split("## Quickstart: command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     lines = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").strip().splitlines()]
-    assert [line[:2] for line in lines] == [["n2v-estimator", name] for name in ("fit", "transform", "transform", "info", "export")]
+    assert [line[:2] for line in lines] == [
+        ["n2v-estimator", name] for name in ("fit", "transform", "transform", "info", "export")
+    ]
     write_tiff(tmp_path / "noisy_01.tif", noisy(32, 32))
     write_tiff(tmp_path / "noisy_02.tif", noisy(40, 32, seed=1))
     _io.write_image(tmp_path / "big.ome.zarr", noisy(48, 48), "YX")
@@ -507,29 +698,64 @@ def models_2d_3d(tmp_path_factory):
     np.save(folder / "plane.npy", noisy(48, 48))
     np.save(folder / "volume.npy", noisy(16, 32, 32))
     for name, axes in (("plane", "YX"), ("volume", "ZYX")):
-        assert main(["fit", str(folder / f"{name}.npy"), "--axes", axes, "--model", str(folder / f"{name}.safetensors"),
-                     "--quiet", *TINY, "--validation-fraction", "0"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "fit",
+                    str(folder / f"{name}.npy"),
+                    "--axes",
+                    axes,
+                    "--model",
+                    str(folder / f"{name}.safetensors"),
+                    "--quiet",
+                    *TINY,
+                    "--validation-fraction",
+                    "0",
+                ]
+            )
+            == 0
+        )
     return {"YX": folder / "plane.safetensors", "ZYX": folder / "volume.safetensors"}
 
 
 def _calibrated_input(path, flavour, tiff_axes, data):
     """A file of ``flavour`` with 0.1 x 0.2 um pixels, 0.5 um slices and 2 s frames."""
     if flavour == "imagej":
-        tifffile.imwrite(path, data, imagej=True, resolution=(10, 5),
-                         metadata={"axes": tiff_axes, "unit": "um", "spacing": 0.5, "finterval": 2})  # fmt: skip
+        tifffile.imwrite(
+            path,
+            data,
+            imagej=True,
+            resolution=(10, 5),
+            metadata={"axes": tiff_axes, "unit": "um", "spacing": 0.5, "finterval": 2},
+        )
     elif flavour == "ome-tiff":
-        tifffile.imwrite(path, data, ome=True, metadata={
-            "axes": tiff_axes, "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.2, "PhysicalSizeZ": 0.5, "TimeIncrement": 2})  # fmt: skip
+        tifffile.imwrite(
+            path,
+            data,
+            ome=True,
+            metadata={
+                "axes": tiff_axes,
+                "PhysicalSizeX": 0.1,
+                "PhysicalSizeY": 0.2,
+                "PhysicalSizeZ": 0.5,
+                "TimeIncrement": 2,
+            },
+        )
     else:
         ours = tiff_axes.replace("T", "S")
-        record = {"scale": {"S": 2, "Z": 0.5, "Y": 0.2, "X": 0.1}, "unit": dict.fromkeys("ZYX", "micrometer") | {"S": "second"}}
+        record = {
+            "scale": {"S": 2, "Z": 0.5, "Y": 0.2, "X": 0.1},
+            "unit": dict.fromkeys("ZYX", "micrometer") | {"S": "second"},
+        }
         _io.write_image(path, data, ours, {"calibration": record})
     return path
 
 
 @pytest.mark.parametrize("flavour, suffix", [("imagej", ".tif"), ("ome-tiff", ".tif"), ("ome-zarr", ".zarr")])
 @pytest.mark.parametrize("tiff_axes, shape", [("YX", (48, 48)), ("ZYX", (16, 32, 32)), ("TYX", (3, 48, 48))])
-def test_transform_keeps_each_formats_calibration_and_flavour(tmp_path, capsys, models_2d_3d, flavour, suffix, tiff_axes, shape):
+def test_transform_keeps_each_formats_calibration_and_flavour(
+    tmp_path, capsys, models_2d_3d, flavour, suffix, tiff_axes, shape
+):
     source = _calibrated_input(tmp_path / f"in{suffix}", flavour, tiff_axes, noisy(*shape))
     model = models_2d_3d["ZYX" if "Z" in tiff_axes else "YX"]
     status, out, err = run(capsys, "transform", "--model", model, source, "--output", tmp_path / f"out{suffix}")
@@ -543,8 +769,7 @@ def test_transform_keeps_each_formats_calibration_and_flavour(tmp_path, capsys, 
     assert written.get("ome") == metadata.get("ome") and "calibration kept: pixel size" in out
 
 
-def test_no_command_replaces_an_existing_file_without_overwrite_and_each_says_what_it_replaced(files, tmp_path,
-                                                                                                capsys):
+def test_no_command_replaces_an_existing_file_without_overwrite_and_each_says_what_it_replaced(files, tmp_path, capsys):
     """fit --model, transform --output (every output checked before any is written), export --output
     and import-n2v: an existing target is refused in one line naming --overwrite, and left as it was."""
     model, images = files["model"], files["images"]
@@ -571,13 +796,26 @@ def test_an_imagej_time_lapse_named_tyx_comes_back_with_its_frame_interval_and_p
     """The microscopist's TYX: 0.2 um pixels, 2.5 s frames, uint16; --axes TYX is the file's own
     order, and the result is an ImageJ time-lapse again."""
     rng = np.random.default_rng(0)
-    frames = (1000 + 200 * np.sin(np.indices((4, 48, 48)).sum(0) / 6) + rng.normal(0, 50, (4, 48, 48))).astype(np.uint16)
+    frames = (1000 + 200 * np.sin(np.indices((4, 48, 48)).sum(0) / 6) + rng.normal(0, 50, (4, 48, 48))).astype(
+        np.uint16
+    )
     source = tmp_path / "lapse.tif"
-    tifffile.imwrite(source, frames, imagej=True, resolution=(5, 5), metadata={"axes": "TYX", "unit": "um", "finterval": 2.5})
+    tifffile.imwrite(
+        source, frames, imagej=True, resolution=(5, 5), metadata={"axes": "TYX", "unit": "um", "finterval": 2.5}
+    )
     status, _, err = run(capsys, "fit", source, "--axes", "TYX", "--model", tmp_path / "m.safetensors", *TINY)
     assert status == 0, err
-    status, _, err = run(capsys, "transform", "--model", tmp_path / "m.safetensors", source, "--axes", "TYX",
-                         "--output", tmp_path / "out.tif")  # fmt: skip
+    status, _, err = run(
+        capsys,
+        "transform",
+        "--model",
+        tmp_path / "m.safetensors",
+        source,
+        "--axes",
+        "TYX",
+        "--output",
+        tmp_path / "out.tif",
+    )
     assert status == 0, err
     with tifffile.TiffFile(tmp_path / "out.tif") as tif:
         assert tif.is_imagej and tif.series[0].axes == "TYX" and tif.series[0].shape == frames.shape

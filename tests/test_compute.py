@@ -14,8 +14,17 @@ from n2v_estimator.runtime.compute import autocast, channels_last, prefers_chann
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SETTINGS = dict(depth=2, n_filters=8, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
-                skip_skipone=False, independent_channels=True, blind_spot="mask")
+SETTINGS = dict(
+    depth=2,
+    n_filters=8,
+    kernel_size=3,
+    batch_norm=True,
+    residual=False,
+    blurpool=False,
+    skip_skipone=False,
+    independent_channels=True,
+    blind_spot="mask",
+)
 NETWORKS = {
     "2d": (2, 1, {}),
     "grouped": (2, 3, {}),

@@ -18,8 +18,20 @@ from n2v_estimator.fit.plan import make_plan
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 
-PARAMS = dict(max_epochs=2, steps_per_epoch=3, patch_size=32, batch_size=16, depth=1, n_filters=8, batch_norm=False,
-              random_state=0, verbose=False, device="cpu", precision="32", validation_fraction=0)  # fmt: skip
+PARAMS = dict(
+    max_epochs=2,
+    steps_per_epoch=3,
+    patch_size=32,
+    batch_size=16,
+    depth=1,
+    n_filters=8,
+    batch_norm=False,
+    random_state=0,
+    verbose=False,
+    device="cpu",
+    precision="32",
+    validation_fraction=0,
+)
 
 
 def image(shape=(96, 96)):
@@ -60,8 +72,9 @@ def test_two_ranks_of_half_a_batch_train_as_one_process_with_the_whole_batch(bat
     plan = plan_of(batch_norm=batch_norm)
     single, alone = plan.run()
     model, together = run_distributed(plan, 2, same_patches=True)
-    np.testing.assert_allclose([h["train_loss"] for h in together.history], [h["train_loss"] for h in alone.history],
-                               rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in together.history], [h["train_loss"] for h in alone.history], rtol=1e-5
+    )
     for name, tensor in single.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=1e-4, atol=1e-6)
 
@@ -93,8 +106,9 @@ def assert_unchanged(denoiser, weights):
 def test_a_failing_rank_ends_every_rank_and_leaves_the_estimator_as_it_was(monkeypatch):
     denoiser, weights = fitted()
     real = make_plan
-    monkeypatch.setattr(estimator_module, "make_plan",
-                        lambda *a: dataclasses.replace(real(*a), masker=FailingMasker(real(*a).masker)))  # fmt: skip
+    monkeypatch.setattr(
+        estimator_module, "make_plan", lambda *a: dataclasses.replace(real(*a), masker=FailingMasker(real(*a).masker))
+    )
     with pytest.raises(DistributedTrainingError, match="rank 1 of 2 failed: RuntimeError: a rank fails"):
         denoiser.set_params(n_devices=2, warm_start=False).fit(image())
     assert_unchanged(denoiser, weights)
@@ -106,8 +120,9 @@ def test_ctrl_c_ends_every_rank_and_leaves_the_estimator_as_it_was(monkeypatch):
 
     denoiser, weights = fitted()
     real = make_plan
-    monkeypatch.setattr(estimator_module, "make_plan",
-                        lambda *a: dataclasses.replace(real(*a), masker=SlowMasker(real(*a).masker)))  # fmt: skip
+    monkeypatch.setattr(
+        estimator_module, "make_plan", lambda *a: dataclasses.replace(real(*a), masker=SlowMasker(real(*a).masker))
+    )
     timer = threading.Timer(6.0, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
@@ -121,9 +136,11 @@ def test_ctrl_c_ends_every_rank_and_leaves_the_estimator_as_it_was(monkeypatch):
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"batch_size": 15}, "batch_size=15 does not split over n_devices=2"),
-     ({"device": "cuda"} if not torch.cuda.is_available() else {"n_devices": 64, "device": "cuda"}, "CUDA")],
-)  # fmt: skip
+    [
+        ({"batch_size": 15}, "batch_size=15 does not split over n_devices=2"),
+        ({"device": "cuda"} if not torch.cuda.is_available() else {"n_devices": 64, "device": "cuda"}, "CUDA"),
+    ],
+)
 def test_settings_that_cannot_be_split_are_refused_before_anything_starts(changes, message):
     with pytest.raises((ValueError, RuntimeError), match=message):
         Noise2VoidDenoiser(**{**PARAMS, "n_devices": 2, **changes}).fit(image())
@@ -138,8 +155,14 @@ def torchrun(*args, cwd, env=None, timeout=240):
     import sys
 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})  # fmt: skip
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
 
 
 @pytest.mark.slow
@@ -148,16 +171,31 @@ def test_torchrun_ranks_train_as_the_ranks_fit_starts_and_only_rank_0_writes(tmp
     trains as n_devices=2 does (same rank streams, averaged gradients) and writes one model."""
     np.save(tmp_path / "noisy.npy", image())
     options = [f"--{k.replace('_', '-')}={v}" for k, v in PARAMS.items() if k not in ("verbose", "device")]
-    done = torchrun("-m", "n2v_estimator.cli", "fit", "noisy.npy", "--model", "model.safetensors", "--axes", "YX",
-                    "--device", "cpu", "--n-devices", "torchrun", *options, cwd=tmp_path)  # fmt: skip
+    done = torchrun(
+        "-m",
+        "n2v_estimator.cli",
+        "fit",
+        "noisy.npy",
+        "--model",
+        "model.safetensors",
+        "--axes",
+        "YX",
+        "--device",
+        "cpu",
+        "--n-devices",
+        "torchrun",
+        *options,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Saved model.safetensors") == 1, done.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "noisy.npy"]
     under_torchrun = Noise2VoidDenoiser.load(tmp_path / "model.safetensors")
     assert under_torchrun.n_devices == "torchrun" and len(under_torchrun.history_) == 2
     spawned = Noise2VoidDenoiser(**PARAMS, n_devices=2).fit(image())
-    np.testing.assert_allclose([h["train_loss"] for h in under_torchrun.history_],
-                               [h["train_loss"] for h in spawned.history_], rtol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in under_torchrun.history_], [h["train_loss"] for h in spawned.history_], rtol=1e-5
+    )
     for name, tensor in spawned.model_.state_dict().items():
         torch.testing.assert_close(under_torchrun.model_.state_dict()[name], tensor, rtol=1e-4, atol=1e-6)
 
@@ -205,8 +243,13 @@ def test_torchrun_mode_outside_torchrun_says_how_to_start_it(monkeypatch):
         Noise2VoidDenoiser(**PARAMS, n_devices="torchrun").fit(image())
 
 
-TORCHRUN_ENVIRONMENT = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "localhost",
-                        "MASTER_PORT": "29500"}  # fmt: skip
+TORCHRUN_ENVIRONMENT = {
+    "RANK": "0",
+    "WORLD_SIZE": "2",
+    "LOCAL_RANK": "0",
+    "MASTER_ADDR": "localhost",
+    "MASTER_PORT": "29500",
+}
 
 
 def test_the_command_line_joins_torchrun_only_when_asked(monkeypatch, tmp_path, capsys):
@@ -218,19 +261,46 @@ def test_the_command_line_joins_torchrun_only_when_asked(monkeypatch, tmp_path, 
         monkeypatch.setenv(name, value)
     np.save(tmp_path / "noisy.npy", image())
     options = [f"--{k.replace('_', '-')}={v}" for k, v in PARAMS.items() if k not in ("verbose",)]
-    assert cli.main(["fit", str(tmp_path / "noisy.npy"), "--model", str(tmp_path / "m.safetensors"), "--quiet",
-                     "--axes", "YX", *options]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            [
+                "fit",
+                str(tmp_path / "noisy.npy"),
+                "--model",
+                str(tmp_path / "m.safetensors"),
+                "--quiet",
+                "--axes",
+                "YX",
+                *options,
+            ]
+        )
+        == 0
+    )
     assert "--n-devices torchrun is not given: this process trains on its own" in capsys.readouterr().err
     assert Noise2VoidDenoiser.load(tmp_path / "m.safetensors").n_devices == 1
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("WORLD_SIZE", "0"), ("WORLD_SIZE", "two"), ("WORLD_SIZE", "9" * 5000), ("RANK", "2"), ("RANK", "-1"),
-    ("LOCAL_RANK", "1.5"), ("MASTER_PORT", "99999"), ("MASTER_PORT", ""), ("MASTER_ADDR", "host\x1b]0;owned\x07"),
-    ("MASTER_ADDR", "a b"), ("MASTER_ADDR", "h" * 300), ("RANK", None),
-], ids=lambda value: f"{len(value)} characters" if isinstance(value, str) and len(value) > 20 else None)  # fmt: skip
-def test_each_bad_torchrun_variable_is_one_line_naming_it_before_any_input_is_read(monkeypatch, tmp_path, capsys,
-                                                                                    name, value):
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WORLD_SIZE", "0"),
+        ("WORLD_SIZE", "two"),
+        ("WORLD_SIZE", "9" * 5000),
+        ("RANK", "2"),
+        ("RANK", "-1"),
+        ("LOCAL_RANK", "1.5"),
+        ("MASTER_PORT", "99999"),
+        ("MASTER_PORT", ""),
+        ("MASTER_ADDR", "host\x1b]0;owned\x07"),
+        ("MASTER_ADDR", "a b"),
+        ("MASTER_ADDR", "h" * 300),
+        ("RANK", None),
+    ],
+    ids=lambda value: f"{len(value)} characters" if isinstance(value, str) and len(value) > 20 else None,
+)
+def test_each_bad_torchrun_variable_is_one_line_naming_it_before_any_input_is_read(
+    monkeypatch, tmp_path, capsys, name, value
+):
     from n2v_estimator import cli
 
     for key, text in {**TORCHRUN_ENVIRONMENT, name: value}.items():
@@ -240,8 +310,12 @@ def test_each_bad_torchrun_variable_is_one_line_naming_it_before_any_input_is_re
             monkeypatch.setenv(key, text)
     monkeypatch.setattr(cli, "read_image", lambda *a, **k: pytest.fail("an input was read"))
     np.save(tmp_path / "noisy.npy", image())
-    assert cli.main(["fit", str(tmp_path / "noisy.npy"), "--model", str(tmp_path / "m.safetensors"),
-                     "--n-devices", "torchrun"]) == 2  # fmt: skip
+    assert (
+        cli.main(
+            ["fit", str(tmp_path / "noisy.npy"), "--model", str(tmp_path / "m.safetensors"), "--n-devices", "torchrun"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and name in err and "\x1b" not in err and len(err) < 500, err
     assert not (tmp_path / "m.safetensors").exists()
@@ -255,8 +329,21 @@ def rendezvous_in_a_process(tmp_path, environment, seconds=2):
     np.save(tmp_path / "noisy.npy", image())
     env = {**os.environ, **environment, "N2V_RENDEZVOUS_TIMEOUT": str(seconds), "OMP_NUM_THREADS": "1"}
     options = [f"--{k.replace('_', '-')}={v}" for k, v in PARAMS.items() if k not in ("verbose",)]
-    command = [sys.executable, "-m", "n2v_estimator.cli", "fit", "noisy.npy", "--model", "m.safetensors", "--quiet",
-               "--axes", "YX", "--n-devices", "torchrun", *options]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "n2v_estimator.cli",
+        "fit",
+        "noisy.npy",
+        "--model",
+        "m.safetensors",
+        "--quiet",
+        "--axes",
+        "YX",
+        "--n-devices",
+        "torchrun",
+        *options,
+    ]
     return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -276,14 +363,19 @@ def test_a_rank_whose_peers_never_come_ends_within_the_rendezvous_timeout_in_one
     import time
 
     start = time.perf_counter()
-    done = rendezvous_in_a_process(tmp_path, {**TORCHRUN_ENVIRONMENT, "MASTER_ADDR": "127.0.0.1", "RANK": rank,
-                                              "MASTER_PORT": str(free_port())})  # fmt: skip
+    done = rendezvous_in_a_process(
+        tmp_path, {**TORCHRUN_ENVIRONMENT, "MASTER_ADDR": "127.0.0.1", "RANK": rank, "MASTER_PORT": str(free_port())}
+    )
     elapsed = time.perf_counter() - start
     assert done.returncode == 2 and elapsed < 60, (elapsed, done.stderr[-2000:])
-    assert done.stderr.strip().splitlines() == [line for line in done.stderr.strip().splitlines()
-                                                if line.startswith("n2v-estimator: ")], done.stderr[-2000:]  # fmt: skip
-    assert f"could not join torchrun's group at 127.0.0.1:" in done.stderr and f"as RANK {rank} of WORLD_SIZE 2" in (
-        done.stderr) and "frame #" not in done.stderr  # fmt: skip
+    assert done.stderr.strip().splitlines() == [
+        line for line in done.stderr.strip().splitlines() if line.startswith("n2v-estimator: ")
+    ], done.stderr[-2000:]
+    assert (
+        "could not join torchrun's group at 127.0.0.1:" in done.stderr
+        and f"as RANK {rank} of WORLD_SIZE 2" in (done.stderr)
+        and "frame #" not in done.stderr
+    )
     assert not (tmp_path / "m.safetensors").exists()
 
 
@@ -339,12 +431,15 @@ def test_the_ranks_and_their_rendezvous_folder_go_when_the_parent_is_killed(tmp_
     import time
 
     script = tmp_path / "train.py"
-    script.write_text(SCRIPT.format(guard="if __name__ == '__main__':\n", indent="    ", epochs=10_000, size="(96, 96)"))
+    script.write_text(
+        SCRIPT.format(guard="if __name__ == '__main__':\n", indent="    ", epochs=10_000, size="(96, 96)")
+    )
     temporary = tmp_path / "tmp"
     temporary.mkdir()
     env = {**os.environ, "TMPDIR": str(temporary), "OMP_NUM_THREADS": "1"}
-    parent = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 60
         while len(children_of(parent.pid)) < 3 and time.monotonic() < deadline:  # two ranks and the tracker
@@ -375,11 +470,20 @@ def test_a_script_without_a_main_guard_fits_and_its_ranks_do_not_run_it_again(tm
     import time
 
     script = tmp_path / "train.py"
-    script.write_text("open('runs.txt', 'a').write('run\\n')\n"
-                      + SCRIPT.format(guard="", indent="", epochs=2, size="(1024, 1024)") + "print('fitted')\n")
+    script.write_text(
+        "open('runs.txt', 'a').write('run\\n')\n"
+        + SCRIPT.format(guard="", indent="", epochs=2, size="(1024, 1024)")
+        + "print('fitted')\n"
+    )
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0 and done.stdout.strip() == "fitted", done.stderr[-3000:]
     assert (tmp_path / "runs.txt").read_text() == "run\n" and time.perf_counter() - start < 100
 

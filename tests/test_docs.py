@@ -20,11 +20,20 @@ def test_the_documentation_builds_with_warnings_as_errors(tmp_path):
         pytest.skip("installed without the repository")
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     api = (tmp_path / "site" / "api" / "index.html").read_text()
-    for name in ("Noise2VoidDenoiser", "plot_history", "masked_pixel_percentage", "export_bioimageio", "from_bioimageio"):
+    for name in (
+        "Noise2VoidDenoiser",
+        "plot_history",
+        "masked_pixel_percentage",
+        "export_bioimageio",
+        "from_bioimageio",
+    ):
         assert name in api, name  # the reference is generated from the docstrings
 
 

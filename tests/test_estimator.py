@@ -55,9 +55,16 @@ def test_transform_returns_the_input_shape_for_every_layout(axes, shape):
 @pytest.mark.parametrize(
     "dtype, expected",
     [
-        (np.uint8, np.float32), (np.int16, np.float32), (np.uint16, np.float32), (np.float32, np.float32),
-        (np.float64, np.float64), (">f8", np.float64), (np.int32, np.float64), (np.uint32, np.float64),
-        (np.int64, np.float64), (np.uint64, np.float64),
+        (np.uint8, np.float32),
+        (np.int16, np.float32),
+        (np.uint16, np.float32),
+        (np.float32, np.float32),
+        (np.float64, np.float64),
+        (">f8", np.float64),
+        (np.int32, np.float64),
+        (np.uint32, np.float64),
+        (np.int64, np.float64),
+        (np.uint64, np.float64),
     ],
 )
 def test_output_dtype_is_float64_for_float64_and_wide_integers_else_float32(dtype, expected):
@@ -176,7 +183,9 @@ def test_cross_validation_on_one_2d_image_warns_that_folds_are_its_rows():
 
 def test_a_3d_array_without_axes_trains_as_a_stack_of_2d_images_and_says_so():
     stack = np.random.default_rng(0).normal(size=(4, 32, 32))
-    with pytest.warns(UserWarning, match=r"X of shape \(4, 32, 32\) with axes=None is trained as a stack of 4 separate 2D"):
+    with pytest.warns(
+        UserWarning, match=r"X of shape \(4, 32, 32\) with axes=None is trained as a stack of 4 separate 2D"
+    ):
         denoiser = tiny(validation_fraction=0).fit(stack)
     assert denoiser.spatial_ndim_ == 2
     with warnings.catch_warnings():

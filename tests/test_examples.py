@@ -36,7 +36,7 @@ def test_the_camera_example_writes_a_titled_before_after_figure_with_a_zoomed_cr
 
 @pytest.mark.slow
 def test_the_bioimageio_example_exports_and_checks_a_saved_model(tmp_path, capsys):
-    pytest.importorskip("bioimageio.core", reason='the [bioimageio] extra is not installed')
+    pytest.importorskip("bioimageio.core", reason="the [bioimageio] extra is not installed")
     from conftest import tiny
 
     model = tmp_path / "model.safetensors"
@@ -67,7 +67,12 @@ def _bsd68_stand_in(folder):
 def test_the_bsd68_example_uses_the_notebooks_configuration_by_default():
     example = _example("bsd68")
     notebook = example.make_denoiser(False, None, {})
-    assert (notebook.n_filters, notebook.batch_size, notebook.max_epochs, notebook.steps_per_epoch) == (96, 128, 200, 400)
+    assert (notebook.n_filters, notebook.batch_size, notebook.max_epochs, notebook.steps_per_epoch) == (
+        96,
+        128,
+        200,
+        400,
+    )
     assert notebook.residual and notebook.masked_pixel_percentage == 100 / 22**2 and notebook.neighborhood_radius == 2
     short = example.make_denoiser(False, 50, {"batch_size": 8})
     assert (short.max_epochs * short.steps_per_epoch, short.batch_size) == (50, 8)
@@ -109,8 +114,21 @@ def test_the_bsd68_example_runs_end_to_end_on_a_stand_in(tmp_path):
     import sys
 
     _bsd68_stand_in(tmp_path)
-    run = subprocess.run([sys.executable, str(EXAMPLES / "bsd68.py"), str(tmp_path), "--steps", "50", "--set",
-                          "batch_size=8", "n_filters=16"], capture_output=True, text=True, timeout=900)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "bsd68.py"),
+            str(tmp_path),
+            "--steps",
+            "50",
+            "--set",
+            "batch_size=8",
+            "n_filters=16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
     assert [line.split(":")[0] for line in lines[:3]] == ["test_0", "test_1", "test_2"]
@@ -127,9 +145,31 @@ def test_the_gpu_check_runs_as_a_smoke_test_on_the_cpu(tmp_path):
     import sys
 
     script = EXAMPLES.parent / "benchmarks" / "gpu_check.py"
-    run = subprocess.run([sys.executable, str(script), "--device", "cpu", "--steps", "4", "--predict-size", "256",
-                          "--budgets", "2", "--tiles", "128", "--probe-steps", "2", "--compile", "no", "--out",
-                          str(tmp_path)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--device",
+            "cpu",
+            "--steps",
+            "4",
+            "--predict-size",
+            "256",
+            "--budgets",
+            "2",
+            "--tiles",
+            "128",
+            "--probe-steps",
+            "2",
+            "--compile",
+            "no",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     assert results["fit"]["steps"] == 4 and results["inference"]["size"] == 256

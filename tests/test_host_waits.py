@@ -21,9 +21,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 aten = torch.ops.aten
 # Operations whose output the host must see before it can go on.
-_READ_BACK = {aten._local_scalar_dense, aten.nonzero, aten.masked_select, aten.masked_scatter_,
-              aten.masked_scatter, aten.is_nonzero, aten.equal, aten._unique2, aten.unique_dim,
-              aten.unique_consecutive}  # fmt: skip
+_READ_BACK = {
+    aten._local_scalar_dense,
+    aten.nonzero,
+    aten.masked_select,
+    aten.masked_scatter_,
+    aten.masked_scatter,
+    aten.is_nonzero,
+    aten.equal,
+    aten._unique2,
+    aten.unique_dim,
+    aten.unique_consecutive,
+}
 _INDEXING = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}
 
 
@@ -78,9 +87,20 @@ def one_step(case):
         X, axes = rng.normal(size=(64, 64, 2)).astype(np.float32), "YXC"
     else:
         X, axes = rng.normal(size=(96, 96)).astype(np.float32), "YX"
-    params = dict(n_filters=8, depth=2, batch_size=4, patch_size=32, max_epochs=1, steps_per_epoch=2,
-                  validation_fraction=0.0, masked_pixel_percentage=2.0, axes=axes, device="cpu", random_state=0,
-                  verbose=False)  # fmt: skip
+    params = dict(
+        n_filters=8,
+        depth=2,
+        batch_size=4,
+        patch_size=32,
+        max_epochs=1,
+        steps_per_epoch=2,
+        validation_fraction=0.0,
+        masked_pixel_percentage=2.0,
+        axes=axes,
+        device="cpu",
+        random_state=0,
+        verbose=False,
+    )
     estimator = Noise2VoidDenoiser(**{**params, **CASES[case]})
     estimator._validate_params()
     plan = make_plan(estimator.get_params(), X)
@@ -89,8 +109,18 @@ def one_step(case):
     from n2v_estimator.data.patches import PatchSampler
 
     sampler = PatchSampler(plan.train_images, plan.patch_shape)
-    step = training._Step(model, sampler, plan.masker, objective.get("loss", training.masked_mse), 1e-3, 10,
-                          plan.batch_size, torch.device("cpu"), plan.precision, 0)  # fmt: skip
+    step = training._Step(
+        model,
+        sampler,
+        plan.masker,
+        objective.get("loss", training.masked_mse),
+        1e-3,
+        10,
+        plan.batch_size,
+        torch.device("cpu"),
+        plan.precision,
+        0,
+    )
     step(0)
     return step
 
@@ -154,9 +184,18 @@ def test_an_epoch_with_validation_reads_the_device_three_times(monkeypatch):
     counts = [state["step"] for state in step.optimizer.state.values()]
     validation = training.make_validation_set(step.sampler, step.masker, 12, 4, torch.device("cpu"), 0)
     with HostWaits(host_side=counts) as mode:
-        history = training.train(step.model, step.sampler, step.masker, validation=validation, max_epochs=1,
-                                 steps_per_epoch=3, batch_size=4, learning_rate=1e-3, device=torch.device("cpu"),
-                                 seed=0)  # fmt: skip
+        history = training.train(
+            step.model,
+            step.sampler,
+            step.masker,
+            validation=validation,
+            max_epochs=1,
+            steps_per_epoch=3,
+            batch_size=4,
+            learning_rate=1e-3,
+            device=torch.device("cpu"),
+            seed=0,
+        )
     reads = [w for w in mode.waits if "_local_scalar_dense" in w]
     assert len(reads) == 3 and len(reads) == len(mode.waits), mode.waits
     assert np.isfinite(history.history[0]["val_loss"])

@@ -29,8 +29,21 @@ da = pytest.importorskip("dask.array")
 
 IMAGE = np.random.default_rng(0).normal(100, 10, (64, 64)).astype(np.float32)
 FAST = dict(max_epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32, n_filters=4, depth=1)
-CLI_FIT = ["--max-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2", "--patch-size", "32",
-           "--n-filters", "4", "--depth", "1", "--quiet"]  # fmt: skip
+CLI_FIT = [
+    "--max-epochs",
+    "1",
+    "--steps-per-epoch",
+    "2",
+    "--batch-size",
+    "2",
+    "--patch-size",
+    "32",
+    "--n-filters",
+    "4",
+    "--depth",
+    "1",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +90,16 @@ def bounded(call, seconds=2.0, megabytes=200):
 def zarr_v2(path, shape, chunks, dtype="<f4", compressor=None, filters=None):
     """A zarr format 2 array written as its metadata alone (no chunk: the fill value)."""
     os.makedirs(path)
-    meta = {"zarr_format": 2, "shape": list(shape), "chunks": list(chunks), "dtype": dtype, "compressor": compressor,
-            "fill_value": 0, "order": "C", "filters": filters}  # fmt: skip
+    meta = {
+        "zarr_format": 2,
+        "shape": list(shape),
+        "chunks": list(chunks),
+        "dtype": dtype,
+        "compressor": compressor,
+        "fill_value": 0,
+        "order": "C",
+        "filters": filters,
+    }
     (path / ".zarray").write_text(json.dumps(meta))
     return path
 
@@ -125,10 +146,19 @@ UNSAFE = {
     "msgpack": lambda: _FakeZarr2(compressor=_Codec(id="msgpack2")),
     "object dtype": lambda: _FakeZarr2(compressor=_Codec(id="zstd"), dtype=object),
     "zarr 3 pickle": lambda: _FakeZarr3([{"name": "bytes"}, {"name": "numcodecs.pickle"}]),
-    "zarr 3 pickle inside a shard": lambda: _FakeZarr3([{"name": "sharding_indexed", "configuration": {
-        "codecs": [{"name": "bytes"}, {"name": "numcodecs.pickle"}], "index_codecs": [{"name": "bytes"}]}}]),
+    "zarr 3 pickle inside a shard": lambda: _FakeZarr3(
+        [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "codecs": [{"name": "bytes"}, {"name": "numcodecs.pickle"}],
+                    "index_codecs": [{"name": "bytes"}],
+                },
+            }
+        ]
+    ),
     "an unknown codec": lambda: _FakeZarr3([{"name": "bytes"}, {"name": "my.plugin"}]),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("make", UNSAFE.values(), ids=UNSAFE.keys())
@@ -141,8 +171,19 @@ def test_zarr_arrays_whose_codecs_could_run_code_are_refused_from_their_metadata
 
 def test_zarr_arrays_with_compression_and_numeric_filters_are_accepted():
     check_zarr_array(_FakeZarr2(compressor=_Codec(id="blosc"), filters=[_Codec(id="delta"), _Codec(id="shuffle")]))
-    check_zarr_array(_FakeZarr3([{"name": "sharding_indexed", "configuration": {
-        "codecs": [{"name": "bytes"}, {"name": "zstd"}], "index_codecs": [{"name": "bytes"}, {"name": "crc32c"}]}}]))
+    check_zarr_array(
+        _FakeZarr3(
+            [
+                {
+                    "name": "sharding_indexed",
+                    "configuration": {
+                        "codecs": [{"name": "bytes"}, {"name": "zstd"}],
+                        "index_codecs": [{"name": "bytes"}, {"name": "crc32c"}],
+                    },
+                }
+            ]
+        )
+    )
 
 
 def test_fit_and_transform_refuse_an_unsafe_zarr_array_before_reading_a_chunk():
@@ -253,8 +294,21 @@ def test_a_model_path_naming_a_folder_means_model_safetensors_in_it_for_every_co
     capsys.readouterr()
     for model in (f"{tmp_path / 'out'}/", str(tmp_path / "out")):  # the folder, with or without a separator
         assert main(["info", model]) == 0 and "n2v-estimator model" in capsys.readouterr().out
-        assert main(["transform", "--model", model, str(noisy_tif), "--output", str(tmp_path / "d.tif"), "--quiet",
-                     "--overwrite"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "transform",
+                    "--model",
+                    model,
+                    str(noisy_tif),
+                    "--output",
+                    str(tmp_path / "d.tif"),
+                    "--quiet",
+                    "--overwrite",
+                ]
+            )
+            == 0
+        )
     assert main(["info", str(tmp_path)]) == 2  # a folder without a model: where it was looked for
     assert f"no model file at {tmp_path / 'model.safetensors'}" in capsys.readouterr().err
 
@@ -270,8 +324,12 @@ def _labelled_store(tmp_path):
 def test_transform_never_writes_over_into_or_around_a_zarr_input(tmp_path, model_file, capsys, output):
     store = _labelled_store(tmp_path)
     before = snapshot(store)
-    assert main(["transform", "--model", str(model_file), str(store / "raw"), "--output", str(tmp_path / output),
-                 "--quiet"]) == 2  # fmt: skip
+    assert (
+        main(
+            ["transform", "--model", str(model_file), str(store / "raw"), "--output", str(tmp_path / output), "--quiet"]
+        )
+        == 2
+    )
     assert snapshot(store) == before
     assert "--output" in capsys.readouterr().err
 
@@ -285,8 +343,10 @@ def test_transform_refuses_an_output_that_is_the_model_or_holds_another_input(tm
     before = snapshot(tmp_path)
     assert main(["transform", "--model", str(model), str(image), "--output", str(model), "--quiet"]) == 2
     # Several inputs into a folder that is (holds) one of them.
-    assert main(["transform", "--model", str(model), str(image), str(store / "raw"), "--output", str(store),
-                 "--quiet"]) == 2  # fmt: skip
+    assert (
+        main(["transform", "--model", str(model), str(image), str(store / "raw"), "--output", str(store), "--quiet"])
+        == 2
+    )
     assert snapshot(tmp_path) == before
     err = capsys.readouterr().err
     assert "is the input" in err and "holds the input" in err
@@ -295,8 +355,21 @@ def test_transform_refuses_an_output_that_is_the_model_or_holds_another_input(tm
 def test_export_refuses_an_output_that_is_its_model_or_test_image(tmp_path, model_file, capsys):
     model = tmp_path / "model.zip"  # a model file may carry any name
     model.write_bytes(model_file.read_bytes())
-    args = ["export", "--model", str(model), "--test-image", str(model), "--output", str(model), "--name", "hostile",
-            "--description", "x", "--author", "x"]  # fmt: skip
+    args = [
+        "export",
+        "--model",
+        str(model),
+        "--test-image",
+        str(model),
+        "--output",
+        str(model),
+        "--name",
+        "hostile",
+        "--description",
+        "x",
+        "--author",
+        "x",
+    ]
     assert main(args) == 2
     assert model.read_bytes() == model_file.read_bytes()
     assert "is the input" in capsys.readouterr().err
@@ -304,9 +377,11 @@ def test_export_refuses_an_output_that_is_its_model_or_test_image(tmp_path, mode
 
 # ------------------------------------------------- declared sizes
 def _ome_tiff(path, size_z):
-    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
-           '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint8" SizeX="64" SizeY="64" '
-           f'SizeZ="{size_z}" SizeC="1" SizeT="1"><TiffData/></Pixels></Image></OME>')  # fmt: skip
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+        '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYZCT" Type="uint8" SizeX="64" SizeY="64" '
+        f'SizeZ="{size_z}" SizeC="1" SizeT="1"><TiffData/></Pixels></Image></OME>'
+    )
     tifffile.imwrite(path, np.zeros((64, 64), np.uint8), description=xml, metadata=None)
     return path
 
@@ -328,14 +403,19 @@ def _deflated_tiff(path, side):
 CRAFTED = {
     "OME-TIFF declaring SizeZ=2e8": lambda d: _ome_tiff(d / "ome.tif", 200_000_000),
     "deflated TIFF declaring 65535^2": lambda d: _deflated_tiff(d / "deflated.tif", 65535),
-    "shaped TIFF declaring 1e9 planes": lambda d: (tifffile.imwrite(
-        d / "shaped.tif", np.zeros((64, 64), np.uint8), description='{"shape": [1000000000, 64, 64]}', metadata=None),
-        d / "shaped.tif")[1],
+    "shaped TIFF declaring 1e9 planes": lambda d: (
+        tifffile.imwrite(
+            d / "shaped.tif", np.zeros((64, 64), np.uint8), description='{"shape": [1000000000, 64, 64]}', metadata=None
+        ),
+        d / "shaped.tif",
+    )[1],
     "zarr declaring 1e9 x 1e9": lambda d: zarr_v2(d / "huge.zarr", (10**9, 10**9), (1024, 1024)),
     "zarr of 1e6 x 1e6 in 1x1 chunks": lambda d: zarr_v2(d / "tiny.zarr", (10**6, 10**6), (1, 1)),
-    "sparse .npy of 20000^2": lambda d: (np.lib.format.open_memmap(d / "sparse.npy", "w+", np.float32, (20000, 20000)),
-                                          d / "sparse.npy")[1],
-}  # fmt: skip
+    "sparse .npy of 20000^2": lambda d: (
+        np.lib.format.open_memmap(d / "sparse.npy", "w+", np.float32, (20000, 20000)),
+        d / "sparse.npy",
+    )[1],
+}
 
 
 @pytest.mark.parametrize("make", CRAFTED.values(), ids=CRAFTED.keys())
@@ -352,9 +432,22 @@ def test_the_command_line_refuses_a_crafted_file_in_one_line(tmp_path, model_fil
     args = {
         "fit": ["fit", str(path), "--model", str(tmp_path / "m.safetensors"), *CLI_FIT],
         "transform": ["transform", "--model", str(model_file), str(path), "--output", str(tmp_path / "o.tif")],
-        "export": ["export", "--model", str(model_file), "--test-image", str(path), "--output", str(tmp_path / "p.zip"),
-                   "--name", "hostile", "--description", "x", "--author", "x"],
-    }[command]  # fmt: skip
+        "export": [
+            "export",
+            "--model",
+            str(model_file),
+            "--test-image",
+            str(path),
+            "--output",
+            str(tmp_path / "p.zip"),
+            "--name",
+            "hostile",
+            "--description",
+            "x",
+            "--author",
+            "x",
+        ],
+    }[command]
     assert bounded(lambda: main(args)) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "declares an image of shape (1000000000, 1000000000)" in err
@@ -378,8 +471,9 @@ def test_real_images_pass_the_size_check(tmp_path):
     assert np.array_equal(read_image(tmp_path / "noisy.zarr", lazy=True)[0].compute(), noisy)
 
 
-def test_transform_refuses_an_output_larger_than_the_free_disk_space(tmp_path, model_file, capsys, monkeypatch,
-                                                                    noisy_tif):
+def test_transform_refuses_an_output_larger_than_the_free_disk_space(
+    tmp_path, model_file, capsys, monkeypatch, noisy_tif
+):
     monkeypatch.setattr("shutil.disk_usage", lambda path: SimpleNamespace(free=1000))
     assert main(["transform", "--model", str(model_file), str(noisy_tif), "--output", str(tmp_path / "o.tif")]) == 2
     assert "needs 16.0 KiB, and its file system has 1000 bytes free" in capsys.readouterr().err
@@ -458,12 +552,23 @@ def test_a_transform_killed_mid_write_leaves_a_temporary_that_the_next_one_remov
 
 # ----------------------------------------------------- one-line errors
 def test_a_corrupt_zarr_chunk_is_one_line_naming_the_store(tmp_path, model_file, capsys):
-    store = zarr.open(str(tmp_path / "bad.zarr"), mode="w", shape=(64, 64), chunks=(32, 32), dtype="f4",
-                      zarr_format=2)  # fmt: skip
+    store = zarr.open(str(tmp_path / "bad.zarr"), mode="w", shape=(64, 64), chunks=(32, 32), dtype="f4", zarr_format=2)
     store[...] = IMAGE  # zstd-compressed chunks
     (tmp_path / "bad.zarr" / "0.1").write_bytes(b"\x28\xb5\x2f\xfdnot zstd at all")
-    assert main(["transform", "--model", str(model_file), str(tmp_path / "bad.zarr"), "--output",
-                 str(tmp_path / "o.tif"), "--quiet"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "transform",
+                "--model",
+                str(model_file),
+                str(tmp_path / "bad.zarr"),
+                "--output",
+                str(tmp_path / "o.tif"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad.zarr: the data at" in err and "damaged" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.zarr"]
@@ -542,10 +647,31 @@ def test_export_reads_only_the_crop_of_the_test_image_it_keeps(tmp_path, model_f
     image = tmp_path / "large.tif"
     tifffile.imwrite(image, np.zeros((4096, 4096), np.float32))
     given = {}
-    monkeypatch.setattr(Noise2VoidDenoiser, "export_bioimageio", lambda self, path, test_image, **kw: given.update(
-        shape=np.shape(test_image), kind=type(test_image)) or path)  # fmt: skip
-    assert main(["export", "--model", str(model_file), "--test-image", str(image), "--output", str(tmp_path / "p.zip"),
-                 "--name", "cropped", "--description", "x", "--author", "x"]) == 0  # fmt: skip
+    monkeypatch.setattr(
+        Noise2VoidDenoiser,
+        "export_bioimageio",
+        lambda self, path, test_image, **kw: given.update(shape=np.shape(test_image), kind=type(test_image)) or path,
+    )
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(model_file),
+                "--test-image",
+                str(image),
+                "--output",
+                str(tmp_path / "p.zip"),
+                "--name",
+                "cropped",
+                "--description",
+                "x",
+                "--author",
+                "x",
+            ]
+        )
+        == 0
+    )
     assert given == {"shape": (512, 512), "kind": np.ndarray}
 
 
@@ -557,14 +683,28 @@ def _crafted_ome_zarr(path):
     """An OME-Zarr image whose metadata carries every kind of junk into what reads it."""
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     root.create_array("0", shape=(1, 64, 64), chunks=(1, 64, 64), dtype="f4")[...] = IMAGE[None]
-    axes = [{"name": "c", "type": "channel", "junk": "import os"},
-            {"name": "y", "type": "space", "unit": f"micrometer{ESCAPE}"}, {"name": "x", "type": "space", "unit": "µm\nforged line"}]
-    root.attrs["multiscales"] = [{
-        "version": "0.4", "name": "n" * 2**20, "axes": axes,
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, "abc", "1e400"]},
-                                                                 {"type": "translation", "translation": [0, float("nan"), 3]}]}],
-        "coordinateTransformations": [{"type": "scale", "scale": [1.0, float("nan"), -2.0]}],
-    }]  # fmt: skip
+    axes = [
+        {"name": "c", "type": "channel", "junk": "import os"},
+        {"name": "y", "type": "space", "unit": f"micrometer{ESCAPE}"},
+        {"name": "x", "type": "space", "unit": "µm\nforged line"},
+    ]
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": "n" * 2**20,
+            "axes": axes,
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": [1.0, "abc", "1e400"]},
+                        {"type": "translation", "translation": [0, float("nan"), 3]},
+                    ],
+                }
+            ],
+            "coordinateTransformations": [{"type": "scale", "scale": [1.0, float("nan"), -2.0]}],
+        }
+    ]
     root.attrs["omero"] = {"channels": [{"label": "L" * 5 * 2**20 + ESCAPE, "color": "javascript:1", "x": 1}]}
     return path
 
@@ -579,8 +719,10 @@ def test_metadata_from_a_file_is_carried_as_a_checked_record_and_what_is_dropped
     written = json.loads((tmp_path / "out.ome.zarr" / ".zattrs").read_text())
     assert len(json.dumps(written)) < 2000, written  # no megabyte name, no 5 MB label copied
     multiscale = written["multiscales"][0]
-    assert all(set(axis) <= {"name", "type", "unit"} and axis.get("unit", "micrometer") == "micrometer"
-               for axis in multiscale["axes"])  # fmt: skip
+    assert all(
+        set(axis) <= {"name", "type", "unit"} and axis.get("unit", "micrometer") == "micrometer"
+        for axis in multiscale["axes"]
+    )
     transforms = multiscale["datasets"][0]["coordinateTransformations"]
     assert transforms == [{"type": "scale", "scale": [1.0, 1.0, 1.0]}] and "coordinateTransformations" not in multiscale
     assert "omero" not in written  # labels a megabyte long or holding escapes are no channel names
@@ -588,9 +730,20 @@ def test_metadata_from_a_file_is_carried_as_a_checked_record_and_what_is_dropped
 
 def test_imagej_entries_from_a_file_are_checked_before_they_reach_an_output(tmp_path, model_file, capsys):
     source = tmp_path / "in.tif"
-    tifffile.imwrite(source, IMAGE, imagej=True, resolution=(10, 10), metadata={
-        "unit": "um", "vunit": "V" * 2**16 + ESCAPE, "xorigin": 3.0, "cf": "nan?", "Info": f"line one\nline two{ESCAPE}",
-        "Labels": ["a label"]})  # fmt: skip
+    tifffile.imwrite(
+        source,
+        IMAGE,
+        imagej=True,
+        resolution=(10, 10),
+        metadata={
+            "unit": "um",
+            "vunit": "V" * 2**16 + ESCAPE,
+            "xorigin": 3.0,
+            "cf": "nan?",
+            "Info": f"line one\nline two{ESCAPE}",
+            "Labels": ["a label"],
+        },
+    )
     assert main(["transform", "--model", str(model_file), str(source), "--output", str(tmp_path / "out.tif")]) == 0
     err = capsys.readouterr().err
     assert "\x1b" not in err and "ImageJ's vunit" in err and "ImageJ's Info" in err
@@ -619,10 +772,11 @@ def test_metadata_of_many_megabytes_is_refused_before_it_is_parsed(tmp_path, mod
         source = tmp_path / "in.tif"
         tifffile.imwrite(source, IMAGE, imagej=True, metadata={"spacing": 1.0})
         raw = source.read_bytes()
-        old = raw[raw.index(b"ImageJ="):raw.index(b"\x00", raw.index(b"ImageJ="))]
+        old = raw[raw.index(b"ImageJ=") : raw.index(b"\x00", raw.index(b"ImageJ="))]
         tifffile.imwrite(source, IMAGE, description=old.decode() + "\nx=1" * 5_000_000, metadata=None)  # 20 MB
-    status = bounded(lambda: main(["transform", "--model", str(model_file), str(source), "--output",
-                                   str(tmp_path / "out.tif")]))  # fmt: skip
+    status = bounded(
+        lambda: main(["transform", "--model", str(model_file), str(source), "--output", str(tmp_path / "out.tif")])
+    )
     err = capsys.readouterr().err
     assert status == 2 and "over the 16,777,216 read" in err and len(err.strip().splitlines()) == 1, err
 

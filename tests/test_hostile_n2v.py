@@ -68,10 +68,12 @@ def replace_with_link(f, path, link):
 
 @pytest.mark.parametrize(
     "path, target",
-    [("conv2d", "/conv2d"),  # a layer's group
-     ("conv2d/conv2d", "/conv2d/conv2d"),  # the group between a layer and its weights
-     ("channel_0middle_0/channel_0middle_0/kernel:0", "/channel_0middle_0/channel_0middle_0/kernel:0")],  # a weight
-)  # fmt: skip
+    [
+        ("conv2d", "/conv2d"),  # a layer's group
+        ("conv2d/conv2d", "/conv2d/conv2d"),  # the group between a layer and its weights
+        ("channel_0middle_0/channel_0middle_0/kernel:0", "/channel_0middle_0/channel_0middle_0/kernel:0"),
+    ],  # a weight
+)
 def test_an_external_link_at_any_level_is_refused_and_the_other_file_never_read(folder, path, target):
     other = other_weights(folder)
     with h5py.File(folder / "weights_best.h5", "r+") as f:
@@ -93,9 +95,11 @@ def test_a_soft_link_is_refused(folder):
 
 
 def _import_in_a_process(folder, timeout=60):
-    code = ("import sys\nfrom n2v_estimator import Noise2VoidDenoiser\n"
-            f"try:\n    Noise2VoidDenoiser.from_n2v({str(folder)!r})\nexcept ValueError as exc:\n"
-            "    print('REFUSED', exc)\n")  # fmt: skip
+    code = (
+        "import sys\nfrom n2v_estimator import Noise2VoidDenoiser\n"
+        f"try:\n    Noise2VoidDenoiser.from_n2v({str(folder)!r})\nexcept ValueError as exc:\n"
+        "    print('REFUSED', exc)\n"
+    )
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
 
 
@@ -143,8 +147,16 @@ def test_a_config_far_larger_than_its_weights_file_is_refused_before_the_network
     assert "weights_best.h5 has 296,624" in message
 
 
-@pytest.mark.parametrize(("key", "value"), [("unet_n_first", 10**400), ("unet_n_first", 8192), ("train_batch_size", 2**40),
-                                            ("n2v_patch_shape", [10**30, 64]), ("n_channel_in", 10**9)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("unet_n_first", 10**400),
+        ("unet_n_first", 8192),
+        ("train_batch_size", 2**40),
+        ("n2v_patch_shape", [10**30, 64]),
+        ("n_channel_in", 10**9),
+    ],
+)
 def test_absurd_numbers_in_a_config_are_refused_in_one_short_line(folder, key, value):
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, key: value}))
@@ -155,8 +167,15 @@ def test_a_chunk_far_larger_than_its_weight_is_refused_before_it_is_decompressed
     with h5py.File(folder / "weights_best.h5", "r+") as f:
         layer = f["channel_0middle_0"]
         del layer["channel_0middle_0/kernel:0"]
-        layer.create_dataset("channel_0middle_0/kernel:0", shape=(5, 5, 16, 32), maxshape=(None,) * 4,
-                             chunks=(5, 5, 16, 2**14), compression="gzip", dtype=np.float32, fillvalue=0.5)  # fmt: skip
+        layer.create_dataset(
+            "channel_0middle_0/kernel:0",
+            shape=(5, 5, 16, 32),
+            maxshape=(None,) * 4,
+            chunks=(5, 5, 16, 2**14),
+            compression="gzip",
+            dtype=np.float32,
+            fillvalue=0.5,
+        )
         layer["channel_0middle_0/kernel:0"][...] = 0.25  # writes the one chunk: 26 MB, gzipped to a few KB
     refused(folder, "chunks of 26214400 bytes for 51200 bytes of data")
 
@@ -189,6 +208,7 @@ def test_an_unknown_filter_is_refused_before_any_plugin_is_asked_for(folder):
     with h5py.File(folder / "weights_best.h5", "r+") as f:
         layer = f["conv2d"]
         del layer["conv2d/bias:0"]
-        layer.create_dataset("conv2d/bias:0", shape=(1,), dtype=np.float32, chunks=(1,), compression=32015,
-                             allow_unknown_filter=True)  # fmt: skip
+        layer.create_dataset(
+            "conv2d/bias:0", shape=(1,), dtype=np.float32, chunks=(1,), compression=32015, allow_unknown_filter=True
+        )
     refused(folder, "needs HDF5 filter\\(s\\) \\[32015\\]")

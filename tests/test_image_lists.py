@@ -139,7 +139,9 @@ def test_a_list_of_the_images_of_an_s_axis_is_still_their_stack():
 
 def test_an_image_smaller_than_the_patches_is_left_out_with_a_warning_when_others_hold_them():
     images = [noisy((64, 64)), noisy((64, 64), seed=1), noisy((12, 64), seed=2)]
-    with pytest.warns(UserWarning, match=r"1 of the 3 training images \(of shapes \(12, 64\)\) are smaller than the \(32, 32\)"):
+    with pytest.warns(
+        UserWarning, match=r"1 of the 3 training images \(of shapes \(12, 64\)\) are smaller than the \(32, 32\)"
+    ):
         denoiser = tiny(patch_size=32, validation_fraction=0.0).fit(images)
     assert denoiser.patch_shape_ == (32, 32)
     assert [o.shape for o in denoiser.transform(images)] == [(64, 64), (64, 64), (12, 64)]

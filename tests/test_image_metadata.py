@@ -30,11 +30,27 @@ MICRONS = {"Y": "micrometer", "X": "micrometer"}
 
 @pytest.mark.parametrize(
     "spelling, name",
-    [("um", "micrometer"), ("µm", "micrometer"), ("\u03bcm", "micrometer"), ("\\u00B5m", "micrometer"),
-     ("micron", "micrometer"), ("Microns", "micrometer"), ("nm", "nanometer"), ("mm", "millimeter"),
-     ("inch", "inch"), ("sec", "second"), ("s", "second"), ("ms", "millisecond"), ("min", "minute"),
-     ("hour", "hour"), ("pixel", None), ("", None), (None, None), ("furlong", "furlong")],
-)  # fmt: skip
+    [
+        ("um", "micrometer"),
+        ("µm", "micrometer"),
+        ("\u03bcm", "micrometer"),
+        ("\\u00B5m", "micrometer"),
+        ("micron", "micrometer"),
+        ("Microns", "micrometer"),
+        ("nm", "nanometer"),
+        ("mm", "millimeter"),
+        ("inch", "inch"),
+        ("sec", "second"),
+        ("s", "second"),
+        ("ms", "millisecond"),
+        ("min", "minute"),
+        ("hour", "hour"),
+        ("pixel", None),
+        ("", None),
+        (None, None),
+        ("furlong", "furlong"),
+    ],
+)
 def test_unit_spellings_of_imagej_ome_and_ome_zarr_map_to_one_name(spelling, name):
     assert unit_name(spelling) == name
 
@@ -51,10 +67,16 @@ def test_a_model_files_record_is_checked_and_crafted_ones_are_refused():
     record = make_calibration({"Y": 0.1, "X": 0.1, "S": 2}, {**MICRONS, "S": "s"}, ["DAPI", "GFP"])
     assert check_calibration(json.loads(json.dumps(record)), "m") == record and check_calibration(None, "m") is None
     crafted = [
-        {"scale": {"X": -1.0}}, {"scale": {"Q": 1.0}}, {"unit": {"X": 3}}, {"channel_names": ["a"] * 5000},
-        {"scale": {"X": 1.0}, "code": "import os"}, {"scale": [1.0]}, ["scale"], {"channel_names": "DAPI"},
+        {"scale": {"X": -1.0}},
+        {"scale": {"Q": 1.0}},
+        {"unit": {"X": 3}},
+        {"channel_names": ["a"] * 5000},
+        {"scale": {"X": 1.0}, "code": "import os"},
+        {"scale": [1.0]},
+        ["scale"],
+        {"channel_names": "DAPI"},
         {"unit": {"X": "m" * 1000}},
-    ]  # fmt: skip
+    ]
     for saved in crafted:
         with pytest.raises(ValueError, match="calibration record is malformed"):
             check_calibration(saved, "m")
@@ -112,9 +134,10 @@ def test_imagej_options_write_units_spacing_interval_and_the_kept_entries_in_asc
     assert imagej_options(record, {}, "ZTYX", np.dtype("uint8")) is None  # nor this order
     assert imagej_options(record, {}, "YXS", np.dtype("float32")) is None  # nor float colour
     assert imagej_options(record, {}, "YXS", np.dtype("uint8"))["imagej"]
-    assert imagej_options({"unit": {"X": "furlong"}, "scale": {"X": 1.0}}, {}, "YX", np.dtype("uint8"))["metadata"][
-        "unit"
-    ] == "furlong"
+    assert (
+        imagej_options({"unit": {"X": "furlong"}, "scale": {"X": 1.0}}, {}, "YX", np.dtype("uint8"))["metadata"]["unit"]
+        == "furlong"
+    )
 
 
 def test_a_crafted_unit_cannot_add_lines_to_an_imagej_description(tmp_path):
@@ -131,16 +154,22 @@ def test_a_crafted_unit_cannot_add_lines_to_an_imagej_description(tmp_path):
 def test_ome_tiff_metadata_names_physical_sizes_in_ome_symbols_and_leaves_unknown_units_out():
     record = make_calibration({"Z": 2, "Y": 0.1, "X": 0.1, "S": 0.5}, {"Z": "furlong", **MICRONS, "S": "ms"}, ["a"])
     assert ome_tiff_metadata(record, 1) == {
-        "PhysicalSizeX": 0.1, "PhysicalSizeXUnit": "µm", "PhysicalSizeY": 0.1, "PhysicalSizeYUnit": "µm",
-        "TimeIncrement": 0.5, "TimeIncrementUnit": "ms", "Channel": {"Name": ["a"]},
-    }  # fmt: skip
+        "PhysicalSizeX": 0.1,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": 0.1,
+        "PhysicalSizeYUnit": "µm",
+        "TimeIncrement": 0.5,
+        "TimeIncrementUnit": "ms",
+        "Channel": {"Name": ["a"]},
+    }
     assert "Channel" not in ome_tiff_metadata(record, 2)
 
 
 def test_resolution_tags_are_pixels_per_centimetre_for_lengths_only():
     assert resolution_options(make_calibration({"Y": 0.1, "X": 0.2}, MICRONS)) == {
-        "resolution": pytest.approx((50000.0, 100000.0)), "resolutionunit": "CENTIMETER"
-    }  # fmt: skip
+        "resolution": pytest.approx((50000.0, 100000.0)),
+        "resolutionunit": "CENTIMETER",
+    }
     assert resolution_options(make_calibration({"Y": 1, "X": 1}, {"Y": "second", "X": "second"})) == {}
 
 
@@ -149,21 +178,31 @@ def test_ome_zarr_entries_and_reading_them_back_round_trip():
     types = {"S": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
     entries, scales, omero = ome_zarr_entries(record, "SCZYX", types)
     assert scales == [2.0, 1.0, 0.5, 0.1, 0.1] and entries[0] == {"name": "t", "type": "time", "unit": "second"}
-    multiscale = {"axes": entries, "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scales}]}]}
+    multiscale = {
+        "axes": entries,
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scales}]}],
+    }
     assert zarr_calibration(multiscale, omero, "SCZYX") == record
     # The multiscale's own scale multiplies the level's; scales of 1 without a unit say nothing.
     multiscale["coordinateTransformations"] = [{"type": "scale", "scale": [1, 1, 2, 2, 2]}]
     assert zarr_calibration(multiscale, None, "SCZYX")["scale"] == {"S": 2.0, "Z": 1.0, "Y": 0.2, "X": 0.2}
-    bare = {"axes": [{"name": "y"}, {"name": "x"}], "datasets": [{"coordinateTransformations": [{"type": "scale", "scale": [1, 1]}]}]}
+    bare = {
+        "axes": [{"name": "y"}, {"name": "x"}],
+        "datasets": [{"coordinateTransformations": [{"type": "scale", "scale": [1, 1]}]}],
+    }
     assert zarr_calibration(bare, None, "YX") == {}
 
 
 # ------------------------------------------------------------ crafted XML
 @pytest.mark.parametrize(
     "description",
-    ["<OME>" + "<Pixels a" * 400_000, "<OME><Pixels " + 'a="' * 20_000 + ">", "<OME><Pixels " + 'Type="' * 10_000 + ">",
-     "<OME><Pixels SizeC='2'>" + ("<Channel " + " " * 4000) * 2_000 + ">"],
-)  # fmt: skip
+    [
+        "<OME>" + "<Pixels a" * 400_000,
+        "<OME><Pixels " + 'a="' * 20_000 + ">",
+        "<OME><Pixels " + 'Type="' * 10_000 + ">",
+        "<OME><Pixels SizeC='2'>" + ("<Channel " + " " * 4000) * 2_000 + ">",
+    ],
+)
 def test_crafted_ome_xml_is_read_in_linear_time(description):
     from n2v_estimator.io.image_metadata import _ome_tiff_record
 

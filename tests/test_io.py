@@ -33,9 +33,22 @@ def leftovers(folder):
 # ------------------------------------------------------------------ TIFF axes
 @pytest.mark.parametrize(
     "tiff_axes, ours",
-    [("YX", "YX"), ("ZYX", "ZYX"), ("YXS", "YXC"), ("SYX", "CYX"), ("TCYX", "SCYX"), ("TZCYX", "SZCYX"),
-     ("IYX", "SYX"), ("QYX", "SYX"), ("CTYX", None), ("TQYX", None), ("SCYX", None), ("YXE", None), ("ZX", None)],
-)  # fmt: skip
+    [
+        ("YX", "YX"),
+        ("ZYX", "ZYX"),
+        ("YXS", "YXC"),
+        ("SYX", "CYX"),
+        ("TCYX", "SCYX"),
+        ("TZCYX", "SZCYX"),
+        ("IYX", "SYX"),
+        ("QYX", "SYX"),
+        ("CTYX", None),
+        ("TQYX", None),
+        ("SCYX", None),
+        ("YXE", None),
+        ("ZX", None),
+    ],
+)
 def test_tifffile_axes_map_to_ours_or_to_none(tiff_axes, ours):
     assert axes_from_tiff(tiff_axes) == ours
 
@@ -57,7 +70,7 @@ def test_our_axes_map_to_tifffile_axes_and_back(ours):
         (image(20, 30, 2), {"metadata": {"axes": "YXT"}}, None),  # a trailing time axis: no letter of ours
     ],
     ids=["grey", "ZYX", "rgb", "ome-TCYX", "imagej-TZCYX", "pages", "unmappable"],
-)  # fmt: skip
+)
 def test_tiff_files_are_read_with_their_axes(tmp_path, data, options, axes):
     path = tmp_path / "image.tif"
     tifffile.imwrite(path, data, **{"photometric": "minisblack", **options})
@@ -158,7 +171,9 @@ def ome_zarr(path, data, names, version="0.4", scale=None, units=None):
             axis["unit"] = units[axis["name"]]
     multiscale = {
         "axes": axes,
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale or [1.0] * len(names)}]}],
+        "datasets": [
+            {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale or [1.0] * len(names)}]}
+        ],
     }
     if version == "0.5":
         if major < 3:
@@ -185,7 +200,9 @@ def test_a_plain_zarr_array_is_read_without_axes(tmp_path):
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
-@pytest.mark.parametrize("names, axes", [("yx", "YX"), ("cyx", "CYX"), ("tyx", "SYX"), ("zyx", "ZYX"), ("tczyx", "SCZYX")])
+@pytest.mark.parametrize(
+    "names, axes", [("yx", "YX"), ("cyx", "CYX"), ("tyx", "SYX"), ("zyx", "ZYX"), ("tczyx", "SCZYX")]
+)
 def test_ome_zarr_images_are_read_at_full_resolution_with_their_axes(tmp_path, names, axes, version):
     data = image(*[{"t": 2, "c": 2, "z": 3}.get(n, 20) for n in names])
     path = ome_zarr(tmp_path / "image.ome.zarr", data, list(names), version)
@@ -223,14 +240,21 @@ def _calibrated_record(axes):
     2 s frames, channels DAPI and GFP (each where ``axes`` has the axis)."""
     scale = {"S": 2.0, "Z": 0.5, "Y": 0.2, "X": 0.1}
     unit = {"S": "second", "Z": "micrometer", "Y": "micrometer", "X": "micrometer"}
-    record = {"scale": {a: v for a, v in scale.items() if a in axes}, "unit": {a: v for a, v in unit.items() if a in axes}}
+    record = {
+        "scale": {a: v for a, v in scale.items() if a in axes},
+        "unit": {a: v for a, v in unit.items() if a in axes},
+    }
     return {**record, "channel_names": ["DAPI", "GFP"]} if "C" in axes else record
 
 
 def _same_record(found, expected):
     assert set(found) == set(expected), (found, expected)
     for key in ("scale", "unit"):
-        assert found.get(key, {}) == pytest.approx(expected.get(key, {})) if key == "scale" else found.get(key) == expected.get(key)
+        assert (
+            found.get(key, {}) == pytest.approx(expected.get(key, {}))
+            if key == "scale"
+            else found.get(key) == expected.get(key)
+        )
     assert found.get("channel_names") == expected.get("channel_names")
 
 
@@ -247,9 +271,17 @@ def imagej_tiff(path, data, tiff_axes):
 
 
 def ome_tiff(path, data, tiff_axes):
-    metadata = {"axes": tiff_axes, "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.2, "PhysicalSizeXUnit": "µm",
-                "PhysicalSizeYUnit": "µm", "PhysicalSizeZ": 500, "PhysicalSizeZUnit": "nm", "TimeIncrement": 2000,
-                "TimeIncrementUnit": "ms"}  # fmt: skip
+    metadata = {
+        "axes": tiff_axes,
+        "PhysicalSizeX": 0.1,
+        "PhysicalSizeY": 0.2,
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeYUnit": "µm",
+        "PhysicalSizeZ": 500,
+        "PhysicalSizeZUnit": "nm",
+        "TimeIncrement": 2000,
+        "TimeIncrementUnit": "ms",
+    }
     if "C" in tiff_axes:
         metadata["Channel"] = {"Name": ["DAPI", "GFP"]}
     tifffile.imwrite(path, data, ome=True, metadata=metadata)
@@ -296,7 +328,11 @@ def test_an_ome_tiff_comes_back_as_ome_tiff_with_physical_sizes_time_increment_a
     array, axes, metadata = read_image(source, return_metadata=True)
     expected = _calibrated_record(ours)
     expected["unit"] = {**expected["unit"], **({"Z": "nanometer"} if "Z" in ours else {})}
-    expected["scale"] = {**expected["scale"], **({"Z": 500.0} if "Z" in ours else {}), **({"S": 2000.0} if "S" in ours else {})}
+    expected["scale"] = {
+        **expected["scale"],
+        **({"Z": 500.0} if "Z" in ours else {}),
+        **({"S": 2000.0} if "S" in ours else {}),
+    }
     if "S" in ours:
         expected["unit"]["S"] = "millisecond"
     _same_record(metadata["calibration"], expected)
@@ -346,7 +382,9 @@ def test_a_plain_tiffs_resolution_tags_are_its_calibration_and_are_kept(tmp_path
     path = tmp_path / "in.tif"
     tifffile.imwrite(path, image(20, 30), resolution=(1e4, 5e3), resolutionunit="CENTIMETER")
     array, axes, metadata = read_image(path, return_metadata=True)
-    _same_record(metadata["calibration"], {"scale": {"X": 1e-4, "Y": 2e-4}, "unit": {"X": "centimeter", "Y": "centimeter"}})
+    _same_record(
+        metadata["calibration"], {"scale": {"X": 1e-4, "Y": 2e-4}, "unit": {"X": "centimeter", "Y": "centimeter"}}
+    )
     write_image(tmp_path / "out.tif", array, axes, metadata)
     with tifffile.TiffFile(tmp_path / "out.tif") as tif:
         assert tif.pages.first.resolution == pytest.approx((1e4, 5e3)) and tif.pages.first.resolutionunit == 3
@@ -487,10 +525,10 @@ def test_outputs_of_other_formats_missing_folders_and_folders_in_the_way_are_ref
         write_image(tmp_path / "out.tif", image(8, 8), "ZYX")
 
 
-@pytest.mark.parametrize(
-    "module, extra, suffix", [("tifffile", "tiff", ".tif"), ("zarr", "zarr", ".zarr")]
-)
-def test_a_missing_extra_says_what_to_install_in_a_command_that_works_as_written(tmp_path, monkeypatch, module, extra, suffix):
+@pytest.mark.parametrize("module, extra, suffix", [("tifffile", "tiff", ".tif"), ("zarr", "zarr", ".zarr")])
+def test_a_missing_extra_says_what_to_install_in_a_command_that_works_as_written(
+    tmp_path, monkeypatch, module, extra, suffix
+):
     monkeypatch.setitem(sys.modules, module, None)  # import raises ImportError
     os.mkdir(tmp_path / "image.zarr") if suffix == ".zarr" else (tmp_path / "image.tif").write_bytes(b"")
     if suffix == ".zarr":

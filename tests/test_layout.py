@@ -56,7 +56,9 @@ def test_the_import_graph_has_no_cycle_and_nothing_below_the_estimator_imports_i
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("n2v_estimator"):
                 targets.add(node.module)
         graph[name] = {t for t in targets if t != name and t != "n2v_estimator"}
-    importers = sorted(n for n, targets in graph.items() if "n2v_estimator.estimator" in targets and n != "n2v_estimator")
+    importers = sorted(
+        n for n, targets in graph.items() if "n2v_estimator.estimator" in targets and n != "n2v_estimator"
+    )
     assert set(importers) <= {"n2v_estimator.cli", "n2v_estimator.napari.session"}, importers
     state = {}
 
@@ -85,9 +87,16 @@ def test_the_repository_stands_alone():
     root = PACKAGE.parent
     if not README.exists():  # installed without the repository
         return
-    documents = [README, root / "mkdocs.yml", *(p for folder in ("benchmarks", "examples", "docs")
-                                                for p in (root / folder).rglob("*")
-                                                if p.suffix in {".py", ".md", ".sh", ".ipynb"})]  # fmt: skip
+    documents = [
+        README,
+        root / "mkdocs.yml",
+        *(
+            p
+            for folder in ("benchmarks", "examples", "docs")
+            for p in (root / folder).rglob("*")
+            if p.suffix in {".py", ".md", ".sh", ".ipynb"}
+        ),
+    ]
     for path in documents:
         text = path.read_text()
         assert "../shared" not in text and "ANCHORS" not in text, path
@@ -104,7 +113,12 @@ def test_install_lines_work_as_written_from_a_checkout():
     import tomllib
 
     extras = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    documents = [README, *(root / "examples").glob("*.ipynb"), *(root / "examples").glob("*.py"), *(root / "docs").rglob("*.md")]
+    documents = [
+        README,
+        *(root / "examples").glob("*.ipynb"),
+        *(root / "examples").glob("*.py"),
+        *(root / "docs").rglob("*.md"),
+    ]
     checked = 0
     for path in documents:
         for paragraph in re.split(r"\n\s*\n", path.read_text().replace('\\"', '"')):
@@ -154,6 +168,11 @@ def test_no_module_below_the_estimator_calls_its_private_methods():
     for path in PACKAGE.rglob("*.py"):
         if path.name in ("estimator.py", "cli.py"):  # the estimator itself, and the command above it
             continue
-        reached = sorted({node.attr for node in ast.walk(ast.parse(path.read_text()))
-                          if isinstance(node, ast.Attribute) and node.attr in private})  # fmt: skip
+        reached = sorted(
+            {
+                node.attr
+                for node in ast.walk(ast.parse(path.read_text()))
+                if isinstance(node, ast.Attribute) and node.attr in private
+            }
+        )
         assert not reached, (path.relative_to(PACKAGE), reached)

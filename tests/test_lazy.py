@@ -83,9 +83,7 @@ def assert_matches_in_memory(denoiser, image, chunks):
 
 
 # ------------------------------------------------------------------ the halo
-@pytest.mark.parametrize(
-    "depth, kernel_size, blurpool", [(1, 3, False), (2, 3, False), (1, 5, False), (2, 3, True)]
-)
+@pytest.mark.parametrize("depth, kernel_size, blurpool", [(1, 3, False), (2, 3, False), (1, 5, False), (2, 3, True)])
 def test_receptive_radius_is_how_far_the_network_looks(depth, kernel_size, blurpool):
     torch.manual_seed(0)
     network = UNet(2, 1, depth=depth, n_filters=8, kernel_size=kernel_size, blurpool=blurpool, batch_norm=False)
@@ -304,9 +302,12 @@ def _unpickled():
 def cluster_client():
     distributed = pytest.importorskip("distributed")
     with dask.config.set(scheduler=None):
-        with distributed.LocalCluster(
-            n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
-        ) as cluster, distributed.Client(cluster) as client:
+        with (
+            distributed.LocalCluster(
+                n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+            ) as cluster,
+            distributed.Client(cluster) as client,
+        ):
             yield client
 
 

@@ -175,9 +175,7 @@ def test_samplers_without_cp_never_copy_the_centre_even_at_borders(manipulator):
     assert (source != spots).any(dim=1).all()
 
 
-@pytest.mark.parametrize(
-    "manipulator", ["uniform_withoutCP", "normal_withoutCP", "mean", "median", "normal_fitted"]
-)
+@pytest.mark.parametrize("manipulator", ["uniform_withoutCP", "normal_withoutCP", "mean", "median", "normal_fitted"])
 @pytest.mark.parametrize("ndim, shape", [(2, (16, 16)), (3, (7, 9, 9))])
 def test_replacement_does_not_depend_on_the_centre_value(manipulator, ndim, shape):
     # Changing only the blind spots' own values must not change their replacements
@@ -231,12 +229,7 @@ def _interior_neighbourhoods(x, spots, radius):
 def _interior_spots(mask, radius):
     spots = mask.nonzero()
     h, w = mask.shape[2:]
-    inside = (
-        (spots[:, 2] >= radius)
-        & (spots[:, 2] < h - radius)
-        & (spots[:, 3] >= radius)
-        & (spots[:, 3] < w - radius)
-    )
+    inside = (spots[:, 2] >= radius) & (spots[:, 2] < h - radius) & (spots[:, 3] >= radius) & (spots[:, 3] < w - radius)
     return spots[inside]
 
 
@@ -452,9 +445,7 @@ def test_replacement_never_comes_from_a_diagonal_struct_offset_at_borders():
 
 
 def test_struct_mask_is_excluded_from_mean_neighbourhood():
-    masker = BlindSpotMasker(
-        2, 2.0, "mean", 1, struct_offsets=resolve_struct_mask(("y", 3), 2)
-    )
+    masker = BlindSpotMasker(2, 2.0, "mean", 1, struct_offsets=resolve_struct_mask(("y", 3), 2))
     x = torch.randn(16, 1, 16, 16, generator=gen(28))
     x_masked, mask = masker(x, gen(29))
     spots = _interior_spots(mask, 1)
@@ -557,7 +548,9 @@ def test_struct_scrambling_in_any_batch_only_moves_free_pixels_of_the_same_patch
     struct_mask = np.eye(3) if struct == "diagonal" else struct
     shape = (batch, channels) + (side,) * ndim
     x, inverse = unique_batch(shape, seed=seed)
-    masker = BlindSpotMasker(ndim, percentage, "uniform_withCP", 1, struct_offsets=resolve_struct_mask(struct_mask, ndim))
+    masker = BlindSpotMasker(
+        ndim, percentage, "uniform_withCP", 1, struct_offsets=resolve_struct_mask(struct_mask, ndim)
+    )
     x_masked, mask = masker(x, gen(seed))
     offsets = masker.struct_offsets.tolist()
     beside = torch.zeros_like(mask)  # struct neighbours of blind spots, inside the patch, not spots
@@ -602,12 +595,16 @@ def test_a_blind_spot_without_usable_neighbours_is_an_error_never_a_silent_copy(
     masker.check_patch((2, 8))
 
 
-@pytest.mark.parametrize("ndim, radius, struct", [(2, 1, None), (2, 2, ("x", 5)), (3, 1, ("z", 3)), (2, 3, np.ones((5, 5)))])
+@pytest.mark.parametrize(
+    "ndim, radius, struct", [(2, 1, None), (2, 2, ("x", 5)), (3, 1, ("z", 3)), (2, 3, np.ones((5, 5)))]
+)
 def test_check_patch_agrees_with_masking_every_pixel(ndim, radius, struct):
     """check_patch refuses exactly the patch shapes where some pixel has no usable neighbour."""
     offsets = resolve_struct_mask(struct, ndim)
     masker = BlindSpotMasker(ndim, 100.0, "mean", radius, struct_offsets=offsets)
-    for shape in [(1, 1, 9), (2, 9), (1, 12), (3, 3), (12, 2), (9, 9)][: 6] if ndim == 2 else [(1, 4, 4), (2, 2, 2), (4, 4, 4)]:
+    for shape in (
+        [(1, 1, 9), (2, 9), (1, 12), (3, 3), (12, 2), (9, 9)][:6] if ndim == 2 else [(1, 4, 4), (2, 2, 2), (4, 4, 4)]
+    ):
         shape = tuple(shape)[-ndim:] if len(shape) >= ndim else (1,) * (ndim - len(shape)) + tuple(shape)
         x = torch.randn((2, 1) + shape, generator=gen(33))
         try:

@@ -29,6 +29,8 @@ _spec.loader.exec_module(_images)
 def fixture_image(name):
     """The image n2v predicted for the fixture ``name`` (made as make_fixtures.py made it)."""
     return _images.synthetic(tuple(CASES[name]["shape"]), CASES[name]["axes"], seed=2)
+
+
 IMPORTABLE = [name for name in CASES if name != "per_channel_2channel"]
 
 
@@ -52,14 +54,22 @@ def test_the_imported_model_predicts_what_n2v_predicted_away_from_the_edges(name
     assert denoiser.model_.description["layout"] == "n2v-tf"
     ours = denoiser.transform(image)
     assert ours.shape == expected.shape and ours.dtype == np.float32
-    np.testing.assert_allclose(inner(ours, CASES[name]["axes"], geometry.reach),
-                               inner(expected, CASES[name]["axes"], geometry.reach), rtol=0, atol=1e-4 * scale)  # fmt: skip
+    np.testing.assert_allclose(
+        inner(ours, CASES[name]["axes"], geometry.reach),
+        inner(expected, CASES[name]["axes"], geometry.reach),
+        rtol=0,
+        atol=1e-4 * scale,
+    )
     # In tiles (each at least twice the overlap, so that tiles and the whole agree): the same.
     denoiser.set_params(tile_size=max(64, 2 * geometry.overlap))
     tiled = denoiser.transform(image)
     assert max(image.shape) + 2 * geometry.halo > denoiser.tile_size  # really several tiles
-    np.testing.assert_allclose(inner(tiled, CASES[name]["axes"], geometry.reach),
-                               inner(expected, CASES[name]["axes"], geometry.reach), rtol=0, atol=1e-4 * scale)  # fmt: skip
+    np.testing.assert_allclose(
+        inner(tiled, CASES[name]["axes"], geometry.reach),
+        inner(expected, CASES[name]["axes"], geometry.reach),
+        rtol=0,
+        atol=1e-4 * scale,
+    )
 
 
 @pytest.mark.usefixtures("both_cpu_kinds")
@@ -70,8 +80,12 @@ def test_n2v_tiled_prediction_is_matched_too(name):
     reach = NetworkGeometry.of(denoiser.model_.description).reach
     image, tiled = fixture_image(name), np.load(MODELS / name / "prediction_tiled.npy")
     scale = float(tiled.max() - tiled.min())
-    np.testing.assert_allclose(inner(denoiser.transform(image), CASES[name]["axes"], reach),
-                               inner(tiled, CASES[name]["axes"], reach), rtol=0, atol=1e-4 * scale)  # fmt: skip
+    np.testing.assert_allclose(
+        inner(denoiser.transform(image), CASES[name]["axes"], reach),
+        inner(tiled, CASES[name]["axes"], reach),
+        rtol=0,
+        atol=1e-4 * scale,
+    )
 
 
 def test_the_settings_of_the_config_are_the_estimators_parameters():
@@ -104,8 +118,16 @@ def test_per_channel_networks_of_several_channels_are_refused_with_the_reason():
 
 
 def test_an_imported_model_trains_further_saves_and_loads_in_its_layout(tmp_path):
-    denoiser = imported("n2v_2d", warm_start=True, max_epochs=1, steps_per_epoch=2, patch_size=32, batch_size=4,
-                        random_state=0, validation_fraction=0)  # fmt: skip
+    denoiser = imported(
+        "n2v_2d",
+        warm_start=True,
+        max_epochs=1,
+        steps_per_epoch=2,
+        patch_size=32,
+        batch_size=4,
+        random_state=0,
+        validation_fraction=0,
+    )
     image = fixture_image("n2v_2d")
     before = denoiser.transform(image)
     denoiser.fit(image)
@@ -134,7 +156,9 @@ def test_a_missing_or_altered_weight_is_refused_by_name(tmp_path):
         layer = f["channel_0middle_0"]
         del layer["channel_0middle_0/kernel:0"]
         layer.create_dataset("channel_0middle_0/kernel:0", data=np.zeros((3, 3, 16, 32), np.float32))
-    with pytest.raises(N2VModelError, match="channel_0middle_0/kernel has shape \\(3, 3, 16, 32\\).*\\(5, 5, 16, 32\\)"):
+    with pytest.raises(
+        N2VModelError, match="channel_0middle_0/kernel has shape \\(3, 3, 16, 32\\).*\\(5, 5, 16, 32\\)"
+    ):
         Noise2VoidDenoiser.from_n2v(folder)
 
 
@@ -144,7 +168,10 @@ def test_an_unknown_layer_an_external_weight_and_a_file_that_is_not_hdf5_are_ref
         group = f.create_group("mystery")
         group.attrs["weight_names"] = [b"mystery/kernel:0"]
         group.create_dataset("mystery/kernel:0", data=np.zeros(3, np.float32))
-        f.attrs["layer_names"] = [*(n if isinstance(n, bytes) else n.encode() for n in f.attrs["layer_names"]), b"mystery"]
+        f.attrs["layer_names"] = [
+            *(n if isinstance(n, bytes) else n.encode() for n in f.attrs["layer_names"]),
+            b"mystery",
+        ]
     with pytest.raises(N2VModelError, match="unknown layers \\['mystery'\\]"):
         Noise2VoidDenoiser.from_n2v(folder)
     folder = copy_model(tmp_path / "b")
@@ -152,7 +179,9 @@ def test_an_unknown_layer_an_external_weight_and_a_file_that_is_not_hdf5_are_ref
     with h5py.File(folder / "weights_best.h5", "r+") as f:
         layer = f["conv2d"]
         del layer["conv2d/bias:0"]
-        layer.create_dataset("conv2d/bias:0", shape=(1,), dtype=np.float32, external=[(str(tmp_path / "secret.bin"), 0, 4)])
+        layer.create_dataset(
+            "conv2d/bias:0", shape=(1,), dtype=np.float32, external=[(str(tmp_path / "secret.bin"), 0, 4)]
+        )
     with pytest.raises(N2VModelError, match="not stored in the file itself"):
         Noise2VoidDenoiser.from_n2v(folder)
     folder = copy_model(tmp_path / "c")
@@ -163,16 +192,18 @@ def test_an_unknown_layer_an_external_weight_and_a_file_that_is_not_hdf5_are_ref
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [({"unet_last_activation": "sigmoid"}, "unet_last_activation='sigmoid' cannot be represented"),
-     ({"probabilistic": True}, "probabilistic=True"),
-     ({"n_channel_out": 2}, "n_channel_out=2 differs"),
-     ({"mystery_setting": 1}, "\\['mystery_setting'\\] are unknown"),
-     ({"unet_kern_size": 4}, "unet_kern_size=4 is not an odd int from 1 to 31"),
-     ({"n2v_manipulator": "__import__('os')"}, "n2v_manipulator=.* is not one of"),
-     ({"means": ["not a number"]}, "means .* are not numbers"),
-     ({"stds": ["0"]}, "stds \\[0.0\\] must all be positive"),
-     ({"means": ["1", "2"]}, "are not 1 finite number")],
-)  # fmt: skip
+    [
+        ({"unet_last_activation": "sigmoid"}, "unet_last_activation='sigmoid' cannot be represented"),
+        ({"probabilistic": True}, "probabilistic=True"),
+        ({"n_channel_out": 2}, "n_channel_out=2 differs"),
+        ({"mystery_setting": 1}, "\\['mystery_setting'\\] are unknown"),
+        ({"unet_kern_size": 4}, "unet_kern_size=4 is not an odd int from 1 to 31"),
+        ({"n2v_manipulator": "__import__('os')"}, "n2v_manipulator=.* is not one of"),
+        ({"means": ["not a number"]}, "means .* are not numbers"),
+        ({"stds": ["0"]}, "stds \\[0.0\\] must all be positive"),
+        ({"means": ["1", "2"]}, "are not 1 finite number"),
+    ],
+)
 def test_a_config_this_package_cannot_represent_is_refused_naming_the_setting(tmp_path, change, message):
     folder = copy_model(tmp_path)
     config = json.loads((folder / "config.json").read_text())
@@ -182,31 +213,70 @@ def test_a_config_this_package_cannot_represent_is_refused_naming_the_setting(tm
 
 
 # n2v's BSD68 notebook's N2VConfig.
-BSD68_NOTEBOOK = dict(n_dim=2, axes="YXC", n_channel_in=1, n_channel_out=1, means=["0"], stds=["1"],
-                      unet_kern_size=3, train_steps_per_epoch=400, train_epochs=200, train_loss="mse", batch_norm=True,
-                      train_batch_size=128, n2v_perc_pix=0.198, n2v_patch_shape=(64, 64), unet_n_first=96,
-                      unet_residual=True, n2v_manipulator="uniform_withCP", n2v_neighborhood_radius=2,
-                      single_net_per_channel=False, unet_n_depth=2, train_learning_rate=0.0004,
-                      unet_last_activation="linear", train_reduce_lr=None)  # fmt: skip
+BSD68_NOTEBOOK = dict(
+    n_dim=2,
+    axes="YXC",
+    n_channel_in=1,
+    n_channel_out=1,
+    means=["0"],
+    stds=["1"],
+    unet_kern_size=3,
+    train_steps_per_epoch=400,
+    train_epochs=200,
+    train_loss="mse",
+    batch_norm=True,
+    train_batch_size=128,
+    n2v_perc_pix=0.198,
+    n2v_patch_shape=(64, 64),
+    unet_n_first=96,
+    unet_residual=True,
+    n2v_manipulator="uniform_withCP",
+    n2v_neighborhood_radius=2,
+    single_net_per_channel=False,
+    unet_n_depth=2,
+    train_learning_rate=0.0004,
+    unet_last_activation="linear",
+    train_reduce_lr=None,
+)
 
 
 def test_from_n2v_config_gives_the_bsd68_notebooks_training_settings():
     denoiser = Noise2VoidDenoiser.from_n2v_config(BSD68_NOTEBOOK)
     assert not hasattr(denoiser, "model_")
-    expected = dict(axes="YX", kernel_size=3, steps_per_epoch=400, max_epochs=200, batch_norm=True, batch_size=128,
-                    masked_pixel_percentage=100 / 22**2, patch_size=(64, 64), n_filters=96, residual=True,
-                    manipulator="uniform_withCP", neighborhood_radius=2, independent_channels=False, depth=2,
-                    learning_rate=0.0004)  # fmt: skip
+    expected = dict(
+        axes="YX",
+        kernel_size=3,
+        steps_per_epoch=400,
+        max_epochs=200,
+        batch_norm=True,
+        batch_size=128,
+        masked_pixel_percentage=100 / 22**2,
+        patch_size=(64, 64),
+        n_filters=96,
+        residual=True,
+        manipulator="uniform_withCP",
+        neighborhood_radius=2,
+        independent_channels=False,
+        depth=2,
+        learning_rate=0.0004,
+    )
     assert {k: denoiser.get_params()[k] for k in expected} == expected
 
 
-@pytest.mark.parametrize("n_dim, perc_pix, box", [(2, 0.198, 22), (3, 0.198, 22), (2, 1.5, 8), (3, 5.0, 4), (3, 100.0, 1)])
+@pytest.mark.parametrize(
+    "n_dim, perc_pix, box", [(2, 0.198, 22), (3, 0.198, 22), (2, 1.5, 8), (3, 5.0, 4), (3, 100.0, 1)]
+)
 def test_n2v_perc_pix_becomes_the_share_of_blind_spots_n2v_trains_with_in_2d_and_3d(n_dim, perc_pix, box):
     """n2v places one blind spot per box of side round(sqrt(100 / perc_pix)), in 3D too: here the
     grid cell is that box, so a converted 3D configuration trains with n2v's few blind spots, not
     with 21 times more (0.198% of a 32^3 patch is 65; n2v places about 3)."""
-    config = {**BSD68_NOTEBOOK, "n_dim": n_dim, "axes": "ZYXC" if n_dim == 3 else "YXC", "n2v_perc_pix": perc_pix,
-              "n2v_patch_shape": (32,) * n_dim}  # fmt: skip
+    config = {
+        **BSD68_NOTEBOOK,
+        "n_dim": n_dim,
+        "axes": "ZYXC" if n_dim == 3 else "YXC",
+        "n2v_perc_pix": perc_pix,
+        "n2v_patch_shape": (32,) * n_dim,
+    }
     denoiser = Noise2VoidDenoiser.from_n2v_config(config)
     assert denoiser.masked_pixel_percentage == pytest.approx(100 / box**n_dim)
     assert grid_cell_side(denoiser.masked_pixel_percentage, n_dim) == pytest.approx(box)
@@ -258,6 +328,9 @@ def test_a_dask_array_is_denoised_chunk_by_chunk_as_the_whole_image_is():
 def test_a_crafted_layer_list_is_refused_as_an_unreadable_weights_file(tmp_path):
     folder = copy_model(tmp_path)
     with h5py.File(folder / "weights_best.h5", "r+") as f:
-        f.attrs["layer_names"] = [*(n if isinstance(n, bytes) else n.encode() for n in f.attrs["layer_names"]), b"nowhere"]
+        f.attrs["layer_names"] = [
+            *(n if isinstance(n, bytes) else n.encode() for n in f.attrs["layer_names"]),
+            b"nowhere",
+        ]
     with pytest.raises(N2VModelError, match="'nowhere' is not in the file"):
         Noise2VoidDenoiser.from_n2v(folder)

@@ -88,19 +88,27 @@ def test_the_manifest_is_valid_and_contributes_two_widgets_and_two_samples():
 
 @pytest.mark.slow
 def test_the_estimator_never_imports_napari_or_qt():
-    code = ("import sys, numpy as np; from n2v_estimator import Noise2VoidDenoiser; "
-            "Noise2VoidDenoiser(max_epochs=1, steps_per_epoch=1, patch_size=16, verbose=False).fit(np.random.rand(32, 32)); "
-            "import n2v_estimator.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'PyQt5', 'PySide6')))")  # fmt: skip
+    code = (
+        "import sys, numpy as np; from n2v_estimator import Noise2VoidDenoiser; "
+        "Noise2VoidDenoiser(max_epochs=1, steps_per_epoch=1, patch_size=16, verbose=False).fit(np.random.rand(32, 32)); "
+        "import n2v_estimator.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'PyQt5', 'PySide6')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize(
     ("shape", "kwargs", "axes"),
-    [((40, 50), {}, "YX"), ((5, 40, 50), {}, "ZYX"), ((3, 5, 40, 50), {}, "SZYX"), ((40, 50, 3), {"rgb": True}, "YXC"),
-     ((4, 40, 50, 3), {"rgb": True}, "SYXC"), ((6, 40, 50), {"axis_labels": ("t", "y", "x")}, "TYX"),
-     ((2, 40, 50), {"axis_labels": ("c", "y", "x")}, "CYX")],
-)  # fmt: skip
+    [
+        ((40, 50), {}, "YX"),
+        ((5, 40, 50), {}, "ZYX"),
+        ((3, 5, 40, 50), {}, "SZYX"),
+        ((40, 50, 3), {"rgb": True}, "YXC"),
+        ((4, 40, 50, 3), {"rgb": True}, "SYXC"),
+        ((6, 40, 50), {"axis_labels": ("t", "y", "x")}, "TYX"),
+        ((2, 40, 50), {"axis_labels": ("c", "y", "x")}, "CYX"),
+    ],
+)
 def test_axes_are_inferred_from_the_layer(shape, kwargs, axes):
     assert rules.infer_axes(Image(np.zeros(shape, np.float32), **kwargs)) == axes
 
@@ -130,8 +138,9 @@ def test_the_time_limit_and_the_stop_button_end_the_work_at_the_next_step():
     assert not session.Stopper().requested and session.Stopper(-1).requested
     stopper = session.Stopper()
     stopper.stop()
-    outcome = session.fit(dict(max_epochs=3, steps_per_epoch=2, patch_size=16, verbose=False), noisy_image((40, 40)),
-                          stopper=stopper)  # fmt: skip
+    outcome = session.fit(
+        dict(max_epochs=3, steps_per_epoch=2, patch_size=16, verbose=False), noisy_image((40, 40)), stopper=stopper
+    )
     assert outcome.stopped and outcome.estimator is None and outcome.error is None
 
 
@@ -169,8 +178,9 @@ def test_training_from_the_widget_is_fit_with_the_same_settings_and_reports_prog
 @pytest.mark.usefixtures("both_cpu_kinds")
 def test_the_denoised_layer_is_transform_of_the_layer_with_its_scale_and_translation(make_napari_viewer, qtbot, notes):
     image = noisy_image()
-    viewer, layer, trainer = viewer_with_trainer(make_napari_viewer, image, name="cells", scale=(0.5, 0.25),
-                                                 translate=(10, 20))  # fmt: skip
+    viewer, layer, trainer = viewer_with_trainer(
+        make_napari_viewer, image, name="cells", scale=(0.5, 0.25), translate=(10, 20)
+    )
     train(qtbot, trainer)
     widget = widgets.DenoiseWidget(viewer)
     widget.layer.setCurrentText("cells")
@@ -253,8 +263,9 @@ def test_bad_choices_are_notifications_naming_the_fix(make_napari_viewer, qtbot,
     assert denoiser.start_denoising() is None and "No model file read" in notes[-1][1]
 
 
-def test_save_never_replaces_a_file_unasked_and_the_saved_model_denoises_the_same(make_napari_viewer, qtbot, notes,
-                                                                                  tmp_path):  # fmt: skip
+def test_save_never_replaces_a_file_unasked_and_the_saved_model_denoises_the_same(
+    make_napari_viewer, qtbot, notes, tmp_path
+):
     image = noisy_image()
     viewer, _, trainer = viewer_with_trainer(make_napari_viewer, image)
     train(qtbot, trainer)
@@ -329,8 +340,12 @@ def test_the_documented_screenshot_is_of_the_viewer_with_the_widgets():
 def test_the_screenshot_example_docks_the_widgets_trains_denoises_and_draws_a_real_window(tmp_path):
     example = pathlib.Path(__file__).parents[1] / "examples" / "napari_screenshot.py"
     out = tmp_path / "napari.png"
-    run = subprocess.run([sys.executable, str(example), "--out", str(out), "--epochs", "2", "--steps", "3"],
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(example), "--out", str(out), "--epochs", "2", "--steps", "3"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "trained: 2 epoch(s)" in run.stdout
     assert screenshot_is_a_viewer_with_an_image(out)
@@ -353,8 +368,9 @@ def test_an_rgb_layer_trains_jointly_and_denoises_into_an_rgb_layer_of_its_dtype
 
 
 @pytest.mark.slow
-def test_the_trained_model_exports_to_the_model_zoo_and_the_package_denoises_the_same(make_napari_viewer, qtbot, notes,
-                                                                                      tmp_path):  # fmt: skip
+def test_the_trained_model_exports_to_the_model_zoo_and_the_package_denoises_the_same(
+    make_napari_viewer, qtbot, notes, tmp_path
+):
     pytest.importorskip("bioimageio.core", reason="the [bioimageio] extra is not installed")
     image = noisy_image()
     viewer, _, trainer = viewer_with_trainer(make_napari_viewer, image)

@@ -92,7 +92,9 @@ def test_the_likelihood_is_the_gaussian_one_on_the_blind_spots_only():
 def test_the_training_loss_trains_mu_as_plain_n2v_and_tau_and_noise_by_the_likelihood(kind):
     noise = NoiseModel(kind, 1).initialise([3.0], [2.0], {"sigma": [0.7], "a": [0.4], "b": [0.2]})
     x = torch.randn(2, 1, 6, 6, generator=gen())
-    prediction = torch.cat([torch.randn(2, 1, 6, 6, generator=gen(1)), torch.rand(2, 1, 6, 6, generator=gen(2)) + 0.1], 1)
+    prediction = torch.cat(
+        [torch.randn(2, 1, 6, 6, generator=gen(1)), torch.rand(2, 1, 6, 6, generator=gen(2)) + 0.1], 1
+    )
     mask = torch.rand(2, 1, 6, 6, generator=gen(3)) < 0.4
 
     def gradients(loss, prediction):
@@ -114,14 +116,21 @@ def test_the_training_loss_trains_mu_as_plain_n2v_and_tau_and_noise_by_the_likel
 
 @pytest.mark.parametrize(
     "kind, truth, start",
-    [("gaussian", {"sigma": 20.0}, {"sigma": 8.0}), ("poisson_gaussian", {"a": 12.75, "b": 160.0}, {"a": 3.0, "b": 600.0})],
+    [
+        ("gaussian", {"sigma": 20.0}, {"sigma": 8.0}),
+        ("poisson_gaussian", {"a": 12.75, "b": 160.0}, {"a": 3.0, "b": 600.0}),
+    ],
 )
 def test_fitting_the_likelihood_recovers_known_noise_parameters(kind, truth, start, one_torch_thread):
     """With the clean signal as a sure prior (tau at its floor), maximising the blind spots'
     likelihood alone finds the noise model that made the data, from a poor start."""
     signal = smooth_scene((4, 1, 64, 64), low=5.0)
     rng = np.random.default_rng(1)
-    noisy = signal + rng.normal(0, truth["sigma"], signal.shape) if kind == "gaussian" else poisson_gaussian(signal, rng=rng, **truth)
+    noisy = (
+        signal + rng.normal(0, truth["sigma"], signal.shape)
+        if kind == "gaussian"
+        else poisson_gaussian(signal, rng=rng, **truth)
+    )
     mean, std = np.array([noisy.mean()]), np.array([noisy.std()])
     noise = NoiseModel(kind, 1).initialise(mean, std, {k: [v] for k, v in start.items()})
     x = torch.as_tensor((noisy - mean) / std, dtype=torch.float32)
@@ -170,7 +179,9 @@ def test_the_first_estimate_of_large_data_looks_at_a_bounded_part(monkeypatch):
 
     noisy = smooth_scene((3, 1, 64, 64)) + RNG.normal(0, 10, (3, 1, 64, 64))
     monkeypatch.setattr(_noise, "_ESTIMATE_PIXELS", 64 * 64)
-    np.testing.assert_array_equal(estimate_noise(noisy, "gaussian")["sigma"], estimate_noise(noisy[:1], "gaussian")["sigma"])
+    np.testing.assert_array_equal(
+        estimate_noise(noisy, "gaussian")["sigma"], estimate_noise(noisy[:1], "gaussian")["sigma"]
+    )
     monkeypatch.setattr(_noise, "_ESTIMATE_PIXELS", 64 * 16)
     np.testing.assert_array_equal(
         estimate_noise(noisy, "gaussian")["sigma"], estimate_noise(noisy[:1, :, 24:40], "gaussian")["sigma"]

@@ -35,10 +35,17 @@ def test_the_quickstart_notebook_runs_and_denoises(tmp_path):
     noisy, denoised = (float(part.split()[-2]) for part in psnr[0].split(":")[1].split(","))
     assert denoised > noisy + 2, psnr  # 30 short steps already denoise (measured: 20.18 -> 23.29 dB)
     assert "reloaded model gives the same result" in streams
-    widgets = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs
-               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]  # fmt: skip
+    widgets = [
+        o
+        for c in notebook.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
     assert "fit: 100%" in streams or widgets  # the progress bar was shown: as text, or as a widget
     assert "IProgress not found" not in streams  # the [plot] extra (and [test]) install ipywidgets
-    figures = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    figures = [
+        o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})
+    ]
     assert len(figures) == 2  # before/after and the training curve
     assert (tmp_path / "quickstart_model.safetensors").exists()

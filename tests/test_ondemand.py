@@ -20,7 +20,9 @@ def noisy(shape, seed=0):
 
 
 def as_zarr(array, chunks, store=None):
-    z = zarr.create_array(store=store or zarr.storage.MemoryStore(), shape=array.shape, chunks=chunks, dtype=array.dtype)
+    z = zarr.create_array(
+        store=store or zarr.storage.MemoryStore(), shape=array.shape, chunks=chunks, dtype=array.dtype
+    )
     z[...] = array
     return z
 
@@ -60,7 +62,9 @@ def test_channels_and_volumes_are_cut_in_the_canonical_layout():
     window = (slice(2, 7), slice(3, 12), slice(1, 9))
     np.testing.assert_array_equal(images[1].read(window), canonical[1][(slice(None),) + window])
     images[1] = images[1].normalized(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 8.0]))
-    expected = (canonical[1][(slice(None),) + window] - np.array([1.0, 2, 3])[:, None, None, None]) / np.array([2.0, 4, 8])[:, None, None, None]
+    expected = (canonical[1][(slice(None),) + window] - np.array([1.0, 2, 3])[:, None, None, None]) / np.array(
+        [2.0, 4, 8]
+    )[:, None, None, None]
     np.testing.assert_allclose(images[1][(slice(None),) + window].numpy(), expected, rtol=1e-6)
 
 

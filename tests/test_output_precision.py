@@ -11,8 +11,16 @@ from n2v_estimator.nets.unet import network_description
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore:validation_fraction")]
 
-SETTINGS = dict(depth=1, n_filters=16, kernel_size=3, batch_norm=False, residual=False, blurpool=False,
-                skip_skipone=False, independent_channels=False)
+SETTINGS = dict(
+    depth=1,
+    n_filters=16,
+    kernel_size=3,
+    batch_norm=False,
+    residual=False,
+    blurpool=False,
+    skip_skipone=False,
+    independent_channels=False,
+)
 NETWORKS = {
     "unet": ({"blind_spot": "mask"}, None),
     "residual unet": ({"blind_spot": "mask", "residual": True}, None),

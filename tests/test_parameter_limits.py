@@ -24,8 +24,17 @@ IMAGE = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
 QUICK = dict(max_epochs=1, steps_per_epoch=1, validation_fraction=0, batch_norm=False)
 CPU = torch.device("cpu")
 # The architecture parameters at the estimator's defaults.
-DEFAULTS = dict(depth=2, n_filters=32, kernel_size=3, batch_norm=None, residual=False, blurpool=False,
-                skip_skipone=False, independent_channels=True, blind_spot="mask")
+DEFAULTS = dict(
+    depth=2,
+    n_filters=32,
+    kernel_size=3,
+    batch_norm=None,
+    residual=False,
+    blurpool=False,
+    skip_skipone=False,
+    independent_channels=True,
+    blind_spot="mask",
+)
 
 
 @contextmanager
@@ -93,7 +102,10 @@ def test_a_struct_mask_larger_than_the_patches_is_refused_before_its_offsets_are
 
 
 def test_a_struct_mask_of_more_values_than_a_neighbourhood_may_hold_is_refused():
-    with within(2), pytest.raises(ValueError, match=rf"struct_mask of shape \(1, 10000001\) .* at most {MAX_NEIGHBOURHOOD}"):
+    with (
+        within(2),
+        pytest.raises(ValueError, match=rf"struct_mask of shape \(1, 10000001\) .* at most {MAX_NEIGHBOURHOOD}"),
+    ):
         resolve_struct_mask(("x", 10**7 + 1), 2)  # never allocated
 
 
@@ -130,7 +142,9 @@ def test_the_refusal_suggests_the_largest_batch_size_that_fits(monkeypatch):
     "description",
     [
         network(),
-        network(3, 2, "poisson_gaussian", batch_norm=True, blurpool=True, skip_skipone=True, independent_channels=False),
+        network(
+            3, 2, "poisson_gaussian", batch_norm=True, blurpool=True, skip_skipone=True, independent_channels=False
+        ),
         network(2, 3, "gaussian", blind_spot="network", depth=3, kernel_size=5),
         network(3, 1, blind_spot="network", batch_norm=True),
     ],
@@ -155,11 +169,27 @@ REASONABLE = {
 @pytest.mark.parametrize("settings", REASONABLE.values(), ids=REASONABLE.keys())
 def test_reasonable_settings_pass_the_memory_check(settings, monkeypatch):
     description, batch_size, patch_shape = settings
-    check_fit_memory(description, batch_size, patch_shape, CPU, validation_shape=patch_shape, validation_batches=4,
-                     masked_pixel_percentage=2.0, offsets_per_spot=25)  # this machine
+    check_fit_memory(
+        description,
+        batch_size,
+        patch_shape,
+        CPU,
+        validation_shape=patch_shape,
+        validation_batches=4,
+        masked_pixel_percentage=2.0,
+        offsets_per_spot=25,
+    )  # this machine
     monkeypatch.setattr(_memory, "device_memory", lambda device: (8 * 2**30, "a laptop has"))
-    check_fit_memory(description, batch_size, patch_shape, CPU, validation_shape=patch_shape, validation_batches=4,
-                     masked_pixel_percentage=2.0, offsets_per_spot=25)
+    check_fit_memory(
+        description,
+        batch_size,
+        patch_shape,
+        CPU,
+        validation_shape=patch_shape,
+        validation_batches=4,
+        masked_pixel_percentage=2.0,
+        offsets_per_spot=25,
+    )
 
 
 def test_the_estimate_grows_with_the_batch_and_halves_its_activations_in_reduced_precision():

@@ -108,10 +108,7 @@ def test_with_augmentation_3d_patches_are_symmetries_of_a_crop():
     sampler = PatchSampler(images, (3, 4, 4), augment=True)
     batch = sampler.sample(20, gen(4)).numpy()
     candidates = [
-        np.rot90(f, k, axes=(-2, -1))
-        for crop in crops(images[0], (3, 4, 4))
-        for f in flips(crop)
-        for k in range(4)
+        np.rot90(f, k, axes=(-2, -1)) for crop in crops(images[0], (3, 4, 4)) for f in flips(crop) for k in range(4)
     ]
     assert_each_is_one_of(batch, candidates)
 
@@ -151,9 +148,7 @@ def test_split_validation_holds_out_the_last_whole_images(n_images, fraction, he
     np.testing.assert_array_equal(np.stack(validation), images[n_images - held :])
 
 
-@pytest.mark.parametrize(
-    "shape, axis", [((1, 1, 20, 100), 1), ((1, 2, 90, 30), 0), ((1, 1, 10, 100, 20), 1)]
-)
+@pytest.mark.parametrize("shape, axis", [((1, 1, 20, 100), 1), ((1, 2, 90, 30), 0), ((1, 1, 10, 100, 20), 1)])
 def test_split_validation_of_one_image_holds_out_a_strip_along_the_longest_axis(shape, axis):
     images = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     train, validation = split_validation(images, 0.1)
@@ -199,8 +194,9 @@ def test_patches_are_cut_where_the_images_are_kept():
     augment=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_one_gather_per_image_cuts_what_the_patch_by_patch_cut_gives(ndim, sides, patch, n_images, channels,
-                                                                       augment, seed):  # fmt: skip
+def test_one_gather_per_image_cuts_what_the_patch_by_patch_cut_gives(
+    ndim, sides, patch, n_images, channels, augment, seed
+):
     """The batch is cut by one gather per image drawn; for the same draws it equals cutting,
     flipping and turning each patch on its own, whatever the shapes (non-square patches are
     not turned)."""
@@ -208,7 +204,10 @@ def test_one_gather_per_image_cuts_what_the_patch_by_patch_cut_gives(ndim, sides
     patch_shape = tuple(min(p * 2, s) for p, s in zip(patch[:ndim], shapes[0]))
     sampler = PatchSampler(unique_images(shapes, channels), patch_shape, augment=augment)
     generator = gen(seed)
-    draws = [(i, *sampler._draw(sampler.images[i], generator)) for i in torch.randint(n_images, (9,), generator=generator).tolist()]
+    draws = [
+        (i, *sampler._draw(sampler.images[i], generator))
+        for i in torch.randint(n_images, (9,), generator=generator).tolist()
+    ]
     one_by_one = torch.stack([sampler._cut(sampler.images[i], corner, flips, k) for i, corner, flips, k in draws])
     assert torch.equal(sampler._gather(draws), one_by_one)
     assert sampler.sample(5, gen(seed)).is_contiguous()

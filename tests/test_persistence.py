@@ -108,9 +108,7 @@ def test_read_of_a_missing_file_raises_file_not_found(tmp_path):
         read_model(tmp_path / "missing.n2v")
 
 
-@pytest.mark.parametrize(
-    "content", [b"", b"not a model at all", b"\xff" * 64, json.dumps({"a": 1}).encode()]
-)
+@pytest.mark.parametrize("content", [b"", b"not a model at all", b"\xff" * 64, json.dumps({"a": 1}).encode()])
 def test_read_of_a_non_safetensors_file_raises_model_file_error(tmp_path, content):
     path = tmp_path / "junk.n2v"
     path.write_bytes(content)
@@ -148,9 +146,7 @@ def test_read_of_malformed_json_raises_model_file_error(tmp_path, payload):
         read_model(path)
 
 
-@pytest.mark.parametrize(
-    "payload", ["[1, 2]", '"text"', json.dumps({"format": "other", "format_version": 1})]
-)
+@pytest.mark.parametrize("payload", ["[1, 2]", '"text"', json.dumps({"format": "other", "format_version": 1})])
 def test_read_of_a_document_of_the_wrong_kind_raises_model_file_error(tmp_path, payload):
     path = tmp_path / "model.n2v"
     _write_raw(path, payload)

@@ -55,7 +55,10 @@ def test_tile_settings_are_checked_against_the_planned_network():
         ({"tile_size": 32, "tile_overlap": 40}, "tile_overlap"),
         ({"kernel_size": 4}, "kernel_size must be odd"),
         ({"struct_mask": ("z", 3)}, "needs 3D data"),
-        ({"manipulator": "median", "neighborhood_radius": 1, "struct_mask": [[1, 1, 1], [1, 1, 1], [1, 1, 1]]}, "needs neighbours"),
+        (
+            {"manipulator": "median", "neighborhood_radius": 1, "struct_mask": [[1, 1, 1], [1, 1, 1], [1, 1, 1]]},
+            "needs neighbours",
+        ),
         ({"batch_size": 1, "depth": 2, "patch_size": 4}, "batch normalisation"),
         ({"depth": 3, "patch_size": 4}, "patch_size=4 along Y is smaller than 2\\*\\*depth=8"),
         ({"axes": "ZYX", "neighborhood_radius": 8}, "neighborhood_radius"),
@@ -145,9 +148,20 @@ def test_a_search_hears_once_what_the_fit_changed_not_once_per_fold(recwarn):
     from n2v_estimator import Noise2VoidDenoiser
 
     X = np.random.default_rng(0).normal(size=(6, 24, 24)).astype(np.float32)
-    search = GridSearchCV(Noise2VoidDenoiser(max_epochs=1, steps_per_epoch=1, batch_size=2, depth=1, n_filters=2,
-                                             patch_size=32, validation_fraction=0, device="cpu"),
-                          {"neighborhood_radius": [2, 3]}, cv=3)  # fmt: skip
+    search = GridSearchCV(
+        Noise2VoidDenoiser(
+            max_epochs=1,
+            steps_per_epoch=1,
+            batch_size=2,
+            depth=1,
+            n_filters=2,
+            patch_size=32,
+            validation_fraction=0,
+            device="cpu",
+        ),
+        {"neighborhood_radius": [2, 3]},
+        cv=3,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         search.fit(X)

@@ -18,7 +18,9 @@ def test_the_docstring_example_runs():
 
 
 def test_one_line_per_loss_and_per_channel_of_a_noise_parameter():
-    denoiser = tiny(axes="YXC", noise_model="gaussian", verbose=False).fit(np.random.default_rng(0).normal(100, 20, (96, 96, 2)))
+    denoiser = tiny(axes="YXC", noise_model="gaussian", verbose=False).fit(
+        np.random.default_rng(0).normal(100, 20, (96, 96, 2))
+    )
     ax = plot_history(denoiser, keys=("train_loss", "val_loss", "noise_sigma"))
     labels = [line.get_label() for line in ax.get_lines()]
     assert labels == ["train_loss", "val_loss", "noise_sigma[0]", "noise_sigma[1]"]

@@ -14,14 +14,26 @@ from n2v_estimator.predict import denoise as _predict
 from n2v_estimator.predict.denoise import BLIND_STRIDE, PredictPlan, blind_prior, blind_stride, denoise
 from n2v_estimator.predict.tiling import predict_tiled
 
-SETTINGS = dict(depth=2, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
-                skip_skipone=False, independent_channels=True, blind_spot="mask")
+SETTINGS = dict(
+    depth=2,
+    n_filters=4,
+    kernel_size=3,
+    batch_norm=True,
+    residual=False,
+    blurpool=False,
+    skip_skipone=False,
+    independent_channels=True,
+    blind_spot="mask",
+)
 
 
 def probabilistic_network(ndim=2, channels=1, kind="gaussian", depth=2):
     model = build_unet(network_description(ndim, channels, {**SETTINGS, "depth": depth}, kind), seed=0)
-    model.noise.initialise(np.zeros(channels), np.ones(channels), {"sigma": [0.5] * channels} if kind == "gaussian"
-                           else {"a": [0.1] * channels, "b": [0.2] * channels})
+    model.noise.initialise(
+        np.zeros(channels),
+        np.ones(channels),
+        {"sigma": [0.5] * channels} if kind == "gaussian" else {"a": [0.1] * channels, "b": [0.2] * channels},
+    )
     return model.eval()
 
 
@@ -29,12 +41,23 @@ def tiled(model, tile=16, overlap=8, tta=False):
     """The network's prediction in tiles, on images extended by its mirrored border, as ``denoise`` predicts."""
     network = model.description
     ndim, border = network["ndim"], border_width(network["depth"], network["kernel_size"], network["blurpool"])
-    return partial(predict_tiled, model, tile_shape=(tile,) * ndim, tile_overlap=(overlap,) * ndim, batch_size=4,
-                   device=torch.device("cpu"), multiple=2 ** network["depth"], tta=tta,
-                   out_channels=2 * network["in_channels"], border=(border,) * ndim)
+    return partial(
+        predict_tiled,
+        model,
+        tile_shape=(tile,) * ndim,
+        tile_overlap=(overlap,) * ndim,
+        batch_size=4,
+        device=torch.device("cpu"),
+        multiple=2 ** network["depth"],
+        tta=tta,
+        out_channels=2 * network["in_channels"],
+        border=(border,) * ndim,
+    )
 
 
-@pytest.mark.parametrize("manipulator, slabs", [("uniform_withCP", False), ("median", False), ("normal_withoutCP", True)])
+@pytest.mark.parametrize(
+    "manipulator, slabs", [("uniform_withCP", False), ("median", False), ("normal_withoutCP", True)]
+)
 def test_the_prior_of_a_pixel_never_depends_on_that_pixel(manipulator, slabs, monkeypatch, one_torch_thread):
     if slabs:  # masking one grid row at a time, as for a volume too large to mask at once
         monkeypatch.setattr(_predict, "_MAX_NEIGHBOURS", 1)
@@ -76,8 +99,17 @@ def test_denoise_returns_the_posterior_of_the_blind_prior_in_the_images_units(nd
     shape = (1, 1) + ((6, 12, 12) if ndim == 3 else (20, 20))
     images = np.random.default_rng(2).normal(100, 10, size=shape)
     mean, std = np.array([100.0]), np.array([10.0])
-    settings = PredictPlan(tile_size=None, tile_overlap=None, batch_pixels=4096, device=torch.device("cpu"), tta=False,
-                    verbose=False, precision="32", manipulator="uniform_withCP", neighborhood_radius=1)
+    settings = PredictPlan(
+        tile_size=None,
+        tile_overlap=None,
+        batch_pixels=4096,
+        device=torch.device("cpu"),
+        tta=False,
+        verbose=False,
+        precision="32",
+        manipulator="uniform_withCP",
+        neighborhood_radius=1,
+    )
     out, spread = denoise(model, images, mean, std, settings, np.float64, return_std=True)
     x = ((images - mean) / std).astype(np.float32)
     prior = blind_prior(tiled(model, tile=128, overlap=56), x, "uniform_withCP", 1, BLIND_STRIDE[ndim])
@@ -92,7 +124,16 @@ def test_denoise_returns_the_posterior_of_the_blind_prior_in_the_images_units(nd
 
 def test_return_std_needs_a_probabilistic_model():
     model = build_unet(network_description(2, 1, SETTINGS), seed=0).eval()
-    settings = PredictPlan(tile_size=None, tile_overlap=None, batch_pixels=4096, device=torch.device("cpu"), tta=False,
-                    verbose=False, precision="32", manipulator="uniform_withCP", neighborhood_radius=2)
+    settings = PredictPlan(
+        tile_size=None,
+        tile_overlap=None,
+        batch_pixels=4096,
+        device=torch.device("cpu"),
+        tta=False,
+        verbose=False,
+        precision="32",
+        manipulator="uniform_withCP",
+        neighborhood_radius=2,
+    )
     with pytest.raises(ValueError, match="noise_model"):
         denoise(model, np.zeros((1, 1, 8, 8)), np.zeros(1), np.ones(1), settings, return_std=True)

@@ -104,7 +104,9 @@ def test_a_saved_probabilistic_model_loads_with_its_noise_model(fitted, tmp_path
     fitted.save(tmp_path / "model.safetensors")
     loaded = Noise2VoidDenoiser.load(tmp_path / "model.safetensors")
     np.testing.assert_array_equal(loaded.noise_sigma_, fitted.noise_sigma_)
-    np.testing.assert_array_equal(loaded.transform(IMAGE, return_std=True)[1], fitted.transform(IMAGE, return_std=True)[1])
+    np.testing.assert_array_equal(
+        loaded.transform(IMAGE, return_std=True)[1], fitted.transform(IMAGE, return_std=True)[1]
+    )
     assert loaded.model_.description["noise_model"] == "gaussian" and loaded.noise_model == "gaussian"
 
 
@@ -150,9 +152,19 @@ def test_bayes_rule_improves_on_the_prior_and_the_noise_and_uncertainty_are_righ
     plain N2V is measured at the reference budget, in benchmarks/probabilistic.py."""
     clean = data.camera()[:256, 128:384].astype(np.float64)
     noisy = clean + np.random.default_rng(0).normal(0, 25, clean.shape)
-    denoiser = Noise2VoidDenoiser(noise_model="gaussian", patch_size=32, batch_size=8, max_epochs=8, steps_per_epoch=25,
-                                  n_filters=16, masked_pixel_percentage=5.0, learning_rate=2e-3, random_state=0,
-                                  device="cpu", verbose=False).fit(noisy)
+    denoiser = Noise2VoidDenoiser(
+        noise_model="gaussian",
+        patch_size=32,
+        batch_size=8,
+        max_epochs=8,
+        steps_per_epoch=25,
+        n_filters=16,
+        masked_pixel_percentage=5.0,
+        learning_rate=2e-3,
+        random_state=0,
+        device="cpu",
+        verbose=False,
+    ).fit(noisy)
     mean, std = denoiser.transform(noisy, return_std=True)
     monkeypatch.setattr(_predict, "posterior", lambda prior, x, noise: prior.chunk(2, dim=1))
     prior_mean = denoiser.transform(noisy)

@@ -10,8 +10,18 @@ from tqdm.auto import tqdm
 from n2v_estimator import Noise2VoidDenoiser
 from n2v_estimator.runtime.progress import progress_bar, watch
 
-SMALL = dict(max_epochs=3, steps_per_epoch=2, patch_size=16, batch_size=4, depth=1, n_filters=8, random_state=0,
-             verbose=False, device="cpu", precision="32")  # fmt: skip
+SMALL = dict(
+    max_epochs=3,
+    steps_per_epoch=2,
+    patch_size=16,
+    batch_size=4,
+    depth=1,
+    n_filters=8,
+    random_state=0,
+    verbose=False,
+    device="cpu",
+    precision="32",
+)
 
 
 def noisy(shape=(48, 48)):
@@ -68,7 +78,9 @@ def test_without_a_watcher_the_bar_is_plain_tqdm_and_watchers_stay_in_their_thre
     assert isinstance(progress_bar(range(3), desc="x", unit="y", verbose=False), tqdm)
     seen, other = [], []
     with watch(seen.append):
-        worker = threading.Thread(target=lambda: other.append(type(progress_bar(range(2), desc="x", unit="y", verbose=False))))
+        worker = threading.Thread(
+            target=lambda: other.append(type(progress_bar(range(2), desc="x", unit="y", verbose=False)))
+        )
         worker.start()
         worker.join()
         list(progress_bar(range(2), desc="x", unit="y", verbose=False))

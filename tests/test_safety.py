@@ -20,7 +20,13 @@ IMAGE = np.random.default_rng(0).normal(size=(24, 24))
 
 # (description, estimator parameters, X, exception, message pattern): the README's table.
 BAD_INPUT = [
-    ("NaN", {}, np.where(np.arange(576).reshape(24, 24) == 30, np.nan, IMAGE), ValueError, r"1 non-finite value.*\(1, 6\)"),
+    (
+        "NaN",
+        {},
+        np.where(np.arange(576).reshape(24, 24) == 30, np.nan, IMAGE),
+        ValueError,
+        r"1 non-finite value.*\(1, 6\)",
+    ),
     ("inf", {}, np.full((8, 8), np.inf), ValueError, r"64 non-finite value.*\(0, 0\)"),
     ("empty", {}, np.zeros((0, 5)), ValueError, "empty"),
     ("1D array", {}, np.zeros(16), ValueError, "Reshape your data"),
@@ -45,7 +51,13 @@ BAD_INPUT = [
     ("even struct span", {"struct_mask": ("x", 4)}, IMAGE, ValueError, "odd"),
     ("cuda without cuda", {"device": "cuda"}, IMAGE, ValueError, "CUDA is not available"),
     ("meta device", {"device": "meta"}, IMAGE, ValueError, "cannot run the denoiser"),
-    ("image_shape overflow", {"image_shape": (2**62, 4)}, np.zeros((4, 64)), ValueError, f"needs {2**64} values per row"),
+    (
+        "image_shape overflow",
+        {"image_shape": (2**62, 4)},
+        np.zeros((4, 64)),
+        ValueError,
+        f"needs {2**64} values per row",
+    ),
     ("RGB with axes=None", {}, np.zeros((64, 48, 3)), ValueError, "axes='YXC'"),
 ]
 
@@ -396,7 +408,13 @@ def test_a_schema_1_network_naming_a_noise_model_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "settings", [{"n_filters": 10**9}, {"depth": 8, "n_filters": 2**40, "in_channels": 2**20}, {"n_filters": 2**70}, {"kernel_size": 2**70 + 1}]
+    "settings",
+    [
+        {"n_filters": 10**9},
+        {"depth": 8, "n_filters": 2**40, "in_channels": 2**20},
+        {"n_filters": 2**70},
+        {"kernel_size": 2**70 + 1},
+    ],
 )
 def test_a_huge_network_description_is_refused_without_allocating_it(tmp_path, settings):
     path, _, document = _saved(tmp_path)
@@ -413,7 +431,9 @@ def _raw_header_file(path, header, data=b""):
 
 def test_a_header_over_the_cap_is_refused_without_being_parsed(tmp_path, monkeypatch):
     path = tmp_path / "model.safetensors"
-    path.write_bytes((_persistence.MAX_HEADER_BYTES + 1).to_bytes(8, "little") + b" " * (_persistence.MAX_HEADER_BYTES + 1))
+    path.write_bytes(
+        (_persistence.MAX_HEADER_BYTES + 1).to_bytes(8, "little") + b" " * (_persistence.MAX_HEADER_BYTES + 1)
+    )
     monkeypatch.setattr(_persistence.json, "loads", lambda *a, **k: pytest.fail("parsed"))
     with pytest.raises(ModelFileError, match="header size"):
         Noise2VoidDenoiser.load(path)
@@ -472,7 +492,9 @@ def test_any_corruption_of_a_model_file_loads_or_raises_model_file_error(tmp_pat
     raw = bytearray(model_bytes)
     header_end = 8 + int.from_bytes(raw[:8], "little")
     for _ in range(data.draw(st.integers(1, 4))):
-        position = data.draw(st.integers(0, len(raw) - 1) if data.draw(st.booleans()) else st.integers(0, header_end - 1))
+        position = data.draw(
+            st.integers(0, len(raw) - 1) if data.draw(st.booleans()) else st.integers(0, header_end - 1)
+        )
         raw[position] = data.draw(st.integers(0, 255))
     if data.draw(st.booleans()):
         raw = raw[: data.draw(st.integers(0, len(raw)))]
@@ -501,7 +523,9 @@ def test_save_removes_the_temporary_files_of_killed_writers_but_not_of_live_ones
     with open(live, "rb") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # a writer still at work
         tiny().fit(IMAGE).save(path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name, users.name, pipe.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [path.name, live.name, other.name, users.name, pipe.name]
+    )
 
 
 def test_save_errors_name_the_target(tmp_path):

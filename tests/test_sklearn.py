@@ -32,8 +32,15 @@ EXPECTED_FAILED_CHECKS = {
 
 def _tiny_for_checks(**params):
     return Noise2VoidDenoiser(
-        patch_size=8, batch_size=2, max_epochs=1, steps_per_epoch=2, depth=1, n_filters=2,
-        random_state=0, device="cpu", **params,
+        patch_size=8,
+        batch_size=2,
+        max_epochs=1,
+        steps_per_epoch=2,
+        depth=1,
+        n_filters=2,
+        random_state=0,
+        device="cpu",
+        **params,
     )
 
 
@@ -106,8 +113,15 @@ def test_self_supervised_score_ranks_like_true_error(camera_pair):
     stack_noisy, stack_clean = noisy[None], clean[None]
     selfsup, true = [], []
     for steps in (1, 8, 40):
-        d = tiny(patch_size=32, batch_size=8, max_epochs=1, steps_per_epoch=steps, n_filters=8,
-                 learning_rate=2e-3, masked_pixel_percentage=5.0).fit(stack_noisy)
+        d = tiny(
+            patch_size=32,
+            batch_size=8,
+            max_epochs=1,
+            steps_per_epoch=steps,
+            n_filters=8,
+            learning_rate=2e-3,
+            masked_pixel_percentage=5.0,
+        ).fit(stack_noisy)
         selfsup.append(d.score(stack_noisy))
         true.append(d.score(stack_noisy, stack_clean))
     assert spearmanr(selfsup, true).statistic == pytest.approx(1.0)

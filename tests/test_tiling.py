@@ -39,7 +39,7 @@ def test_axis_tiles_cover_the_axis_exactly_once_with_enough_context(params):
 
     assert tiles[0][2] == 0
     assert tiles[-1][3] == length
-    for (start, stop, lo, hi) in tiles:
+    for start, stop, lo, hi in tiles:
         assert start % multiple == 0
         assert 0 <= start <= lo < hi <= stop <= length  # writes inside what it reads
         assert stop - start <= tile
@@ -155,7 +155,10 @@ def test_mirror_index_is_numpys_symmetric_padding(start, stop, length):
     np.testing.assert_array_equal(values[mirror_index(start, stop, length)], expected)
 
 
-@pytest.mark.parametrize("depth, kernel_size, blurpool, width", [(1, 3, False, 10), (2, 3, False, 28), (2, 3, True, 32), (3, 3, False, 64), (2, 5, False, 48)])
+@pytest.mark.parametrize(
+    "depth, kernel_size, blurpool, width",
+    [(1, 3, False, 10), (2, 3, False, 28), (2, 3, True, 32), (3, 3, False, 64), (2, 5, False, 48)],
+)
 def test_border_width_covers_the_receptive_field_on_the_pooling_grid(depth, kernel_size, blurpool, width):
     assert border_width(depth, kernel_size, blurpool) == width
     assert width >= receptive_radius(depth, kernel_size, blurpool) and width % 2**depth == 0
@@ -216,9 +219,7 @@ def test_predict_tiled_predicts_the_next_batch_before_finishing_the_one_before()
 def test_predict_tiled_with_tta_and_identity_model_returns_the_input(shape):
     images = np.random.default_rng(3).normal(size=shape).astype(np.float32)
     ndim = len(shape) - 2
-    out = predict_tiled(
-        nn.Identity(), images, (16,) * ndim, (8,) * ndim, 4, CPU, multiple=4, tta=True
-    )
+    out = predict_tiled(nn.Identity(), images, (16,) * ndim, (8,) * ndim, 4, CPU, multiple=4, tta=True)
     np.testing.assert_allclose(out, images, rtol=0, atol=1e-6)
 
 
@@ -276,7 +277,9 @@ def networks_and_images(draw):
     depth = draw(st.integers(1, 4 if ndim == 2 else 2))
     kernel = draw(st.sampled_from([3] if depth == 4 else [3, 5, 7] if ndim == 2 else [3, 5]))
     blurpool = draw(st.booleans()) and not (layout == "n2v-tf" and ndim == 3)
-    geometry = NetworkGeometry(ndim, depth=depth, kernel_size=kernel, blurpool=blurpool, centred_grid=layout == "n2v-tf")
+    geometry = NetworkGeometry(
+        ndim, depth=depth, kernel_size=kernel, blurpool=blurpool, centred_grid=layout == "n2v-tf"
+    )
     sides = [draw(st.integers(1, 2 * geometry.overlap + 40)) for _ in range(ndim)]
     tile = draw(st.sampled_from([None, "just enough", "larger"]))
     if tile == "just enough":
@@ -296,8 +299,9 @@ def test_tiled_equals_untiled_for_every_layout_grid_phase_depth_kernel_and_tile_
 
     layout, ndim, depth, kernel, blurpool, sides, tile = case
     torch.manual_seed(0)
-    net = UNet(ndim=ndim, depth=depth, kernel_size=kernel, n_filters=2, batch_norm=False, blurpool=blurpool,
-               layout=layout).eval()  # fmt: skip
+    net = UNet(
+        ndim=ndim, depth=depth, kernel_size=kernel, n_filters=2, batch_norm=False, blurpool=blurpool, layout=layout
+    ).eval()
     with torch.no_grad():
         for name, weight in net.named_parameters():
             if name.endswith("weight"):
@@ -305,8 +309,17 @@ def test_tiled_equals_untiled_for_every_layout_grid_phase_depth_kernel_and_tile_
     images = np.random.default_rng(0).normal(size=(1, 1, *sides)).astype(np.float32)
 
     def plan(tile_size):
-        return PredictPlan(tile_size=tile_size, tile_overlap=None, batch_pixels=4096, device=CPU, precision="32",
-                           tta=False, verbose=False, manipulator="uniform_withCP", neighborhood_radius=5)  # fmt: skip
+        return PredictPlan(
+            tile_size=tile_size,
+            tile_overlap=None,
+            batch_pixels=4096,
+            device=CPU,
+            precision="32",
+            tta=False,
+            verbose=False,
+            manipulator="uniform_withCP",
+            neighborhood_radius=5,
+        )
 
     one = max(sides) + 2 * NetworkGeometry.of(net.description).overlap + 64
     whole = denoise(net, images, np.zeros(1), np.ones(1), plan(one))
@@ -315,7 +328,15 @@ def test_tiled_equals_untiled_for_every_layout_grid_phase_depth_kernel_and_tile_
     assert np.abs(tiled - whole).max() <= 1e-5 * scale, (case, np.abs(tiled - whole).max() / scale)
 
 
-@pytest.mark.parametrize("size, overlap, pattern", [(32, 32, "smaller than tile_size"), ((8, 8, 8), None, "2 ints"), (-1, None, "at least 1"), (32, (4, -4), "at least 0")])
+@pytest.mark.parametrize(
+    "size, overlap, pattern",
+    [
+        (32, 32, "smaller than tile_size"),
+        ((8, 8, 8), None, "2 ints"),
+        (-1, None, "at least 1"),
+        (32, (4, -4), "at least 0"),
+    ],
+)
 def test_tile_geometry_refuses_impossible_settings(size, overlap, pattern):
     from n2v_estimator.predict.tiling import tile_geometry
 

@@ -16,8 +16,17 @@ from n2v_estimator.nets.unet import network_description
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 IMAGES = [np.random.default_rng(0).normal(size=(1, 32, 32)).astype(np.float32)]
-SETTINGS = dict(depth=1, n_filters=4, kernel_size=3, batch_norm=True, residual=False, blurpool=False,
-                skip_skipone=False, independent_channels=True, blind_spot="mask")
+SETTINGS = dict(
+    depth=1,
+    n_filters=4,
+    kernel_size=3,
+    batch_norm=True,
+    residual=False,
+    blurpool=False,
+    skip_skipone=False,
+    independent_channels=True,
+    blind_spot="mask",
+)
 
 
 def model():
@@ -33,8 +42,18 @@ def validation_set(seed=3):
 
 
 def run(net, validation, max_epochs=4):
-    return train(net, PatchSampler(IMAGES, (16, 16)), masker(), validation=validation, max_epochs=max_epochs,
-                 steps_per_epoch=2, batch_size=4, learning_rate=1e-2, device=torch.device("cpu"), seed=0)
+    return train(
+        net,
+        PatchSampler(IMAGES, (16, 16)),
+        masker(),
+        validation=validation,
+        max_epochs=max_epochs,
+        steps_per_epoch=2,
+        batch_size=4,
+        learning_rate=1e-2,
+        device=torch.device("cpu"),
+        seed=0,
+    )
 
 
 def snapshots_with_validation_losses(monkeypatch, losses):
@@ -140,12 +159,15 @@ def test_other_exceptions_propagate(monkeypatch):
         run(model(), validation=[])
 
 
-@pytest.mark.parametrize("history, was_fitted, expected", [
-    ([{"val_loss": 1.0}], True, "after 1 complete epoch\\(s\\); the best validation weights are kept"),
-    ([{"val_loss": None}] * 2, False, "after 2 complete epoch\\(s\\); the weights of the last complete epoch"),
-    ([], True, "before any epoch completed; the estimator is left as it was\\."),
-    ([], False, "before any epoch completed; the estimator is left as it was \\(not fitted\\)"),
-])
+@pytest.mark.parametrize(
+    "history, was_fitted, expected",
+    [
+        ([{"val_loss": 1.0}], True, "after 1 complete epoch\\(s\\); the best validation weights are kept"),
+        ([{"val_loss": None}] * 2, False, "after 2 complete epoch\\(s\\); the weights of the last complete epoch"),
+        ([], True, "before any epoch completed; the estimator is left as it was\\."),
+        ([], False, "before any epoch completed; the estimator is left as it was \\(not fitted\\)"),
+    ],
+)
 def test_a_stop_says_what_is_kept(history, was_fitted, expected):
     interrupted = _training.TrainingResult({}, history, interrupted=True)
     with pytest.warns(UserWarning, match=expected), pytest.raises(KeyboardInterrupt, match=expected):
@@ -198,6 +220,17 @@ def test_the_schedule_follows_the_batches_without_reading_the_float16_scale(monk
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="float16 training with a gradient scaler needs CUDA")
 def test_float16_training_on_cuda_warns_nothing(recwarn):
     net = model().cuda()
-    train(net, PatchSampler(IMAGES, (16, 16)), masker(), validation=None, max_epochs=2, steps_per_epoch=3,
-          batch_size=4, learning_rate=1e-2, device=torch.device("cuda"), seed=0, precision="16-mixed")
+    train(
+        net,
+        PatchSampler(IMAGES, (16, 16)),
+        masker(),
+        validation=None,
+        max_epochs=2,
+        steps_per_epoch=3,
+        batch_size=4,
+        learning_rate=1e-2,
+        device=torch.device("cuda"),
+        seed=0,
+        precision="16-mixed",
+    )
     assert not [str(w.message) for w in recwarn], [str(w.message) for w in recwarn]

@@ -18,9 +18,7 @@ def net(**kwargs):
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
-@pytest.mark.parametrize(
-    "shape", [(1, 1, 13, 7), (2, 1, 16, 16), (1, 1, 3, 5), (1, 1, 2, 2), (1, 1, 1, 9)]
-)
+@pytest.mark.parametrize("shape", [(1, 1, 13, 7), (2, 1, 16, 16), (1, 1, 3, 5), (1, 1, 2, 2), (1, 1, 1, 9)])
 def test_output_shape_equals_input_shape_in_2d(shape, depth):
     model = net(ndim=2, depth=depth)
     with torch.no_grad():

@@ -79,9 +79,7 @@ def resolve_axes(axes, ndim):
     if "Y" not in axes_upper or "X" not in axes_upper:
         raise ValueError(f"axes={axes!r} must contain both Y and X.")
     if len(axes_upper) != ndim:
-        raise ValueError(
-            f"axes={axes!r} names {len(axes_upper)} axes but the array has {ndim} dimensions."
-        )
+        raise ValueError(f"axes={axes!r} names {len(axes_upper)} axes but the array has {ndim} dimensions.")
     return axes_upper
 
 
@@ -164,9 +162,7 @@ def read_images(X, axes, image_shape):
                 f"per row; got shape {X.shape}."
             )
         if X.shape[1] != size:
-            raise ValueError(
-                f"X has rows of {X.shape[1]} values, but image_shape={shape} needs {size} values per row."
-            )
+            raise ValueError(f"X has rows of {X.shape[1]} values, but image_shape={shape} needs {size} values per row.")
         default = "YX" if len(shape) == 2 else "ZYX" if len(shape) == 3 else None
         image_axes = resolve_axes(axes if axes is not None else default, len(shape))
         if "S" in image_axes:

@@ -83,14 +83,10 @@ class PatchSampler:
         for im in self.images:
             if any(p > s for p, s in zip(self.patch_shape, im.shape[1:])):
                 raise ValueError(
-                    f"Patch shape {self.patch_shape} does not fit in an image of spatial "
-                    f"shape {tuple(im.shape[1:])}."
+                    f"Patch shape {self.patch_shape} does not fit in an image of spatial shape {tuple(im.shape[1:])}."
                 )
         # Each image is drawn in proportion to how many patch positions it offers.
-        positions = [
-            math.prod(s - p + 1 for s, p in zip(im.shape[1:], self.patch_shape))
-            for im in self.images
-        ]
+        positions = [math.prod(s - p + 1 for s, p in zip(im.shape[1:], self.patch_shape)) for im in self.images]
         self._image_weights = torch.tensor(positions, dtype=torch.float64)
         self._maps = {}  # see _source_map
 
@@ -105,9 +101,7 @@ class PatchSampler:
         per batch whatever its size (a GPU step is short enough for a few dozen small operations
         per patch to be what it waits on).
         """
-        which = torch.multinomial(
-            self._image_weights, batch_size, replacement=True, generator=generator
-        )
+        which = torch.multinomial(self._image_weights, batch_size, replacement=True, generator=generator)
         draws = [(i, *self._draw(self.images[i], generator)) for i in which.tolist()]
         if not all(isinstance(im, torch.Tensor) for im in self.images):
             return torch.stack([self._cut(self.images[i], corner, flips, k) for i, corner, flips, k in draws])
@@ -117,8 +111,7 @@ class PatchSampler:
         """One patch's corner, flipped axes and number of quarter turns, from ``generator``."""
         ndim = len(self.patch_shape)
         corner = tuple(
-            int(torch.randint(s - p + 1, (1,), generator=generator))
-            for s, p in zip(image.shape[1:], self.patch_shape)
+            int(torch.randint(s - p + 1, (1,), generator=generator)) for s, p in zip(image.shape[1:], self.patch_shape)
         )
         flips, k = (), 0
         if self.augment:

@@ -136,7 +136,9 @@ def calibration_problems(calibration):
     for c, edges in enumerate(calibration["edges"]):
         where = f" (channel {c})" if len(calibration["edges"]) > 1 else ""
         for k in range(len(edges) - 1):
-            count, ratio, se, tail, share = (calibration[key][c][k] for key in ("count", "ratio", "se", "tail", "noise_share"))
+            count, ratio, se, tail, share = (
+                calibration[key][c][k] for key in ("count", "ratio", "se", "tail", "noise_share")
+            )
             if count < MIN_COUNT:
                 continue
             span = f"[{edges[k]:.4g}, {edges[k + 1]:.4g}]{where}"
@@ -150,17 +152,25 @@ def calibration_problems(calibration):
                 tails.append(f"{tail:.1%} at {span}")
     problems = []
     if noisy:
-        problems.append(f"the noise model alone predicts {', '.join(noisy)} the residuals' variance (intensities of "
-                        "the prior mean): it overstates the noise there (noise of another form?)")  # fmt: skip
+        problems.append(
+            f"the noise model alone predicts {', '.join(noisy)} the residuals' variance (intensities of "
+            "the prior mean): it overstates the noise there (noise of another form?)"
+        )
     if unsure:
-        problems.append(f"the residuals' variance is {', '.join(unsure)} what the prior and noise model predict: the "
-                        "prior is surer than its spread says (an undertrained prior? train longer)")  # fmt: skip
+        problems.append(
+            f"the residuals' variance is {', '.join(unsure)} what the prior and noise model predict: the "
+            "prior is surer than its spread says (an undertrained prior? train longer)"
+        )
     if high:
-        problems.append(f"the residuals' variance is {', '.join(high)} what the prior and noise model predict: the "
-                        "noise or the prior's error is larger than they claim")  # fmt: skip
+        problems.append(
+            f"the residuals' variance is {', '.join(high)} what the prior and noise model predict: the "
+            "noise or the prior's error is larger than they claim"
+        )
     if tails:
-        problems.append(f"{', '.join(tails)} of the residuals lie beyond {TAIL_Z:g} predicted standard deviations "
-                        "(0.3% for Gaussian noise): the noise has heavy tails (hot pixels, impulses?)")  # fmt: skip
+        problems.append(
+            f"{', '.join(tails)} of the residuals lie beyond {TAIL_Z:g} predicted standard deviations "
+            "(0.3% for Gaussian noise): the noise has heavy tails (hot pixels, impulses?)"
+        )
     return problems
 
 

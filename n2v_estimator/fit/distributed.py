@@ -77,8 +77,10 @@ def torchrun_environment():
     def number(name, low, high):
         text = os.environ[name]
         if not re.fullmatch(r"\d{1,9}", text.strip()) or not low <= int(text) <= high:
-            raise ValueError(f"torchrun's variable {name}={shown(text, 60)} is not a whole number from {low} to "
-                             f"{high}: start the processes with torchrun, which sets it, or unset it.")  # fmt: skip
+            raise ValueError(
+                f"torchrun's variable {name}={shown(text, 60)} is not a whole number from {low} to "
+                f"{high}: start the processes with torchrun, which sets it, or unset it."
+            )
         return int(text)
 
     world = number("WORLD_SIZE", 1, 2**20)
@@ -87,8 +89,10 @@ def torchrun_environment():
     port = number("MASTER_PORT", 1, 65535)
     address = os.environ["MASTER_ADDR"].strip()
     if not _HOST.fullmatch(address):
-        raise ValueError(f"torchrun's variable MASTER_ADDR={shown(address, 60)} is not a host name or an IP "
-                         "address: start the processes with torchrun, which sets it, or unset it.")  # fmt: skip
+        raise ValueError(
+            f"torchrun's variable MASTER_ADDR={shown(address, 60)} is not a host name or an IP "
+            "address: start the processes with torchrun, which sets it, or unset it."
+        )
     return rank, world, local, address, port
 
 
@@ -106,8 +110,10 @@ def rendezvous_seconds():
     except ValueError:
         seconds = math.nan
     if not 0 < seconds <= 7 * 24 * 3600:
-        raise ValueError(f"N2V_RENDEZVOUS_TIMEOUT={shown(text, 60)} is not a number of seconds from 0 to a week; "
-                         f"unset it for the default ({RENDEZVOUS_SECONDS} s).")  # fmt: skip
+        raise ValueError(
+            f"N2V_RENDEZVOUS_TIMEOUT={shown(text, 60)} is not a number of seconds from 0 to a week; "
+            f"unset it for the default ({RENDEZVOUS_SECONDS} s)."
+        )
     return seconds
 
 
@@ -117,30 +123,42 @@ def check_devices(n_devices, device, batch_size):
     if n_devices == "torchrun":
         _, n_devices, local = torchrun_ranks()
         if device.type == "cuda" and local >= torch.cuda.device_count():
-            raise ValueError(f"torchrun's LOCAL_RANK={local} has no CUDA device ({torch.cuda.device_count()} "
-                             "visible): start at most that many processes per machine (--nproc-per-node).")  # fmt: skip
+            raise ValueError(
+                f"torchrun's LOCAL_RANK={local} has no CUDA device ({torch.cuda.device_count()} "
+                "visible): start at most that many processes per machine (--nproc-per-node)."
+            )
     elif n_devices > 1 and getattr(multiprocessing.current_process(), "_inheriting", False):
         # A process that multiprocessing starts with "spawn" (a Pool of the user's, say; never our
         # ranks, which start without the script) runs its parent's script, which calls fit: a script
         # without a main guard. One line (SystemExit prints it, with no traceback), exit 1.
-        raise SystemExit(f"n2v-estimator: fit(n_devices={n_devices}) was called while multiprocessing was starting "
-                         "this process, which runs the script again: the script calls it when imported. Put the "
-                         "script's work under `if __name__ == \"__main__\":`.")  # fmt: skip
+        raise SystemExit(
+            f"n2v-estimator: fit(n_devices={n_devices}) was called while multiprocessing was starting "
+            "this process, which runs the script again: the script calls it when imported. Put the "
+            'script\'s work under `if __name__ == "__main__":`.'
+        )
     elif n_devices > 1 and multiprocessing.current_process().daemon:
-        raise ValueError(f"n_devices={n_devices} starts a process per device, which a daemonic worker process (of "
-                         "multiprocessing.Pool, say) cannot do; fit with n_devices > 1 from the main process, use "
-                         "n_devices=1 in workers, or start the processes with torchrun (n_devices='torchrun').")  # fmt: skip
+        raise ValueError(
+            f"n_devices={n_devices} starts a process per device, which a daemonic worker process (of "
+            "multiprocessing.Pool, say) cannot do; fit with n_devices > 1 from the main process, use "
+            "n_devices=1 in workers, or start the processes with torchrun (n_devices='torchrun')."
+        )
     if n_devices == 1:
         return
     if batch_size % n_devices:
-        raise ValueError(f"batch_size={batch_size} does not split over n_devices={n_devices}: each device takes "
-                         f"batch_size / n_devices patches. Use a batch_size that is a multiple of {n_devices}.")  # fmt: skip
+        raise ValueError(
+            f"batch_size={batch_size} does not split over n_devices={n_devices}: each device takes "
+            f"batch_size / n_devices patches. Use a batch_size that is a multiple of {n_devices}."
+        )
     if device.type == "cuda" and torch.cuda.device_count() < n_devices:
-        raise ValueError(f"n_devices={n_devices} but {torch.cuda.device_count()} CUDA device(s) are visible; use "
-                         f"n_devices={max(1, torch.cuda.device_count())} or device='cpu' (CPU processes).")  # fmt: skip
+        raise ValueError(
+            f"n_devices={n_devices} but {torch.cuda.device_count()} CUDA device(s) are visible; use "
+            f"n_devices={max(1, torch.cuda.device_count())} or device='cpu' (CPU processes)."
+        )
     if device.type not in ("cuda", "cpu"):
-        raise ValueError(f"n_devices={n_devices} trains on CUDA devices or CPU processes, not on {device.type}; "
-                         "use device='cuda' or device='cpu', or n_devices=1.")  # fmt: skip
+        raise ValueError(
+            f"n_devices={n_devices} trains on CUDA devices or CPU processes, not on {device.type}; "
+            "use device='cuda' or device='cpu', or n_devices=1."
+        )
 
 
 def run_distributed(plan, n_devices, verbose=False, same_patches=False):
@@ -167,10 +185,14 @@ def run_distributed(plan, n_devices, verbose=False, same_patches=False):
     folder = os.path.join(tempfile.gettempdir(), f"n2v-ddp-{secrets.token_hex(16)}")
     messages, plans = context.Queue(), DroppingQueue(ctx=context)
     sent = pickle.dumps(plan, protocol=pickle.HIGHEST_PROTOCOL)  # once, here; tensors copied, not shared
-    ranks = [context.Process(target=rank_entry, daemon=True,
-                             args=(folder, f"{__name__}:rank_main", rank, n_devices, plans, messages, verbose,
-                                   same_patches))
-             for rank in range(n_devices)]  # fmt: skip
+    ranks = [
+        context.Process(
+            target=rank_entry,
+            daemon=True,
+            args=(folder, f"{__name__}:rank_main", rank, n_devices, plans, messages, verbose, same_patches),
+        )
+        for rank in range(n_devices)
+    ]
     try:
         with started_without_main():
             for process in ranks:
@@ -280,8 +302,10 @@ def private_folder(path):
     info = os.lstat(path)
     others = hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o077)
     if not stat.S_ISDIR(info.st_mode) or others:
-        raise RuntimeError(f"the rendezvous folder {path} is not a private folder of this user (made by another "
-                           "user, or a link): the ranks do not join through it.")  # fmt: skip
+        raise RuntimeError(
+            f"the rendezvous folder {path} is not a private folder of this user (made by another "
+            "user, or a link): the ranks do not join through it."
+        )
     return path
 
 
@@ -294,23 +318,29 @@ def _collect(ranks, messages):
         except queue.Empty:
             for rank, process in enumerate(ranks):
                 if process.exitcode not in (None, 0):
-                    raise DistributedTrainingError(_death(rank, len(ranks), process.exitcode, rank in started))
+                    raise DistributedTrainingError(
+                        _death(rank, len(ranks), process.exitcode, rank in started)
+                    ) from None
             continue
         if kind == "started":
             started.add(payload[0])
             continue
         if kind == "error":
             rank, text = payload
-            raise DistributedTrainingError(f"rank {rank} of {len(ranks)} failed: {shown(text, 400)} (every rank was "
-                                           "ended; the estimator is left as it was).")  # fmt: skip
+            raise DistributedTrainingError(
+                f"rank {rank} of {len(ranks)} failed: {shown(text, 400)} (every rank was "
+                "ended; the estimator is left as it was)."
+            )
         return payload
 
 
 def _death(rank, world, exitcode, started):
     """One line for a rank that ended with ``exitcode`` without saying why."""
     when = "while starting, before it could train" if not started else "before training finished"
-    return (f"rank {rank} of {world} ended with exit code {exitcode} {when} (killed, or out of memory?); every "
-            "rank was ended and the estimator is left as it was.")  # fmt: skip
+    return (
+        f"rank {rank} of {world} ended with exit code {exitcode} {when} (killed, or out of memory?); every "
+        "rank was ended and the estimator is left as it was."
+    )
 
 
 def rank_main(folder, rank, world, plans, messages, verbose, same_patches):
@@ -327,8 +357,10 @@ def rank_main(folder, rank, world, plans, messages, verbose, same_patches):
         try:
             plan = pickle.loads(plans.get())
         except (AttributeError, ImportError) as exc:
-            raise RuntimeError(f"the fit's settings or data hold an object a rank cannot import ({exc}): define it in "
-                               "a module of its own, not in the script or notebook that calls fit.") from None  # fmt: skip
+            raise RuntimeError(
+                f"the fit's settings or data hold an object a rank cannot import ({exc}): define it in "
+                "a module of its own, not in the script or notebook that calls fit."
+            ) from None
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
         cuda = plan.device.type == "cuda"
         device = torch.device("cuda", rank) if cuda else plan.device

@@ -97,16 +97,10 @@ def resolve_struct_mask(struct_mask, ndim, patch_shape=None):
     """
     if struct_mask is None:
         return np.zeros((0, ndim), dtype=np.int64)
-    if (
-        isinstance(struct_mask, (tuple, list))
-        and len(struct_mask) == 2
-        and isinstance(struct_mask[0], str)
-    ):
+    if isinstance(struct_mask, (tuple, list)) and len(struct_mask) == 2 and isinstance(struct_mask[0], str):
         axis_name, span = struct_mask
         if axis_name.lower() not in _STRUCT_AXES:
-            raise ValueError(
-                f"struct_mask axis {axis_name!r} is unknown; use one of {sorted(_STRUCT_AXES)}."
-            )
+            raise ValueError(f"struct_mask axis {axis_name!r} is unknown; use one of {sorted(_STRUCT_AXES)}.")
         axis = _STRUCT_AXES[axis_name.lower()]
         if -axis > ndim:
             raise ValueError(f"struct_mask along {axis_name!r} needs 3D data (axes with Z).")
@@ -289,9 +283,7 @@ class BlindSpotMasker:
         jitter = torch.rand((n, *cells, self.ndim), generator=generator, device=device, dtype=dtype)
         coords, inside = [], torch.ones((n, *cells), dtype=torch.bool, device=device)
         for d, size in enumerate(spatial):
-            index = torch.arange(cells[d], device=device).reshape(
-                [1] + [-1 if i == d else 1 for i in range(self.ndim)]
-            )
+            index = torch.arange(cells[d], device=device).reshape([1] + [-1 if i == d else 1 for i in range(self.ndim)])
             shift = phase[:, d].reshape([n] + [1] * self.ndim)
             low = torch.floor(index * side - shift)
             high = torch.floor((index + 1) * side - shift)

@@ -209,8 +209,9 @@ class FitPlan:
         fastest_layout(model, self.precision)  # before DDP records the parameters' layout
         # Batch norm over the whole batch, as in one process (per-rank statistics of a smaller
         # batch cost 0.6 dB on camera).
-        forward = DistributedDataParallel(batch_norm_over_ranks(model),
-                                          device_ids=[device.index] if device.type == "cuda" else None)  # fmt: skip
+        forward = DistributedDataParallel(
+            batch_norm_over_ranks(model), device_ids=[device.index] if device.type == "cuda" else None
+        )
         share = {"batch_size": self.batch_size // ranks, "reduce": average_over_ranks, "forward": forward}
         if same_patches:
             return {**share, "seed": self.seeds[1], "shard": (index, ranks)}
@@ -222,8 +223,14 @@ class FitPlan:
         patches = "validation" if validation else "training"
         if not validation:
             sampler = PatchSampler(self.train_images, self.patch_shape, augment=False, device=device)
-            validation = make_validation_set(sampler, self.masker, _VALIDATION_BATCHES * self.batch_size,
-                                             self.batch_size, device, seed=self.seeds[2] + 2)  # fmt: skip
+            validation = make_validation_set(
+                sampler,
+                self.masker,
+                _VALIDATION_BATCHES * self.batch_size,
+                self.batch_size,
+                device,
+                seed=self.seeds[2] + 2,
+            )
         calibration = blind_spot_calibration(model, validation, self.mean, self.std, self.precision)
         where = "the validation patches" if patches == "validation" else "training patches (no validation set)"
         warn_if_uncalibrated(calibration, self.network["noise_model"], self.network["blind_spot"], where)
@@ -293,12 +300,16 @@ def make_plan(params, X, previous=None):
         )
     requested = requested_patch_shape(params["patch_size"], ndim)
     # A blind-spot network masks nothing: every pixel of a patch is a training target.
-    masker = every_pixel if blind else BlindSpotMasker(
-        ndim,
-        params["masked_pixel_percentage"],
-        manipulator,
-        params["neighborhood_radius"],
-        resolve_struct_mask(params["struct_mask"], ndim, requested),
+    masker = (
+        every_pixel
+        if blind
+        else BlindSpotMasker(
+            ndim,
+            params["masked_pixel_percentage"],
+            manipulator,
+            params["neighborhood_radius"],
+            resolve_struct_mask(params["struct_mask"], ndim, requested),
+        )
     )
     # transform takes the tile settings as they are then; refuse impossible ones now.
     tile_geometry(params["tile_size"], params["tile_overlap"], NetworkGeometry.of(network))
@@ -310,14 +321,28 @@ def make_plan(params, X, previous=None):
     if data.one_2d_array and inside_model_selection():
         _warn_rows_as_folds(data.pixels.shape[2:])
     train_images = _holding_patches(train_images, requested)
-    patch_shape, validation_shape = _patch_shapes(requested, data, train_images, validation_images, network, masker,
-                                                  blind, params["batch_size"], params["patch_size"] is not None)  # fmt: skip
+    patch_shape, validation_shape = _patch_shapes(
+        requested,
+        data,
+        train_images,
+        validation_images,
+        network,
+        masker,
+        blind,
+        params["batch_size"],
+        params["patch_size"] is not None,
+    )
     check_fit_memory(
-        network, params["batch_size"], patch_shape, device, precision=precision,
-        validation_shape=validation_shape, validation_batches=_VALIDATION_BATCHES,
+        network,
+        params["batch_size"],
+        patch_shape,
+        device,
+        precision=precision,
+        validation_shape=validation_shape,
+        validation_batches=_VALIDATION_BATCHES,
         masked_pixel_percentage=0.0 if blind else params["masked_pixel_percentage"],
         offsets_per_spot=0 if blind else len(masker.offsets) + len(masker.struct_offsets),
-    )  # fmt: skip
+    )
     noise = _first_noise(params["noise_model"], kind, data.pixels, len(mean), previous)
     seeds = _seeds(params["random_state"], previous)  # drawn last: a refused fit leaves a RandomState untouched
     return FitPlan(
@@ -630,7 +655,8 @@ def _warn_shrunk_patch(requested, patch_shape, asked):
     """Patches the user ``asked`` for (``patch_size`` set), larger than the images, are cut to them:
     say so once (the default patches fit themselves to small images, as documented)."""
     if asked and tuple(requested) != tuple(patch_shape):
-        _say_once(("patch", tuple(requested), tuple(patch_shape)),
-                  f"patch_size {tuple(requested)} is larger than the training images: patches of {tuple(patch_shape)} "
-                  "are trained instead (set patch_size to at most the images' size to silence this).")  # fmt: skip
-
+        _say_once(
+            ("patch", tuple(requested), tuple(patch_shape)),
+            f"patch_size {tuple(requested)} is larger than the training images: patches of {tuple(patch_shape)} "
+            "are trained instead (set patch_size to at most the images' size to silence this).",
+        )

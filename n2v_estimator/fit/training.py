@@ -54,10 +54,16 @@ class TrainingResult:
         if not (self.interrupted or self.error is not None):
             return
         if self.history:
-            weights = "best validation weights" if self.history[0]["val_loss"] is not None else "weights of the last complete epoch"
+            weights = (
+                "best validation weights"
+                if self.history[0]["val_loss"] is not None
+                else "weights of the last complete epoch"
+            )
             kept = f"after {len(self.history)} complete epoch(s); the {weights} are kept and the estimator is usable."
         else:
-            kept = "before any epoch completed; the estimator is left as it was" + ("." if was_fitted else " (not fitted).")
+            kept = "before any epoch completed; the estimator is left as it was" + (
+                "." if was_fitted else " (not fitted)."
+            )
         if self.error is not None:
             raise type(self.error)(
                 f"{self.error} Training stopped {kept} Lower learning_rate or check the input for extreme values."
@@ -206,8 +212,20 @@ def train(
     Any other exception propagates, and the model's weights are then undefined.
     """
     loss = masked_mse if loss is None else loss
-    step = _Step(model, sampler, masker, loss, learning_rate, max_epochs * steps_per_epoch, batch_size, device,
-                 precision, seed, forward, shard)  # fmt: skip
+    step = _Step(
+        model,
+        sampler,
+        masker,
+        loss,
+        learning_rate,
+        max_epochs * steps_per_epoch,
+        batch_size,
+        device,
+        precision,
+        seed,
+        forward,
+        shard,
+    )
     kept = _KeptWeights(model)
     history, interrupted, error = [], False, None
     model.train()
@@ -218,9 +236,16 @@ def train(
             train_loss, step_lr = _epoch(step, epoch, steps_per_epoch, progress, reduce)
             state = _finite_state(model, epoch)
             val_loss = _validation_loss(model, validation, precision, loss) if validation else None
-            history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                            "learning_rate": step_lr, "seconds": time.perf_counter() - start,
-                            **(record() if record is not None else {})})  # fmt: skip
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "learning_rate": step_lr,
+                    "seconds": time.perf_counter() - start,
+                    **(record() if record is not None else {}),
+                }
+            )
             kept.update(state, val_loss)
             report_epoch(history[-1], (epoch + 1) * steps_per_epoch, max_epochs * steps_per_epoch)
     except KeyboardInterrupt:
@@ -242,16 +267,32 @@ class _Step:
     schedule. Holds what persists between steps (optimizer, schedule, gradient scaler,
     the patch and blind-spot generators)."""
 
-    def __init__(self, model, sampler, masker, loss, learning_rate, total_steps, batch_size, device, precision, seed,
-                 forward=None, shard=None):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        sampler,
+        masker,
+        loss,
+        learning_rate,
+        total_steps,
+        batch_size,
+        device,
+        precision,
+        seed,
+        forward=None,
+        shard=None,
+    ):
         self.model, self.sampler, self.masker, self.loss = model, sampler, masker, loss
         self.forward, self.shard = forward if forward is not None else model, shard
         self.batch_size, self.device, self.precision = batch_size, device, precision
         # On CUDA the fused Adam: a few kernels per step instead of several per tensor, and it
         # takes float16's gradient scale and overflow flag on the device (the unfused step reads
         # the flag back, making the host wait for the device at every step).
-        self.optimizer = torch.optim.Adam(_parameter_groups(model, learning_rate), lr=learning_rate,
-                                          fused=True if torch.device(device).type == "cuda" else None)
+        self.optimizer = torch.optim.Adam(
+            _parameter_groups(model, learning_rate),
+            lr=learning_rate,
+            fused=True if torch.device(device).type == "cuda" else None,
+        )
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total_steps))
         self.layout = fastest_layout(model, precision)
         self.scaler = grad_scaler(device, precision)

@@ -63,12 +63,20 @@ CONFIG_KEY = "n2v_estimator"
 # Longest side of the test image kept in the package, per spatial axis (2D, 3D).
 TEST_SIDE = {2: 256, 3: 64}
 CITATIONS = {
-    "n2v": ("Krull, Buchholz, Jug. Noise2Void - Learning Denoising from Single Noisy Images. CVPR 2019.",
-            "10.1109/CVPR.2019.00223"),
-    "n2v2": ("Höck, Buchholz, Jug et al. N2V2 - Fixing Noise2Void Checkerboard Artifacts with Modified Sampling "
-             "Strategies and a Tweaked Network Architecture. ECCV Workshops 2022.", "10.48550/arXiv.2211.08512"),
-    "structn2v": ("Broaddus, Krull, Weigert, Schmidt, Myers. Removing Structured Noise with Self-Supervised "
-                  "Blind-Spot Networks. ISBI 2020.", "10.1109/ISBI45749.2020.9098336"),
+    "n2v": (
+        "Krull, Buchholz, Jug. Noise2Void - Learning Denoising from Single Noisy Images. CVPR 2019.",
+        "10.1109/CVPR.2019.00223",
+    ),
+    "n2v2": (
+        "Höck, Buchholz, Jug et al. N2V2 - Fixing Noise2Void Checkerboard Artifacts with Modified Sampling "
+        "Strategies and a Tweaked Network Architecture. ECCV Workshops 2022.",
+        "10.48550/arXiv.2211.08512",
+    ),
+    "structn2v": (
+        "Broaddus, Krull, Weigert, Schmidt, Myers. Removing Structured Noise with Self-Supervised "
+        "Blind-Spot Networks. ISBI 2020.",
+        "10.1109/ISBI45749.2020.9098336",
+    ),
 }
 
 
@@ -114,8 +122,18 @@ def architecture_source():
         f"DESCRIPTION_SCHEMA = {DESCRIPTION_SCHEMA!r}\n_FIELDS = {_FIELDS!r}\n"
         f"TAU_FLOOR = {TAU_FLOOR!r}\nNoiseModel = None  # probabilistic networks are not exported",
     ]
-    for obj in (_conv, _batch_norm, _interleave, _ConvBlock, _MaxBlurPool, _KerasMaxBlurPool, UNet, _prior_scale, _pad_to_multiple,
-                augmentations):
+    for obj in (
+        _conv,
+        _batch_norm,
+        _interleave,
+        _ConvBlock,
+        _MaxBlurPool,
+        _KerasMaxBlurPool,
+        UNet,
+        _prior_scale,
+        _pad_to_multiple,
+        augmentations,
+    ):
         parts.append(inspect.getsource(obj).rstrip())
     return "\n\n\n".join(parts) + "\n" + _TTA
 
@@ -159,8 +177,15 @@ def _test_arrays(estimator, test_image, minimum):
     and the float32 CPU copy of the network.
     """
     expected_row = getattr(estimator, "n_features_in_", None) if estimator.image_shape is not None else None
-    images = fitted_images(test_image, estimator.axes, estimator.image_shape, estimator.spatial_ndim_,
-                           estimator.n_channels_, expected_row, type(estimator).__name__).canonical[:1]  # fmt: skip
+    images = fitted_images(
+        test_image,
+        estimator.axes,
+        estimator.image_shape,
+        estimator.spatial_ndim_,
+        estimator.n_channels_,
+        expected_row,
+        type(estimator).__name__,
+    ).canonical[:1]
     multiple = NetworkGeometry.of(estimator.model_.description).pooling
     index = []
     for n in images.shape[2:]:
@@ -171,11 +196,18 @@ def _test_arrays(estimator, test_image, minimum):
     # What the zoo's runtime computes: float32 on a CPU, no progress bar.
     twin = copy.copy(estimator)
     twin.model_ = copy.deepcopy(estimator.model_).cpu().float().eval()
-    twin.set_params(device="cpu", precision="32", verbose=False, axes="SC" + "ZYX"[-estimator.spatial_ndim_ :],
-                    image_shape=None)  # fmt: skip
+    twin.set_params(
+        device="cpu", precision="32", verbose=False, axes="SC" + "ZYX"[-estimator.spatial_ndim_ :], image_shape=None
+    )
     network = predict_tiled(
-        twin.model_, images, images.shape[2:], (0,) * (images.ndim - 2), 1, torch.device("cpu"),
-        multiple=multiple, tta=bool(estimator.tta),
+        twin.model_,
+        images,
+        images.shape[2:],
+        (0,) * (images.ndim - 2),
+        1,
+        torch.device("cpu"),
+        multiple=multiple,
+        tta=bool(estimator.tta),
         prepare=lambda batch: normalize(batch, estimator.mean_, estimator.std_),
         finish=lambda batch: denormalize(batch, estimator.mean_, estimator.std_, dtype=np.float32),
     )
@@ -214,8 +246,10 @@ def axis_calibration(estimator, spatial):
     record = make_calibration(saved.get("scale"), saved.get("unit"), None, letters)
     scale, unit = record.get("scale", {}), record.get("unit", {})
     space = set(get_args(v0_5.SpaceUnit))
-    return {axis: {**({"scale": scale[a]} if a in scale else {}), **({"unit": unit[a]} if unit.get(a) in space else {})}
-            for axis, a in zip(spatial, letters)}  # fmt: skip
+    return {
+        axis: {**({"scale": scale[a]} if a in scale else {}), **({"unit": unit[a]} if unit.get(a) in space else {})}
+        for axis, a in zip(spatial, letters)
+    }
 
 
 def _documentation(estimator, name, description, halo, step, minimum):
@@ -226,7 +260,7 @@ def _documentation(estimator, name, description, halo, step, minimum):
     history = estimator.history_
     last = history[-1] if history else {}
     best = min((h["val_loss"] for h in history if h.get("val_loss") is not None), default=None)
-    spatial = "ZYX"[-estimator.spatial_ndim_:]
+    spatial = "ZYX"[-estimator.spatial_ndim_ :]
     return textwrap.dedent(f"""\
         # {name}
 
@@ -267,8 +301,10 @@ def _authors(authors, v0_5):
     if isinstance(authors, (str, dict)):
         authors = [authors]
     if not authors:
-        raise ValueError("authors must name at least one author, e.g. authors=['Jane Doe'] or "
-                         "authors=[{'name': 'Jane Doe', 'affiliation': 'Example Lab'}].")
+        raise ValueError(
+            "authors must name at least one author, e.g. authors=['Jane Doe'] or "
+            "authors=[{'name': 'Jane Doe', 'affiliation': 'Example Lab'}]."
+        )
     return [v0_5.Author(name=a) if isinstance(a, str) else v0_5.Author(**a) for a in authors]
 
 
@@ -314,8 +350,9 @@ def export(estimator, path, test_image, *, name, description, authors, license="
         _cover(test_input, cover_output, work / "cover.png")
         (work / "README.md").write_text(_documentation(estimator, name, description, halo, step, minimum))
 
-        descr = _description(v0_5, work, estimator, kwargs, (name, description, authors, license, tags),
-                             (minimum, step, halo))  # fmt: skip
+        descr = _description(
+            v0_5, work, estimator, kwargs, (name, description, authors, license, tags), (minimum, step, halo)
+        )
         # Written whole under a temporary name beside `path`, then renamed into place.
         partial = work / "package.zip"
         spec.save_bioimageio_package(descr, output_path=partial)
@@ -339,8 +376,11 @@ def _description(v0_5, work, estimator, kwargs, about, sizes):
     raw, denoised = v0_5.TensorId("raw"), v0_5.TensorId("denoised")
     along_channels = dict(axis=v0_5.AxisId("channel"))
     mean, std = [float(m) for m in estimator.mean_], [float(s) for s in estimator.std_]
-    variant = ["n2v"] + (["n2v2"] if network["blurpool"] or network["skip_skipone"] else []) + (
-        ["structn2v"] if estimator.struct_mask is not None else [])
+    variant = (
+        ["n2v"]
+        + (["n2v2"] if network["blurpool"] or network["skip_skipone"] else [])
+        + (["structn2v"] if estimator.struct_mask is not None else [])
+    )
     return v0_5.ModelDescr(
         name=name,
         description=description,
@@ -349,42 +389,67 @@ def _description(v0_5, work, estimator, kwargs, about, sizes):
         license=v0_5.LicenseId(license),
         documentation=v0_5.FileDescr(source=work / "README.md"),
         covers=[v0_5.FileDescr(source=work / "cover.png")],
-        tags=["denoising", "noise2void", "self-supervised", f"{ndim}d", "pytorch", "n2v-estimator",
-              *variant[1:], *tags],
+        tags=[
+            "denoising",
+            "noise2void",
+            "self-supervised",
+            f"{ndim}d",
+            "pytorch",
+            "n2v-estimator",
+            *variant[1:],
+            *tags,
+        ],
         attachments=[v0_5.FileDescr(source=work / MODEL_FILE)],
         config={CONFIG_KEY: {"version": __version__, "model_file": MODEL_FILE}},
-        inputs=[v0_5.InputTensorDescr(
-            id=raw,
-            axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
-                v0_5.SpaceInputAxis(id=a, size=v0_5.ParameterizedSize(min=minimum, step=step), **calibrated[a])
-                for a in spatial],
-            test_tensor=v0_5.FileDescr(source=work / "test_input.npy"),
-            data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-            # No `pad`: the runtime's default is "symmetric", as ours. (bioimageio.spec 0.5.12 writes an
-            # explicit SymmetricPadding as `pad: {}`, which reads back as constant zeros.)
-            preprocessing=[v0_5.FixedZeroMeanUnitVarianceDescr(
-                kwargs=v0_5.FixedZeroMeanUnitVarianceAlongAxisKwargs(**along_channels, mean=mean, std=std))],
-        )],
-        outputs=[v0_5.OutputTensorDescr(
-            id=denoised,
-            axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)] + [
-                v0_5.SpaceOutputAxisWithHalo(id=a, size=v0_5.SizeReference(tensor_id=raw, axis_id=a), halo=halo,
-                                             **calibrated[a])
-                for a in spatial],
-            test_tensor=v0_5.FileDescr(source=work / "test_output.npy"),
-            data=v0_5.IntervalOrRatioDataDescr(type="float32"),
-            postprocessing=[v0_5.ScaleLinearDescr(
-                kwargs=v0_5.ScaleLinearAlongAxisKwargs(**along_channels, gain=std, offset=mean))],
-        )],
+        inputs=[
+            v0_5.InputTensorDescr(
+                id=raw,
+                axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)]
+                + [
+                    v0_5.SpaceInputAxis(id=a, size=v0_5.ParameterizedSize(min=minimum, step=step), **calibrated[a])
+                    for a in spatial
+                ],
+                test_tensor=v0_5.FileDescr(source=work / "test_input.npy"),
+                data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+                # No `pad`: the runtime's default is "symmetric", as ours. (bioimageio.spec 0.5.12 writes an
+                # explicit SymmetricPadding as `pad: {}`, which reads back as constant zeros.)
+                preprocessing=[
+                    v0_5.FixedZeroMeanUnitVarianceDescr(
+                        kwargs=v0_5.FixedZeroMeanUnitVarianceAlongAxisKwargs(**along_channels, mean=mean, std=std)
+                    )
+                ],
+            )
+        ],
+        outputs=[
+            v0_5.OutputTensorDescr(
+                id=denoised,
+                axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=names)]
+                + [
+                    v0_5.SpaceOutputAxisWithHalo(
+                        id=a, size=v0_5.SizeReference(tensor_id=raw, axis_id=a), halo=halo, **calibrated[a]
+                    )
+                    for a in spatial
+                ],
+                test_tensor=v0_5.FileDescr(source=work / "test_output.npy"),
+                data=v0_5.IntervalOrRatioDataDescr(type="float32"),
+                postprocessing=[
+                    v0_5.ScaleLinearDescr(
+                        kwargs=v0_5.ScaleLinearAlongAxisKwargs(**along_channels, gain=std, offset=mean)
+                    )
+                ],
+            )
+        ],
         weights=v0_5.WeightsDescr(
             pytorch_state_dict=v0_5.PytorchStateDictWeightsDescr(
                 source=work / "weights.pt",
                 pytorch_version=torch_version,
                 architecture=v0_5.ArchitectureFromFileDescr(
-                    source=work / ARCHITECTURE_FILE, callable=v0_5.Identifier("Noise2VoidNetwork"), kwargs=kwargs),
+                    source=work / ARCHITECTURE_FILE, callable=v0_5.Identifier("Noise2VoidNetwork"), kwargs=kwargs
+                ),
             ),
             torchscript=v0_5.TorchscriptWeightsDescr(
-                source=work / "weights_torchscript.pt", pytorch_version=torch_version, parent="pytorch_state_dict"),
+                source=work / "weights_torchscript.pt", pytorch_version=torch_version, parent="pytorch_state_dict"
+            ),
         ),
     )
 
@@ -442,8 +507,7 @@ def from_package(cls, path, device=None):
     if not isinstance(descr, v0_5.ModelDescr):
         errors = [e.msg for d in descr.validation_summary.details for e in d.errors] or ["(no details)"]
         raise ModelFileError(
-            f"{path} is not a valid BioImage Model Zoo model of spec 0.5 ({type(descr).__name__}): "
-            f"{errors[0][:300]}"
+            f"{path} is not a valid BioImage Model Zoo model of spec 0.5 ({type(descr).__name__}): {errors[0][:300]}"
         )
     ours = (descr.config.model_extra or {}).get(CONFIG_KEY) if descr.config is not None else None
     model_file = ours.get("model_file") if isinstance(ours, dict) else None
@@ -469,8 +533,9 @@ def from_package(cls, path, device=None):
 class BioImageIOMixin:
     """BioImage Model Zoo export and import for :class:`Noise2VoidDenoiser`."""
 
-    def export_bioimageio(self, path, test_image, *, name, description, authors, license="CC-BY-4.0", tags=(),
-                          overwrite=False):
+    def export_bioimageio(
+        self, path, test_image, *, name, description, authors, license="CC-BY-4.0", tags=(), overwrite=False
+    ):
         """Write the fitted denoiser as a BioImage Model Zoo model (a zip, spec 0.5).
 
         Fiji (deepImageJ), napari, ilastik, QuPath and ``bioimageio.core`` run
@@ -547,8 +612,9 @@ class BioImageIOMixin:
         True
         """
         check_replace(path, overwrite)
-        return export(self, path, test_image, name=name, description=description, authors=authors,
-                      license=license, tags=tags)
+        return export(
+            self, path, test_image, name=name, description=description, authors=authors, license=license, tags=tags
+        )
 
     @classmethod
     def from_bioimageio(cls, path, *, device=None):

@@ -56,7 +56,24 @@ def check_metadata_size(path, what, size, trust=False):
 # TIFF tags whose values tifffile reads as it opens a file: ImageDescription, IJMetadataByteCounts, IJMetadata.
 TIFF_TEXT_TAGS = {270: "description", 50838: "ImageJ metadata byte counts", 50839: "ImageJ metadata tag"}
 # Bytes per value of each TIFF field type (1 BYTE ... 18 IFD8).
-_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_TIFF_TYPE_BYTES = {
+    1: 1,
+    2: 1,
+    3: 2,
+    4: 4,
+    5: 8,
+    6: 1,
+    7: 1,
+    8: 2,
+    9: 4,
+    10: 8,
+    11: 4,
+    12: 8,
+    13: 4,
+    16: 8,
+    17: 8,
+    18: 8,
+}
 
 
 def check_tiff_metadata(path, trust=False):
@@ -145,7 +162,9 @@ def check_declared(path, shape, dtype, chunks=None, trust=False):
     if trust:
         return
     wanted = declared_bytes(shape, dtype)
-    described = f"{path} declares an image of shape {tuple(int(n) for n in shape)}, {np.dtype(dtype)} ({format_bytes(wanted)})"
+    described = (
+        f"{path} declares an image of shape {tuple(int(n) for n in shape)}, {np.dtype(dtype)} ({format_bytes(wanted)})"
+    )
     if wanted > FREE_BYTES:
         stored = stored_bytes(path, enough=-(-wanted // MAX_EXPANSION))
         if wanted > MAX_EXPANSION * stored:
@@ -203,9 +222,18 @@ _PIXELS_END = re.compile(r"</(?:\w+:)?Pixels\s*>")
 MAX_TAG_CHARS = 2**16  # a Pixels start tag holds some 20 attributes: a few hundred characters
 _ATTRIBUTE = re.compile(r'\b(Size[XYZCT]|Type)\s*=\s*["\']([^"\']{0,64})["\']')
 _OME_TYPES = {
-    "int8": "i1", "int16": "i2", "int32": "i4", "uint8": "u1", "uint16": "u2", "uint32": "u4",
-    "float": "f4", "double": "f8", "bit": "u1", "complex": "c8", "double-complex": "c16",
-}  # fmt: skip
+    "int8": "i1",
+    "int16": "i2",
+    "int32": "i4",
+    "uint8": "u1",
+    "uint16": "u2",
+    "uint32": "u4",
+    "float": "f4",
+    "double": "f8",
+    "bit": "u1",
+    "complex": "c8",
+    "double-complex": "c16",
+}
 
 
 def pixels_element(description):

@@ -19,10 +19,28 @@ import numpy as np
 # numcodecs codec ids (zarr format 2 ``compressor`` and ``filters``; zarr 3 names them
 # "numcodecs.<id>"): lossless compression, byte shuffles, checksums and numeric filters.
 # None of them decodes to Python objects.
-_NUMCODECS = frozenset({
-    "blosc", "zstd", "lz4", "zlib", "gzip", "bz2", "lzma", "shuffle", "delta", "fixedscaleoffset",
-    "quantize", "bitround", "astype", "crc32", "crc32c", "adler32", "fletcher32", "jenkins_lookup3",
-})  # fmt: skip
+_NUMCODECS = frozenset(
+    {
+        "blosc",
+        "zstd",
+        "lz4",
+        "zlib",
+        "gzip",
+        "bz2",
+        "lzma",
+        "shuffle",
+        "delta",
+        "fixedscaleoffset",
+        "quantize",
+        "bitround",
+        "astype",
+        "crc32",
+        "crc32c",
+        "adler32",
+        "fletcher32",
+        "jenkins_lookup3",
+    }
+)
 # zarr format 3 codec names (the specification's own), and the numcodecs ids under their zarr 3 names.
 ALLOWED_CODECS = frozenset(
     {"bytes", "endian", "transpose", "gzip", "zstd", "blosc", "crc32c", "sharding_indexed"}

@@ -97,8 +97,10 @@ def names(group, attribute):
     at most :data:`MAX_MEMBERS`."""
     values = group.attrs.get(attribute, [])
     if np.ndim(values) != 1 or len(values) > MAX_MEMBERS:
-        raise HDF5Error(f"{_shown(group.name)}'s {attribute} lists {np.size(values)} names: not a Keras model's "
-                        f"(at most {MAX_MEMBERS}).")  # fmt: skip
+        raise HDF5Error(
+            f"{_shown(group.name)}'s {attribute} lists {np.size(values)} names: not a Keras model's "
+            f"(at most {MAX_MEMBERS})."
+        )
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
 
 

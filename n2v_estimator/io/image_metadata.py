@@ -63,11 +63,26 @@ _ALIASES = {
     **{f"{name}s": name for name in _UNITS},
     **{symbol.lower(): name for name, (symbol, _, _) in _UNITS.items()},
     **{spelling.lower(): name for name, (_, spelling, _) in _UNITS.items()},
-    "um": "micrometer", "μm": "micrometer", "microns": "micrometer", "micrometre": "micrometer",
-    "nanometre": "nanometer", "millimetre": "millimeter", "centimetre": "centimeter", "metre": "meter",
-    "å": "angstrom", "a": "angstrom", "μs": "microsecond", "us": "microsecond", "msec": "millisecond",
-    "sec": "second", "secs": "second", "mins": "minute", "hr": "hour", "hrs": "hour", "hours": "hour",
-}  # fmt: skip
+    "um": "micrometer",
+    "μm": "micrometer",
+    "microns": "micrometer",
+    "micrometre": "micrometer",
+    "nanometre": "nanometer",
+    "millimetre": "millimeter",
+    "centimetre": "centimeter",
+    "metre": "meter",
+    "å": "angstrom",
+    "a": "angstrom",
+    "μs": "microsecond",
+    "us": "microsecond",
+    "msec": "millisecond",
+    "sec": "second",
+    "secs": "second",
+    "mins": "minute",
+    "hr": "hour",
+    "hrs": "hour",
+    "hours": "hour",
+}
 # What "no unit" looks like in ImageJ files: the axis is not calibrated.
 _UNCALIBRATED = {"", "pixel", "pixels", "px"}
 MAX_CHANNEL_NAMES = 4096
@@ -143,8 +158,10 @@ def make_calibration(scale=None, unit=None, channel_names=None, axes=None, dropp
     if names and len(names) <= MAX_CHANNEL_NAMES and all(plain(n) for n in names):
         record["channel_names"] = names
     elif names:
-        dropped.append(f"the {len(names)} channel names (at most {MAX_CHANNEL_NAMES}, each plain text of at most "
-                       f"{MAX_TEXT} characters)")  # fmt: skip
+        dropped.append(
+            f"the {len(names)} channel names (at most {MAX_CHANNEL_NAMES}, each plain text of at most "
+            f"{MAX_TEXT} characters)"
+        )
     return record
 
 
@@ -154,8 +171,9 @@ def check_calibration(saved, source):
     if saved is None:
         return None
     ok = isinstance(saved, dict) and set(saved) <= {"scale", "unit", "channel_names"}
-    ok = ok and all(isinstance(saved.get(key, {}), dict) and set(saved.get(key, {})) <= set(_LETTERS)
-                    for key in ("scale", "unit"))  # fmt: skip
+    ok = ok and all(
+        isinstance(saved.get(key, {}), dict) and set(saved.get(key, {})) <= set(_LETTERS) for key in ("scale", "unit")
+    )
     if ok:
         record = make_calibration(saved.get("scale"), saved.get("unit"), saved.get("channel_names"))
         known = {a: u for a, u in saved.get("unit", {}).items() if u in _UNITS or not plain(u)}
@@ -201,8 +219,11 @@ def describe(record):
     scale, unit = record.get("scale", {}), record.get("unit", {})
     axes = [a for a in _LETTERS if a in scale or a in unit]
     parts = []
-    sizes = [f"{a} {format(scale[a], '.6g') if a in scale else '1'} {unit_symbol(unit[a]) if a in unit else '(no unit)'}"
-             for a in axes if a != "S"]  # fmt: skip
+    sizes = [
+        f"{a} {format(scale[a], '.6g') if a in scale else '1'} {unit_symbol(unit[a]) if a in unit else '(no unit)'}"
+        for a in axes
+        if a != "S"
+    ]
     if sizes:
         parts.append("pixel size " + ", ".join(sizes))
     if "S" in axes:
@@ -309,12 +330,17 @@ def _imagej_extras(imagej, dropped):
         elif key == "Info":
             ok = plain(value, MAX_INFO, lines=True)
         else:  # Properties
-            ok = isinstance(value, dict) and len(value) <= MAX_PROPERTIES and all(
-                plain(k) and plain(v, 4096, lines=True) for k, v in value.items())  # fmt: skip
+            ok = (
+                isinstance(value, dict)
+                and len(value) <= MAX_PROPERTIES
+                and all(plain(k) and plain(v, 4096, lines=True) for k, v in value.items())
+            )
         if ok:
             extras[key] = value
         else:
-            dropped.append(f"ImageJ's {key} (not {'a finite number' if key in _IMAGEJ_NUMBERS else 'bounded plain text'})")
+            dropped.append(
+                f"ImageJ's {key} (not {'a finite number' if key in _IMAGEJ_NUMBERS else 'bounded plain text'})"
+            )
     return extras
 
 

@@ -288,8 +288,15 @@ def _read_tiff(path, lazy_above, trust):
         axes = axes_from_tiff(series.axes)
         dropped = []
         calibration, extras = tiff_calibration(tif, series.axes, axes, dropped)
-        metadata = {"format": "tiff", "tiff_axes": series.axes, "ome": bool(tif.is_ome), "imagej": bool(tif.is_imagej),
-                    "calibration": calibration, "imagej_extras": extras, "dropped": dropped}  # fmt: skip
+        metadata = {
+            "format": "tiff",
+            "tiff_axes": series.axes,
+            "ome": bool(tif.is_ome),
+            "imagej": bool(tif.is_imagej),
+            "calibration": calibration,
+            "imagej_extras": extras,
+            "dropped": dropped,
+        }
         if lazy_above is None or math.prod(shape) * dtype.itemsize <= lazy_above:
             check_in_memory(path, shape, dtype)
             return series.asarray(), axes, metadata
@@ -325,8 +332,14 @@ def _read_zarr(path, lazy_above, trust):
         node, multiscale, version, omero = _ome_image(node, path, trust)
         axes = _axes_from_ome(multiscale, node.ndim)
         dropped = []
-        metadata = {"format": "ome-zarr", "ome_version": version, "multiscale": multiscale, "omero": omero,
-                    "calibration": zarr_calibration(multiscale, omero, axes, dropped), "dropped": dropped}  # fmt: skip
+        metadata = {
+            "format": "ome-zarr",
+            "ome_version": version,
+            "multiscale": multiscale,
+            "omero": omero,
+            "calibration": zarr_calibration(multiscale, omero, axes, dropped),
+            "dropped": dropped,
+        }
     check_zarr_array(node, name=str(path))  # before any chunk is read
     check_declared(path, node.shape, node.dtype, node.chunks, trust=trust)
     if lazy_above is not None:  # a store is always read lazily when asked
@@ -480,7 +493,9 @@ def check_output_apart(output, inputs, option="--output"):
         where = Path(os.path.realpath(source))
         same = resolved == where or (resolved.exists() and where.exists() and os.path.samefile(resolved, where))
         if same:
-            raise ValueError(f"{option} {output} is the input {source}: writing it would replace it; choose another path.")
+            raise ValueError(
+                f"{option} {output} is the input {source}: writing it would replace it; choose another path."
+            )
         if where in resolved.parents:
             raise ValueError(
                 f"{option} {output} lies inside the input {source}: writing it would change the input; "
@@ -488,8 +503,7 @@ def check_output_apart(output, inputs, option="--output"):
             )
         if resolved in where.parents:
             raise ValueError(
-                f"{option} {output} holds the input {source}: replacing it would delete the input; "
-                "choose another path."
+                f"{option} {output} holds the input {source}: replacing it would delete the input; choose another path."
             )
 
 
@@ -685,9 +699,11 @@ def _multiscale(axes, source, shape):
     levels = previous.get("datasets") or [{}]
     for item in (levels[0].get("coordinateTransformations") or []) if isinstance(levels[0], dict) else []:
         offsets = item.get("translation") if isinstance(item, dict) and item.get("type") == "translation" else None
-        if isinstance(offsets, list) and len(offsets) == len(axes) and all(
-            type(o) in (int, float) and math.isfinite(o) for o in offsets
-        ):  # fmt: skip
+        if (
+            isinstance(offsets, list)
+            and len(offsets) == len(axes)
+            and all(type(o) in (int, float) and math.isfinite(o) for o in offsets)
+        ):
             transforms.append({"type": "translation", "translation": [float(o) for o in offsets]})
     channels = (source.get("omero") or {}).get("channels")
     if omero and isinstance(channels, list) and len(channels) == n_channels:

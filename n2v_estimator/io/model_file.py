@@ -36,13 +36,29 @@ MAX_HEADER_BYTES = 4 * 2**20
 MAX_NESTING = 32
 # The safetensors dtypes a model file may hold: their torch names and sizes in bytes.
 DTYPES = {
-    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
-    "U8": ("uint8", 1), "BOOL": ("bool", 1),
-}  # fmt: skip
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+}
 # The same as numpy types, where numpy has one (bfloat16 it has not: see ModelFile.array).
-_NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
-                 "U8": "u1", "BOOL": "?"}  # fmt: skip
+_NUMPY_DTYPES = {
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U8": "u1",
+    "BOOL": "?",
+}
 
 
 class ModelFileError(ValueError):
@@ -228,11 +244,16 @@ class ModelFile:
 
 # The first bytes of files that users give for a model by mistake.
 _MAGIC = {
-    b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image", b"II+\x00": "a BigTIFF image", b"MM\x00+": "a BigTIFF image",
-    b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"\x93NUMPY": "a NumPy .npy file",
+    b"II*\x00": "a TIFF image",
+    b"MM\x00*": "a TIFF image",
+    b"II+\x00": "a BigTIFF image",
+    b"MM\x00+": "a BigTIFF image",
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"\x93NUMPY": "a NumPy .npy file",
     b"PK\x03\x04": "a zip archive (a .npz file, or a BioImage Model Zoo package: Noise2VoidDenoiser.from_bioimageio)",
     b"\x89HDF": "an HDF5 file (a Keras model?)",
-}  # fmt: skip
+}
 
 
 def _file_kind(prefix):
@@ -261,7 +282,10 @@ def estimator_document(params, attributes, package_version):
     params["device"] = str(params["device"])
     fitted = {
         "network": attributes["model_"].description,
-        **{key: attributes[key + "_"] for key in ("mean", "std", "n_channels", "spatial_ndim", "patch_shape", "history")},
+        **{
+            key: attributes[key + "_"]
+            for key in ("mean", "std", "n_channels", "spatial_ndim", "patch_shape", "history")
+        },
     }
     if "n_features_in_" in attributes:
         fitted["n_features_in"] = attributes["n_features_in_"]
@@ -310,10 +334,15 @@ def decode_document(document, param_names, source):
         saved = document["fitted"]
         n_channels, spatial_ndim = saved["n_channels"], saved["spatial_ndim"]
         if not (type(n_channels) is int and n_channels >= 1 and type(spatial_ndim) is int and spatial_ndim in (2, 3)):
-            raise ModelFileError(f"{source}: n_channels={n_channels!r}, spatial_ndim={spatial_ndim!r} are not a data layout.")
+            raise ModelFileError(
+                f"{source}: n_channels={n_channels!r}, spatial_ndim={spatial_ndim!r} are not a data layout."
+            )
         patch_shape, history = saved["patch_shape"], saved["history"]
-        if not (isinstance(patch_shape, list) and len(patch_shape) == spatial_ndim
-                and all(type(p) is int and p >= 1 for p in patch_shape)):
+        if not (
+            isinstance(patch_shape, list)
+            and len(patch_shape) == spatial_ndim
+            and all(type(p) is int and p >= 1 for p in patch_shape)
+        ):
             raise ModelFileError(f"{source}: patch_shape={patch_shape!r} is not {spatial_ndim} positive ints.")
         if not (isinstance(history, list) and all(isinstance(record, dict) for record in history)):
             raise ModelFileError(f"{source}: the training history is not a list of records.")
@@ -353,7 +382,9 @@ def _data_range(saved, n_channels, source):
         return None
     low, high = (np.asarray(r, dtype=np.float64).reshape(n_channels) for r in saved)
     if not (np.isfinite(low).all() and np.isfinite(high).all() and (low <= high).all()):
-        raise ModelFileError(f"{source}: the training data's range {low.tolist()[:8]} to {high.tolist()[:8]} is not finite.")
+        raise ModelFileError(
+            f"{source}: the training data's range {low.tolist()[:8]} to {high.tolist()[:8]} is not finite."
+        )
     return low, high
 
 

@@ -34,13 +34,37 @@ from .text import shown
 MAX_CONFIG_BYTES = 1 << 20
 # Settings of n2v's N2VConfig and what they are here. "train" keys matter for training only.
 _KNOWN = {
-    "means", "stds", "n_dim", "axes", "n_channel_in", "n_channel_out", "unet_residual", "unet_n_depth",
-    "unet_kern_size", "unet_n_first", "unet_last_activation", "unet_input_shape", "train_loss", "train_epochs",
-    "train_steps_per_epoch", "train_learning_rate", "train_batch_size", "train_tensorboard", "train_checkpoint",
-    "train_reduce_lr", "batch_norm", "n2v_perc_pix", "n2v_patch_shape", "n2v_manipulator",
-    "n2v_neighborhood_radius", "single_net_per_channel", "blurpool", "skip_skipone", "structN2Vmask",
+    "means",
+    "stds",
+    "n_dim",
+    "axes",
+    "n_channel_in",
+    "n_channel_out",
+    "unet_residual",
+    "unet_n_depth",
+    "unet_kern_size",
+    "unet_n_first",
+    "unet_last_activation",
+    "unet_input_shape",
+    "train_loss",
+    "train_epochs",
+    "train_steps_per_epoch",
+    "train_learning_rate",
+    "train_batch_size",
+    "train_tensorboard",
+    "train_checkpoint",
+    "train_reduce_lr",
+    "batch_norm",
+    "n2v_perc_pix",
+    "n2v_patch_shape",
+    "n2v_manipulator",
+    "n2v_neighborhood_radius",
+    "single_net_per_channel",
+    "blurpool",
+    "skip_skipone",
+    "structN2Vmask",
     "probabilistic",
-}  # fmt: skip
+}
 
 
 class N2VModelError(ValueError):
@@ -118,21 +142,30 @@ def config_parameters(config):
     if unknown:
         raise N2VModelError(f"n2v settings {unknown} are unknown to this import (n2v 0.2-0.3 has {sorted(_KNOWN)}).")
     if config.get("probabilistic"):
-        raise N2VModelError("probabilistic=True (n2v's PN2V output) cannot be represented; this import reads N2V models.")
+        raise N2VModelError(
+            "probabilistic=True (n2v's PN2V output) cannot be represented; this import reads N2V models."
+        )
     activation = config.get("unet_last_activation", "linear")
     if activation != "linear":
         raise N2VModelError(f"unet_last_activation={activation!r} cannot be represented: the output here is linear.")
     n_dim = _get(config, "n_dim", int, lambda v: v in (2, 3), "2 or 3")
     channels = _get(config, "n_channel_in", int, *_count(1, 4096))
     if config.get("n_channel_out", channels) != channels:
-        raise N2VModelError(f"n_channel_out={config.get('n_channel_out')!r} differs from n_channel_in={channels}: "
-                            "a denoiser here gives back the channels it gets.")  # fmt: skip
+        raise N2VModelError(
+            f"n_channel_out={config.get('n_channel_out')!r} differs from n_channel_in={channels}: "
+            "a denoiser here gives back the channels it gets."
+        )
     axes = _get(config, "axes", str, lambda v: v in ("YXC", "ZYXC"), "'YXC' or 'ZYXC' (channels last)")
     if len(axes) != n_dim + 1:
         raise N2VModelError(f"axes={axes!r} does not have n_dim={n_dim} spatial axes.")
     manipulator = _get(config, "n2v_manipulator", str, lambda v: v in MANIPULATORS, f"one of {list(MANIPULATORS)}")
-    patch = _get(config, "n2v_patch_shape", (list, tuple), lambda v: len(v) == n_dim and all(type(p) is int and 0 < p <= 2**16 for p in v),
-                 f"{n_dim} positive ints up to {2**16}")  # fmt: skip
+    patch = _get(
+        config,
+        "n2v_patch_shape",
+        (list, tuple),
+        lambda v: len(v) == n_dim and all(type(p) is int and 0 < p <= 2**16 for p in v),
+        f"{n_dim} positive ints up to {2**16}",
+    )
     struct = config.get("structN2Vmask")
     if struct is not None:
         struct = np.asarray(struct)
@@ -146,13 +179,16 @@ def config_parameters(config):
         steps_per_epoch=_get(config, "train_steps_per_epoch", int, *_count(1, 10**7)),
         learning_rate=float(_get(config, "train_learning_rate", (int, float), lambda v: 0 < v <= 1, "in (0, 1]")),
         masked_pixel_percentage=_effective_percentage(
-            _get(config, "n2v_perc_pix", (int, float), lambda v: 0 < v <= 100, "in (0, 100]"), n_dim),
+            _get(config, "n2v_perc_pix", (int, float), lambda v: 0 < v <= 100, "in (0, 100]"), n_dim
+        ),
         manipulator=manipulator,
         neighborhood_radius=_get(config, "n2v_neighborhood_radius", int, *_count(1, 1024)),
         struct_mask=struct,
         depth=_get(config, "unet_n_depth", int, lambda v: 1 <= v <= 8, "an int from 1 to 8"),
         n_filters=_get(config, "unet_n_first", int, *_count(1, 4096)),
-        kernel_size=_get(config, "unet_kern_size", int, lambda v: 1 <= v <= 31 and v % 2 == 1, "an odd int from 1 to 31"),
+        kernel_size=_get(
+            config, "unet_kern_size", int, lambda v: 1 <= v <= 31 and v % 2 == 1, "an odd int from 1 to 31"
+        ),
         batch_norm=_get(config, "batch_norm", bool, what="a bool"),
         residual=_get(config, "unet_residual", bool, what="a bool"),
         blurpool=bool(config.get("blurpool", False)),
@@ -169,7 +205,9 @@ def config_parameters(config):
     if loss != "mse":
         differences.append(f"train_loss={loss!r}: this package trains with the mean squared error on the blind spots")
     if config.get("train_reduce_lr") is not None:
-        differences.append("train_reduce_lr (plateau schedule): this package warms up, then decays the rate on a cosine")
+        differences.append(
+            "train_reduce_lr (plateau schedule): this package warms up, then decays the rate on a cosine"
+        )
     return params, differences
 
 
@@ -177,8 +215,10 @@ def _weights_of(group, name):
     """``{"kernel": dataset, ...}`` of the Keras layer ``name``, each checked to be stored in the
     file as it declares (:mod:`n2v_estimator.io.hdf5`) before anything of it is read."""
     layer = hdf5.child(group, name)
-    return {weight.rsplit("/", 1)[-1].split(":")[0]: hdf5.checked_dataset(hdf5.child(layer, weight), f"{name}/{weight}")
-            for weight in hdf5.names(layer, "weight_names")}  # fmt: skip
+    return {
+        weight.rsplit("/", 1)[-1].split(":")[0]: hdf5.checked_dataset(hdf5.child(layer, weight), f"{name}/{weight}")
+        for weight in hdf5.names(layer, "weight_names")
+    }
 
 
 def _suffix(name):
@@ -194,8 +234,9 @@ def _conv_names(depth, prefix):
 
 def _read_array(dataset, shape, name):
     if tuple(dataset.shape) != tuple(shape):
-        raise N2VModelError(f"weight {shown(name, 120)} has shape {tuple(dataset.shape)}, the network described "
-                            f"needs {tuple(shape)}.")  # fmt: skip
+        raise N2VModelError(
+            f"weight {shown(name, 120)} has shape {tuple(dataset.shape)}, the network described needs {tuple(shape)}."
+        )
     array = np.asarray(dataset[()], dtype=np.float32)
     if not np.isfinite(array).all():
         raise N2VModelError(f"weight {name} holds values that are not finite.")
@@ -223,8 +264,10 @@ def read_weights(path, description):
     size = os.stat(path).st_size
     declared = network_values(description) * 4
     if declared > max(size, hdf5.FREE_BYTES) * MAX_EXPANSION:
-        raise N2VModelError(f"the network config.json describes holds {declared:,} bytes of weights; "
-                            f"{path} has {size:,}: it cannot hold them.")  # fmt: skip
+        raise N2VModelError(
+            f"the network config.json describes holds {declared:,} bytes of weights; "
+            f"{path} has {size:,}: it cannot hold them."
+        )
     expected = expected_state(description)
     groups = description["in_channels"] if description["independent_channels"] else 1
     depth, batch_norm = description["depth"], description["batch_norm"]
@@ -236,7 +279,9 @@ def read_weights(path, description):
     except N2VModelError:
         raise
     except (KeyError, TypeError, ValueError, OSError, AttributeError, IndexError) as exc:  # a crafted file's structure
-        raise N2VModelError(f"{path} is not a Keras weights file this import can read: {shown(repr(exc), 300)}") from None
+        raise N2VModelError(
+            f"{path} is not a Keras weights file this import can read: {shown(repr(exc), 300)}"
+        ) from None
 
 
 def _read_state(file, path, description, expected, groups, depth, batch_norm):
@@ -250,13 +295,17 @@ def _read_state(file, path, description, expected, groups, depth, batch_norm):
     convs = [name for i in range(groups) for name in _conv_names(depth, f"channel_{i}")]
     wanted = set(convs) | set(heads) | set(blurs) | set(norms)
     if len(heads) != groups or (batch_norm and len(norms) != len(convs)) or (not batch_norm and norms):
-        raise N2VModelError(f"{path} holds {len(heads)} output and {len(norms)} batch-norm layer(s); the network "
-                            f"its config.json describes has {groups} and {len(convs) if batch_norm else 0}.")  # fmt: skip
+        raise N2VModelError(
+            f"{path} holds {len(heads)} output and {len(norms)} batch-norm layer(s); the network "
+            f"its config.json describes has {groups} and {len(convs) if batch_norm else 0}."
+        )
     missing = sorted((set(convs) | set(blurs)) - set(with_weights))
     extra = sorted(set(with_weights) - wanted)
     if missing or extra:
-        raise N2VModelError(f"{path} does not hold the network its config.json describes: "
-                            f"missing layers {shown(missing[:6], 300)}, unknown layers {shown(extra[:6], 300)}.")  # fmt: skip
+        raise N2VModelError(
+            f"{path} does not hold the network its config.json describes: "
+            f"missing layers {shown(missing[:6], 300)}, unknown layers {shown(extra[:6], 300)}."
+        )
     per_group = {}
     for i in range(groups):
         modules = _module_names(depth, batch_norm)
@@ -272,8 +321,12 @@ def _read_state(file, path, description, expected, groups, depth, batch_norm):
                 stats = _weights_of(root, bn_name)
                 if set(stats) != {"gamma", "beta", "moving_mean", "moving_variance"}:
                     raise N2VModelError(f"layer {bn_name} holds {sorted(stats)}, not batch-norm statistics.")
-                for ours, theirs in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
-                                     ("running_var", "moving_variance")):  # fmt: skip
+                for ours, theirs in (
+                    ("weight", "gamma"),
+                    ("bias", "beta"),
+                    ("running_mean", "moving_mean"),
+                    ("running_var", "moving_variance"),
+                ):
                     per_group.setdefault(f"{norm}.{ours}", []).append((stats[theirs], f"{bn_name}/{theirs}"))
         head = _weights_of(root, heads[i])
         if set(head) != {"kernel", "bias"}:
@@ -289,8 +342,12 @@ def _read_state(file, path, description, expected, groups, depth, batch_norm):
             continue
         parts = per_group[name]
         rows = shape[0] // len(parts)
-        arrays = [_keras_kernel(d, (rows, *shape[1:]), n) if name.endswith("weight") and len(shape) > 1
-                  else _read_array(d, (rows,), n) for d, n in parts]  # fmt: skip
+        arrays = [
+            _keras_kernel(d, (rows, *shape[1:]), n)
+            if name.endswith("weight") and len(shape) > 1
+            else _read_array(d, (rows,), n)
+            for d, n in parts
+        ]
         state[name] = torch.from_numpy(np.ascontiguousarray(np.concatenate(arrays)))
     return state
 
@@ -308,7 +365,11 @@ def _module_names(depth, batch_norm):
 def _check_blur(root, name, channels):
     """n2v's blur-pool stores its fixed binomial kernel; a different one cannot be represented."""
     weights = _weights_of(root, name)
-    kernel = _read_array(weights.get("blur_kernel"), (3, 3, channels, 1), name + "/blur_kernel") if "blur_kernel" in weights else None
+    kernel = (
+        _read_array(weights.get("blur_kernel"), (3, 3, channels, 1), name + "/blur_kernel")
+        if "blur_kernel" in weights
+        else None
+    )
     binomial = np.outer([1, 2, 1], [1, 2, 1]) / 16
     if kernel is None or not np.allclose(kernel[..., 0], binomial[..., None], atol=1e-6):
         raise N2VModelError(f"layer {name}'s blur kernel is not n2v's fixed binomial one; it cannot be represented.")
@@ -322,7 +383,9 @@ def _statistics(config, key, channels):
     except (TypeError, ValueError):
         raise N2VModelError(f"config.json's {key} {shown(values, 80)} are not numbers.") from None
     if array.shape != (channels,) or not np.isfinite(array).all():
-        raise N2VModelError(f"config.json's {key} {shown(values, 80)} are not {channels} finite number(s), one per channel.")
+        raise N2VModelError(
+            f"config.json's {key} {shown(values, 80)} are not {channels} finite number(s), one per channel."
+        )
     return array
 
 
@@ -339,7 +402,9 @@ def model_document(folder, weights, default_params):
     path = folder / name
     # Only a name in the folder; anything that exists there is io.hdf5's to judge (a pipe: without blocking).
     if Path(name).name != name or not os.path.lexists(path := _in_folder(folder, name)):
-        raise N2VModelError(f"{path} does not exist: weights is 'best', 'last' or the name of a .h5 file in the folder.")
+        raise N2VModelError(
+            f"{path} does not exist: weights is 'best', 'last' or the name of a .h5 file in the folder."
+        )
     description = network_description(config["n_dim"], channels, params, None, layout="n2v-tf")
     if channels > 1 and params["independent_channels"]:
         # n2v 0.3 cuts each channel out with Lambda(lambda x: x[..., i:i+1]) in a loop: the lambda
@@ -353,8 +418,15 @@ def model_document(folder, weights, default_params):
             "(single_net_per_channel=False) or a single-channel one."
         )
     tensors = read_weights(path, description)
-    fitted = {"network": description, "mean": mean.tolist(), "std": std.tolist(), "n_channels": channels,
-              "spatial_ndim": config["n_dim"], "patch_shape": list(params["patch_size"]), "history": []}  # fmt: skip
+    fitted = {
+        "network": description,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "n_channels": channels,
+        "spatial_ndim": config["n_dim"],
+        "patch_shape": list(params["patch_size"]),
+        "history": [],
+    }
     document_params = {**default_params, **params}
     document_params["struct_mask"] = None if params["struct_mask"] is None else params["struct_mask"].tolist()
     return tensors, {"package_version": __version__, "params": document_params, "fitted": fitted}

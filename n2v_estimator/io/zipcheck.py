@@ -110,8 +110,10 @@ def check_members(archive, path, model_file):
         )
     on_disk = path.stat().st_size
     budget = max(MIN_UNCOMPRESSED_BUDGET, MAX_EXPANSION * on_disk)
-    too_much = (f"a zip of {on_disk} bytes may hold at most {budget} (a package's weights and arrays barely "
-                "compress): it is a zip bomb, or a package damaged on its way to you")
+    too_much = (
+        f"a zip of {on_disk} bytes may hold at most {budget} (a package's weights and arrays barely "
+        "compress): it is a zip bomb, or a package damaged on its way to you"
+    )
     seen, yaml_members, yaml_bytes, total = set(), [], 0, 0
     for info in members:
         name, size = info.filename, info.file_size
@@ -289,8 +291,15 @@ def check_package(path, model_file):
                 document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
                 check_sources(document, set(names), path, info.filename)
         return names
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, NotImplementedError, RuntimeError, OSError,
-            EOFError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,
+        NotImplementedError,
+        RuntimeError,
+        OSError,
+        EOFError,
+    ) as exc:
         raise ModelFileError(
             f"{path} cannot be read as a zip file ({type(exc).__name__}: {exc}); it is damaged: copy it again."
         ) from exc

@@ -14,8 +14,20 @@ from ..predict.lazy import is_dask_array
 LAZY_BYTES = 1 << 30
 
 # napari's axis labels (its defaults are "-2", "-1", or "axis -1") in the estimator's letters.
-_LABELS = {"t": "T", "time": "T", "s": "S", "sample": "S", "samples": "S", "z": "Z", "y": "Y", "x": "X",
-           "c": "C", "ch": "C", "channel": "C", "channels": "C"}  # fmt: skip
+_LABELS = {
+    "t": "T",
+    "time": "T",
+    "s": "S",
+    "sample": "S",
+    "samples": "S",
+    "z": "Z",
+    "y": "Y",
+    "x": "X",
+    "c": "C",
+    "ch": "C",
+    "channel": "C",
+    "channels": "C",
+}
 
 
 class LayerError(ValueError):
@@ -55,8 +67,10 @@ def check_image_layer(layer):
     """Refuse anything but an image layer (labels, shapes, points ...), naming it."""
     if not is_image_layer(layer):
         kind = layer.__class__.__name__  # the layer's class, also through napari's proxy for plugins
-        raise LayerError(f"Layer {layer.name!r} is a {kind} layer: Noise2Void works on image layers. "
-                         f"Choose an image layer (File > Open, or File > Open Sample for a noisy example).")  # fmt: skip
+        raise LayerError(
+            f"Layer {layer.name!r} is a {kind} layer: Noise2Void works on image layers. "
+            f"Choose an image layer (File > Open, or File > Open Sample for a noisy example)."
+        )
 
 
 def check_axes(layer, axes):
@@ -116,12 +130,16 @@ def check_model_fits(estimator, layer, axes):
     channels = layer_data(layer).shape[axes.index("C")] if "C" in axes else 1
     spatial = sum(letter in "ZYX" for letter in axes)
     if spatial != estimator.spatial_ndim_:
-        raise LayerError(f"The model denoises {estimator.spatial_ndim_}D images; layer {layer.name!r} read with "
-                         f"axes {axes!r} is {spatial}D. Change the axes, or choose a {estimator.spatial_ndim_}D model.")  # fmt: skip
+        raise LayerError(
+            f"The model denoises {estimator.spatial_ndim_}D images; layer {layer.name!r} read with "
+            f"axes {axes!r} is {spatial}D. Change the axes, or choose a {estimator.spatial_ndim_}D model."
+        )
     if channels != estimator.n_channels_:
-        raise LayerError(f"The model was trained on {estimator.n_channels_} channel(s); layer {layer.name!r} read "
-                         f"with axes {axes!r} has {channels}. Choose a layer with {estimator.n_channels_} channel(s) "
-                         f"or a model trained on images like this one.")  # fmt: skip
+        raise LayerError(
+            f"The model was trained on {estimator.n_channels_} channel(s); layer {layer.name!r} read "
+            f"with axes {axes!r} has {channels}. Choose a layer with {estimator.n_channels_} channel(s) "
+            f"or a model trained on images like this one."
+        )
 
 
 def result_layers(layer, denoised, std=None):
@@ -129,9 +147,24 @@ def result_layers(layer, denoised, std=None):
     with its scale, translation and RGB flag, and the posterior std beside it."""
     shared = {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
     rgb = bool(getattr(layer, "rgb", False))
-    out = [(denoised, {**shared, "name": f"{layer.name} denoised", "rgb": rgb,
-                       **({"contrast_limits": tuple(layer.contrast_limits)} if rgb else {})}, "image")]  # fmt: skip
+    out = [
+        (
+            denoised,
+            {
+                **shared,
+                "name": f"{layer.name} denoised",
+                "rgb": rgb,
+                **({"contrast_limits": tuple(layer.contrast_limits)} if rgb else {}),
+            },
+            "image",
+        )
+    ]
     if std is not None:
-        out.append((std, {**shared, "name": f"{layer.name} posterior std", "rgb": False,
-                          "colormap": "magma", "visible": False}, "image"))  # fmt: skip
+        out.append(
+            (
+                std,
+                {**shared, "name": f"{layer.name} posterior std", "rgb": False, "colormap": "magma", "visible": False},
+                "image",
+            )
+        )
     return out

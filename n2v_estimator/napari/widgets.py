@@ -99,17 +99,23 @@ class LossPlot(QWidget):
         count = max(len(curve) for curve in self.curves.values())
         for name, curve in self.curves.items():
             painter.setPen(QPen(self.COLOURS[name], 2))
-            points = [(margin + (i / max(1, count - 1)) * width, 20 + (1 - (v - low) / span) * height)
-                      for i, v in enumerate(curve)]  # fmt: skip
+            points = [
+                (margin + (i / max(1, count - 1)) * width, 20 + (1 - (v - low) / span) * height)
+                for i, v in enumerate(curve)
+            ]
             for (x0, y0), (x1, y1) in zip(points, points[1:]):
                 painter.drawLine(int(x0), int(y0), int(x1), int(y1))
             if len(points) == 1:
                 painter.drawEllipse(int(points[0][0]) - 2, int(points[0][1]) - 2, 4, 4)
         painter.setPen(QColor(200, 200, 200))
         last = self.curves["validation"][-1:] or self.curves["train"][-1:]
-        painter.drawText(margin, 14, f"epoch {count}: loss {self.curves['train'][-1]:.4f}, validation "
-                                     f"{last[0]:.4f}" if self.curves["validation"] else f"epoch {count}: loss "
-                                     f"{self.curves['train'][-1]:.4f}")  # fmt: skip
+        painter.drawText(
+            margin,
+            14,
+            f"epoch {count}: loss {self.curves['train'][-1]:.4f}, validation {last[0]:.4f}"
+            if self.curves["validation"]
+            else f"epoch {count}: loss {self.curves['train'][-1]:.4f}",
+        )
 
 
 class _Worked(QWidget):
@@ -132,8 +138,9 @@ class _Worked(QWidget):
         return self.worker is not None
 
     def _start(self, function, *args, on_done, **kwargs):
-        self.worker = create_worker(function, *args, on_progress=self._relay.progress.emit, stopper=self.stopper,
-                                    _start_thread=False, **kwargs)  # fmt: skip
+        self.worker = create_worker(
+            function, *args, on_progress=self._relay.progress.emit, stopper=self.stopper, _start_thread=False, **kwargs
+        )
         self.worker.returned.connect(on_done)
         self.worker.errored.connect(self._on_crash)
         self.worker.finished.connect(self._on_finished)
@@ -238,10 +245,16 @@ class TrainWidget(_Worked):
         form.addRow("Patch size", self.patch_size)
         form.addRow("Batch size", self.batch_size)
         advanced = QFormLayout()
-        for label, box in [("Learning rate", self.learning_rate), ("Blind spots (%)", self.masked),
-                           ("U-Net depth", self.depth), ("First filters", self.filters),
-                           ("Validation fraction", self.validation), ("Random seed", self.seed),
-                           ("Device", self.device), ("Precision", self.precision)]:  # fmt: skip
+        for label, box in [
+            ("Learning rate", self.learning_rate),
+            ("Blind spots (%)", self.masked),
+            ("U-Net depth", self.depth),
+            ("First filters", self.filters),
+            ("Validation fraction", self.validation),
+            ("Random seed", self.seed),
+            ("Device", self.device),
+            ("Precision", self.precision),
+        ]:
             advanced.addRow(label, box)
         folded = QCollapsible("Advanced settings")
         inner = QWidget()
@@ -313,8 +326,12 @@ class TrainWidget(_Worked):
             noise_model=None if self.noise_model.currentText() == "none" else self.noise_model.currentText(),
             verbose=False,
         )
-        return {**params, **session.preset_parameters(self.preset.currentText(), self.struct_axis.currentText(),
-                                                      self.struct_span.value())}  # fmt: skip
+        return {
+            **params,
+            **session.preset_parameters(
+                self.preset.currentText(), self.struct_axis.currentText(), self.struct_span.value()
+            ),
+        }
 
     def _training_data(self, params):
         chosen = self.selected_layers()
@@ -364,10 +381,14 @@ class TrainWidget(_Worked):
         _TRAINED[self.viewer] = self.estimator
         last = outcome.history[-1]
         summary = f"{epochs} epoch(s), loss {last['train_loss']:.4f}" + (
-            f", validation {last['val_loss']:.4f}" if last["val_loss"] is not None else "")
+            f", validation {last['val_loss']:.4f}" if last["val_loss"] is not None else ""
+        )
         self.status.setText(("stopped: the best weights are kept; " if outcome.stopped else "trained: ") + summary)
-        show_info(("Training stopped; the best weights so far are kept (" if outcome.stopped else "Trained (")
-                  + summary + "). Denoise with the Denoise widget.")  # fmt: skip
+        show_info(
+            ("Training stopped; the best weights so far are kept (" if outcome.stopped else "Trained (")
+            + summary
+            + "). Denoise with the Denoise widget."
+        )
 
     def _set_running(self, running):
         self.train_button.setEnabled(not running)
@@ -404,9 +425,14 @@ class TrainWidget(_Worked):
             axes = layer_rules.check_axes(layer, self.estimator.axes)
             layer_rules.check_model_fits(self.estimator, layer, axes)
             authors = [name.strip() for name in self.zoo_authors.text().split(",") if name.strip()]
-            self.estimator.export_bioimageio(path, layer_rules.layer_data(layer), name=self.zoo_name.text(),
-                                             description=self.zoo_description.text(), authors=authors,
-                                             overwrite=True)  # _write asked  # fmt: skip
+            self.estimator.export_bioimageio(
+                path,
+                layer_rules.layer_data(layer),
+                name=self.zoo_name.text(),
+                description=self.zoo_description.text(),
+                authors=authors,
+                overwrite=True,
+            )  # _write asked
 
         return self._write(Path(path), overwrite, "export", self.estimator and export)
 
@@ -512,9 +538,11 @@ class DenoiseWidget(_Worked):
             show_error(f"Could not read the model: {exc}")
             return None
         est = self.loaded
-        self.model_info.setText(f"{est.spatial_ndim_}D, {est.n_channels_} channel(s), axes {est.axes or 'inferred'}, "
-                                f"{len(getattr(est, 'history_', []))} epoch(s)"
-                                + (f", noise model {est.noise_model}" if est.noise_model is not None else ""))  # fmt: skip
+        self.model_info.setText(
+            f"{est.spatial_ndim_}D, {est.n_channels_} channel(s), axes {est.axes or 'inferred'}, "
+            f"{len(getattr(est, 'history_', []))} epoch(s)"
+            + (f", noise model {est.noise_model}" if est.noise_model is not None else "")
+        )
         self._guess_axes()
         return est
 
@@ -539,8 +567,11 @@ class DenoiseWidget(_Worked):
             return None
         estimator = self.model()
         if estimator is None:
-            show_error("No model: train one with the Train widget, or open a model file." if self.source.currentIndex() == 0
-                       else "No model file read: open a .safetensors file or a Model Zoo .zip.")  # fmt: skip
+            show_error(
+                "No model: train one with the Train widget, or open a model file."
+                if self.source.currentIndex() == 0
+                else "No model file read: open a .safetensors file or a Model Zoo .zip."
+            )
             return None
         name = self.layer.currentText()
         if name not in self.viewer.layers:
@@ -554,15 +585,24 @@ class DenoiseWidget(_Worked):
         except layer_rules.LayerError as exc:
             show_error(str(exc))
             return None
-        settings = {"tta": self.tta.isChecked(), "precision": self.precision.currentText(),
-                    "tile_size": self.tile_size.value() or None,
-                    "dtype": "input" if getattr(layer, "rgb", False) else "float"}  # fmt: skip
+        settings = {
+            "tta": self.tta.isChecked(),
+            "precision": self.precision.currentText(),
+            "tile_size": self.tile_size.value() or None,
+            "dtype": "input" if getattr(layer, "rgb", False) else "float",
+        }
         self.stopper = session.Stopper()
         self._input = layer
         self.progress.setValue(0)
         self.status.setText(f"denoising {name} ...")
-        return self._start(session.denoise, estimator, layer_rules.layer_data(layer), axes=axes, settings=settings,
-                           on_done=self._on_denoised)  # fmt: skip
+        return self._start(
+            session.denoise,
+            estimator,
+            layer_rules.layer_data(layer),
+            axes=axes,
+            settings=settings,
+            on_done=self._on_denoised,
+        )
 
     def _on_denoised(self, outcome):
         if outcome.error is not None:

@@ -99,7 +99,9 @@ class _UpwardUNet(nn.Module):
             c = w
         self.bottom = _UpwardBlock(ndim, c, c, c, kernel_size, batch_norm, groups)
         self.up = nn.ModuleList(
-            _UpwardBlock(ndim, 2 * width[level], width[level], width[max(0, level - 1)], kernel_size, batch_norm, groups)
+            _UpwardBlock(
+                ndim, 2 * width[level], width[level], width[max(0, level - 1)], kernel_size, batch_norm, groups
+            )
             for level in reversed(range(depth))
         )
         self.out_channels = width[0]
@@ -157,8 +159,18 @@ class BlindSpotNetwork(nn.Module):
     evaluation (prediction) it uses fixed statistics and the blind spot is exact.
     """
 
-    def __init__(self, ndim, in_channels, depth, n_filters, kernel_size, batch_norm, independent_channels,
-                 noise_model, description):
+    def __init__(
+        self,
+        ndim,
+        in_channels,
+        depth,
+        n_filters,
+        kernel_size,
+        batch_norm,
+        independent_channels,
+        noise_model,
+        description,
+    ):
         super().__init__()
         self.description = dict(description)
         self.ndim, self.depth = ndim, depth
@@ -168,8 +180,10 @@ class BlindSpotNetwork(nn.Module):
         width, conv = BLIND_HEAD_WIDTH * n_filters * g, _conv(ndim)
         # The 1x1 convolutions that combine the directions; the last one is the head, as in UNet.
         self.hidden = nn.Sequential(
-            conv(2 * ndim * self.unet.out_channels, width, 1, groups=g), nn.LeakyReLU(_SLOPE, inplace=True),
-            conv(width, width, 1, groups=g), nn.LeakyReLU(_SLOPE, inplace=True),
+            conv(2 * ndim * self.unet.out_channels, width, 1, groups=g),
+            nn.LeakyReLU(_SLOPE, inplace=True),
+            conv(width, width, 1, groups=g),
+            nn.LeakyReLU(_SLOPE, inplace=True),
         )
         self.head = conv(width, in_channels * self.outputs, 1, groups=g)
         self.noise = None if noise_model is None else NoiseModel(noise_model, in_channels)

@@ -149,15 +149,20 @@ def check_description(description):
         value = description[key]
         wanted = {"boolean": bool, "int": int, "str": str}[_kind(ARCHITECTURE_CONSTRAINTS.get(key, [None]))]
         if type(value) is not wanted:
-            raise ValueError(f"network setting {key}={value!r} is not {'an' if wanted is int else 'a'} {wanted.__name__}.")
+            raise ValueError(
+                f"network setting {key}={value!r} is not {'an' if wanted is int else 'a'} {wanted.__name__}."
+            )
     validate_parameter_constraints(  # (the type check above has refused an unresolved batch_norm=None)
-        {**_DATA_CONSTRAINTS, **ARCHITECTURE_CONSTRAINTS, "noise_model": [None, str], "layout": [str]}, description,
+        {**_DATA_CONSTRAINTS, **ARCHITECTURE_CONSTRAINTS, "noise_model": [None, str], "layout": [str]},
+        description,
         caller_name="the U-Net",
     )
     if description["kernel_size"] % 2 == 0:
         raise ValueError(f"kernel_size must be odd, got {description['kernel_size']}.")
     if description["layout"] == "n2v-tf" and (description["noise_model"] or description["blind_spot"] == "network"):
-        raise ValueError("n2v's U-Net layout (a network imported from n2v) has no noise model and masks its blind spots.")
+        raise ValueError(
+            "n2v's U-Net layout (a network imported from n2v) has no noise model and masks its blind spots."
+        )
     if description["layout"] == "n2v-tf" and description["blurpool"] and description["ndim"] == 3:
         raise ValueError("n2v's U-Net has no 3D blur-pool.")
     if description["blind_spot"] == "network":
@@ -241,9 +246,7 @@ class _MaxBlurPool(nn.Module):
         for _ in range(ndim - 1):
             kernel = kernel[..., None] * taps
         kernel = kernel / kernel.sum()
-        self.register_buffer(
-            "kernel", kernel.expand(channels, 1, *([3] * ndim)).contiguous(), persistent=False
-        )
+        self.register_buffer("kernel", kernel.expand(channels, 1, *([3] * ndim)).contiguous(), persistent=False)
 
     def forward(self, x):
         pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
@@ -350,7 +353,9 @@ class UNet(nn.Module):
             skip = 0 if (skip_skipone and level == 0) else width[level]
             middle = n_filters * g if keras and not (skip_skipone and level > 0) else width[level]
             self.up.append(
-                _ConvBlock(ndim, width[level] + skip, middle, width[max(0, level - 1)], kernel_size, batch_norm, g, keras)
+                _ConvBlock(
+                    ndim, width[level] + skip, middle, width[max(0, level - 1)], kernel_size, batch_norm, g, keras
+                )
             )
         # A probabilistic network's head gives each channel two outputs, side by
         # side (also within a channel's group): its prior mean and scale.

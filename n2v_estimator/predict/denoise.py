@@ -197,7 +197,11 @@ def denoise(model, images, mean, std, plan, dtype=np.float32, return_std=False, 
     warn_if_seams(tile_shape, overlap, extended, geometry, plan.tile_overlap)
     tiles = tiles_per_batch(tile_shape, extended, plan.batch_pixels)
     check_prediction_memory(
-        network, [min(t, n) for t, n in zip(tile_shape, extended)], tiles, plan.device, precision=plan.precision,
+        network,
+        [min(t, n) for t, n in zip(tile_shape, extended)],
+        tiles,
+        plan.device,
+        precision=plan.precision,
     )
 
     def run(batch, **kwargs):

@@ -40,8 +40,7 @@ def _import_dask():
         import dask.array as da
     except ImportError as exc:  # e.g. dask without its array extra (numpy, toolz)
         raise ImportError(
-            f"Denoising dask arrays needs dask with its array extra ({exc}); install it with: "
-            f"{install_command('dask')}"
+            f"Denoising dask arrays needs dask with its array extra ({exc}); install it with: {install_command('dask')}"
         ) from exc
     return da, dask.delayed
 
@@ -175,20 +174,43 @@ def transform_lazy(estimator, X, return_std, denoise):
 
     geometry = NetworkGeometry.of(network)
     # Where the whole image's pooling grid starts before each axis (non-zero for networks imported from n2v).
-    phases = {axis: geometry.grid_phase(n) for axis, (letter, n) in enumerate(zip(layout, X.shape)) if letter not in "SC"}
-    settings = dict(layout=layout, depth=depth, shape=X.shape, multiple=geometry.pooling, in_dtype=X.dtype,
-                    out_dtype=dtype, phases=phases if geometry.centred_grid else None)  # fmt: skip
+    phases = {
+        axis: geometry.grid_phase(n) for axis, (letter, n) in enumerate(zip(layout, X.shape)) if letter not in "SC"
+    }
+    settings = dict(
+        layout=layout,
+        depth=depth,
+        shape=X.shape,
+        multiple=geometry.pooling,
+        in_dtype=X.dtype,
+        out_dtype=dtype,
+        phases=phases if geometry.centred_grid else None,
+    )
     if not return_std:
         out = da.map_blocks(
-            _denoise_block, padded, shipped, **settings, return_std=False,
-            chunks=X.chunks, dtype=dtype, meta=np.empty((0,) * X.ndim, dtype), token="n2v-denoise",
-        )  # fmt: skip
+            _denoise_block,
+            padded,
+            shipped,
+            **settings,
+            return_std=False,
+            chunks=X.chunks,
+            dtype=dtype,
+            meta=np.empty((0,) * X.ndim, dtype),
+            token="n2v-denoise",
+        )
         return out if out.chunks == target_chunks else out.rechunk(target_chunks)
     both = da.map_blocks(
-        _denoise_block, padded, shipped, **settings, return_std=True,
-        chunks=((2,),) + X.chunks, new_axis=0, dtype=dtype, meta=np.empty((0,) * (X.ndim + 1), dtype),
+        _denoise_block,
+        padded,
+        shipped,
+        **settings,
+        return_std=True,
+        chunks=((2,),) + X.chunks,
+        new_axis=0,
+        dtype=dtype,
+        meta=np.empty((0,) * (X.ndim + 1), dtype),
         token="n2v-denoise-std",
-    )  # fmt: skip
+    )
     out = (both[0], both[1])
     return tuple(o if o.chunks == target_chunks else o.rechunk(target_chunks) for o in out)
 
@@ -209,8 +231,9 @@ def _check_layout(estimator, X):
     return images.axes, output_dtype(images.array.dtype)
 
 
-def _denoise_block(block, denoise, *, layout, depth, shape, multiple, in_dtype, out_dtype, return_std, phases=None,
-                   block_info=None):
+def _denoise_block(
+    block, denoise, *, layout, depth, shape, multiple, in_dtype, out_dtype, return_std, phases=None, block_info=None
+):
     """Denoise one chunk of ``X`` from ``block`` (the chunk and its halo); return the chunk's pixels.
 
     The block is first cut, by fewer than ``multiple`` (``2**depth``) pixels a

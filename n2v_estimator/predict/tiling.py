@@ -259,9 +259,7 @@ def predict_tiled(
     ndim = len(spatial)
     border = (0,) * ndim if border is None else tuple(border)
     border = [(b, b) if isinstance(b, (int, np.integer)) else tuple(b) for b in border]
-    per_axis = [
-        _extended_tiles(n, t, o, multiple, b) for n, t, o, b in zip(spatial, tile_shape, tile_overlap, border)
-    ]
+    per_axis = [_extended_tiles(n, t, o, multiple, b) for n, t, o, b in zip(spatial, tile_shape, tile_overlap, border)]
     tiles = [(s, combo) for s in range(n_samples) for combo in itertools.product(*per_axis)]
     # Tiles of one shape are batched together; only the last along an axis may be shorter.
     tiles.sort(key=_shape_of_tile)

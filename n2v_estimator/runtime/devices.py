@@ -41,7 +41,9 @@ def resolve_device(device):
         return resolved
     if resolved.type == "mps":
         if not _mps_available():
-            raise ValueError(f"device={device!r} was asked for, but Apple MPS is not available here; use device='auto'.")
+            raise ValueError(
+                f"device={device!r} was asked for, but Apple MPS is not available here; use device='auto'."
+            )
         return resolved
     raise ValueError(
         f"device={device!r} cannot run the denoiser (it holds no data or is not supported); "

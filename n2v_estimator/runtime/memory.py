@@ -212,8 +212,16 @@ def _prediction_per_pixel(description):
     return max(directions * unet, 3 * directions * width[0] + 2 * hidden)
 
 
-def training_memory(description, batch_size, patch_shape, *, precision="32", validation_shape=None,
-                    validation_patches=0, blind_spot_pairs=0):
+def training_memory(
+    description,
+    batch_size,
+    patch_shape,
+    *,
+    precision="32",
+    validation_shape=None,
+    validation_patches=0,
+    blind_spot_pairs=0,
+):
     """Bytes a training step of the network ``description`` needs, by what needs them.
 
     Parameters
@@ -262,9 +270,10 @@ def prediction_memory(description, pixels, *, precision="32"):
     needs while ``transform`` predicts it with the network ``description``."""
     value = BYTES_PER_VALUE[str(precision)]
     channels = description["in_channels"]
-    return int(pixels) * (value * _prediction_per_pixel(description) + 4 * 4 * channels) + network_values(
-        description
-    ) * _WEIGHT_BYTES
+    return (
+        int(pixels) * (value * _prediction_per_pixel(description) + 4 * 4 * channels)
+        + network_values(description) * _WEIGHT_BYTES
+    )
 
 
 def prediction_pixels(batch_size, patch_shape):
@@ -285,8 +294,18 @@ _DECIDED_BY = {
 _SEARCHED = {"batch_size": 1, "n_filters": 1, "kernel_size": 2}
 
 
-def check_fit_memory(description, batch_size, patch_shape, device, *, precision="32", validation_shape=None,
-                     validation_batches=0, masked_pixel_percentage=0.0, offsets_per_spot=0):
+def check_fit_memory(
+    description,
+    batch_size,
+    patch_shape,
+    device,
+    *,
+    precision="32",
+    validation_shape=None,
+    validation_batches=0,
+    masked_pixel_percentage=0.0,
+    offsets_per_spot=0,
+):
     """Refuse settings whose training step, or whose ``transform`` batches, need
     more memory than ``device`` has (see :func:`device_memory`).
 
@@ -324,7 +343,11 @@ def check_fit_memory(description, batch_size, patch_shape, device, *, precision=
         (``"prediction"``), for ``batch_size`` and the network changed by ``network``."""
         network = {**description, **network}
         parts = training_memory(
-            network, batch_size, patch_shape, precision=precision, validation_shape=validation_shape,
+            network,
+            batch_size,
+            patch_shape,
+            precision=precision,
+            validation_shape=validation_shape,
             validation_patches=validation_batches * batch_size,
             blind_spot_pairs=batch_size * network["in_channels"] * spots_per_patch * offsets_per_spot,
         )
@@ -341,7 +364,8 @@ def check_fit_memory(description, batch_size, patch_shape, device, *, precision=
     total = sum(parts.values())
     # How each setting is named in the message (neighborhood_radius and struct_mask by their offsets).
     values = {
-        "batch_size": int(batch_size), "patch_size": f"patches of {tuple(patch_shape)}",
+        "batch_size": int(batch_size),
+        "patch_size": f"patches of {tuple(patch_shape)}",
         "masked_pixel_percentage": masked_pixel_percentage,
         "struct_mask": f"{offsets_per_spot} neighbourhood and struct_mask offsets per blind spot",
         **{key: description[key] for key in ("n_filters", "kernel_size", "depth")},
@@ -367,7 +391,8 @@ def check_fit_memory(description, batch_size, patch_shape, device, *, precision=
         advice.append(key if best is None else f"{key} (at most {best} fit, the rest as it is)")
     raise ValueError(
         f"{settings} {need}, more than the {_amount(limit)} {holder}; lower "
-        + ", ".join(advice[:-1]) + f" or {advice[-1]}."
+        + ", ".join(advice[:-1])
+        + f" or {advice[-1]}."
     )
 
 
