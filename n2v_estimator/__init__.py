@@ -9,14 +9,14 @@ if TYPE_CHECKING:  # for type checkers and the API reference (mkdocstrings reads
     from .estimator import Noise2VoidDenoiser
     from .fit.calibration import CalibrationWarning
     from .fit.training import NonFiniteLossError
-    from .io.model_file import ModelFileError
+    from .gateway.errors import ModelFileError
 
 # Where each public name lives. They are imported on first use (PEP 562), so that importing the
 # package, or running ``n2v-estimator --help``, does not import torch and scikit-learn (seconds).
 _PUBLIC = {
     "Noise2VoidDenoiser": "estimator",
     "CalibrationWarning": "fit.calibration",
-    "ModelFileError": "io.model_file",
+    "ModelFileError": "gateway.errors",
     "NonFiniteLossError": "fit.training",
     "plot_history": "_plot",
 }

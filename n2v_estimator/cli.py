@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .data.axes import resolve_axes
+from .data.axes import is_dask_array, resolve_axes
 from .fit.calibration import calibration_problems
-from .io.budget import MAX_EXPANSION, check_free_space, declared_bytes
-from .io.image_metadata import common_calibration, describe, differs, for_axes, unit_symbol
-from .io.images import (
+from .gateway.budget import MAX_EXPANSION, check_free_space, declared_bytes
+from .gateway.text import shown
+from .images.files import (
     READ_FORMATS,
     WRITE_FORMATS,
     check_output_apart,
@@ -44,9 +44,8 @@ from .io.images import (
     rechunk_for_axes,
     write_image,
 )
-from .io.model_file import ModelFile, decode_document, non_default_parameters
-from .io.text import shown
-from .predict.lazy import is_dask_array
+from .images.metadata import common_calibration, describe, differs, for_axes, unit_symbol
+from .models.file_format import ModelFile, decode_document, non_default_parameters
 
 PROG = "n2v-estimator"
 # Exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
@@ -504,7 +503,7 @@ def _fit(args):
     # A fit that continues the model it names (--warm-start) updates it; else only with --overwrite.
     model = _check_model_path(args.model, paths, replace=args.overwrite or bool(given.get("warm_start")))
     existed = os.path.lexists(model)
-    from .estimator import Noise2VoidDenoiser  # seconds of imports: after the checks that need none
+    from .estimator import Noise2VoidDenoiser
     from .fit.training import NonFiniteLossError
 
     writer = _torchrun_share(given)  # torchrun's variables checked before the inputs are read
@@ -754,7 +753,7 @@ def _named_axes(given, found, model_axes, array):
 def _transform(args):
     paths = expand_inputs(args.inputs)
     model = _model_to_read(args.model)
-    from .estimator import Noise2VoidDenoiser  # seconds of imports: after the checks that need none
+    from .estimator import Noise2VoidDenoiser
 
     overrides = _given_parameters(args)
     denoiser = Noise2VoidDenoiser.load(model, device=overrides.pop("device", None))
@@ -825,7 +824,7 @@ def _output_note(input_dtype, output_dtype, calibration, output):
 
 def _export(args):
     from .estimator import Noise2VoidDenoiser
-    from .io.bioimageio import TEST_SIDE
+    from .models.zoo import TEST_SIDE
 
     model = _model_to_read(args.model)
     denoiser = Noise2VoidDenoiser.load(model, device="cpu")
@@ -1015,7 +1014,7 @@ MAX_MESSAGE = 600
 
 def _one_line(message):
     """``message`` on one line of at most :data:`MAX_MESSAGE` characters, anything from a file in it
-    escaped (:func:`n2v_estimator.io.text.shown`)."""
+    escaped (:func:`n2v_estimator.gateway.text.shown`)."""
     return shown(" ".join(str(message).split()), MAX_MESSAGE)
 
 

@@ -12,18 +12,18 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._constraints import Interval, Options, StrOptions
 from ._version import __version__
-from .data.axes import feature_names_out, fitted_images, from_canonical, is_image_list
+from .data.axes import feature_names_out, fitted_images, from_canonical, is_dask_array, is_image_list
+from .data.masking import MANIPULATORS
 from .data.normalize import check_representable, in_requested_dtype, output_dtype
-from .fit.masking import MANIPULATORS
 from .fit.plan import Previous, make_plan
-from .io.atomic import check_replace
-from .io.bioimageio import BioImageIOMixin
-from .io.model_file import estimator_document
-from .io.models import PortablePickling, portable_network, read_estimator, write_model
-from .io.n2v import N2VImportMixin
+from .gateway.atomic import check_replace
+from .models.file_format import estimator_document
+from .models.keras_n2v import N2VImportMixin
+from .models.weights import PortablePickling, portable_network, read_estimator, write_model
+from .models.zoo import BioImageIOMixin
 from .nets.unet import ARCHITECTURE_CONSTRAINTS
 from .predict.denoise import PredictPlan, denoise
-from .predict.lazy import is_dask_array, transform_lazy
+from .predict.lazy import transform_lazy
 from .predict.scoring import clean_images, j_invariant_mse, pooled_score
 from .runtime.compute import PRECISIONS
 

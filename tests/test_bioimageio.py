@@ -21,11 +21,13 @@ from bioimageio.core import test_model as zoo_model_test  # noqa: E402  (not col
 from bioimageio.spec import save_bioimageio_package  # noqa: E402
 from bioimageio.spec.model.v0_5 import TensorId  # noqa: E402
 
-from n2v_estimator import Noise2VoidDenoiser  # noqa: E402
+from n2v_estimator import (
+    ModelFileError,  # noqa: E402
+    Noise2VoidDenoiser,  # noqa: E402
+)
 from n2v_estimator.cli import main  # noqa: E402
-from n2v_estimator.io import bioimageio as _bioimageio
-from n2v_estimator.io import zipcheck as _zipcheck
-from n2v_estimator.io.model_file import ModelFileError  # noqa: E402
+from n2v_estimator.gateway import zipcheck as _zipcheck
+from n2v_estimator.models import zoo as _bioimageio
 
 META = dict(name="Noise2Void test model", description="Denoises test images.", authors="Jane Doe")
 RNG = np.random.default_rng(0)

@@ -9,11 +9,10 @@ import torch
 from conftest import tiny
 from torch import nn
 
-from n2v_estimator import CalibrationWarning, Noise2VoidDenoiser
+from n2v_estimator import CalibrationWarning, ModelFileError, Noise2VoidDenoiser
 from n2v_estimator.cli import main
 from n2v_estimator.fit.calibration import MIN_COUNT, N_BINS, blind_spot_calibration, calibration_problems
-from n2v_estimator.io.model_file import ModelFileError
-from n2v_estimator.io.models import read_model, write_model
+from n2v_estimator.models.weights import read_model, write_model
 from n2v_estimator.nets.noise import NoiseModel
 
 RNG = np.random.default_rng(0)

@@ -13,7 +13,7 @@ import pytest
 from n2v_estimator import Noise2VoidDenoiser
 from n2v_estimator.cli import build_parser, estimator_signature, main, parameter_help, parameter_value
 from n2v_estimator.fit import training as _training
-from n2v_estimator.io import images as _io
+from n2v_estimator.images import files as _io
 
 tifffile = pytest.importorskip("tifffile")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

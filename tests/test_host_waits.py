@@ -13,8 +13,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from n2v_estimator import Noise2VoidDenoiser
+from n2v_estimator.data.masking import BlindSpotMasker
 from n2v_estimator.fit import training
-from n2v_estimator.fit.masking import BlindSpotMasker
 from n2v_estimator.fit.plan import make_plan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

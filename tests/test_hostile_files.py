@@ -18,10 +18,10 @@ import pytest
 from conftest import tiny
 
 from n2v_estimator.cli import main
-from n2v_estimator.io import atomic as _atomic
-from n2v_estimator.io import budget as _budget
-from n2v_estimator.io.codecs import UnsafeZarrError, check_source, check_zarr_array
-from n2v_estimator.io.images import read_image, write_image
+from n2v_estimator.gateway import atomic as _atomic
+from n2v_estimator.gateway import budget as _budget
+from n2v_estimator.gateway.codecs import UnsafeZarrError, check_source, check_zarr_array
+from n2v_estimator.images.files import read_image, write_image
 
 tifffile = pytest.importorskip("tifffile")
 zarr = pytest.importorskip("zarr")
@@ -528,7 +528,7 @@ def test_a_transform_killed_mid_write_leaves_a_temporary_that_the_next_one_remov
     output = tmp_path / "out.zarr"
     script = textwrap.dedent(f"""
         import time
-        import n2v_estimator.io.images as io
+        import n2v_estimator.images.files as io
         io.LAZY_BYTES = 0  # chunk by chunk, as large inputs are
         io._store = lambda data, target: time.sleep(600)  # killed while it writes
         from n2v_estimator.cli import main
@@ -782,7 +782,7 @@ def test_metadata_of_many_megabytes_is_refused_before_it_is_parsed(tmp_path, mod
 
 
 def test_info_prints_a_model_files_strings_escaped_on_one_line_each(tmp_path, model_file, capsys):
-    from n2v_estimator.io.models import read_model, write_model
+    from n2v_estimator.models.weights import read_model, write_model
 
     tensors, document = read_model(model_file)
     document["package_version"] = f"9.9{ESCAPE}\nforged: line"

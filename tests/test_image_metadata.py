@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from n2v_estimator.io.budget import ome_declared
-from n2v_estimator.io.image_metadata import (
+from n2v_estimator.gateway.budget import ome_declared
+from n2v_estimator.images.metadata import (
     check_calibration,
     common_calibration,
     describe,
@@ -204,7 +204,7 @@ def test_ome_zarr_entries_and_reading_them_back_round_trip():
     ],
 )
 def test_crafted_ome_xml_is_read_in_linear_time(description):
-    from n2v_estimator.io.image_metadata import _ome_tiff_record
+    from n2v_estimator.images.metadata import _ome_tiff_record
 
     start = time.perf_counter()
     ome_declared(description)

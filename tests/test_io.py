@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from n2v_estimator.io import images as _io
-from n2v_estimator.io.images import MissingDependencyError, axes_from_tiff, axes_to_tiff, read_image, write_image
+from n2v_estimator.images import files as _io
+from n2v_estimator.images.files import MissingDependencyError, axes_from_tiff, axes_to_tiff, read_image, write_image
 
 tifffile = pytest.importorskip("tifffile")
 RNG = np.random.default_rng(0)

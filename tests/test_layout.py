@@ -4,6 +4,8 @@ import ast
 import pathlib
 import re
 
+import pytest
+
 import n2v_estimator
 
 PACKAGE = pathlib.Path(n2v_estimator.__file__).parent
@@ -41,25 +43,79 @@ def test_the_architecture_page_names_every_module():
             assert re.search(rf"(?<![\w.]){re.escape(path.name)}\b", layout), path.relative_to(PACKAGE)
 
 
-def test_the_import_graph_has_no_cycle_and_nothing_below_the_estimator_imports_it():
-    """Modules import only what lies below them: no cycle, and no module but cli and the napari plugin's
-    session (the two entrances above the estimator) imports the estimator."""
+def _imports():
+    """Every import of a module of the package by one of its modules, at any depth (a function's lazy import
+    too): {importer: {imported: line}}, dotted names inside the package ("fit.plan")."""
     graph = {}
     for path in PACKAGE.rglob("*.py"):
-        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
-        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        targets = set()
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix("__init__").rstrip(".")
+        name = name or "__init__"
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = {}
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                targets.add(".".join(base + ([node.module] if node.module else [])))
+                base = package.split(".") if package and package != "__init__" else []
+                base = base[: len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("n2v_estimator"):
-                targets.add(node.module)
-        graph[name] = {t for t in targets if t != name and t != "n2v_estimator"}
-    importers = sorted(
-        n for n, targets in graph.items() if "n2v_estimator.estimator" in targets and n != "n2v_estimator"
-    )
-    assert set(importers) <= {"n2v_estimator.cli", "n2v_estimator.napari.session"}, importers
+                module = node.module.removeprefix("n2v_estimator").lstrip(".")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("n2v_estimator."):
+                        targets[alias.name.removeprefix("n2v_estimator.")] = node.lineno
+                continue
+            else:
+                continue
+            for alias in node.names:  # ``from . import x``: the module x when there is one
+                sub = f"{module}.{alias.name}" if module else alias.name
+                found = (PACKAGE / sub.replace(".", "/")).with_suffix(".py").exists()
+                targets[sub if found else module or "__init__"] = node.lineno
+        graph[name] = {t: line for t, line in targets.items() if t != name}
+    return graph
+
+
+def test_every_import_runs_down_the_layers():
+    """Each module imports only from its own folder or from a layer below it (``_layers.LAYERS``), so
+    nothing below the estimator imports it and no lower layer reaches back up."""
+    from n2v_estimator._layers import layer_of
+
+    up = [
+        f"{importer} (layer {layer_of(importer)}) imports {target} (layer {layer_of(target)}) at line {line}"
+        for importer, targets in _imports().items()
+        for target, line in targets.items()
+        if importer.split(".")[0] != target.split(".")[0] and layer_of(importer) <= layer_of(target)
+    ]
+    assert not up, "\n".join(up)
+
+
+def test_every_module_of_the_package_is_on_a_layer():
+    from n2v_estimator._layers import LAYERS, layer_of
+
+    for name in _imports():
+        layer_of(name)
+    named = [name for names in LAYERS for name in names]
+    assert len(named) == len(set(named))
+    assert all((PACKAGE / name).is_dir() or (PACKAGE / f"{name}.py").exists() for name in named), named
+
+
+def test_the_architecture_page_lists_the_layers_from_the_top_down():
+    """The page's layout names every folder and top-level module in the order of ``_layers.LAYERS``, the
+    highest first, and says which module holds that order."""
+    from n2v_estimator._layers import LAYERS, layer_of
+
+    architecture = PACKAGE.parent / "docs" / "architecture.md"
+    if not architecture.exists():  # installed without the repository
+        return
+    page = architecture.read_text()
+    listed = re.findall(r"^ {6}(\w+)(?:/|\.py)\s", page, re.M)
+    assert sorted(listed) == sorted(name for names in LAYERS for name in names), listed
+    floors = [layer_of(name) for name in listed]
+    assert floors == sorted(floors, reverse=True), list(zip(listed, floors))
+    assert "n2v_estimator/_layers.py" in page
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = _imports()
     state = {}
 
     def visit(name, trail):
@@ -73,6 +129,16 @@ def test_the_import_graph_has_no_cycle_and_nothing_below_the_estimator_imports_i
 
     for name in graph:
         visit(name, [])
+
+
+def test_a_layer_below_is_refused_as_an_importer_of_one_above(tmp_path):
+    """The check itself: an import from a lower layer to a higher one is named."""
+    from n2v_estimator._layers import layer_of
+
+    assert layer_of("data.axes") < layer_of("predict.lazy") < layer_of("estimator") < layer_of("cli")
+    assert layer_of("gateway.text") < layer_of("data.axes")
+    with pytest.raises(KeyError, match="no layer"):
+        layer_of("somewhere.new")
 
 
 def test_no_module_imports_the_package_init():

@@ -9,9 +9,10 @@ from conftest import tiny
 from scipy.ndimage import gaussian_filter
 
 from n2v_estimator import Noise2VoidDenoiser
+from n2v_estimator.data.axes import is_dask_array
 from n2v_estimator.nets.geometry import receptive_radius
 from n2v_estimator.nets.unet import UNet
-from n2v_estimator.predict.lazy import halo_width, is_dask_array, transform_lazy
+from n2v_estimator.predict.lazy import halo_width, transform_lazy
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")

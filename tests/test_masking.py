@@ -8,7 +8,8 @@ from conftest import gen
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from n2v_estimator.fit.masking import MANIPULATORS, BlindSpotMasker, grid_cell_side, masked_mse, resolve_struct_mask
+from n2v_estimator.data.masking import MANIPULATORS, BlindSpotMasker, grid_cell_side, resolve_struct_mask
+from n2v_estimator.nets.losses import masked_mse
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,8 +15,8 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from n2v_estimator import Noise2VoidDenoiser  # noqa: E402
-from n2v_estimator.fit.masking import grid_cell_side  # noqa: E402
-from n2v_estimator.io.n2v import N2VModelError  # noqa: E402
+from n2v_estimator.data.masking import grid_cell_side  # noqa: E402
+from n2v_estimator.models.keras_n2v import N2VModelError  # noqa: E402
 from n2v_estimator.nets.geometry import NetworkGeometry  # noqa: E402
 
 MODELS = Path(__file__).parent / "fixtures" / "n2v_models"

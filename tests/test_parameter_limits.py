@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import tiny
 
-from n2v_estimator.fit.masking import MAX_NEIGHBOURHOOD, resolve_struct_mask
+from n2v_estimator.data.masking import MAX_NEIGHBOURHOOD, resolve_struct_mask
 from n2v_estimator.fit.plan import make_plan
 from n2v_estimator.nets.builder import build_unet
 from n2v_estimator.nets.unet import network_description

@@ -10,9 +10,10 @@ import torch
 from conftest import CodeRunningPickle, crash_mid_write
 from safetensors.torch import save_file
 
-from n2v_estimator.io import models as _persistence
-from n2v_estimator.io.model_file import FORMAT_NAME, FORMAT_VERSION, ModelFileError
-from n2v_estimator.io.models import read_model, write_model
+from n2v_estimator import ModelFileError
+from n2v_estimator.models import weights as _persistence
+from n2v_estimator.models.file_format import FORMAT_NAME, FORMAT_VERSION
+from n2v_estimator.models.weights import read_model, write_model
 
 
 def tensors():
@@ -197,7 +198,7 @@ def test_a_new_file_gets_the_usual_permissions_and_a_replaced_file_keeps_its_own
 
 def test_parameters_that_differ_from_the_defaults_are_compared_as_a_model_file_stores_them():
     from n2v_estimator import Noise2VoidDenoiser
-    from n2v_estimator.io.model_file import non_default_parameters
+    from n2v_estimator.models.file_format import non_default_parameters
 
     defaults = Noise2VoidDenoiser().get_params()
     mask = np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]])

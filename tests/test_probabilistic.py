@@ -11,8 +11,7 @@ from safetensors.torch import save_file
 from skimage import data
 from sklearn.base import clone
 
-from n2v_estimator import Noise2VoidDenoiser
-from n2v_estimator.io.model_file import ModelFileError
+from n2v_estimator import ModelFileError, Noise2VoidDenoiser
 from n2v_estimator.predict import denoise as _predict
 
 RNG = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from n2v_estimator import ModelFileError, Noise2VoidDenoiser
-from n2v_estimator.io import models as _persistence
+from n2v_estimator.models import weights as _persistence
 
 IMAGE = np.random.default_rng(0).normal(size=(24, 24))
 
@@ -559,7 +559,7 @@ def test_a_huge_but_finite_mean_loads_and_transform_refuses_rather_than_return_i
 
 
 def test_an_unterminated_string_in_a_header_is_scanned_in_linear_time(tmp_path):
-    from n2v_estimator.io.model_file import _JSON_STRING
+    from n2v_estimator.models.file_format import _JSON_STRING
 
     assert _JSON_STRING.sub("", '[1, "ab\\"c"]') == "[1, ]"
     assert _JSON_STRING.sub("", '[1, "never closed \\" [[[') == "[1, "  # runs to the end

@@ -6,9 +6,9 @@ import torch
 from conftest import gen
 
 from n2v_estimator import NonFiniteLossError
+from n2v_estimator.data.masking import BlindSpotMasker
 from n2v_estimator.data.patches import PatchSampler
 from n2v_estimator.fit import training as _training
-from n2v_estimator.fit.masking import BlindSpotMasker
 from n2v_estimator.fit.training import make_validation_set, train
 from n2v_estimator.nets.builder import build_unet
 from n2v_estimator.nets.unet import network_description

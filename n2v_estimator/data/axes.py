@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..io.codecs import check_source
+from ..gateway.codecs import check_source
 
 # The axis letters, in the canonical order (S, C, (Z), Y, X) used inside the package.
 _CANONICAL = "SCZYX"
@@ -357,3 +357,8 @@ def fitted_images(X, axes, image_shape, spatial_ndim, n_channels, n_features, na
     images = read_images(X, axes, image_shape)
     check_fitted_layout(images, spatial_ndim, n_channels, n_features, name)
     return images
+
+
+def is_dask_array(X):
+    """Whether ``X`` is a ``dask.array.Array`` (without importing dask)."""
+    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "chunks") and hasattr(X, "map_overlap")

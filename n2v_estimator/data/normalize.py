@@ -73,7 +73,7 @@ def channel_range(images):
     if isinstance(images, list):
         ranges = [channel_range(part) for part in images]
         return np.min([r[0] for r in ranges], axis=0), np.max([r[1] for r in ranges], axis=0)
-    flat = _by_channel(images)
+    flat = by_channel(images)
     return flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
 
 
@@ -138,7 +138,7 @@ def channel_stats(images):
 
 def _moments(images):
     """Per-channel mean and standard deviation (float64) of ``(S, C, *spatial)`` images."""
-    moved = _by_channel(images)
+    moved = by_channel(images)
     with np.errstate(over="ignore"):
         mean = moved.mean(axis=1, dtype=np.float64)
         std = moved.std(axis=1, dtype=np.float64)
@@ -152,7 +152,7 @@ def _moments(images):
     return mean, std
 
 
-def _by_channel(images):
+def by_channel(images):
     """``(S, C, *spatial)`` images as ``(C, S * prod(spatial))``, channel by channel."""
     return np.moveaxis(images, 1, 0).reshape(images.shape[1], -1)
 

@@ -13,9 +13,8 @@ import math
 import numpy as np
 import torch
 
-from ..io.codecs import check_source, is_zarr_array
-from ..predict.lazy import is_dask_array
-from .axes import _CANONICAL, check_image_array, check_unread_array, layout_of, to_canonical
+from ..gateway.codecs import check_source, is_zarr_array
+from .axes import _CANONICAL, check_image_array, check_unread_array, is_dask_array, layout_of, to_canonical
 from .normalize import normalize
 
 # Pixels per channel of the sample the statistics and the noise estimate are taken from.

@@ -38,7 +38,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 
-from ..io.text import shown
+from ..gateway.text import shown
 from .lifeline import DroppingQueue, rank_entry, started_without_main, watch_parent
 from .training import NonFiniteLossError, TrainingResult
 

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.utils import check_random_state
 
 from ..data.axes import check_same_layout, is_image_list, read_image_list, read_images, spatial_ndim
+from ..data.masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
 from ..data.normalize import channel_range, channel_stats, check_representable, normalize
 from ..data.ondemand import is_on_demand, on_demand_images, sample_blocks
 from ..data.patches import VALIDATION_MIN_SIDE, PatchSampler, fit_patch_shape, requested_patch_shape, split_validation
@@ -42,7 +43,6 @@ from .distributed import (
     run_distributed,
     run_joined,
 )
-from .masking import BlindSpotMasker, hiding_manipulator, resolve_struct_mask
 from .training import make_validation_set, train
 
 # Default budget (x 50 steps per epoch): 1500 steps in 2D; in 3D the default

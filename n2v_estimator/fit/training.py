@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..nets.losses import masked_mse
 from ..nets.noise import NOISE_LEARNING_RATE
 from ..runtime.compute import autocast, fastest_layout, grad_scaler
 from ..runtime.progress import progress_bar, report_epoch
-from .masking import masked_mse
 
 
 class NonFiniteLossError(FloatingPointError):

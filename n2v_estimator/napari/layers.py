@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.axes import resolve_axes
+from ..data.axes import is_dask_array, resolve_axes
 from ..data.patches import requested_patch_shape
-from ..predict.lazy import is_dask_array
 
 # In-memory layers larger than this (in float32) are handed to fit as dask arrays, which it
 # reads patch by patch: a float32 copy of a long video would not fit in memory.

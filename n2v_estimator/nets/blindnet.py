@@ -41,7 +41,7 @@ _SLOPE = 0.1  # LeakyReLU, as in Laine et al.
 
 
 class _EveryPixel:
-    """The blind network's "masker", in the place of a :class:`n2v_estimator.fit.masking.BlindSpotMasker`:
+    """The blind network's "masker", in the place of a :class:`n2v_estimator.data.masking.BlindSpotMasker`:
     nothing is masked and every pixel is a training target."""
 
     def __call__(self, x, generator=None):

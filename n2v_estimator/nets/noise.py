@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.normalize import _by_channel
-from ..fit.masking import masked_mean
+from ..data.normalize import by_channel
+from .losses import masked_mean
 
 NOISE_MODELS = ("gaussian", "poisson_gaussian")
 # Smallest prior standard deviation the network may predict (normalised units):
@@ -290,7 +290,7 @@ def _residual(images):
         residual = lower - 2 * centre + upper
         local = sum(local.take(np.arange(k, n - 2 + k), axis=axis) for k in range(3)) / 3
         factor *= 6.0
-    return _by_channel(residual) / math.sqrt(factor), _by_channel(local), _by_channel(images).astype(np.float64)
+    return by_channel(residual) / math.sqrt(factor), by_channel(local), by_channel(images).astype(np.float64)
 
 
 def _bounded(parts):

@@ -24,8 +24,8 @@ from functools import partial
 import numpy as np
 import torch
 
+from ..data.masking import BlindSpotMasker, hiding_manipulator
 from ..data.normalize import _broadcast, check_finite_output, denormalize, normalize
-from ..fit.masking import BlindSpotMasker, hiding_manipulator
 from ..nets.geometry import NetworkGeometry
 from ..nets.noise import posterior
 from ..runtime.compute import resolve_precision

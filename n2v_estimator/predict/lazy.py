@@ -24,13 +24,8 @@ from ..data.axes import (
     to_canonical,
 )
 from ..data.normalize import output_dtype
-from ..io.codecs import check_source
+from ..gateway.codecs import check_source
 from ..nets.geometry import NetworkGeometry
-
-
-def is_dask_array(X):
-    """Whether ``X`` is a ``dask.array.Array`` (without importing dask)."""
-    return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "chunks") and hasattr(X, "map_overlap")
 
 
 def _import_dask():

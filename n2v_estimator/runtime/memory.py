@@ -20,9 +20,9 @@ network's steps took 0.9 to 1.0 times, ``transform``'s batches 0.87 to 0.99.
 from __future__ import annotations
 
 import math
-import os
 from fractions import Fraction
 
+from ..gateway.budget import format_bytes, physical_memory
 from ..nets.geometry import BLIND_HEAD_WIDTH, NetworkGeometry
 
 # Bytes of a feature-map value in each precision (autocast keeps the activations
@@ -70,40 +70,6 @@ def device_memory(device):
     if total is None:
         return _ADDRESS_SPACE, "a 64-bit address space holds"
     return total, "this machine has"
-
-
-def physical_memory():
-    """Total physical memory in bytes, or ``None`` where it cannot be read."""
-    try:
-        page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
-        if page > 0 and pages > 0:  # -1: unknown here
-            return page * pages
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
-        pass
-    return meminfo("MemTotal")
-
-
-def meminfo(field):
-    """A Linux ``/proc/meminfo`` field in bytes (``"MemTotal"``, ``"MemAvailable"``), or ``None``."""
-    try:
-        with open("/proc/meminfo") as lines:
-            for line in lines:
-                if line.startswith(f"{field}:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def format_bytes(n):
-    """``n`` bytes for a message: ``"2.6 GiB"``; beyond 1024 PiB ``"9.6e+25 bytes"``."""
-    if n >= 2**60:  # from the digits: a float cannot hold every int
-        digits = str(n)
-        return f"{digits[0]}.{digits[1:3]}e+{len(digits) - 1} bytes"
-    for power, unit in ((50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
-        if n >= 2**power:
-            return f"{n / 2**power:.1f} {unit}"
-    return f"{n} bytes"
 
 
 # --------------------------------------------------------------------- weights

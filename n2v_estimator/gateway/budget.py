@@ -20,8 +20,6 @@ import stat
 
 import numpy as np
 
-from ..runtime.memory import format_bytes, meminfo, physical_memory
-
 # Declared bytes per stored byte beyond which a file is refused. Noisy images compress
 # 1.5-4x (their noise is incompressible); 256 leaves room for mostly empty images and for
 # zarr stores with missing chunks, and is far below what crafted files declare (10**5 and more).
@@ -263,3 +261,37 @@ def ome_declared(description):
     except ValueError:
         return None
     return shape, np.dtype(_OME_TYPES.get(attributes.get("Type", "uint8").lower(), "u1"))
+
+
+def physical_memory():
+    """Total physical memory in bytes, or ``None`` where it cannot be read."""
+    try:
+        page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
+        if page > 0 and pages > 0:  # -1: unknown here
+            return page * pages
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        pass
+    return meminfo("MemTotal")
+
+
+def meminfo(field):
+    """A Linux ``/proc/meminfo`` field in bytes (``"MemTotal"``, ``"MemAvailable"``), or ``None``."""
+    try:
+        with open("/proc/meminfo") as lines:
+            for line in lines:
+                if line.startswith(f"{field}:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def format_bytes(n):
+    """``n`` bytes for a message: ``"2.6 GiB"``; beyond 1024 PiB ``"9.6e+25 bytes"``."""
+    if n >= 2**60:  # from the digits: a float cannot hold every int
+        digits = str(n)
+        return f"{digits[0]}.{digits[1:3]}e+{len(digits) - 1} bytes"
+    for power, unit in ((50, "PiB"), (40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if n >= 2**power:
+            return f"{n / 2**power:.1f} {unit}"
+    return f"{n} bytes"

@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 from .._extras import install_command
-from .model_file import ModelFileError
+from .errors import ModelFileError
 
 # Our packages hold about 9 files; a few hundred leaves room for other tools' extras.
 MAX_MEMBERS = 256

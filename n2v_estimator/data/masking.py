@@ -494,18 +494,6 @@ def _offset_positions(spots, offsets, spatial):
     return coords, inside
 
 
-def masked_mean(values, mask):
-    """Mean of ``values`` over the blind spots ``mask`` (same shape), without selecting
-    them: a selection's size is known only once the device has counted it. Values outside the
-    mask do not count, even non-finite ones."""
-    return torch.where(mask, values, 0).sum() / mask.sum()
-
-
-def masked_mse(prediction, target, mask):
-    """Mean squared error over the blind spots only."""
-    return masked_mean((prediction - target).square(), mask)
-
-
 def _mark(counts, spots, valid):
     """The bool mask of the ``valid`` ones of ``spots``, made in ``counts`` (int32 zeros)."""
     return counts.index_put_(tuple(spots.T), valid.to(torch.int32), accumulate=True) > 0

@@ -21,14 +21,14 @@ import torch
 
 from .._extras import install_command
 from .._version import __version__
-from ..fit.masking import MANIPULATORS
+from ..data.masking import MANIPULATORS
+from ..gateway import hdf5
+from ..gateway.budget import MAX_EXPANSION
+from ..gateway.text import shown
 from ..nets.builder import expected_state
 from ..nets.unet import network_description
 from ..runtime.memory import network_values
-from . import hdf5
-from .budget import MAX_EXPANSION
-from .models import write_model
-from .text import shown
+from .weights import write_model
 
 # A config.json is a few kB; anything far larger is not one.
 MAX_CONFIG_BYTES = 1 << 20
@@ -213,7 +213,7 @@ def config_parameters(config):
 
 def _weights_of(group, name):
     """``{"kernel": dataset, ...}`` of the Keras layer ``name``, each checked to be stored in the
-    file as it declares (:mod:`n2v_estimator.io.hdf5`) before anything of it is read."""
+    file as it declares (:mod:`n2v_estimator.gateway.hdf5`) before anything of it is read."""
     layer = hdf5.child(group, name)
     return {
         weight.rsplit("/", 1)[-1].split(":")[0]: hdf5.checked_dataset(hdf5.child(layer, weight), f"{name}/{weight}")
@@ -258,7 +258,7 @@ def read_weights(path, description):
         import h5py
     except ImportError as exc:
         raise ImportError(f"reading n2v's Keras weights needs h5py ({exc}): {install_command('n2v')}") from exc
-    del h5py  # imported to say which extra is missing; io.hdf5 reads the file
+    del h5py  # imported to say which extra is missing; gateway.hdf5 reads the file
     # The weights must be in the file: a network far larger than it holds is refused before it is
     # described to torch (a 94 KB folder whose config asked for 1024 filters took 3.4 GB).
     size = os.stat(path).st_size
@@ -400,7 +400,7 @@ def model_document(folder, weights, default_params):
         raise N2VModelError(f"config.json's stds {std.tolist()} must all be positive: the images are divided by them.")
     name = {"best": "weights_best.h5", "last": "weights_last.h5"}.get(weights, weights)
     path = folder / name
-    # Only a name in the folder; anything that exists there is io.hdf5's to judge (a pipe: without blocking).
+    # Only a name in the folder; anything that exists there is gateway.hdf5's to judge (a pipe: without blocking).
     if Path(name).name != name or not os.path.lexists(path := _in_folder(folder, name)):
         raise N2VModelError(
             f"{path} does not exist: weights is 'best', 'last' or the name of a .h5 file in the folder."

@@ -4,7 +4,7 @@ One file holds everything: the network's tensors in the safetensors format
 and, in its string metadata, a JSON document with the format version, the
 estimator's parameters and its fitted state. Reading it never executes code,
 and a file is judged by its header (capped in size and nesting) before any
-tensor is read (:mod:`n2v_estimator.io.model_file`, which reads the container
+tensor is read (:mod:`n2v_estimator.models.file_format`, which reads the container
 without torch): a hostile file is refused in a fraction of a second.
 """
 
@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from .._constraints import InvalidParameterError
+from ..gateway.atomic import atomic_write
 from ..nets.builder import build_unet, expected_state
 from ..nets.unet import check_description
-from .atomic import atomic_write
-from .model_file import (
+from .file_format import (
     DTYPES,
     FORMAT_NAME,
     FORMAT_VERSION,

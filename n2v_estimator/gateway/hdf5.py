@@ -12,7 +12,7 @@ An HDF5 file can point outside itself and declare more than it stores:
 - **declared against stored**: a dataset declared large whose bytes are never
   written (its fill value), a chunk far larger than the dataset it belongs to
   (a gzip chunk of a gigabyte behind a 576-byte kernel), or compression beyond
-  :data:`n2v_estimator.io.budget.MAX_EXPANSION` (weights are noise-like and barely
+  :data:`n2v_estimator.gateway.budget.MAX_EXPANSION` (weights are noise-like and barely
   compress). Each is judged from the dataset's metadata before any byte is
   decompressed.
 - **filters**: only deflate, shuffle, fletcher32 and LZF; any other filter
@@ -137,5 +137,5 @@ def checked_dataset(dataset, name):
 
 
 def _shown(text, limit=80):
-    """A name from the file as a message shows it: quoted, escaped, cut (:func:`n2v_estimator.io.text.shown`)."""
+    """A name from the file as a message shows it: quoted, escaped, cut (:func:`n2v_estimator.gateway.text.shown`)."""
     return f"'{shown(text, limit - 2)}'"

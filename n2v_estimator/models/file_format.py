@@ -1,12 +1,12 @@
 """The model file's container, read without torch: its header, its JSON document, its tensors' places.
 
-A model file (:mod:`n2v_estimator.io.models` writes it) is a safetensors file whose
+A model file (:mod:`n2v_estimator.models.weights` writes it) is a safetensors file whose
 string metadata holds a JSON document: the format version, the estimator's
 parameters and its fitted state. :class:`ModelFile` judges a file by its header
 (capped in size and nesting) before any tensor is read, and reads a tensor only on
 request; :func:`decode_document` checks the document. Neither needs torch or
 scikit-learn, so that ``n2v-estimator info`` describes a model in a fraction of a
-second; loading the network (torch) is :func:`n2v_estimator.io.models.read_estimator`.
+second; loading the network (torch) is :func:`n2v_estimator.models.weights.read_estimator`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import stat
 import numpy as np
 
 from ..fit.calibration import check_record
-from .image_metadata import check_calibration
+from ..gateway.errors import ModelFileError
+from ..images.metadata import check_calibration
 
 FORMAT_NAME = "n2v_estimator"
 # Version 2 describes the network in its own versioned schema (see _unet);
@@ -59,10 +60,6 @@ _NUMPY_DTYPES = {
     "U8": "u1",
     "BOOL": "?",
 }
-
-
-class ModelFileError(ValueError):
-    """A model file is malformed, of an unknown version, or does not match its network."""
 
 
 def _to_json(value):
@@ -106,7 +103,7 @@ def _parse_json(text, what, source):
 
 
 class ModelFile:
-    """A model file written by :func:`n2v_estimator.io.models.write_model`, open for reading: its header is
+    """A model file written by :func:`n2v_estimator.models.weights.write_model`, open for reading: its header is
     read and checked on opening, and tensors are read on request from the same open
     file, so that a file replaced meanwhile cannot mix into what is read.
 
@@ -400,7 +397,7 @@ def _calibration(saved, n_channels, source):
 
 
 def _image_calibration(saved, source):
-    """The training images' pixel sizes, units and channel names (:mod:`n2v_estimator.io.image_metadata`), checked."""
+    """The training images' pixel sizes, units and channel names (:mod:`n2v_estimator.images.metadata`), checked."""
     try:
         return check_calibration(saved, source)
     except ValueError as exc:

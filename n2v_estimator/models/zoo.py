@@ -35,6 +35,9 @@ from .._extras import install_command
 from .._version import __version__
 from ..data.axes import fitted_images
 from ..data.normalize import denormalize, normalize
+from ..gateway.atomic import check_replace, remove, replace, temporary_beside
+from ..gateway.errors import ModelFileError
+from ..images.metadata import make_calibration
 from ..nets.geometry import NetworkGeometry, round_up
 from ..nets.unet import (
     _FIELDS,
@@ -51,9 +54,7 @@ from ..nets.unet import (
     _prior_scale,
 )
 from ..predict.tiling import augmentations, mirror_index, predict_tiled
-from .atomic import check_replace, remove, replace, temporary_beside
-from .image_metadata import make_calibration
-from .model_file import ModelFileError, non_default_parameters
+from .file_format import non_default_parameters
 
 # Names inside the package.
 ARCHITECTURE_FILE = "n2v_unet.py"
@@ -235,7 +236,7 @@ def _cover(test_input, test_output, path):
 def axis_calibration(estimator, spatial):
     """Per spatial axis id (``"y"``, ``"x"``, ``"z"``) the spec's ``scale`` and ``unit`` from the
     model's training calibration (``image_calibration_``, written by the command line), checked as
-    any record is (:func:`n2v_estimator.io.image_metadata.make_calibration`: finite positive sizes,
+    any record is (:func:`n2v_estimator.images.metadata.make_calibration`: finite positive sizes,
     known units), a unit kept only where it is one of the spec's space units; ``{}`` where unknown."""
     from typing import get_args
 
@@ -492,7 +493,7 @@ def _load_description(spec, path):
 
 def from_package(cls, path, device=None):
     """The work of :meth:`Noise2VoidDenoiser.from_bioimageio`."""
-    from .zipcheck import MAX_MODEL_BYTES, check_package
+    from ..gateway.zipcheck import MAX_MODEL_BYTES, check_package
 
     path = Path(path)
     if not zipfile.is_zipfile(path):
@@ -621,7 +622,7 @@ class BioImageIOMixin:
         """Read a BioImage Model Zoo package written by :meth:`export_bioimageio`.
 
         The zip is first judged from its directory and its YAML without
-        extracting anything (:mod:`n2v_estimator.io.zipcheck`: member count, paths, declared
+        extracting anything (:mod:`n2v_estimator.gateway.zipcheck`: member count, paths, declared
         sizes and compression ratios, no YAML anchors, aliases or non-core
         tags), so a hostile package is refused in a fraction of a second;
         then it is validated by ``bioimageio.spec`` (every file's checksum
@@ -645,7 +646,7 @@ class BioImageIOMixin:
         ------
         ModelFileError
             For a file that is not a valid spec 0.5 model package, a zip
-            bomb, unsafe paths or YAML (see :func:`n2v_estimator.io.zipcheck.check_package`),
+            bomb, unsafe paths or YAML (see :func:`n2v_estimator.gateway.zipcheck.check_package`),
             or a package not exported by n2v-estimator (another architecture
             cannot be represented: run it with ``bioimageio.core``).
         ImportError

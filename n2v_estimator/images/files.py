@@ -7,7 +7,7 @@ array with the axes its file names (``None`` where it names none). With
 comes back as a dask array that reads nothing until it is computed.
 :func:`write_image` writes a result as TIFF, OME-Zarr or ``.npy`` with its axes
 and the input's calibration (pixel sizes, frame interval, channel names: see
-:mod:`n2v_estimator.io.image_metadata`; an ImageJ TIFF as ImageJ, another TIFF as OME-TIFF),
+:mod:`n2v_estimator.images.metadata`; an ImageJ TIFF as ImageJ, another TIFF as OME-TIFF),
 streams a dask array to disk chunk by chunk, and writes under a temporary name
 renamed into place, so that a failed write never leaves a half-written file.
 
@@ -29,10 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from .._extras import install_command
-from ..data.axes import resolve_axes
-from ..predict.lazy import is_dask_array
-from .atomic import atomic_write
-from .budget import (
+from ..data.axes import is_dask_array, resolve_axes
+from ..gateway.atomic import atomic_write
+from ..gateway.budget import (
     DeclaredSizeError,
     check_declared,
     check_in_memory,
@@ -40,8 +39,9 @@ from .budget import (
     check_zarr_metadata,
     ome_declared,
 )
-from .codecs import UnsafeZarrError, check_zarr_array
-from .image_metadata import (
+from ..gateway.codecs import UnsafeZarrError, check_zarr_array
+from ..gateway.text import plain
+from .metadata import (
     for_axes,
     imagej_options,
     ome_tiff_metadata,
@@ -50,7 +50,6 @@ from .image_metadata import (
     tiff_calibration,
     zarr_calibration,
 )
-from .text import plain
 
 # With lazy=True, TIFF and .npy files larger than this come back as dask arrays (zarr stores always do).
 LAZY_BYTES = 512 * 2**20
@@ -189,7 +188,7 @@ def read_image(path, lazy=False, *, return_metadata=False, trust_declared_size=F
         Also return a dict of what :func:`write_image` can carry over to a
         result: ``format`` (``"tiff"``, ``"zarr"``, ``"ome-zarr"``, ``"npy"`` or
         ``"picture"``), ``axes``, ``calibration`` (pixel sizes and units, frame
-        interval, channel names, keyed by our letters: :mod:`n2v_estimator.io.image_metadata`),
+        interval, channel names, keyed by our letters: :mod:`n2v_estimator.images.metadata`),
         and the TIFF's ``tiff_axes`` (tifffile's), flavour (``ome``,
         ``imagej``) and ``imagej_extras``, or the OME-Zarr's ``multiscale``
         (its first ``multiscales`` entry) and ``omero``; ``dropped``, a line for
@@ -199,7 +198,7 @@ def read_image(path, lazy=False, *, return_metadata=False, trust_declared_size=F
         lazily; ``None``: :data:`LAZY_BYTES`.
     trust_declared_size : bool, default=False
         Read a file that declares far more pixels than it stores (see
-        :mod:`n2v_estimator.io.budget`), which is otherwise refused from its header.
+        :mod:`n2v_estimator.gateway.budget`), which is otherwise refused from its header.
 
     Returns
     -------
@@ -222,9 +221,9 @@ def read_image(path, lazy=False, *, return_metadata=False, trust_declared_size=F
     ValueError
         If the format is not one of :data:`READ_FORMATS` or the file cannot be
         read as its suffix says; the message names the path. A
-        :class:`n2v_estimator.io.budget.DeclaredSizeError` for a file that declares far more
+        :class:`n2v_estimator.gateway.budget.DeclaredSizeError` for a file that declares far more
         than it stores (or, read whole, than the memory available), and a
-        :class:`n2v_estimator.io.codecs.UnsafeZarrError` for a zarr store whose codecs
+        :class:`n2v_estimator.gateway.codecs.UnsafeZarrError` for a zarr store whose codecs
         could run code, both before any pixel is read.
     MissingDependencyError
         If the format needs tifffile, zarr or dask and it is not installed.
@@ -547,7 +546,7 @@ def write_image(path, data, axes, source_metadata=None):
     Notes
     -----
     The file (or zarr folder) is written next to ``path`` under a temporary
-    name and renamed into place (:mod:`n2v_estimator.io.atomic`): a write that fails, or is
+    name and renamed into place (:mod:`n2v_estimator.gateway.atomic`): a write that fails, or is
     interrupted, leaves whatever was at ``path`` before (an existing zarr store
     is replaced only once the new one is complete); the temporaries of a
     writer killed earlier are removed.

@@ -20,7 +20,7 @@ windows) are not carried: a denoised image needs its own.
 
 Everything read from a file is a stranger's and is checked before it is kept:
 scales finite and positive, units among those known here, channel names plain
-text (:func:`n2v_estimator.io.text.plain`) of at most 256 characters and at most
+text (:func:`n2v_estimator.gateway.text.plain`) of at most 256 characters and at most
 4096 of them, ImageJ's other entries numbers or bounded plain text. What fails is
 left out of the record (and so of every output), and said: ``dropped`` collects a
 line for each. A crafted file cannot make a record that fails to save, a model
@@ -33,8 +33,8 @@ import html
 import math
 import re
 
-from .budget import pixels_element
-from .text import MAX_TEXT, plain, shown
+from ..gateway.budget import pixels_element
+from ..gateway.text import MAX_TEXT, plain, shown
 
 # Unit names (OME-Zarr's) -> (OME-TIFF symbol, ImageJ spelling, size in metres or seconds).
 _LENGTH = {
