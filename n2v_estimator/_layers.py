@@ -6,7 +6,13 @@ small typed record or a callable, never as an import.
 """
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("_version", "_extras", "_constraints", "_layers"),  # facts and helpers that know nothing of images or networks
+    (
+        "_version",
+        "_extras",
+        "_constraints",
+        "_layers",
+        "_typing",
+    ),  # facts and helpers that know nothing of images or networks
     ("gateway",),  # every byte and string from a stranger's file, and every file written
     ("data",),  # images in: axes, normalisation, patches, reading on demand, blind spots
     ("images",),  # image files: formats and their calibration
