@@ -21,6 +21,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("predict",),  # denoising: tiles, the posterior, dask arrays, the self-supervised score
     ("fit",),  # training: the plan, the loop, several devices, the calibration check
     ("models",),  # model files, Model Zoo packages, n2v's Keras models
+    ("exchange",),  # the estimator's own methods of exchange (pickling, the zoo, n2v), as mixins beside it
     ("_plot", "estimator"),  # the scikit-learn estimator (and its training curve)
     ("cli", "napari", "__init__"),  # the entrances: the command, the napari plugin, the package's names
 )

@@ -11,24 +11,22 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._constraints import Interval, Options, StrOptions
-from ._version import __version__
-from .data.axes import feature_names_out, fitted_images, from_canonical, is_dask_array, is_image_list
+from .data.axes import UnreadImages, feature_names_out, fitted_images, from_canonical, is_image_list
 from .data.masking import MANIPULATORS
-from .data.normalize import check_representable, in_requested_dtype, output_dtype
+from .data.normalize import in_requested_dtype, output_dtype
+from .exchange import BioImageIOMixin, ModelFileMixin, N2VImportMixin, PortablePickling
 from .fit.plan import Previous, make_plan
-from .gateway.atomic import check_replace
-from .models.file_format import estimator_document
-from .models.keras_n2v import N2VImportMixin
-from .models.weights import PortablePickling, portable_network, read_estimator, write_model
-from .models.zoo import BioImageIOMixin
+from .models.weights import portable_network
 from .nets.unet import ARCHITECTURE_CONSTRAINTS
-from .predict.denoise import PredictPlan, denoise
+from .predict.denoise import Denoiser
 from .predict.lazy import transform_lazy
 from .predict.scoring import clean_images, j_invariant_mse, pooled_score
 from .runtime.compute import PRECISIONS
 
 
-class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, TransformerMixin, BaseEstimator):
+class Noise2VoidDenoiser(
+    N2VImportMixin, BioImageIOMixin, ModelFileMixin, PortablePickling, TransformerMixin, BaseEstimator
+):
     """Self-supervised Noise2Void denoising of images, trained on the noisy images alone.
 
     ``fit`` trains a U-Net to predict each pixel from its surroundings with the
@@ -417,13 +415,13 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
             If ``X`` holds values too far from the training data's range for
             the network's float32 arithmetic: never a non-finite output.
         """
-        if is_dask_array(X):
-            return in_requested_dtype(transform_lazy(self, X, return_std, self._denoise), X.dtype, self.dtype)
         if is_image_list(X, self.image_shape, self.axes):
             out = [self.transform(x, return_std) for x in X]
             return tuple(list(o) for o in zip(*out)) if return_std else out
-        images = self._fitted_images(X)
-        out = self._denoise(images.canonical, output_dtype(images.array.dtype), return_std=return_std)
+        images, denoise = self._fitted_images(X, lazy=True), self._denoiser()
+        if isinstance(images, UnreadImages):  # a dask array: denoised chunk by chunk, when computed
+            return in_requested_dtype(transform_lazy(images, denoise, return_std), X.dtype, self.dtype)
+        out = denoise(images.canonical, output_dtype(images.array.dtype), return_std=return_std)
         out = [
             np.ascontiguousarray(from_canonical(o, images.axes)).reshape(images.array.shape)
             for o in (out if return_std else [out])
@@ -435,23 +433,17 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         check_is_fitted(self, "model_")
         return feature_names_out(self.image_shape, getattr(self, "n_features_in_", None), input_features)
 
-    def _fitted_images(self, X):
-        """``X`` read as images a fitted denoiser can take."""
+    def _fitted_images(self, X, lazy=False):
+        """``X`` read as images a fitted denoiser can take (a dask array, with ``lazy``, judged unread)."""
         check_is_fitted(self, "model_")
         expected_row = getattr(self, "n_features_in_", None) if self.image_shape is not None else None
-        return fitted_images(
-            X, self.axes, self.image_shape, self.spatial_ndim_, self.n_channels_, expected_row, type(self).__name__
-        )
+        fitted = (self.spatial_ndim_, self.n_channels_, expected_row, type(self).__name__)
+        return fitted_images(X, self.axes, self.image_shape, fitted, lazy=lazy)
 
-    def _denoise(self, images, dtype=np.float32, return_std=False, prior_only=False, verbose=None, grid_phase=None):
-        """Denoise canonical ``(S, C, *spatial)`` images (original units in and out); ``verbose`` overrides the
-        parameter, ``grid_phase`` the pooling grid's (a chunk of a larger image's, for an imported n2v network)."""
+    def _denoiser(self):
+        """The fitted network and what it denoises with, as values (``transform``, ``score``, dask chunks)."""
         data_range = (self.data_min_, self.data_max_) if hasattr(self, "data_min_") else None
-        check_representable(images, self.mean_, self.std_, data_range=data_range)
-        plan = PredictPlan.of(self.get_params(), self.patch_shape_, self.spatial_ndim_, verbose)
-        return denoise(
-            self.model_.to(plan.device), images, self.mean_, self.std_, plan, dtype, return_std, prior_only, grid_phase
-        )
+        return Denoiser(self.model_, self.mean_, self.std_, data_range, self.get_params(), self.patch_shape_)
 
     # ----------------------------------------------------------------- score
     def score(self, X, y=None):
@@ -488,51 +480,8 @@ class Noise2VoidDenoiser(N2VImportMixin, BioImageIOMixin, PortablePickling, Tran
         if clean is not None:
             return -float(np.mean((self.transform(X).astype(np.float64) - clean) ** 2))
         images = self._fitted_images(X)
-        blind = partial(self._denoise, dtype=output_dtype(images.array.dtype), prior_only=True)
+        blind = partial(self._denoiser(), dtype=output_dtype(images.array.dtype), prior_only=True)
         return -j_invariant_mse(blind, images.canonical, self.n_score_phases)
-
-    # ----------------------------------------------------------- persistence
-    def save(self, path, *, overwrite=False):
-        """Write the fitted denoiser to ``path`` (one safetensors file, no pickle); an existing file
-        only with ``overwrite=True``, replaced whole (written beside it, then renamed into place)."""
-        check_is_fitted(self, "model_")
-        check_replace(path, overwrite)
-        document = estimator_document(self.get_params(deep=False), vars(self), __version__)
-        write_model(path, self.model_.state_dict(), document)
-
-    @classmethod
-    def load(cls, path, *, device=None):
-        """Read a denoiser written by :meth:`save`.
-
-        Only tensors and JSON are read; nothing in the file is executed. Every
-        parameter comes back as saved, ``verbose`` included (``set_params`` changes it).
-
-        Parameters
-        ----------
-        path : str or path-like
-            A file written by :meth:`save`.
-        device : str or torch.device, optional
-            Where the loaded denoiser computes. ``None`` keeps the saved
-            setting; pass ``"auto"`` (or ``"cpu"``) to use a model saved with
-            ``device="cuda"`` on a machine without a GPU.
-
-        Returns
-        -------
-        Noise2VoidDenoiser
-            Fitted, ready for :meth:`transform`.
-
-        Raises
-        ------
-        ModelFileError
-            If the file is malformed, of another format version, names unknown
-            parameters, or its tensors do not match the network it describes.
-        """
-        params, model, fitted = read_estimator(
-            path, cls._get_param_names(), lambda p: cls(**p)._validate_params(), device
-        )
-        estimator = cls(**params)
-        estimator._set_fitted(model, **fitted)
-        return estimator
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -24,10 +24,11 @@ from bioimageio.spec.model.v0_5 import TensorId  # noqa: E402
 from n2v_estimator import (
     ModelFileError,  # noqa: E402
     Noise2VoidDenoiser,  # noqa: E402
+    exchange,
 )
 from n2v_estimator.cli import main  # noqa: E402
 from n2v_estimator.gateway import zipcheck as _zipcheck
-from n2v_estimator.models import zoo as _bioimageio
+from n2v_estimator.models import zoo_export, zoo_import
 
 META = dict(name="Noise2Void test model", description="Denoises test images.", authors="Jane Doe")
 RNG = np.random.default_rng(0)
@@ -85,7 +86,7 @@ def test_an_exported_2d_model_passes_the_zoos_model_test(fitted_2d, tmp_path):
         "n2v_unet.py",
         "test_input.npy",
         "test_output.npy",
-        _bioimageio.MODEL_FILE,
+        zoo_export.MODEL_FILE,
     } <= names
 
 
@@ -192,11 +193,13 @@ def test_the_package_describes_our_normalisation_halo_and_tile_step(fitted_2d, t
 
 def test_the_architecture_source_stands_alone_and_computes_our_network(fitted_2d):
     namespace = {}
-    exec(compile(_bioimageio.architecture_source(), "n2v_unet.py", "exec"), namespace)
+    exec(compile(zoo_export.architecture_source(), "n2v_unet.py", "exec"), namespace)
     assert not any(
-        "n2v_estimator" in line for line in _bioimageio.architecture_source().splitlines() if "import" in line
+        "n2v_estimator" in line for line in zoo_export.architecture_source().splitlines() if "import" in line
     )
-    network = namespace["Noise2VoidNetwork"](**_bioimageio.architecture_kwargs(fitted_2d)).eval()
+    network = namespace["Noise2VoidNetwork"](
+        **zoo_export.architecture_kwargs(fitted_2d.model_.description, fitted_2d.tta)
+    ).eval()
     network.load_state_dict(fitted_2d.model_.state_dict())
     x = torch.from_numpy(np.random.default_rng(13).normal(size=(1, 1, 37, 45)).astype(np.float32))
     with torch.no_grad():
@@ -331,15 +334,15 @@ def test_the_docstring_examples_run(tmp_path, monkeypatch):
     import doctest
 
     monkeypatch.chdir(tmp_path)
-    assert doctest.testmod(_bioimageio, optionflags=doctest.ELLIPSIS).failed == 0
+    assert doctest.testmod(exchange, optionflags=doctest.ELLIPSIS).failed == 0
 
 
 def test_the_package_config_names_the_version_that_wrote_it(fitted_2d, tmp_path):
     from n2v_estimator import __version__
 
     descr = load_description(str(exported(fitted_2d, IMAGE_2D, tmp_path / "model.zip")))
-    ours = descr.config.model_extra[_bioimageio.CONFIG_KEY]
-    assert json.loads(json.dumps(ours)) == {"version": __version__, "model_file": _bioimageio.MODEL_FILE}
+    ours = descr.config.model_extra[zoo_export.CONFIG_KEY]
+    assert json.loads(json.dumps(ours)) == {"version": __version__, "model_file": zoo_export.MODEL_FILE}
 
 
 def test_the_readme_reports_the_last_training_loss(fitted_2d, tmp_path):
@@ -495,7 +498,7 @@ def test_an_rdf_yaml_over_one_mib_is_refused_unread(tmp_path, temporary_folder):
     )
 
 
-@pytest.mark.parametrize("name", [_bioimageio.MODEL_FILE, "test_input.npy"])
+@pytest.mark.parametrize("name", [zoo_export.MODEL_FILE, "test_input.npy"])
 def test_a_member_declaring_gigabytes_in_a_small_zip_is_refused_unread(tmp_path, temporary_folder, name):
     package = declare(package_with(tmp_path / "bomb.zip", {name: bytes(2**20)}), name, 2**31)
     assert_refused_quickly(package, rf"'{name}' declares 2147483648 bytes", temporary_folder)
@@ -519,7 +522,7 @@ def test_members_that_together_inflate_beyond_the_budget_are_refused(tmp_path, t
 
 def test_a_model_file_over_its_cap_is_refused_unread(tmp_path, temporary_folder, monkeypatch):
     monkeypatch.setattr(_zipcheck, "MAX_MODEL_BYTES", 1000)
-    package = package_with(tmp_path / "big.zip", {_bioimageio.MODEL_FILE: RNG.bytes(2000)}, zipfile.ZIP_STORED)
+    package = package_with(tmp_path / "big.zip", {zoo_export.MODEL_FILE: RNG.bytes(2000)}, zipfile.ZIP_STORED)
     assert_refused_quickly(
         package,
         r"the model file 'n2v_estimator_model.safetensors' declares 2000 bytes, "
@@ -561,7 +564,7 @@ def test_errors_of_bioimageio_spec_become_model_file_errors(tmp_path, temporary_
 
 def test_copying_the_model_file_stops_past_its_declared_size(tmp_path):
     with open(tmp_path / "copy", "wb") as sink, pytest.raises(ModelFileError, match="inflates past the 10 bytes"):
-        _bioimageio._copy_bounded(io.BytesIO(bytes(11)), sink, 10, "the model file")
+        zoo_import._copy_bounded(io.BytesIO(bytes(11)), sink, 10, "the model file")
 
 
 def test_a_calibrated_models_package_carries_its_pixel_sizes_and_its_readme_no_dead_link(fitted_2d, tmp_path):

@@ -19,8 +19,8 @@ dask = pytest.importorskip("dask")
 
 
 def lazily(denoiser, X, return_std=False):
-    """transform_lazy as the estimator calls it, with its in-memory denoising."""
-    return transform_lazy(denoiser, X, return_std, denoiser._denoise)
+    """transform_lazy as the estimator calls it: X judged at the entrance, the fitted network as a Denoiser."""
+    return transform_lazy(denoiser._fitted_images(X, lazy=True), denoiser._denoiser(), return_std)
 
 
 QUICK = dict(max_epochs=1, steps_per_epoch=2, verbose=False)

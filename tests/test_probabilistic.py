@@ -95,7 +95,7 @@ def test_return_std_of_a_plain_denoiser_is_refused():
 
 
 def test_the_self_supervised_score_scores_the_prior(fitted):
-    prior = fitted._denoise(IMAGE[None, None].astype(np.float32), prior_only=True)
+    prior = fitted._denoiser()(IMAGE[None, None].astype(np.float32), prior_only=True)
     assert np.isfinite(fitted.score(IMAGE)) and prior.shape == (1, 1) + IMAGE.shape
 
 

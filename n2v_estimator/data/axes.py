@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from numbers import Integral
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -218,20 +218,21 @@ def check_same_layout(first_axes, first_channels, axes, channels, index):
         )
 
 
-def check_fitted_layout(images, ndim, n_channels, n_features, estimator_name):
-    """Refuse :class:`Images` unlike those a denoiser was fitted on: another
-    dimensionality, channel count or (when ``n_features`` is given) row length."""
-    found = spatial_ndim(images.axes)
+def check_fitted_layout(axes, n_channels, n_features, fitted):
+    """Refuse images of layout ``axes`` with ``n_channels`` channels (rows of ``n_features`` values)
+    unlike those a denoiser was fitted on: ``fitted`` is its ``(ndim, n_channels, n_features,
+    estimator_name)``; the row length is compared where the fitted one is given."""
+    ndim, fitted_channels, fitted_features, estimator_name = fitted
+    found = spatial_ndim(axes)
     if found != ndim:
-        raise ValueError(f"The denoiser was fitted on {ndim}D images but X is {found}D (axes {images.axes!r}).")
-    if images.canonical.shape[1] != n_channels:
+        raise ValueError(f"The denoiser was fitted on {ndim}D images but X is {found}D (axes {axes!r}).")
+    if n_channels != fitted_channels:
         raise ValueError(
-            f"X has {images.canonical.shape[1]} channel(s) (axes {images.axes!r}) but the denoiser "
-            f"was fitted on {n_channels}."
+            f"X has {n_channels} channel(s) (axes {axes!r}) but the denoiser was fitted on {fitted_channels}."
         )
-    if n_features is not None and images.n_features != n_features:
+    if fitted_features is not None and n_features != fitted_features:
         raise ValueError(
-            f"X has {images.n_features} features, but {estimator_name} is expecting {n_features} features as input."
+            f"X has {n_features} features, but {estimator_name} is expecting {fitted_features} features as input."
         )
 
 
@@ -256,12 +257,30 @@ def feature_names_out(image_shape, n_features, input_features=None):
     return names
 
 
-def check_unread_array(X):
-    """Numpy input's dtype and emptiness rules (:func:`check_image_array`, in its order) for an
-    array that is not read (dask, zarr): judged on a stand-in of ``X``'s dtype, of ``X``'s own
-    shape where it holds nothing, else of one pixel."""
+class UnreadImages(NamedTuple):
+    """An array that is not read here (zarr, dask: read patch by patch, or chunk by chunk), judged:
+    ``axes`` its layout, ``dtype`` the type numpy input of its dtype is read as (object: float64),
+    ``n_channels`` its channels (1 without ``C``)."""
+
+    array: Any
+    axes: str
+    dtype: np.dtype
+    n_channels: int
+
+
+def read_unread(X, axes):
+    """The entrance of an array that is not read (zarr, or dask, or a dask array on a zarr store):
+    the codecs of the store under it, numpy input's dtype and emptiness rules (:func:`check_image_array`,
+    in its order, on a stand-in of ``X``'s dtype: of ``X``'s own shape where it holds nothing, else of
+    one pixel), then its layout (:func:`layout_of`); nothing of ``X`` is read. Its values are checked
+    as they are read."""
+    check_source(X)  # a zarr array, or a dask array on one: its codecs before any chunk is read
     shape = tuple(X.shape)
-    check_image_array(np.zeros(shape if 0 in shape else (1,) * len(shape), dtype=X.dtype))
+    if any(not isinstance(n, (Integral, np.integer)) for n in shape):  # dask: nan for unknown chunk sizes
+        raise ValueError(f"X has chunks of unknown size (shape {shape}); call X.compute_chunk_sizes() first.")
+    dtype = _numeric_array(np.zeros(shape if 0 in shape else (1,) * len(shape), dtype=X.dtype)).dtype
+    layout = layout_of(shape, axes)
+    return UnreadImages(X, layout, dtype, shape[layout.index("C")] if "C" in layout else 1)
 
 
 def layout_of(shape, axes):
@@ -305,6 +324,11 @@ def check_image_array(X, name="X"):
     (no copy); object arrays of numbers are converted to float64.
     """
     check_source(X, name)  # a zarr array (or a dask array on one): its codecs, before any chunk is read
+    return _numeric_array(X, name)
+
+
+def _numeric_array(X, name="X"):
+    """:func:`check_image_array` after the source check: ``X`` as a numeric ndarray, or the error."""
     if _is_sparse(X):
         raise TypeError(
             f"Sparse data was passed for {name}, but dense data is required: images are dense. "
@@ -339,23 +363,44 @@ def check_image_array(X, name="X"):
             f"{name} is empty: found array with 0 sample(s) (shape={array.shape}) while a minimum of 1 is required."
         )
     if kind == "f":
-        finite = np.isfinite(array)
-        if not finite.all():
-            bad = np.argwhere(~finite)
-            first = tuple(int(i) for i in bad[0])
-            raise ValueError(
-                f"{name} contains {len(bad)} non-finite value(s) (NaN or inf); the first at index "
-                f"{first}. Replace them (e.g. np.nan_to_num or inpainting) before denoising."
-            )
+        check_finite(array, name)
     return array
 
 
-def fitted_images(X, axes, image_shape, spatial_ndim, n_channels, n_features, name):
-    """``X`` read (:func:`read_images`) as images a fitted denoiser of ``spatial_ndim``
-    dimensions and ``n_channels`` takes (rows of ``n_features`` values under ``image_shape``);
-    ``name`` (the estimator's class name) is used in the errors of :func:`check_fitted_layout`."""
+def check_finite(array, name="X"):
+    """Refuse non-finite values, naming how many and the first position: the one check of values that an
+    array read later (a dask chunk) still needs once its dtype and layout were judged unread."""
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        first = tuple(int(i) for i in bad[0])
+        raise ValueError(
+            f"{name} contains {len(bad)} non-finite value(s) (NaN or inf); the first at index "
+            f"{first}. Replace them (e.g. np.nan_to_num or inpainting) before denoising."
+        )
+
+
+def fitted_images(X, axes, image_shape, fitted, *, lazy=False):
+    """The one entrance of images for a fitted denoiser (``transform``, ``score``, a package's test image).
+
+    ``X`` is read (:func:`read_images`) and its layout compared with ``fitted``, the denoiser's
+    ``(ndim, n_channels, n_features, estimator_name)`` (:func:`check_fitted_layout`; rows of
+    ``n_features`` values under ``image_shape``). With ``lazy``, a dask array is judged unread
+    (:func:`read_unread`) and returned as :class:`UnreadImages`, for ``transform`` to denoise it chunk by
+    chunk; flattened rows (``image_shape``) are not read that way.
+    """
+    if lazy and is_dask_array(X):
+        if image_shape is not None:
+            raise ValueError(
+                f"image_shape={image_shape!r}: flattened rows are not supported for dask arrays; "
+                "reshape X to its images (e.g. X.reshape((-1, *image_shape))) and use a denoiser without "
+                "image_shape, or compute X and pass a numpy array."
+            )
+        unread = read_unread(X, axes)
+        check_fitted_layout(unread.axes, unread.n_channels, None, fitted)
+        return unread
     images = read_images(X, axes, image_shape)
-    check_fitted_layout(images, spatial_ndim, n_channels, n_features, name)
+    check_fitted_layout(images.axes, images.canonical.shape[1], images.n_features, fitted)
     return images
 
 

@@ -13,8 +13,8 @@ import math
 import numpy as np
 import torch
 
-from ..gateway.codecs import check_source, is_zarr_array
-from .axes import _CANONICAL, check_image_array, check_unread_array, is_dask_array, layout_of, to_canonical
+from ..gateway.codecs import is_zarr_array
+from .axes import _CANONICAL, check_image_array, is_dask_array, layout_of, read_unread, to_canonical
 from .normalize import normalize
 
 # Pixels per channel of the sample the statistics and the noise estimate are taken from.
@@ -139,11 +139,10 @@ def on_demand_images(X, axes):
     ValueError, TypeError
         For axes that do not fit, or a non-numeric dtype.
     """
-    check_source(X)  # a zarr array, or a dask array on one: its codecs before any chunk is read
-    if isinstance(X, np.ndarray):  # in memory, in a list with arrays read on demand: check it whole
-        check_image_array(X)
-    check_unread_array(X)  # numpy's dtype and emptiness rules, in numpy's order (then the layout)
-    layout = layout_of(X.shape, axes)
+    if isinstance(X, np.ndarray):  # in memory, in a list with arrays read on demand: checked whole
+        layout = layout_of(check_image_array(X).shape, axes)
+    else:
+        layout = read_unread(X, axes).axes
     spatial = [X.shape[layout.index(a)] for a in _CANONICAL[2:] if a in layout]
     samples = X.shape[layout.index("S")] if "S" in layout else 1
     return [OnDemandImage(X, layout, s, [0] * len(spatial), spatial) for s in range(samples)], layout

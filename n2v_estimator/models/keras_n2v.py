@@ -12,8 +12,6 @@ import json
 import math
 import os
 import re
-import tempfile
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,6 @@ from ..gateway.text import shown
 from ..nets.builder import expected_state
 from ..nets.unet import network_description
 from ..runtime.memory import network_values
-from .weights import write_model
 
 # A config.json is a few kB; anything far larger is not one.
 MAX_CONFIG_BYTES = 1 << 20
@@ -430,65 +427,3 @@ def model_document(folder, weights, default_params):
     document_params = {**default_params, **params}
     document_params["struct_mask"] = None if params["struct_mask"] is None else params["struct_mask"].tolist()
     return tensors, {"package_version": __version__, "params": document_params, "fitted": fitted}
-
-
-class N2VImportMixin:
-    """``from_n2v`` and ``from_n2v_config`` for the estimator."""
-
-    @classmethod
-    def from_n2v(cls, folder, *, weights="best", device=None):
-        """A fitted denoiser from a model folder of the TensorFlow ``n2v`` package.
-
-        Reads ``config.json`` and the Keras HDF5 weights with ``h5py`` (the ``[n2v]``
-        extra; TensorFlow is not needed, nothing is executed or unpickled), maps every
-        setting (docs: guide/from-n2v) and converts the weights, batch-norm statistics,
-        residual and output layer into this package's U-Net in n2v's layout. Its
-        ``transform`` gives n2v's ``predict`` (to float32 rounding) except within the
-        network's reach of the image's edges, where n2v's convolutions see zeros and
-        this package a mirrored halo. ``warm_start=True`` trains it further.
-
-        Parameters
-        ----------
-        folder : str or path-like
-            An n2v model folder (``config.json`` and ``weights_best.h5``).
-        weights : {"best", "last"} or str, default="best"
-            ``weights_best.h5``, ``weights_last.h5``, or the name of another ``.h5`` in the folder.
-        device : str or torch.device, optional
-            As in :meth:`load`.
-
-        Returns
-        -------
-        Noise2VoidDenoiser
-            Fitted; ``axes`` is ``"YX"`` or ``"ZYX"`` (``"YXC"``, ``"ZYXC"`` with channels).
-
-        Raises
-        ------
-        N2VModelError
-            For a folder, setting or weight this package cannot read or represent, named.
-        """
-        tensors, document = model_document(folder, weights, cls().get_params(deep=False))
-        with tempfile.TemporaryDirectory() as temporary:
-            path = Path(temporary) / "model.safetensors"
-            write_model(path, tensors, document)
-            return cls.load(path, device=device)
-
-    @classmethod
-    def from_n2v_config(cls, config):
-        """An unfitted denoiser with the training settings of an n2v ``N2VConfig``.
-
-        Parameters
-        ----------
-        config : dict, str or path-like
-            The configuration as a dict (``vars(N2VConfig(...))``), a ``config.json``, or
-            the model folder holding one.
-
-        Returns
-        -------
-        Noise2VoidDenoiser
-            Unfitted. What still trains differently (n2v's default mean absolute error
-            loss, its plateau schedule) is said in a warning and in the docs' table.
-        """
-        params, differences = config_parameters(read_config(config))
-        if differences:
-            warnings.warn("From the n2v configuration, " + "; ".join(differences) + ".", UserWarning, stacklevel=2)
-        return cls(**params)

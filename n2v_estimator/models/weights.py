@@ -173,21 +173,3 @@ def portable_network(model):
     what a pickle holds (one made on a GPU loads on a CPU-only machine) and
     what ``warm_start`` continues from."""
     return {"description": model.description, "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
-
-
-class PortablePickling:
-    """Pickling for an estimator that holds its network as ``model_``: the network travels
-    as its description and CPU weights (:func:`portable_network`), so that a pickle made
-    on a GPU loads on a machine without one, and is rebuilt on unpickling."""
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())  # a copy: object.__getstate__ returns __dict__ itself
-        if "model_" in state:
-            state["model_"] = portable_network(self.model_)
-        return state
-
-    def __setstate__(self, state):
-        network = state.get("model_")
-        super().__setstate__(state)
-        if isinstance(network, dict):
-            self.model_ = unet_with_weights(network["description"], network["weights"])

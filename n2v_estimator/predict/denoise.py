@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
-from functools import partial
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property, partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 
 from ..data.masking import BlindSpotMasker, hiding_manipulator
-from ..data.normalize import _broadcast, check_finite_output, denormalize, normalize
+from ..data.normalize import _broadcast, check_finite_output, check_representable, denormalize, normalize
 from ..nets.geometry import NetworkGeometry
 from ..nets.noise import posterior
 from ..runtime.compute import resolve_precision
@@ -34,6 +37,10 @@ from ..runtime.memory import check_prediction_memory
 from ..runtime.progress import progress_bar
 from .scoring import all_phases, phase_window
 from .tiling import predict_tiled, tile_geometry, tiles_per_batch, warn_if_seams
+
+if TYPE_CHECKING:
+    from ..nets.blindnet import BlindSpotNetwork
+    from ..nets.unet import UNet
 
 # Grid stride of the blind phases of the prior, per spatial dimensionality: a
 # 4x4 grid masks 6% of the pixels in a pass (training masks 2%, but with
@@ -154,6 +161,59 @@ class PredictPlan:
             manipulator=params["manipulator"],
             neighborhood_radius=params["neighborhood_radius"],
         )
+
+
+@dataclass
+class Denoiser:
+    """A fitted network and what it denoises with, as values: what ``transform``, ``score`` and each
+    chunk of a dask array call, built once per call of theirs.
+
+    ``settings`` are the estimator's parameters (``get_params()``), ``patch_shape`` the training
+    patches' shape and ``data_range`` the training data's per-channel ``(min, max)`` (``None`` for
+    model files of earlier versions). The :class:`PredictPlan` is resolved once, where the denoiser
+    runs: a dask worker that unpickles it resolves its own device. It pickles with its network on
+    the CPU, so that one made on a GPU runs on a machine without one.
+    """
+
+    model: UNet | BlindSpotNetwork
+    mean: np.ndarray
+    std: np.ndarray
+    data_range: tuple[np.ndarray, np.ndarray] | None
+    settings: Mapping[str, Any]
+    patch_shape: tuple[int, ...]
+
+    @cached_property
+    def plan(self) -> PredictPlan:
+        return PredictPlan.of(self.settings, self.patch_shape, self.model.description["ndim"])
+
+    @property
+    def neighborhood_radius(self) -> int:
+        return int(self.settings["neighborhood_radius"])
+
+    def __call__(
+        self,
+        images: np.ndarray,
+        dtype: DTypeLike = np.float32,
+        return_std: bool = False,
+        prior_only: bool = False,
+        verbose: bool | str | None = None,
+        grid_phase: Sequence[int] | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Denoise canonical ``(S, C, *spatial)`` images (original units in and out), after checking that
+        the network's float32 arithmetic can represent them (:func:`n2v_estimator.data.normalize.check_representable`);
+        ``verbose`` overrides the parameter, ``grid_phase`` the pooling grid's (a chunk of a larger image's,
+        for an imported n2v network). See :func:`denoise`."""
+        check_representable(images, self.mean, self.std, data_range=self.data_range)
+        plan = self.plan if verbose is None else replace(self.plan, verbose=verbose)
+        return denoise(
+            self.model.to(plan.device), images, self.mean, self.std, plan, dtype, return_std, prior_only, grid_phase
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {key: value for key, value in self.__dict__.items() if key != "plan"}  # resolved where it runs
+        if any(t.device.type != "cpu" for t in self.model.state_dict().values()):
+            state["model"] = copy.deepcopy(self.model).cpu()
+        return state
 
 
 def denoise(model, images, mean, std, plan, dtype=np.float32, return_std=False, prior_only=False, grid_phase=None):

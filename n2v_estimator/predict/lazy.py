@@ -11,21 +11,17 @@ dask is an optional dependency: it is imported inside the functions only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from .._extras import install_command
-from ..data.axes import (
-    check_fitted_layout,
-    check_image_array,
-    check_unread_array,
-    from_canonical,
-    layout_of,
-    read_images,
-    to_canonical,
-)
+from ..data.axes import UnreadImages, check_finite, from_canonical, to_canonical
 from ..data.normalize import output_dtype
-from ..gateway.codecs import check_source
 from ..nets.geometry import NetworkGeometry
+
+if TYPE_CHECKING:
+    from .denoise import Denoiser
 
 
 def _import_dask():
@@ -66,22 +62,19 @@ def halo_width(description, neighborhood_radius=0):
     return NetworkGeometry.of(description).chunk_halo(neighborhood_radius)
 
 
-def transform_lazy(estimator, X, return_std, denoise):
-    """Denoise a dask array lazily, chunk by chunk: ``estimator.transform`` for dask arrays.
+def transform_lazy(images: UnreadImages, denoise: Denoiser, return_std: bool) -> Any:
+    """Denoise a dask array lazily, chunk by chunk: ``transform`` for dask arrays.
 
     Parameters
     ----------
-    estimator : Noise2VoidDenoiser
-        Fitted, without ``image_shape`` (flattened rows are not supported lazily).
-    X : dask.array.Array
-        Images laid out as ``estimator.axes`` says (``None``: 2D is ``YX``,
-        3D is ``SYX``), with the channels seen in ``fit``; any numeric dtype.
+    images : UnreadImages
+        The dask array ``X`` as :func:`n2v_estimator.data.axes.fitted_images` judged it, unread: its
+        layout (with the channels seen in ``fit``) and the dtype numpy input of its dtype is read as.
+    denoise : Denoiser
+        The fitted network's in-memory denoising of canonical ``(S, C, *spatial)`` images, called on
+        each chunk (shipped once to each dask worker).
     return_std : bool
         Also return the posterior standard deviation (probabilistic models only).
-    denoise : callable
-        ``denoise(canonical, dtype=..., return_std=..., verbose=...)``: the estimator's
-        in-memory denoising of canonical ``(S, C, *spatial)`` images, called on each
-        chunk (shipped once to each dask worker, with the estimator it is bound to).
 
     Returns
     -------
@@ -103,10 +96,9 @@ def transform_lazy(estimator, X, return_std, denoise):
     Raises
     ------
     ValueError
-        At once, for ``image_shape``, an ``X`` unlike the training data
-        (dimensionality, channels), empty or not numeric, or ``return_std``
-        with a plain model. Values (non-finite, or too far from the training
-        data's range) are checked when a chunk is computed.
+        At once, for ``return_std`` with a plain model (``X`` itself was judged at the entrance).
+        Values (non-finite, or too far from the training data's range) are checked when a chunk is
+        computed.
 
     Notes
     -----
@@ -124,30 +116,20 @@ def transform_lazy(estimator, X, return_std, denoise):
     tiles on another grid than those of its last tile; chunks follow the last
     tile's grid (that of the whole image) everywhere.
 
-    The estimator enters the graph as one key: a distributed cluster ships it to
+    The denoiser enters the graph as one key: a distributed cluster ships it to
     each worker once, not with every task. Progress bars are off inside tasks;
     use dask's own (``dask.diagnostics.ProgressBar``, the dashboard). With the
     threaded scheduler, tasks share the process's torch threads: on a CPU, one
     dask thread per few cores, or ``torch.set_num_threads``, avoids oversubscription.
     """
-    from sklearn.utils.validation import check_is_fitted
-
     da, delayed = _import_dask()
-    check_is_fitted(estimator, "model_")
-    if estimator.image_shape is not None:
-        raise ValueError(
-            f"image_shape={estimator.image_shape!r}: flattened rows are not supported for dask arrays; "
-            "reshape X to its images (e.g. X.reshape((-1, *image_shape))) and use a denoiser without "
-            "image_shape, or compute X and pass a numpy array."
-        )
-    check_source(X)  # built on a zarr store: its codecs, before any chunk is read
-    layout, dtype = _check_layout(estimator, X)
-    network = estimator.model_.description
+    X, layout, dtype = images.array, images.axes, output_dtype(images.dtype)
+    network = denoise.model.description
     if return_std and network["noise_model"] is None:
         # The words of predict.denoise, which the in-memory transform raises.
         raise ValueError("return_std=True needs a probabilistic model: fit with noise_model set.")
 
-    halo = halo_width(network, estimator.neighborhood_radius)
+    halo = halo_width(network, denoise.neighborhood_radius)
     spatial = [i for i, letter in enumerate(layout) if letter in "ZYX"]
     if "C" in layout:
         X = X.rechunk({layout.index("C"): -1})
@@ -162,7 +144,7 @@ def transform_lazy(estimator, X, return_std, denoise):
     X = X.rechunk(tuple(chunks))
     padded = da.overlap.overlap(X, depth=depth, boundary="none")  # chunks fit the halo: no rechunk
 
-    # One key for the denoiser (and the estimator it holds): pickled once into the graph, sent once to each worker.
+    # One key for the denoiser (and the network it holds): pickled once into the graph, sent once to each worker.
     from dask.base import tokenize  # there: _import_dask found dask
 
     shipped = delayed(denoise, pure=True, traverse=False, name=f"n2v-denoiser-{tokenize(denoise)}")
@@ -210,22 +192,6 @@ def transform_lazy(estimator, X, return_std, denoise):
     return tuple(o if o.chunks == target_chunks else o.rechunk(target_chunks) for o in out)
 
 
-def _check_layout(estimator, X):
-    """Validate ``X``'s dtype, layout and channels as numpy ``transform`` does, in
-    the same order, without computing any of it; return its axes and the dtype
-    of the result."""
-    if any(np.isnan(n) for n in X.shape):
-        raise ValueError(f"X has chunks of unknown size (shape {X.shape}); call X.compute_chunk_sizes() first.")
-    axes = estimator.axes
-    # Stand-ins of X's dtype (X's own shape if it holds nothing, else one pixel; then one pixel
-    # with X's channels), read as numpy input is; guesses from the shape judge X's shape.
-    check_unread_array(X)
-    layout = layout_of(X.shape, axes)
-    images = read_images(np.zeros([n if a == "C" else 1 for a, n in zip(layout, X.shape)], X.dtype), axes, None)
-    check_fitted_layout(images, estimator.spatial_ndim_, estimator.n_channels_, None, type(estimator).__name__)
-    return images.axes, output_dtype(images.array.dtype)
-
-
 def _denoise_block(
     block, denoise, *, layout, depth, shape, multiple, in_dtype, out_dtype, return_std, phases=None, block_info=None
 ):
@@ -266,8 +232,11 @@ def _denoise_block(
             block_phases[layout[axis]] = (first + phases[axis]) % multiple
         cut.append(slice(lead, block.shape[axis] - tail))
         keep.append(slice(before - lead, before - lead + stop - start))
+    if block.dtype.kind == "O":  # numbers in objects, judged at the entrance: read as numpy input is
+        block = block.astype(np.float64)
     try:
-        block = check_image_array(block)
+        if block.dtype.kind == "f":  # its dtype and layout were judged unread, at the entrance; its values now
+            check_finite(block)
     except ValueError as exc:
         raise ValueError(f"{exc} (The index is within the block of X that starts at {tuple(origin)}.)") from exc
     canonical = to_canonical(block[tuple(cut)], layout)

@@ -19,24 +19,23 @@ optional extra, imported inside the functions only.
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import json
-import tempfile
 import textwrap
 import warnings
-import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .._extras import install_command
+from .._typing import PathLike
 from .._version import __version__
-from ..data.axes import fitted_images
 from ..data.normalize import denormalize, normalize
-from ..gateway.atomic import check_replace, remove, replace, temporary_beside
-from ..gateway.errors import ModelFileError
+from ..gateway.atomic import remove, replace, temporary_beside
 from ..images.metadata import make_calibration
 from ..nets.geometry import NetworkGeometry, round_up
 from ..nets.unet import (
@@ -81,7 +80,37 @@ CITATIONS = {
 }
 
 
-def _import_bioimageio():
+@dataclass(frozen=True)
+class ExportedDenoiser:
+    """A fitted denoiser as a package is made of it: values, and two callables of the estimator's.
+
+    ``params`` and ``defaults`` are its parameters and their defaults; ``model`` its network as the zoo's
+    runtime computes it (float32, on the CPU, in eval mode); ``mean``/``std`` the per-channel
+    normalisation; ``history`` its epochs; ``image_calibration`` the training files' pixel sizes
+    (``None``: unknown); ``test_images`` the test image as the estimator's entrance read it, canonical
+    ``(S, C, *spatial)``. ``transform`` denoises canonical images as the estimator's ``transform`` does
+    on that CPU copy; ``save`` writes the estimator's model file.
+    """
+
+    params: Mapping[str, Any]
+    defaults: Mapping[str, Any]
+    model: UNet
+    mean: np.ndarray
+    std: np.ndarray
+    patch_shape: tuple[int, ...]
+    history: Sequence[Mapping[str, Any]]
+    image_calibration: Mapping[str, Any] | None
+    test_images: np.ndarray
+    transform: Callable[[np.ndarray], np.ndarray]
+    save: Callable[[Path], None]
+
+    @property
+    def network(self) -> Mapping[str, Any]:
+        """The network's description (:func:`n2v_estimator.nets.unet.network_description`)."""
+        return self.model.description
+
+
+def import_bioimageio() -> tuple[Any, Any]:
     """``bioimageio.spec``, or an ``ImportError`` saying how to install it."""
     try:
         import bioimageio.spec as spec
@@ -112,7 +141,7 @@ class Noise2VoidNetwork(UNet):
 '''
 
 
-def architecture_source():
+def architecture_source() -> str:
     """A standalone Python module (torch only) defining ``Noise2VoidNetwork``:
     the package's U-Net (:class:`n2v_estimator.nets.unet.UNet`) with test-time augmentation
     (:func:`n2v_estimator.predict.tiling.augmentations`), both copied from their source, as
@@ -139,26 +168,23 @@ def architecture_source():
     return "\n\n\n".join(parts) + "\n" + _TTA
 
 
-def architecture_kwargs(estimator):
-    """The keyword arguments of ``Noise2VoidNetwork`` for ``estimator``'s network
-    (a masked U-Net: blind-spot networks are not exported)."""
-    description = estimator.model_.description
-    return {**{key: description[key] for key in _FIELDS if key != "blind_spot"}, "tta": bool(estimator.tta)}
+def architecture_kwargs(network: Mapping[str, Any], tta: bool) -> dict[str, Any]:
+    """The keyword arguments of ``Noise2VoidNetwork`` for a ``network`` description (a masked U-Net:
+    blind-spot networks are not exported), averaged over the augmentations with ``tta``."""
+    return {**{key: network[key] for key in _FIELDS if key != "blind_spot"}, "tta": bool(tta)}
 
 
 # ------------------------------------------------------------------ export
-def _check_exportable(estimator):
-    from sklearn.utils.validation import check_is_fitted
-
-    check_is_fitted(estimator, "model_")
-    if estimator.model_.description["noise_model"] is not None:
+def check_exportable(network: Mapping[str, Any]) -> None:
+    """Refuse what the zoo's runtime cannot run: a probabilistic model, a blind-spot network."""
+    if network["noise_model"] is not None:
         raise ValueError(
-            f"noise_model={estimator.noise_model!r}: a probabilistic Noise2Void model cannot be exported to the "
+            f"noise_model={network['noise_model']!r}: a probabilistic Noise2Void model cannot be exported to the "
             "BioImage Model Zoo: transform combines a prior predicted in many masked network passes with the noise "
             "model by Bayes' rule, which the zoo's runtime (one network pass per tile) cannot run. Export a plain "
             "model (noise_model=None), or share the model file that save() writes."
         )
-    if NetworkGeometry.of(estimator.model_.description).blind:
+    if NetworkGeometry.of(network).blind:
         raise ValueError(
             "blind_spot='network': a blind-spot network cannot be exported to the BioImage Model Zoo yet: the "
             "zoo's runtime extends images by mirroring, which shows the network the pixels near the edge it must "
@@ -167,55 +193,39 @@ def _check_exportable(estimator):
         )
 
 
-def _test_arrays(estimator, test_image, minimum):
+def _test_arrays(source: ExportedDenoiser, minimum: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The package's test data, each ``(1, C, *spatial)`` float32.
 
-    Returns the test input: the first image of ``test_image``, cropped around
-    its centre to at most :data:`TEST_SIDE` a side and a multiple of
-    ``2**depth`` (mirrored up to ``minimum`` if smaller); the network's output
-    on exactly that input, which ``bioimageio.core``'s model test reproduces
-    (it neither extends nor crops); the input's ``transform``, for the cover;
-    and the float32 CPU copy of the network.
+    Returns the test input: the first of ``source.test_images``, cropped around its centre to at
+    most :data:`TEST_SIDE` a side and a multiple of ``2**depth`` (mirrored up to ``minimum`` if
+    smaller); the network's output on exactly that input, which ``bioimageio.core``'s model test
+    reproduces (it neither extends nor crops); and the input's ``transform``, for the cover.
     """
-    expected_row = getattr(estimator, "n_features_in_", None) if estimator.image_shape is not None else None
-    images = fitted_images(
-        test_image,
-        estimator.axes,
-        estimator.image_shape,
-        estimator.spatial_ndim_,
-        estimator.n_channels_,
-        expected_row,
-        type(estimator).__name__,
-    ).canonical[:1]
-    multiple = NetworkGeometry.of(estimator.model_.description).pooling
+    images = source.test_images[:1]
+    multiple = NetworkGeometry.of(source.network).pooling
     index = []
     for n in images.shape[2:]:
-        side = max(min(n, TEST_SIDE[estimator.spatial_ndim_]) // multiple * multiple, minimum)
+        side = max(min(n, TEST_SIDE[source.network["ndim"]]) // multiple * multiple, minimum)
         start = max(0, n - side) // 2 // multiple * multiple
         index.append(mirror_index(start, start + side, n))
     images = np.ascontiguousarray(images[0][(slice(None),) + np.ix_(*index)][None], dtype=np.float32)
     # What the zoo's runtime computes: float32 on a CPU, no progress bar.
-    twin = copy.copy(estimator)
-    twin.model_ = copy.deepcopy(estimator.model_).cpu().float().eval()
-    twin.set_params(
-        device="cpu", precision="32", verbose=False, axes="SC" + "ZYX"[-estimator.spatial_ndim_ :], image_shape=None
-    )
     network = predict_tiled(
-        twin.model_,
+        source.model,
         images,
         images.shape[2:],
         (0,) * (images.ndim - 2),
         1,
         torch.device("cpu"),
         multiple=multiple,
-        tta=bool(estimator.tta),
-        prepare=lambda batch: normalize(batch, estimator.mean_, estimator.std_),
-        finish=lambda batch: denormalize(batch, estimator.mean_, estimator.std_, dtype=np.float32),
+        tta=bool(source.params["tta"]),
+        prepare=lambda batch: normalize(batch, source.mean, source.std),
+        finish=lambda batch: denormalize(batch, source.mean, source.std, dtype=np.float32),
     )
-    return images, network, twin.transform(images), twin.model_
+    return images, network, source.transform(images)
 
 
-def _cover(test_input, test_output, path):
+def _cover(test_input: np.ndarray, test_output: np.ndarray, path: Path) -> None:
     """Noisy and denoised side by side (the middle slice of a volume), as an 8-bit PNG."""
     from skimage import io
 
@@ -233,16 +243,16 @@ def _cover(test_input, test_output, path):
     io.imsave(path, np.concatenate([scale(before), gap, scale(after)], axis=1), check_contrast=False)
 
 
-def axis_calibration(estimator, spatial):
+def axis_calibration(saved: Mapping[str, Any] | None, spatial: Sequence[str]) -> dict[str, dict[str, Any]]:
     """Per spatial axis id (``"y"``, ``"x"``, ``"z"``) the spec's ``scale`` and ``unit`` from the
-    model's training calibration (``image_calibration_``, written by the command line), checked as
+    model's training calibration ``saved`` (``image_calibration_``, written by the command line), checked as
     any record is (:func:`n2v_estimator.images.metadata.make_calibration`: finite positive sizes,
     known units), a unit kept only where it is one of the spec's space units; ``{}`` where unknown."""
     from typing import get_args
 
     from bioimageio.spec.model import v0_5
 
-    saved = getattr(estimator, "image_calibration_", None) or {}
+    saved = saved or {}
     letters = "".join(axis.upper() for axis in spatial)
     record = make_calibration(saved.get("scale"), saved.get("unit"), None, letters)
     scale, unit = record.get("scale", {}), record.get("unit", {})
@@ -253,15 +263,15 @@ def axis_calibration(estimator, spatial):
     }
 
 
-def _documentation(estimator, name, description, halo, step, minimum):
+def _documentation(source: ExportedDenoiser, name: str, description: str, halo: int, step: int, minimum: int) -> str:
     """The package's README: what the model is, how it was trained, how to run it."""
-    params = estimator.get_params(deep=False)
-    defaults = {k: p.default for k, p in inspect.signature(type(estimator)).parameters.items()}
-    changed = {k: params[k] for k in non_default_parameters(params, defaults)}
-    history = estimator.history_
+    params = source.params
+    changed = {k: params[k] for k in non_default_parameters(params, source.defaults)}
+    history = source.history
+    ndim, channels = source.network["ndim"], source.network["in_channels"]
     last = history[-1] if history else {}
     best = min((h["val_loss"] for h in history if h.get("val_loss") is not None), default=None)
-    spatial = "ZYX"[-estimator.spatial_ndim_ :]
+    spatial = "ZYX"[-ndim:]
     return textwrap.dedent(f"""\
         # {name}
 
@@ -272,9 +282,9 @@ def _documentation(estimator, name, description, halo, step, minimum):
         n2v-estimator {__version__} (Noise2Void as a scikit-learn estimator on PyTorch).
 
         ## Input and output
-        - `raw`: {estimator.n_channels_} channel(s), {estimator.spatial_ndim_}D, axes batch, channel, {", ".join(spatial.lower())}.
+        - `raw`: {channels} channel(s), {ndim}D, axes batch, channel, {", ".join(spatial.lower())}.
           Any numeric type; it is normalised with the training data's per-channel mean
-          {[round(float(m), 6) for m in estimator.mean_]} and standard deviation {[round(float(s), 6) for s in estimator.std_]}.
+          {[round(float(m), 6) for m in source.mean]} and standard deviation {[round(float(s), 6) for s in source.std]}.
         - `denoised`: the same shape, in the input's intensity units (float32).
         - The network sees {halo} pixels around each output pixel (the halo): the runtime extends the image by
           that many mirrored pixels at its edges and tiles with that overlap, exactly as `transform` does.
@@ -282,8 +292,8 @@ def _documentation(estimator, name, description, halo, step, minimum):
 
         ## Training
         - Parameters that differ from the defaults: `{json.dumps(changed, default=str)}`.
-        - Network: `{json.dumps(architecture_kwargs(estimator))}`.
-        - Patches {"x".join(map(str, estimator.patch_shape_))}; {len(history)} epochs; last training loss
+        - Network: `{json.dumps(architecture_kwargs(source.network, params["tta"]))}`.
+        - Patches {"x".join(map(str, source.patch_shape))}; {len(history)} epochs; last training loss
           {last.get("train_loss", float("nan")):.4g}; best validation loss {"n/a" if best is None else f"{best:.4g}"}.
 
         ## Use
@@ -298,7 +308,7 @@ def _documentation(estimator, name, description, halo, step, minimum):
         """)
 
 
-def _authors(authors, v0_5):
+def _authors(authors: Any, v0_5: Any) -> list[Any]:
     if isinstance(authors, (str, dict)):
         authors = [authors]
     if not authors:
@@ -309,28 +319,37 @@ def _authors(authors, v0_5):
     return [v0_5.Author(name=a) if isinstance(a, str) else v0_5.Author(**a) for a in authors]
 
 
-def export(estimator, path, test_image, *, name, description, authors, license="CC-BY-4.0", tags=()):
-    """The work of :meth:`Noise2VoidDenoiser.export_bioimageio`; returns the path written."""
-    _check_exportable(estimator)
-    spec, v0_5 = _import_bioimageio()
+def export(
+    source: ExportedDenoiser,
+    path: PathLike,
+    *,
+    name: str,
+    description: str,
+    authors: Any,
+    license: str = "CC-BY-4.0",
+    tags: Sequence[str] = (),
+) -> Path:
+    """Write the package of ``source`` to ``path`` (the work of :meth:`Noise2VoidDenoiser.export_bioimageio`,
+    whose documentation says what it holds); returns the path written. ``source`` holds a network the zoo
+    can run (:func:`check_exportable`, which the estimator asks before it reads the test image)."""
+    spec, v0_5 = import_bioimageio()
 
     path = Path(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist.")
-    network = estimator.model_.description
-    geometry = NetworkGeometry.of(network)
+    geometry = NetworkGeometry.of(source.network)
     halo, step = geometry.halo, geometry.pooling
     # The spec wants more than two halos per side; the runtime checks the sides of
     # the image as given (before it adds the halo): multiples of the step from there.
     minimum = round_up(2 * halo + 1, step)
-    test_input, test_output, cover_output, model = _test_arrays(estimator, test_image, minimum)
-    kwargs = architecture_kwargs(estimator)
-    source = architecture_source()
+    test_input, test_output, cover_output = _test_arrays(source, minimum)
+    kwargs = architecture_kwargs(source.network, source.params["tta"])
+    architecture = architecture_source()
     # The zoo's state dict is the standalone architecture's: the same keys as ours.
-    network_module = {}
-    exec(compile(source, ARCHITECTURE_FILE, "exec"), network_module)  # our own source
+    network_module: dict[str, Any] = {}
+    exec(compile(architecture, ARCHITECTURE_FILE, "exec"), network_module)  # our own source
     standalone = network_module["Noise2VoidNetwork"](**kwargs)
-    standalone.load_state_dict(model.state_dict())
+    standalone.load_state_dict(source.model.state_dict())
     standalone.eval()
 
     # The package's files are gathered in a locked temporary folder beside `path` (removed by the
@@ -338,7 +357,7 @@ def export(estimator, path, test_image, *, name, description, authors, license="
     with temporary_beside(path, folder=True) as work, _removed_after(work):
         np.save(work / "test_input.npy", test_input)
         np.save(work / "test_output.npy", test_output)
-        (work / ARCHITECTURE_FILE).write_text(source)
+        (work / ARCHITECTURE_FILE).write_text(architecture)
         torch.save(standalone.state_dict(), work / "weights.pt")
         # TorchScript is the zoo's format, deprecated in torch but read by deepImageJ. The trace keeps
         # the size branches of an input of the declared step, which the runtime always gives.
@@ -347,12 +366,12 @@ def export(estimator, path, test_image, *, name, description, authors, license="
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(standalone, torch.from_numpy(test_input), check_trace=False)
         traced.save(str(work / "weights_torchscript.pt"))
-        estimator.save(work / MODEL_FILE)
+        source.save(work / MODEL_FILE)
         _cover(test_input, cover_output, work / "cover.png")
-        (work / "README.md").write_text(_documentation(estimator, name, description, halo, step, minimum))
+        (work / "README.md").write_text(_documentation(source, name, description, halo, step, minimum))
 
         descr = _description(
-            v0_5, work, estimator, kwargs, (name, description, authors, license, tags), (minimum, step, halo)
+            v0_5, work, source, kwargs, (name, description, authors, license, tags), (minimum, step, halo)
         )
         # Written whole under a temporary name beside `path`, then renamed into place.
         partial = work / "package.zip"
@@ -361,26 +380,33 @@ def export(estimator, path, test_image, *, name, description, authors, license="
     return path
 
 
-def _description(v0_5, work, estimator, kwargs, about, sizes):
+def _description(
+    v0_5: Any,
+    work: Path,
+    source: ExportedDenoiser,
+    kwargs: Mapping[str, Any],
+    about: tuple[str, str, Any, str, Sequence[str]],
+    sizes: tuple[int, int, int],
+) -> Any:
     """The package's model description (spec 0.5) over the files in ``work``: ``about`` is
     ``(name, description, authors, license, tags)``, ``sizes`` the input's ``(minimum, step)``
     per side and the output's ``halo``; ``kwargs`` the architecture's arguments. Long: it is
     one literal, as the spec nests it."""
     name, description, authors, license, tags = about
     minimum, step, halo = sizes
-    network = estimator.model_.description
+    network = source.network
     ndim, channels = network["ndim"], network["in_channels"]
     torch_version = v0_5.Version(torch.__version__.split("+")[0])
     names = [v0_5.Identifier(f"channel{i}") for i in range(channels)]
     spatial = [v0_5.AxisId(a) for a in "zyx"[-ndim:]]
-    calibrated = axis_calibration(estimator, spatial)  # the training files' pixel sizes, on the axes
+    calibrated = axis_calibration(source.image_calibration, spatial)  # the training files' pixel sizes, on the axes
     raw, denoised = v0_5.TensorId("raw"), v0_5.TensorId("denoised")
     along_channels = dict(axis=v0_5.AxisId("channel"))
-    mean, std = [float(m) for m in estimator.mean_], [float(s) for s in estimator.std_]
+    mean, std = [float(m) for m in source.mean], [float(s) for s in source.std]
     variant = (
         ["n2v"]
         + (["n2v2"] if network["blurpool"] or network["skip_skipone"] else [])
-        + (["structn2v"] if estimator.struct_mask is not None else [])
+        + (["structn2v"] if source.params["struct_mask"] is not None else [])
     )
     return v0_5.ModelDescr(
         name=name,
@@ -456,200 +482,8 @@ def _description(v0_5, work, estimator, kwargs, about, sizes):
 
 
 @contextlib.contextmanager
-def _removed_after(folder):
+def _removed_after(folder: Path) -> Iterator[None]:
     try:
         yield
     finally:
         remove(folder)
-
-
-# ------------------------------------------------------------------ import
-def _copy_bounded(source, sink, limit, what):
-    """Copy ``source`` to ``sink`` in pieces, refusing more than ``limit`` bytes.
-
-    zipfile already stops at a member's declared size; the count keeps the
-    bound here, whatever reads the member.
-    """
-    copied = 0
-    while chunk := source.read(2**20):
-        copied += len(chunk)
-        if copied > limit:
-            raise ModelFileError(f"{what} inflates past the {limit} bytes it declares: the zip is damaged or forged.")
-        sink.write(chunk)
-
-
-def _load_description(spec, path):
-    """``bioimageio.spec``'s description of the package, its failures as :class:`ModelFileError`."""
-    try:
-        return spec.load_description(str(path), perform_io_checks=True)  # checks every file's sha256
-    except ImportError:
-        raise
-    except Exception as exc:
-        raise ModelFileError(
-            f"{path} could not be read as a BioImage Model Zoo package by bioimageio.spec "
-            f"({type(exc).__name__}: {str(exc)[:300]})."
-        ) from exc
-
-
-def from_package(cls, path, device=None):
-    """The work of :meth:`Noise2VoidDenoiser.from_bioimageio`."""
-    from ..gateway.zipcheck import MAX_MODEL_BYTES, check_package
-
-    path = Path(path)
-    if not zipfile.is_zipfile(path):
-        raise ModelFileError(f"{path} is not a BioImage Model Zoo package (a zip file holding rdf.yaml).")
-    # A stranger's zip: bounded, free of YAML that expands or builds objects, naming only its own files,
-    # before bioimageio.spec is imported (seconds) and reads it.
-    members = set(check_package(path, MODEL_FILE))
-    spec, v0_5 = _import_bioimageio()
-    if "rdf.yaml" not in members and "bioimageio.yaml" not in members:
-        raise ModelFileError(f"{path} holds no rdf.yaml: it is not a BioImage Model Zoo package.")
-    descr = _load_description(spec, path)
-    if not isinstance(descr, v0_5.ModelDescr):
-        errors = [e.msg for d in descr.validation_summary.details for e in d.errors] or ["(no details)"]
-        raise ModelFileError(
-            f"{path} is not a valid BioImage Model Zoo model of spec 0.5 ({type(descr).__name__}): {errors[0][:300]}"
-        )
-    ours = (descr.config.model_extra or {}).get(CONFIG_KEY) if descr.config is not None else None
-    model_file = ours.get("model_file") if isinstance(ours, dict) else None
-    attached = {Path(str(getattr(a.source, "path", a.source))).name for a in descr.attachments}
-    if model_file is None or model_file not in attached or model_file not in members:
-        raise ModelFileError(
-            f"{path} was not exported by n2v-estimator (its config has no {CONFIG_KEY!r} entry naming an attached "
-            "model file), so it cannot be represented as a Noise2VoidDenoiser; run it with bioimageio.core instead."
-        )
-    with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory(prefix=".n2v-bioimageio-") as work:
-        info = archive.getinfo(model_file)
-        if info.file_size > MAX_MODEL_BYTES:  # the config may name a member other than MODEL_FILE
-            raise ModelFileError(
-                f"{path}: the model file {model_file!r} declares {info.file_size} bytes, more than the "
-                f"{MAX_MODEL_BYTES} of the largest network n2v-estimator reads."
-            )
-        target = Path(work) / MODEL_FILE
-        with archive.open(info) as source, open(target, "wb") as sink:
-            _copy_bounded(source, sink, info.file_size, f"{path}: the model file {model_file!r}")
-        return cls.load(target, device=device)
-
-
-class BioImageIOMixin:
-    """BioImage Model Zoo export and import for :class:`Noise2VoidDenoiser`."""
-
-    def export_bioimageio(
-        self, path, test_image, *, name, description, authors, license="CC-BY-4.0", tags=(), overwrite=False
-    ):
-        """Write the fitted denoiser as a BioImage Model Zoo model (a zip, spec 0.5).
-
-        Fiji (deepImageJ), napari, ilastik, QuPath and ``bioimageio.core`` run
-        the package; their prediction is this denoiser's ``transform`` with
-        ``precision="32"`` (to float32 rounding), tiles and image edges
-        included. Needs the ``[bioimageio]`` extra; works offline.
-
-        Parameters
-        ----------
-        path : str or path-like
-            The zip to write; written under a temporary name and renamed into
-            place, so an existing file is never left half-written.
-        test_image : array-like
-            An image laid out as in ``fit`` (e.g. one of the training images);
-            its first image, cropped around its centre to at most 256 pixels a
-            side (64 in 3D), and its ``transform`` become the package's test
-            data and cover picture (noisy beside denoised).
-        name : str
-            The model's name (at least 5 characters).
-        description : str
-            One or two sentences: what images the model is for.
-        authors : str, dict or list of those
-            Names, or dicts with ``name`` and optionally ``affiliation``,
-            ``email``, ``github_user``, ``orcid``.
-        license : str, default="CC-BY-4.0"
-            An SPDX license identifier for the model.
-        tags : sequence of str, default=()
-            Tags beside the ones added for the method and dimensionality.
-        overwrite : bool, default=False
-            Replace an existing ``path``; without it, an existing one is refused
-            (``FileExistsError``) before any work.
-
-        Returns
-        -------
-        pathlib.Path
-            ``path``.
-
-        Raises
-        ------
-        ValueError
-            For a probabilistic model (``noise_model`` set: ``transform`` needs
-            many masked passes and the noise model, which the zoo's runtime
-            cannot run), or a ``test_image`` unlike the training data.
-        ImportError
-            Without ``bioimageio.spec``/``bioimageio.core``.
-
-        Notes
-        -----
-        The package holds the network as ``pytorch_state_dict`` (with a
-        standalone copy of the U-Net's source, torch only) and
-        ``torchscript``; the normalisation with the fitted ``mean_`` and
-        ``std_`` as preprocessing and its inverse as ``scale_linear``
-        postprocessing; the halo (the network's reach, rounded up to a
-        multiple of ``2**depth``) on each spatial output axis and the tile
-        step ``2**depth``; with ``tta=True``, the averaging over the 8
-        augmentations inside the network; a README with the training
-        parameters and history; and the denoiser's own model file, which
-        :meth:`from_bioimageio` reads.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from n2v_estimator import Noise2VoidDenoiser
-        >>> noisy = np.random.default_rng(0).normal(100, 10, (64, 64)).astype("float32")
-        >>> est = Noise2VoidDenoiser(max_epochs=1, steps_per_epoch=2, batch_size=2, patch_size=32,
-        ...                          n_filters=4, verbose=False, random_state=0).fit(noisy)
-        >>> import tempfile, os
-        >>> folder = tempfile.mkdtemp()
-        >>> est.export_bioimageio(os.path.join(folder, "model.zip"), noisy, name="Noise2Void demo",
-        ...                       description="Denoises a demo image.", authors="Jane Doe")  # doctest: +ELLIPSIS
-        PosixPath('.../model.zip')
-        >>> again = Noise2VoidDenoiser.from_bioimageio(os.path.join(folder, "model.zip"))
-        >>> bool((again.transform(noisy) == est.transform(noisy)).all())
-        True
-        """
-        check_replace(path, overwrite)
-        return export(
-            self, path, test_image, name=name, description=description, authors=authors, license=license, tags=tags
-        )
-
-    @classmethod
-    def from_bioimageio(cls, path, *, device=None):
-        """Read a BioImage Model Zoo package written by :meth:`export_bioimageio`.
-
-        The zip is first judged from its directory and its YAML without
-        extracting anything (:mod:`n2v_estimator.gateway.zipcheck`: member count, paths, declared
-        sizes and compression ratios, no YAML anchors, aliases or non-core
-        tags), so a hostile package is refused in a fraction of a second;
-        then it is validated by ``bioimageio.spec`` (every file's checksum
-        included), and the denoiser is read from the model file it carries,
-        as :meth:`load` reads it: tensors and JSON only, nothing unpickled.
-        Its ``transform`` is the exported denoiser's, bit for bit.
-
-        Parameters
-        ----------
-        path : str or path-like
-            The package (zip).
-        device : str or torch.device, optional
-            As in :meth:`load`.
-
-        Returns
-        -------
-        Noise2VoidDenoiser
-            Fitted.
-
-        Raises
-        ------
-        ModelFileError
-            For a file that is not a valid spec 0.5 model package, a zip
-            bomb, unsafe paths or YAML (see :func:`n2v_estimator.gateway.zipcheck.check_package`),
-            or a package not exported by n2v-estimator (another architecture
-            cannot be represented: run it with ``bioimageio.core``).
-        ImportError
-            Without ``bioimageio.spec`` or PyYAML.
-        """
-        return from_package(cls, path, device)
