@@ -15,7 +15,7 @@ import re
 DISTRIBUTION = "n2v-estimator"
 
 
-def install_command(extra):
+def install_command(extra: str) -> str:
     """``pip install "tifffile" (the [tiff] extra)``: the requirements of ``extra`` as the installed package
     declares them; ``pip install "n2v-estimator[extra]"`` where its metadata is not there.
 

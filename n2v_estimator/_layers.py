@@ -22,7 +22,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("fit",),  # training: the plan, the loop, several devices, the calibration check
     ("models",),  # model files, Model Zoo packages, n2v's Keras models
     ("exchange",),  # the estimator's own methods of exchange (pickling, the zoo, n2v), as mixins beside it
-    ("_plot", "estimator"),  # the scikit-learn estimator (and its training curve)
+    ("estimator",),  # the scikit-learn estimator
+    ("_plot",),  # a fitted estimator's training curve
     ("cli", "napari", "__init__"),  # the entrances: the command, the napari plugin, the package's names
 )
 

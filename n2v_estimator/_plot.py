@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
 from ._extras import install_command
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
-def plot_history(history, keys=("train_loss", "val_loss"), ax=None):
+    from .estimator import Noise2VoidDenoiser
+
+
+def plot_history(
+    history: Noise2VoidDenoiser | Sequence[Mapping[str, Any]],
+    keys: Sequence[str] = ("train_loss", "val_loss"),
+    ax: Axes | None = None,
+) -> Axes:
     """Plot a denoiser's training record, epoch by epoch (like n2v's ``plot_history``).
 
     Parameters

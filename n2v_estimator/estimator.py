@@ -2,26 +2,35 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._constraints import Interval, Options, StrOptions
-from .data.axes import UnreadImages, feature_names_out, fitted_images, from_canonical, is_image_list
-from .data.masking import MANIPULATORS
+from ._typing import ImagesLike
+from .data.axes import Images, UnreadImages, feature_names_out, fitted_images, from_canonical, is_image_list
+from .data.manipulators import MANIPULATORS
 from .data.normalize import in_requested_dtype, output_dtype
 from .exchange import BioImageIOMixin, ModelFileMixin, N2VImportMixin, PortablePickling
-from .fit.plan import Previous, make_plan
+from .fit.plan import make_plan
+from .fit.starting_point import WarmStartState
 from .models.weights import portable_network
 from .nets.unet import ARCHITECTURE_CONSTRAINTS
 from .predict.denoise import Denoiser
 from .predict.lazy import transform_lazy
 from .predict.scoring import clean_images, j_invariant_mse, pooled_score
 from .runtime.compute import PRECISIONS
+
+if TYPE_CHECKING:
+    from .nets.blindnet import BlindSpotNetwork
+    from .nets.unet import UNet
 
 
 class Noise2VoidDenoiser(
@@ -224,40 +233,40 @@ class Noise2VoidDenoiser(
     def __init__(
         self,
         *,
-        axes=None,
-        patch_size=None,
-        batch_size=16,
-        max_epochs=None,
-        steps_per_epoch=50,
-        learning_rate=1e-3,
-        masked_pixel_percentage=2.0,
-        manipulator="uniform_withCP",
-        neighborhood_radius=2,
-        struct_mask=None,
-        depth=2,
-        n_filters=32,
-        kernel_size=3,
-        batch_norm=None,
-        residual=False,
-        blurpool=False,
-        skip_skipone=False,
-        independent_channels=True,
-        blind_spot=None,
-        validation_fraction=0.1,
-        tile_size=None,
-        tile_overlap=None,
-        tta=False,
-        noise_model=None,
-        image_shape=None,
-        dtype="float",
-        warm_start=False,
-        n_score_phases=4,
-        n_devices=1,
-        random_state=None,
-        device="auto",
-        precision="auto",
-        verbose="auto",
-    ):
+        axes: str | None = None,
+        patch_size: int | Sequence[int] | None = None,
+        batch_size: int = 16,
+        max_epochs: int | None = None,
+        steps_per_epoch: int = 50,
+        learning_rate: float = 1e-3,
+        masked_pixel_percentage: float = 2.0,
+        manipulator: str = "uniform_withCP",
+        neighborhood_radius: int = 2,
+        struct_mask: ArrayLike | None = None,
+        depth: int = 2,
+        n_filters: int = 32,
+        kernel_size: int = 3,
+        batch_norm: bool | None = None,
+        residual: bool = False,
+        blurpool: bool = False,
+        skip_skipone: bool = False,
+        independent_channels: bool = True,
+        blind_spot: str | None = None,
+        validation_fraction: float = 0.1,
+        tile_size: int | Sequence[int] | None = None,
+        tile_overlap: int | Sequence[int] | None = None,
+        tta: bool = False,
+        noise_model: str | float | None = None,
+        image_shape: Sequence[int] | None = None,
+        dtype: str = "float",
+        warm_start: bool = False,
+        n_score_phases: int = 4,
+        n_devices: int | str = 1,
+        random_state: int | np.random.RandomState | None = None,
+        device: str | torch.device = "auto",
+        precision: str | int = "auto",
+        verbose: bool | int | str = "auto",
+    ) -> None:
         self.axes = axes
         self.patch_size = patch_size
         self.batch_size = batch_size
@@ -293,7 +302,7 @@ class Noise2VoidDenoiser(
         self.verbose = verbose
 
     # ------------------------------------------------------------------- fit
-    def fit(self, X, y=None):
+    def fit(self, X: ImagesLike, y: object = None) -> Noise2VoidDenoiser:
         """Train the denoiser on noisy images.
 
         Parameters
@@ -331,16 +340,8 @@ class Noise2VoidDenoiser(
         was_fitted = hasattr(self, "model_")
         if result.history:
             history = (self.history_ if plan.continuing else []) + result.history
-            self._set_fitted(
-                model,
-                plan.mean,
-                plan.std,
-                plan.patch_shape,
-                history,
-                plan.n_features,
-                plan.data_range,
-                result.calibration,
-            )
+            statistics = (plan.mean, plan.std, plan.patch_shape)
+            self._set_fitted(model, *statistics, history, plan.n_features, plan.data_range, result.calibration)
         result.raise_if_stopped_early(was_fitted)
         return self
 
@@ -349,22 +350,22 @@ class Noise2VoidDenoiser(
         if self.warm_start and hasattr(self, "model_"):
             network = portable_network(self.model_)
             data_range = (self.data_min_, self.data_max_) if hasattr(self, "data_min_") else None
-            return Previous(
+            return WarmStartState(
                 network["description"], network["weights"], self.mean_, self.std_, len(self.history_), data_range
             )
 
     def _set_fitted(
         self,
-        model,
-        mean,
-        std,
-        patch_shape,
-        history,
-        n_features=None,
-        data_range=None,
-        calibration=None,
-        image_calibration=None,
-    ):
+        model: UNet | BlindSpotNetwork,
+        mean: np.ndarray,
+        std: np.ndarray,
+        patch_shape: Sequence[int],
+        history: Sequence[dict[str, Any]],
+        n_features: int | None = None,
+        data_range: tuple[ArrayLike, ArrayLike] | None = None,
+        calibration: dict[str, Any] | None = None,
+        image_calibration: dict[str, Any] | None = None,
+    ) -> None:
         """Set every fitted attribute, in one place (``fit`` and ``load``) and one step: the previous ones go."""
         fitted = {
             "model_": model.eval(),
@@ -386,7 +387,7 @@ class Noise2VoidDenoiser(
         self.__dict__ = {**state, **{k: v for k, v in fitted.items() if v is not None}}
 
     # ------------------------------------------------------------- transform
-    def transform(self, X, return_std=False):
+    def transform(self, X: ImagesLike, return_std: bool = False) -> Any:
         """Denoise images.
 
         Parameters
@@ -418,35 +419,37 @@ class Noise2VoidDenoiser(
         if is_image_list(X, self.image_shape, self.axes):
             out = [self.transform(x, return_std) for x in X]
             return tuple(list(o) for o in zip(*out)) if return_std else out
-        images, denoise = self._fitted_images(X, lazy=True), self._denoiser()
+        images = fitted_images(X, self.axes, self.image_shape, self._fitted(), lazy=True)
+        denoise = self._denoiser()
         if isinstance(images, UnreadImages):  # a dask array: denoised chunk by chunk, when computed
             return in_requested_dtype(transform_lazy(images, denoise, return_std), X.dtype, self.dtype)
-        out = denoise(images.canonical, output_dtype(images.array.dtype), return_std=return_std)
-        out = [
-            np.ascontiguousarray(from_canonical(o, images.axes)).reshape(images.array.shape)
-            for o in (out if return_std else [out])
-        ]
+        denoised = denoise(images.canonical, output_dtype(images.array.dtype), return_std=return_std)
+        parts = denoised if isinstance(denoised, tuple) else (denoised,)  # (mean, std) with return_std
+        out = [np.ascontiguousarray(from_canonical(o, images.axes)).reshape(images.array.shape) for o in parts]
         return in_requested_dtype(tuple(out) if return_std else out[0], images.array.dtype, self.dtype)
 
-    def get_feature_names_out(self, input_features=None):
+    def get_feature_names_out(self, input_features: ArrayLike | None = None) -> np.ndarray:
         """Column names of ``transform``'s output of flattened images (``image_shape``): ``x0``, ``x1``, ..."""
         check_is_fitted(self, "model_")
         return feature_names_out(self.image_shape, getattr(self, "n_features_in_", None), input_features)
 
-    def _fitted_images(self, X, lazy=False):
-        """``X`` read as images a fitted denoiser can take (a dask array, with ``lazy``, judged unread)."""
+    def _fitted(self) -> tuple[int, int, int | None, str]:
+        """What a fitted denoiser takes: ``(ndim, n_channels, row length under image_shape or None, name)``."""
         check_is_fitted(self, "model_")
         expected_row = getattr(self, "n_features_in_", None) if self.image_shape is not None else None
-        fitted = (self.spatial_ndim_, self.n_channels_, expected_row, type(self).__name__)
-        return fitted_images(X, self.axes, self.image_shape, fitted, lazy=lazy)
+        return self.spatial_ndim_, self.n_channels_, expected_row, type(self).__name__
 
-    def _denoiser(self):
+    def _fitted_images(self, X: ImagesLike) -> Images:
+        """``X`` read as images a fitted denoiser can take."""
+        return fitted_images(X, self.axes, self.image_shape, self._fitted())
+
+    def _denoiser(self) -> Denoiser:
         """The fitted network and what it denoises with, as values (``transform``, ``score``, dask chunks)."""
         data_range = (self.data_min_, self.data_max_) if hasattr(self, "data_min_") else None
         return Denoiser(self.model_, self.mean_, self.std_, data_range, self.get_params(), self.patch_shape_)
 
     # ----------------------------------------------------------------- score
-    def score(self, X, y=None):
+    def score(self, X: ImagesLike, y: ArrayLike | None = None) -> float:
         """How well the denoiser fits ``X``; higher is better.
 
         Parameters
@@ -483,7 +486,7 @@ class Noise2VoidDenoiser(
         blind = partial(self._denoiser(), dtype=output_dtype(images.array.dtype), prior_only=True)
         return -j_invariant_mse(blind, images.canonical, self.n_score_phases)
 
-    def __sklearn_tags__(self):
+    def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]

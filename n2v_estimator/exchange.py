@@ -29,11 +29,13 @@ from .models.keras_n2v import config_parameters, model_document, read_config
 from .models.weights import portable_network, read_estimator, unet_with_weights, write_model
 from .models.zoo_export import ExportedDenoiser, check_exportable, export
 from .models.zoo_import import from_package
+from .nets.unet import UNet
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from .nets.unet import UNet
+    from .data.axes import Images
+    from .nets.blindnet import BlindSpotNetwork
 
 
 class _Estimator:
@@ -41,7 +43,7 @@ class _Estimator:
     estimator defines all of it); nothing at run time."""
 
     if TYPE_CHECKING:
-        model_: UNet
+        model_: UNet | BlindSpotNetwork
         mean_: np.ndarray
         std_: np.ndarray
         patch_shape_: tuple[int, ...]
@@ -56,8 +58,8 @@ class _Estimator:
         def _validate_params(self) -> None: ...
         @classmethod
         def _get_param_names(cls) -> list[str]: ...
-        def _fitted_images(self, X: ImagesLike, lazy: bool = False) -> Any: ...
-        def _set_fitted(self, model: UNet, **fitted: Any) -> None: ...
+        def _fitted_images(self, X: ImagesLike) -> Images: ...
+        def _set_fitted(self, *args: Any, **kwargs: Any) -> None: ...
         def save(self, path: PathLike, *, overwrite: bool = False) -> None: ...
         @classmethod
         def load(cls, path: PathLike, *, device: str | torch.device | None = None) -> Self: ...
@@ -235,14 +237,17 @@ class BioImageIOMixin(_Estimator):
     def _exported(self, test_image: ImagesLike) -> ExportedDenoiser:
         """This denoiser as a package is made of it (:class:`ExportedDenoiser`): its values, its test image read
         at its entrance, and a float32 CPU twin's ``transform``, as the zoo's runtime computes."""
+        network = copy.deepcopy(self.model_).cpu().float().eval()
+        if not isinstance(network, UNet):  # refused before by check_exportable: a blind-spot network
+            raise TypeError(f"{type(network).__name__} is not exported to the BioImage Model Zoo.")
         twin = copy.copy(self)
-        twin.model_ = copy.deepcopy(self.model_).cpu().float().eval()
+        twin.model_ = network
         axes = "SC" + "ZYX"[-self.spatial_ndim_ :]
         twin.set_params(device="cpu", precision="32", verbose=False, axes=axes, image_shape=None)
         return ExportedDenoiser(
             params=self.get_params(deep=False),
             defaults={k: p.default for k, p in inspect.signature(type(self)).parameters.items()},
-            model=twin.model_,
+            model=network,
             mean=self.mean_,
             std=self.std_,
             patch_shape=self.patch_shape_,

@@ -98,7 +98,7 @@ def both_cpu_kinds(request, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _settings_said_afresh():
-    """What a process says once of the settings it changed (fit/plan.py) is said again in each test."""
-    from n2v_estimator.fit import plan
+    """What a process says once of the settings it changed (fit/checks.py) is said again in each test."""
+    from n2v_estimator.fit import checks
 
-    plan._SAID.clear()
+    checks._ALREADY_SAID.clear()

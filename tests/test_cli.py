@@ -13,7 +13,8 @@ import pytest
 from n2v_estimator import Noise2VoidDenoiser
 from n2v_estimator.cli import build_parser, estimator_signature, main, parameter_help, parameter_value
 from n2v_estimator.fit import training as _training
-from n2v_estimator.images import files as _io
+from n2v_estimator.images import chunks as _chunks
+from n2v_estimator.images import files as _files
 
 tifffile = pytest.importorskip("tifffile")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -151,6 +152,17 @@ def test_help_describes_noise2void_with_examples_and_version(capsys):
     assert status == 0 and out.startswith("n2v-estimator 0.")
 
 
+def test_the_command_runs_as_a_module_as_torchrun_starts_it():
+    """``python -m n2v_estimator.cli`` (what ``torchrun -m n2v_estimator.cli`` runs) is the command."""
+    done = subprocess.run(
+        [sys.executable, "-m", "n2v_estimator.cli", "fit", "x.tif", "--model", "m.safetensors", "--max-epoch", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "did you mean --max-epochs" in error_line(done.stderr)
+
+
 # --------------------------------------------------------------------- fit
 def test_fit_on_tiffs_of_different_sizes_writes_a_model_with_their_axes(files):
     denoiser = Noise2VoidDenoiser.load(files["model"])
@@ -244,7 +256,7 @@ def test_transform_of_ome_zarr_streams_to_ome_zarr_equal_to_the_in_memory_transf
     from test_io import ome_zarr
 
     da = pytest.importorskip("dask.array")
-    monkeypatch.setattr(_io, "LAZY_CHUNK_SIDE", 48)  # several chunks, each with its halo
+    monkeypatch.setattr(_chunks, "LAZY_CHUNK_SIDE", 48)  # several chunks, each with its halo
     data = noisy(2, 96, 90, seed=3)
     source = ome_zarr(tmp_path / "in.ome.zarr", data, ["t", "y", "x"], scale=[1.0, 0.5, 0.5], units={"x": "micrometer"})
     seen = []
@@ -255,8 +267,8 @@ def test_transform_of_ome_zarr_streams_to_ome_zarr_equal_to_the_in_memory_transf
     )
     assert status == 0, err
     assert isinstance(seen[0], da.Array) and seen[0].chunksize == (2, 48, 48)  # the stored t chunk is 2
-    result, axes, metadata = _io.read_image(tmp_path / "out.zarr", return_metadata=True)
-    _, _, source_metadata = _io.read_image(source, return_metadata=True)
+    result, axes, metadata = _files.read_image(tmp_path / "out.zarr", return_metadata=True)
+    _, _, source_metadata = _files.read_image(source, return_metadata=True)
     assert axes == "SYX" and metadata["multiscale"]["axes"] == source_metadata["multiscale"]["axes"]
     assert metadata["multiscale"]["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 0.5, 0.5]
     expected = original(Noise2VoidDenoiser.load(files["model"]).set_params(axes="SYX"), data)
@@ -266,13 +278,13 @@ def test_transform_of_ome_zarr_streams_to_ome_zarr_equal_to_the_in_memory_transf
 def test_several_inputs_go_to_a_folder_named_after_them(files, tmp_path, capsys):
     pytest.importorskip("zarr")
     np.save(tmp_path / "plain.npy", noisy(40, 40, seed=4))
-    _io.write_image(tmp_path / "volume.zarr", noisy(2, 40, 40, seed=5), "SYX")
+    _files.write_image(tmp_path / "volume.zarr", noisy(2, 40, 40, seed=5), "SYX")
     inputs = [*files["images"], tmp_path / "plain.npy", tmp_path / "volume.zarr"]
     status, out, err = run(capsys, "transform", "--model", files["model"], *inputs, "--output", tmp_path / "out")
     assert status == 0, err
     assert sorted(os.listdir(tmp_path / "out")) == ["noisy_1.tif", "noisy_2.tif", "plain.tif", "volume.zarr"]
     assert f"-> {tmp_path / 'out' / 'plain.tif'}" in out
-    assert _io.read_image(tmp_path / "out" / "volume.zarr")[1] == "SYX"
+    assert _files.read_image(tmp_path / "out" / "volume.zarr")[1] == "SYX"
     status, _, err = run(
         capsys, "transform", "--model", files["model"], inputs[2], "--output", f"{tmp_path / 'one'}/", "--quiet"
     )
@@ -392,7 +404,7 @@ def test_the_installed_command_end_to_end(tmp_path):
     )
     expected = Noise2VoidDenoiser.load(tmp_path / "model.safetensors").transform(tifffile.imread(third))
     np.testing.assert_allclose(tifffile.imread(tmp_path / "denoised.tif"), expected, rtol=1e-5)
-    result, axes = _io.read_image(tmp_path / "denoised.zarr")
+    result, axes = _files.read_image(tmp_path / "denoised.zarr")
     assert axes == "YX"
     np.testing.assert_allclose(result, expected, rtol=1e-5)
     status, out, _ = cli("info", "model.safetensors")
@@ -681,7 +693,7 @@ def test_the_readmes_command_lines_run_as_written(tmp_path, monkeypatch, capsys)
     ]
     write_tiff(tmp_path / "noisy_01.tif", noisy(32, 32))
     write_tiff(tmp_path / "noisy_02.tif", noisy(40, 32, seed=1))
-    _io.write_image(tmp_path / "big.ome.zarr", noisy(48, 48), "YX")
+    _files.write_image(tmp_path / "big.ome.zarr", noisy(48, 48), "YX")
     monkeypatch.chdir(tmp_path)
     for line in lines:
         # As a shell would run it: the glob expanded by the command itself (it expands patterns).
@@ -747,7 +759,7 @@ def _calibrated_input(path, flavour, tiff_axes, data):
             "scale": {"S": 2, "Z": 0.5, "Y": 0.2, "X": 0.1},
             "unit": dict.fromkeys("ZYX", "micrometer") | {"S": "second"},
         }
-        _io.write_image(path, data, ours, {"calibration": record})
+        _files.write_image(path, data, ours, {"calibration": record})
     return path
 
 
@@ -760,8 +772,8 @@ def test_transform_keeps_each_formats_calibration_and_flavour(
     model = models_2d_3d["ZYX" if "Z" in tiff_axes else "YX"]
     status, out, err = run(capsys, "transform", "--model", model, source, "--output", tmp_path / f"out{suffix}")
     assert status == 0, err
-    _, axes, metadata = _io.read_image(source, return_metadata=True)
-    _, written_axes, written = _io.read_image(tmp_path / f"out{suffix}", return_metadata=True)
+    _, axes, metadata = _files.read_image(source, return_metadata=True)
+    _, written_axes, written = _files.read_image(tmp_path / f"out{suffix}", return_metadata=True)
     assert written_axes == axes and written["calibration"] == metadata["calibration"]
     expected = {"Y": 0.2, "X": 0.1, **({"Z": 0.5} if "Z" in axes else {}), **({"S": 2.0} if "S" in axes else {})}
     assert written["calibration"]["scale"] == pytest.approx(expected)

@@ -159,9 +159,9 @@ def test_grouped_networks_stay_in_the_default_layout_in_bfloat16():
 
 
 def test_saved_weights_are_contiguous_after_channels_last_training(tmp_path, camera_pair):
-    from n2v_estimator.models import weights as _persistence
+    from n2v_estimator.models import weights as _weights
 
     _, noisy = camera_pair
     tiny().fit(noisy).save(tmp_path / "model.safetensors")
-    tensors, _ = _persistence.read_model(tmp_path / "model.safetensors")
+    tensors, _ = _weights.read_model(tmp_path / "model.safetensors")
     assert all(t.is_contiguous() for t in tensors.values())

@@ -302,13 +302,14 @@ def test_each_bad_torchrun_variable_is_one_line_naming_it_before_any_input_is_re
     monkeypatch, tmp_path, capsys, name, value
 ):
     from n2v_estimator import cli
+    from n2v_estimator.cli import fit_command
 
     for key, text in {**TORCHRUN_ENVIRONMENT, name: value}.items():
         if text is None:
             monkeypatch.delenv(key, raising=False)
         else:
             monkeypatch.setenv(key, text)
-    monkeypatch.setattr(cli, "read_image", lambda *a, **k: pytest.fail("an input was read"))
+    monkeypatch.setattr(fit_command, "read_image", lambda *a, **k: pytest.fail("an input was read"))
     np.save(tmp_path / "noisy.npy", image())
     assert (
         cli.main(

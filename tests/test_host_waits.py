@@ -13,6 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from n2v_estimator import Noise2VoidDenoiser
+from n2v_estimator.data.blind_spot_grid import candidate_spots
 from n2v_estimator.data.masking import BlindSpotMasker
 from n2v_estimator.fit import training
 from n2v_estimator.fit.plan import make_plan
@@ -165,7 +166,7 @@ def test_the_masker_chooses_without_a_wait_and_as_many_candidates_for_any_draw()
     sizes = set()
     for seed in range(5):
         with HostWaits() as mode:
-            spots, valid = masker._candidates(x.shape, torch.Generator().manual_seed(seed))
+            spots, valid = candidate_spots(x.shape, masker.masked_pixel_percentage, torch.Generator().manual_seed(seed))
             masker(x, torch.Generator().manual_seed(seed))
         assert mode.waits == []
         sizes.add(len(spots))

@@ -529,8 +529,9 @@ def test_a_transform_killed_mid_write_leaves_a_temporary_that_the_next_one_remov
     script = textwrap.dedent(f"""
         import time
         import n2v_estimator.images.files as io
+        import n2v_estimator.images.omezarr as omezarr
         io.LAZY_BYTES = 0  # chunk by chunk, as large inputs are
-        io._store = lambda data, target: time.sleep(600)  # killed while it writes
+        omezarr.store_chunks = lambda data, target: time.sleep(600)  # killed while it writes
         from n2v_estimator.cli import main
         main(["transform", "--model", {str(model_file)!r}, {str(image)!r}, "--output", {str(output)!r}, "--quiet"])
     """)

@@ -16,14 +16,11 @@ from n2v_estimator.images.metadata import (
     describe,
     differs,
     for_axes,
-    imagej_options,
     make_calibration,
-    ome_tiff_metadata,
-    ome_zarr_entries,
-    resolution_options,
     unit_name,
-    zarr_calibration,
 )
+from n2v_estimator.images.tiff_calibration import imagej_options, ome_tiff_metadata, resolution_options
+from n2v_estimator.images.zarr_calibration import ome_zarr_entries, zarr_calibration
 
 MICRONS = {"Y": "micrometer", "X": "micrometer"}
 
@@ -204,7 +201,7 @@ def test_ome_zarr_entries_and_reading_them_back_round_trip():
     ],
 )
 def test_crafted_ome_xml_is_read_in_linear_time(description):
-    from n2v_estimator.images.metadata import _ome_tiff_record
+    from n2v_estimator.images.tiff_calibration import _ome_tiff_record
 
     start = time.perf_counter()
     ome_declared(description)

@@ -6,8 +6,11 @@ import sys
 import numpy as np
 import pytest
 
-from n2v_estimator.images import files as _io
-from n2v_estimator.images.files import MissingDependencyError, axes_from_tiff, axes_to_tiff, read_image, write_image
+from n2v_estimator.images import chunks, tiff
+from n2v_estimator.images import files as _files
+from n2v_estimator.images.errors import MissingDependencyError
+from n2v_estimator.images.files import read_image, write_image
+from n2v_estimator.images.tiff import axes_from_tiff, axes_to_tiff
 
 tifffile = pytest.importorskip("tifffile")
 RNG = np.random.default_rng(0)
@@ -109,7 +112,7 @@ def test_write_then_read_round_trips_data_and_axes(tmp_path, axes, suffix, lazy)
 def test_tiff_output_is_ome_where_ome_holds_the_axes_and_bigtiff_over_the_limit(tmp_path, monkeypatch):
     write_image(tmp_path / "ome.tif", image(2, 3, 20, 30), "SCYX")
     write_image(tmp_path / "two.tif", image(20, 30, 2), "YXC")  # two colour samples: not OME (RGB only)
-    monkeypatch.setattr(_io, "BIGTIFF_BYTES", 100)
+    monkeypatch.setattr(tiff, "BIGTIFF_BYTES", 100)
     write_image(tmp_path / "big.tif", image(20, 30), "YX")
     with tifffile.TiffFile(tmp_path / "ome.tif") as tif:
         assert tif.is_ome and tif.series[0].axes == "TCYX" and not tif.is_bigtiff
@@ -395,7 +398,7 @@ def test_a_plain_tiffs_resolution_tags_are_its_calibration_and_are_kept(tmp_path
 # -------------------------------------------------------------------- lazy
 def test_lazy_zarr_is_a_dask_array_in_spatial_blocks_that_reads_nothing_until_computed(tmp_path, monkeypatch):
     da = dask_array()
-    monkeypatch.setattr(_io, "LAZY_CHUNK_SIDE", 40)
+    monkeypatch.setattr(chunks, "LAZY_CHUNK_SIDE", 40)
     data = image(2, 90, 100) + 1  # no zero: zero is the fill value of chunks that are not there
     path = ome_zarr(tmp_path / "image.zarr", data, ["t", "y", "x"])
     array, axes = read_image(path, lazy=True)
@@ -415,7 +418,7 @@ def test_lazy_tiff_over_the_threshold_is_a_memory_mapped_dask_array(tmp_path, mo
     tifffile.imwrite(path, data, photometric="minisblack", metadata={"axes": "ZYX"})
     small, _ = read_image(path, lazy=True)
     assert isinstance(small, np.ndarray)  # under LAZY_BYTES
-    monkeypatch.setattr(_io, "LAZY_BYTES", 0)
+    monkeypatch.setattr(_files, "LAZY_BYTES", 0)
     array, axes = read_image(path, lazy=True)
     assert isinstance(array, da.Array) and axes == "ZYX"
     writer = tifffile.memmap(path, mode="r+")  # the file changes after reading: the result follows
@@ -431,7 +434,7 @@ def test_lazy_compressed_tiff_reads_no_tile_until_computed(tmp_path, monkeypatch
     data = image(100, 90)
     path = tmp_path / "tiled.tif"
     tifffile.imwrite(path, data, tile=(32, 32), compression="zlib", photometric="minisblack")
-    monkeypatch.setattr(_io, "LAZY_BYTES", 0)
+    monkeypatch.setattr(_files, "LAZY_BYTES", 0)
     original = tifffile.FileHandle.read_segments
 
     def no_reading(*args, **kwargs):
@@ -446,7 +449,7 @@ def test_lazy_compressed_tiff_reads_no_tile_until_computed(tmp_path, monkeypatch
 
 def test_lazy_npy_over_the_threshold_is_a_dask_array(tmp_path, monkeypatch):
     da = dask_array()
-    monkeypatch.setattr(_io, "LAZY_BYTES", 0)
+    monkeypatch.setattr(_files, "LAZY_BYTES", 0)
     data = image(30, 40)
     np.save(tmp_path / "image.npy", data)
     array, _ = read_image(tmp_path / "image.npy", lazy=True)
@@ -545,7 +548,7 @@ def test_a_lazily_read_file_pickles_as_its_place_not_its_data(tmp_path, monkeypa
     import pickle
 
     dask_array()
-    monkeypatch.setattr(_io, "LAZY_BYTES", 0)
+    monkeypatch.setattr(_files, "LAZY_BYTES", 0)
     data = image(200, 300)
     np.save(tmp_path / "image.npy", data)
     array, _ = read_image(tmp_path / "image.npy", lazy=True)

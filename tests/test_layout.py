@@ -12,13 +12,32 @@ PACKAGE = pathlib.Path(n2v_estimator.__file__).parent
 README = PACKAGE.parent / "README.md"
 
 
-def test_estimator_module_holds_only_the_class_and_stays_short():
+def _is_type_checking_block(node):
+    """``if TYPE_CHECKING:`` holding imports only: names for the type checker."""
+    return (
+        isinstance(node, ast.If)
+        and isinstance(node.test, ast.Name)
+        and node.test.id == "TYPE_CHECKING"
+        and all(isinstance(n, (ast.Import, ast.ImportFrom)) for n in node.body)
+    )
+
+
+def test_estimator_module_holds_only_the_class():
     source = (PACKAGE / "estimator.py").read_text()
-    assert len(source.splitlines()) < 510  # orchestration only; helpers go to the modules
     top_level = ast.parse(source).body
-    kinds = {type(node).__name__ for node in top_level}
+    kinds = {type(node).__name__ for node in top_level if not _is_type_checking_block(node)}
     assert kinds <= {"Expr", "ImportFrom", "Import", "ClassDef"}, kinds  # no helper functions, no state
     assert [node.name for node in top_level if isinstance(node, ast.ClassDef)] == ["Noise2VoidDenoiser"]
+
+
+def test_every_module_can_be_read_in_one_sitting():
+    """No module over 500 lines: past that, an idea has separated and wants a module of its own."""
+    long = {
+        str(path.relative_to(PACKAGE)): n
+        for path in PACKAGE.rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 500
+    }
+    assert not long, long
 
 
 def test_the_public_names_load_on_first_use_from_the_modules_that_the_type_checkers_see():
@@ -232,7 +251,8 @@ def test_no_module_below_the_estimator_calls_its_private_methods():
     private = {name for name in dir(Noise2VoidDenoiser) if name.startswith("_") and not name.startswith("__")}
     assert {"_denoiser", "_set_fitted", "_validate_params", "_get_param_names", "_fitted_images"} <= private
     for path in PACKAGE.rglob("*.py"):
-        if path.name in ("estimator.py", "exchange.py", "cli.py"):  # the estimator and its mixins, the command above
+        # The estimator and its mixins; the command above it validates the parameters it is given as fit does.
+        if path.name in ("estimator.py", "exchange.py") or path.parent.name == "cli":
             continue
         reached = sorted(
             {

@@ -8,7 +8,10 @@ from conftest import gen
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from n2v_estimator.data.masking import MANIPULATORS, BlindSpotMasker, grid_cell_side, resolve_struct_mask
+from n2v_estimator.data.blind_spot_grid import grid_cell_side
+from n2v_estimator.data.manipulators import MANIPULATORS
+from n2v_estimator.data.masking import BlindSpotMasker
+from n2v_estimator.data.struct_mask import resolve_struct_mask, scramble_struct_neighbours
 from n2v_estimator.nets.losses import masked_mse
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -481,7 +484,7 @@ def test_a_struct_neighbour_never_keeps_or_takes_its_own_value():
     mask = torch.zeros(shape, dtype=torch.bool)
     mask[:, :, 1, 1] = True  # one blind spot in the middle of each patch: neighbours (1, 0) and (1, 2)
     x_masked = x.clone()
-    masker._scramble_struct(x, x_masked, mask, mask.nonzero(), gen(3))
+    scramble_struct_neighbours(x, x_masked, mask, mask.nonzero(), masker.struct_offsets, gen(3))
     for column in (0, 2):
         neighbours = x_masked[:, 0, 1, column]
         assert not (neighbours == x[:, 0, 1, column]).any()
@@ -495,7 +498,7 @@ def test_a_struct_neighbour_with_no_other_free_pixel_keeps_its_value():
     x = torch.randn(1, 1, 1, 2, generator=gen(1))
     mask = torch.tensor([[[[True, False]]]])  # the spot's only free pixel is its own neighbour
     x_masked = x.clone()
-    masker._scramble_struct(x, x_masked, mask, mask.nonzero(), gen(2))
+    scramble_struct_neighbours(x, x_masked, mask, mask.nonzero(), masker.struct_offsets, gen(2))
     assert torch.equal(x_masked, x)
 
 
@@ -518,7 +521,7 @@ def test_struct_scrambling_writes_only_beside_valid_spots_and_draws_free_pixels_
     hits = torch.zeros(shape, dtype=torch.int64)
     for seed in range(400):
         x_masked = x.clone()
-        masker._scramble_struct(x, x_masked, mask, spots, gen(seed), valid)
+        scramble_struct_neighbours(x, x_masked, mask, spots, masker.struct_offsets, gen(seed), valid)
         changed = x_masked != x
         assert not (changed & ~expected).any()
         where = expected.nonzero()
@@ -577,7 +580,7 @@ def test_struct_scrambling_of_a_patch_that_is_all_blind_spots_writes_nothing():
     mask[0] = True  # sample 0 has no free pixel; sample 1 has one spot beside free pixels
     mask[1, 0, 0, 1] = True
     x_masked = x.clone()
-    masker._scramble_struct(x, x_masked, mask, mask.nonzero(), gen(2))
+    scramble_struct_neighbours(x, x_masked, mask, mask.nonzero(), masker.struct_offsets, gen(2))
     assert torch.equal(x_masked[0], x[0])
     changed = (x_masked != x)[1, 0]
     assert changed[0, 0] and changed[0, 2] and not changed[1].any()

@@ -15,7 +15,7 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from n2v_estimator import Noise2VoidDenoiser  # noqa: E402
-from n2v_estimator.data.masking import grid_cell_side  # noqa: E402
+from n2v_estimator.data.blind_spot_grid import grid_cell_side  # noqa: E402
 from n2v_estimator.models.keras_n2v import N2VModelError  # noqa: E402
 from n2v_estimator.nets.geometry import NetworkGeometry  # noqa: E402
 

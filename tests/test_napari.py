@@ -18,8 +18,10 @@ pytest.importorskip("pytestqt")
 from napari.layers import Image, Labels  # noqa: E402
 
 from n2v_estimator import Noise2VoidDenoiser  # noqa: E402
+from n2v_estimator.napari import denoise_widget, sample_data, session, train_widget, worker_widget  # noqa: E402
 from n2v_estimator.napari import layers as rules  # noqa: E402
-from n2v_estimator.napari import sample_data, session, widgets  # noqa: E402
+from n2v_estimator.napari.denoise_widget import DenoiseWidget  # noqa: E402
+from n2v_estimator.napari.train_widget import TrainWidget  # noqa: E402
 
 TINY = dict(epochs=2, steps=3, patch=32, batch=4, depth=1, filters=8)
 
@@ -28,8 +30,10 @@ TINY = dict(epochs=2, steps=3, patch=32, batch=4, depth=1, filters=8)
 def notes(monkeypatch):
     """The notifications the widgets show, as (kind, message)."""
     seen = []
-    for kind in ("error", "warning", "info"):
-        monkeypatch.setattr(widgets, f"show_{kind}", lambda message, kind=kind: seen.append((kind, message)))
+    for module in (worker_widget, train_widget, denoise_widget):
+        for kind in ("error", "warning", "info"):
+            if hasattr(module, f"show_{kind}"):
+                monkeypatch.setattr(module, f"show_{kind}", lambda message, kind=kind: seen.append((kind, message)))
     return seen
 
 
@@ -45,7 +49,7 @@ def set_tiny(widget, **changes):
     widget.steps.setValue(settings["steps"])
     widget.patch_size.setValue(settings["patch"])
     widget.batch_size.setValue(settings["batch"])
-    widget.depth.setValue(settings["depth"])
+    widget.unet_depth.setValue(settings["depth"])
     widget.filters.setValue(settings["filters"])
     widget.seed.setValue(0)
     widget.device.setCurrentText("cpu")
@@ -57,7 +61,7 @@ def viewer_with_trainer(make_napari_viewer, data, name="noisy", tiny=None, **lay
     tiny run (``tiny``: changes to :data:`TINY`)."""
     viewer = make_napari_viewer()
     layer = viewer.add_image(data, name=name, **layer_options)
-    trainer = widgets.TrainWidget(viewer)
+    trainer = TrainWidget(viewer)
     set_tiny(trainer, **(tiny or {}))
     return viewer, layer, trainer
 
@@ -182,7 +186,7 @@ def test_the_denoised_layer_is_transform_of_the_layer_with_its_scale_and_transla
         make_napari_viewer, image, name="cells", scale=(0.5, 0.25), translate=(10, 20)
     )
     train(qtbot, trainer)
-    widget = widgets.DenoiseWidget(viewer)
+    widget = DenoiseWidget(viewer)
     widget.layer.setCurrentText("cells")
     denoise(qtbot, widget)
     result = viewer.layers["cells denoised"]
@@ -199,7 +203,7 @@ def test_a_3d_layer_trains_and_denoises(make_napari_viewer, qtbot, notes):
     assert trainer.axes.text() == "ZYX"
     train(qtbot, trainer)
     assert trainer.estimator.spatial_ndim_ == 3
-    widget = widgets.DenoiseWidget(viewer)
+    widget = DenoiseWidget(viewer)
     denoise(qtbot, widget)
     np.testing.assert_array_equal(viewer.layers["volume denoised"].data, trainer.estimator.transform(volume))
     assert not [n for n in notes if n[0] == "error"]
@@ -225,7 +229,7 @@ def test_a_probabilistic_model_adds_its_posterior_std_as_a_second_layer(make_nap
     viewer, _, trainer = viewer_with_trainer(make_napari_viewer, image, tiny={"patch": 64})
     trainer.noise_model.setCurrentText("gaussian")
     train(qtbot, trainer)
-    widget = widgets.DenoiseWidget(viewer)
+    widget = DenoiseWidget(viewer)
     denoise(qtbot, widget)
     mean, std = trainer.estimator.transform(image, return_std=True)
     np.testing.assert_array_equal(viewer.layers["noisy denoised"].data, mean)
@@ -235,7 +239,7 @@ def test_a_probabilistic_model_adds_its_posterior_std_as_a_second_layer(make_nap
 def test_bad_choices_are_notifications_naming_the_fix(make_napari_viewer, qtbot, notes, tmp_path):
     viewer = make_napari_viewer()
     viewer.add_labels(np.zeros((64, 64), int), name="labels")
-    trainer = widgets.TrainWidget(viewer)
+    trainer = TrainWidget(viewer)
     assert trainer.layer_list.count() == 0  # only image layers are offered
     assert trainer.start_training() is None and "Choose one or more image layers" in notes[-1][1]
     viewer.add_image(np.zeros((40, 50, 3), np.uint8), name="photo", rgb=True)
@@ -252,7 +256,7 @@ def test_bad_choices_are_notifications_naming_the_fix(make_napari_viewer, qtbot,
     assert notes[-1][0] == "error" and "learning_rate" in notes[-1][1] and trainer.estimator is None
     trainer.learning_rate.setValue(1e-3)
     train(qtbot, trainer)
-    denoiser = widgets.DenoiseWidget(viewer)
+    denoiser = DenoiseWidget(viewer)
     denoiser.layer.setCurrentText("photo")
     assert denoiser.axes.text() == "YXC"
     assert denoiser.start_denoising() is None and "trained on 1 channel(s)" in notes[-1][1]
@@ -274,7 +278,7 @@ def test_save_never_replaces_a_file_unasked_and_the_saved_model_denoises_the_sam
     assert trainer.save_model(existing) is None and existing.read_bytes() == b"user data"
     path = trainer.save_model(tmp_path / "model")
     assert path.name == "model.safetensors"
-    denoiser = widgets.DenoiseWidget(viewer)
+    denoiser = DenoiseWidget(viewer)
     assert denoiser.load_model(path) is not None
     denoise(qtbot, denoiser)
     np.testing.assert_array_equal(viewer.layers["noisy denoised"].data, trainer.estimator.transform(image))
@@ -284,7 +288,7 @@ def test_cancel_adds_no_layer(make_napari_viewer, qtbot, notes):
     image = noisy_image((300, 300))
     viewer, _, trainer = viewer_with_trainer(make_napari_viewer, image)
     train(qtbot, trainer)
-    widget = widgets.DenoiseWidget(viewer)
+    widget = DenoiseWidget(viewer)
     widget.tile_size.setValue(64)
     widget._relay.progress.connect(lambda progress: widget.stop())
     denoise(qtbot, widget)
@@ -308,12 +312,12 @@ def test_a_dask_layer_is_read_patch_by_patch_and_denoised_lazily(make_napari_vie
     source = Recording(noisy_image((4, 128, 128)))
     viewer = make_napari_viewer()
     viewer.add_image(da.from_array(source, chunks=(1, 64, 64)), name="stack")
-    trainer = widgets.TrainWidget(viewer)
+    trainer = TrainWidget(viewer)
     set_tiny(trainer)
     trainer.axes.setText("SYX")
     train(qtbot, trainer)
     assert trainer.estimator is not None and max(source.reads) <= 64 * 64
-    widget = widgets.DenoiseWidget(viewer)
+    widget = DenoiseWidget(viewer)
     assert widget.axes.text() == "SYX"  # a 2D model denoises a stack plane by plane
     reads = len(source.reads)
     denoise(qtbot, widget)
@@ -358,7 +362,7 @@ def test_an_rgb_layer_trains_jointly_and_denoises_into_an_rgb_layer_of_its_dtype
     assert trainer.axes.text() == "YXC"
     train(qtbot, trainer)
     assert trainer.estimator.n_channels_ == 3
-    widget = widgets.DenoiseWidget(viewer)
+    widget = DenoiseWidget(viewer)
     denoise(qtbot, widget)
     result = viewer.layers["photo denoised"]
     assert result.rgb and result.data.dtype == np.uint8
@@ -377,7 +381,7 @@ def test_the_trained_model_exports_to_the_model_zoo_and_the_package_denoises_the
     train(qtbot, trainer)
     path = trainer.export_model(tmp_path / "model.zip")
     assert path is not None, notes
-    denoiser = widgets.DenoiseWidget(viewer)
+    denoiser = DenoiseWidget(viewer)
     assert denoiser.load_model(path) is not None
     denoise(qtbot, denoiser)
     np.testing.assert_array_equal(viewer.layers["noisy denoised"].data, trainer.estimator.transform(image))

@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import tiny
 
-from n2v_estimator.data.masking import MAX_NEIGHBOURHOOD, resolve_struct_mask
+from n2v_estimator.data.manipulators import MAX_NEIGHBOURHOOD
+from n2v_estimator.data.struct_mask import resolve_struct_mask
 from n2v_estimator.fit.plan import make_plan
 from n2v_estimator.nets.builder import build_unet
 from n2v_estimator.nets.unet import network_description
@@ -45,8 +46,8 @@ def within(seconds):
     assert time.perf_counter() - start < seconds
 
 
-def network(ndim=2, channels=1, noise_model=None, **settings):
-    return network_description(ndim, channels, {**DEFAULTS, **settings}, noise_model)
+def network(ndim=2, channels=1, noise_model=None, layout="n2v-estimator", **settings):
+    return network_description(ndim, channels, {**DEFAULTS, **settings}, noise_model, layout)
 
 
 def refused(**params):
@@ -147,8 +148,12 @@ def test_the_refusal_suggests_the_largest_batch_size_that_fits(monkeypatch):
         ),
         network(2, 3, "gaussian", blind_spot="network", depth=3, kernel_size=5),
         network(3, 1, blind_spot="network", batch_norm=True),
+        # Networks imported from n2v: a wider bottom, narrower decoders, a bias before each batch norm.
+        network(layout="n2v-tf"),
+        network(3, 2, layout="n2v-tf", depth=3, skip_skipone=True, independent_channels=False),
+        network(2, 3, layout="n2v-tf", batch_norm=False, blurpool=True, skip_skipone=True),
     ],
-    ids=["default", "3d-n2v2-joint", "blind-probabilistic", "blind-3d"],
+    ids=["default", "3d-n2v2-joint", "blind-probabilistic", "blind-3d", "n2v-tf", "n2v-tf-3d-joint", "n2v-tf-n2v2"],
 )
 def test_the_estimate_counts_the_networks_weights_exactly(description):
     with torch.device("meta"):

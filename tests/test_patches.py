@@ -209,5 +209,5 @@ def test_one_gather_per_image_cuts_what_the_patch_by_patch_cut_gives(
         for i in torch.randint(n_images, (9,), generator=generator).tolist()
     ]
     one_by_one = torch.stack([sampler._cut(sampler.images[i], corner, flips, k) for i, corner, flips, k in draws])
-    assert torch.equal(sampler._gather(draws), one_by_one)
+    assert torch.equal(sampler._gather(sampler.images, draws), one_by_one)
     assert sampler.sample(5, gen(seed)).is_contiguous()

@@ -11,7 +11,7 @@ from conftest import CodeRunningPickle, crash_mid_write
 from safetensors.torch import save_file
 
 from n2v_estimator import ModelFileError
-from n2v_estimator.models import weights as _persistence
+from n2v_estimator.models import weights as _weights
 from n2v_estimator.models.file_format import FORMAT_NAME, FORMAT_VERSION
 from n2v_estimator.models.weights import read_model, write_model
 
@@ -87,7 +87,7 @@ def test_failed_write_keeps_the_existing_file_and_leaves_no_temp_file(tmp_path, 
     path = tmp_path / "model.n2v"
     write_model(path, {"w": torch.zeros(2)}, {"run": 1})
     before = path.read_bytes()
-    monkeypatch.setattr(_persistence, "_write_all", crash_mid_write)
+    monkeypatch.setattr(_weights, "_write_all", crash_mid_write)
     with pytest.raises(OSError, match="No space left on device"):
         write_model(path, {"w": torch.ones(2)}, {"run": 2})
     assert path.read_bytes() == before
@@ -98,7 +98,7 @@ def test_failed_write_of_a_new_file_leaves_nothing(tmp_path, monkeypatch):
     def broken_save(fd, data):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_persistence, "_write_all", broken_save)
+    monkeypatch.setattr(_weights, "_write_all", broken_save)
     with pytest.raises(KeyboardInterrupt):
         write_model(tmp_path / "model.n2v", {"w": torch.ones(2)}, {})
     assert os.listdir(tmp_path) == []

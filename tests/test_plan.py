@@ -6,16 +6,17 @@ import torch
 from conftest import TINY, tiny
 from skimage import data
 
-from n2v_estimator.fit.plan import Previous, make_plan
+from n2v_estimator.fit.plan import make_plan
+from n2v_estimator.fit.starting_point import WarmStartState
 from n2v_estimator.nets.builder import build_unet
 
 IMAGE = np.random.default_rng(0).normal(size=(40, 48))
 
 
-def plan(X=IMAGE, previous=None, **overrides):
+def plan(X=IMAGE, previous_fit=None, **overrides):
     estimator = tiny(**overrides)
     estimator._validate_params()
-    return make_plan(estimator.get_params(), X, previous)
+    return make_plan(estimator.get_params(), X, previous_fit)
 
 
 def test_plan_holds_what_fit_needs():
@@ -105,8 +106,8 @@ def test_warm_start_plan_trains_a_copy_of_the_previous_weights():
     weights = build_unet(first.network, seed=0).state_dict()
     name = next(iter(weights))
     original = weights[name].clone()
-    previous = Previous(first.network, weights, np.array([5.0]), np.array([2.0]), n_epochs=3)
-    p = plan(previous=previous, warm_start=True)
+    previous_fit = WarmStartState(first.network, weights, np.array([5.0]), np.array([2.0]), n_epochs=3)
+    p = plan(previous_fit=previous_fit, warm_start=True)
     assert p.continuing
     np.testing.assert_array_equal(p.mean, [5.0])
     assert torch.equal(p.build_network().state_dict()[name], original)
@@ -117,9 +118,9 @@ def test_warm_start_plan_trains_a_copy_of_the_previous_weights():
 
 def test_warm_start_refuses_another_network():
     first = plan()
-    previous = Previous(first.network, {}, first.mean, first.std, n_epochs=1)
+    previous_fit = WarmStartState(first.network, {}, first.mean, first.std, n_epochs=1)
     with pytest.raises(ValueError, match="warm_start=True needs the same network"):
-        plan(previous=previous, warm_start=True, n_filters=8)
+        plan(previous_fit=previous_fit, warm_start=True, n_filters=8)
 
 
 def test_a_too_small_axis_is_named_in_the_users_layout():
@@ -168,3 +169,13 @@ def test_a_search_hears_once_what_the_fit_changed_not_once_per_fold(recwarn):
     said = [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)]
     assert sum("trained as a stack" in m for m in said) == 1, said
     assert sum("patch_size (32, 32) is larger than the training images" in m for m in said) == 1, said
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "dask"])
+def test_one_2d_image_inside_model_selection_is_said_to_split_by_its_rows(monkeypatch, lazy):
+    from n2v_estimator.fit import plan as fit_plan
+
+    monkeypatch.setattr(fit_plan, "inside_model_selection", lambda: True)
+    X = pytest.importorskip("dask.array").from_array(IMAGE, chunks=20) if lazy else IMAGE
+    with pytest.warns(UserWarning, match=r"on one 2D image \(40x48 here\)"):
+        plan(X)

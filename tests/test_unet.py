@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from n2v_estimator.nets.unet import UNet
+from n2v_estimator.nets.widths import unet_widths
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -143,6 +144,25 @@ def test_batch_norm_true_has_batch_norm_modules():
     model = net(batch_norm=True, depth=2)
     assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 0
     assert not any(isinstance(m, nn.BatchNorm3d) for m in model.modules())
+
+
+@pytest.mark.parametrize("layout", ["n2v-estimator", "n2v-tf"])
+@pytest.mark.parametrize("options", [{}, {"skip_skipone": True}, {"independent_channels": True, "in_channels": 2}])
+def test_the_blocks_have_the_widths_unet_widths_says(layout, options):
+    model = net(depth=3, layout=layout, **options)
+    widths = unet_widths(model.description)
+    built = [model.down[level] for level in range(3)] + [model.bottom] + [model.up[2 - level] for level in range(3)]
+    for block, said in zip(built, [*widths.down, widths.bottom, *widths.up]):
+        first, second = (layer for layer in block if isinstance(layer, nn.Conv2d))
+        assert (first.in_channels, first.out_channels, second.out_channels) == (said.inputs, said.middle, said.outputs)
+    assert model.head.in_channels == widths.levels[0]
+
+
+def test_n2v_tf_widens_the_bottom_and_narrows_the_decoders():
+    widths = unet_widths(net(depth=2, n_filters=4, layout="n2v-tf").description)
+    assert widths.levels == (4, 8)
+    assert widths.bottom.middle == 4 * 2**2
+    assert [block.middle for block in widths.up] == [4, 4]
 
 
 def test_output_is_translation_equivariant_on_the_pooling_grid():

@@ -8,18 +8,25 @@ there and ``from_canonical`` takes a result back to the user's own layout.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Sequence
 from numbers import Integral
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeAlias, overload
 
 import numpy as np
+from numpy.typing import ArrayLike
 
+from .._typing import Array, ImagesLike
 from ..gateway.codecs import check_source
+
+#: What a fitted denoiser takes: its spatial dimensions, channels, row length (under ``image_shape``; ``None``
+#: for images) and the estimator's class name for messages (:func:`check_fitted_layout`).
+FittedLayout: TypeAlias = tuple[int, int, int | None, str]
 
 # The axis letters, in the canonical order (S, C, (Z), Y, X) used inside the package.
 _CANONICAL = "SCZYX"
 
 
-def resolve_axes(axes, ndim):
+def resolve_axes(axes: str | None, ndim: int) -> str:
     """Return the axes string of an array with ``ndim`` dimensions.
 
     Parameters
@@ -83,7 +90,7 @@ def resolve_axes(axes, ndim):
     return axes_upper
 
 
-def to_canonical(array, axes):
+def to_canonical(array: Array, axes: str) -> Array:
     """Transpose ``array`` with ``axes`` to ``S C (Z) Y X``, adding S and C of length 1.
 
     Returns a view where possible (no copy of the data).
@@ -96,7 +103,7 @@ def to_canonical(array, axes):
     return out
 
 
-def from_canonical(array, axes):
+def from_canonical(array: Array, axes: str) -> Array:
     """Inverse of :func:`to_canonical`: back to the layout named by ``axes``."""
     present = [a for a in _CANONICAL if a in axes]
     if "C" not in axes:
@@ -107,15 +114,19 @@ def from_canonical(array, axes):
     return np.transpose(array, order)
 
 
-def per_axis(value, ndim, name, minimum=1):
+def per_axis(value: object, ndim: int, name: str, minimum: int = 1) -> tuple[int, ...]:
     """An int, or a sequence of one int per spatial axis, as a tuple of ``ndim``
     ints of at least ``minimum``; ``ValueError`` naming the parameter otherwise."""
-    values = (value,) * ndim if isinstance(value, (Integral, np.integer)) else tuple(value)
-    if len(values) != ndim or not all(isinstance(v, (Integral, np.integer)) and v >= minimum for v in values):
+    values: tuple[object, ...]
+    if isinstance(value, (Integral, np.integer)):
+        values = (value,) * ndim
+    else:
+        values = tuple(value) if isinstance(value, Iterable) else (value,)  # (value,): refused below
+    if len(values) != ndim or not all(isinstance(v, (Integral, np.integer)) and int(v) >= minimum for v in values):
         raise ValueError(
             f"{name}={value!r} must be an int or {ndim} ints (one per spatial axis), each at least {minimum}."
         )
-    return tuple(int(v) for v in values)
+    return tuple(int(v) for v in values if isinstance(v, (Integral, np.integer)))  # each one is (checked above)
 
 
 class Images(NamedTuple):
@@ -124,13 +135,13 @@ class Images(NamedTuple):
     with ``S``, under ``image_shape``), and ``n_features`` the values per row of a
     2D ``X`` (``None`` for other ``X``)."""
 
-    canonical: np.ndarray
+    canonical: Array
     axes: str
-    array: np.ndarray
+    array: Array
     n_features: int | None
 
 
-def read_images(X, axes, image_shape):
+def read_images(X: ImagesLike, axes: str | None, image_shape: Sequence[int] | None) -> Images:
     """Validate ``X`` and view it in the canonical layout.
 
     Parameters
@@ -173,7 +184,7 @@ def read_images(X, axes, image_shape):
     return Images(to_canonical(X, layout), layout, array, n_features)
 
 
-def is_image_list(X, image_shape=None, axes=None):
+def is_image_list(X: object, image_shape: Sequence[int] | None = None, axes: str | None = None) -> bool:
     """Whether ``X`` is a list (or tuple) of images that may differ in size:
     arrays (anything with a ``shape`` and a ``dtype``) of at least 2 dimensions.
     Nested Python lists, rows under ``image_shape``, and a list of the images
@@ -183,11 +194,12 @@ def is_image_list(X, image_shape=None, axes=None):
         return False
     if not all(hasattr(x, "shape") and hasattr(x, "dtype") and len(x.shape) >= 2 for x in X):
         return False
-    stacked = isinstance(axes, str) and ("S" in axes.upper() or "T" in axes.upper())
-    return not (stacked and all(len(x.shape) == len(axes) - 1 for x in X))
+    if isinstance(axes, str) and ("S" in axes.upper() or "T" in axes.upper()):  # stacked along S (or T)
+        return not all(len(x.shape) == len(axes) - 1 for x in X)
+    return True
 
 
-def read_image_list(X, axes):
+def read_image_list(X: Sequence[ImagesLike], axes: str | None) -> list[Images]:
     """Validate each array of a list of images (:func:`is_image_list`) with the
     same ``axes``; they must agree in dimensionality and channels, not in size.
 
@@ -195,7 +207,7 @@ def read_image_list(X, axes):
     -------
     list of Images
     """
-    parts = []
+    parts: list[Images] = []
     for i, x in enumerate(X):
         try:
             part = read_images(x, axes, None)
@@ -207,7 +219,7 @@ def read_image_list(X, axes):
     return parts
 
 
-def check_same_layout(first_axes, first_channels, axes, channels, index):
+def check_same_layout(first_axes: str, first_channels: int, axes: str, channels: int, index: int) -> None:
     """Refuse image ``index`` of a list unless it has the first image's
     dimensionality and channels (its size may differ)."""
     if spatial_ndim(axes) != spatial_ndim(first_axes) or channels != first_channels:
@@ -218,7 +230,7 @@ def check_same_layout(first_axes, first_channels, axes, channels, index):
         )
 
 
-def check_fitted_layout(axes, n_channels, n_features, fitted):
+def check_fitted_layout(axes: str, n_channels: int, n_features: int | None, fitted: FittedLayout) -> None:
     """Refuse images of layout ``axes`` with ``n_channels`` channels (rows of ``n_features`` values)
     unlike those a denoiser was fitted on: ``fitted`` is its ``(ndim, n_channels, n_features,
     estimator_name)``; the row length is compared where the fitted one is given."""
@@ -236,7 +248,9 @@ def check_fitted_layout(axes, n_channels, n_features, fitted):
         )
 
 
-def feature_names_out(image_shape, n_features, input_features=None):
+def feature_names_out(
+    image_shape: Sequence[int] | None, n_features: int | None, input_features: ArrayLike | None = None
+) -> Array:
     """Column names of ``transform``'s output of flattened images (rows of ``n_features``
     values, one per pixel, under ``image_shape``): ``input_features``, else ``x0``, ``x1``, ...
     as scikit-learn names unnamed columns. What ``set_output(transform="pandas")`` labels
@@ -264,11 +278,11 @@ class UnreadImages(NamedTuple):
 
     array: Any
     axes: str
-    dtype: np.dtype
+    dtype: np.dtype[Any]
     n_channels: int
 
 
-def read_unread(X, axes):
+def read_unread(X: Any, axes: str | None) -> UnreadImages:
     """The entrance of an array that is not read (zarr, or dask, or a dask array on a zarr store):
     the codecs of the store under it, numpy input's dtype and emptiness rules (:func:`check_image_array`,
     in its order, on a stand-in of ``X``'s dtype: of ``X``'s own shape where it holds nothing, else of
@@ -283,7 +297,7 @@ def read_unread(X, axes):
     return UnreadImages(X, layout, dtype, shape[layout.index("C")] if "C" in layout else 1)
 
 
-def layout_of(shape, axes):
+def layout_of(shape: Sequence[int], axes: str | None) -> str:
     """The axes of an array of ``shape`` (any container: numpy, a list's item, dask, zarr) under the
     estimator's ``axes``: the one place that judges a shape, so that the same array gets the same
     verdict and message whatever holds it (:func:`resolve_axes`, and a colour axis left unnamed
@@ -292,7 +306,7 @@ def layout_of(shape, axes):
     return resolve_axes(axes, len(shape))
 
 
-def _refuse_unnamed_colour_axis(shape, axes):
+def _refuse_unnamed_colour_axis(shape: tuple[int, ...], axes: str | None) -> None:
     """With ``axes=None`` a ``(H, W, 3)`` photograph would be read as H images of
     W x 3 pixels and trained on nonsense: ask for the axes, as n2v and CAREamics do."""
     if axes is None and len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > shape[-1]:
@@ -303,19 +317,19 @@ def _refuse_unnamed_colour_axis(shape, axes):
         )
 
 
-def spatial_ndim(axes):
+def spatial_ndim(axes: str) -> int:
     """Number of spatial axes (2 or 3) named by ``axes``."""
     return 3 if "Z" in axes else 2
 
 
-def _is_sparse(X):
+def _is_sparse(X: object) -> bool:
     """Whether ``X`` is a SciPy sparse matrix or array. SciPy is not imported for it: a sparse
     object exists only once ``scipy.sparse`` is (the command line starts without SciPy)."""
     sparse = sys.modules.get("scipy.sparse")
     return sparse is not None and sparse.issparse(X)
 
 
-def check_image_array(X, name="X"):
+def check_image_array(X: ImagesLike, name: str = "X") -> Array:
     """Return ``X`` as a numeric ndarray, or raise a clear error.
 
     Rejects sparse matrices, non-numeric dtypes (bool, complex, strings, object
@@ -327,7 +341,7 @@ def check_image_array(X, name="X"):
     return _numeric_array(X, name)
 
 
-def _numeric_array(X, name="X"):
+def _numeric_array(X: ImagesLike, name: str = "X") -> Array:
     """:func:`check_image_array` after the source check: ``X`` as a numeric ndarray, or the error."""
     if _is_sparse(X):
         raise TypeError(
@@ -367,7 +381,7 @@ def _numeric_array(X, name="X"):
     return array
 
 
-def check_finite(array, name="X"):
+def check_finite(array: Array, name: str = "X") -> None:
     """Refuse non-finite values, naming how many and the first position: the one check of values that an
     array read later (a dask chunk) still needs once its dtype and layout were judged unread."""
     finite = np.isfinite(array)
@@ -380,7 +394,22 @@ def check_finite(array, name="X"):
         )
 
 
-def fitted_images(X, axes, image_shape, fitted, *, lazy=False):
+@overload
+def fitted_images(
+    X: ImagesLike,
+    axes: str | None,
+    image_shape: Sequence[int] | None,
+    fitted: FittedLayout,
+    *,
+    lazy: Literal[False] = False,
+) -> Images: ...
+@overload
+def fitted_images(
+    X: ImagesLike, axes: str | None, image_shape: Sequence[int] | None, fitted: FittedLayout, *, lazy: bool
+) -> Images | UnreadImages: ...
+def fitted_images(
+    X: ImagesLike, axes: str | None, image_shape: Sequence[int] | None, fitted: FittedLayout, *, lazy: bool = False
+) -> Images | UnreadImages:
     """The one entrance of images for a fitted denoiser (``transform``, ``score``, a package's test image).
 
     ``X`` is read (:func:`read_images`) and its layout compared with ``fitted``, the denoiser's
@@ -404,6 +433,6 @@ def fitted_images(X, axes, image_shape, fitted, *, lazy=False):
     return images
 
 
-def is_dask_array(X):
+def is_dask_array(X: object) -> bool:
     """Whether ``X`` is a ``dask.array.Array`` (without importing dask)."""
     return type(X).__module__.split(".")[0] == "dask" and hasattr(X, "chunks") and hasattr(X, "map_overlap")

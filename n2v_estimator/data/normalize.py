@@ -4,13 +4,20 @@ checks that the network's float32 arithmetic can represent what goes in and come
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import dask.array as da
+    from numpy.typing import ArrayLike, DTypeLike
+
+    from .._typing import Array, Float64Array
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def output_dtype(dtype):
+def output_dtype(dtype: DTypeLike) -> np.dtype[np.float32] | np.dtype[np.float64]:
     """The dtype ``transform`` returns for input of ``dtype``: float64 for 8-byte (and wider) floats
     (of either byte order) and for integers wider than 16 bits, whose values float32
     cannot resolve (uint32 near 2**31 has a float32 step of 256); float32 otherwise."""
@@ -19,7 +26,9 @@ def output_dtype(dtype):
     return np.dtype(np.float64) if wide else np.dtype(np.float32)
 
 
-def in_requested_dtype(result, input_dtype, requested):
+def in_requested_dtype(
+    result: Array | da.Array | tuple[Array | da.Array, ...], input_dtype: DTypeLike, requested: str
+) -> Array | da.Array | tuple[Array | da.Array, ...]:
     """``transform``'s ``result`` in the dtype the estimator's ``dtype`` parameter asks for.
 
     ``requested="float"``: ``result`` as it is (see :func:`output_dtype`). ``"input"``:
@@ -28,15 +37,22 @@ def in_requested_dtype(result, input_dtype, requested):
     """
     if requested != "input":
         return result
-    if isinstance(result, tuple):
-        return (in_requested_dtype(result[0], input_dtype, requested), *result[1:])
     dtype = np.dtype(input_dtype)
-    if hasattr(result, "map_blocks"):  # a dask array: cast chunk by chunk, when computed
-        return result.map_blocks(to_dtype, dtype, dtype=dtype)
-    return to_dtype(result, dtype)
+    if isinstance(result, tuple):
+        return (_image_in_dtype(result[0], dtype), *result[1:])
+    return _image_in_dtype(result, dtype)
 
 
-def to_dtype(values, dtype):
+def _image_in_dtype(image: Array | da.Array, dtype: np.dtype[Any]) -> Array | da.Array:
+    """``image`` through :func:`to_dtype`; a dask array chunk by chunk, when computed."""
+    if not isinstance(image, np.ndarray) and hasattr(image, "map_blocks"):
+        # dask types Array.map_blocks through functools.wraps as the module-level map_blocks(func, *args),
+        # so that mypy takes to_dtype for the array.
+        return image.map_blocks(to_dtype, dtype, dtype=dtype)  # type: ignore[arg-type]
+    return to_dtype(image, dtype)
+
+
+def to_dtype(values: ArrayLike, dtype: DTypeLike) -> Array:
     """``values`` (a float array) as a new array of ``dtype``: for an integer dtype rounded
     to the nearest integer (halves to even) and clipped to its range (uint8: 0..255),
     for a float dtype clipped to its finite range, so that nothing wraps around or overflows."""
@@ -51,7 +67,13 @@ def to_dtype(values, dtype):
     return np.clip(values, low, high).astype(dtype)
 
 
-def check_representable(images, mean, std, name="X", data_range=None):
+def check_representable(
+    images: Array | list[Array],
+    mean: Float64Array,
+    std: Float64Array,
+    name: str = "X",
+    data_range: tuple[ArrayLike, ArrayLike] | None = None,
+) -> None:
     """Refuse ``images`` whose normalised values float32 cannot hold (they would
     become infinite inside the network), naming how far out they are; with the
     training data's ``data_range`` (``(min, max)`` per channel), warn about values
@@ -68,7 +90,7 @@ def check_representable(images, mean, std, name="X", data_range=None):
         warn_outside_range((low, high), data_range, std, name)
 
 
-def channel_range(images):
+def channel_range(images: Array | list[Array]) -> tuple[Float64Array, Float64Array]:
     """Per-channel minimum and maximum (float64) of ``(S, C, *spatial)`` images, or of a list of them."""
     if isinstance(images, list):
         ranges = [channel_range(part) for part in images]
@@ -77,7 +99,12 @@ def channel_range(images):
     return flat.min(axis=1).astype(np.float64), flat.max(axis=1).astype(np.float64)
 
 
-def warn_outside_range(found, data_range, std, name="X"):
+def warn_outside_range(
+    found: tuple[Float64Array, Float64Array],
+    data_range: tuple[ArrayLike, ArrayLike],
+    std: ArrayLike,
+    name: str = "X",
+) -> None:
     """Warn when the ``found`` ``(min, max)`` per channel reach beyond the training data's
     ``data_range`` by more than its own span (at least one ``std``): the network has never
     seen such values, and a ReLU network extrapolates them far off (a float16 65504 into a
@@ -97,7 +124,7 @@ def warn_outside_range(found, data_range, std, name="X"):
         )
 
 
-def check_finite_output(output, name="X"):
+def check_finite_output(output: Array, name: str = "X") -> None:
     """Refuse an output with non-finite values instead of returning it."""
     bad = int(np.size(output) - np.count_nonzero(np.isfinite(output)))
     if bad:
@@ -107,7 +134,7 @@ def check_finite_output(output, name="X"):
         )
 
 
-def channel_stats(images):
+def channel_stats(images: Array | list[Array]) -> tuple[Float64Array, Float64Array]:
     """Mean and standard deviation of each channel.
 
     Parameters
@@ -136,7 +163,7 @@ def channel_stats(images):
     return mean, std
 
 
-def _moments(images):
+def _moments(images: Array) -> tuple[Float64Array, Float64Array]:
     """Per-channel mean and standard deviation (float64) of ``(S, C, *spatial)`` images."""
     moved = by_channel(images)
     with np.errstate(over="ignore"):
@@ -152,16 +179,17 @@ def _moments(images):
     return mean, std
 
 
-def by_channel(images):
+def by_channel(images: Array) -> Array:
     """``(S, C, *spatial)`` images as ``(C, S * prod(spatial))``, channel by channel."""
     return np.moveaxis(images, 1, 0).reshape(images.shape[1], -1)
 
 
-def _broadcast(stats, ndim):
+def _broadcast(stats: ArrayLike, ndim: int) -> Float64Array:
+    """Per-channel ``stats`` shaped to broadcast against ``(S, C, *spatial)`` arrays of ``ndim`` dimensions."""
     return np.asarray(stats, dtype=np.float64).reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def normalize(images, mean, std):
+def normalize(images: Array, mean: ArrayLike, std: ArrayLike) -> Array:
     """Return ``(images - mean) / std`` per channel as a new float32 array.
 
     Computed in float64 and cast at the end, so that large offsets and
@@ -173,7 +201,7 @@ def normalize(images, mean, std):
     return out.astype(np.float32)
 
 
-def denormalize(images, mean, std, dtype=np.float32):
+def denormalize(images: Array, mean: ArrayLike, std: ArrayLike, dtype: DTypeLike = np.float32) -> Array:
     """Inverse of :func:`normalize`, computed in ``dtype`` (a new array)."""
     out = images.astype(dtype, copy=True)
     out *= _broadcast(std, out.ndim).astype(dtype)

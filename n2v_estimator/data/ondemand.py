@@ -9,10 +9,13 @@ the chunks under the patches sampled are ever read.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from .._typing import Array
 from ..gateway.codecs import is_zarr_array
 from .axes import _CANONICAL, check_image_array, is_dask_array, layout_of, read_unread, to_canonical
 from .normalize import normalize
@@ -24,7 +27,7 @@ SAMPLE_PIXELS = 2**22
 SAMPLE_BLOCK = {2: (128, 128), 3: (16, 64, 64)}
 
 
-def is_on_demand(X):
+def is_on_demand(X: object) -> bool:
     """Whether ``X`` is read on demand rather than converted to numpy: a zarr or
     dask array (checked without importing either)."""
     return is_zarr_array(X) or is_dask_array(X)
@@ -46,17 +49,27 @@ class OnDemandImage:
         The normalisation applied to every patch (set with :meth:`normalized`).
     """
 
-    def __init__(self, array, axes, sample, start, stop, mean=None, std=None):
+    def __init__(
+        self,
+        array: Any,
+        axes: str,
+        sample: int,
+        start: Sequence[int],
+        stop: Sequence[int],
+        mean: Array | None = None,
+        std: Array | None = None,
+    ) -> None:
         self.array, self.axes, self.sample = array, axes, sample
         self.start, self.stop = tuple(start), tuple(stop)
         self.mean, self.std = mean, std
         channels = array.shape[axes.index("C")] if "C" in axes else 1
         self.shape = (channels,) + tuple(b - a for a, b in zip(self.start, self.stop))
 
-    def normalized(self, mean, std):
+    def normalized(self, mean: Array, std: Array) -> OnDemandImage:
+        """This image, its patches normalised with ``mean`` and ``std``."""
         return OnDemandImage(self.array, self.axes, self.sample, self.start, self.stop, mean, std)
 
-    def split(self, axis, at):
+    def split(self, axis: int, at: int) -> tuple[OnDemandImage, OnDemandImage]:
         """The two images before and from ``at`` along spatial ``axis`` (nothing read)."""
         middle = list(self.start)
         middle[axis] += at
@@ -67,11 +80,11 @@ class OnDemandImage:
             OnDemandImage(self.array, self.axes, self.sample, middle, self.stop, self.mean, self.std),
         )
 
-    def read(self, spatial):
+    def read(self, spatial: Sequence[slice]) -> Array:
         """The raw pixels under ``spatial`` (slices relative to this image), as a
         ``(C, *spatial)`` numpy array in the input's dtype."""
         letters = [a for a in _CANONICAL[2:] if a in self.axes]
-        index = []
+        index: list[int | slice] = []
         for letter in self.axes:
             if letter == "S":
                 index.append(self.sample)
@@ -87,13 +100,15 @@ class OnDemandImage:
             raise ValueError(_non_finite_message(index, first))
         return to_canonical(block, self.axes.replace("S", ""))[0]
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: tuple[slice, ...]) -> torch.Tensor:
         """A normalised float32 tensor of ``(slice(None), *spatial slices)``, as a
         numpy-backed image would give (what :class:`n2v_estimator.data.patches.PatchSampler` asks for)."""
+        if self.mean is None or self.std is None:
+            raise RuntimeError("An on-demand image is cut into patches once normalized: call normalized(mean, std).")
         return torch.from_numpy(normalize(self.read(index[1:])[None], self.mean, self.std)[0])
 
 
-def _as_declared(block, array, index):
+def _as_declared(block: Any, array: Any, index: Sequence[int | slice]) -> Array:
     """``block`` (read from ``array`` at ``index``) as numpy, if it is what ``array`` declares:
     its dtype and the shape of the region read. A dask array's chunks may hold other values
     than its metadata says (complex, strings, fewer pixels): refused, never silently cast."""
@@ -114,7 +129,7 @@ def _as_declared(block, array, index):
     return block
 
 
-def _non_finite_message(index, first):
+def _non_finite_message(index: Sequence[int | slice], first: Sequence[int]) -> str:
     """The numpy input's words for a non-finite value, at its index in the whole array."""
     position, k = [], 0
     for i in index:
@@ -129,7 +144,7 @@ def _non_finite_message(index, first):
     )
 
 
-def on_demand_images(X, axes):
+def on_demand_images(X: Any, axes: str | None) -> tuple[list[OnDemandImage], str]:
     """The images of an on-demand array, one per sample, nothing read (a
     numpy array in a list with on-demand ones is checked whole; the others'
     values are checked as patches are read).
@@ -148,7 +163,7 @@ def on_demand_images(X, axes):
     return [OnDemandImage(X, layout, s, [0] * len(spatial), spatial) for s in range(samples)], layout
 
 
-def sample_blocks(images, seed=0):
+def sample_blocks(images: Sequence[OnDemandImage], seed: int = 0) -> list[Array]:
     """A fixed random sample of raw ``(1, C, *block)`` float64 blocks of ``images``
     (:class:`OnDemandImage`), at most :data:`SAMPLE_PIXELS` pixels per channel
     together: all of small images, scattered blocks of large ones."""

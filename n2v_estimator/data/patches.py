@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import math
 from numbers import Integral
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .axes import per_axis
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .._typing import Array, Shape
+    from .ondemand import OnDemandImage
 
 # Training images up to this size are kept on the training device (a GPU's memory is
 # far larger; beyond it they stay in host memory and each batch is copied over).
@@ -17,10 +24,10 @@ MAX_DEVICE_BYTES = 2 * 2**30
 
 # Default patches: in 3D a batch of 16x32x32 patches costs about four 2D steps of 64x64,
 # where n2v's usual 32x64x64 costs 32 (an hour for a newcomer's default run on a CPU).
-DEFAULT_PATCH_SHAPE = {2: (64, 64), 3: (16, 32, 32)}
+DEFAULT_PATCH_SHAPE: dict[int, Shape] = {2: (64, 64), 3: (16, 32, 32)}
 
 
-def requested_patch_shape(patch_size, ndim):
+def requested_patch_shape(patch_size: int | Sequence[int] | None, ndim: int) -> Shape:
     """The patch shape the ``patch_size`` parameter asks for: ``None`` the default
     of :data:`DEFAULT_PATCH_SHAPE`, an int ``p`` means ``(p, p)`` in 2D and
     ``(p // 2, p, p)`` (Z, Y, X) in 3D; a tuple is taken as is."""
@@ -31,7 +38,7 @@ def requested_patch_shape(patch_size, ndim):
     return per_axis(patch_size, ndim, "patch_size")
 
 
-def fit_patch_shape(patch_shape, image_shapes):
+def fit_patch_shape(patch_shape: Sequence[int], image_shapes: Sequence[Sequence[int]]) -> Shape:
     """Shrink ``patch_shape`` so that it fits in every image of ``image_shapes``.
 
     Parameters
@@ -70,14 +77,26 @@ class PatchSampler:
         :data:`MAX_DEVICE_BYTES`; else they stay in host memory).
     """
 
-    def __init__(self, images, patch_shape, augment=True, device=None):
-        # Arrays read on demand (._ondemand.OnDemandImage) cut their own patches, on the CPU.
-        images = [torch.from_numpy(np.ascontiguousarray(im)) if isinstance(im, np.ndarray) else im for im in images]
-        in_memory = all(isinstance(im, torch.Tensor) for im in images)
-        if device is not None and in_memory and sum(im.nbytes for im in images) <= MAX_DEVICE_BYTES:
+    def __init__(
+        self,
+        images: Sequence[Array | OnDemandImage],
+        patch_shape: Sequence[int],
+        augment: bool = True,
+        device: torch.device | str | None = None,
+    ) -> None:
+        # Arrays read on demand (data.ondemand.OnDemandImage) cut their own patches, on the CPU.
+        kept: list[torch.Tensor | OnDemandImage] = [
+            torch.from_numpy(np.ascontiguousarray(im)) if isinstance(im, np.ndarray) else im for im in images
+        ]
+        in_memory = [im for im in kept if isinstance(im, torch.Tensor)]
+        if (
+            device is not None
+            and len(in_memory) == len(kept)
+            and sum(im.nbytes for im in in_memory) <= MAX_DEVICE_BYTES
+        ):
             # Patches are then cut on the device: no copy of patch data per step.
-            images = [im.to(device) for im in images]
-        self.images = images
+            kept = [im.to(device) for im in in_memory]
+        self.images = kept
         self.patch_shape = tuple(int(p) for p in patch_shape)
         self.augment = augment
         for im in self.images:
@@ -88,9 +107,10 @@ class PatchSampler:
         # Each image is drawn in proportion to how many patch positions it offers.
         positions = [math.prod(s - p + 1 for s, p in zip(im.shape[1:], self.patch_shape)) for im in self.images]
         self._image_weights = torch.tensor(positions, dtype=torch.float64)
-        self._maps = {}  # see _source_map
+        # The augmentations' source maps (see _source_map), by (flips, quarter turns, image shape, device).
+        self._maps: dict[tuple[tuple[int, ...], int, tuple[int, ...], torch.device], torch.Tensor] = {}
 
-    def sample(self, batch_size, generator):
+    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """Return a ``(batch_size, C, *patch_shape)`` float32 tensor, where the images are.
 
         ``generator`` must be a CPU ``torch.Generator``; it alone decides the
@@ -103,17 +123,21 @@ class PatchSampler:
         """
         which = torch.multinomial(self._image_weights, batch_size, replacement=True, generator=generator)
         draws = [(i, *self._draw(self.images[i], generator)) for i in which.tolist()]
-        if not all(isinstance(im, torch.Tensor) for im in self.images):
+        in_memory = [im for im in self.images if isinstance(im, torch.Tensor)]
+        if len(in_memory) < len(self.images):
             return torch.stack([self._cut(self.images[i], corner, flips, k) for i, corner, flips, k in draws])
-        return self._gather(draws)
+        return self._gather(in_memory, draws)
 
-    def _draw(self, image, generator):
+    def _draw(
+        self, image: torch.Tensor | OnDemandImage, generator: torch.Generator
+    ) -> tuple[tuple[int, ...], tuple[int, ...], int]:
         """One patch's corner, flipped axes and number of quarter turns, from ``generator``."""
         ndim = len(self.patch_shape)
         corner = tuple(
             int(torch.randint(s - p + 1, (1,), generator=generator)) for s, p in zip(image.shape[1:], self.patch_shape)
         )
-        flips, k = (), 0
+        flips: tuple[int, ...] = ()
+        k = 0
         if self.augment:
             drawn = torch.rand(ndim, generator=generator) < 0.5
             flips = tuple(d for d in range(ndim) if drawn[d])
@@ -121,7 +145,9 @@ class PatchSampler:
                 k = int(torch.randint(4, (1,), generator=generator))
         return corner, flips, k
 
-    def _cut(self, image, corner, flips, k):
+    def _cut(
+        self, image: torch.Tensor | OnDemandImage, corner: Sequence[int], flips: Sequence[int], k: int
+    ) -> torch.Tensor:
         """One patch, cut from ``image`` (of any kind that slices) and augmented."""
         slices = tuple(slice(c, c + p) for c, p in zip(corner, self.patch_shape))
         patch = image[(slice(None),) + slices]
@@ -131,14 +157,16 @@ class PatchSampler:
             patch = torch.rot90(patch, k, dims=(-2, -1))
         return patch.contiguous()
 
-    def _gather(self, draws):
-        """The patches of ``draws`` from in-memory images: one gather per image drawn."""
-        first = self.images[0]
+    def _gather(
+        self, images: Sequence[torch.Tensor], draws: Sequence[tuple[int, tuple[int, ...], tuple[int, ...], int]]
+    ) -> torch.Tensor:
+        """The patches of ``draws`` from ``images`` (:attr:`images`, all in memory): one gather per image drawn."""
+        first = images[0]
         device, ndim = first.device, len(self.patch_shape)
         batch = torch.empty((len(draws), first.shape[0], *self.patch_shape), dtype=first.dtype, device=device)
         for i in sorted({d[0] for d in draws}):
             rows = [b for b, d in enumerate(draws) if d[0] == i]
-            image = self.images[i]
+            image = images[i]
             spatial = tuple(image.shape[1:])
             strides = _strides(spatial)
             # Each pixel's source, as an offset into the image's flattened pixels: the corner's
@@ -150,7 +178,9 @@ class PatchSampler:
             batch[torch.tensor(rows).to(device, non_blocking=True)] = patches.movedim(0, 1)
         return batch
 
-    def _source_map(self, flips, k, spatial, device):
+    def _source_map(
+        self, flips: tuple[int, ...], k: int, spatial: tuple[int, ...], device: torch.device
+    ) -> torch.Tensor:
         """For each pixel of a patch augmented by ``flips`` and ``k`` quarter turns, the offset
         from the patch's corner, in an image of ``spatial`` shape's flattened pixels, of the pixel it
         comes from: the augmentation applied to a grid of offsets. Made once per augmentation,
@@ -164,7 +194,7 @@ class PatchSampler:
         return self._maps[key]
 
 
-def _strides(spatial):
+def _strides(spatial: Sequence[int]) -> list[int]:
     """How far apart, in the flattened pixels of an image of shape ``spatial``, neighbours along each axis are."""
     return [math.prod(spatial[d + 1 :]) for d in range(len(spatial))]
 
@@ -173,7 +203,9 @@ def _strides(spatial):
 VALIDATION_MIN_SIDE = 8
 
 
-def split_validation(images, fraction, min_side=VALIDATION_MIN_SIDE):
+def split_validation(
+    images: Array | Sequence[Array | OnDemandImage], fraction: float, min_side: int = VALIDATION_MIN_SIDE
+) -> tuple[list[Array | OnDemandImage], list[Array | OnDemandImage]]:
     """Hold out part of the data for validation.
 
     Parameters
@@ -187,7 +219,7 @@ def split_validation(images, fraction, min_side=VALIDATION_MIN_SIDE):
 
     Returns
     -------
-    train, validation : list of ndarray of shape (C, *spatial)
+    train, validation : list of ndarray of shape (C, *spatial) (or of images read on demand, as given)
         With several images, the last ``round(fraction * S)`` whole images are
         held out. With too few images, the last ``fraction`` of the longest
         spatial axis of every image is held out instead (an image too small
@@ -203,7 +235,8 @@ def split_validation(images, fraction, min_side=VALIDATION_MIN_SIDE):
         return images[: n_images - n_held], images[n_images - n_held :]
     # Too few images: hold out a strip along the longest axis of each (of each
     # one long enough for two parts; a smaller image is trained on whole).
-    train, validation = [], []
+    train: list[Array | OnDemandImage] = []
+    validation: list[Array | OnDemandImage] = []
     for image in images:
         spatial = image.shape[1:]
         axis = int(np.argmax(spatial))
@@ -215,7 +248,7 @@ def split_validation(images, fraction, min_side=VALIDATION_MIN_SIDE):
         if isinstance(image, np.ndarray):
             train.append(np.take(image, np.arange(cut), axis=1 + axis))
             validation.append(np.take(image, np.arange(cut, spatial[axis]), axis=1 + axis))
-        else:  # read on demand (._ondemand.OnDemandImage): two views, nothing read
+        else:  # read on demand (data.ondemand.OnDemandImage): two views, nothing read
             head, tail = image.split(axis, cut)
             train.append(head)
             validation.append(tail)

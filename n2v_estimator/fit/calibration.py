@@ -33,8 +33,22 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+    from numpy.typing import NDArray
+
+    from ..nets.blindnet import BlindSpotNetwork
+    from ..nets.unet import UNet
+    from .training import MaskedBatch
+
+#: A calibration record, JSON-ready: per-channel lists keyed as :data:`RECORD_KEYS` (and ``patches``
+#: once the plan names where its blind spots came from).
+CalibrationRecord: TypeAlias = dict[str, Any]
 
 # Intensity bins of the prior mean (equal counts): the dark background and the bright
 # structure of a microscopy image fall into different bins.
@@ -50,12 +64,18 @@ TAIL_LIMIT = 0.02
 MIN_COUNT = 200
 
 
-def blind_spot_calibration(model, batches, mean, std, precision="32"):
+def blind_spot_calibration(
+    model: UNet | BlindSpotNetwork,
+    batches: Sequence[MaskedBatch],
+    mean: NDArray[np.float64],
+    std: NDArray[np.float64],
+    precision: str = "32",
+) -> CalibrationRecord:
     """The calibration of a probabilistic ``model`` on held-out blind spots.
 
     Parameters
     ----------
-    model : torch.nn.Module
+    model : UNet or BlindSpotNetwork
         A network with a ``noise`` model, in eval mode.
     batches : list of (x, x_masked, mask)
         As :func:`n2v_estimator.fit.training.make_validation_set` draws them (normalised).
@@ -80,31 +100,37 @@ def blind_spot_calibration(model, batches, mean, std, precision="32"):
     from ..nets.noise import quantile_bins
     from ..runtime.compute import autocast
 
+    noise_model = model.noise
+    assert noise_model is not None, "a probabilistic network holds its noise model"
     channels = len(mean)
-    parts = [[] for _ in range(channels)]
+    parts: list[list[torch.Tensor]] = [[] for _ in range(channels)]
     with torch.inference_mode():
         for x, x_masked, mask in batches:
             with autocast(x.device, precision):
                 prediction = model(x_masked)
             mu, tau = prediction.float().chunk(2, dim=1)
-            noise = model.noise.variance(mu).expand_as(mu)
+            noise = noise_model.variance(mu).expand_as(mu)
             total = tau.square() + noise
             for c in range(channels):
                 chosen = mask[:, c]
                 parts[c].append(torch.stack([t[:, c][chosen] for t in (mu, (x - mu).square(), total, noise)]).cpu())
-    result = {key: [] for key in ("edges", "count", "ratio", "noise_share", "tail", "se")}
+    result: CalibrationRecord = {key: [] for key in ("edges", "count", "ratio", "noise_share", "tail", "se")}
     for c in range(channels):
         mu, squared, total, noise = torch.cat(parts[c], dim=1).double().numpy()
         signal = mu * float(std[c]) + float(mean[c])
         edges, which = quantile_bins(signal, N_BINS) if signal.size else (np.zeros(N_BINS + 1), signal.astype(int))
-        rows = [_bin(squared[which == k], total[which == k], noise[which == k]) for k in range(N_BINS)]
-        result["edges"].append([_round(e) for e in edges])
+        rows = [_bin_summary(squared[which == k], total[which == k], noise[which == k]) for k in range(N_BINS)]
+        result["edges"].append([_four_digits(e) for e in edges])
         for key in ("count", "ratio", "noise_share", "tail", "se"):
             result[key].append([row[key] for row in rows])
     return result
 
 
-def _bin(squared, total, noise):
+def _bin_summary(
+    squared: NDArray[np.float64], total: NDArray[np.float64], noise: NDArray[np.float64]
+) -> dict[str, int | float | None]:
+    """One bin's entries of a record, from its blind spots' squared residuals, predicted variances
+    (``tau**2 + v(mu)``) and noise variances ``v(mu)``."""
     n = len(squared)
     if n == 0:
         return {"count": 0, "ratio": None, "noise_share": None, "tail": None, "se": None}
@@ -113,18 +139,19 @@ def _bin(squared, total, noise):
     se = math.sqrt(np.sum((squared - ratio * total) ** 2)) / total.sum()
     return {
         "count": int(n),
-        "ratio": _round(ratio),
-        "noise_share": _round(noise.sum() / total.sum()),
-        "tail": _round(np.mean(squared > TAIL_Z**2 * total)),
-        "se": _round(se),
+        "ratio": _four_digits(ratio),
+        "noise_share": _four_digits(noise.sum() / total.sum()),
+        "tail": _four_digits(np.mean(squared > TAIL_Z**2 * total)),
+        "se": _four_digits(se),
     }
 
 
-def _round(value):
+def _four_digits(value: float | np.floating[Any]) -> float:
+    """``value`` rounded to 4 significant digits: what a record keeps."""
     return float(f"{float(value):.4g}")
 
 
-def calibration_problems(calibration):
+def calibration_problems(calibration: Mapping[str, Any]) -> list[str]:
     """What is off, as sentences (an empty list when nothing is), with the bins'
     numbers: see the module's docstring for what each means.
 
@@ -180,7 +207,7 @@ RECORD_KEYS = ("edges", "count", "ratio", "noise_share", "tail", "se")
 RECORD_PATCHES = ("validation", "training")
 
 
-def check_record(record, n_channels):
+def check_record(record: object, n_channels: int) -> CalibrationRecord:
     """``record`` if it is a calibration record of ``n_channels`` channels as
     :func:`blind_spot_calibration` makes it, else ``ValueError`` saying what is off: its keys, one
     list per channel of each, ``bins + 1`` finite increasing edges (1 to 64 bins), counts as ints
@@ -188,7 +215,7 @@ def check_record(record, n_channels):
     read from a model file is a stranger's: :func:`calibration_problems` and ``info`` can then
     trust its shape."""
 
-    def numbers(values, length, what, counts=None):
+    def check_numbers(values: object, length: int, what: str, counts: Sequence[int] | None = None) -> None:
         if not isinstance(values, list) or len(values) != length:
             raise ValueError(f"its {what} are not {length} values")
         for k, value in enumerate(values):
@@ -216,7 +243,7 @@ def check_record(record, n_channels):
         if not isinstance(counts, list) or len(counts) != bins or any(type(n) is not int or n < 0 for n in counts):
             raise ValueError(f"its counts are not {bins} ints >= 0")
         for key in ("ratio", "noise_share", "tail", "se"):
-            numbers(record[key][c], bins, key, counts)
+            check_numbers(record[key][c], bins, key, counts)
     return record
 
 
@@ -225,7 +252,7 @@ class CalibrationWarning(UserWarning):
     residuals of its held-out blind spots: its posterior may be worse than plain Noise2Void."""
 
 
-def warn_if_uncalibrated(calibration, noise_model, blind_spot, where):
+def warn_if_uncalibrated(calibration: Mapping[str, Any], noise_model: str | float, blind_spot: str, where: str) -> None:
     """Warn (:class:`CalibrationWarning`) with the numbers and what to try when
     :func:`calibration_problems` finds any; ``where`` names the patches checked."""
     problems = calibration_problems(calibration)

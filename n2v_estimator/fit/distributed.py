@@ -33,14 +33,24 @@ import signal
 import stat
 import sys
 import tempfile
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import numpy as np
 import torch
 
 from ..gateway.text import shown
 from .lifeline import DroppingQueue, rank_entry, started_without_main, watch_parent
+from .ranks import Rank
 from .training import NonFiniteLossError, TrainingResult
+
+if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+    from multiprocessing.queues import Queue
+    from types import ModuleType
+
+    from ..nets.blindnet import BlindSpotNetwork
+    from ..nets.unet import UNet
 
 
 class DistributedTrainingError(RuntimeError):
@@ -54,15 +64,35 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 # and a rank whose peers never come ends with a message instead of torch's 30 minutes of silence.
 RENDEZVOUS_SECONDS = 300
 # A host name or an IP address (IPv6 in brackets or not): what MASTER_ADDR may hold.
-_HOST = re.compile(r"[A-Za-z0-9._:\[\]%-]{1,253}")
+_HOST_PATTERN = re.compile(r"[A-Za-z0-9._:\[\]%-]{1,253}")
 
 
-def launched_by_torchrun():
+class TrainingPlan(Protocol):
+    """What the ranks train: a :class:`n2v_estimator.fit.plan.FitPlan`, named here by what they use of
+    it (the plan's module imports this one)."""
+
+    @property
+    def device(self) -> torch.device:
+        """The device the plan was made for (its type decides the backend)."""
+        ...
+
+    def build_network(self, device: torch.device | None = None) -> UNet | BlindSpotNetwork:
+        """A fresh network as planned, on ``device``."""
+        ...
+
+    def run(
+        self, verbose: bool | int | str = False, rank: Rank | None = None
+    ) -> tuple[UNet | BlindSpotNetwork, TrainingResult]:
+        """Train as planned: the whole fit, or (``rank``) one rank's share of it."""
+        ...
+
+
+def launched_by_torchrun() -> bool:
     """Whether this process has the environment of a rank that ``torchrun`` started."""
     return all(name in os.environ for name in TORCHRUN_VARIABLES)
 
 
-def torchrun_environment():
+def torchrun_environment() -> tuple[int, int, int, str, int]:
     """``(rank, world_size, local_rank, master_addr, master_port)`` from torchrun's variables,
     each checked; a ``ValueError`` of one line naming a variable that is missing or wrong."""
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
@@ -74,7 +104,7 @@ def torchrun_environment():
             "n_devices=N, which starts N processes on this machine itself."
         )
 
-    def number(name, low, high):
+    def whole_number(name: str, low: int, high: int) -> int:
         text = os.environ[name]
         if not re.fullmatch(r"\d{1,9}", text.strip()) or not low <= int(text) <= high:
             raise ValueError(
@@ -83,12 +113,12 @@ def torchrun_environment():
             )
         return int(text)
 
-    world = number("WORLD_SIZE", 1, 2**20)
-    rank = number("RANK", 0, world - 1)
-    local = number("LOCAL_RANK", 0, world - 1)
-    port = number("MASTER_PORT", 1, 65535)
+    world = whole_number("WORLD_SIZE", 1, 2**20)
+    rank = whole_number("RANK", 0, world - 1)
+    local = whole_number("LOCAL_RANK", 0, world - 1)
+    port = whole_number("MASTER_PORT", 1, 65535)
     address = os.environ["MASTER_ADDR"].strip()
-    if not _HOST.fullmatch(address):
+    if not _HOST_PATTERN.fullmatch(address):
         raise ValueError(
             f"torchrun's variable MASTER_ADDR={shown(address, 60)} is not a host name or an IP "
             "address: start the processes with torchrun, which sets it, or unset it."
@@ -96,13 +126,13 @@ def torchrun_environment():
     return rank, world, local, address, port
 
 
-def torchrun_ranks():
+def torchrun_ranks() -> tuple[int, int, int]:
     """``(rank, world_size, local_rank)`` of this process in the group ``torchrun`` started, or a
     ``ValueError`` saying how to start one (:func:`torchrun_environment`)."""
     return torchrun_environment()[:3]
 
 
-def rendezvous_seconds():
+def rendezvous_seconds() -> float:
     """How long joining torchrun's group may take: N2V_RENDEZVOUS_TIMEOUT, else :data:`RENDEZVOUS_SECONDS`."""
     text = os.environ.get("N2V_RENDEZVOUS_TIMEOUT", str(RENDEZVOUS_SECONDS))
     try:
@@ -117,7 +147,7 @@ def rendezvous_seconds():
     return seconds
 
 
-def check_devices(n_devices, device, batch_size):
+def check_devices(n_devices: int | Literal["torchrun"], device: torch.device, batch_size: int) -> None:
     """Refuse what ``n_devices`` processes (or ``"torchrun"``'s) cannot do on ``device`` with
     ``batch_size``, naming the fix."""
     if n_devices == "torchrun":
@@ -161,7 +191,9 @@ def check_devices(n_devices, device, batch_size):
         )
 
 
-def run_distributed(plan, n_devices, verbose=False, same_patches=False):
+def run_distributed(
+    plan: TrainingPlan, n_devices: int, verbose: bool | int | str = False, same_patches: bool = False
+) -> tuple[UNet | BlindSpotNetwork, TrainingResult]:
     """Train ``plan`` (a :class:`n2v_estimator.fit.plan.FitPlan`) in ``n_devices`` processes;
     return ``(model, TrainingResult)`` in this process, as :meth:`FitPlan.run` does.
 
@@ -219,7 +251,7 @@ def run_distributed(plan, n_devices, verbose=False, same_patches=False):
     return model, TrainingResult(model.state_dict(), history, interrupted, error, calibration)
 
 
-def run_joined(plan, verbose=False):
+def run_joined(plan: TrainingPlan, verbose: bool | int | str = False) -> tuple[UNet | BlindSpotNetwork, TrainingResult]:
     """Train ``plan`` as this process's rank of the group ``torchrun`` started; return
     ``(model, TrainingResult)`` as :meth:`FitPlan.run` does, the same on every rank.
 
@@ -239,9 +271,9 @@ def run_joined(plan, verbose=False):
     started = not dist.is_initialized()
     if started:
         watch_parent()
-        _join(dist, "nccl" if cuda else "gloo", rank, world, address, port)
+        _join_torchrun_group(dist, "nccl" if cuda else "gloo", rank, world, address, port)
     try:
-        model, result = plan.run(verbose=verbose and rank == 0, rank=(rank, world, device, False))
+        model, result = plan.run(verbose=verbose and rank == 0, rank=Rank(rank, world, device, False))
         if result.interrupted:
             raise KeyboardInterrupt("Training interrupted: a fit under torchrun keeps nothing.")
         dist.barrier()
@@ -251,7 +283,7 @@ def run_joined(plan, verbose=False):
     return model, result
 
 
-def _join(dist, backend, rank, world, address, port):
+def _join_torchrun_group(dist: ModuleType, backend: str, rank: int, world: int, address: str, port: int) -> None:
     """Join torchrun's group as ``rank`` of ``world`` through the store at ``address:port``, within
     :func:`rendezvous_seconds`; torch's own waits (30 minutes) and its native retry messages are
     replaced by one line."""
@@ -272,7 +304,7 @@ def _join(dist, backend, rank, world, address, port):
 
 
 @contextlib.contextmanager
-def _native_stderr_quiet():
+def _native_stderr_quiet() -> Iterator[None]:
     """The process's standard error (file descriptor 2) sent nowhere for a while: torch's native
     code prints a multi-line trace on every failed connection attempt, which the caller says in one
     line. Where descriptor 2 cannot be redirected, nothing is changed."""
@@ -292,7 +324,7 @@ def _native_stderr_quiet():
         os.close(nowhere)
 
 
-def private_folder(path):
+def private_folder(path: str) -> str:
     """Make the folder ``path`` readable by this user alone, or find it made so (by another rank):
     a folder of another user, a link, or one others may read is refused."""
     try:
@@ -309,7 +341,7 @@ def private_folder(path):
     return path
 
 
-def _collect(ranks, messages):
+def _collect(ranks: Sequence[BaseProcess], messages: Queue[tuple[Any, ...]]) -> list[Any]:
     """Rank 0's result, or the first failure: a rank's error, or a rank that died without one."""
     started = set()
     while True:
@@ -319,7 +351,7 @@ def _collect(ranks, messages):
             for rank, process in enumerate(ranks):
                 if process.exitcode not in (None, 0):
                     raise DistributedTrainingError(
-                        _death(rank, len(ranks), process.exitcode, rank in started)
+                        _death_message(rank, len(ranks), process.exitcode, rank in started)
                     ) from None
             continue
         if kind == "started":
@@ -334,7 +366,7 @@ def _collect(ranks, messages):
         return payload
 
 
-def _death(rank, world, exitcode, started):
+def _death_message(rank: int, world: int, exitcode: int, started: bool) -> str:
     """One line for a rank that ended with ``exitcode`` without saying why."""
     when = "while starting, before it could train" if not started else "before training finished"
     return (
@@ -343,7 +375,15 @@ def _death(rank, world, exitcode, started):
     )
 
 
-def rank_main(folder, rank, world, plans, messages, verbose, same_patches):
+def rank_main(
+    folder: str,
+    rank: int,
+    world: int,
+    plans: DroppingQueue,
+    messages: Queue[tuple[Any, ...]],
+    verbose: bool | int | str,
+    same_patches: bool,
+) -> None:
     """One rank (its parent watched already: :func:`n2v_estimator.fit.lifeline.rank_entry`): make
     the private rendezvous ``folder`` (or find it made by another rank), take the plan, join the
     group, train its share, and (rank 0) send the result back."""
@@ -367,7 +407,7 @@ def rank_main(folder, rank, world, plans, messages, verbose, same_patches):
         if cuda:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if cuda else "gloo", init_method=rendezvous, rank=rank, world_size=world)
-        model, result = plan.run(verbose=verbose and rank == 0, rank=(rank, world, device, same_patches))
+        model, result = plan.run(verbose=verbose and rank == 0, rank=Rank(rank, world, device, same_patches))
         if rank == 0:
             state = {name: tensor.detach().cpu().numpy() for name, tensor in model.state_dict().items()}
             error = None if result.error is None else str(result.error)
@@ -379,61 +419,3 @@ def rank_main(folder, rank, world, plans, messages, verbose, same_patches):
         messages.close()
         messages.join_thread()
         os._exit(1)  # no collective, no exit handler: the other ranks may be waiting in one
-
-
-def average_over_ranks(value):
-    """``value`` (a tensor) averaged over the ranks of the current process group, in place."""
-    import torch.distributed as dist
-
-    dist.all_reduce(value)
-    value /= dist.get_world_size()
-    return value
-
-
-class _BatchNormOverRanks:
-    """Batch normalisation whose training statistics are those of the whole batch of every rank
-    (summed with a differentiable all-reduce), as one process with the whole batch computes them.
-    torch's SyncBatchNorm does this on GPUs only; this runs on gloo (CPU) and NCCL alike."""
-
-    def forward(self, x):
-        if not self.training or not torch.distributed.is_initialized():
-            return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
-        dims = [0, *range(2, x.dim())]
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
-        channels = x.shape[1]
-        n = stats[-1]
-        mean = stats[:channels] / n
-        var = (stats[channels : 2 * channels] / n - mean * mean).clamp_min(0)
-        with torch.no_grad():
-            self.num_batches_tracked += 1
-            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean.detach())
-            self.running_var.mul_(1 - self.momentum).add_(self.momentum * var.detach() * n / (n - 1))
-        shape = (1, channels) + (1,) * (x.dim() - 2)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
-
-
-class _BatchNorm2dOverRanks(_BatchNormOverRanks, torch.nn.BatchNorm2d):
-    pass
-
-
-class _BatchNorm3dOverRanks(_BatchNormOverRanks, torch.nn.BatchNorm3d):
-    pass
-
-
-def batch_norm_over_ranks(model):
-    """``model`` with its batch norms normalising by the statistics of all ranks' batches in
-    training (in place: parameters, buffers and their names are unchanged); returns it."""
-    kinds = {torch.nn.BatchNorm2d: _BatchNorm2dOverRanks, torch.nn.BatchNorm3d: _BatchNorm3dOverRanks}
-    for module in model.modules():
-        if type(module) in kinds:
-            module.__class__ = kinds[type(module)]
-    return model
-
-
-def rank_seed(seed, rank):
-    """The patch and blind-spot seed of ``rank``: its own stream, the same for the same ``seed``."""
-    return int((np.int64(seed) + 1_000_003 * rank) % (2**31 - 1))

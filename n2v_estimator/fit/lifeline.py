@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.machinery
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.queues
@@ -30,11 +31,15 @@ import shutil
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 # How often a process that multiprocessing did not start checks that its parent is still there.
 WATCH_SECONDS = 0.5
-# The parents watched: one thread each, however many fits a process makes.
-_WATCHED = set()
+# The process ids of the parents watched: one thread each, however many fits a process makes.
+_WATCHED_PARENTS: set[int] = set()
 
 
 class DroppingQueue(multiprocessing.queues.Queue):
@@ -43,11 +48,11 @@ class DroppingQueue(multiprocessing.queues.Queue):
     here, not beside its use: a rank unpickles it before it can watch its parent."""
 
     @staticmethod
-    def _on_queue_feeder_error(error, obj):
+    def _on_queue_feeder_error(error: Exception, obj: object) -> None:
         pass
 
 
-def watch_parent(parent=None, cleanup=None):
+def watch_parent(parent: int | None = None, cleanup: Callable[[], object] | None = None) -> None:
     """End this process (``os._exit(1)``) when its parent is gone, after ``cleanup()``.
 
     ``parent``: the parent's process id (default: the current one), checked every
@@ -55,12 +60,12 @@ def watch_parent(parent=None, cleanup=None):
     pipe to the parent tells at once.
     """
     parent = os.getppid() if parent is None else parent
-    if parent in _WATCHED:
+    if parent in _WATCHED_PARENTS:
         return
-    _WATCHED.add(parent)
+    _WATCHED_PARENTS.add(parent)
     sentinel = getattr(multiprocessing.parent_process(), "sentinel", None)
 
-    def gone():
+    def exit_when_parent_gone() -> None:
         if sentinel is not None:
             multiprocessing.connection.wait([sentinel])
         else:
@@ -70,10 +75,10 @@ def watch_parent(parent=None, cleanup=None):
             cleanup()
         os._exit(1)
 
-    threading.Thread(target=gone, name="n2v-parent-watch", daemon=True).start()
+    threading.Thread(target=exit_when_parent_gone, name="n2v-parent-watch", daemon=True).start()
 
 
-def rank_entry(folder, target, *args):
+def rank_entry(folder: str, target: str, *args: object) -> None:
     """What a rank of ``fit(n_devices > 1)`` runs: watch the parent (removing the fit's rendezvous
     ``folder`` when it is gone), then import and call ``target`` (``"module:function"``, here
     :func:`n2v_estimator.fit.distributed.rank_main`) with ``(folder, *args)``. The target is named,
@@ -84,7 +89,7 @@ def rank_entry(folder, target, *args):
 
 
 @contextlib.contextmanager
-def started_without_main():
+def started_without_main() -> Iterator[None]:
     """Within: processes started with "spawn" do not run this process's main module (the script).
 
     Spawn names the main module to its children by ``__main__.__spec__`` (a module run with
@@ -96,11 +101,7 @@ def started_without_main():
         yield  # an interactive session or a notebook: nothing is run again anyway
         return
     spec = main.__spec__
-
-    class _Skipped:
-        name = "__main__"
-
-    main.__spec__ = _Skipped()
+    main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)  # the name spawn skips
     try:
         yield
     finally:

@@ -6,7 +6,9 @@ import copy
 import math
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import torch
 
@@ -14,6 +16,37 @@ from ..nets.losses import masked_mse
 from ..nets.noise import NOISE_LEARNING_RATE
 from ..runtime.compute import autocast, fastest_layout, grad_scaler
 from ..runtime.progress import progress_bar, report_epoch
+
+if TYPE_CHECKING:
+    from .._typing import Shape
+    from ..data.patches import PatchSampler
+
+#: A validation batch, as :func:`make_validation_set` draws it: the patches ``x``, ``x_masked`` (their
+#: blind spots replaced) and ``mask`` (the blind spots), each ``(B, C, *spatial)`` on the device.
+MaskedBatch: TypeAlias = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+#: ``loss(prediction, x, mask)``: a scalar loss over the blind spots ``mask`` of ``prediction`` for ``x``.
+Loss: TypeAlias = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Masker(Protocol):
+    """What makes a batch's blind spots: a :class:`n2v_estimator.data.masking.BlindSpotMasker`, or the
+    blind-spot network's :data:`n2v_estimator.nets.blindnet.every_pixel`, which masks nothing."""
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_masked, mask)`` for the batch ``x`` of shape ``(B, C, *spatial)``."""
+        ...
+
+    def check_patch(self, patch_shape: Shape) -> None:
+        """Refuse (``ValueError``) patches of ``patch_shape`` that no blind spot could be made in."""
+        ...
+
+
+class _ProgressBar(Protocol):
+    """What an epoch tells of its steps: a :func:`n2v_estimator.runtime.progress.progress_bar`."""
+
+    def update(self) -> object: ...
+
+    def set_postfix(self, *, refresh: bool, **postfix: str) -> object: ...
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,13 +73,13 @@ class TrainingResult:
         of the kept weights (set by the plan after training).
     """
 
-    state: dict
-    history: list = field(default_factory=list)
+    state: dict[str, torch.Tensor]
+    history: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
     error: NonFiniteLossError | None = None
-    calibration: dict | None = None
+    calibration: dict[str, Any] | None = None
 
-    def raise_if_stopped_early(self, was_fitted):
+    def raise_if_stopped_early(self, was_fitted: bool) -> None:
         """Re-raise a stop (``KeyboardInterrupt`` with a warning, or the
         :class:`NonFiniteLossError`), saying what the estimator keeps: these
         weights if an epoch completed, else whatever it held before
@@ -72,7 +105,9 @@ class TrainingResult:
         raise KeyboardInterrupt(f"Training interrupted {kept}")
 
 
-def warmup_cosine(total_steps, warmup_fraction=0.05, final_fraction=0.01):
+def warmup_cosine(
+    total_steps: int, warmup_fraction: float = 0.05, final_fraction: float = 0.01
+) -> Callable[[int], float]:
     """Learning-rate multiplier for step ``t`` of ``total_steps``.
 
     A linear warm-up over the first ``warmup_fraction`` of the steps, then a
@@ -84,7 +119,7 @@ def warmup_cosine(total_steps, warmup_fraction=0.05, final_fraction=0.01):
     warmup = max(1, int(round(warmup_fraction * total_steps)))
     decay = max(1, total_steps - warmup)
 
-    def multiplier(step):
+    def multiplier(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / decay)
@@ -93,7 +128,9 @@ def warmup_cosine(total_steps, warmup_fraction=0.05, final_fraction=0.01):
     return multiplier
 
 
-def make_validation_set(sampler, masker, n_patches, batch_size, device, seed):
+def make_validation_set(
+    sampler: PatchSampler, masker: Masker, n_patches: int, batch_size: int, device: torch.device, seed: int
+) -> list[MaskedBatch]:
     """Draw validation patches and their blind spots once, so that the
     validation loss of different epochs is measured on the same data.
 
@@ -111,23 +148,24 @@ def make_validation_set(sampler, masker, n_patches, batch_size, device, seed):
     return batches
 
 
-def _parameter_groups(model, learning_rate):
+def _parameter_groups(model: torch.nn.Module, learning_rate: float) -> list[dict[str, Any]]:
     """The trained parameters: the network's at ``learning_rate``, a noise
     model's (probabilistic N2V) at :data:`n2v_estimator.nets.noise.NOISE_LEARNING_RATE` times it."""
     noise = getattr(model, "noise", None)
     own = {id(p) for p in noise.parameters()} if noise is not None else set()
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in own]}]
+    groups: list[dict[str, Any]] = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in own]}]
     learned = [p for p in noise.parameters() if p.requires_grad] if noise is not None else []
     if learned:
         groups.append({"params": learned, "lr": learning_rate * NOISE_LEARNING_RATE})
     return groups
 
 
-def _validation_loss(model, batches, precision, loss):
+def _validation_loss(model: torch.nn.Module, batches: Sequence[MaskedBatch], precision: str, loss: Loss) -> float:
     """The loss over all blind spots of the validation ``batches`` (each batch's mean weighted by
     its count), summed on the device and read once."""
     model.eval()
-    total, count = 0.0, 0
+    total: float | torch.Tensor = 0.0
+    count: int | torch.Tensor = 0
     with torch.inference_mode():
         for x, x_masked, mask in batches:
             n = mask.sum()
@@ -140,25 +178,25 @@ def _validation_loss(model, batches, precision, loss):
 
 
 def train(
-    model,
-    sampler,
-    masker,
+    model: torch.nn.Module,
+    sampler: PatchSampler,
+    masker: Masker,
     *,
-    validation,
-    max_epochs,
-    steps_per_epoch,
-    batch_size,
-    learning_rate,
-    device,
-    seed,
-    precision="32",
-    verbose=False,
-    loss=None,
-    record=None,
-    forward=None,
-    reduce=None,
-    shard=None,
-):
+    validation: Sequence[MaskedBatch],
+    max_epochs: int,
+    steps_per_epoch: int,
+    batch_size: int,
+    learning_rate: float,
+    device: torch.device,
+    seed: int,
+    precision: str = "32",
+    verbose: bool | int | str = False,
+    loss: Loss | None = None,
+    record: Callable[[], dict[str, Any]] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    shard: tuple[int, int] | None = None,
+) -> TrainingResult:
     """Train ``model`` in place with Noise2Void.
 
     Parameters
@@ -234,7 +272,7 @@ def train(
         for epoch in range(max_epochs):
             start = time.perf_counter()
             train_loss, step_lr = _epoch(step, epoch, steps_per_epoch, progress, reduce)
-            state = _finite_state(model, epoch)
+            state = _finite_weights(model, epoch)
             val_loss = _validation_loss(model, validation, precision, loss) if validation else None
             history.append(
                 {
@@ -269,19 +307,19 @@ class _Step:
 
     def __init__(
         self,
-        model,
-        sampler,
-        masker,
-        loss,
-        learning_rate,
-        total_steps,
-        batch_size,
-        device,
-        precision,
-        seed,
-        forward=None,
-        shard=None,
-    ):
+        model: torch.nn.Module,
+        sampler: PatchSampler,
+        masker: Masker,
+        loss: Loss,
+        learning_rate: float,
+        total_steps: int,
+        batch_size: int,
+        device: torch.device,
+        precision: str,
+        seed: int,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> None:
         self.model, self.sampler, self.masker, self.loss = model, sampler, masker, loss
         self.forward, self.shard = forward if forward is not None else model, shard
         self.batch_size, self.device, self.precision = batch_size, device, precision
@@ -299,7 +337,7 @@ class _Step:
         self.patch_generator = torch.Generator().manual_seed(seed)
         self.mask_generator = torch.Generator(device=device).manual_seed(seed + 1)
 
-    def __call__(self, epoch):
+    def __call__(self, epoch: int) -> tuple[torch.Tensor, float]:
         """Take one step; return ``(loss, learning rate)`` of it, the loss a detached tensor on
         the device: reading it would make the host wait for the device at every step, so the
         epoch sums the losses there and reads them once (:func:`_epoch`)."""
@@ -307,7 +345,7 @@ class _Step:
         x = self.sampler.sample(self.batch_size * ranks, self.patch_generator).to(self.device, non_blocking=True)
         x = self.layout(x)
         x_masked, mask = self.masker(x, self.mask_generator)
-        weight = 1.0
+        weight: float | torch.Tensor = 1.0
         if self.shard:
             share = slice(self.shard[0] * self.batch_size, (self.shard[0] + 1) * self.batch_size)
             # The loss is a mean over blind spots: weighted by this share's part of them, the
@@ -328,17 +366,24 @@ class _Step:
         return step_loss.detach(), step_lr
 
 
-def _epoch(step, epoch, steps_per_epoch, progress, reduce=None):
+def _epoch(
+    step: _Step,
+    epoch: int,
+    steps_per_epoch: int,
+    progress: _ProgressBar,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[float, float]:
     """``steps_per_epoch`` steps; the epoch's mean training loss and its last step's learning rate.
 
     The losses are summed on the device and read once, at the end: a non-finite one is then
     reported as :class:`NonFiniteLossError` (and the epoch's weights, which it may have spoiled,
     are not kept; the caller falls back on the last complete epoch's)."""
-    total = None
+    total: torch.Tensor | None = None
     for _ in range(steps_per_epoch):
         value, step_lr = step(epoch)
         total = value if total is None else total + value
         progress.update()
+    assert total is not None  # steps_per_epoch >= 1, the parameter's constraint
     if reduce is not None:
         total = reduce(total)
     mean = total.item() / steps_per_epoch  # the epoch's one wait for the device
@@ -348,7 +393,7 @@ def _epoch(step, epoch, steps_per_epoch, progress, reduce=None):
     return mean, step_lr
 
 
-def _finite_state(model, epoch):
+def _finite_weights(model: torch.nn.Module, epoch: int) -> dict[str, torch.Tensor]:
     """A copy of ``model``'s weights at the end of an epoch, or :class:`NonFiniteLossError`."""
     state = copy.deepcopy(model.state_dict())
     floats = [t for t in state.values() if t.is_floating_point()]
@@ -361,14 +406,16 @@ class _KeptWeights:
     """The weights ``train`` falls back on: those of the lowest validation loss so far,
     else (no validation) those of the last complete epoch; the initial ones before any."""
 
-    def __init__(self, model):
+    def __init__(self, model: torch.nn.Module) -> None:
         self.best_loss = math.inf
         self.best = self.last = copy.deepcopy(model.state_dict())
 
-    def update(self, state, val_loss):
+    def update(self, state: dict[str, torch.Tensor], val_loss: float | None) -> None:
+        """Keep ``state``, an epoch's weights, as the last; and as the best if ``val_loss`` is the lowest yet."""
         self.last = state
         if val_loss is not None and val_loss < self.best_loss:
             self.best_loss, self.best = val_loss, state
 
-    def state(self):
+    def state(self) -> dict[str, torch.Tensor]:
+        """The weights to keep: the best, else (no validation) the last."""
         return self.best if self.best_loss < math.inf else self.last

@@ -23,11 +23,19 @@ import shutil
 import stat
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 try:  # POSIX: a writer holds a lock on its temporary, so that a dead one's can be told apart
     import fcntl
+
+    _CAN_LOCK = True
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    _CAN_LOCK = False
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .._typing import PathLike
 
 # Temporaries of killed writers are removed once unlocked and this old.
 STALE_SECONDS = 2.0
@@ -35,7 +43,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 
 
-def check_replace(path, overwrite):
+def check_replace(path: PathLike, overwrite: bool) -> None:
     """Refuse to write ``path`` where something exists there, unless ``overwrite``: nothing a user
     has is replaced without their saying so (``save``, ``export_bioimageio``; the command line
     checks its targets itself, naming --overwrite)."""
@@ -43,32 +51,32 @@ def check_replace(path, overwrite):
         raise FileExistsError(f"{path} exists: pass overwrite=True to replace it, or choose another name.")
 
 
-def temporary_name(path, suffix="tmp"):
+def temporary_name(path: PathLike, suffix: str = "tmp") -> Path:
     """``.<name>.<16 hex digits>.<suffix>`` beside ``path``."""
     path = Path(path)
     return path.with_name(f".{path.name}.{secrets.token_hex(8)}.{suffix}")
 
 
-def _ours(path):
+def _ours(path: PathLike) -> re.Pattern[str]:
     return re.compile(re.escape(f".{Path(path).name}.") + r"[0-9a-f]{16}\.(tmp|old)")
 
 
-def lock(fd):
+def lock(fd: int) -> None:
     """Hold an exclusive lock on the open file or folder ``fd`` (until it is closed); a file
     system without locks is written all the same."""
-    if fcntl is not None:
+    if _CAN_LOCK:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:
             pass
 
 
-def remove_stale(path):
+def remove_stale(path: PathLike) -> None:
     """Remove the temporaries that killed writers of ``path`` left behind: those named as
     :func:`temporary_name` names them, not locked by a live writer, and not brand new.
     A set-aside old version (``.old``, see :func:`replace`) goes back into place if
     nothing is at ``path``, else it is removed."""
-    if fcntl is None:  # pragma: no cover
+    if not _CAN_LOCK:  # pragma: no cover
         return
     path = Path(path)
     pattern = _ours(path)
@@ -100,7 +108,7 @@ def remove_stale(path):
 
 
 @contextlib.contextmanager
-def temporary_beside(path, folder=False):
+def temporary_beside(path: PathLike, folder: bool = False) -> Iterator[Path]:
     """A locked temporary file (or empty folder) beside ``path`` for the duration of the
     block, removed if the block raises; stale temporaries of ``path`` are removed first.
     Yields its :class:`~pathlib.Path`; the caller moves it into place (:func:`replace`)."""
@@ -123,7 +131,7 @@ def temporary_beside(path, folder=False):
         os.close(fd)
 
 
-def remove(path):
+def remove(path: PathLike) -> None:
     """Remove a file, link or folder (tree) of ours, if it is there."""
     path = Path(path)
     if path.is_dir() and not path.is_symlink():
@@ -132,7 +140,7 @@ def remove(path):
         path.unlink()
 
 
-def replace(temporary, path):
+def replace(temporary: PathLike, path: PathLike) -> None:
     """Rename ``temporary`` to ``path``. A folder (zarr) in the way is set aside first (as a
     ``.old`` temporary) and removed only once the new one is in place."""
     temporary, path = Path(temporary), Path(path)
@@ -150,7 +158,7 @@ def replace(temporary, path):
 
 
 @contextlib.contextmanager
-def atomic_write(path, folder=False):
+def atomic_write(path: PathLike, folder: bool = False) -> Iterator[Path]:
     """The one way the package writes a file or folder: ``with atomic_write(path) as temporary:``
     writes ``temporary`` (:func:`temporary_beside`); when the block ends, a file is flushed to
     disk (a power cut cannot leave an empty file at ``path``) and given the permissions of the

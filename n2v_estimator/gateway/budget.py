@@ -17,8 +17,17 @@ import os
 import re
 import shutil
 import stat
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, Literal
+
+    from numpy.typing import DTypeLike
+
+    from .._typing import PathLike, Shape
 
 # Declared bytes per stored byte beyond which a file is refused. Noisy images compress
 # 1.5-4x (their noise is incompressible); 256 leaves room for mostly empty images and for
@@ -41,7 +50,7 @@ MAX_METADATA_BYTES = 16 * 2**20
 ZARR_METADATA_FILES = (".zattrs", ".zgroup", ".zarray", "zarr.json")
 
 
-def check_metadata_size(path, what, size, trust=False):
+def check_metadata_size(path: PathLike, what: str, size: int, trust: bool = False) -> None:
     """Refuse metadata of ``size`` bytes, ``what`` of the file ``path``, over :data:`MAX_METADATA_BYTES`
     (``trust`` reads it), before it is parsed."""
     if size > MAX_METADATA_BYTES and not trust:
@@ -72,15 +81,17 @@ _TIFF_TYPE_BYTES = {
     17: 8,
     18: 8,
 }
+# A TIFF file's first two bytes: its byte order.
+_TIFF_BYTE_ORDERS: dict[bytes, Literal["little", "big"]] = {b"II": "little", b"MM": "big"}
 
 
-def check_tiff_metadata(path, trust=False):
+def check_tiff_metadata(path: PathLike, trust: bool = False) -> None:
     """:func:`check_metadata_size` of the text tags of a TIFF file's first image (its description,
     ImageJ's tags), from their declared counts in the file's first directory, before tifffile reads
     them (it reads them whole as it opens the file). Not a TIFF: nothing (tifffile says so)."""
     with open(path, "rb") as file:
         head = file.read(16)
-        order = {b"II": "little", b"MM": "big"}.get(head[:2])
+        order = _TIFF_BYTE_ORDERS.get(head[:2])
         if order is None or len(head) < 16:
             return
         version = int.from_bytes(head[2:4], order)
@@ -101,7 +112,7 @@ def check_tiff_metadata(path, trust=False):
             check_metadata_size(path, TIFF_TEXT_TAGS[code], count * _TIFF_TYPE_BYTES.get(kind, 1), trust)
 
 
-def check_zarr_metadata(folder, trust=False):
+def check_zarr_metadata(folder: PathLike, trust: bool = False) -> None:
     """:func:`check_metadata_size` of the zarr metadata files in ``folder`` (not following links)."""
     for name in ZARR_METADATA_FILES:
         try:
@@ -115,14 +126,14 @@ class DeclaredSizeError(ValueError):
     """A file declares an image far larger than it can hold, or than the machine can."""
 
 
-def _allocated(info):
+def _allocated(info: os.stat_result) -> int:
     """Bytes a file occupies on disk: its size, or less for a sparse file (holes cost nothing to
     declare, and read back as zeros)."""
     blocks = getattr(info, "st_blocks", None)
     return info.st_size if blocks is None else min(info.st_size, blocks * 512)
 
 
-def stored_bytes(path, enough=None):
+def stored_bytes(path: PathLike, enough: int | None = None) -> int:
     """Bytes ``path`` (a file, or a folder such as a zarr store) occupies on disk; for a folder
     the walk stops once ``enough`` bytes are counted (a real store has many files)."""
     info = os.stat(path)
@@ -142,12 +153,14 @@ def stored_bytes(path, enough=None):
     return total
 
 
-def declared_bytes(shape, dtype):
+def declared_bytes(shape: Sequence[int], dtype: DTypeLike) -> int:
     """Bytes of an array of ``shape`` and ``dtype``, in Python integers (never overflowing)."""
     return math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize
 
 
-def check_declared(path, shape, dtype, chunks=None, trust=False):
+def check_declared(
+    path: PathLike, shape: Sequence[int], dtype: DTypeLike, chunks: Sequence[int] | None = None, trust: bool = False
+) -> None:
     """Refuse an image ``path`` declares as ``shape`` and ``dtype`` (and ``chunks``, for zarr)
     when it declares over :data:`MAX_EXPANSION` times what it stores (beyond
     :data:`FREE_BYTES`), or many tiny chunks; ``trust`` skips the check.
@@ -182,7 +195,7 @@ def check_declared(path, shape, dtype, chunks=None, trust=False):
             )
 
 
-def check_in_memory(path, shape, dtype):
+def check_in_memory(path: PathLike, shape: Sequence[int], dtype: DTypeLike) -> None:
     """Refuse reading ``path`` whole when its image is larger than the memory available now."""
     wanted = declared_bytes(shape, dtype)
     available = available_memory()
@@ -193,7 +206,7 @@ def check_in_memory(path, shape, dtype):
         )
 
 
-def check_free_space(path, n_bytes):
+def check_free_space(path: PathLike, n_bytes: int) -> None:
     """Refuse writing ``n_bytes`` to ``path`` when its folder's file system has less room."""
     try:
         free = shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
@@ -206,7 +219,7 @@ def check_free_space(path, n_bytes):
         )
 
 
-def available_memory():
+def available_memory() -> int | None:
     """Bytes of memory available now (Linux ``MemAvailable``), else the machine's total, or None."""
     available = meminfo("MemAvailable")
     return available if available is not None else physical_memory()
@@ -234,21 +247,22 @@ _OME_TYPES = {
 }
 
 
-def pixels_element(description):
+def pixels_element(description: str | None) -> tuple[str, str] | None:
     """``(attributes, content)`` of the first ``Pixels`` element of an OME-XML
     ``description``: the text of its start tag (at most :data:`MAX_TAG_CHARS`) and
     what it holds (to its end tag, or the end of the text); ``None`` where there is none."""
-    match = _PIXELS.search(description or "")
+    text = description or ""
+    match = _PIXELS.search(text)
     if match is None:
         return None
-    close = description.find(">", match.end(), match.end() + MAX_TAG_CHARS)
+    close = text.find(">", match.end(), match.end() + MAX_TAG_CHARS)
     if close < 0:
         return None
-    end = _PIXELS_END.search(description, close)
-    return description[match.end() : close], description[close + 1 : end.start() if end else len(description)]
+    end = _PIXELS_END.search(text, close)
+    return text[match.end() : close], text[close + 1 : end.start() if end else len(text)]
 
 
-def ome_declared(description):
+def ome_declared(description: str | None) -> tuple[Shape, np.dtype[Any]] | None:
     """``(shape, dtype)`` of the first image an OME-XML ``description`` declares, read with two
     regular expressions (tifffile builds its series with one entry per declared plane: minutes
     for a crafted ``SizeZ``), or ``None`` where it declares none."""
@@ -263,7 +277,7 @@ def ome_declared(description):
     return shape, np.dtype(_OME_TYPES.get(attributes.get("Type", "uint8").lower(), "u1"))
 
 
-def physical_memory():
+def physical_memory() -> int | None:
     """Total physical memory in bytes, or ``None`` where it cannot be read."""
     try:
         page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
@@ -274,7 +288,7 @@ def physical_memory():
     return meminfo("MemTotal")
 
 
-def meminfo(field):
+def meminfo(field: str) -> int | None:
     """A Linux ``/proc/meminfo`` field in bytes (``"MemTotal"``, ``"MemAvailable"``), or ``None``."""
     try:
         with open("/proc/meminfo") as lines:
@@ -286,7 +300,7 @@ def meminfo(field):
     return None
 
 
-def format_bytes(n):
+def format_bytes(n: int) -> str:
     """``n`` bytes for a message: ``"2.6 GiB"``; beyond 1024 PiB ``"9.6e+25 bytes"``."""
     if n >= 2**60:  # from the digits: a float cannot hold every int
         digits = str(n)

@@ -14,7 +14,16 @@ numeric filters) and the dtype numeric. Anything else is refused with
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypeVar
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
+
+# Whatever check_source is given, it gives back.
+_Source = TypeVar("_Source")
 
 # numcodecs codec ids (zarr format 2 ``compressor`` and ``filters``; zarr 3 names them
 # "numcodecs.<id>"): lossless compression, byte shuffles, checksums and numeric filters.
@@ -55,12 +64,12 @@ class UnsafeZarrError(ValueError):
     """A zarr array whose metadata names a codec or dtype the package does not decode."""
 
 
-def is_zarr_array(X):
+def is_zarr_array(X: object) -> bool:
     """Whether ``X`` is a zarr array (zarr 2 or 3), checked without importing zarr."""
     return type(X).__module__.split(".")[0] == "zarr" and hasattr(X, "shape") and hasattr(X, "dtype")
 
 
-def check_zarr_array(array, name="X"):
+def check_zarr_array(array: Any, name: str = "X") -> None:
     """Refuse ``array`` (a zarr array) unless its codecs are on :data:`ALLOWED_CODECS` and its
     dtype is numeric. Reads the metadata only, never a chunk.
 
@@ -90,14 +99,14 @@ def check_zarr_array(array, name="X"):
         )
 
 
-def _describe(array, name):
+def _describe(array: Any, name: str) -> str:
     store = getattr(array, "store_path", None) or getattr(array, "store", None)
     path = getattr(array, "path", "")
     where = str(store) if store is not None else "a zarr store"
     return f"{name} (the zarr array {path!r} of {where})" if path else f"{name} (the zarr array of {where})"
 
 
-def _codecs_and_dtype(array):
+def _codecs_and_dtype(array: Any) -> tuple[list[str], np.dtype[Any]]:
     """The codec names (nested ones included) and the dtype of a zarr 2 or zarr 3 array, as
     zarr will decode it. Anything unrecognised is named as it is, so that it is refused."""
     metadata = getattr(array, "metadata", None)
@@ -108,7 +117,7 @@ def _codecs_and_dtype(array):
             return _v3_names(document.get("codecs") or ()), dtype
         return _v2_names(document.get("compressor"), document.get("filters")), dtype
     # zarr 2: the codec objects the array decodes with.
-    compressor = getattr(array, "compressor", None)
+    compressor: Any = getattr(array, "compressor", None)  # a numcodecs codec, or None
     filters = getattr(array, "filters", None) or []
     configs = [c.get_config() if hasattr(c, "get_config") else c for c in filters]
     return _v2_names(compressor.get_config() if hasattr(compressor, "get_config") else compressor, configs), (
@@ -116,14 +125,14 @@ def _codecs_and_dtype(array):
     )
 
 
-def _v2_names(compressor, filters):
+def _v2_names(compressor: object, filters: Iterable[object] | None) -> list[str]:
     names = []
     for codec in ([compressor] if compressor is not None else []) + list(filters or []):
         names.append(str(codec.get("id")) if isinstance(codec, dict) else repr(codec))
     return names
 
 
-def _v3_names(codecs):
+def _v3_names(codecs: Iterable[object]) -> list[str]:
     names = []
     for codec in codecs:
         if isinstance(codec, str):
@@ -140,12 +149,12 @@ def _v3_names(codecs):
     return names
 
 
-def zarr_arrays_in(dask_array):
+def zarr_arrays_in(dask_array: Any) -> list[Any]:
     """The zarr arrays a dask array reads from: values of its graph, and arguments of its
     tasks (``from_zarr``/``from_array`` keep the array as a graph value, or inline it)."""
     found, seen = [], set()
 
-    def visit(value, depth):
+    def visit(value: object, depth: int) -> None:
         if id(value) in seen or depth > 6:
             return
         seen.add(id(value))
@@ -175,7 +184,7 @@ def zarr_arrays_in(dask_array):
     return found
 
 
-def check_source(X, name="X"):
+def check_source(X: _Source, name: str = "X") -> _Source:
     """Refuse ``X`` if it is a zarr array, or a dask array built on one, that
     :func:`check_zarr_array` refuses; anything else passes unchanged."""
     if is_zarr_array(X):

@@ -29,11 +29,19 @@ import contextlib
 import math
 import os
 import stat
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .budget import MAX_EXPANSION
 from .text import shown
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import h5py
+
+    from .._typing import PathLike
 
 # Layers or weights a Keras model lists: an n2v U-Net of depth 8 with 16 channels has some 900.
 MAX_MEMBERS = 4096
@@ -48,7 +56,7 @@ class HDF5Error(ValueError):
 
 
 @contextlib.contextmanager
-def open_file(path):
+def open_file(path: PathLike) -> Iterator[h5py.File]:
     """The regular file at ``path`` as an open, read-only ``h5py.File`` (a context manager). A
     named pipe, a device or a folder is refused before anything is read (it is opened without
     blocking), and the file is read through that one open file: a name replaced meanwhile is not."""
@@ -69,7 +77,7 @@ def open_file(path):
             yield file
 
 
-def child(group, path):
+def child(group: h5py.Group, path: str) -> h5py.Group | h5py.Dataset:
     """``group[path]``, followed one name at a time: each a hard link (an object stored in this
     file), never a soft or external link. ``path`` may hold ``/``; ``.`` and empty names are refused."""
     import h5py
@@ -92,7 +100,7 @@ def child(group, path):
     return node
 
 
-def names(group, attribute):
+def names(group: h5py.Group, attribute: str) -> list[str]:
     """The strings listed in ``group``'s ``attribute`` (Keras' ``layer_names``, ``weight_names``),
     at most :data:`MAX_MEMBERS`."""
     values = group.attrs.get(attribute, [])
@@ -104,7 +112,7 @@ def names(group, attribute):
     return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
 
 
-def checked_dataset(dataset, name):
+def checked_dataset(dataset: h5py.Group | h5py.Dataset, name: str) -> h5py.Dataset:
     """``dataset`` if its data lie in this file and it stores what it declares: not external or
     virtual, a float type, known filters, chunks no larger than the data, and at least
     1/:data:`MAX_EXPANSION` of its declared bytes stored (none: never written)."""
@@ -136,6 +144,6 @@ def checked_dataset(dataset, name):
     return dataset
 
 
-def _shown(text, limit=80):
+def _shown(text: str, limit: int = 80) -> str:
     """A name from the file as a message shows it: quoted, escaped, cut (:func:`n2v_estimator.gateway.text.shown`)."""
     return f"'{shown(text, limit - 2)}'"

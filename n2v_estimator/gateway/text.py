@@ -26,11 +26,11 @@ MAX_TEXT = 256
 _HIDDEN = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
-def _hidden(character):
+def _hidden(character: str) -> bool:
     return unicodedata.category(character) in _HIDDEN
 
 
-def plain(value, limit=MAX_TEXT, *, lines=False):
+def plain(value: object, limit: int = MAX_TEXT, *, lines: bool = False) -> bool:
     """Whether ``value`` is a string that may be kept as it is: at most ``limit`` characters,
     none of them a control or format character (``lines``: tabs and line breaks allowed).
 
@@ -43,7 +43,7 @@ def plain(value, limit=MAX_TEXT, *, lines=False):
     return not any(_hidden(c) and c not in allowed for c in value)
 
 
-def shown(value, limit=120):
+def shown(value: object, limit: int = 120) -> str:
     """``value`` (any object; a string from a file) as one line to print: control and format
     characters escaped as Python's ``repr`` writes them, cut to ``limit`` characters.
 

@@ -17,9 +17,16 @@ import re
 import zipfile
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._extras import install_command
 from .errors import ModelFileError
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+    from types import ModuleType
+
+    from .._typing import PathLike
 
 # Our packages hold about 9 files; a few hundred leaves room for other tools' extras.
 MAX_MEMBERS = 256
@@ -55,11 +62,11 @@ SOURCE_KEYS = frozenset({"source", "documentation", "covers", "attachments", "ic
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 
 
-def _is_yaml(name):
+def _is_yaml(name: str) -> bool:
     return name.lower().endswith((".yaml", ".yml"))
 
 
-def _check_name(path, name, seen):
+def _check_name(path: Path, name: str, seen: set[str]) -> None:
     parts = re.split(r"[/\\]", name)
     if name.startswith(("/", "\\")) or _DRIVE.match(name) or ".." in parts:
         raise ModelFileError(
@@ -74,7 +81,7 @@ def _check_name(path, name, seen):
     seen.add(name)
 
 
-def check_members(archive, path, model_file):
+def check_members(archive: zipfile.ZipFile, path: Path, model_file: str) -> list[zipfile.ZipInfo]:
     """Refuse a zip whose central directory describes a bomb or paths that escape.
 
     Parameters
@@ -114,7 +121,9 @@ def check_members(archive, path, model_file):
         f"a zip of {on_disk} bytes may hold at most {budget} (a package's weights and arrays barely "
         "compress): it is a zip bomb, or a package damaged on its way to you"
     )
-    seen, yaml_members, yaml_bytes, total = set(), [], 0, 0
+    seen: set[str] = set()
+    yaml_members: list[zipfile.ZipInfo] = []
+    yaml_bytes = total = 0
     for info in members:
         name, size = info.filename, info.file_size
         _check_name(path, name, seen)
@@ -148,7 +157,7 @@ def check_members(archive, path, model_file):
     return yaml_members
 
 
-def _import_yaml():
+def _import_yaml() -> ModuleType:
     try:
         import yaml
     except ImportError as exc:  # bioimageio.spec reads YAML with ruyaml; this check needs PyYAML
@@ -159,7 +168,7 @@ def _import_yaml():
     return yaml
 
 
-def check_yaml(text, path, name):
+def check_yaml(text: str, path: Path, name: str) -> None:
     """Refuse YAML that could expand, nest without bound, or construct objects.
 
     One pass over the parser's events (no document is built, so the time is
@@ -228,7 +237,7 @@ def check_yaml(text, path, name):
         raise ModelFileError(f"{where} is not valid YAML: {' '.join(str(exc).split())[:300]}") from exc
 
 
-def _outside(value):
+def _outside(value: str) -> bool:
     """Whether the YAML scalar ``value`` names a place outside the package: a URL of any spelling,
     an absolute, home or drive path, or a path with a ``..`` step. Text with spaces (a
     description, a citation) names no file."""
@@ -238,11 +247,11 @@ def _outside(value):
     return bool(_SCHEME.match(text) or text.startswith(("/", "\\", "~")) or ".." in re.split(r"[/\\]", text))
 
 
-def check_sources(document, members, path, name):
+def check_sources(document: object, members: Collection[str], path: Path, name: str) -> None:
     """Refuse a YAML document (parsed) that names, at one of :data:`SOURCE_KEYS`, a file that is
     not a member of the package (by its relative name)."""
 
-    def walk(node, key):
+    def walk(node: object, key: object) -> None:
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(v, k)
@@ -258,7 +267,7 @@ def check_sources(document, members, path, name):
     walk(document, None)
 
 
-def check_package(path, model_file):
+def check_package(path: PathLike, model_file: str) -> list[str]:
     """Check the zip ``path`` as :func:`check_members` and every YAML member as
     :func:`check_yaml` and :func:`check_sources`; reads at most :data:`MAX_YAML_BYTES`,
     writes nothing.

@@ -16,6 +16,8 @@ import math
 import os
 import re
 import stat
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,8 +25,15 @@ from ..fit.calibration import check_record
 from ..gateway.errors import ModelFileError
 from ..images.metadata import check_calibration
 
+if TYPE_CHECKING:
+    import torch
+
+    from .._typing import Array, Float64Array, Params, PathLike, Shape
+    from ..fit.calibration import CalibrationRecord
+    from ..images.metadata import Calibration
+
 FORMAT_NAME = "n2v_estimator"
-# Version 2 describes the network in its own versioned schema (see _unet);
+# Version 2 describes the network in its own versioned schema (see nets.unet);
 # version 1 files (the network without a schema) are read as schema 1.
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -62,7 +71,8 @@ _NUMPY_DTYPES = {
 }
 
 
-def _to_json(value):
+def _to_json(value: Any) -> Any:
+    """``value`` with numpy arrays and scalars, and tuples, as the JSON values (lists, numbers) they hold."""
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):  # numpy bools, ints and floats from a parameter grid
@@ -81,7 +91,7 @@ def _to_json(value):
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*+(?:"|\Z)', re.S)
 
 
-def _nesting(text):
+def _nesting(text: str) -> int:
     """How deeply the lists and objects of the JSON ``text`` nest, found at C speed
     (strings removed, then a running count of brackets) before anything is parsed."""
     brackets = np.frombuffer(_JSON_STRING.sub("", text).encode(), dtype=np.uint8)
@@ -89,7 +99,8 @@ def _nesting(text):
     return int(np.cumsum(steps).max(initial=0))
 
 
-def _parse_json(text, what, source):
+def _parse_json(text: str | bytes, what: str, source: PathLike) -> Any:
+    """The JSON value of ``text`` (the ``what`` of the file ``source``), or :class:`ModelFileError`."""
     try:
         if isinstance(text, bytes):
             text = text.decode("utf-8")
@@ -124,19 +135,22 @@ class ModelFile:
         :data:`MAX_NESTING`, or its format version is not one this version reads.
     """
 
-    def __init__(self, path):
+    entries: dict[str, Any]
+    document: dict[str, Any]
+
+    def __init__(self, path: PathLike) -> None:
         self.path = path
         # Non-blocking, so that a named pipe cannot block the open; refused just below.
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        self._fd: int | None = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         try:
             self._read_header()
         except BaseException:
             self.close()
             raise
 
-    def _read_header(self):
+    def _read_header(self) -> None:
         path = self.path
-        info = os.fstat(self._fd)
+        info = os.fstat(self._open_fd)
         if not stat.S_ISREG(info.st_mode):
             raise ModelFileError(f"{path} is not a regular file (a directory, a pipe or a device); give a model file.")
         prefix = self._read_at(0, 8)
@@ -168,22 +182,30 @@ class ModelFile:
             )
         self.entries, self.document = header, document
 
-    def _read_at(self, offset, size):
+    @property
+    def _open_fd(self) -> int:
+        """The file's descriptor, while it is open."""
+        if self._fd is None:
+            raise ValueError(f"The model file {self.path} is closed; open it again to read it.")
+        return self._fd
+
+    def _read_at(self, offset: int, size: int) -> bytes:
         """Up to ``size`` bytes from ``offset`` (fewer only at the end of the file)."""
-        os.lseek(self._fd, offset, os.SEEK_SET)
+        fd = self._open_fd
+        os.lseek(fd, offset, os.SEEK_SET)
         chunks = []
         while size > 0:
-            chunk = os.read(self._fd, min(size, 2**30))
+            chunk = os.read(fd, min(size, 2**30))
             if not chunk:
                 break
             chunks.append(chunk)
             size -= len(chunk)
         return b"".join(chunks)
 
-    def declared(self, name):
+    def declared(self, name: str) -> tuple[str, Shape, int, int]:
         """``(dtype, shape, begin, end)`` of the tensor ``name`` as the header declares it,
         checked: a known dtype, a shape of non-negative ints, and as many bytes, inside the data."""
-        entry = self.entries.get(name)
+        entry: Any = self.entries.get(name)  # anything a stranger's header holds, judged below
         try:
             dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
             count = 1
@@ -199,18 +221,19 @@ class ModelFile:
             raise ModelFileError(f"{self.path}: tensor {name!r} is malformed ({exc}).") from exc
         return dtype, tuple(shape), begin, end
 
-    def value_count(self):
+    def value_count(self) -> int:
         """How many values the file's tensors hold (weights and running statistics), every one declared well."""
         return sum(math.prod(self.declared(name)[1]) for name in self.entries)
 
-    def _bytes(self, name):
+    def _bytes(self, name: str) -> tuple[bytearray, str, Shape]:
+        """The bytes of the tensor ``name``, its dtype and its shape, as :meth:`declared` checks them."""
         dtype, shape, begin, end = self.declared(name)
         data = bytearray(self._read_at(self._data_start + begin, end - begin))
         if len(data) != end - begin:
             raise ModelFileError(f"{self.path}: tensor {name!r} is cut short.")
         return data, dtype, shape
 
-    def tensor(self, name):
+    def tensor(self, name: str) -> torch.Tensor:
         """The tensor ``name`` (torch), checked against its declared dtype, shape and place in the file."""
         import torch  # the loaders have it already; describing a file (array, value_count) does not need it
 
@@ -220,22 +243,22 @@ class ModelFile:
             return torch.empty(shape, dtype=torch_dtype)
         return torch.frombuffer(data, dtype=torch_dtype).reshape(shape)
 
-    def array(self, name):
+    def array(self, name: str) -> Array:
         """The tensor ``name`` as a numpy array (bfloat16 widened to float32), checked as :meth:`tensor` checks it."""
         data, dtype, shape = self._bytes(name)
         if dtype == "BF16":  # the upper half of a float32
             return (np.frombuffer(data, "<u2").astype("<u4") << 16).view("<f4").reshape(shape)
         return np.frombuffer(data, _NUMPY_DTYPES[dtype]).reshape(shape)
 
-    def close(self):
+    def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self):
+    def __enter__(self) -> ModelFile:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -253,21 +276,21 @@ _MAGIC = {
 }
 
 
-def _file_kind(prefix):
+def _file_kind(prefix: bytes) -> str:
     """What a file starting with ``prefix`` is, where it is a kind users mistake for a model, else ``""``."""
     if not prefix:
         return "an empty file"
     return next((kind for magic, kind in _MAGIC.items() if prefix.startswith(magic)), "")
 
 
-def non_default_parameters(params, defaults):
+def non_default_parameters(params: Params, defaults: Params) -> list[str]:
     """The names of ``params`` whose values differ from ``defaults``, compared as JSON (an array
     against its list, a tuple against its list: what a model file stores)."""
     return [name for name, value in params.items() if _to_json(value) != _to_json(defaults.get(name))]
 
 
-def estimator_document(params, attributes, package_version):
-    """The JSON document :func:`write_model` stores for a fitted estimator.
+def estimator_document(params: Params, attributes: Mapping[str, Any], package_version: str) -> dict[str, Any]:
+    """The JSON document :func:`n2v_estimator.models.weights.write_model` stores for a fitted estimator.
 
     ``params`` are the estimator's parameters (a ``random_state`` that is not
     an int is stored as ``None``, a device as its name) and ``attributes`` its
@@ -294,7 +317,9 @@ def estimator_document(params, attributes, package_version):
     return {"package_version": package_version, "params": params, "fitted": fitted}
 
 
-def decode_document(document, param_names, source):
+def decode_document(
+    document: Mapping[str, Any], param_names: Iterable[str], source: PathLike
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Parameters and fitted state from a document written by :func:`estimator_document`.
 
     Returns
@@ -373,7 +398,7 @@ def decode_document(document, param_names, source):
     return params, fitted
 
 
-def _data_range(saved, n_channels, source):
+def _data_range(saved: Any, n_channels: int, source: PathLike) -> tuple[Float64Array, Float64Array] | None:
     """The training data's ``(min, max)`` per channel, or ``None`` (files written before it was recorded)."""
     if saved is None:
         return None
@@ -385,7 +410,7 @@ def _data_range(saved, n_channels, source):
     return low, high
 
 
-def _calibration(saved, n_channels, source):
+def _calibration(saved: Any, n_channels: int, source: PathLike) -> CalibrationRecord | None:
     """A probabilistic model's calibration record (:func:`n2v_estimator.fit.calibration.check_record`),
     or ``None`` for files without one."""
     if saved is None:
@@ -396,7 +421,7 @@ def _calibration(saved, n_channels, source):
         raise ModelFileError(f"{source}: the calibration record is malformed: {exc}.") from None
 
 
-def _image_calibration(saved, source):
+def _image_calibration(saved: Any, source: PathLike) -> Calibration | None:
     """The training images' pixel sizes, units and channel names (:mod:`n2v_estimator.images.metadata`), checked."""
     try:
         return check_calibration(saved, source)

@@ -12,20 +12,28 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .._extras import install_command
 from .._version import __version__
-from ..data.masking import MANIPULATORS
+from ..data.manipulators import MANIPULATORS
 from ..gateway import hdf5
 from ..gateway.budget import MAX_EXPANSION
 from ..gateway.text import shown
 from ..nets.builder import expected_state
 from ..nets.unet import network_description
 from ..runtime.memory import network_values
+
+if TYPE_CHECKING:
+    import h5py
+    from numpy.typing import NDArray
+
+    from .._typing import Description, Float64Array, Params, PathLike, Shape
 
 # A config.json is a few kB; anything far larger is not one.
 MAX_CONFIG_BYTES = 1 << 20
@@ -68,10 +76,10 @@ class N2VModelError(ValueError):
     """An n2v model folder or configuration this package cannot read or represent; the message names it."""
 
 
-def read_config(config):
-    """An n2v configuration as a dict: a dict as it is, or a ``config.json`` (or the model
+def read_config(config: Mapping[str, Any] | PathLike) -> dict[str, Any]:
+    """An n2v configuration as a dict: a dict (a mapping) as it is, or a ``config.json`` (or the model
     folder holding one) parsed as plain JSON. In a folder, a link to a file outside it is refused."""
-    if isinstance(config, dict):
+    if isinstance(config, Mapping):
         return dict(config)
     path = Path(config)
     if path.is_dir():
@@ -89,7 +97,7 @@ def read_config(config):
     return parsed
 
 
-def _in_folder(folder, name):
+def _in_folder(folder: PathLike, name: str) -> Path:
     """``folder / name``, refused where it is a link to something outside ``folder``."""
     path = Path(folder) / name
     if os.path.lexists(path) and not os.path.realpath(path).startswith(os.path.join(os.path.realpath(folder), "")):
@@ -97,12 +105,18 @@ def _in_folder(folder, name):
     return path
 
 
-def _count(low, high):
+def _count(low: int, high: int) -> tuple[Callable[[int], bool], str]:
     """A check of an int setting that a config could make absurd (``unet_n_first=10**400``)."""
     return (lambda v: low <= v <= high), f"an int from {low} to {high}"
 
 
-def _get(config, key, kinds, check=None, what=""):
+def _checked_setting(
+    config: Mapping[str, Any],
+    key: str,
+    kinds: type | tuple[type, ...],
+    check: Callable[[Any], bool] | None = None,
+    what: str = "",
+) -> Any:
     """``config[key]``, checked to be of ``kinds`` (a bool is not an int here) and to pass ``check``."""
     value = config.get(key)
     kinds = kinds if isinstance(kinds, tuple) else (kinds,)
@@ -111,7 +125,7 @@ def _get(config, key, kinds, check=None, what=""):
     return value
 
 
-def _effective_percentage(perc_pix, n_dim):
+def _effective_percentage(perc_pix: float, n_dim: int) -> float:
     """The share of blind spots n2v trains with at ``n2v_perc_pix``: one per box of side
     ``round(sqrt(100 / perc_pix))`` along every axis, in 2D and, as n2v computes it, in 3D too
     (a cube root would be right there: n2v places far fewer than it asks for). 0.198 is 0.2066%
@@ -120,7 +134,7 @@ def _effective_percentage(perc_pix, n_dim):
     return 100 / box**n_dim
 
 
-def config_parameters(config):
+def config_parameters(config: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """The estimator parameters an n2v configuration stands for, and the differences that remain.
 
     Returns
@@ -145,18 +159,20 @@ def config_parameters(config):
     activation = config.get("unet_last_activation", "linear")
     if activation != "linear":
         raise N2VModelError(f"unet_last_activation={activation!r} cannot be represented: the output here is linear.")
-    n_dim = _get(config, "n_dim", int, lambda v: v in (2, 3), "2 or 3")
-    channels = _get(config, "n_channel_in", int, *_count(1, 4096))
+    n_dim = _checked_setting(config, "n_dim", int, lambda v: v in (2, 3), "2 or 3")
+    channels = _checked_setting(config, "n_channel_in", int, *_count(1, 4096))
     if config.get("n_channel_out", channels) != channels:
         raise N2VModelError(
             f"n_channel_out={config.get('n_channel_out')!r} differs from n_channel_in={channels}: "
             "a denoiser here gives back the channels it gets."
         )
-    axes = _get(config, "axes", str, lambda v: v in ("YXC", "ZYXC"), "'YXC' or 'ZYXC' (channels last)")
+    axes = _checked_setting(config, "axes", str, lambda v: v in ("YXC", "ZYXC"), "'YXC' or 'ZYXC' (channels last)")
     if len(axes) != n_dim + 1:
         raise N2VModelError(f"axes={axes!r} does not have n_dim={n_dim} spatial axes.")
-    manipulator = _get(config, "n2v_manipulator", str, lambda v: v in MANIPULATORS, f"one of {list(MANIPULATORS)}")
-    patch = _get(
+    manipulator = _checked_setting(
+        config, "n2v_manipulator", str, lambda v: v in MANIPULATORS, f"one of {list(MANIPULATORS)}"
+    )
+    patch = _checked_setting(
         config,
         "n2v_patch_shape",
         (list, tuple),
@@ -171,23 +187,25 @@ def config_parameters(config):
     params = dict(
         axes=axes if channels > 1 else axes[:-1],
         patch_size=tuple(patch),
-        batch_size=_get(config, "train_batch_size", int, *_count(1, 2**16)),
-        max_epochs=_get(config, "train_epochs", int, *_count(1, 10**6)),
-        steps_per_epoch=_get(config, "train_steps_per_epoch", int, *_count(1, 10**7)),
-        learning_rate=float(_get(config, "train_learning_rate", (int, float), lambda v: 0 < v <= 1, "in (0, 1]")),
+        batch_size=_checked_setting(config, "train_batch_size", int, *_count(1, 2**16)),
+        max_epochs=_checked_setting(config, "train_epochs", int, *_count(1, 10**6)),
+        steps_per_epoch=_checked_setting(config, "train_steps_per_epoch", int, *_count(1, 10**7)),
+        learning_rate=float(
+            _checked_setting(config, "train_learning_rate", (int, float), lambda v: 0 < v <= 1, "in (0, 1]")
+        ),
         masked_pixel_percentage=_effective_percentage(
-            _get(config, "n2v_perc_pix", (int, float), lambda v: 0 < v <= 100, "in (0, 100]"), n_dim
+            _checked_setting(config, "n2v_perc_pix", (int, float), lambda v: 0 < v <= 100, "in (0, 100]"), n_dim
         ),
         manipulator=manipulator,
-        neighborhood_radius=_get(config, "n2v_neighborhood_radius", int, *_count(1, 1024)),
+        neighborhood_radius=_checked_setting(config, "n2v_neighborhood_radius", int, *_count(1, 1024)),
         struct_mask=struct,
-        depth=_get(config, "unet_n_depth", int, lambda v: 1 <= v <= 8, "an int from 1 to 8"),
-        n_filters=_get(config, "unet_n_first", int, *_count(1, 4096)),
-        kernel_size=_get(
+        depth=_checked_setting(config, "unet_n_depth", int, lambda v: 1 <= v <= 8, "an int from 1 to 8"),
+        n_filters=_checked_setting(config, "unet_n_first", int, *_count(1, 4096)),
+        kernel_size=_checked_setting(
             config, "unet_kern_size", int, lambda v: 1 <= v <= 31 and v % 2 == 1, "an odd int from 1 to 31"
         ),
-        batch_norm=_get(config, "batch_norm", bool, what="a bool"),
-        residual=_get(config, "unet_residual", bool, what="a bool"),
+        batch_norm=_checked_setting(config, "batch_norm", bool, what="a bool"),
+        residual=_checked_setting(config, "unet_residual", bool, what="a bool"),
         blurpool=bool(config.get("blurpool", False)),
         skip_skipone=bool(config.get("skip_skipone", False)),
         independent_channels=bool(config.get("single_net_per_channel", True)),
@@ -208,7 +226,7 @@ def config_parameters(config):
     return params, differences
 
 
-def _weights_of(group, name):
+def _weights_of(group: h5py.Group, name: str) -> dict[str, h5py.Dataset]:
     """``{"kernel": dataset, ...}`` of the Keras layer ``name``, each checked to be stored in the
     file as it declares (:mod:`n2v_estimator.gateway.hdf5`) before anything of it is read."""
     layer = hdf5.child(group, name)
@@ -218,18 +236,21 @@ def _weights_of(group, name):
     }
 
 
-def _suffix(name):
+def _suffix(name: str) -> int:
+    """The number Keras appends to a layer's name (``conv2d_3``: 3; none: 0)."""
     match = re.search(r"_(\d+)$", name)
     return int(match.group(1)) if match else 0
 
 
-def _conv_names(depth, prefix):
+def _conv_names(depth: int, prefix: str) -> list[str]:
+    """The names n2v gives the convolutions of one channel's U-Net (``prefix``): down, middle, then up."""
     down = [f"{prefix}down_level_{n}_no_{i}" for n in range(depth) for i in (0, 1)]
     up = [f"{prefix}up_level_{n}_no_{i}" for n in reversed(range(depth)) for i in (0, 2)]
     return down + [f"{prefix}middle_0", f"{prefix}middle_2"] + up
 
 
-def _read_array(dataset, shape, name):
+def _read_array(dataset: h5py.Dataset, shape: Sequence[int], name: str) -> NDArray[np.float32]:
+    """The weight ``name`` as float32, checked to have ``shape`` and finite values."""
     if tuple(dataset.shape) != tuple(shape):
         raise N2VModelError(
             f"weight {shown(name, 120)} has shape {tuple(dataset.shape)}, the network described needs {tuple(shape)}."
@@ -240,14 +261,14 @@ def _read_array(dataset, shape, name):
     return array
 
 
-def _keras_kernel(dataset, torch_shape, name):
+def _keras_kernel(dataset: h5py.Dataset, torch_shape: Shape, name: str) -> NDArray[np.float32]:
     """A Keras kernel (spatial..., in, out) as PyTorch's (out, in, spatial...)."""
     ndim = len(torch_shape) - 2
     keras_shape = (*torch_shape[2:], torch_shape[1], torch_shape[0])
     return np.moveaxis(_read_array(dataset, keras_shape, name), (ndim + 1, ndim), (0, 1))
 
 
-def read_weights(path, description):
+def read_weights(path: PathLike, description: Description) -> dict[str, torch.Tensor]:
     """The state dict of this package's U-Net ``description`` (layout ``"n2v-tf"``) from n2v's
     Keras HDF5 weights at ``path``. Every layer is checked by name, kind and shape before it is
     read; a missing, extra or misshapen weight is refused with its name."""
@@ -281,7 +302,15 @@ def read_weights(path, description):
         ) from None
 
 
-def _read_state(file, path, description, expected, groups, depth, batch_norm):
+def _read_state(
+    file: h5py.File,
+    path: PathLike,
+    description: Description,
+    expected: Mapping[str, tuple[Shape, torch.dtype]],
+    groups: int,
+    depth: int,
+    batch_norm: bool,
+) -> dict[str, torch.Tensor]:
     """:func:`read_weights` on the open HDF5 ``file``."""
     root = hdf5.child(file, "model_weights") if "model_weights" in file else file
     names = hdf5.names(root, "layer_names")
@@ -303,7 +332,7 @@ def _read_state(file, path, description, expected, groups, depth, batch_norm):
             f"{path} does not hold the network its config.json describes: "
             f"missing layers {shown(missing[:6], 300)}, unknown layers {shown(extra[:6], 300)}."
         )
-    per_group = {}
+    per_group: dict[str, list[tuple[h5py.Dataset, str]]] = {}  # our weight -> each group's dataset and its name
     for i in range(groups):
         modules = _module_names(depth, batch_norm)
         layers = _conv_names(depth, f"channel_{i}")
@@ -349,7 +378,7 @@ def _read_state(file, path, description, expected, groups, depth, batch_norm):
     return state
 
 
-def _module_names(depth, batch_norm):
+def _module_names(depth: int, batch_norm: bool) -> list[tuple[str, str]]:
     """Our (conv, batch norm) module names in the order of :func:`_conv_names`."""
     step = 3 if batch_norm else 2
     blocks = [f"down.{n}" for n in range(depth)]
@@ -359,7 +388,7 @@ def _module_names(depth, batch_norm):
     return pairs
 
 
-def _check_blur(root, name, channels):
+def _check_blur(root: h5py.Group, name: str, channels: int) -> None:
     """n2v's blur-pool stores its fixed binomial kernel; a different one cannot be represented."""
     weights = _weights_of(root, name)
     kernel = (
@@ -372,9 +401,9 @@ def _check_blur(root, name, channels):
         raise N2VModelError(f"layer {name}'s blur kernel is not n2v's fixed binomial one; it cannot be represented.")
 
 
-def _statistics(config, key, channels):
+def _statistics(config: Mapping[str, Any], key: str, channels: int) -> Float64Array:
     """The per-channel normalisation ``config[key]`` (n2v stores numbers as strings), checked."""
-    values = config.get(key)
+    values: Any = config.get(key)  # anything a stranger's config holds, judged below
     try:
         array = np.asarray([float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError):
@@ -386,7 +415,9 @@ def _statistics(config, key, channels):
     return array
 
 
-def model_document(folder, weights, default_params):
+def model_document(
+    folder: PathLike, weights: str, default_params: Params
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``(tensors, document)`` of the model file an n2v model folder stands for."""
     folder = Path(folder)
     config = read_config(folder)

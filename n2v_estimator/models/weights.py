@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -32,18 +34,23 @@ from .file_format import (
     decode_document,
 )
 
+if TYPE_CHECKING:
+    from .._typing import Description, PathLike
+    from ..nets.blindnet import BlindSpotNetwork
+    from ..nets.unet import UNet
+
 # torch's dtypes by their safetensors names.
 _DTYPES = {getattr(torch, torch_name): name for name, (torch_name, _) in DTYPES.items()}
 
 
-def _write_all(fd, data):
+def _write_all(fd: int, data: bytes) -> None:
     """Write ``data`` to the file descriptor ``fd`` (a seam for tests of a crash mid-write)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def _target(path):
+def _target(path: PathLike) -> Path:
     """``path`` as a :class:`Path` a model can be written to, or ``ValueError``."""
     if not str(path):
         raise ValueError("The model path is empty; give a file name such as 'model.safetensors'.")
@@ -53,7 +60,7 @@ def _target(path):
     return path
 
 
-def write_model(path, tensors, document):
+def write_model(path: PathLike, tensors: Mapping[str, torch.Tensor], document: Mapping[str, Any]) -> None:
     """Atomically write ``tensors`` (name -> tensor) and ``document`` (JSON-able dict).
 
     The file is written next to ``path`` under a temporary name and renamed
@@ -84,16 +91,21 @@ def write_model(path, tensors, document):
         raise OSError(exc.errno, f"Cannot save the model to {path}: {exc.strerror or exc}") from exc
 
 
-def read_model(path):
+def read_model(path: PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a file written by :func:`write_model`: ``(tensors, document)``.
 
-    See :class:`ModelFile` for what is refused.
+    See :class:`n2v_estimator.models.file_format.ModelFile` for what is refused.
     """
     with ModelFile(path) as file:
         return {name: file.tensor(name) for name in file.entries}, file.document
 
 
-def read_estimator(path, param_names, validate, device=None):
+def read_estimator(
+    path: PathLike,
+    param_names: Iterable[str],
+    validate: Callable[[dict[str, Any]], None],
+    device: str | torch.device | None = None,
+) -> tuple[dict[str, Any], UNet | BlindSpotNetwork, dict[str, Any]]:
     """A fitted estimator's parts from a file written by its ``save``: ``(params, model, fitted)``.
 
     ``param_names`` are the estimator's parameters; ``validate(params)`` checks them
@@ -113,8 +125,9 @@ def read_estimator(path, param_names, validate, device=None):
     return params, model, fitted
 
 
-def network_from_file(description, file):
-    """Rebuild the network ``description`` describes from the open :class:`ModelFile`.
+def network_from_file(description: Any, file: ModelFile) -> UNet | BlindSpotNetwork:
+    """Rebuild the network ``description`` (as a file holds it, unchecked) describes from the open
+    :class:`n2v_estimator.models.file_format.ModelFile`.
 
     The description is checked against the same constraints as the estimator's
     parameters; the file's header entries must then name exactly the tensors the
@@ -161,14 +174,14 @@ def network_from_file(description, file):
     return unet_with_weights(description, weights)
 
 
-def unet_with_weights(description, weights):
+def unet_with_weights(description: Description, weights: Mapping[str, torch.Tensor]) -> UNet | BlindSpotNetwork:
     """A network built from a checked ``description`` holding ``weights``, in eval mode."""
     model = build_unet(description)
     model.load_state_dict(weights)
     return model.eval()
 
 
-def portable_network(model):
+def portable_network(model: UNet | BlindSpotNetwork) -> dict[str, Any]:
     """``{"description", "weights"}`` of ``model``, its weights as CPU tensors:
     what a pickle holds (one made on a GPU loads on a CPU-only machine) and
     what ``warm_start`` continues from."""

@@ -3,7 +3,7 @@
 A fitted denoiser becomes a zip that Fiji/deepImageJ, napari, ilastik, QuPath
 and ``bioimageio.core`` run. What the zoo's runtime computes is what
 ``transform`` computes: it extends the input by a mirrored halo (declared as
-the output's ``halo``: the network's :func:`n2v_estimator.predict.tiling.border_width`), runs the
+the output's ``halo``: the network's :func:`n2v_estimator.nets.geometry.border_width`), runs the
 network (in tiles of ``2**depth``-multiples, each with that halo), and crops;
 ``transform`` extends images the same way (:func:`n2v_estimator.predict.tiling.predict_tiled`), so
 the two agree to float32 rounding, everywhere in the image.
@@ -11,22 +11,21 @@ the two agree to float32 rounding, everywhere in the image.
 The package holds the network twice for the zoo (``pytorch_state_dict`` with a
 standalone copy of the U-Net's source, and ``torchscript``) and once for us:
 the estimator's own model file (:meth:`Noise2VoidDenoiser.save`, safetensors
-and JSON) as an attachment, which :func:`from_package` loads, so that nothing
-in a package is unpickled. ``bioimageio.spec`` and ``bioimageio.core`` are an
+and JSON) as an attachment, which :func:`n2v_estimator.models.zoo_import.from_package`
+loads, so that nothing in a package is unpickled. ``bioimageio.spec`` and ``bioimageio.core`` are an
 optional extra, imported inside the functions only.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import textwrap
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import torch
@@ -38,22 +37,20 @@ from ..data.normalize import denormalize, normalize
 from ..gateway.atomic import remove, replace, temporary_beside
 from ..images.metadata import make_calibration
 from ..nets.geometry import NetworkGeometry, round_up
-from ..nets.unet import (
-    _FIELDS,
-    DESCRIPTION_SCHEMA,
-    TAU_FLOOR,
-    UNet,
-    _batch_norm,
-    _conv,
-    _ConvBlock,
-    _interleave,
-    _KerasMaxBlurPool,
-    _MaxBlurPool,
-    _pad_to_multiple,
-    _prior_scale,
-)
+from ..nets.standalone import unet_source
+from ..nets.unet import FIELDS, UNet
 from ..predict.tiling import augmentations, mirror_index, predict_tiled
 from .file_format import non_default_parameters
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from numpy.typing import NDArray
+
+    from .._typing import Array, Description, Float64Array, Params
+
+#: Who made a model, as ``export`` takes them: a name, a record (``name``, ``affiliation``, ...), or a list of those.
+Authors: TypeAlias = str | Mapping[str, str] | Sequence[str | Mapping[str, str]]
 
 # Names inside the package.
 ARCHITECTURE_FILE = "n2v_unet.py"
@@ -92,26 +89,26 @@ class ExportedDenoiser:
     on that CPU copy; ``save`` writes the estimator's model file.
     """
 
-    params: Mapping[str, Any]
-    defaults: Mapping[str, Any]
+    params: Params
+    defaults: Params
     model: UNet
-    mean: np.ndarray
-    std: np.ndarray
+    mean: Float64Array
+    std: Float64Array
     patch_shape: tuple[int, ...]
     history: Sequence[Mapping[str, Any]]
     image_calibration: Mapping[str, Any] | None
-    test_images: np.ndarray
-    transform: Callable[[np.ndarray], np.ndarray]
+    test_images: Array
+    transform: Callable[[Array], Array]
     save: Callable[[Path], None]
 
     @property
-    def network(self) -> Mapping[str, Any]:
+    def network(self) -> Description:
         """The network's description (:func:`n2v_estimator.nets.unet.network_description`)."""
         return self.model.description
 
 
-def import_bioimageio() -> tuple[Any, Any]:
-    """``bioimageio.spec``, or an ``ImportError`` saying how to install it."""
+def import_bioimageio() -> tuple[ModuleType, ModuleType]:
+    """``bioimageio.spec`` and its model spec ``v0_5``, or an ``ImportError`` saying how to install them."""
     try:
         import bioimageio.spec as spec
         from bioimageio.spec.model import v0_5
@@ -146,36 +143,18 @@ def architecture_source() -> str:
     the package's U-Net (:class:`n2v_estimator.nets.unet.UNet`) with test-time augmentation
     (:func:`n2v_estimator.predict.tiling.augmentations`), both copied from their source, as
     ``transform`` applies them."""
-    parts = [
-        '"""The U-Net of n2v-estimator (a standalone copy for the BioImage Model Zoo; needs torch only)."""',
-        "import itertools\nimport math\n\nimport torch\nimport torch.nn.functional as F\nfrom torch import nn",
-        f"DESCRIPTION_SCHEMA = {DESCRIPTION_SCHEMA!r}\n_FIELDS = {_FIELDS!r}\n"
-        f"TAU_FLOOR = {TAU_FLOOR!r}\nNoiseModel = None  # probabilistic networks are not exported",
-    ]
-    for obj in (
-        _conv,
-        _batch_norm,
-        _interleave,
-        _ConvBlock,
-        _MaxBlurPool,
-        _KerasMaxBlurPool,
-        UNet,
-        _prior_scale,
-        _pad_to_multiple,
-        augmentations,
-    ):
-        parts.append(inspect.getsource(obj).rstrip())
-    return "\n\n\n".join(parts) + "\n" + _TTA
+    title = '"""The U-Net of n2v-estimator (a standalone copy for the BioImage Model Zoo; needs torch only)."""'
+    return title + "\n\n" + unet_source(augmentations) + _TTA
 
 
 def architecture_kwargs(network: Mapping[str, Any], tta: bool) -> dict[str, Any]:
     """The keyword arguments of ``Noise2VoidNetwork`` for a ``network`` description (a masked U-Net:
     blind-spot networks are not exported), averaged over the augmentations with ``tta``."""
-    return {**{key: network[key] for key in _FIELDS if key != "blind_spot"}, "tta": bool(tta)}
+    return {**{key: network[key] for key in FIELDS if key != "blind_spot"}, "tta": bool(tta)}
 
 
 # ------------------------------------------------------------------ export
-def check_exportable(network: Mapping[str, Any]) -> None:
+def check_exportable(network: Description) -> None:
     """Refuse what the zoo's runtime cannot run: a probabilistic model, a blind-spot network."""
     if network["noise_model"] is not None:
         raise ValueError(
@@ -193,7 +172,7 @@ def check_exportable(network: Mapping[str, Any]) -> None:
         )
 
 
-def _test_arrays(source: ExportedDenoiser, minimum: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _test_arrays(source: ExportedDenoiser, minimum: int) -> tuple[NDArray[np.float32], Array, Array]:
     """The package's test data, each ``(1, C, *spatial)`` float32.
 
     Returns the test input: the first of ``source.test_images``, cropped around its centre to at
@@ -225,11 +204,11 @@ def _test_arrays(source: ExportedDenoiser, minimum: int) -> tuple[np.ndarray, np
     return images, network, source.transform(images)
 
 
-def _cover(test_input: np.ndarray, test_output: np.ndarray, path: Path) -> None:
+def _cover(test_input: Array, test_output: Array, path: Path) -> None:
     """Noisy and denoised side by side (the middle slice of a volume), as an 8-bit PNG."""
     from skimage import io
 
-    def picture(a):
+    def picture(a: Array) -> Array:
         a = a[0]
         if a.ndim == 4:  # C, Z, Y, X
             a = a[:, a.shape[1] // 2]
@@ -308,7 +287,8 @@ def _documentation(source: ExportedDenoiser, name: str, description: str, halo: 
         """)
 
 
-def _authors(authors: Any, v0_5: Any) -> list[Any]:
+def _authors(authors: Authors, v0_5: ModuleType) -> list[Any]:
+    """The spec's ``Author`` records of ``authors``: a name, a record, or a list of those; at least one."""
     if isinstance(authors, (str, dict)):
         authors = [authors]
     if not authors:
@@ -325,7 +305,7 @@ def export(
     *,
     name: str,
     description: str,
-    authors: Any,
+    authors: Authors,
     license: str = "CC-BY-4.0",
     tags: Sequence[str] = (),
 ) -> Path:
@@ -381,11 +361,11 @@ def export(
 
 
 def _description(
-    v0_5: Any,
+    v0_5: ModuleType,
     work: Path,
     source: ExportedDenoiser,
     kwargs: Mapping[str, Any],
-    about: tuple[str, str, Any, str, Sequence[str]],
+    about: tuple[str, str, Authors, str, Sequence[str]],
     sizes: tuple[int, int, int],
 ) -> Any:
     """The package's model description (spec 0.5) over the files in ``work``: ``about`` is

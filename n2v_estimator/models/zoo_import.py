@@ -11,11 +11,14 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from .._typing import PathLike
 from ..gateway.errors import ModelFileError
 from .zoo_export import CONFIG_KEY, MODEL_FILE, import_bioimageio
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 T = TypeVar("T")
 
@@ -34,7 +37,7 @@ def _copy_bounded(source: IO[bytes], sink: IO[bytes], limit: int, what: str) -> 
         sink.write(chunk)
 
 
-def _load_description(spec: Any, path: Path) -> Any:
+def _load_description(spec: ModuleType, path: Path) -> Any:
     """``bioimageio.spec``'s description of the package, its failures as :class:`ModelFileError`."""
     try:
         return spec.load_description(str(path), perform_io_checks=True)  # checks every file's sha256

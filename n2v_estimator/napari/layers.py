@@ -1,12 +1,27 @@
-"""napari layers as the estimator's input and output: their axes, their data (lazy where it
-is big), the checks that turn a wrong choice into a sentence, and the result layers."""
+"""napari layers as the estimator's input and output: which of a viewer's layers are images, their axes, their
+data (lazy where it is big), the checks that turn a wrong choice into a sentence, and the result layers."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from ..data.axes import is_dask_array, resolve_axes
 from ..data.patches import requested_patch_shape
+
+if TYPE_CHECKING:
+    from napari.layers import Image, Layer
+    from napari.viewer import Viewer
+
+    from .._typing import Shape
+    from ..estimator import Noise2VoidDenoiser
+
+#: A layer's array as napari holds it: NumPy, dask, zarr, or any array-like napari accepts.
+LayerData: TypeAlias = Any
+#: What napari adds as a layer: its data, its keyword arguments (name, scale, ...) and its kind ("image").
+LayerDataTuple: TypeAlias = tuple[LayerData, dict[str, Any], str]
 
 # In-memory layers larger than this (in float32) are handed to fit as dask arrays, which it
 # reads patch by patch: a float32 copy of a long video would not fit in memory.
@@ -33,12 +48,12 @@ class LayerError(ValueError):
     """A layer that cannot be used as chosen; the message names the layer and the fix."""
 
 
-def layer_data(layer):
+def layer_data(layer: Layer) -> LayerData:
     """The layer's full-resolution array (the first level of a multiscale layer), not copied."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
-def infer_axes(layer):
+def infer_axes(layer: Layer) -> str:
     """The estimator's axes for ``layer``: from its axis labels where they name axes
     (``t`` is the time axis ``T``, trained as samples), else by dimensions: ``YX``, ``ZYX``, ``SZYX``; an
     RGB(A) layer ends with ``C``, and a stack of RGB images is a video (``SYXC``), not a
@@ -54,7 +69,12 @@ def infer_axes(layer):
     return axes + ("C" if rgb else "")
 
 
-def is_image_layer(layer):
+def image_layers(viewer: Viewer) -> list[Image]:
+    """The viewer's image layers, bottom to top (the layers the widgets offer)."""
+    return [layer for layer in viewer.layers if is_image_layer(layer)]
+
+
+def is_image_layer(layer: Layer | None) -> bool:
     """Whether ``layer`` is a napari image layer (plugins get layers through a proxy, which
     ``isinstance`` sees through and ``type`` does not)."""
     from napari.layers import Image
@@ -62,7 +82,7 @@ def is_image_layer(layer):
     return isinstance(layer, Image)
 
 
-def check_image_layer(layer):
+def check_image_layer(layer: Layer) -> None:
     """Refuse anything but an image layer (labels, shapes, points ...), naming it."""
     if not is_image_layer(layer):
         kind = layer.__class__.__name__  # the layer's class, also through napari's proxy for plugins
@@ -72,7 +92,7 @@ def check_image_layer(layer):
         )
 
 
-def check_axes(layer, axes):
+def check_axes(layer: Layer, axes: str | None) -> str:
     """The user's ``axes`` for ``layer``, checked against its dimensions and its RGB flag."""
     axes = (axes or "").strip().upper()
     data = layer_data(layer)
@@ -89,13 +109,13 @@ def check_axes(layer, axes):
     return axes
 
 
-def spatial_shape(layer, axes):
+def spatial_shape(layer: Layer, axes: str) -> Shape:
     """The sizes of the layer's Z, Y and X axes."""
     shape = layer_data(layer).shape
     return tuple(size for letter, size in zip(axes, shape) if letter in "ZYX")
 
 
-def check_patch_fits(layer, axes, patch_size):
+def check_patch_fits(layer: Layer, axes: str, patch_size: int | Sequence[int] | None) -> None:
     """Refuse a layer smaller than the training patches (an int side, or one per spatial axis)."""
     sizes = spatial_shape(layer, axes)
     if patch_size is None:
@@ -109,7 +129,7 @@ def check_patch_fits(layer, axes, patch_size):
         )
 
 
-def training_array(layer, axes):
+def training_array(layer: Image, axes: str) -> LayerData:
     """What ``fit`` gets for ``layer``: its dask or zarr data as it is (read patch by
     patch), an in-memory array larger than :data:`LAZY_BYTES` as float32 wrapped in a
     dask array (so that no float32 copy of it is made), else the array itself."""
@@ -124,7 +144,7 @@ def training_array(layer, axes):
     return data
 
 
-def check_model_fits(estimator, layer, axes):
+def check_model_fits(estimator: Noise2VoidDenoiser, layer: Layer, axes: str) -> None:
     """Refuse a fitted ``estimator`` whose channels or dimensions do not match ``layer`` read with ``axes``."""
     channels = layer_data(layer).shape[axes.index("C")] if "C" in axes else 1
     spatial = sum(letter in "ZYX" for letter in axes)
@@ -141,12 +161,12 @@ def check_model_fits(estimator, layer, axes):
         )
 
 
-def result_layers(layer, denoised, std=None):
+def result_layers(layer: Image, denoised: LayerData, std: LayerData | None = None) -> list[LayerDataTuple]:
     """napari layer-data tuples for the result: the denoised image named after ``layer``,
     with its scale, translation and RGB flag, and the posterior std beside it."""
     shared = {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
     rgb = bool(getattr(layer, "rgb", False))
-    out = [
+    out: list[LayerDataTuple] = [
         (
             denoised,
             {

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from .layers import LayerDataTuple
 
 SIGMA = 25.0
 
 
-def noisy_camera():
+def noisy_camera() -> list[LayerDataTuple]:
     """scikit-image's camera (512 x 512) with Gaussian noise of sigma 25 (seed 0), float32."""
     from skimage import data
 
@@ -16,7 +21,7 @@ def noisy_camera():
     return [(noisy, {"name": "noisy camera", "contrast_limits": (0, 255)}, "image")]
 
 
-def noisy_volume():
+def noisy_volume() -> list[LayerDataTuple]:
     """A smooth 3D volume (64 x 128 x 128: blobs blurred with sigma 2, 0..255) with Gaussian
     noise of sigma 25 (seed 0), float32, laid out ZYX."""
     from scipy import ndimage

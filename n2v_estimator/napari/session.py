@@ -7,21 +7,29 @@ from __future__ import annotations
 import copy
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ..estimator import Noise2VoidDenoiser
-from ..runtime.progress import watch
+from ..runtime.progress import Progress, watch
+
+if TYPE_CHECKING:
+    from .._typing import ImagesLike, Params, PathLike
+
+#: What the widgets are told at every training step, epoch and predicted batch (in the worker's thread).
+ProgressCallback: TypeAlias = Callable[[Progress], None]
 
 # The presets of the train widget: n2v's three ways of masking.
-PRESETS = {
+PRESETS: dict[str, dict[str, Any]] = {
     "N2V": {},
     "N2V2": {"blurpool": True, "skip_skipone": True, "manipulator": "median"},
     "structN2V": {},  # struct_mask=(axis, span) is set from the widget's two fields
 }
 
 
-def preset_parameters(preset, struct_axis="x", struct_span=5):
+def preset_parameters(preset: str, struct_axis: str = "x", struct_span: int = 5) -> dict[str, Any]:
     """The estimator parameters of a preset (``"N2V"``, ``"N2V2"`` or ``"structN2V"``)."""
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {sorted(PRESETS)}.")
@@ -52,27 +60,29 @@ class Outcome:
     result: object = None
     stopped: bool = False
     error: str | None = None
-    history: list = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Stopper:
     """A stop request another thread can make, and an optional time limit: checked by
     :func:`fit` and :func:`denoise` at every training step and predicted batch."""
 
-    def __init__(self, seconds=None):
+    def __init__(self, seconds: float | None = None) -> None:
         self.event = threading.Event()
-        self.deadline = None if not seconds else time.monotonic() + float(seconds)
+        self.deadline: float | None = None if not seconds else time.monotonic() + float(seconds)
 
-    def stop(self):
+    def stop(self) -> None:
+        """Ask the work to stop at its next step (from any thread)."""
         self.event.set()
 
     @property
-    def requested(self):
+    def requested(self) -> bool:
+        """Whether the work should stop now: asked to, or past the time limit."""
         return self.event.is_set() or (self.deadline is not None and time.monotonic() >= self.deadline)
 
 
-def _watcher(on_progress, stopper):
-    def callback(progress):
+def _watcher(on_progress: ProgressCallback | None, stopper: Stopper | None) -> ProgressCallback:
+    def callback(progress: Progress) -> None:
         if on_progress is not None:
             on_progress(progress)
         if stopper is not None and stopper.requested:
@@ -81,7 +91,13 @@ def _watcher(on_progress, stopper):
     return callback
 
 
-def fit(params, data, *, on_progress=None, stopper=None):
+def fit(
+    params: Params,
+    data: ImagesLike,
+    *,
+    on_progress: ProgressCallback | None = None,
+    stopper: Stopper | None = None,
+) -> Outcome:
     """Fit a new :class:`~n2v_estimator.Noise2VoidDenoiser` with ``params`` on ``data``
     (an array or a list of arrays). Never raises: a stop keeps the best weights of the
     complete epochs (as Ctrl-C does); an error leaves nothing fitted and says why."""
@@ -97,7 +113,15 @@ def fit(params, data, *, on_progress=None, stopper=None):
     return Outcome(estimator, history=list(estimator.history_))
 
 
-def denoise(estimator, data, *, axes, settings=None, on_progress=None, stopper=None):
+def denoise(
+    estimator: Noise2VoidDenoiser,
+    data: ImagesLike,
+    *,
+    axes: str,
+    settings: Mapping[str, Any] | None = None,
+    on_progress: ProgressCallback | None = None,
+    stopper: Stopper | None = None,
+) -> Outcome:
     """``transform`` of ``data`` (read with ``axes``) by a working copy of the fitted ``estimator``
     with prediction ``settings`` (``tile_size``, ``tta``, ``precision``, ``dtype``): the
     estimator itself is not changed. A probabilistic model also gives its posterior std.
@@ -114,7 +138,7 @@ def denoise(estimator, data, *, axes, settings=None, on_progress=None, stopper=N
     return Outcome(estimator, result=result)
 
 
-def load_model(path):
+def load_model(path: PathLike) -> Noise2VoidDenoiser:
     """A model file (``.safetensors``, or a folder holding ``model.safetensors``) or a
     BioImage Model Zoo package (``.zip``) written by this package; :class:`ValueError`
     with the reader's message for anything else (the files' safety checks included)."""
@@ -129,7 +153,7 @@ def load_model(path):
         raise ValueError(f"{path.name}: {one_line(exc)}") from None
 
 
-def one_line(exc):
+def one_line(exc: BaseException) -> str:
     """An exception as one line for a notification: its type only where the message alone is unclear."""
     text = str(exc).strip() or type(exc).__name__
     return text if isinstance(exc, (ValueError, TypeError, OSError)) else f"{type(exc).__name__}: {text}"

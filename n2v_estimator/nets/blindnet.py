@@ -29,6 +29,8 @@ own value, so ``transform`` does not extend the image for these networks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +38,11 @@ from torch import nn
 from .geometry import BLIND_HEAD_WIDTH
 from .noise import NoiseModel
 from .unet import UNet, _batch_norm, _conv, _interleave
+from .widths import unet_widths
+
+if TYPE_CHECKING:
+    from .._typing import Description, Shape
+    from .widths import BlockWidths, UNetWidths
 
 _SLOPE = 0.1  # LeakyReLU, as in Laine et al.
 
@@ -44,18 +51,18 @@ class _EveryPixel:
     """The blind network's "masker", in the place of a :class:`n2v_estimator.data.masking.BlindSpotMasker`:
     nothing is masked and every pixel is a training target."""
 
-    def __call__(self, x, generator=None):
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x, mask)`` with ``mask`` all true."""
         return x, torch.ones_like(x, dtype=torch.bool)
 
-    def check_patch(self, patch_shape):
+    def check_patch(self, patch_shape: Shape) -> None:
         """Every patch holds pixels to train on."""
 
 
 every_pixel = _EveryPixel()
 
 
-def _shift(x, n=1):
+def _shift(x: torch.Tensor, n: int = 1) -> torch.Tensor:
     """Move the features ``n`` rows down along the first spatial axis (zeros on top)."""
     pad = [0, 0] * (x.ndim - 3) + [n, 0]
     return F.pad(x, pad)[:, :, : x.shape[2]]
@@ -64,23 +71,26 @@ def _shift(x, n=1):
 class _UpwardConv(nn.Module):
     """A convolution whose output row ``y`` sees input rows ``y - k + 1 .. y`` only."""
 
-    def __init__(self, ndim, c_in, c_out, kernel_size, bias, groups):
+    def __init__(self, ndim: int, c_in: int, c_out: int, kernel_size: int, bias: bool, groups: int) -> None:
         super().__init__()
         self.conv = _conv(ndim)(c_in, c_out, kernel_size, groups=groups, bias=bias)
         r = kernel_size // 2
         self.pad = [r, r] * (ndim - 1) + [2 * r, 0]
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, self.pad))
 
 
 class _UpwardBlock(nn.Sequential):
-    def __init__(self, ndim, c_in, c_mid, c_out, kernel_size, batch_norm, groups):
-        layers = []
-        for a, b in ((c_in, c_mid), (c_mid, c_out)):
-            layers.append(_UpwardConv(ndim, a, b, kernel_size, not batch_norm, groups))
+    """Two upward convolutions (``widths``: inputs -> middle -> outputs), each followed by optional batch
+    norm and a leaky ReLU."""
+
+    def __init__(self, ndim: int, widths: BlockWidths, kernel_size: int, batch_norm: bool, groups: int) -> None:
+        layers: list[nn.Module] = []
+        for c_in, c_out in ((widths.inputs, widths.middle), (widths.middle, widths.outputs)):
+            layers.append(_UpwardConv(ndim, c_in, c_out, kernel_size, not batch_norm, groups))
             if batch_norm:
-                layers.append(_batch_norm(ndim)(b))
+                layers.append(_batch_norm(ndim)(c_out))
             layers.append(nn.LeakyReLU(_SLOPE, inplace=True))
         super().__init__(*layers)
 
@@ -88,25 +98,20 @@ class _UpwardBlock(nn.Sequential):
 class _UpwardUNet(nn.Module):
     """The U-Net of :class:`n2v_estimator.nets.unet.UNet`'s layout with every operation looking upward."""
 
-    def __init__(self, ndim, in_channels, depth, n_filters, kernel_size, batch_norm, groups):
+    def __init__(self, ndim: int, widths: UNetWidths, kernel_size: int, batch_norm: bool) -> None:
         super().__init__()
-        self.ndim, self.depth, self.groups = ndim, depth, groups
-        width = [n_filters * 2**level * groups for level in range(depth)]
-        self.down = nn.ModuleList()
-        c = in_channels
-        for w in width:
-            self.down.append(_UpwardBlock(ndim, c, w, w, kernel_size, batch_norm, groups))
-            c = w
-        self.bottom = _UpwardBlock(ndim, c, c, c, kernel_size, batch_norm, groups)
-        self.up = nn.ModuleList(
-            _UpwardBlock(
-                ndim, 2 * width[level], width[level], width[max(0, level - 1)], kernel_size, batch_norm, groups
-            )
-            for level in reversed(range(depth))
+        self.ndim, self.depth, self.groups = ndim, len(widths.levels), widths.groups
+        self.down = nn.ModuleList(
+            _UpwardBlock(ndim, block, kernel_size, batch_norm, self.groups) for block in widths.down
         )
-        self.out_channels = width[0]
+        self.bottom = _UpwardBlock(ndim, widths.bottom, kernel_size, batch_norm, self.groups)
+        self.up = nn.ModuleList(
+            _UpwardBlock(ndim, widths.up[level], kernel_size, batch_norm, self.groups)
+            for level in reversed(range(self.depth))
+        )
+        self.out_channels = widths.levels[0]
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
         skips = []
         for block in self.down:
@@ -120,18 +125,19 @@ class _UpwardUNet(nn.Module):
         return _shift(x)
 
 
-def _directions(ndim):
+def _directions(ndim: int) -> list[tuple[int, bool]]:
     """``(axis, flip)`` per direction the image is seen from: each spatial axis, both ways."""
     return [(axis, flip) for axis in range(2, 2 + ndim) for flip in (False, True)]
 
 
-def _turn(x, axis, flip):
+def _turn(x: torch.Tensor, axis: int, flip: bool) -> torch.Tensor:
     """Turn ``x`` so that looking "up" along its first spatial axis looks along ``axis`` (reversed with ``flip``)."""
     x = x.movedim(axis, 2)
     return x.flip(2) if flip else x
 
 
-def _turn_back(x, axis, flip):
+def _turn_back(x: torch.Tensor, axis: int, flip: bool) -> torch.Tensor:
+    """Undo :func:`_turn`: ``x``'s first spatial axis back to ``axis`` (reversed again with ``flip``)."""
     x = x.flip(2) if flip else x
     return x.movedim(2, axis)
 
@@ -161,31 +167,33 @@ class BlindSpotNetwork(nn.Module):
 
     def __init__(
         self,
-        ndim,
-        in_channels,
-        depth,
-        n_filters,
-        kernel_size,
-        batch_norm,
-        independent_channels,
-        noise_model,
-        description,
-    ):
+        ndim: int,
+        in_channels: int,
+        depth: int,
+        n_filters: int,
+        kernel_size: int,
+        batch_norm: bool,
+        independent_channels: bool,
+        noise_model: str | None,
+        description: Description,
+    ) -> None:
         super().__init__()
         self.description = dict(description)
         self.ndim, self.depth = ndim, depth
-        self.groups = g = in_channels if independent_channels else 1
-        self.unet = _UpwardUNet(ndim, in_channels, depth, n_filters, kernel_size, batch_norm, g)
+        # The U-Net's feature maps as the masked U-Net's (nets.widths: the memory estimate counts the same).
+        widths = unet_widths(self.description)
+        self.groups = groups = widths.groups
+        self.unet = _UpwardUNet(ndim, widths, kernel_size, batch_norm)
         self.outputs = 1 if noise_model is None else 2
-        width, conv = BLIND_HEAD_WIDTH * n_filters * g, _conv(ndim)
+        hidden_width, conv = BLIND_HEAD_WIDTH * n_filters * groups, _conv(ndim)
         # The 1x1 convolutions that combine the directions; the last one is the head, as in UNet.
         self.hidden = nn.Sequential(
-            conv(2 * ndim * self.unet.out_channels, width, 1, groups=g),
+            conv(2 * ndim * self.unet.out_channels, hidden_width, 1, groups=groups),
             nn.LeakyReLU(_SLOPE, inplace=True),
-            conv(width, width, 1, groups=g),
+            conv(hidden_width, hidden_width, 1, groups=groups),
             nn.LeakyReLU(_SLOPE, inplace=True),
         )
-        self.head = conv(width, in_channels * self.outputs, 1, groups=g)
+        self.head = conv(hidden_width, in_channels * self.outputs, 1, groups=groups)
         self.noise = None if noise_model is None else NoiseModel(noise_model, in_channels)
 
     initialise_prior_scale = UNet.initialise_prior_scale
@@ -193,7 +201,7 @@ class BlindSpotNetwork(nn.Module):
     residual = False
     _output = UNet._output
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         multiple = 2**self.depth
         pad = []
         for size in reversed(x.shape[2:]):  # zeros at the end, so every direction sees the same pooling grid
@@ -202,13 +210,13 @@ class BlindSpotNetwork(nn.Module):
         directions = _directions(self.ndim)
         turned = [_turn(padded, *direction) for direction in directions]
         # Directions whose turned shapes agree go through the U-Net as one batch.
-        features = [None] * len(turned)
+        features: dict[int, torch.Tensor] = {}  # by direction
         for shape in dict.fromkeys(t.shape for t in turned):
             chosen = [i for i, t in enumerate(turned) if t.shape == shape]
             out = self.unet(torch.cat([turned[i] for i in chosen])).chunk(len(chosen))
             for i, part in zip(chosen, out):
                 features[i] = _turn_back(part, *directions[i])
         combined = features[0]
-        for part in features[1:]:
-            combined = _interleave(combined, part, self.groups)
+        for i in range(1, len(directions)):
+            combined = _interleave(combined, features[i], self.groups)
         return self._output(self.hidden(combined), x)

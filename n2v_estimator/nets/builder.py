@@ -3,14 +3,19 @@ weights a description implies, computed without allocating them."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .blindnet import BlindSpotNetwork
 from .geometry import NetworkGeometry
-from .unet import _FIELDS, _NOT_BLIND, UNet
+from .unet import _NOT_BLIND, FIELDS, UNet
+
+if TYPE_CHECKING:
+    from .._typing import Description
 
 
-def build_unet(description, seed=None):
+def build_unet(description: Description, seed: int | None = None) -> UNet | BlindSpotNetwork:
     """The network a checked ``description`` describes, on the CPU: a
     :class:`UNet`, or a :class:`.blindnet.BlindSpotNetwork` for ``blind_spot="network"``.
 
@@ -24,8 +29,9 @@ def build_unet(description, seed=None):
         return _build(description)
 
 
-def _build(description):
-    kwargs = {key: description[key] for key in _FIELDS if key != "blind_spot"}
+def _build(description: Description) -> UNet | BlindSpotNetwork:
+    """The network ``description`` describes, with the weights the default generator draws."""
+    kwargs = {key: description[key] for key in FIELDS if key != "blind_spot"}
     if not NetworkGeometry.of(description).blind:
         return UNet(**kwargs)
     for key in (*_NOT_BLIND, "layout"):
@@ -33,7 +39,7 @@ def _build(description):
     return BlindSpotNetwork(**kwargs, description=description)
 
 
-def expected_state(description):
+def expected_state(description: Description) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Names, shapes and dtypes of the weights of the network ``description``
     describes, computed on the meta device: no memory is allocated, however
     large the network. Raises ``ValueError`` if its sizes overflow."""

@@ -9,18 +9,22 @@ plain numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .._typing import Description
 
 # Width of the blind-spot network's hidden 1x1 head convolutions, in multiples of n_filters (96
 # by default, as measured in benchmarks/blind_network_prior.py).
 BLIND_HEAD_WIDTH = 3
 
 
-def round_up(value, multiple):
+def round_up(value: int, multiple: int) -> int:
     """The smallest multiple of ``multiple`` that is >= ``value``."""
     return -(-value // multiple) * multiple
 
 
-def blind_receptive_radius(depth, kernel_size):
+def blind_receptive_radius(depth: int, kernel_size: int) -> int:
     """How far, in input pixels along each axis, the blind-spot network
     (:mod:`n2v_estimator.nets.blindnet`) looks from an output pixel.
 
@@ -34,7 +38,7 @@ def blind_receptive_radius(depth, kernel_size):
     return (kernel_size - 1) * (6 * 2**depth - 4) + 2 ** (depth + 1) - 1
 
 
-def receptive_radius(depth, kernel_size, blurpool=False, blind=False):
+def receptive_radius(depth: int, kernel_size: int, blurpool: bool = False, blind: bool = False) -> int:
     """How far, in input pixels along each axis, the U-Net looks from an output pixel.
 
     Two convolutions of radius ``r = kernel_size // 2`` per level on the way
@@ -53,7 +57,7 @@ def receptive_radius(depth, kernel_size, blurpool=False, blind=False):
     return radius + (multiple - 1 if blurpool else 0)
 
 
-def border_width(depth, kernel_size, blurpool=False, blind=False):
+def border_width(depth: int, kernel_size: int, blurpool: bool = False, blind: bool = False) -> int:
     """The network's halo: its :func:`receptive_radius` rounded up to a multiple
     of ``2**depth`` (28 pixels for the default network, 10 for depth 1).
 
@@ -69,7 +73,7 @@ def border_width(depth, kernel_size, blurpool=False, blind=False):
     return round_up(receptive_radius(depth, kernel_size, blurpool, blind), 2**depth)
 
 
-def default_overlap(depth, kernel_size, blurpool=False, blind=False):
+def default_overlap(depth: int, kernel_size: int, blurpool: bool = False, blind: bool = False) -> int:
     """Overlap between neighbouring tiles that makes tiled and whole-image
     predictions agree (to float rounding): twice the :func:`border_width`, so
     that a tile boundary, in the middle of the overlap, has a whole halo of
@@ -112,7 +116,7 @@ class NetworkGeometry:
     centred_grid: bool = False
 
     @classmethod
-    def of(cls, description):
+    def of(cls, description: Description) -> NetworkGeometry:
         """The geometry of the network a description (``model_.description``) describes."""
         return cls(
             ndim=description["ndim"],
@@ -125,32 +129,32 @@ class NetworkGeometry:
         )
 
     @property
-    def pooling(self):
+    def pooling(self) -> int:
         """The down-sampling factor ``2**depth``: inputs are padded, and tiles cut, to its multiples."""
         return 2**self.depth
 
     @property
-    def reach(self):
+    def reach(self) -> int:
         """:func:`receptive_radius`: how far an output pixel sees, along each axis."""
         return receptive_radius(self.depth, self.kernel_size, self.blurpool, self.blind)
 
     @property
-    def halo(self):
+    def halo(self) -> int:
         """:func:`border_width`: the reach on the pooling grid."""
         return round_up(self.reach, self.pooling)
 
     @property
-    def overlap(self):
+    def overlap(self) -> int:
         """:func:`default_overlap`: twice the halo."""
         return 2 * self.halo
 
     @property
-    def border(self):
+    def border(self) -> int:
         """Mirrored pixels added around an image before it is predicted: the halo, or none
         for a blind-spot network (a mirror would show a pixel near the edge its own value)."""
         return 0 if self.blind else self.halo
 
-    def grid_phase(self, length):
+    def grid_phase(self, length: int) -> int:
         """Where the pooling grid of an image side of ``length`` pixels starts, in pixels before
         its first one: 0 for this package's networks; for a network imported from n2v, half of
         the padding to a multiple of ``2**depth``, as n2v's ``predict`` pads (half before, half
@@ -160,11 +164,11 @@ class NetworkGeometry:
         return (-length % self.pooling) // 2
 
     @property
-    def masks_its_prior(self):
+    def masks_its_prior(self) -> bool:
         """Whether its prior is predicted from masked copies (a probabilistic masked U-Net)."""
         return self.probabilistic and not self.blind
 
-    def chunk_halo(self, neighborhood_radius=0):
+    def chunk_halo(self, neighborhood_radius: int = 0) -> int:
         """Pixels of context a chunk of a larger image borrows from each neighbour: the
         reach, plus ``2**depth - 1`` a chunk may drop to start on the whole image's pooling
         grid, plus, where the prior is predicted from masked copies, ``neighborhood_radius``

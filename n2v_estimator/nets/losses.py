@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 
-def masked_mean(values, mask):
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over the blind spots ``mask`` (same shape), without selecting
     them: a selection's size is known only once the device has counted it. Values outside the
     mask do not count, even non-finite ones."""
     return torch.where(mask, values, 0).sum() / mask.sum()
 
 
-def masked_mse(prediction, target, mask):
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the blind spots only."""
     return masked_mean((prediction - target).square(), mask)

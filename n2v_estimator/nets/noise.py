@@ -23,6 +23,7 @@ maximising the likelihood of every blind spot's noisy value ``x`` under
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,13 @@ from torch import nn
 
 from ..data.normalize import by_channel
 from .losses import masked_mean
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from numpy.typing import ArrayLike, NDArray
+
+    from .._typing import Array, Float64Array
 
 NOISE_MODELS = ("gaussian", "poisson_gaussian")
 # Smallest prior standard deviation the network may predict (normalised units):
@@ -49,7 +57,7 @@ _MAD_TO_STD = 1.4826
 _ESTIMATE_PIXELS = 2**23
 
 
-def noise_kind(noise_model):
+def noise_kind(noise_model: str | float | None) -> str | None:
     """The network's noise model for the estimator's ``noise_model`` parameter:
     ``None``, ``"gaussian"`` (also for a known sigma, a number) or ``"poisson_gaussian"``."""
     if noise_model is None or isinstance(noise_model, str):
@@ -73,7 +81,10 @@ class NoiseModel(nn.Module):
     the initial parameters with :meth:`initialise`.
     """
 
-    def __init__(self, kind, n_channels):
+    mean: torch.Tensor  # (n_channels,) buffers, input units
+    std: torch.Tensor
+
+    def __init__(self, kind: str, n_channels: int) -> None:
         super().__init__()
         if kind not in NOISE_MODELS:
             raise ValueError(f"noise model {kind!r} is unknown; use one of {NOISE_MODELS}.")
@@ -85,7 +96,9 @@ class NoiseModel(nn.Module):
             self.register_parameter(name, nn.Parameter(torch.zeros(n_channels)))
         self._names = names
 
-    def initialise(self, mean, std, values, learn=True):
+    def initialise(
+        self, mean: ArrayLike, std: ArrayLike, values: Mapping[str, ArrayLike], learn: bool = True
+    ) -> NoiseModel:
         """Set the normalisation statistics and the parameters.
 
         Parameters
@@ -106,10 +119,11 @@ class NoiseModel(nn.Module):
                 getattr(self, name).requires_grad_(learn)
         return self
 
-    def _per_channel(self, name, ndim):
+    def _per_channel(self, name: str, ndim: int) -> torch.Tensor:
+        """The parameter ``name`` (a log) as its value, shaped to broadcast over ``ndim``-D batches."""
         return getattr(self, name).exp().reshape((1, -1) + (1,) * (ndim - 2))
 
-    def variance(self, signal):
+    def variance(self, signal: torch.Tensor) -> torch.Tensor:
         """Noise variance, normalised units, of pixels whose normalised clean
         signal is ``signal`` (a ``(B, C, *spatial)`` tensor)."""
         std = self.std.reshape((1, -1) + (1,) * (signal.ndim - 2))
@@ -120,16 +134,16 @@ class NoiseModel(nn.Module):
         a, b = self._per_channel("log_a", signal.ndim), self._per_channel("log_b", signal.ndim)
         return (a * photons + b) / std**2
 
-    def typical_std(self):
+    def typical_std(self) -> torch.Tensor:
         """Noise standard deviation at each channel's mean signal, normalised units, (C,) tensor."""
         return self.variance(torch.zeros(1, len(self.mean))).sqrt()[0].detach()
 
-    def parameters_in_input_units(self):
+    def parameters_in_input_units(self) -> dict[str, Float64Array]:
         """``{"sigma": ndarray}`` or ``{"a": ndarray, "b": ndarray}``, float64, input units."""
         return {name[4:]: getattr(self, name).detach().double().exp().cpu().numpy() for name in self._names}
 
 
-def blind_spot_nll(prediction, x, mask, noise):
+def blind_spot_nll(prediction: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, noise: NoiseModel) -> torch.Tensor:
     """Negative log-likelihood of the blind spots' noisy values (per blind spot,
     the constant ``log(2 pi) / 2`` left out).
 
@@ -167,7 +181,7 @@ def blind_spot_nll(prediction, x, mask, noise):
     return masked_mean(nll, mask)
 
 
-def blind_spot_loss(prediction, x, mask, noise):
+def blind_spot_loss(prediction: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, noise: NoiseModel) -> torch.Tensor:
     """The training loss of a probabilistic network: the squared error of ``mu``
     plus :func:`blind_spot_nll` with ``mu`` held fixed.
 
@@ -187,7 +201,7 @@ def blind_spot_loss(prediction, x, mask, noise):
     return masked_mean((x - mu).square(), mask) + blind_spot_nll(torch.cat([mu.detach(), tau], 1), x, mask, noise)
 
 
-def posterior(prior, x, noise):
+def posterior(prior: torch.Tensor, x: torch.Tensor, noise: NoiseModel) -> tuple[torch.Tensor, torch.Tensor]:
     """The posterior mean and standard deviation of the clean signal.
 
     With the prior ``N(mu, tau**2)`` and a noisy observation
@@ -215,7 +229,7 @@ def posterior(prior, x, noise):
     return mean, torch.sqrt(prior_variance * noise_variance / total)
 
 
-def estimate_noise(images, kind, n_bins=16):
+def estimate_noise(images: Array | list[Array], kind: str, n_bins: int = 16) -> dict[str, Float64Array]:
     """A robust first estimate of the noise parameters of each channel, input units.
 
     The residual of the separable filter ``[1, -2, 1]`` along every spatial
@@ -246,7 +260,7 @@ def estimate_noise(images, kind, n_bins=16):
     residual, local, pixels = (np.concatenate(arrays, axis=1) for arrays in zip(*map(_residual, _bounded(parts))))
     spread = np.maximum(pixels.std(axis=1, dtype=np.float64), 1e-12)
 
-    def robust_variance(r):
+    def robust_variance(r: Array) -> float:
         return (_MAD_TO_STD * np.median(np.abs(r - np.median(r)))) ** 2
 
     if kind == "gaussian":
@@ -271,13 +285,13 @@ def estimate_noise(images, kind, n_bins=16):
     return {"a": np.array(a), "b": np.array(b)}
 
 
-def quantile_bins(values, n_bins):
+def quantile_bins(values: Array, n_bins: int) -> tuple[Float64Array, NDArray[np.intp]]:
     """Equal-count bins of the 1D ``values``: their ``n_bins + 1`` edges and each value's bin."""
     edges = np.quantile(values, np.linspace(0, 1, n_bins + 1))
     return edges, np.clip(np.searchsorted(edges, values, side="right") - 1, 0, n_bins - 1)
 
 
-def _residual(images):
+def _residual(images: Array) -> tuple[Float64Array, Float64Array, Float64Array]:
     """The noise residual of ``(S, C, *spatial)`` images, scaled to the noise's
     units, the local means it is binned by, and the pixels, each ``(C, n)`` float64."""
     residual = local = images.astype(np.float64)
@@ -288,15 +302,17 @@ def _residual(images):
         n = images.shape[axis]
         lower, centre, upper = (residual.take(np.arange(k, n - 2 + k), axis=axis) for k in range(3))
         residual = lower - 2 * centre + upper
-        local = sum(local.take(np.arange(k, n - 2 + k), axis=axis) for k in range(3)) / 3
+        neighbours = [local.take(np.arange(k, n - 2 + k), axis=axis) for k in range(3)]
+        local = (neighbours[0] + neighbours[1] + neighbours[2]) / 3
         factor *= 6.0
     return by_channel(residual) / math.sqrt(factor), by_channel(local), by_channel(images).astype(np.float64)
 
 
-def _bounded(parts):
+def _bounded(parts: Sequence[Array]) -> list[Array]:
     """The first images of ``parts`` (a list of ``(S, C, *spatial)`` arrays), or
     a central slab of the first, with at most :data:`_ESTIMATE_PIXELS` pixels per channel."""
-    kept, budget = [], _ESTIMATE_PIXELS
+    kept: list[Array] = []
+    budget = _ESTIMATE_PIXELS
     for images in parts:
         n_samples, _, first, *rest = images.shape
         per_image = first * math.prod(rest)

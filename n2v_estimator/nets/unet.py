@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +18,28 @@ from torch import nn
 
 from .._constraints import Interval, StrOptions, validate_parameter_constraints
 from .noise import NOISE_MODELS, TAU_FLOOR, NoiseModel
+from .widths import unet_widths
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any, Protocol
+
+    from .._typing import Description
+    from .widths import BlockWidths
+
+    class _NetworkWithHead(Protocol):
+        """What :meth:`UNet._output` and :meth:`UNet.initialise_prior_scale` read of a network: the
+        U-Net's, and the blind-spot network's, which borrows them."""
+
+        head: nn.Conv2d | nn.Conv3d
+        outputs: int
+        residual: bool
+
 
 # What each of the network's settings may be. The estimator declares these as its
 # parameter constraints and a model file's network description is checked against
 # them: one statement of what is allowed.
-ARCHITECTURE_CONSTRAINTS = {
+ARCHITECTURE_CONSTRAINTS: dict[str, list[Any]] = {
     "depth": [Interval(Integral, 1, 8, closed="both")],
     "n_filters": [Interval(Integral, 1, None, closed="left")],
     "kernel_size": [Interval(Integral, 1, None, closed="left")],
@@ -47,21 +65,25 @@ _NOT_BLIND = {
 # architecture (earlier networks mask pixels), schema 4 the layout (earlier networks are this
 # package's own).
 DESCRIPTION_SCHEMA = 4
-_DEFAULTS_SINCE = {2: {"noise_model": None}, 3: {"blind_spot": "mask"}, 4: {"layout": "n2v-estimator"}}
+_DEFAULTS_SINCE: dict[int, dict[str, Any]] = {
+    2: {"noise_model": None},
+    3: {"blind_spot": "mask"},
+    4: {"layout": "n2v-estimator"},
+}
 # The U-Net's layouts: this package's own, and the TensorFlow n2v's (CSBDeep's U-Net block, as
 # n2v 0.3 builds it), which networks imported from n2v model folders keep. They differ in the
-# widths of the bottom's and the decoder's first convolutions, nearest-neighbour up-sampling,
-# the blur-pool's alignment, and batch norm (epsilon 1e-3, after a convolution with a bias).
+# widths of the bottom's and the decoder's first convolutions (nets.widths), nearest-neighbour
+# up-sampling, the blur-pool's alignment, and batch norm (epsilon 1e-3, after a convolution with a bias).
 LAYOUTS = ("n2v-estimator", "n2v-tf")
 # The fields the data decides, beside the architecture the parameters decide.
-_DATA_CONSTRAINTS = {
+_DATA_CONSTRAINTS: dict[str, list[Any]] = {
     "ndim": [Interval(Integral, 2, 3, closed="both")],
     "in_channels": [Interval(Integral, 1, None, closed="left")],
 }
-_FIELDS = tuple(_DATA_CONSTRAINTS) + tuple(ARCHITECTURE_CONSTRAINTS) + ("noise_model", "layout")
+FIELDS = tuple(_DATA_CONSTRAINTS) + tuple(ARCHITECTURE_CONSTRAINTS) + ("noise_model", "layout")
 
 
-def resolve_blind_spot(blind_spot, noise_model, ndim):
+def resolve_blind_spot(blind_spot: str | None, noise_model: str | None, ndim: int) -> str:
     """The blind spot a network gets for the estimator's ``blind_spot`` and
     ``noise_model`` on ``ndim``-D data: ``None`` means ``"network"`` with a noise
     model in 2D, else ``"mask"``.
@@ -70,7 +92,7 @@ def resolve_blind_spot(blind_spot, noise_model, ndim):
     on 2% of the pixels, lost up to 0.96 dB to plain Noise2Void on moon and 0.7 to
     2.6 dB on a held-out cell image under Poisson noise; the blind-spot network's,
     trained on every pixel, gained on every dev case measured (docs: guide/probabilistic).
-    It needs training patches that cover its reach (see ``n2v_estimator.fit.plan``), which the 3D
+    It needs training patches that cover its reach (see ``n2v_estimator.fit.checks``), which the 3D
     default patch (16x32x32) does not: 3D keeps the masked U-Net.
     """
     if blind_spot is not None:
@@ -78,7 +100,13 @@ def resolve_blind_spot(blind_spot, noise_model, ndim):
     return "network" if noise_model is not None and ndim == 2 else "mask"
 
 
-def network_description(ndim, in_channels, settings, noise_model=None, layout="n2v-estimator"):
+def network_description(
+    ndim: int,
+    in_channels: int,
+    settings: Mapping[str, Any],
+    noise_model: str | None = None,
+    layout: str = "n2v-estimator",
+) -> dict[str, Any]:
     """The description of the network for ``ndim``-D data with ``in_channels``
     channels and the architecture ``settings`` (a mapping holding at least the
     keys of :data:`ARCHITECTURE_CONSTRAINTS`, e.g. the estimator's parameters).
@@ -105,18 +133,19 @@ def network_description(ndim, in_channels, settings, noise_model=None, layout="n
             # blind-spot network 1.5 dB (33.63 against 35.13); the masked U-Net keeps it.
             value = blind_spot == "mask"
         # Parameters are validated already; numpy ints, bools and strings from a grid become plain ones.
-        description[key] = {"boolean": bool, "int": int}.get(_kind(constraint), str)(value)
+        description[key] = _field_type(constraint)(value)
     return check_description(description)
 
 
-def _kind(constraint):
-    """``"boolean"``, ``"int"`` or ``"str"``: what a field of :data:`ARCHITECTURE_CONSTRAINTS` holds."""
+def _field_type(constraint: Sequence[Any]) -> type[bool | int | str]:
+    """The type a description's field holds under ``constraint``, its entry in :data:`ARCHITECTURE_CONSTRAINTS`
+    or :data:`_DATA_CONSTRAINTS`: ``bool``, ``str`` (one of some options) or ``int``."""
     if "boolean" in constraint:
-        return "boolean"
-    return "str" if isinstance(constraint[0], StrOptions) else "int"
+        return bool
+    return str if isinstance(constraint[0], StrOptions) else int
 
 
-def check_description(description):
+def check_description(description: object) -> dict[str, Any]:
     """Validate a network description (from :func:`network_description` or a
     model file) and return it in the current schema.
 
@@ -135,9 +164,9 @@ def check_description(description):
             if key in description:
                 raise ValueError(f"a schema {schema} network description has no field {key!r}.")
             description[key] = default
-    if set(description) != set(_FIELDS):
+    if set(description) != set(FIELDS):
         raise ValueError(
-            f"the network description has the fields {sorted(description)}, a U-Net's are {sorted(_FIELDS)}."
+            f"the network description has the fields {sorted(description)}, a U-Net's are {sorted(FIELDS)}."
         )
     if description["noise_model"] not in (None, *NOISE_MODELS):
         raise ValueError(
@@ -145,9 +174,9 @@ def check_description(description):
         )
     if description["layout"] not in LAYOUTS:
         raise ValueError(f"network layout {description['layout']!r} is unknown; this version builds {LAYOUTS}.")
-    for key in _FIELDS[:-2]:
+    for key, constraint in {**_DATA_CONSTRAINTS, **ARCHITECTURE_CONSTRAINTS}.items():
         value = description[key]
-        wanted = {"boolean": bool, "int": int, "str": str}[_kind(ARCHITECTURE_CONSTRAINTS.get(key, [None]))]
+        wanted = _field_type(constraint)
         if type(value) is not wanted:
             raise ValueError(
                 f"network setting {key}={value!r} is not {'an' if wanted is int else 'a'} {wanted.__name__}."
@@ -175,7 +204,7 @@ def check_description(description):
     return {"schema": DESCRIPTION_SCHEMA, **description}
 
 
-def check_batch_norm(description, batch_size, patch_shape):
+def check_batch_norm(description: Description, batch_size: int, patch_shape: Sequence[int]) -> None:
     """Batch normalisation needs more than one value per channel at the U-Net's bottom."""
     depth = description["depth"]
     bottom = math.prod(-(-p // 2**depth) for p in patch_shape)
@@ -187,15 +216,17 @@ def check_batch_norm(description, batch_size, patch_shape):
         )
 
 
-def _conv(ndim):
+def _conv(ndim: int) -> type[nn.Conv2d] | type[nn.Conv3d]:
+    """The convolution of ``ndim``-D images."""
     return nn.Conv2d if ndim == 2 else nn.Conv3d
 
 
-def _batch_norm(ndim):
+def _batch_norm(ndim: int) -> type[nn.BatchNorm2d] | type[nn.BatchNorm3d]:
+    """The batch normalisation of ``ndim``-D images."""
     return nn.BatchNorm2d if ndim == 2 else nn.BatchNorm3d
 
 
-def _interleave(a, b, groups):
+def _interleave(a: torch.Tensor, b: torch.Tensor, groups: int) -> torch.Tensor:
     """Concatenate two grouped feature maps so that group ``g`` of the result
     holds group ``g`` of ``a`` followed by group ``g`` of ``b``.
 
@@ -211,12 +242,14 @@ def _interleave(a, b, groups):
 
 
 class _ConvBlock(nn.Sequential):
-    """Two convolutions (``in -> mid -> out``), each followed by optional batch norm and ReLU.
+    """Two convolutions (``widths``: inputs -> middle -> outputs), each followed by optional batch norm and ReLU.
     ``keras``: as n2v's Keras layers are, a bias before batch norm and its epsilon of 1e-3."""
 
-    def __init__(self, ndim, in_ch, mid_ch, out_ch, kernel_size, batch_norm, groups, keras=False):
-        layers = []
-        for c_in, c_out in ((in_ch, mid_ch), (mid_ch, out_ch)):
+    def __init__(
+        self, ndim: int, widths: BlockWidths, kernel_size: int, batch_norm: bool, groups: int, keras: bool = False
+    ) -> None:
+        layers: list[nn.Module] = []
+        for c_in, c_out in ((widths.inputs, widths.middle), (widths.middle, widths.outputs)):
             layers.append(
                 _conv(ndim)(
                     c_in,
@@ -238,7 +271,9 @@ class _MaxBlurPool(nn.Module):
     with stride 2 (Zhang 2019, "Making convolutional networks shift-invariant
     again"). Removes the aliasing that makes checkerboard artefacts."""
 
-    def __init__(self, ndim, channels):
+    kernel: torch.Tensor  # the blur, one per channel: (channels, 1, 3, 3) or (channels, 1, 3, 3, 3)
+
+    def __init__(self, ndim: int, channels: int) -> None:
         super().__init__()
         self.ndim = ndim
         taps = torch.tensor([1.0, 2.0, 1.0])
@@ -248,7 +283,7 @@ class _MaxBlurPool(nn.Module):
         kernel = kernel / kernel.sum()
         self.register_buffer("kernel", kernel.expand(channels, 1, *([3] * ndim)).contiguous(), persistent=False)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
         conv = F.conv2d if self.ndim == 2 else F.conv3d
         x = pool(x, kernel_size=2, stride=1)
@@ -260,7 +295,7 @@ class _KerasMaxBlurPool(_MaxBlurPool):
     """n2v's MaxBlurPool2D, aligned as TensorFlow's "SAME" padding aligns it: the stride-1
     max-pool and the stride-2 blur each padded after the image only (by -inf, then zeros)."""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.pad(x, [0, 1, 0, 1], value=-math.inf), kernel_size=2, stride=1)
         return F.conv2d(F.pad(x, [0, 1, 0, 1]), self.kernel, stride=2, groups=x.shape[1])
 
@@ -299,80 +334,65 @@ class UNet(nn.Module):
         and holds its :class:`n2v_estimator.nets.noise.NoiseModel` as ``self.noise``.
     """
 
-    # Long: every level's layers are made here, in one reading of the description.
     def __init__(
         self,
-        ndim=2,
-        in_channels=1,
-        depth=2,
-        n_filters=32,
-        kernel_size=3,
-        batch_norm=True,
-        residual=False,
-        blurpool=False,
-        skip_skipone=False,
-        independent_channels=False,
-        noise_model=None,
-        layout="n2v-estimator",
-    ):
+        ndim: int = 2,
+        in_channels: int = 1,
+        depth: int = 2,
+        n_filters: int = 32,
+        kernel_size: int = 3,
+        batch_norm: bool = True,
+        residual: bool = False,
+        blurpool: bool = False,
+        skip_skipone: bool = False,
+        independent_channels: bool = False,
+        noise_model: str | None = None,
+        layout: str = "n2v-estimator",
+    ) -> None:
         arguments = dict(locals())
         super().__init__()
         # Everything needed to rebuild this network (saved with its weights).
-        self.description = {"schema": DESCRIPTION_SCHEMA, **{key: arguments.get(key, "mask") for key in _FIELDS}}
+        self.description = {"schema": DESCRIPTION_SCHEMA, **{key: arguments.get(key, "mask") for key in FIELDS}}
         self.ndim = ndim
         self.depth = depth
         self.residual = residual
         self.skip_skipone = skip_skipone
-        self.groups = in_channels if independent_channels else 1
-        g = self.groups
+        # The feature maps of every block, for this layout (nets.widths: the memory estimate counts the same).
+        widths = unet_widths(self.description)
+        self.groups = groups = widths.groups
         keras = layout == "n2v-tf"
         self.upsampling = "nearest" if keras else ("bilinear" if ndim == 2 else "trilinear")
-        # The layout of the original n2v (CSBDeep) U-Net: level l has n_filters * 2**l
-        # feature maps, the bottom keeps the deepest level's width, and each decoder
-        # level halves its width before handing it up. n2v's own ("n2v-tf") widens the
-        # bottom's first convolution to n_filters * 2**depth and narrows each decoder
-        # level's first one to n_filters (but with skip_skipone below the top).
-        width = [n_filters * 2**level * g for level in range(depth)]
 
         self.down = nn.ModuleList()
         self.pool = nn.ModuleList()
-        c_in = in_channels
-        for level in range(depth):
-            w = width[level]
-            self.down.append(_ConvBlock(ndim, c_in, w, w, kernel_size, batch_norm, g, keras))
+        for block in widths.down:
+            self.down.append(_ConvBlock(ndim, block, kernel_size, batch_norm, groups, keras))
             if blurpool:
-                self.pool.append((_KerasMaxBlurPool if keras else _MaxBlurPool)(ndim, w))
+                self.pool.append((_KerasMaxBlurPool if keras else _MaxBlurPool)(ndim, block.outputs))
             else:
                 self.pool.append((nn.MaxPool2d if ndim == 2 else nn.MaxPool3d)(2))
-            c_in = w
-        middle = n_filters * 2**depth * g if keras else c_in
-        self.bottom = _ConvBlock(ndim, c_in, middle, c_in, kernel_size, batch_norm, g, keras)
-
-        self.up = nn.ModuleList()
-        for level in reversed(range(depth)):
-            skip = 0 if (skip_skipone and level == 0) else width[level]
-            middle = n_filters * g if keras and not (skip_skipone and level > 0) else width[level]
-            self.up.append(
-                _ConvBlock(
-                    ndim, width[level] + skip, middle, width[max(0, level - 1)], kernel_size, batch_norm, g, keras
-                )
-            )
+        self.bottom = _ConvBlock(ndim, widths.bottom, kernel_size, batch_norm, groups, keras)
+        self.up = nn.ModuleList(
+            _ConvBlock(ndim, widths.up[level], kernel_size, batch_norm, groups, keras)
+            for level in reversed(range(depth))
+        )
         # A probabilistic network's head gives each channel two outputs, side by
         # side (also within a channel's group): its prior mean and scale.
         self.outputs = 1 if noise_model is None else 2
-        self.head = _conv(ndim)(width[0], in_channels * self.outputs, 1, groups=g)
+        self.head = _conv(ndim)(widths.levels[0], in_channels * self.outputs, 1, groups=groups)
         self.noise = None if noise_model is None else NoiseModel(noise_model, in_channels)
 
-    def initialise_prior_scale(self, tau):
+    def initialise_prior_scale(self: _NetworkWithHead, tau: torch.Tensor | Sequence[float] | float) -> None:
         """Start a probabilistic network's prior standard deviation at ``tau``
         (one value per channel, normalised units) instead of softplus(0) = 0.69:
         the head's bias would otherwise take most of a short run to get there."""
         tau = torch.as_tensor(tau, dtype=torch.float64).clamp_min(2 * TAU_FLOOR) - TAU_FLOOR
+        bias = self.head.get_parameter("bias")
         with torch.no_grad():
-            self.head.bias[1::2] = (tau + torch.log(-torch.expm1(-tau))).to(self.head.bias)  # softplus⁻¹
+            bias[1::2] = (tau + torch.log(-torch.expm1(-tau))).to(bias)  # softplus⁻¹
 
-    def forward(self, x):
-        x_in = x
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image = x
         x = _pad_to_multiple(x, 2**self.depth)
         skips = []
         for block, pool in zip(self.down, self.pool):
@@ -387,9 +407,9 @@ class UNet(nn.Module):
             if not (self.skip_skipone and level == 0):
                 x = _interleave(x, skip, self.groups)
             x = block(x)
-        return self._output(x, x_in)
+        return self._output(x, image)
 
-    def _output(self, features, x):
+    def _output(self: _NetworkWithHead, features: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The network's output for its input ``x`` from its last ``features``
         (padded), in the precision of the head's weights (float32) whatever
         autocast computed the features in: the head, cropped to ``x``'s spatial
@@ -412,13 +432,13 @@ class UNet(nn.Module):
             return y
 
 
-def _prior_scale(scale):
+def _prior_scale(scale: torch.Tensor) -> torch.Tensor:
     """The prior standard deviation from the head's raw output ``scale``: softplus
     plus :data:`n2v_estimator.nets.noise.TAU_FLOOR`, what ``initialise_prior_scale`` inverts."""
     return F.softplus(scale) + TAU_FLOOR
 
 
-def _pad_to_multiple(x, multiple):
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Pad the spatial axes of ``x`` at their end up to a multiple of ``multiple``.
 
     Reflection is used where the axis is long enough, edge replication otherwise

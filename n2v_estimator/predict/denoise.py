@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property, partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import torch
-from numpy.typing import DTypeLike
 
-from ..data.masking import BlindSpotMasker, hiding_manipulator
-from ..data.normalize import _broadcast, check_finite_output, check_representable, denormalize, normalize
+from ..data.manipulators import hiding_manipulator
+from ..data.masking import BlindSpotMasker
+from ..data.normalize import check_finite_output, check_representable, denormalize, normalize
 from ..nets.geometry import NetworkGeometry
 from ..nets.noise import posterior
 from ..runtime.compute import resolve_precision
@@ -39,6 +39,9 @@ from .scoring import all_phases, phase_window
 from .tiling import predict_tiled, tile_geometry, tiles_per_batch, warn_if_seams
 
 if TYPE_CHECKING:
+    from numpy.typing import DTypeLike, NDArray
+
+    from .._typing import Array, Float64Array, Params
     from ..nets.blindnet import BlindSpotNetwork
     from ..nets.unet import UNet
 
@@ -50,14 +53,14 @@ BLIND_STRIDE = {2: 4, 3: 3}
 _MAX_NEIGHBOURS = 2**22
 
 
-def blind_stride(ndim, neighborhood_radius):
+def blind_stride(ndim: int, neighborhood_radius: int) -> int:
     """The grid stride of the blind phases: :data:`BLIND_STRIDE`, and more than
     ``neighborhood_radius``, so that no replacement is drawn from another blind
     spot of the same phase (which would show that spot its own value)."""
     return max(BLIND_STRIDE[ndim], neighborhood_radius + 1)
 
 
-def _check_neighbours(spatial):
+def _check_neighbours(spatial: Sequence[int]) -> None:
     """A prior is predicted from a pixel's neighbours (a blind spot's replacement is drawn from
     them, a blind-spot network sees only them); a lone pixel has none, and a prior predicted
     from nothing would be combined with the pixel as if it knew its surroundings."""
@@ -69,7 +72,15 @@ def _check_neighbours(spatial):
         )
 
 
-def blind_prior(predict, x, manipulator, neighborhood_radius, stride, seed=0, verbose=False):
+def blind_prior(
+    predict: Callable[[NDArray[np.float32]], Array],
+    x: NDArray[np.float32],
+    manipulator: str,
+    neighborhood_radius: int,
+    stride: int,
+    seed: int = 0,
+    verbose: bool | int | str = False,
+) -> NDArray[np.float32]:
     """The network's prior for every pixel, predicted with that pixel hidden.
 
     Parameters
@@ -135,18 +146,20 @@ class PredictPlan:
     estimator's parameters of the same names.
     """
 
-    tile_size: object
-    tile_overlap: object
+    tile_size: int | Sequence[int] | None
+    tile_overlap: int | Sequence[int] | None
     batch_pixels: int
     device: torch.device
     precision: str
     tta: bool
-    verbose: object
+    verbose: bool | int | str
     manipulator: str
     neighborhood_radius: int
 
     @classmethod
-    def of(cls, params, patch_shape, spatial_ndim, verbose=None):
+    def of(
+        cls, params: Params, patch_shape: Sequence[int], spatial_ndim: int, verbose: bool | int | str | None = None
+    ) -> PredictPlan:
         """The plan for an estimator's ``params`` (``get_params()``), trained on ``patch_shape``
         (a batch of tiles holds as many pixels as a training batch); ``verbose`` overrides the parameter."""
         device = resolve_device(params["device"])
@@ -176,10 +189,10 @@ class Denoiser:
     """
 
     model: UNet | BlindSpotNetwork
-    mean: np.ndarray
-    std: np.ndarray
-    data_range: tuple[np.ndarray, np.ndarray] | None
-    settings: Mapping[str, Any]
+    mean: Float64Array
+    std: Float64Array
+    data_range: tuple[Float64Array, Float64Array] | None
+    settings: Params
     patch_shape: tuple[int, ...]
 
     @cached_property
@@ -190,15 +203,47 @@ class Denoiser:
     def neighborhood_radius(self) -> int:
         return int(self.settings["neighborhood_radius"])
 
+    # The result's type follows return_std: the denoised images, or them and their spread.
+    @overload
     def __call__(
         self,
-        images: np.ndarray,
+        images: Array,
+        dtype: DTypeLike = ...,
+        return_std: Literal[False] = ...,
+        prior_only: bool = ...,
+        verbose: bool | int | str | None = ...,
+        grid_phase: Sequence[int] | None = ...,
+    ) -> Array: ...
+    @overload
+    def __call__(
+        self,
+        images: Array,
+        dtype: DTypeLike = ...,
+        *,
+        return_std: Literal[True],
+        prior_only: bool = ...,
+        verbose: bool | int | str | None = ...,
+        grid_phase: Sequence[int] | None = ...,
+    ) -> tuple[Array, Array]: ...
+    @overload
+    def __call__(
+        self,
+        images: Array,
+        dtype: DTypeLike = ...,
+        return_std: bool = ...,
+        prior_only: bool = ...,
+        verbose: bool | int | str | None = ...,
+        grid_phase: Sequence[int] | None = ...,
+    ) -> Array | tuple[Array, Array]: ...
+    def __call__(
+        self,
+        images: Array,
         dtype: DTypeLike = np.float32,
         return_std: bool = False,
         prior_only: bool = False,
-        verbose: bool | str | None = None,
+        verbose: bool | int | str | None = None,
         grid_phase: Sequence[int] | None = None,
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    ) -> Array | tuple[Array, Array]:
         """Denoise canonical ``(S, C, *spatial)`` images (original units in and out), after checking that
         the network's float32 arithmetic can represent them (:func:`n2v_estimator.data.normalize.check_representable`);
         ``verbose`` overrides the parameter, ``grid_phase`` the pooling grid's (a chunk of a larger image's,
@@ -216,12 +261,60 @@ class Denoiser:
         return state
 
 
-def denoise(model, images, mean, std, plan, dtype=np.float32, return_std=False, prior_only=False, grid_phase=None):
+# The result's type follows return_std: the denoised images, or them and their spread.
+@overload
+def denoise(
+    model: UNet | BlindSpotNetwork,
+    images: Array,
+    mean: Float64Array,
+    std: Float64Array,
+    plan: PredictPlan,
+    dtype: DTypeLike = ...,
+    return_std: Literal[False] = ...,
+    prior_only: bool = ...,
+    grid_phase: Sequence[int] | None = ...,
+) -> Array: ...
+@overload
+def denoise(
+    model: UNet | BlindSpotNetwork,
+    images: Array,
+    mean: Float64Array,
+    std: Float64Array,
+    plan: PredictPlan,
+    dtype: DTypeLike = ...,
+    *,
+    return_std: Literal[True],
+    prior_only: bool = ...,
+    grid_phase: Sequence[int] | None = ...,
+) -> tuple[Array, Array]: ...
+@overload
+def denoise(
+    model: UNet | BlindSpotNetwork,
+    images: Array,
+    mean: Float64Array,
+    std: Float64Array,
+    plan: PredictPlan,
+    dtype: DTypeLike = ...,
+    return_std: bool = ...,
+    prior_only: bool = ...,
+    grid_phase: Sequence[int] | None = ...,
+) -> Array | tuple[Array, Array]: ...
+def denoise(
+    model: UNet | BlindSpotNetwork,
+    images: Array,
+    mean: Float64Array,
+    std: Float64Array,
+    plan: PredictPlan,
+    dtype: DTypeLike = np.float32,
+    return_std: bool = False,
+    prior_only: bool = False,
+    grid_phase: Sequence[int] | None = None,
+) -> Array | tuple[Array, Array]:
     """Denoise canonical ``(S, C, *spatial)`` images, in the images' units.
 
     Parameters
     ----------
-    model : UNet
+    model : UNet or BlindSpotNetwork
         In eval mode, on ``plan.device``.
     images : ndarray of shape (S, C, *spatial)
     mean, std : ndarray of shape (C,)
@@ -264,7 +357,7 @@ def denoise(model, images, mean, std, plan, dtype=np.float32, return_std=False, 
         precision=plan.precision,
     )
 
-    def run(batch, **kwargs):
+    def run(batch: Array, **kwargs: Any) -> Array:
         return predict_tiled(
             model,
             batch,
@@ -311,5 +404,5 @@ def denoise(model, images, mean, std, plan, dtype=np.float32, return_std=False, 
     check_finite_output(out)
     if not return_std:
         return out
-    spread = post_std.astype(dtype) * _broadcast(std, images.ndim).astype(dtype)
+    spread = denormalize(post_std, 0.0, std, dtype=dtype)  # a spread scales with std alone
     return out, spread

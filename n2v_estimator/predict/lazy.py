@@ -11,6 +11,7 @@ dask is an optional dependency: it is imported inside the functions only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,10 +22,13 @@ from ..data.normalize import output_dtype
 from ..nets.geometry import NetworkGeometry
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
+    from .._typing import Array, Description
     from .denoise import Denoiser
 
 
-def _import_dask():
+def _import_dask() -> tuple[ModuleType, Any]:
     """``dask.array`` and ``dask.delayed``, or an ``ImportError`` saying how to install them."""
     try:
         import dask
@@ -36,15 +40,15 @@ def _import_dask():
     return da, dask.delayed
 
 
-def halo_width(description, neighborhood_radius=0):
+def halo_width(description: Description, neighborhood_radius: int = 0) -> int:
     """Pixels of context each chunk borrows from its neighbours, per side and spatial axis.
 
-    The network's :func:`receptive_radius`, plus ``2**depth - 1`` that a block
-    may drop to start (and end) on the pooling grid of the whole image, plus,
-    for a probabilistic network, ``neighborhood_radius``: the blind prior
-    replaces every masked pixel by a neighbour within that radius, so a masked
-    pixel at the edge of the receptive field must find the same neighbours as in
-    the whole image. Default network (depth 2, kernel 3): 29, or 31 with the
+    The network's :func:`~n2v_estimator.nets.geometry.receptive_radius`, plus
+    ``2**depth - 1`` that a block may drop to start (and end) on the pooling
+    grid of the whole image, plus, for a probabilistic network,
+    ``neighborhood_radius``: the blind prior replaces every masked pixel by a
+    neighbour within that radius, so a masked pixel at the edge of the
+    receptive field must find the same neighbours as in the whole image. Default network (depth 2, kernel 3): 29, or 31 with the
     default radius 2 for a probabilistic one; depth 1: 11; a blind-spot network
     (which masks nothing): 50.
 
@@ -193,8 +197,19 @@ def transform_lazy(images: UnreadImages, denoise: Denoiser, return_std: bool) ->
 
 
 def _denoise_block(
-    block, denoise, *, layout, depth, shape, multiple, in_dtype, out_dtype, return_std, phases=None, block_info=None
-):
+    block: Array,
+    denoise: Denoiser,
+    *,
+    layout: str,
+    depth: Mapping[int, int],
+    shape: Sequence[int],
+    multiple: int,
+    in_dtype: np.dtype[Any],
+    out_dtype: np.dtype[Any],
+    return_std: bool,
+    phases: Mapping[int, int] | None = None,
+    block_info: Mapping[int | None, Mapping[str, Any]],
+) -> Array:
     """Denoise one chunk of ``X`` from ``block`` (the chunk and its halo); return the chunk's pixels.
 
     The block is first cut, by fewer than ``multiple`` (``2**depth``) pixels a
@@ -240,7 +255,8 @@ def _denoise_block(
     except ValueError as exc:
         raise ValueError(f"{exc} (The index is within the block of X that starts at {tuple(origin)}.)") from exc
     canonical = to_canonical(block[tuple(cut)], layout)
-    grid = {"grid_phase": tuple(block_phases[a] for a in "ZYX" if a in block_phases)} if phases is not None else {}
-    out = denoise(canonical, dtype=out_dtype, return_std=return_std, verbose=False, **grid)  # no bars inside tasks
-    out = [from_canonical(o, layout)[tuple(keep)] for o in (out if return_std else [out])]
+    grid_phase = tuple(block_phases[a] for a in "ZYX" if a in block_phases) if phases is not None else None
+    # No progress bars inside tasks.
+    denoised = denoise(canonical, dtype=out_dtype, return_std=return_std, verbose=False, grid_phase=grid_phase)
+    out = [from_canonical(o, layout)[tuple(keep)] for o in (denoised if isinstance(denoised, tuple) else [denoised])]
     return np.stack(out) if return_std else np.ascontiguousarray(out[0])

@@ -13,15 +13,20 @@ so that different settings are scored on exactly the same pixels.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..data.axes import check_image_array
 
+if TYPE_CHECKING:
+    from .._typing import Array, Float64Array, ImagesLike
+
 GRID_STRIDE = 4
 
 
-def clean_images(X, y):
+def clean_images(X: ImagesLike, y: ImagesLike | None) -> Float64Array | None:
     """What ``score(X, y)`` scores against: ``y`` as float64 clean images when it
     has ``X``'s shape; ``None`` for the self-supervised score (``y`` None, or one
     label per row of ``X``, as a pipeline or a search passes along)."""
@@ -37,7 +42,9 @@ def clean_images(X, y):
     return None
 
 
-def pooled_score(score, X, y):
+def pooled_score(
+    score: Callable[[ImagesLike, ImagesLike | None], float], X: Sequence[ImagesLike], y: ImagesLike | None
+) -> float:
     """``score`` of a list of images ``X`` (and ``y``: None, one clean image
     each, or one label each, ignored as for a stack), the images' scores
     averaged with their sizes as weights: the score of all their pixels together."""
@@ -49,17 +56,17 @@ def pooled_score(score, X, y):
     return float(np.average(scores, weights=[np.size(x) for x in X]))
 
 
-def all_phases(ndim, stride):
+def all_phases(ndim: int, stride: int) -> list[tuple[int, ...]]:
     """Every phase of a regular grid of ``stride`` pixels along ``ndim`` axes: ``stride**ndim`` offsets."""
     return list(itertools.product(range(stride), repeat=ndim))
 
 
-def phase_window(phase, stride):
+def phase_window(phase: Sequence[int], stride: int) -> tuple[slice, ...]:
     """The index of one grid ``phase``'s pixels in ``(S, C, *spatial)`` arrays (every ``stride``-th from it)."""
     return (slice(None), slice(None)) + tuple(slice(p, None, stride) for p in phase)
 
 
-def grid_phases(ndim, n_phases, stride=GRID_STRIDE):
+def grid_phases(ndim: int, n_phases: int, stride: int = GRID_STRIDE) -> list[tuple[int, ...]]:
     """The first ``n_phases`` of the ``stride**ndim`` grid phases: the origin
     (present in every image, however small), then a fixed pseudo-random order."""
     phases = all_phases(ndim, stride)
@@ -67,7 +74,7 @@ def grid_phases(ndim, n_phases, stride=GRID_STRIDE):
     return [phases[i] for i in order[: min(n_phases, len(phases))]]
 
 
-def neighbour_mean(images):
+def neighbour_mean(images: Array) -> Float64Array:
     """Mean of the direct neighbours of every pixel (the ``3**ndim - 1`` around
     it, fewer at the border: only neighbours inside the image count, so a
     pixel's own value never enters its mean).
@@ -90,7 +97,7 @@ def neighbour_mean(images):
     return total / np.maximum(count, 1)
 
 
-def j_invariant_mse(denoise, images, n_phases):
+def j_invariant_mse(denoise: Callable[[Float64Array], Array], images: Array, n_phases: int) -> float:
     """Mean squared error between the blind denoised images and ``images`` on the grid.
 
     Parameters

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import torch
@@ -14,8 +18,21 @@ from ..nets.geometry import round_up
 from ..runtime.compute import autocast, fastest_layout
 from ..runtime.progress import progress_bar
 
+if TYPE_CHECKING:
+    from numpy.typing import DTypeLike, NDArray
 
-def mirror_index(start, stop, length):
+    from .._typing import Array, Shape
+    from ..nets.geometry import NetworkGeometry
+
+#: Where a tile lies along one axis: it reads ``[start, stop)`` and writes ``[write_start, write_stop)``.
+AxisTile: TypeAlias = tuple[int, int, int, int]
+#: A tile: its sample, and where it lies along each spatial axis.
+Tile: TypeAlias = tuple[int, tuple[AxisTile, ...]]
+#: A test-time augmentation of ``(B, C, *spatial)`` tensors and its inverse.
+Augmentation: TypeAlias = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
+
+
+def mirror_index(start: int, stop: int, length: int) -> NDArray[np.intp]:
     """Indices into an axis of ``length`` for positions ``[start, stop)`` that may
     lie outside it: mirrored at the ends with the edge pixel repeated (numpy's
     ``"symmetric"`` padding, repeated for reaches longer than the axis)."""
@@ -23,7 +40,9 @@ def mirror_index(start, stop, length):
     return np.where(index < length, index, 2 * length - 1 - index)
 
 
-def tile_geometry(tile_size, tile_overlap, geometry):
+def tile_geometry(
+    tile_size: int | Sequence[int] | None, tile_overlap: int | Sequence[int] | None, geometry: NetworkGeometry
+) -> tuple[Shape, Shape]:
     """Tile side and overlap per spatial axis for the network of ``geometry``.
 
     Parameters
@@ -50,7 +69,7 @@ def tile_geometry(tile_size, tile_overlap, geometry):
     """
     ndim, multiple = geometry.ndim, geometry.pooling
     if tile_size is None:  # large enough for the network's whole overlap: tiles agree with the whole image
-        tile = (256, 256) if ndim == 2 else (64, 128, 128)
+        tile: Shape = (256, 256) if ndim == 2 else (64, 128, 128)
         tile = tuple(max(round_up(t, multiple), 2 * geometry.overlap) for t in tile)
     else:
         tile = per_axis(tile_size, ndim, "tile_size")
@@ -66,7 +85,13 @@ def tile_geometry(tile_size, tile_overlap, geometry):
     return tile, overlap
 
 
-def warn_if_seams(tile_shape, overlap, extended, geometry, tile_overlap):
+def warn_if_seams(
+    tile_shape: Sequence[int],
+    overlap: Sequence[int],
+    extended: Sequence[int],
+    geometry: NetworkGeometry,
+    tile_overlap: int | Sequence[int] | None,
+) -> None:
     """Warn where tiles of ``tile_shape`` with ``overlap`` (the overlap cut to half a tile of a
     ``tile_size`` the user chose, ``tile_overlap`` left to ``None``) cut an axis of ``extended``
     pixels with less overlap than the network's reach needs: the tiles then disagree with the whole
@@ -84,7 +109,7 @@ def warn_if_seams(tile_shape, overlap, extended, geometry, tile_overlap):
         )
 
 
-def tiles_per_batch(tile_shape, spatial, training_pixels):
+def tiles_per_batch(tile_shape: Sequence[int], spatial: Sequence[int], training_pixels: int) -> int:
     """How many tiles to predict at once: as many pixels as a training batch
     (``training_pixels``) and at least one default 2D tile's worth, since
     prediction needs far less memory than training; stacks of small images are
@@ -93,12 +118,12 @@ def tiles_per_batch(tile_shape, spatial, training_pixels):
     return max(1, max(training_pixels, 256 * 256) // tile_pixels)
 
 
-def _shape_of_tile(tile):
+def _shape_of_tile(tile: Tile) -> Shape:
     """Shape of a ``(sample, per-axis bounds)`` tile: tiles of one shape share a batch."""
     return tuple(stop - start for start, stop, _, _ in tile[1])
 
 
-def _read_tile(images, sample, combo, border):
+def _read_tile(images: Array, sample: int, combo: Sequence[AxisTile], border: Sequence[tuple[int, int]]) -> Array:
     """One tile of ``images[sample]``: ``combo`` holds its ``(start, stop, ...)``
     per spatial axis in the coordinates of the image extended by ``border``
     (``(before, after)`` mirrored pixels per axis); a slice of the image where the tile lies inside it."""
@@ -110,7 +135,7 @@ def _read_tile(images, sample, combo, border):
     return images[sample][(slice(None),) + index]
 
 
-def _extended_tiles(length, tile, overlap, multiple, border):
+def _extended_tiles(length: int, tile: int, overlap: int, multiple: int, border: tuple[int, int]) -> list[AxisTile]:
     """:func:`axis_tiles` of an axis extended by ``border = (before, after)`` mirrored
     pixels, each writing only its part of the axis itself (in extended
     coordinates); tiles that would write nothing are dropped."""
@@ -123,7 +148,7 @@ def _extended_tiles(length, tile, overlap, multiple, border):
     return tiles
 
 
-def axis_tiles(length, tile, overlap, multiple=1):
+def axis_tiles(length: int, tile: int, overlap: int, multiple: int = 1) -> list[AxisTile]:
     """Tiles along one axis.
 
     Parameters
@@ -159,7 +184,7 @@ def axis_tiles(length, tile, overlap, multiple=1):
     return [(s, e, bounds[i], bounds[i + 1]) for i, (s, e) in enumerate(zip(starts, stops))]
 
 
-def augmentations(ndim):
+def augmentations(ndim: int) -> list[Augmentation]:
     """Invertible test-time augmentations as ``(forward, inverse)`` pairs.
 
     2D: the 8 symmetries of the square (quarter turns, with and without a
@@ -168,6 +193,7 @@ def augmentations(ndim):
     axis in place and so are valid for anisotropic volumes.
     """
     spatial = list(range(2, 2 + ndim))
+    choices: list[tuple[int, tuple[int, ...]]]
     if ndim == 2:
         choices = [(k, dims) for k in range(4) for dims in ((), (spatial[-1],))]
     else:
@@ -176,12 +202,12 @@ def augmentations(ndim):
             for chosen in itertools.product([False, True], repeat=ndim)
         ]
 
-    def pair(k, dims):
-        def forward(x):
+    def pair(k: int, dims: tuple[int, ...]) -> Augmentation:
+        def forward(x: torch.Tensor) -> torch.Tensor:
             x = torch.flip(x, dims) if dims else x
             return torch.rot90(x, k, dims=(-2, -1)) if k else x
 
-        def inverse(x):
+        def inverse(x: torch.Tensor) -> torch.Tensor:
             x = torch.rot90(x, -k, dims=(-2, -1)) if k else x
             return torch.flip(x, dims) if dims else x
 
@@ -191,22 +217,22 @@ def augmentations(ndim):
 
 
 def predict_tiled(
-    model,
-    images,
-    tile_shape,
-    tile_overlap,
-    batch_size,
-    device,
-    multiple=1,
-    tta=False,
-    verbose=False,
-    prepare=None,
-    finish=None,
-    dtype=np.float32,
-    precision="32",
-    out_channels=None,
-    border=None,
-):
+    model: torch.nn.Module,
+    images: Array,
+    tile_shape: Sequence[int],
+    tile_overlap: Sequence[int],
+    batch_size: int,
+    device: torch.device,
+    multiple: int = 1,
+    tta: bool = False,
+    verbose: bool | int | str = False,
+    prepare: Callable[[Array], Array] | None = None,
+    finish: Callable[[Array], Array] | None = None,
+    dtype: DTypeLike = np.float32,
+    precision: str = "32",
+    out_channels: int | None = None,
+    border: Sequence[int | tuple[int, int]] | None = None,
+) -> Array:
     """Apply ``model`` to every image in tiles.
 
     Parameters
@@ -242,11 +268,11 @@ def predict_tiled(
     out_channels : int, optional
         Channels of the network's output, if not ``C`` (a probabilistic
         network's prior mean and scale: ``2C``).
-    border : tuple of int, optional
+    border : tuple of int or of (before, after) pairs, optional
         Mirrored pixels added on each side of every spatial axis before the
         network sees the image (numpy's ``"symmetric"`` padding, read tile by
         tile, never held whole); multiples of ``multiple``. See
-        :func:`border_width`.
+        :func:`n2v_estimator.nets.geometry.border_width`.
 
     Returns
     -------
@@ -257,9 +283,9 @@ def predict_tiled(
     """
     n_samples, _, *spatial = images.shape
     ndim = len(spatial)
-    border = (0,) * ndim if border is None else tuple(border)
-    border = [(b, b) if isinstance(b, (int, np.integer)) else tuple(b) for b in border]
-    per_axis = [_extended_tiles(n, t, o, multiple, b) for n, t, o, b in zip(spatial, tile_shape, tile_overlap, border)]
+    widths = (0,) * ndim if border is None else tuple(border)
+    sides = [(b, b) if isinstance(b, (int, np.integer)) else b for b in widths]  # (before, after) per axis
+    per_axis = [_extended_tiles(n, t, o, multiple, b) for n, t, o, b in zip(spatial, tile_shape, tile_overlap, sides)]
     tiles = [(s, combo) for s in range(n_samples) for combo in itertools.product(*per_axis)]
     # Tiles of one shape are batched together; only the last along an axis may be shorter.
     tiles.sort(key=_shape_of_tile)
@@ -268,13 +294,13 @@ def predict_tiled(
     model.eval()
     layout = fastest_layout(model, precision)
     batches = []
-    for _, group in itertools.groupby(tiles, key=_shape_of_tile):
-        group = list(group)
+    for _, same_shape in itertools.groupby(tiles, key=_shape_of_tile):
+        group = list(same_shape)
         batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
     pending = None  # the batch before: its prediction on its way back to the host
     with torch.inference_mode():
         for chunk in progress_bar(batches, desc="predict", unit="batch", verbose=verbose):
-            batch = np.stack([_read_tile(images, s, combo, border) for s, combo in chunk])
+            batch = np.stack([_read_tile(images, s, combo, sides) for s, combo in chunk])
             if prepare is not None:
                 batch = prepare(batch)
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -283,20 +309,20 @@ def predict_tiled(
             x = x.to(device, non_blocking=True)
             with autocast(device, precision):
                 if transforms:
-                    y = sum(inverse(model(layout(forward(x)))).float() for forward, inverse in transforms)
-                    y = y / len(transforms)
+                    predictions = (inverse(model(layout(forward(x)))).float() for forward, inverse in transforms)
+                    y = functools.reduce(operator.add, predictions) / len(transforms)
                 else:
                     y = model(layout(x))
             # The device works on this batch while the host stitches the one before.
             if pending is not None:
-                _stitch(output, *pending, border, finish)
+                _stitch(output, *pending, sides, finish)
             pending = (_to_host(y.float()), chunk)
         if pending is not None:
-            _stitch(output, *pending, border, finish)
+            _stitch(output, *pending, sides, finish)
     return output
 
 
-def _to_host(y):
+def _to_host(y: torch.Tensor) -> Callable[[], Array]:
     """Start copying the prediction ``y`` to the host without waiting for it; ``()`` of the
     result waits and gives the numpy array. On a GPU the copy goes to page-locked memory
     after the work queued before it, and the host runs on."""
@@ -306,14 +332,20 @@ def _to_host(y):
     done = torch.cuda.Event()
     done.record()
 
-    def wait():
+    def wait() -> Array:
         done.synchronize()
         return host.numpy()
 
     return wait
 
 
-def _stitch(output, prediction, chunk, border, finish):
+def _stitch(
+    output: Array,
+    prediction: Callable[[], Array],
+    chunk: Sequence[Tile],
+    border: Sequence[tuple[int, int]],
+    finish: Callable[[Array], Array] | None,
+) -> None:
     """Write the tiles of ``chunk`` (``prediction()`` gives their ``(B, C, *tile)``
     prediction) into ``output``, context cropped; ``finish`` applied first."""
     y = prediction()

@@ -12,13 +12,20 @@ convolutions' arithmetic.
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+# A batch or a network: channels_last gives back what it is given.
+_TensorOrModule = TypeVar("_TensorOrModule", torch.Tensor, torch.nn.Module)
 
 PRECISIONS = ("auto", "32", "bf16", "16-mixed")
 
 
-def _cpu_has_native_bf16():
+def _cpu_has_native_bf16() -> bool:
     """Whether oneDNN runs bfloat16 natively here (AVX-512 BF16 or AMX); elsewhere
     it is emulated and slower than float32."""
     try:
@@ -27,7 +34,7 @@ def _cpu_has_native_bf16():
         return False
 
 
-def resolve_precision(precision, device, ndim=2, *, training=True):
+def resolve_precision(precision: str | int, device: torch.device | str, ndim: int = 2, *, training: bool = True) -> str:
     """The precision ``"32"``, ``"bf16"`` or ``"16-mixed"`` to compute in on ``device``
     for a network of ``ndim`` spatial dimensions, to train it (``training``) or to predict.
 
@@ -58,7 +65,7 @@ def resolve_precision(precision, device, ndim=2, *, training=True):
     return precision
 
 
-def autocast(device, precision):
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager[None]:
     """The context the network computes in for ``precision`` on ``device``: autocast to
     bfloat16 or float16, and for ``"32"`` float32 itself: on CUDA, cuDNN's and cuBLAS's
     TensorFloat-32 (10-bit mantissas, torch's default for convolutions on recent GPUs)
@@ -71,7 +78,8 @@ def autocast(device, precision):
 
 
 @contextlib.contextmanager
-def _no_tf32():
+def _no_tf32() -> Iterator[None]:
+    """Switch cuDNN's and cuBLAS's TensorFloat-32 off for the block, and back as they were after it."""
     flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -80,12 +88,12 @@ def _no_tf32():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
-def grad_scaler(device, precision):
+def grad_scaler(device: torch.device | str, precision: str) -> torch.amp.GradScaler:
     """A gradient scaler for float16 training (``"16-mixed"``), else one that does nothing."""
     return torch.amp.GradScaler(torch.device(device).type, enabled=precision == "16-mixed")
 
 
-def channels_last(x):
+def channels_last(x: _TensorOrModule) -> _TensorOrModule:
     """``x`` (a batch or a module) in the channels-last memory layout of its
     dimensionality: ``channels_last`` in 2D, ``channels_last_3d`` in 3D. Values
     and shapes are unchanged; only the order in memory differs."""
@@ -93,7 +101,9 @@ def channels_last(x):
         first = next((p for p in x.parameters() if p.dim() in (4, 5)), None)
         if first is None:
             return x
-        return x.to(memory_format=torch.channels_last if first.dim() == 4 else torch.channels_last_3d)
+        layout = torch.channels_last if first.dim() == 4 else torch.channels_last_3d
+        # torch's Module.to takes memory_format (documented, and done here), which its typed overloads leave out.
+        return x.to(memory_format=layout)  # type: ignore[call-overload]
     if x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     if x.dim() == 5:
@@ -101,13 +111,13 @@ def channels_last(x):
     return x
 
 
-def prefers_channels_last(model, precision):
+def prefers_channels_last(model: torch.nn.Module, precision: str) -> bool:
     """Whether ``model`` runs faster channels-last in ``precision``: everywhere
     measured but grouped (independent-channel) convolutions in bfloat16."""
     return not (precision == "bf16" and getattr(model, "groups", 1) > 1)
 
 
-def fastest_layout(model, precision):
+def fastest_layout(model: torch.nn.Module, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """Put ``model`` in its faster memory layout for ``precision`` and return the
     function that puts its input batches in the same layout."""
     if not prefers_channels_last(model, precision):

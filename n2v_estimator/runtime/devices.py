@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 
-def _mps_available():
+def _mps_available() -> bool:
+    """Whether this torch has Apple MPS and the machine can run it."""
     return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
-def resolve_device(device):
+def resolve_device(device: str | torch.device) -> torch.device:
     """The torch device named by ``device``, refused unless it can compute here.
 
     ``"auto"`` picks CUDA if available, else Apple MPS, else the CPU. Otherwise

@@ -21,9 +21,19 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 from ..gateway.budget import format_bytes, physical_memory
 from ..nets.geometry import BLIND_HEAD_WIDTH, NetworkGeometry
+from ..nets.widths import unet_widths
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import torch
+
+    from .._typing import Description
+    from ..nets.widths import BlockWidths
 
 # Bytes of a feature-map value in each precision (autocast keeps the activations
 # it saves for the backward pass in the reduced type).
@@ -44,14 +54,14 @@ _BACKWARD_FACTOR = Fraction(11, 10)  # exact: a float could not multiply every i
 # the value gathered, whether it lies in the patch, the float64 sampling weights.
 _MASKER_BYTES_PER_OFFSET = {2: 2 * 8 * 2 + 24, 3: 2 * 8 * 3 + 24}
 # transform predicts as many pixels at once as a training batch holds, and at
-# least one default 2D tile (see ._tiling.tiles_per_batch).
+# least one default 2D tile (see n2v_estimator.predict.tiling.tiles_per_batch).
 MIN_PREDICTION_PIXELS = 256 * 256
 # When the device's memory cannot be read: the address space of today's 64-bit
 # processors (48 bits, 256 TiB). Nothing larger can be allocated anywhere.
 _ADDRESS_SPACE = 2**48
 
 
-def device_memory(device):
+def device_memory(device: torch.device | str) -> tuple[int, str]:
     """``(bytes, what)``: the memory of ``device`` a fit or a transform can use at
     most, and a few words that say what it is.
 
@@ -66,53 +76,49 @@ def device_memory(device):
         return int(total), f"the GPU {device} has"
     if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):  # torch >= 2.3
         return int(torch.mps.recommended_max_memory()), "Apple MPS recommends at most"
-    total = physical_memory()  # also an older torch's MPS: its memory is the machine's
-    if total is None:
+    physical = physical_memory()  # also an older torch's MPS: its memory is the machine's
+    if physical is None:
         return _ADDRESS_SPACE, "a 64-bit address space holds"
-    return total, "this machine has"
+    return physical, "this machine has"
 
 
 # --------------------------------------------------------------------- weights
-def _conv_weights(c_in, c_out, kernel, ndim, groups, bias):
+def _conv_weights(c_in: int, c_out: int, kernel: int, ndim: int, groups: int, bias: bool) -> int:
+    """Weights of a convolution from ``c_in`` to ``c_out`` feature maps in ``groups`` groups."""
     return c_out * (c_in // groups) * kernel**ndim + (c_out if bias else 0)
 
 
-def _block_weights(c_in, c_mid, c_out, kernel, ndim, groups, batch_norm):
-    """Two convolutions, each with a batch norm (weight, bias, running mean and
-    variance, and a step count) or a bias."""
-    n = _conv_weights(c_in, c_mid, kernel, ndim, groups, not batch_norm)
-    n += _conv_weights(c_mid, c_out, kernel, ndim, groups, not batch_norm)
-    return n + (4 * (c_mid + c_out) + 2 if batch_norm else 0)
+def _block_weights(widths: BlockWidths, kernel: int, ndim: int, groups: int, batch_norm: bool, bias: bool) -> int:
+    """Two convolutions (with a ``bias`` each or not), each with a batch norm (weight, bias,
+    running mean and variance, and a step count) if ``batch_norm``."""
+    n = _conv_weights(widths.inputs, widths.middle, kernel, ndim, groups, bias)
+    n += _conv_weights(widths.middle, widths.outputs, kernel, ndim, groups, bias)
+    return n + (4 * (widths.middle + widths.outputs) + 2 if batch_norm else 0)
 
 
-def _widths(description):
-    """Feature maps per level (all channels' groups together) and the number of groups."""
-    groups = description["in_channels"] if description["independent_channels"] else 1
-    return [description["n_filters"] * 2**level * groups for level in range(description["depth"])], groups
-
-
-def network_values(description):
+def network_values(description: Description) -> int:
     """Number of values in the state of the network ``description`` describes
     (weights and buffers, what ``state_dict`` holds), computed without building it.
 
-    Follows :class:`n2v_estimator.nets.unet.UNet` and :class:`n2v_estimator.nets.blindnet.BlindSpotNetwork`.
+    Follows :class:`n2v_estimator.nets.unet.UNet` and :class:`n2v_estimator.nets.blindnet.BlindSpotNetwork`,
+    whose feature maps :func:`n2v_estimator.nets.widths.unet_widths` says.
     """
-    ndim, channels, kernel, bn = (description[k] for k in ("ndim", "in_channels", "kernel_size", "batch_norm"))
-    width, groups = _widths(description)
+    ndim, channels, kernel, batch_norm = (description[k] for k in ("ndim", "in_channels", "kernel_size", "batch_norm"))
+    widths = unet_widths(description)
+    groups = widths.groups
+    # A convolution has a bias where no batch norm follows it, and in n2v's layout, whose Keras
+    # convolutions keep theirs before the batch norm (nets.unet._ConvBlock).
+    bias = description["layout"] == "n2v-tf" or not batch_norm
     outputs = 1 if description["noise_model"] is None else 2
     blind = NetworkGeometry.of(description).blind
-    n, c_in = 0, channels
-    for w in width:
-        n += _block_weights(c_in, w, w, kernel, ndim, groups, bn)
-        c_in = w
-    n += _block_weights(c_in, c_in, c_in, kernel, ndim, groups, bn)
-    for level in reversed(range(len(width))):
-        skip = 0 if (not blind and description["skip_skipone"] and level == 0) else width[level]
-        n += _block_weights(width[level] + skip, width[level], width[max(0, level - 1)], kernel, ndim, groups, bn)
-    head_in = width[0]
+    n = sum(
+        _block_weights(block, kernel, ndim, groups, batch_norm, bias)
+        for block in (*widths.down, widths.bottom, *widths.up)
+    )
+    head_in = widths.levels[0]
     if blind:
         hidden = BLIND_HEAD_WIDTH * description["n_filters"] * groups
-        n += _conv_weights(2 * ndim * width[0], hidden, 1, ndim, groups, True)
+        n += _conv_weights(2 * ndim * widths.levels[0], hidden, 1, ndim, groups, True)
         n += _conv_weights(hidden, hidden, 1, ndim, groups, True)
         head_in = hidden
     n += _conv_weights(head_in, channels * outputs, 1, ndim, groups, True)
@@ -122,72 +128,73 @@ def network_values(description):
 
 
 # ----------------------------------------------------------------- activations
-def _level_pixels(patch_shape, depth):
+def _level_pixels(patch_shape: Sequence[int], depth: int) -> list[int]:
     """Pixels of one sample at each level, the patch padded to a multiple of ``2**depth`` as the network pads it."""
     multiple = 2**depth
     padded = [-(-int(p) // multiple) * multiple for p in patch_shape]
     return [math.prod(p // 2**level for p in padded) for level in range(depth + 1)]
 
 
-def _saved_per_sample(description, patch_shape):
+def _saved_per_sample(description: Description, patch_shape: Sequence[int]) -> int:
     """Feature-map values one sample leaves saved for the backward pass of a training step."""
     ndim, channels, depth = description["ndim"], description["in_channels"], description["depth"]
-    width, groups = _widths(description)
+    widths = unet_widths(description)
     pixels = _level_pixels(patch_shape, depth)
     blind = NetworkGeometry.of(description).blind
     # A convolution's output, and a batch norm's; the masked U-Net's ReLU works in place.
     # The upward convolutions of the blind network pad their input first (a copy they keep).
     per_conv = (2 if description["batch_norm"] else 1) + (1 if blind else 0)
     n = channels * pixels[0]  # the input, padded
-    for level, w in enumerate(width):
-        n += per_conv * 2 * w * pixels[level]
+    for level, (w, block) in enumerate(zip(widths.levels, widths.down)):
+        n += per_conv * (block.middle + block.outputs) * pixels[level]
         if description["blurpool"]:  # stride-1 max-pool with its int64 indices, padded, blurred
             n += 4 * w * pixels[level] + w * pixels[level + 1]
         else:  # the pooled maps and their int64 indices (two values each)
             n += 3 * w * pixels[level + 1] + (w * pixels[level] if blind else 0)  # blind: shifted first
-    n += per_conv * 2 * width[-1] * pixels[depth]
+    n += per_conv * (widths.bottom.middle + widths.bottom.outputs) * pixels[depth]
     for level in reversed(range(depth)):
-        w = width[level]
-        joined = blind or not (description["skip_skipone"] and level == 0)  # N2V2 drops the top skip
+        w, block = widths.levels[level], widths.up[level]
+        joined = widths.skips[level] > 0  # N2V2 drops the top skip
         n += w * pixels[level] * (3 if joined else 1)  # up-sampled, then joined with the skip
-        n += per_conv * (w + width[max(0, level - 1)]) * pixels[level]
+        n += per_conv * (block.middle + block.outputs) * pixels[level]
     outputs = 1 if description["noise_model"] is None else 2
     if not blind:
         return n + 2 * channels * outputs * pixels[0]
     directions = 2 * ndim
-    hidden = BLIND_HEAD_WIDTH * description["n_filters"] * groups
+    hidden = BLIND_HEAD_WIDTH * description["n_filters"] * widths.groups
     # Every direction is one more sample through the U-Net; then the directions'
     # features joined, two hidden 1x1 convolutions and the head.
-    head = (directions * width[0] + 2 * hidden + 2 * channels * outputs) * pixels[0]
+    head = (directions * widths.levels[0] + 2 * hidden + 2 * channels * outputs) * pixels[0]
     return directions * n + head
 
 
-def _prediction_per_pixel(description):
+def _prediction_per_pixel(description: Description) -> int:
     """Feature-map values held per input pixel while a batch is predicted (nothing
     is saved for a backward pass): the skip connections waiting for the way up,
     and the widest step, the top level's joined maps with a block's two outputs."""
     ndim, channels = description["ndim"], description["in_channels"]
-    width, groups = _widths(description)
-    skips = sum(-(-w // 2 ** (ndim * level)) for level, w in enumerate(width))
+    widths = unet_widths(description)
+    top = widths.levels[0]
+    skips = sum(-(-w // 2 ** (ndim * level)) for level, w in enumerate(widths.levels))
     blind = NetworkGeometry.of(description).blind
-    unet = skips + (5 + (1 if blind else 0)) * width[0] + 3 * channels
+    unet = skips + (5 + (1 if blind else 0)) * top + 3 * channels
     if not blind:
         return unet
     directions = 2 * ndim
-    hidden = BLIND_HEAD_WIDTH * description["n_filters"] * groups
-    return max(directions * unet, 3 * directions * width[0] + 2 * hidden)
+    hidden = BLIND_HEAD_WIDTH * description["n_filters"] * widths.groups
+    return max(directions * unet, 3 * directions * top + 2 * hidden)
 
 
 def training_memory(
-    description,
-    batch_size,
-    patch_shape,
+    description: Description,
+    batch_size: int,
+    patch_shape: Sequence[int],
     *,
-    precision="32",
-    validation_shape=None,
-    validation_patches=0,
-    blind_spot_pairs=0,
-):
+    precision: str = "32",
+    validation_shape: Sequence[int] | None = None,
+    validation_patches: int = 0,
+    blind_spot_pairs: int = 0,
+) -> dict[str, int]:
     """Bytes a training step of the network ``description`` needs, by what needs them.
 
     Parameters
@@ -231,7 +238,7 @@ def training_memory(
     return parts
 
 
-def prediction_memory(description, pixels, *, precision="32"):
+def prediction_memory(description: Description, pixels: int, *, precision: str = "32") -> int:
     """Bytes a batch of ``pixels`` input pixels (all tiles of the batch together)
     needs while ``transform`` predicts it with the network ``description``."""
     value = BYTES_PER_VALUE[str(precision)]
@@ -242,7 +249,7 @@ def prediction_memory(description, pixels, *, precision="32"):
     )
 
 
-def prediction_pixels(batch_size, patch_shape):
+def prediction_pixels(batch_size: int, patch_shape: Sequence[int]) -> int:
     """Input pixels ``transform`` predicts at once at most, for tiles that fill its batch."""
     return max(int(batch_size) * math.prod(int(p) for p in patch_shape), MIN_PREDICTION_PIXELS)
 
@@ -261,17 +268,17 @@ _SEARCHED = {"batch_size": 1, "n_filters": 1, "kernel_size": 2}
 
 
 def check_fit_memory(
-    description,
-    batch_size,
-    patch_shape,
-    device,
+    description: Description,
+    batch_size: int,
+    patch_shape: Sequence[int],
+    device: torch.device | str,
     *,
-    precision="32",
-    validation_shape=None,
-    validation_batches=0,
-    masked_pixel_percentage=0.0,
-    offsets_per_spot=0,
-):
+    precision: str = "32",
+    validation_shape: Sequence[int] | None = None,
+    validation_batches: int = 0,
+    masked_pixel_percentage: float = 0.0,
+    offsets_per_spot: int = 0,
+) -> None:
     """Refuse settings whose training step, or whose ``transform`` batches, need
     more memory than ``device`` has (see :func:`device_memory`).
 
@@ -304,7 +311,7 @@ def check_fit_memory(
     patch_pixels = math.prod(int(p) for p in patch_shape)
     spots_per_patch = max(1, math.ceil(patch_pixels * masked_pixel_percentage / 100)) if offsets_per_spot else 0
 
-    def needs(batch_size=int(batch_size), **network):
+    def needs(batch_size: int = int(batch_size), **network: int) -> tuple[dict[str, int], int]:
         """The bytes of a training step by part, and of a ``transform`` batch
         (``"prediction"``), for ``batch_size`` and the network changed by ``network``."""
         network = {**description, **network}
@@ -320,7 +327,8 @@ def check_fit_memory(
         prediction = prediction_memory(network, prediction_pixels(batch_size, patch_shape), precision=precision)
         return parts, prediction
 
-    def fits(**change):
+    def fits(**change: int) -> bool:
+        """Whether a training step and a ``transform`` batch fit, with the settings ``change`` changes."""
         parts, prediction = needs(**change)
         return sum(parts.values()) <= limit and prediction <= limit
 
@@ -337,7 +345,7 @@ def check_fit_memory(
         **{key: description[key] for key in ("n_filters", "kernel_size", "depth")},
     }
     if total > limit:
-        largest = max(parts, key=parts.get)
+        largest = max(parts, key=lambda part: parts[part])
         amounts = "; ".join(f"{name} {format_bytes(n)}" for name, n in parts.items() if n)
         need = f"need about {_amount(total)} for a training step ({amounts})"
     else:
@@ -348,12 +356,17 @@ def check_fit_memory(
         )
     named = _DECIDED_BY[largest]
     settings = ", ".join(v if isinstance(v := values[key], str) else f"{key}={v}" for key in named if key in values)
+
+    def fits_at(key: str) -> Callable[[int], bool]:
+        """Whether the setting ``key`` at a value fits, the rest as it is."""
+        return lambda value: fits(**{key: value})
+
     advice = []
     for key in named:
         best = None
         if key in _SEARCHED:
             current = int(batch_size) if key == "batch_size" else description[key]
-            best = _largest_fitting(lambda value, key=key: fits(**{key: value}), current, _SEARCHED[key])
+            best = _largest_fitting(fits_at(key), current, _SEARCHED[key])
         advice.append(key if best is None else f"{key} (at most {best} fit, the rest as it is)")
     raise ValueError(
         f"{settings} {need}, more than the {_amount(limit)} {holder}; lower "
@@ -362,7 +375,14 @@ def check_fit_memory(
     )
 
 
-def check_prediction_memory(description, tile_shape, tiles, device, *, precision="32"):
+def check_prediction_memory(
+    description: Description,
+    tile_shape: Sequence[int],
+    tiles: int,
+    device: torch.device | str,
+    *,
+    precision: str = "32",
+) -> None:
     """Refuse a ``transform`` whose batches, ``tiles`` tiles of ``tile_shape``
     (spatial, cut to the image) predicted at once, need more memory than ``device`` has.
 
@@ -384,12 +404,12 @@ def check_prediction_memory(description, tile_shape, tiles, device, *, precision
     )
 
 
-def _amount(n):
+def _amount(n: int) -> str:
     """``n`` bytes in a message: in a unit, and exactly."""
     return f"{format_bytes(n)} ({n} bytes)" if n < 2**60 else format_bytes(n)
 
 
-def _largest_fitting(fits, current, step):
+def _largest_fitting(fits: Callable[[int], bool], current: int, step: int) -> int | None:
     """The largest value ``1 + step * i`` below ``current`` for which ``fits`` (a
     test that, once it fails, fails for every larger value) holds, or ``None``."""
     if current <= 1 or not fits(1):

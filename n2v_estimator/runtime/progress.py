@@ -7,9 +7,16 @@ import contextlib
 import contextvars
 import multiprocessing
 import sys
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping, Sequence
+    from types import FrameType
+    from typing import Any
 
 # With verbose="auto" a bar appears only once the work has run this long, so that
 # long fits and predictions show progress while short calls, pipelines and grid
@@ -40,14 +47,18 @@ class Progress:
     done: int
     total: int | None
     loss: float | None = None
-    epoch: dict | None = None
+    epoch: dict[str, Any] | None = None
 
 
-_WATCHERS = contextvars.ContextVar("n2v_estimator_progress_watchers", default=())
+#: What a watcher is: called with each :class:`Progress`; what it returns is ignored.
+Watcher = Callable[[Progress], object]
+_WATCHERS: contextvars.ContextVar[tuple[Watcher, ...]] = contextvars.ContextVar(
+    "n2v_estimator_progress_watchers", default=()
+)
 
 
 @contextlib.contextmanager
-def watch(callback):
+def watch(callback: Watcher) -> Iterator[None]:
     """Call ``callback(progress)`` with a :class:`Progress` at every training step,
     epoch and predicted batch of the calls made in this block, in this thread.
 
@@ -74,13 +85,15 @@ def watch(callback):
         _WATCHERS.reset(token)
 
 
-def report_epoch(record, steps_done, total):
+def report_epoch(record: Mapping[str, Any], steps_done: int, total: int) -> None:
     """Tell this thread's watchers that an epoch completed with ``record``."""
     for callback in _WATCHERS.get():
         callback(Progress("fit", steps_done, total, record.get("train_loss"), dict(record)))
 
 
-def progress_bar(iterable=None, *, total=None, desc, unit, verbose):
+def progress_bar(
+    iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str, unit: str, verbose: bool | int | str
+) -> tqdm | _WatchedBar:
     """A tqdm bar over ``iterable`` (or of ``total`` steps).
 
     ``verbose="auto"``: shown after :data:`AUTO_DELAY_SECONDS`, and never in a
@@ -100,45 +113,51 @@ def progress_bar(iterable=None, *, total=None, desc, unit, verbose):
 class _WatchedBar:
     """A tqdm bar that also tells watchers what it counts (a disabled tqdm counts nothing)."""
 
-    def __init__(self, bar, iterable, total, desc, watchers):
+    def __init__(
+        self, bar: tqdm, iterable: Iterable[Any] | None, total: int | None, desc: str, watchers: Sequence[Watcher]
+    ) -> None:
         self.bar, self.desc, self.watchers = bar, desc, watchers
         self.total = total if total is not None or iterable is None else _length(iterable)
-        self.done, self.loss = 0, None
+        self.done = 0
+        self.loss: float | None = None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         for item in self.bar:  # tqdm counts its own iterations
             yield item
             self._tell(1)
 
-    def update(self, n=1):
+    def update(self, n: int = 1) -> None:
         self.bar.update(n)
         self._tell(n)
 
-    def _tell(self, n):
+    def _tell(self, n: int) -> None:
         self.done += n
         for callback in self.watchers:
             callback(Progress(self.desc, self.done, self.total, self.loss))
 
-    def set_postfix(self, **kwargs):
+    def set_postfix(self, **kwargs: Any) -> None:
         if "loss" in kwargs:
             self.loss = float(kwargs["loss"])
         self.bar.set_postfix(**kwargs)
 
-    def close(self):
+    def close(self) -> None:
         self.bar.close()
 
 
-def _length(iterable):
+def _length(iterable: Iterable[Any]) -> int | None:
+    """``len(iterable)``, or ``None`` for an iterable without a length."""
+    if not isinstance(iterable, Sized):
+        return None
     try:
         return len(iterable)
-    except TypeError:
+    except TypeError:  # sized by its type, not by its value (a 0-d array)
         return None
 
 
-def inside_model_selection():
+def inside_model_selection() -> bool:
     """Whether a caller up the stack is scikit-learn's model selection (a search or
     cross-validation): scikit-learn gives an estimator no other sign of it."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_globals.get("__name__", "").startswith("sklearn.model_selection"):
             return True
