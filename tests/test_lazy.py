@@ -338,3 +338,45 @@ def test_a_grid_search_runs_on_a_local_cluster_through_joblib(cluster_client):
         search.fit(structured((4, 32, 32)))
     assert search.best_params_["masked_pixel_percentage"] in grid["masked_pixel_percentage"]
     assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+# ------------------------------------------------------------- each check once
+def _counting(monkeypatch, module, name):
+    """Count the calls of ``module.name`` (the function itself is still called)."""
+    calls = []
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_a_dask_array_on_a_zarr_store_has_its_codecs_checked_once_and_its_plan_resolved_once(
+    plain, monkeypatch, tmp_path
+):
+    """The one entrance judges the array (its store's codecs once); the Denoiser resolves its plan once for
+    every chunk it denoises in a process, not once per chunk."""
+    zarr = pytest.importorskip("zarr")
+    from n2v_estimator.data import axes
+    from n2v_estimator.predict import denoise
+
+    store = zarr.open(str(tmp_path / "image.zarr"), mode="w", shape=IMAGE.shape, chunks=(30, 37), dtype="f4")
+    store[:] = IMAGE
+    sources = _counting(monkeypatch, axes, "check_source")
+    plans = _counting(monkeypatch, denoise.PredictPlan, "of")
+    with dask.config.set(scheduler="synchronous"):
+        out = plain.transform(da.from_zarr(store)).compute()
+    assert len(sources) == 1 and len(plans) == 1
+    assert out.shape == IMAGE.shape
+
+
+def test_score_resolves_one_plan_for_all_its_phases(plain, monkeypatch):
+    from n2v_estimator.predict import denoise
+
+    plans = _counting(monkeypatch, denoise.PredictPlan, "of")
+    assert plain.n_score_phases > 1
+    plain.score(IMAGE)
+    assert len(plans) == 1
