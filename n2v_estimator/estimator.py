@@ -58,12 +58,16 @@ class Noise2VoidDenoiser(
         Patches per optimizer step.
     max_epochs : int or None, default=None
         Epochs (one validation pass and ``history_`` record each); ``None``:
-        30 in 2D, 6 in 3D (whose patches hold 4 times more blind spots).
+        30 in 2D, 6 in 3D (whose patches hold 4 times more blind spots), or with ``max_time`` as many as it allows.
+    max_time : float or None, default=None
+        Seconds of training (as Lightning's ``max_time``): the step that spends them is the last (its short
+        epoch validated), the best weights so far are kept, and the schedule is laid out over the time, not
+        cut short. With ``max_epochs`` too, whichever ends first. How many steps fit depends on the machine.
     steps_per_epoch : int, default=50
         Optimizer steps per epoch. Total steps = ``max_epochs * steps_per_epoch``.
     learning_rate : float, default=1e-3
-        Peak learning rate of Adam; linear warm-up over 5% of the steps, then
-        cosine decay to 1% of the peak.
+        Peak learning rate of Adam; linear warm-up over 5% of the steps (or of the time), then cosine decay
+        to 1% of the peak.
     masked_pixel_percentage : float, default=2.0
         Percentage of pixels of each patch made blind (n2v's ``perc_pix``; its
         0.198 converges far less in short runs on one image).
@@ -206,6 +210,7 @@ class Noise2VoidDenoiser(
         "patch_size": [Interval(Integral, 1, None, closed="left"), tuple, list, None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left"), None],
+        "max_time": [Interval(Real, 0, None, closed="neither"), None],
         "steps_per_epoch": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "masked_pixel_percentage": [Interval(Real, 0, 100, closed="right")],
@@ -237,6 +242,7 @@ class Noise2VoidDenoiser(
         patch_size: int | Sequence[int] | None = None,
         batch_size: int = 16,
         max_epochs: int | None = None,
+        max_time: float | None = None,
         steps_per_epoch: int = 50,
         learning_rate: float = 1e-3,
         masked_pixel_percentage: float = 2.0,
@@ -271,6 +277,7 @@ class Noise2VoidDenoiser(
         self.patch_size = patch_size
         self.batch_size = batch_size
         self.max_epochs = max_epochs
+        self.max_time = max_time
         self.steps_per_epoch = steps_per_epoch
         self.learning_rate = learning_rate
         self.masked_pixel_percentage = masked_pixel_percentage

@@ -137,7 +137,8 @@ def test_history_has_one_record_per_epoch(camera_pair):
     denoiser = tiny(max_epochs=3).fit(noisy)
     assert [h["epoch"] for h in denoiser.history_] == [1, 2, 3]
     for record in denoiser.history_:
-        assert set(record) == {"epoch", "train_loss", "val_loss", "learning_rate", "seconds"}
+        assert set(record) == {"epoch", "train_loss", "val_loss", "learning_rate", "seconds", "steps"}
+        assert record["steps"] == denoiser.steps_per_epoch
         assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
         assert record["learning_rate"] > 0 and record["seconds"] >= 0
     # The rate recorded is the one of each epoch's last step; it decays towards 1% of the peak.
@@ -469,3 +470,19 @@ def test_fit_and_transform_respect_the_users_thread_setting(camera_pair):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_fit_given_seconds_alone_trains_about_that_long_and_keeps_its_best_weights(camera_pair):
+    _, noisy = camera_pair
+    denoiser = tiny(max_epochs=None, max_time=1.5, steps_per_epoch=5).fit(noisy)
+    history = denoiser.history_
+    assert len(history) >= 1 and sum(record["steps"] for record in history) >= 1
+    # The last step starts before the time is spent; it and the short epoch's validation may add a little.
+    assert sum(record["seconds"] for record in history) < 1.5 + 5
+    assert history[-1]["learning_rate"] < 0.1 * denoiser.learning_rate  # decayed over the time, not cut short
+    assert np.isfinite(denoiser.transform(noisy)).all()
+
+
+def test_a_time_budget_is_refused_for_several_processes_in_one_line():
+    with pytest.raises(ValueError, match=r"max_time=2\.0 with n_devices=2: .* max_epochs instead"):
+        tiny(max_time=2.0, n_devices=2).fit(np.random.default_rng(0).normal(size=(64, 64)))

@@ -234,3 +234,62 @@ def test_float16_training_on_cuda_warns_nothing(recwarn):
         precision="16-mixed",
     )
     assert not [str(w.message) for w in recwarn], [str(w.message) for w in recwarn]
+
+
+# ---------------------------------------------------------------- a time budget
+class _Clock:
+    """A clock that moves ``tick`` seconds each time it is read: training's time, without waiting."""
+
+    def __init__(self, tick):
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self):
+        self.now += self.tick
+        return self.now
+
+
+def timed_run(monkeypatch, max_time, max_epochs=None, tick=0.05):
+    monkeypatch.setattr(_training, "time", _Clock(tick))
+    return train(
+        model(),
+        PatchSampler(IMAGES, (16, 16)),
+        masker(),
+        validation=validation_set(),
+        max_epochs=max_epochs,
+        steps_per_epoch=5,
+        batch_size=4,
+        learning_rate=1e-2,
+        device=torch.device("cpu"),
+        seed=0,
+        max_time=max_time,
+    )
+
+
+def test_a_fit_given_a_time_ends_when_it_is_spent_in_a_short_validated_epoch(monkeypatch):
+    result = timed_run(monkeypatch, max_time=2.0)
+    steps = [record["steps"] for record in result.history]
+    assert 2 <= len(steps) < 100 and all(n == 5 for n in steps[:-1]) and 1 <= steps[-1] <= 5
+    assert all(record["val_loss"] is not None for record in result.history)
+    assert not result.interrupted and result.error is None
+
+
+def test_the_schedule_is_laid_over_the_time_given_not_cut_short(monkeypatch):
+    history = timed_run(monkeypatch, max_time=2.0).history
+    rates = [record["learning_rate"] for record in history]
+    assert max(rates) > 0.5e-2  # the peak is reached within the time
+    assert rates[-1] <= 0.06e-2  # and the cosine has decayed (a cut-short schedule would be near the peak)
+
+
+def test_with_steps_and_a_time_the_first_spent_ends_the_fit(monkeypatch):
+    by_steps = timed_run(monkeypatch, max_time=1000.0, max_epochs=3).history
+    assert [record["steps"] for record in by_steps] == [5, 5, 5]
+    assert by_steps[-1]["learning_rate"] <= 0.06e-2  # the steps' budget spent: decayed as well
+    by_time = timed_run(monkeypatch, max_time=1.0, max_epochs=1000).history
+    assert len(by_time) < 1000
+
+
+def test_without_a_time_the_steps_schedule_is_the_one_it_always_was():
+    history = run(model(), validation_set(), max_epochs=4).history
+    expected = [_training.warmup_cosine(8)(2 * (epoch + 1) - 1) * 1e-2 for epoch in range(4)]
+    assert [record["learning_rate"] for record in history] == pytest.approx(expected)
+    assert [record["steps"] for record in history] == [2, 2, 2, 2]

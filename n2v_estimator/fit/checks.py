@@ -37,6 +37,16 @@ MIN_LEARNING_RATE = float(np.finfo(np.float32).tiny)
 BLIND_MIN_PATCH = 64
 
 
+def check_time_alone(max_time: float | None, n_devices: int | str) -> None:
+    """A time budget is a single process's: ranks would each stop (and lay out their learning rates)
+    by their own clocks, and their weights would part."""
+    if max_time is not None and n_devices != 1:
+        raise ValueError(
+            f"max_time={max_time!r} with n_devices={n_devices!r}: a time budget is not shared between "
+            "training processes; give several devices max_epochs instead, or train in one process (n_devices=1)."
+        )
+
+
 def check_learning_rate(learning_rate: float) -> None:
     """Refuse a learning rate that cannot train (see :data:`MAX_LEARNING_RATE`)."""
     if not MIN_LEARNING_RATE <= learning_rate <= MAX_LEARNING_RATE:  # also refuses inf and nan

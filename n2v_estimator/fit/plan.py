@@ -31,6 +31,7 @@ from ..runtime.progress import inside_model_selection
 from .calibration import blind_spot_calibration, warn_if_uncalibrated
 from .checks import (
     check_learning_rate,
+    check_time_alone,
     checked_manipulator,
     checked_patch_shapes,
     warn_no_validation,
@@ -91,6 +92,7 @@ class FitPlan:
     seeds : tuple of 3 ints
         For the initial weights, the training draws and the validation set.
     batch_size, max_epochs, steps_per_epoch : int
+        ``max_epochs`` is ``None`` for a fit given a time alone (``max_time``).
     learning_rate : float
     noise : dict or None
         Probabilistic N2V: the initial noise parameters, input units (``None``
@@ -105,6 +107,8 @@ class FitPlan:
     n_devices : int or "torchrun"
         Processes that train together (:mod:`n2v_estimator.fit.distributed`), one per device: started
         here, or (``"torchrun"``) by torchrun, this process being one of them.
+    max_time : float or None
+        Seconds of training, or ``None``: the steps decide alone.
     """
 
     network: Description
@@ -121,13 +125,14 @@ class FitPlan:
     precision: str
     seeds: tuple[int, int, int]
     batch_size: int
-    max_epochs: int
+    max_epochs: int | None
     steps_per_epoch: int
     learning_rate: float
     noise: dict[str, Float64Array] | None = None
     learn_noise: bool = True
     data_range: tuple[Float64Array, Float64Array] | None = None
     n_devices: int | Literal["torchrun"] = 1
+    max_time: float | None = None
 
     @property
     def continuing(self) -> bool:
@@ -177,6 +182,7 @@ class FitPlan:
             validation=validation,
             max_epochs=self.max_epochs,
             steps_per_epoch=self.steps_per_epoch,
+            max_time=self.max_time,
             learning_rate=self.learning_rate,
             device=device,
             precision=self.precision,
@@ -271,6 +277,7 @@ def make_plan(params: Params, X: ImagesLike, previous_fit: WarmStartState | None
     decides which of several problems a user is told of first.
     """
     check_learning_rate(params["learning_rate"])
+    check_time_alone(params["max_time"], params["n_devices"])
     data = read_training_data(X, params["axes"], params["image_shape"])
     if params["axes"] is None and params["image_shape"] is None and data.axes == "SYX":
         warn_stack_of_2d(getattr(X, "shape", None))
@@ -352,13 +359,21 @@ def make_plan(params: Params, X: ImagesLike, previous_fit: WarmStartState | None
         seeds=seeds,
         batch_size=int(params["batch_size"]),
         n_devices=params["n_devices"] if params["n_devices"] == "torchrun" else int(params["n_devices"]),
-        max_epochs=int(params["max_epochs"] or DEFAULT_EPOCHS[ndim]),
+        max_epochs=_epochs(params, ndim),
+        max_time=None if params["max_time"] is None else float(params["max_time"]),
         steps_per_epoch=int(params["steps_per_epoch"]),
         learning_rate=float(params["learning_rate"]),
         noise=noise,
         learn_noise=isinstance(params["noise_model"], str),
         data_range=(low, high),
     )
+
+
+def _epochs(params: Params, ndim: int) -> int | None:
+    """The epochs asked for; with ``max_time`` alone none (the time decides), else the default budget."""
+    if params["max_epochs"] is not None:
+        return int(params["max_epochs"])
+    return None if params["max_time"] is not None else DEFAULT_EPOCHS[ndim]
 
 
 def _offsets_per_spot(masker: Masker) -> int:

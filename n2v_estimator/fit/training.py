@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 import warnings
@@ -128,6 +129,49 @@ def warmup_cosine(
     return multiplier
 
 
+def warmup_cosine_over(
+    progress: Callable[[], float], warmup_fraction: float = 0.05, final_fraction: float = 0.01
+) -> Callable[[int], float]:
+    """:func:`warmup_cosine` laid over a budget that is not counted in steps: ``progress()`` says how much
+    of it is spent (0 to 1, e.g. the time given), the warm-up takes its first ``warmup_fraction`` and the
+    cosine the rest, so a fit given a time ends its decay when its time ends, whatever a step costs. The
+    warm-up starts at ``final_fraction`` of the peak (a first step at rate 0 would be lost)."""
+
+    def multiplier(step: int) -> float:
+        spent = min(1.0, max(0.0, progress()))
+        if spent < warmup_fraction:
+            return max(final_fraction, spent / warmup_fraction)
+        decay = (spent - warmup_fraction) / (1 - warmup_fraction)
+        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * decay))
+
+    return multiplier
+
+
+class Budget:
+    """How long a fit trains: ``max_steps`` optimizer steps, ``max_seconds`` of wall time from :meth:`start`,
+    or both (whichever ends first); what is spent of it, read on the host only (a clock and a count: never
+    a wait for the device)."""
+
+    def __init__(self, max_steps: int | None, max_seconds: float | None) -> None:
+        if max_steps is None and max_seconds is None:
+            raise ValueError("A training budget needs max_steps, max_seconds or both.")
+        self.max_steps, self.max_seconds = max_steps, max_seconds
+        self.steps = 0
+        self._start = time.perf_counter()
+
+    def start(self) -> None:
+        self.steps, self._start = 0, time.perf_counter()
+
+    def progress(self) -> float:
+        """The part spent: of the steps or of the time, whichever is further along (1 or more: spent)."""
+        by_steps = self.steps / self.max_steps if self.max_steps else 0.0
+        by_time = (time.perf_counter() - self._start) / self.max_seconds if self.max_seconds else 0.0
+        return max(by_steps, by_time)
+
+    def spent(self) -> bool:
+        return self.progress() >= 1.0
+
+
 def make_validation_set(
     sampler: PatchSampler, masker: Masker, n_patches: int, batch_size: int, device: torch.device, seed: int
 ) -> list[MaskedBatch]:
@@ -183,7 +227,7 @@ def train(
     masker: Masker,
     *,
     validation: Sequence[MaskedBatch],
-    max_epochs: int,
+    max_epochs: int | None,
     steps_per_epoch: int,
     batch_size: int,
     learning_rate: float,
@@ -196,6 +240,7 @@ def train(
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     shard: tuple[int, int] | None = None,
+    max_time: float | None = None,
 ) -> TrainingResult:
     """Train ``model`` in place with Noise2Void.
 
@@ -208,8 +253,10 @@ def train(
     validation : list
         From :func:`make_validation_set`; empty for no validation.
     max_epochs, steps_per_epoch, batch_size : int
+        ``max_epochs`` may be ``None`` with ``max_time``: epochs until the time is spent.
     learning_rate : float
-        Peak learning rate of Adam under :func:`warmup_cosine`.
+        Peak learning rate of Adam under :func:`warmup_cosine`, laid over the steps, or with ``max_time``
+        over what is spent of the steps or the time, whichever is further along (:func:`warmup_cosine_over`).
     device : torch.device
     seed : int
         Seeds the patch and blind-spot generators.
@@ -233,13 +280,17 @@ def train(
     shard : (int, int), optional
         ``(rank, ranks)``: draw ``batch_size * ranks`` patches and blind spots from the
         streams, and train on this rank's share (tests: ranks see what one process sees).
+    max_time : float, optional
+        Seconds of training: the step that spends them is the last, its epoch (short) is
+        validated and recorded, and the kept weights are chosen as after any epoch.
 
     Returns
     -------
     TrainingResult
         The history has one dict per complete epoch (``epoch`` counted from 1
         in this run, ``train_loss``, ``val_loss``, ``learning_rate`` (the rate
-        of the epoch's last step), ``seconds``).
+        of the epoch's last step), ``seconds``, ``steps``: ``steps_per_epoch``
+        but in the last epoch of a fit that ran out of ``max_time``).
 
     Notes
     -----
@@ -250,27 +301,22 @@ def train(
     Any other exception propagates, and the model's weights are then undefined.
     """
     loss = masked_mse if loss is None else loss
+    total_steps = max_epochs * steps_per_epoch if max_epochs is not None else None
+    budget = Budget(total_steps, max_time)
     step = _Step(
-        model,
-        sampler,
-        masker,
-        loss,
-        learning_rate,
-        max_epochs * steps_per_epoch,
-        batch_size,
-        device,
-        precision,
-        seed,
-        forward,
-        shard,
+        model, sampler, masker, loss, learning_rate, budget, batch_size, device, precision, seed, forward, shard
     )
     kept = _KeptWeights(model)
-    history, interrupted, error = [], False, None
+    history: list[dict[str, Any]] = []
+    interrupted, error = False, None
     model.train()
-    progress = progress_bar(total=max_epochs * steps_per_epoch, desc="fit", unit="step", verbose=verbose)
+    progress = progress_bar(total=total_steps, desc="fit", unit="step", verbose=verbose)
+    budget.start()
     try:
-        for epoch in range(max_epochs):
-            start = time.perf_counter()
+        for epoch in range(max_epochs) if max_epochs is not None else itertools.count():
+            if budget.spent():
+                break
+            start, first_step = time.perf_counter(), budget.steps
             train_loss, step_lr = _epoch(step, epoch, steps_per_epoch, progress, reduce)
             state = _finite_weights(model, epoch)
             val_loss = _validation_loss(model, validation, precision, loss) if validation else None
@@ -281,11 +327,12 @@ def train(
                     "val_loss": val_loss,
                     "learning_rate": step_lr,
                     "seconds": time.perf_counter() - start,
+                    "steps": budget.steps - first_step,
                     **(record() if record is not None else {}),
                 }
             )
             kept.update(state, val_loss)
-            report_epoch(history[-1], (epoch + 1) * steps_per_epoch, max_epochs * steps_per_epoch)
+            report_epoch(history[-1], budget.steps, total_steps)
     except KeyboardInterrupt:
         interrupted = True
     except NonFiniteLossError as exc:
@@ -312,7 +359,7 @@ class _Step:
         masker: Masker,
         loss: Loss,
         learning_rate: float,
-        total_steps: int,
+        budget: Budget,
         batch_size: int,
         device: torch.device,
         precision: str,
@@ -331,7 +378,13 @@ class _Step:
             lr=learning_rate,
             fused=True if torch.device(device).type == "cuda" else None,
         )
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(total_steps))
+        # Over the steps, as always (the same rates as ever); with a time, over what is spent of it.
+        if budget.max_seconds is None and budget.max_steps is not None:
+            multiplier = warmup_cosine(budget.max_steps)
+        else:
+            multiplier = warmup_cosine_over(budget.progress)
+        self.budget = budget
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, multiplier)
         self.layout = fastest_layout(model, precision)
         self.scaler = grad_scaler(device, precision)
         self.patch_generator = torch.Generator().manual_seed(seed)
@@ -362,6 +415,7 @@ class _Step:
         self.scaler.update()
         # float16 (CUDA): a step whose gradients overflowed is skipped (and the scale lowered), on
         # the device; the schedule still moves on, as telling would make the host wait.
+        self.budget.steps += 1
         self.schedule.step()
         return step_loss.detach(), step_lr
 
@@ -379,14 +433,18 @@ def _epoch(
     reported as :class:`NonFiniteLossError` (and the epoch's weights, which it may have spoiled,
     are not kept; the caller falls back on the last complete epoch's)."""
     total: torch.Tensor | None = None
+    taken = 0
     for _ in range(steps_per_epoch):
         value, step_lr = step(epoch)
         total = value if total is None else total + value
+        taken += 1
         progress.update()
+        if step.budget.max_seconds is not None and step.budget.spent():  # the time is up: a short last epoch
+            break
     assert total is not None  # steps_per_epoch >= 1, the parameter's constraint
     if reduce is not None:
         total = reduce(total)
-    mean = total.item() / steps_per_epoch  # the epoch's one wait for the device
+    mean = total.item() / taken  # the epoch's one wait for the device
     if not math.isfinite(mean):
         raise NonFiniteLossError(f"The training loss became non-finite ({mean}) in epoch {epoch + 1}.")
     progress.set_postfix(loss=f"{mean:.4f}", refresh=False)

@@ -85,7 +85,7 @@ def watch(callback: Watcher) -> Iterator[None]:
         _WATCHERS.reset(token)
 
 
-def report_epoch(record: Mapping[str, Any], steps_done: int, total: int) -> None:
+def report_epoch(record: Mapping[str, Any], steps_done: int, total: int | None) -> None:
     """Tell this thread's watchers that an epoch completed with ``record``."""
     for callback in _WATCHERS.get():
         callback(Progress("fit", steps_done, total, record.get("train_loss"), dict(record)))
