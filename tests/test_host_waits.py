@@ -79,7 +79,7 @@ CASES = {
 }
 
 
-def one_step(case):
+def one_step(case, budget=None):
     """A plan's ``training._Step`` for ``case``, after one step (Adam's state exists)."""
     rng = np.random.default_rng(0)
     if case == "3d":
@@ -116,7 +116,7 @@ def one_step(case):
         plan.masker,
         objective.get("loss", training.masked_mse),
         1e-3,
-        10,
+        budget if budget is not None else training.Budget(10, None),
         plan.batch_size,
         torch.device("cpu"),
         plan.precision,
@@ -139,6 +139,18 @@ def test_a_training_step_makes_the_host_wait_nowhere(case):
         loss, _ = step(0)
     assert mode.waits == [], mode.waits
     assert torch.isfinite(loss)
+
+
+def test_a_step_of_a_fit_given_a_time_makes_the_host_wait_nowhere():
+    """The clock is the host's: the time budget and its schedule read nothing from the device."""
+    step = one_step("n2v", budget=training.Budget(None, 3600.0))
+    batch = step.sampler.sample(step.batch_size, step.patch_generator)
+    step.sampler.sample = lambda n, generator: batch
+    counts = [state["step"] for state in step.optimizer.state.values()]
+    with HostWaits(host_side=counts) as mode:
+        step(0)
+        step.budget.spent()
+    assert mode.waits == [], mode.waits
 
 
 def test_an_epoch_reads_its_losses_once_at_its_end():
