@@ -177,3 +177,24 @@ def test_the_gpu_check_runs_as_a_smoke_test_on_the_cpu(tmp_path):
     assert results["profile"]["aten_operations_per_step"] > 0
     assert "aten::" in (tmp_path / "gpu_profile.txt").read_text()
     assert "| fit (s) | steps/s |" in (tmp_path / "gpu_check.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_bsd68_example_trains_for_the_time_it_is_given(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    _bsd68_stand_in(tmp_path)
+    args = [sys.executable, str(EXAMPLES / "bsd68.py"), str(tmp_path), "--defaults", "--max-time", "3"]
+    run = subprocess.run([*args, "--set", "batch_size=8", "n_filters=8"], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["steps"] >= 1 and summary["configuration"] == "defaults"
+
+
+def test_the_benchmark_shell_scripts_parse():
+    import subprocess
+
+    for script in (EXAMPLES.parent / "benchmarks").glob("*.sh"):
+        assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0, script.name
