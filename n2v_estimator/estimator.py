@@ -101,8 +101,8 @@ class Noise2VoidDenoiser(
     blind_spot : {"mask", "network"} or None, default=None
         How the network is kept from seeing the pixel it predicts: ``"mask"``, Noise2Void's
         masked pixels (the settings above); ``"network"``, a blind-spot architecture (Laine et
-        al. 2019) that learns from every pixel, a step costing 3-6x (docs:
-        guide/probabilistic). ``None``: ``"network"`` with a ``noise_model`` in 2D (a far better prior), else ``"mask"``.
+        al. 2019) that learns from every pixel, a step costing 3-6x (docs: guide/probabilistic). ``None``:
+        ``"network"`` with ``noise_model="poisson_gaussian"`` in 2D (a far better prior there), else ``"mask"``.
     validation_fraction : float, default=0.1
         Held out (whole images, else a strip of each) to keep the weights of
         lowest validation loss; with 0, the last weights are kept.

@@ -94,7 +94,7 @@ IMAGE = (100 + 20 * RNG.standard_normal((48, 48))).astype(np.float32)
 def test_a_noise_model_far_larger_than_the_noise_makes_fit_warn():
     # A known sigma of 100 for noise of sigma 20: the model claims 25 times the residuals' variance.
     with pytest.warns(CalibrationWarning, match=r"overstates the noise.*try .*noise_model=None"):
-        denoiser = tiny(noise_model=100.0, validation_fraction=0.25).fit(IMAGE)
+        denoiser = tiny(noise_model=100.0, blind_spot="network", validation_fraction=0.25).fit(IMAGE)
     assert denoiser.calibration_["patches"] == "validation"
     assert max(denoiser.calibration_["ratio"][0]) < 0.2
 
@@ -103,7 +103,7 @@ def test_the_calibration_is_kept_by_save_load_and_pickle_and_shown_by_info(tmp_p
     import pickle
 
     with pytest.warns(CalibrationWarning):
-        denoiser = tiny(noise_model=100.0, validation_fraction=0.25).fit(IMAGE)
+        denoiser = tiny(noise_model=100.0, blind_spot="network", validation_fraction=0.25).fit(IMAGE)
     denoiser.save(tmp_path / "m.safetensors")
     assert Noise2VoidDenoiser.load(tmp_path / "m.safetensors").calibration_ == denoiser.calibration_
     assert pickle.loads(pickle.dumps(denoiser)).calibration_ == denoiser.calibration_
@@ -116,7 +116,7 @@ def test_the_calibration_is_kept_by_save_load_and_pickle_and_shown_by_info(tmp_p
 
 def test_without_validation_the_calibration_uses_training_patches():
     with pytest.warns(CalibrationWarning, match="training patches"):
-        denoiser = tiny(noise_model=100.0, validation_fraction=0.0).fit(IMAGE)
+        denoiser = tiny(noise_model=100.0, blind_spot="network", validation_fraction=0.0).fit(IMAGE)
     assert denoiser.calibration_["patches"] == "training"
 
 
