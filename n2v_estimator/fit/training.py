@@ -124,9 +124,14 @@ def warmup_cosine(
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / decay)
-        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+        return _cosine_decay(progress, final_fraction)
 
     return multiplier
+
+
+def _cosine_decay(progress: float, final_fraction: float) -> float:
+    """The cosine from the peak (``progress`` 0) to ``final_fraction`` of it (``progress`` 1)."""
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def warmup_cosine_over(
@@ -142,7 +147,7 @@ def warmup_cosine_over(
         if spent < warmup_fraction:
             return max(final_fraction, spent / warmup_fraction)
         decay = (spent - warmup_fraction) / (1 - warmup_fraction)
-        return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * decay))
+        return _cosine_decay(decay, final_fraction)
 
     return multiplier
 
@@ -439,7 +444,7 @@ def _epoch(
         total = value if total is None else total + value
         taken += 1
         progress.update()
-        if step.budget.max_seconds is not None and step.budget.spent():  # the time is up: a short last epoch
+        if step.budget.spent():  # the time is up (a short last epoch), or the last step of the last one
             break
     assert total is not None  # steps_per_epoch >= 1, the parameter's constraint
     if reduce is not None:
