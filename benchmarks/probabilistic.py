@@ -61,7 +61,7 @@ def main():
         "--blind-spot",
         default=None,
         choices=["mask", "network"],
-        help="of the probabilistic model (default: the estimator's, blind_spot=None)",
+        help="of the probabilistic model (default: the estimator's, the masked U-Net)",
     )
     parser.add_argument(
         "--no-plain", action="store_true", help="skip plain N2V (a diagnostic run of the probabilistic one)"

@@ -98,14 +98,14 @@ class Noise2VoidDenoiser(
         N2V2: no skip connection at the top level.
     independent_channels : bool, default=True
         One network per channel (grouped convolutions) rather than a joint one.
-    blind_spot : {"mask", "network"} or None, default=None
+    blind_spot : {"mask", "network"} or None, default="mask"
         How the network is kept from seeing the pixel it predicts: ``"mask"``, Noise2Void's
         masked pixels (the settings above); ``"network"``, a blind-spot architecture (Laine et
-        al. 2019) that learns from every pixel, a step costing 3-6x (docs: guide/probabilistic). ``None``:
-        ``"network"`` with ``noise_model="poisson_gaussian"`` in 2D (a far better prior there), else ``"mask"``.
+        al. 2019) that learns from every pixel, a step costing 3-6x: a better prior per step, a worse
+        one per minute of training (docs: guide/probabilistic). ``None``: ``"mask"``.
     validation_fraction : float, default=0.1
-        Held out (whole images, else a strip of each) to keep the weights of
-        lowest validation loss; with 0, the last weights are kept.
+        Held out (whole images, else a strip of each): the last weights not clearly worse on it than
+        the best so far are kept (2 standard errors); with 0, the last weights are kept.
     tile_size : int, tuple of int or None, default=None
         Side of the tiles ``transform`` predicts at once; ``None``: 256 (2D) or
         ``(64, 128, 128)`` (3D), at least twice the overlap; multiples of ``2**depth``.
@@ -175,9 +175,9 @@ class Noise2VoidDenoiser(
     patch_shape_ : tuple of int
         The patch shape used, after fitting it to the images.
     history_ : list of dict
-        One record per epoch: ``epoch``, ``train_loss``, ``val_loss``,
-        ``learning_rate``, ``seconds`` (and the noise parameters, as below).
-        With a ``noise_model``: the prior mean's squared error plus the blind spots' NLL.
+        One record per epoch: ``epoch``, ``train_loss``, ``val_loss``, ``learning_rate``, ``seconds``,
+        ``steps`` (and the noise parameters, as below). With a ``noise_model``, ``train_loss`` adds the blind
+        spots' NLL; ``val_loss`` is the posterior's squared error plus the noise variance, as plain N2V's.
     noise_sigma_ : ndarray of shape (n_channels,)
         ``noise_model="gaussian"`` or a number: the noise sigma, input units.
     noise_a_, noise_b_ : ndarray of shape (n_channels,)
@@ -257,7 +257,7 @@ class Noise2VoidDenoiser(
         blurpool: bool = False,
         skip_skipone: bool = False,
         independent_channels: bool = True,
-        blind_spot: str | None = None,
+        blind_spot: str | None = "mask",
         validation_fraction: float = 0.1,
         tile_size: int | Sequence[int] | None = None,
         tile_overlap: int | Sequence[int] | None = None,

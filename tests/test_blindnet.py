@@ -246,19 +246,41 @@ def test_the_prior_scale_starts_where_it_is_asked_to():
     np.testing.assert_allclose(tau.mean((1, 2)).numpy(), [0.3, 0.7], rtol=1e-5)
 
 
-def test_poisson_noise_gets_the_blind_spot_network_in_2d_and_gaussian_noise_the_masked_unet():
-    """The default for its quality per minute: with Gaussian noise the masked U-Net (a plain step's cost, its
-    posterior ahead given a plain fit's time), with Poisson noise in 2D the blind-spot network (a safe prior)."""
-    assert tiny(noise_model="poisson_gaussian").fit(IMAGE).model_.description["blind_spot"] == "network"
-    assert tiny(noise_model="gaussian").fit(IMAGE).model_.description["blind_spot"] == "mask"
-    assert tiny(noise_model=25.0).fit(IMAGE).model_.description["blind_spot"] == "mask"
-    assert tiny().fit(IMAGE).model_.description["blind_spot"] == "mask"
-    volume = np.random.default_rng(0).normal(100, 20, (8, 16, 16)).astype(np.float32)
-    fitted = tiny(noise_model="poisson_gaussian", axes="ZYX", patch_size=8).fit(volume)
+def test_the_default_is_the_masked_unet_for_every_noise_model_and_the_network_when_asked():
+    """The default for its quality per minute: the masked U-Net (a plain step's cost, its posterior ahead
+    of plain N2V given a plain fit's time, Gaussian and Poisson); ``None`` means the same."""
+    assert Noise2VoidDenoiser().blind_spot == "mask"
+    for noise_model in ("poisson_gaussian", "gaussian", 25.0, None):
+        assert tiny(noise_model=noise_model).fit(IMAGE).model_.description["blind_spot"] == "mask"
+    fitted = tiny(noise_model="poisson_gaussian", blind_spot=None).fit(IMAGE)
     assert fitted.model_.description["blind_spot"] == "mask" and fitted.blind_spot is None
-    fitted = tiny(noise_model="poisson_gaussian", blind_spot="mask").fit(IMAGE)
-    assert fitted.model_.description["blind_spot"] == "mask"
     assert tiny(noise_model="gaussian", blind_spot="network").fit(IMAGE).model_.description["blind_spot"] == "network"
+
+
+def test_a_model_file_written_while_none_picked_the_network_loads_as_the_network(tmp_path):
+    """Files of earlier versions say ``blind_spot=None`` for a 2D Poisson-Gaussian fit, then a blind-spot
+    network: loaded, the parameter names what the network is, so that a warm start or refit keeps it."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from n2v_estimator.models.file_format import FORMAT_NAME
+
+    path = tmp_path / "model.safetensors"
+    fitted = tiny(noise_model="poisson_gaussian", blind_spot="network", batch_norm=False).fit(IMAGE)
+    fitted.save(path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    document = json.loads(metadata[FORMAT_NAME])
+    document["params"]["blind_spot"] = None
+    save_file(tensors, str(path), metadata={**metadata, FORMAT_NAME: json.dumps(document)})
+    loaded = Noise2VoidDenoiser.load(path)
+    assert loaded.blind_spot == "network" and loaded.model_.description["blind_spot"] == "network"
+    np.testing.assert_array_equal(loaded.transform(IMAGE), fitted.transform(IMAGE))
+    loaded.set_params(warm_start=True, max_epochs=1).fit(IMAGE)  # the same network: continued, not refused
+    assert loaded.model_.description["blind_spot"] == "network"
 
 
 def test_a_blind_spot_network_on_patches_narrower_than_its_reach_warns():

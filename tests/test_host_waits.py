@@ -185,9 +185,9 @@ def test_the_masker_chooses_without_a_wait_and_as_many_candidates_for_any_draw()
     assert len(sizes) == 1  # static: the count of candidates depends on the shape alone
 
 
-def test_an_epoch_with_validation_reads_the_device_three_times(monkeypatch):
-    """The epoch's loss, the weights' finiteness and the validation loss: one read each, not one per
-    tensor or per validation batch."""
+def test_an_epoch_with_validation_reads_the_device_twice_and_copies_the_validation_losses_once(monkeypatch):
+    """The epoch's loss and the weights' finiteness: one read each, not one per tensor; the validation
+    blind spots' losses: one copy to the host, not one per validation batch (picked there)."""
     adam = torch.optim.Adam
     # The fused Adam, as on CUDA (on the CPU the unfused one reads its step counts, kept on the host).
     monkeypatch.setattr(torch.optim, "Adam", lambda *args, **kwargs: adam(*args, **{**kwargs, "fused": True}))
@@ -196,6 +196,9 @@ def test_an_epoch_with_validation_reads_the_device_three_times(monkeypatch):
     step.sampler.sample = lambda n, generator: batch
     counts = [state["step"] for state in step.optimizer.state.values()]
     validation = training.make_validation_set(step.sampler, step.masker, 12, 4, torch.device("cpu"), 0)
+    copies = []
+    to_host = training._to_host
+    monkeypatch.setattr(training, "_to_host", lambda values: copies.append(1) or to_host(values))
     with HostWaits(host_side=counts) as mode:
         history = training.train(
             step.model,
@@ -210,5 +213,6 @@ def test_an_epoch_with_validation_reads_the_device_three_times(monkeypatch):
             seed=0,
         )
     reads = [w for w in mode.waits if "_local_scalar_dense" in w]
-    assert len(reads) == 3 and len(reads) == len(mode.waits), mode.waits
+    assert len(reads) == 2 and len(reads) == len(mode.waits), mode.waits
+    assert copies == [1]
     assert np.isfinite(history.history[0]["val_loss"])

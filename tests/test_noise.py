@@ -15,6 +15,7 @@ from n2v_estimator.nets.noise import (
     estimate_noise,
     noise_kind,
     posterior,
+    posterior_risk,
 )
 
 RNG = np.random.default_rng(0)
@@ -172,6 +173,40 @@ def test_the_posterior_mean_has_the_least_squared_error_on_simulated_signals(mu,
     error = mean.detach().flatten().numpy() - signal
     assert np.mean(error**2) <= min(tau**2, sigma**2) * 1.05
     assert np.std(error) == pytest.approx(float(std[0].detach()), rel=0.05)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    kind=st.sampled_from(["gaussian", "poisson_gaussian"]),
+    error=st.floats(0.0, 30.0),
+    tau=st.floats(0.5, 60.0),
+    seed=st.integers(0, 2**16),
+)
+def test_the_posterior_risk_is_the_posteriors_squared_error_plus_the_noise_variance(kind, error, tau, seed):
+    """Whatever the blind prior (``mu`` off by ``error``, any ``tau``, right or not), the validation
+    loss averages the posterior mean's true squared error plus the noise variance, as a plain
+    prediction's squared error averages its own plus the noise variance."""
+    rng = np.random.default_rng(seed)
+    n = 200_000
+    signal = rng.uniform(20, 220, n)
+    if kind == "gaussian":
+        parameters, variance = {"sigma": [25.0]}, np.full(n, 625.0)
+        observed = signal + 25.0 * rng.standard_normal(n)
+    else:
+        parameters, variance = {"a": [12.75], "b": [160.0]}, 12.75 * signal + 160.0
+        observed = poisson_gaussian(signal, 12.75, 160.0, rng)
+    mu = signal + error * rng.standard_normal(n)  # blind: independent of the noise
+    mean, std = 120.0, 60.0
+    noise = NoiseModel(kind, 1).initialise([mean], [std], parameters, learn=False)
+
+    def normalised(values):
+        return torch.as_tensor((values - mean) / std, dtype=torch.float64).reshape(-1, 1, 1, 1)
+
+    prior = torch.cat([normalised(mu), torch.full((n, 1, 1, 1), tau / std, dtype=torch.float64)], 1)
+    risk = posterior_risk(prior, normalised(observed), noise).double().mean().item() * std**2
+    posterior_mean, _ = posterior(prior, normalised(observed), noise)
+    truth = np.mean((posterior_mean.flatten().numpy() * std + mean - signal) ** 2) + variance.mean()
+    assert risk == pytest.approx(truth, rel=0.02)
 
 
 def test_the_first_estimate_of_large_data_looks_at_a_bounded_part(monkeypatch):

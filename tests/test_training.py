@@ -57,14 +57,15 @@ def run(net, validation, max_epochs=4):
 
 
 def snapshots_with_validation_losses(monkeypatch, losses):
-    """Make epoch ``i``'s validation loss ``losses[i]`` and record the weights of each epoch."""
+    """Make epoch ``i``'s validation losses ``losses[i]`` (a number: one blind spot's; or a blind
+    spot's each) and record the weights of each epoch."""
     snapshots = []
 
-    def fake_validation_loss(net, batches, *args):
+    def fake_validation_losses(net, batches, *args):
         snapshots.append({k: v.clone() for k, v in net.state_dict().items()})
-        return losses[len(snapshots) - 1]
+        return np.asarray(losses[len(snapshots) - 1], dtype=np.float64).reshape(-1)
 
-    monkeypatch.setattr(_training, "_validation_loss", fake_validation_loss)
+    monkeypatch.setattr(_training, "_validation_losses", fake_validation_losses)
     return snapshots
 
 
@@ -83,6 +84,72 @@ def test_the_weights_with_the_lowest_validation_loss_are_kept(monkeypatch):
     assert not net.training
 
 
+NOISY = torch.randn(400, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def test_a_later_epoch_no_clearly_worse_than_the_lowest_is_kept(monkeypatch):
+    # Epoch 3's blind spots differ from epoch 2's by noise of std 1 (standard error 0.05): 0.05 higher
+    # is chance, and the later weights (of a lower learning rate) are kept, as epoch 4's 0.02 over the lowest.
+    base = 10 * NOISY
+    noise = torch.randn(400, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    losses = [base + 5, base + 1, base + 1 + 0.05 + noise - noise.mean(), base + 1 + 0.02 + noise - noise.mean()]
+    snapshots = snapshots_with_validation_losses(monkeypatch, losses)
+    net = model()
+    result = run(net, validation_set())
+    assert result.history[1]["val_loss"] == min(h["val_loss"] for h in result.history)
+    assert_same_weights(result.state, snapshots[3])
+
+
+def test_a_later_epoch_clearly_worse_than_the_lowest_is_not_kept(monkeypatch):
+    # 0.3 higher is 6 standard errors: the lowest epoch's weights stay; epoch 4 is compared with
+    # the lowest too, not with epoch 3, so that small steps cannot add up to a drift.
+    base = 10 * NOISY
+    noise = torch.randn(400, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    jitter = noise - noise.mean()
+    losses = [base + 5, base + 1, base + 1.3 + jitter, base + 1.35 + jitter]
+    snapshots = snapshots_with_validation_losses(monkeypatch, losses)
+    net = model()
+    result = run(net, validation_set())
+    assert_same_weights(result.state, snapshots[1])
+
+
+def test_paired_differences_decide_not_the_spread_of_the_losses(monkeypatch):
+    # The blind spots' losses spread by 10 (noise variance), but epoch 3 is higher at every one of them:
+    # clearly worse, though its mean is 0.1 above, a hundredth of the spread.
+    base = 10 * NOISY
+    losses = [base + 1, base + 1.1, base + 1.1]
+    snapshots = snapshots_with_validation_losses(monkeypatch, losses)
+    result = run(model(), validation_set(), max_epochs=3)
+    assert_same_weights(result.state, snapshots[0])
+
+
+def test_an_epoch_whose_validation_loss_is_not_finite_is_never_kept(monkeypatch):
+    base = 10 * NOISY.numpy()
+    jitter = np.random.default_rng(1).normal(size=400)
+    level = base + 1 + jitter - jitter.mean()  # level with the first: kept, being later
+    losses = [base + 1, np.where(np.arange(400) == 7, np.nan, base + 1), level, np.full(400, np.inf)]
+    snapshots = snapshots_with_validation_losses(monkeypatch, losses)
+    result = run(model(), validation_set())
+    assert_same_weights(result.state, snapshots[2])
+
+
+def test_validation_losses_are_the_blind_spots_own(monkeypatch):
+    net = model()
+    validation = validation_set()
+    copies = []
+    to_host = _training._to_host
+    monkeypatch.setattr(_training, "_to_host", lambda values: copies.append(values.shape) or to_host(values))
+    losses = _training._validation_losses(net, validation, "32", _training.squared_error)
+    assert net.training  # back in training mode
+    assert len(copies) == 1  # one copy to the host for all batches
+    assert losses.dtype == np.float64
+    assert len(losses) == sum(int(mask.sum()) for _, _, mask in validation)
+    net.eval()
+    with torch.no_grad():
+        expected = torch.cat([(net(xm) - x).square()[m] for x, xm, m in validation]).double().numpy()
+    np.testing.assert_allclose(losses, expected, rtol=1e-6)
+
+
 def test_without_validation_the_last_epoch_is_kept():
     net = model()
     result = run(net, validation=[])
@@ -94,11 +161,11 @@ def test_without_validation_the_last_epoch_is_kept():
 def test_validation_patches_and_masks_are_drawn_once_and_reused_every_epoch(monkeypatch):
     seen = []
 
-    def recording_validation_loss(net, batches, *args):
+    def recording_validation_losses(net, batches, *args):
         seen.append([(x.clone(), m.clone()) for x, _, m in batches])
-        return 1.0
+        return np.ones(1)
 
-    monkeypatch.setattr(_training, "_validation_loss", recording_validation_loss)
+    monkeypatch.setattr(_training, "_validation_losses", recording_validation_losses)
     run(model(), validation_set())
     assert len(seen) == 4
     for epoch in seen[1:]:

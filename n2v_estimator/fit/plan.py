@@ -21,7 +21,7 @@ from ..data.struct_mask import resolve_struct_mask
 from ..nets.blindnet import every_pixel
 from ..nets.builder import build_unet
 from ..nets.geometry import NetworkGeometry
-from ..nets.noise import PRIOR_SCALE_START, blind_spot_loss, noise_kind
+from ..nets.noise import PRIOR_SCALE_START, blind_spot_loss, noise_kind, posterior_risk
 from ..nets.unet import network_description, resolve_blind_spot
 from ..predict.tiling import tile_geometry
 from ..runtime.compute import fastest_layout, resolve_precision
@@ -243,7 +243,11 @@ class FitPlan:
         def record() -> dict[str, Any]:
             return {f"noise_{k}": v.tolist() for k, v in noise.parameters_in_input_units().items()}
 
-        return {"loss": partial(blind_spot_loss, noise=noise), "record": record}
+        return {
+            "loss": partial(blind_spot_loss, noise=noise),
+            "validation_loss": partial(posterior_risk, noise=noise),
+            "record": record,
+        }
 
 
 def make_plan(params: Params, X: ImagesLike, previous_fit: WarmStartState | None = None) -> FitPlan:
@@ -286,7 +290,7 @@ def make_plan(params: Params, X: ImagesLike, previous_fit: WarmStartState | None
     check_devices(params["n_devices"], device, params["batch_size"])
     precision = resolve_precision(params["precision"], device, ndim)
     network_noise = noise_kind(params["noise_model"])  # the network's noise model: None, or its kind
-    blind_network = resolve_blind_spot(params["blind_spot"], network_noise, ndim) == "network"
+    blind_network = resolve_blind_spot(params["blind_spot"]) == "network"
     manipulator = checked_manipulator(params, network_noise, blind_network)
     # A continued fit keeps its network's layout (n2v's, for a network imported from n2v).
     layout = previous_fit.network.get("layout", "n2v-estimator") if previous_fit is not None else "n2v-estimator"

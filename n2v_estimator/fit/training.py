@@ -11,14 +11,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
+import numpy as np
 import torch
 
-from ..nets.losses import masked_mse
+from ..nets.losses import masked_mse, squared_error
 from ..nets.noise import NOISE_LEARNING_RATE
 from ..runtime.compute import autocast, fastest_layout, grad_scaler
 from ..runtime.progress import progress_bar, report_epoch
+from .kept_weights import KeptWeights
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
     from .._typing import Shape
     from ..data.patches import PatchSampler
 
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
 MaskedBatch: TypeAlias = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 #: ``loss(prediction, x, mask)``: a scalar loss over the blind spots ``mask`` of ``prediction`` for ``x``.
 Loss: TypeAlias = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``pointwise(prediction, x)``: the loss of every pixel of ``x`` (``x``'s shape), as a validation loss.
+Pointwise: TypeAlias = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Masker(Protocol):
@@ -61,8 +67,9 @@ class TrainingResult:
     Attributes
     ----------
     state : dict
-        The kept weights (also loaded into the model): the lowest validation
-        loss, else the last complete epoch, else the initial weights.
+        The kept weights (also loaded into the model): the last epoch's not clearly
+        worse on validation than the lowest loss (:class:`n2v_estimator.fit.kept_weights.KeptWeights`),
+        else (no validation) the last complete epoch's, else the initial weights.
     history : list of dict
         One record per complete epoch of this run.
     interrupted : bool
@@ -209,21 +216,28 @@ def _parameter_groups(model: torch.nn.Module, learning_rate: float) -> list[dict
     return groups
 
 
-def _validation_loss(model: torch.nn.Module, batches: Sequence[MaskedBatch], precision: str, loss: Loss) -> float:
-    """The loss over all blind spots of the validation ``batches`` (each batch's mean weighted by
-    its count), summed on the device and read once."""
+def _validation_losses(
+    model: torch.nn.Module, batches: Sequence[MaskedBatch], precision: str, pointwise: Pointwise
+) -> NDArray[np.float64]:
+    """The loss of every blind spot of the validation ``batches`` (``pointwise`` of the network's
+    prediction, at the blind spots), float64: the batches' losses and masks stay on the device, and
+    come to the host in one copy (:func:`_to_host`), where the blind spots are picked."""
     model.eval()
-    total: float | torch.Tensor = 0.0
-    count: int | torch.Tensor = 0
+    parts = []
     with torch.inference_mode():
         for x, x_masked, mask in batches:
-            n = mask.sum()
             with autocast(x.device, precision):
                 prediction = model(x_masked)
-            total = total + loss(prediction.float(), x, mask).double() * n
-            count = count + n
+            losses = pointwise(prediction.float(), x).double()
+            parts.append(torch.stack([torch.where(mask, losses, 0).flatten(), mask.flatten().double()]))
     model.train()
-    return float(total / count)
+    values, blind = _to_host(torch.cat(parts, dim=1))
+    return values[blind == 1]
+
+
+def _to_host(values: torch.Tensor) -> NDArray[np.float64]:
+    """``values`` as a numpy array on the host: one copy from the device."""
+    return values.cpu().numpy()
 
 
 def train(
@@ -241,6 +255,7 @@ def train(
     precision: str = "32",
     verbose: bool | int | str = False,
     loss: Loss | None = None,
+    validation_loss: Pointwise | None = None,
     record: Callable[[], dict[str, Any]] | None = None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -272,8 +287,12 @@ def train(
         Show a progress bar (``"auto"``: once a few seconds have passed).
     loss : callable, optional
         ``loss(prediction, x, mask)``, the loss on the blind spots ``mask`` of
-        the network's float32 ``prediction`` for the unmasked ``x``; the same
-        for validation. ``None``: the mean squared error (plain Noise2Void).
+        the network's float32 ``prediction`` for the unmasked ``x``. ``None``: the mean
+        squared error (plain Noise2Void).
+    validation_loss : callable, optional
+        ``validation_loss(prediction, x)``, each pixel's loss (x's shape), averaged over the
+        validation blind spots as ``val_loss``, and what chooses the kept weights
+        (:class:`n2v_estimator.fit.kept_weights.KeptWeights`). ``None``: the squared error.
     record : callable, optional
         Returns a dict added to each epoch's history record (e.g. the fitted
         noise parameters).
@@ -306,12 +325,13 @@ def train(
     Any other exception propagates, and the model's weights are then undefined.
     """
     loss = masked_mse if loss is None else loss
+    validation_loss = squared_error if validation_loss is None else validation_loss
     total_steps = max_epochs * steps_per_epoch if max_epochs is not None else None
     budget = Budget(total_steps, max_time)
     step = _Step(
         model, sampler, masker, loss, learning_rate, budget, batch_size, device, precision, seed, forward, shard
     )
-    kept = _KeptWeights(model)
+    kept = KeptWeights(model)
     history: list[dict[str, Any]] = []
     interrupted, error = False, None
     model.train()
@@ -324,7 +344,8 @@ def train(
             start, first_step = time.perf_counter(), budget.steps
             train_loss, step_lr = _epoch(step, epoch, steps_per_epoch, progress, reduce)
             state = _finite_weights(model, epoch)
-            val_loss = _validation_loss(model, validation, precision, loss) if validation else None
+            losses = _validation_losses(model, validation, precision, validation_loss) if validation else None
+            val_loss = float(np.mean(losses)) if losses is not None else None
             history.append(
                 {
                     "epoch": epoch + 1,
@@ -336,7 +357,7 @@ def train(
                     **(record() if record is not None else {}),
                 }
             )
-            kept.update(state, val_loss)
+            kept.update(state, losses)
             report_epoch(history[-1], budget.steps, total_steps)
     except KeyboardInterrupt:
         interrupted = True
@@ -463,22 +484,3 @@ def _finite_weights(model: torch.nn.Module, epoch: int) -> dict[str, torch.Tenso
     if floats and not bool(torch.stack([torch.isfinite(t).all() for t in floats]).all()):  # one read
         raise NonFiniteLossError(f"The weights became non-finite in epoch {epoch + 1}.")
     return state
-
-
-class _KeptWeights:
-    """The weights ``train`` falls back on: those of the lowest validation loss so far,
-    else (no validation) those of the last complete epoch; the initial ones before any."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.best_loss = math.inf
-        self.best = self.last = copy.deepcopy(model.state_dict())
-
-    def update(self, state: dict[str, torch.Tensor], val_loss: float | None) -> None:
-        """Keep ``state``, an epoch's weights, as the last; and as the best if ``val_loss`` is the lowest yet."""
-        self.last = state
-        if val_loss is not None and val_loss < self.best_loss:
-            self.best_loss, self.best = val_loss, state
-
-    def state(self) -> dict[str, torch.Tensor]:
-        """The weights to keep: the best, else (no validation) the last."""
-        return self.best if self.best_loss < math.inf else self.last

@@ -344,8 +344,11 @@ def decode_document(
         unknown = sorted(set(params) - set(param_names))
         if unknown:
             raise ModelFileError(f"{source} names unknown parameters {unknown}.")
-        # Written before blind_spot existed: its networks mask pixels (now the default picks by noise model).
+        # Written before blind_spot existed: its networks mask pixels. Written while None picked by noise
+        # model (2D Poisson-Gaussian: the blind-spot network): the network says which it has.
         params.setdefault("blind_spot", "mask")
+        if params["blind_spot"] is None:
+            params["blind_spot"] = document["fitted"]["network"].get("blind_spot", "mask")
         for key in SHAPE_PARAMS:
             if isinstance(params.get(key), list):
                 params[key] = tuple(params[key])

@@ -15,3 +15,8 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the blind spots only."""
     return masked_mean((prediction - target).square(), mask)
+
+
+def squared_error(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The squared error of every pixel (plain Noise2Void's validation loss, before its mean over the blind spots)."""
+    return (prediction - target).square()
