@@ -67,6 +67,31 @@ def tiny(**overrides):
     return Noise2VoidDenoiser(**{**TINY, **overrides})
 
 
+def read_model_file(path):
+    """A saved model file's tensors and its description (the JSON document), for a test to edit."""
+    import json
+
+    from safetensors import safe_open
+
+    from n2v_estimator.models.file_format import FORMAT_NAME
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        document = json.loads(f.metadata()[FORMAT_NAME])
+    return tensors, document
+
+
+def write_model_file(path, tensors, document):
+    """Write ``tensors`` and ``document`` (an edited :func:`read_model_file`) as the model file ``path``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from n2v_estimator.models.file_format import FORMAT_NAME
+
+    save_file(tensors, str(path), metadata={FORMAT_NAME: json.dumps(document)})
+
+
 class CodeRunningPickle:
     """Unpickling this calls ``open(marker, "w")``: a marker file proves that code ran."""
 

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import psnr, tiny
+from conftest import psnr, read_model_file, tiny, write_model_file
 
 from n2v_estimator import Noise2VoidDenoiser
 from n2v_estimator.nets.blindnet import BlindSpotNetwork, every_pixel
@@ -260,27 +260,36 @@ def test_the_default_is_the_masked_unet_for_every_noise_model_and_the_network_wh
 def test_a_model_file_written_while_none_picked_the_network_loads_as_the_network(tmp_path):
     """Files of earlier versions say ``blind_spot=None`` for a 2D Poisson-Gaussian fit, then a blind-spot
     network: loaded, the parameter names what the network is, so that a warm start or refit keeps it."""
-    import json
-
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from n2v_estimator.models.file_format import FORMAT_NAME
-
     path = tmp_path / "model.safetensors"
     fitted = tiny(noise_model="poisson_gaussian", blind_spot="network", batch_norm=False).fit(IMAGE)
     fitted.save(path)
-    with safe_open(str(path), framework="pt") as f:
-        metadata = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    document = json.loads(metadata[FORMAT_NAME])
+    tensors, document = read_model_file(path)
     document["params"]["blind_spot"] = None
-    save_file(tensors, str(path), metadata={**metadata, FORMAT_NAME: json.dumps(document)})
+    write_model_file(path, tensors, document)
     loaded = Noise2VoidDenoiser.load(path)
     assert loaded.blind_spot == "network" and loaded.model_.description["blind_spot"] == "network"
     np.testing.assert_array_equal(loaded.transform(IMAGE), fitted.transform(IMAGE))
     loaded.set_params(warm_start=True, max_epochs=1).fit(IMAGE)  # the same network: continued, not refused
     assert loaded.model_.description["blind_spot"] == "network"
+
+
+@pytest.mark.parametrize("stated", ["\x1b[2Jnetwork", ["network"], 7, "mask"])
+def test_a_crafted_file_cannot_make_none_name_another_network(tmp_path, stated):
+    """blind_spot=None is read from the file's network description: a value that is not a blind spot, or
+    one that is not the network the tensors hold, is refused in one line, an escape printed escaped."""
+    from n2v_estimator import ModelFileError
+
+    path = tmp_path / "model.safetensors"
+    tiny(noise_model="poisson_gaussian", blind_spot="network", batch_norm=False).fit(IMAGE).save(path)
+    tensors, document = read_model_file(path)
+    document["params"]["blind_spot"] = None
+    document["fitted"]["network"]["blind_spot"] = stated
+    write_model_file(path, tensors, document)
+    with pytest.raises(ModelFileError) as refused:
+        Noise2VoidDenoiser.load(path)
+    message = str(refused.value)
+    assert "\n" not in message and "\x1b" not in message
+    assert ("blind_spot" in message) if stated != "mask" else ("tensors missing" in message)
 
 
 def test_a_blind_spot_network_on_patches_narrower_than_its_reach_warns():

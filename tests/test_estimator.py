@@ -4,7 +4,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import psnr, tiny
+from conftest import psnr, read_model_file, tiny, write_model_file
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
@@ -303,15 +303,10 @@ def test_load_refuses_a_file_with_tensors_of_the_wrong_shape(tmp_path, camera_pa
     _, noisy = camera_pair
     path = tmp_path / "model.safetensors"
     tiny().fit(noisy).save(path)
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, document = read_model_file(path)
     name = next(k for k in tensors if k.endswith("weight"))
     tensors[name] = torch.zeros(3, 3)
-    save_file(tensors, str(path), metadata=metadata)
+    write_model_file(path, tensors, document)
     with pytest.raises(ModelFileError, match="shape"):
         Noise2VoidDenoiser.load(path)
 

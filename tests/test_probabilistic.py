@@ -5,9 +5,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import psnr, tiny
-from safetensors import safe_open
-from safetensors.torch import save_file
+from conftest import psnr, read_model_file, tiny, write_model_file
 from skimage import data
 from sklearn.base import clone
 
@@ -133,11 +131,9 @@ def test_refitting_without_a_noise_model_drops_the_noise_attributes(fitted):
 def test_a_crafted_noise_model_is_refused_on_load(fitted, tmp_path, name, value):
     path = tmp_path / "model.safetensors"
     fitted.save(path)
-    with safe_open(str(path), framework="pt") as f:
-        metadata = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    tensors, document = read_model_file(path)
     tensors[name] = torch.full_like(tensors[name], value)
-    save_file(tensors, str(path), metadata=metadata)
+    write_model_file(path, tensors, document)
     with pytest.raises(ModelFileError, match=name.replace(".", r"\.")):
         Noise2VoidDenoiser.load(path)
 

@@ -7,10 +7,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import CodeRunningPickle, crash_mid_write, tiny
+from conftest import CodeRunningPickle, crash_mid_write, read_model_file, tiny, write_model_file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from n2v_estimator import ModelFileError, Noise2VoidDenoiser
@@ -131,14 +130,7 @@ def test_crash_during_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
 def _saved(tmp_path):
     path = tmp_path / "model.safetensors"
     tiny().fit(IMAGE).save(path)
-    with safe_open(str(path), framework="pt") as f:
-        metadata = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    return path, tensors, json.loads(metadata[_persistence.FORMAT_NAME])
-
-
-def _rewrite(path, tensors, document):
-    save_file(tensors, str(path), metadata={_persistence.FORMAT_NAME: json.dumps(document)})
+    return path, *read_model_file(path)
 
 
 def test_loading_a_pickle_never_executes_it(tmp_path):
@@ -228,7 +220,7 @@ def _missing_fitted_section(tensors, document):
 def test_a_tampered_model_file_is_refused(tmp_path, tamper, message):
     path, tensors, document = _saved(tmp_path)
     tamper(tensors, document)
-    _rewrite(path, tensors, document)
+    write_model_file(path, tensors, document)
     with pytest.raises(ModelFileError, match=message):
         Noise2VoidDenoiser.load(path)
 
@@ -344,7 +336,7 @@ def test_a_format_1_file_of_the_first_release_still_loads(tmp_path):
     del document["fitted"]["network"]["schema"], document["fitted"]["network"]["noise_model"]
     del document["fitted"]["network"]["blind_spot"], document["params"]["blind_spot"]
     del document["fitted"]["network"]["layout"]
-    _rewrite(path, tensors, document)
+    write_model_file(path, tensors, document)
     np.testing.assert_array_equal(Noise2VoidDenoiser.load(path).transform(IMAGE), original)
 
 
@@ -354,7 +346,7 @@ def test_a_schema_1_network_of_the_previous_release_loads_as_plain_noise2void(tm
     document["fitted"]["network"]["schema"] = 1
     del document["fitted"]["network"]["noise_model"], document["fitted"]["network"]["blind_spot"]
     del document["fitted"]["network"]["layout"]
-    _rewrite(path, tensors, document)
+    write_model_file(path, tensors, document)
     loaded = Noise2VoidDenoiser.load(path)
     assert loaded.model_.noise is None and not hasattr(loaded, "noise_sigma_")
     np.testing.assert_array_equal(loaded.transform(IMAGE), original)
@@ -367,7 +359,7 @@ def test_a_schema_2_network_of_the_previous_release_loads_as_a_masked_one(tmp_pa
     document["fitted"]["network"]["schema"] = 2
     del document["fitted"]["network"]["blind_spot"], document["params"]["blind_spot"]
     del document["fitted"]["network"]["layout"]
-    _rewrite(path, tensors, document)
+    write_model_file(path, tensors, document)
     loaded = Noise2VoidDenoiser.load(path)
     assert loaded.blind_spot == "mask" and loaded.model_.description["blind_spot"] == "mask"
     np.testing.assert_array_equal(loaded.transform(IMAGE), original)
@@ -376,7 +368,7 @@ def test_a_schema_2_network_of_the_previous_release_loads_as_a_masked_one(tmp_pa
 def test_a_schema_2_network_naming_a_blind_spot_is_refused(tmp_path):
     path, tensors, document = _saved(tmp_path)
     document["fitted"]["network"]["schema"] = 2
-    _rewrite(path, tensors, document)
+    write_model_file(path, tensors, document)
     with pytest.raises(ModelFileError, match="schema 2 network description has no field 'blind_spot'"):
         Noise2VoidDenoiser.load(path)
 
@@ -387,12 +379,12 @@ def test_a_schema_3_network_of_the_previous_release_loads_in_this_packages_layou
     original = Noise2VoidDenoiser.load(path).transform(IMAGE)
     document["fitted"]["network"]["schema"] = 3
     del document["fitted"]["network"]["layout"]
-    _rewrite(path, tensors, document)
+    write_model_file(path, tensors, document)
     loaded = Noise2VoidDenoiser.load(path)
     assert loaded.model_.description["layout"] == "n2v-estimator"
     np.testing.assert_array_equal(loaded.transform(IMAGE), original)
     document["fitted"]["network"]["layout"] = "n2v-tf"
-    _rewrite(path, tensors, document)
+    write_model_file(path, tensors, document)
     with pytest.raises(ModelFileError, match="schema 3 network description has no field 'layout'"):
         Noise2VoidDenoiser.load(path)
 
@@ -402,7 +394,7 @@ def test_a_schema_1_network_naming_a_noise_model_is_refused(tmp_path):
     document["fitted"]["network"]["schema"] = 1
     del document["fitted"]["network"]["blind_spot"], document["fitted"]["network"]["layout"]
     document["fitted"]["network"]["noise_model"] = "gaussian"
-    _rewrite(path, tensors, document)
+    write_model_file(path, tensors, document)
     with pytest.raises(ModelFileError, match="schema 1 network description has no field 'noise_model'"):
         Noise2VoidDenoiser.load(path)
 
@@ -553,7 +545,7 @@ def test_a_huge_but_finite_mean_loads_and_transform_refuses_rather_than_return_i
     # A model fitted on float64 data of that scale is legitimate; float32 input is not like it.
     path, tensors, document = _saved(tmp_path)
     _set_statistic("mean", 1e300)(tensors, document)
-    _rewrite(path, tensors, document)
+    write_model_file(path, tensors, document)
     with pytest.raises(ValueError, match="standard deviations from the training data's mean"):
         Noise2VoidDenoiser.load(path).transform(IMAGE.astype(np.float32))
 

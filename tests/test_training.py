@@ -41,18 +41,15 @@ def validation_set(seed=3):
     return make_validation_set(PatchSampler(IMAGES, (16, 16), augment=False), masker(), 8, 4, torch.device("cpu"), seed)
 
 
-def run(net, validation, max_epochs=4):
+def run(net, validation, max_epochs=4, **overrides):
+    settings = dict(steps_per_epoch=2, batch_size=4, learning_rate=1e-2, device=torch.device("cpu"), seed=0)
     return train(
         net,
         PatchSampler(IMAGES, (16, 16)),
         masker(),
         validation=validation,
         max_epochs=max_epochs,
-        steps_per_epoch=2,
-        batch_size=4,
-        learning_rate=1e-2,
-        device=torch.device("cpu"),
-        seed=0,
+        **{**settings, **overrides},
     )
 
 
@@ -317,19 +314,7 @@ class _Clock:
 
 def timed_run(monkeypatch, max_time, max_epochs=None, tick=0.05):
     monkeypatch.setattr(_training, "time", _Clock(tick))
-    return train(
-        model(),
-        PatchSampler(IMAGES, (16, 16)),
-        masker(),
-        validation=validation_set(),
-        max_epochs=max_epochs,
-        steps_per_epoch=5,
-        batch_size=4,
-        learning_rate=1e-2,
-        device=torch.device("cpu"),
-        seed=0,
-        max_time=max_time,
-    )
+    return run(model(), validation_set(), max_epochs=max_epochs, steps_per_epoch=5, max_time=max_time)
 
 
 def test_a_fit_given_a_time_ends_when_it_is_spent_in_a_short_validated_epoch(monkeypatch):

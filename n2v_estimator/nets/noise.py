@@ -201,28 +201,6 @@ def blind_spot_loss(prediction: torch.Tensor, x: torch.Tensor, mask: torch.Tenso
     return masked_mean((x - mu).square(), mask) + blind_spot_nll(torch.cat([mu.detach(), tau], 1), x, mask, noise)
 
 
-def posterior_risk(prediction: torch.Tensor, x: torch.Tensor, noise: NoiseModel) -> torch.Tensor:
-    """The validation loss of a probabilistic network: the posterior mean's squared error to the
-    blind spots' noisy values, plus twice its weight on them times the noise variance.
-
-    With a blind prior (``mu`` and ``tau`` not computed from ``x``), the posterior mean is
-    ``f = w * x + (1 - w) * mu`` with ``w = tau**2 / (tau**2 + v(mu))``, and for zero-mean noise ``n``
-    of variance ``v`` (``x = signal + n``), ``E[(f - x)**2] + 2 * E[w * v] = E[(f - signal)**2] + E[v]``:
-    the posterior's true squared error plus the noise variance, as plain Noise2Void's validation
-    loss (the squared error) is its prediction's. It thus ranks a fit's epochs by what ``transform``
-    returns, on the scale of a plain fit's loss on the same data; the training loss does not (its
-    negative log-likelihood scores ``tau`` and the noise model too).
-
-    ``v`` in the ``2 * w * v`` term is the noise model's at ``mu``. Parameters as :func:`blind_spot_nll`,
-    without the mask: it returns every pixel's value (``x``'s shape), for the blind spots to be picked.
-    """
-    mu, tau = prediction.chunk(2, dim=1)
-    variance = noise.variance(mu)
-    weight = tau.square() / (tau.square() + variance)
-    mean = weight * x + (1 - weight) * mu
-    return (mean - x).square() + 2 * weight * variance
-
-
 def posterior(prior: torch.Tensor, x: torch.Tensor, noise: NoiseModel) -> tuple[torch.Tensor, torch.Tensor]:
     """The posterior mean and standard deviation of the clean signal.
 
@@ -249,6 +227,26 @@ def posterior(prior: torch.Tensor, x: torch.Tensor, noise: NoiseModel) -> tuple[
     total = prior_variance + noise_variance
     mean = (noise_variance * mu + prior_variance * x) / total
     return mean, torch.sqrt(prior_variance * noise_variance / total)
+
+
+def posterior_risk(prediction: torch.Tensor, x: torch.Tensor, noise: NoiseModel) -> torch.Tensor:
+    """The validation loss of a probabilistic network: the posterior mean's squared error to the
+    blind spots' noisy values, plus twice its weight on them times the noise variance.
+
+    With a blind prior (``mu`` and ``tau`` not computed from ``x``), the posterior mean is
+    ``f = w * x + (1 - w) * mu`` with ``w = tau**2 / (tau**2 + v(mu))``, and for zero-mean noise ``n``
+    of variance ``v`` (``x = signal + n``), ``E[(f - x)**2] + 2 * E[w * v] = E[(f - signal)**2] + E[v]``:
+    the posterior's true squared error plus the noise variance, as plain Noise2Void's validation
+    loss (the squared error) is its prediction's. It thus ranks a fit's epochs by what ``transform``
+    returns, on the scale of a plain fit's loss on the same data; the training loss does not (its
+    negative log-likelihood scores ``tau`` and the noise model too).
+
+    ``w * v`` is the posterior variance (``v`` the noise model's at ``mu``), so the loss is
+    ``(f - x)**2 + 2 * std**2`` of :func:`posterior`. Parameters as :func:`blind_spot_nll`, without the
+    mask: it returns every pixel's value (``x``'s shape), for the blind spots to be picked.
+    """
+    mean, std = posterior(prediction, x, noise)
+    return (mean - x).square() + 2 * std.square()
 
 
 def estimate_noise(images: Array | list[Array], kind: str, n_bins: int = 16) -> dict[str, Float64Array]:
